@@ -1,0 +1,1 @@
+"""kuberl operator: kopf handlers, pure builders and policies, the CLI."""

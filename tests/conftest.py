@@ -1,0 +1,2 @@
+"""Shared pytest fixtures. Each fixture family lives in its own module beside this file
+(tests/ is on sys.path because it has no __init__.py); import it here so every test sees it."""

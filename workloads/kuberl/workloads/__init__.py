@@ -1,0 +1,1 @@
+"""kuberl workloads: what runs inside trainer, rollout and agent-env pods."""
