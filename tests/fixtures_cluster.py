@@ -1,0 +1,147 @@
+"""pytest fixtures for tests against a real Kubernetes API server.
+
+`kube` (session): the local control plane from e2e/cluster (etcd, kube-apiserver,
+kube-controller-manager, kube-scheduler, kwok fake CPU/GPU nodes), or, when $KUBECONFIG
+names an existing file, that cluster instead (kind on a laptop). Either way the CRDs in
+crds/ are installed and Established before any test runs.
+
+`namespace` (function): a fresh namespace per test, deleted afterwards, with its
+`default` service account present (the ServiceAccount admission plugin rejects pods
+until the service-account controller has created it).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import time
+import uuid
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+import yaml
+
+REPO = Path(__file__).resolve().parents[1]
+CRDS_DIR = REPO / "crds"
+EXAMPLES_DIR = REPO / "examples"
+
+sys.path.insert(0, str(REPO / "e2e" / "cluster"))
+import controlplane  # noqa: E402
+
+__all__ = ["Kube", "kube", "namespace", "wait_until", "yaml_documents"]
+
+
+def yaml_documents(path: Path) -> list[dict]:
+    return [d for d in yaml.safe_load_all(path.read_text()) if d]
+
+
+def wait_until(what: str, check, timeout: float = 60.0, interval: float = 0.25):
+    """Poll `check()` until it returns something truthy; that value is returned."""
+    deadline = time.monotonic() + timeout
+    last = None
+    while time.monotonic() < deadline:
+        last = check()
+        if last:
+            return last
+        time.sleep(interval)
+    raise AssertionError(f"timed out after {timeout:.0f}s waiting for {what} (last: {last!r})")
+
+
+@dataclass
+class Kube:
+    """Handle on the cluster under test: a kubeconfig, a kubectl that matches the server,
+    and a configured kubernetes client."""
+
+    kubeconfig: Path
+    kubectl_path: Path
+    local: bool  # True when we started the control plane (fake kwok nodes exist)
+
+    def __post_init__(self) -> None:
+        import kubernetes
+
+        self.api_client = kubernetes.config.new_client_from_config(config_file=str(self.kubeconfig))
+        self.core = kubernetes.client.CoreV1Api(self.api_client)
+        self.rbac = kubernetes.client.RbacAuthorizationV1Api(self.api_client)
+        self.custom = kubernetes.client.CustomObjectsApi(self.api_client)
+        self._dynamic = None
+
+    @property
+    def dynamic(self):
+        """Discovery-backed client for arbitrary kinds (built lazily: discovery costs a second)."""
+        if self._dynamic is None:
+            from kubernetes.dynamic import DynamicClient
+
+            self._dynamic = DynamicClient(self.api_client)
+        return self._dynamic
+
+    def kubectl(self, *args: str, input: str | None = None, check: bool = True,
+                timeout: float = 120) -> subprocess.CompletedProcess:
+        proc = subprocess.run([str(self.kubectl_path), "--kubeconfig", str(self.kubeconfig), *args],
+                              input=input, capture_output=True, text=True, timeout=timeout)
+        if check and proc.returncode != 0:
+            raise AssertionError(f"kubectl {' '.join(args)} failed ({proc.returncode}):\n{proc.stderr}")
+        return proc
+
+    def get_json(self, *args: str) -> dict:
+        return json.loads(self.kubectl("get", "-o", "json", *args).stdout)
+
+    def install_crds(self) -> list[str]:
+        """Apply every CRD in crds/ server-side and wait until each is Established."""
+        names = []
+        for path in sorted(CRDS_DIR.glob("*.yaml")):
+            self.kubectl("apply", "--server-side", "--force-conflicts",
+                         "--field-manager=kuberl-tests", "-f", str(path))
+            names += [d["metadata"]["name"] for d in yaml_documents(path)
+                      if d.get("kind") == "CustomResourceDefinition"]
+        if names:
+            self.kubectl("wait", "--for=condition=Established", "--timeout=60s",
+                         *[f"crd/{n}" for n in names])
+        return names
+
+
+def _kubectl_for_existing_cluster() -> Path:
+    # Prefer our pinned kubectl (version skew policy: within one minor of the server).
+    built = controlplane.bin_dir() / "kubectl"
+    if built.is_file():
+        return built
+    import shutil
+
+    found = shutil.which("kubectl")
+    if not found:
+        pytest.fail("KUBECONFIG is set but no kubectl: run e2e/cluster/build.sh")
+    return Path(found)
+
+
+@pytest.fixture(scope="session")
+def kube():
+    existing = os.environ.get("KUBECONFIG")
+    if existing and Path(existing).is_file():
+        k = Kube(Path(existing), _kubectl_for_existing_cluster(), local=False)
+        k.install_crds()
+        yield k
+        return
+
+    bin_dir = controlplane.ensure_built()
+    plane = controlplane.ControlPlane(bin=bin_dir)
+    plane.start()
+    try:
+        k = Kube(plane.kubeconfig, plane.kubectl_path, local=True)
+        k.install_crds()
+        yield k
+    finally:
+        plane.stop()
+
+
+@pytest.fixture
+def namespace(kube: Kube):
+    name = f"t-{uuid.uuid4().hex[:10]}"
+    kube.core.create_namespace({"metadata": {"name": name, "labels": {"kuberl.io/test": "true"}}})
+    wait_until(f"default service account in {name}",
+               lambda: kube.core.list_namespaced_service_account(
+                   name, field_selector="metadata.name=default").items, timeout=30)
+    yield name
+    # Not waiting: namespace deletion is asynchronous and other tests need not wait on it.
+    kube.core.delete_namespace(name)
