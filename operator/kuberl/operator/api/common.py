@@ -1,0 +1,134 @@
+"""Building blocks shared by the three kinds: base model, Kubernetes core shapes, conditions."""
+
+from __future__ import annotations
+
+from typing import Annotated, Any, ClassVar, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, GetJsonSchemaHandler, WithJsonSchema
+from pydantic.json_schema import JsonSchemaValue
+from pydantic_core import core_schema as cs
+from pydantic.alias_generators import to_camel
+
+GROUP = "kuberl.io"
+VERSION = "v1alpha1"
+API_VERSION = f"{GROUP}/{VERSION}"
+
+# Bounds that keep the API server's CEL cost estimate small and names usable as labels.
+NAME_MAX = 63
+SHORT_STRING_MAX = 253
+URI_MAX = 2048
+LIST_MAX = 64
+
+
+class ApiModel(BaseModel):
+    """Base for every API object: camelCase on the wire, unknown fields rejected."""
+
+    model_config = ConfigDict(alias_generator=to_camel, populate_by_name=True, extra="forbid")
+
+    # CEL rules (x-kubernetes-validations) attached to this object's schema: each is a
+    # dict with `rule`, `message` and optionally `fieldPath`/`reason`. Kept on the class
+    # so the generator and the docs see them next to the fields they constrain.
+    cel_rules: ClassVar[tuple[dict[str, str], ...]] = ()
+
+    @classmethod
+    def __get_pydantic_json_schema__(cls, schema: cs.CoreSchema, handler: GetJsonSchemaHandler) -> JsonSchemaValue:
+        json_schema = handler(schema)
+        target = handler.resolve_ref_schema(json_schema)
+        if cls.cel_rules:
+            target["x-kubernetes-validations"] = [dict(rule) for rule in cls.cel_rules]
+        return json_schema
+
+    def to_wire(self) -> dict[str, Any]:
+        """The object as it appears in a manifest: camelCase, unset fields omitted."""
+        return self.model_dump(by_alias=True, exclude_none=True, mode="json")
+
+
+Name = Annotated[
+    str,
+    Field(min_length=1, max_length=NAME_MAX, pattern=r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$"),
+]
+"""A DNS-1123 label: what Kubernetes accepts as the name of a Service or a label value."""
+
+Quantity = Annotated[
+    int | str,
+    WithJsonSchema({"x-kubernetes-int-or-string": True, "anyOf": [{"type": "integer"}, {"type": "string"}]}),
+]
+"""A Kubernetes resource quantity such as `2`, `500m` or `16Gi`."""
+
+Labels = dict[str, Annotated[str, Field(max_length=SHORT_STRING_MAX)]]
+
+FreeForm = Annotated[
+    dict[str, Any],
+    WithJsonSchema({"type": "object", "x-kubernetes-preserve-unknown-fields": True}),
+]
+"""An embedded Kubernetes object validated by the API server where it is finally used."""
+
+
+class ResourceRequirements(ApiModel):
+    """Compute resources of one container, as in a Pod spec."""
+
+    requests: dict[str, Quantity] | None = Field(None, description="Minimum resources, e.g. {cpu: 4, memory: 32Gi}.")
+    limits: dict[str, Quantity] | None = Field(None, description="Maximum resources, e.g. {nvidia.com/gpu: 8}.")
+
+
+class Toleration(ApiModel):
+    """A toleration copied to the pods, as in a Pod spec."""
+
+    key: str | None = Field(None, max_length=SHORT_STRING_MAX, description="Taint key the toleration applies to; empty matches all keys.")
+    operator: Literal["Exists", "Equal"] = Field("Equal", description="How the key is matched against the value.")
+    value: str | None = Field(None, max_length=SHORT_STRING_MAX, description="Taint value to match when operator is Equal.")
+    effect: Literal["NoSchedule", "PreferNoSchedule", "NoExecute"] | None = Field(
+        None, description="Taint effect to match; empty matches all effects."
+    )
+    toleration_seconds: int | None = Field(None, ge=0, description="How long a NoExecute taint is tolerated.")
+
+
+class EnvVar(ApiModel):
+    """A literal environment variable for the containers."""
+
+    name: str = Field(min_length=1, max_length=SHORT_STRING_MAX, description="Variable name.")
+    value: str = Field("", max_length=32768, description="Variable value.")
+
+
+class SecretRef(ApiModel):
+    """A Secret in the same namespace."""
+
+    name: Name = Field(description="Name of the Secret.")
+
+
+class Placement(ApiModel):
+    """Where pods run: node pool selection and priority."""
+
+    node_selector: Labels | None = Field(None, description="Node labels the pods require, e.g. the GPU pool's label.")
+    tolerations: list[Toleration] | None = Field(None, max_length=LIST_MAX, description="Tolerations for tainted (e.g. GPU) nodes.")
+    affinity: FreeForm | None = Field(None, description="A core/v1 Affinity, copied to the pods unchanged.")
+    priority_class_name: str | None = Field(None, max_length=SHORT_STRING_MAX, description="PriorityClass of the pods.")
+
+
+ConditionStatus = Literal["True", "False", "Unknown"]
+
+
+class Condition(ApiModel):
+    """One aspect of the object's state, in the standard Kubernetes shape."""
+
+    type: str = Field(max_length=316, description="Condition type, e.g. Running or Failed.")
+    status: ConditionStatus = Field(description="True, False or Unknown.")
+    reason: str = Field("", max_length=1024, description="One CamelCase word that says why.")
+    message: str = Field("", max_length=32768, description="A human-readable explanation.")
+    last_transition_time: str | None = Field(None, description="When status last changed (RFC 3339).")
+    observed_generation: int | None = Field(None, ge=0, description="The .metadata.generation this condition was computed from.")
+
+
+def cel(rule: str, message: str, field_path: str | None = None, reason: str | None = None) -> dict[str, str]:
+    """One x-kubernetes-validations entry."""
+    entry = {"rule": rule, "message": message}
+    if field_path:
+        entry["fieldPath"] = field_path
+    if reason:
+        entry["reason"] = reason
+    return entry
+
+
+def list_map(*keys: str) -> dict[str, Any]:
+    """Schema hints for a list whose items are identified by `keys` (server-side apply merges by them)."""
+    return {"x-kubernetes-list-type": "map", "x-kubernetes-list-map-keys": list(keys)}
