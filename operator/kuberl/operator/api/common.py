@@ -2,52 +2,25 @@
 
 from __future__ import annotations
 
-from typing import Annotated, Any, ClassVar, Literal
+from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, GetJsonSchemaHandler, WithJsonSchema
-from pydantic.json_schema import JsonSchemaValue
-from pydantic_core import core_schema as cs
-from pydantic.alias_generators import to_camel
+from pydantic import Field, WithJsonSchema
+
+from kuberl.workloads.jobspec import (  # noqa: F401  (re-exported for the API modules)
+    LIST_MAX,
+    NAME_MAX,
+    SHORT_STRING_MAX,
+    URI_MAX,
+    ApiModel,
+    Name,
+    SecretRef,
+    cel,
+    list_map,
+)
 
 GROUP = "kuberl.io"
 VERSION = "v1alpha1"
 API_VERSION = f"{GROUP}/{VERSION}"
-
-# Bounds that keep the API server's CEL cost estimate small and names usable as labels.
-NAME_MAX = 63
-SHORT_STRING_MAX = 253
-URI_MAX = 2048
-LIST_MAX = 64
-
-
-class ApiModel(BaseModel):
-    """Base for every API object: camelCase on the wire, unknown fields rejected."""
-
-    model_config = ConfigDict(alias_generator=to_camel, populate_by_name=True, extra="forbid")
-
-    # CEL rules (x-kubernetes-validations) attached to this object's schema: each is a
-    # dict with `rule`, `message` and optionally `fieldPath`/`reason`. Kept on the class
-    # so the generator and the docs see them next to the fields they constrain.
-    cel_rules: ClassVar[tuple[dict[str, str], ...]] = ()
-
-    @classmethod
-    def __get_pydantic_json_schema__(cls, schema: cs.CoreSchema, handler: GetJsonSchemaHandler) -> JsonSchemaValue:
-        json_schema = handler(schema)
-        target = handler.resolve_ref_schema(json_schema)
-        if cls.cel_rules:
-            target["x-kubernetes-validations"] = [dict(rule) for rule in cls.cel_rules]
-        return json_schema
-
-    def to_wire(self) -> dict[str, Any]:
-        """The object as it appears in a manifest: camelCase, unset fields omitted."""
-        return self.model_dump(by_alias=True, exclude_none=True, mode="json")
-
-
-Name = Annotated[
-    str,
-    Field(min_length=1, max_length=NAME_MAX, pattern=r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$"),
-]
-"""A DNS-1123 label: what Kubernetes accepts as the name of a Service or a label value."""
 
 Quantity = Annotated[
     int | str,
@@ -90,12 +63,6 @@ class EnvVar(ApiModel):
     value: str = Field("", max_length=32768, description="Variable value.")
 
 
-class SecretRef(ApiModel):
-    """A Secret in the same namespace."""
-
-    name: Name = Field(description="Name of the Secret.")
-
-
 class Placement(ApiModel):
     """Where pods run: node pool selection and priority."""
 
@@ -117,18 +84,3 @@ class Condition(ApiModel):
     message: str = Field("", max_length=32768, description="A human-readable explanation.")
     last_transition_time: str | None = Field(None, description="When status last changed (RFC 3339).")
     observed_generation: int | None = Field(None, ge=0, description="The .metadata.generation this condition was computed from.")
-
-
-def cel(rule: str, message: str, field_path: str | None = None, reason: str | None = None) -> dict[str, str]:
-    """One x-kubernetes-validations entry."""
-    entry = {"rule": rule, "message": message}
-    if field_path:
-        entry["fieldPath"] = field_path
-    if reason:
-        entry["reason"] = reason
-    return entry
-
-
-def list_map(*keys: str) -> dict[str, Any]:
-    """Schema hints for a list whose items are identified by `keys` (server-side apply merges by them)."""
-    return {"x-kubernetes-list-type": "map", "x-kubernetes-list-map-keys": list(keys)}

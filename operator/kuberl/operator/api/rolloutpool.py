@@ -12,7 +12,6 @@ from kuberl.operator.api.common import (
     ApiModel,
     Condition,
     EnvVar,
-    Name,
     Placement,
     ResourceRequirements,
     cel,
