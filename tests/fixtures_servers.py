@@ -237,7 +237,8 @@ class SeaweedS3:
 
     def stop(self) -> None:
         if self.proc is not None:
-            _stop(self.proc)
+            # weed's graceful shutdown can take ~15 s; the data is a temp dir, so don't wait long.
+            _stop(self.proc, timeout=3)
             self.proc = None
 
 
