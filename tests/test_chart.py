@@ -1,0 +1,287 @@
+"""The Helm chart (charts/kuberl) and the container images, without a cluster.
+
+helm lint/template for the default and the laptop-stack values; values.schema.json
+refuses bad values naming the field; the rendered RBAC grants nothing broad; the chart's
+CRDs are byte-identical to the generated crds/; the Dockerfiles parse and copy only
+files that exist and that .dockerignore lets into the build context.
+The cluster half (dry-run=server, install, the operator on the chart's ServiceAccount
+token) is e2e/test_e2e.py.
+"""
+
+from __future__ import annotations
+
+import fnmatch
+import json
+import shlex
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+
+REPO = Path(__file__).resolve().parents[1]
+CHART = REPO / "charts" / "kuberl"
+STACK_VALUES = CHART / "ci" / "stack-values.yaml"
+
+sys.path.insert(0, str(REPO / "e2e" / "cluster"))
+import controlplane  # noqa: E402
+
+VALUE_SETS = {"default": [], "stack": ["-f", str(STACK_VALUES)]}
+
+
+@pytest.fixture(scope="session")
+def helm() -> Path:
+    return controlplane.ensure_built() / "helm"
+
+
+def run_helm(helm: Path, *args: str) -> subprocess.CompletedProcess:
+    return subprocess.run([str(helm), *args], capture_output=True, text=True, timeout=120)
+
+
+def render(helm: Path, *args: str) -> list[dict]:
+    proc = run_helm(helm, "template", "kuberl", str(CHART), "--namespace", "kuberl-system", *args)
+    assert proc.returncode == 0, proc.stderr
+    return [d for d in yaml.safe_load_all(proc.stdout) if d]
+
+
+def by_kind(docs: list[dict], kind: str) -> list[dict]:
+    return [d for d in docs if d["kind"] == kind]
+
+
+# -- CRDs: one source of truth ---------------------------------------------------------------
+
+def test_chart_crds_are_the_generated_crds():
+    generated = {p.name: p.read_bytes() for p in (REPO / "crds").glob("*.yaml")}
+    in_chart = {p.name: p.read_bytes() for p in (CHART / "crds").glob("*.yaml")}
+    assert generated, "crds/ is empty"
+    stale = sorted(n for n in generated.keys() | in_chart.keys() if generated.get(n) != in_chart.get(n))
+    assert not stale, f"charts/kuberl/crds differs from crds/ in {stale}: run charts/kuberl/sync-crds.sh"
+
+
+# -- lint and template -----------------------------------------------------------------------
+
+@pytest.mark.parametrize("values", VALUE_SETS)
+def test_helm_lint_strict(helm: Path, values: str):
+    proc = run_helm(helm, "lint", "--strict", str(CHART), *VALUE_SETS[values])
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert "[WARNING]" not in proc.stdout and "[ERROR]" not in proc.stdout, proc.stdout
+
+
+@pytest.mark.parametrize("values", VALUE_SETS)
+def test_helm_template_renders_valid_objects(helm: Path, values: str):
+    docs = render(helm, *VALUE_SETS[values])
+    kinds = {d["kind"] for d in docs}
+    assert {"ServiceAccount", "ClusterRole", "ClusterRoleBinding", "Role", "RoleBinding",
+            "Deployment", "Service", "PodDisruptionBudget"} <= kinds
+    if values == "stack":
+        assert {"StatefulSet", "ServiceMonitor", "ConfigMap", "Job"} <= kinds
+        names = {d["metadata"]["name"] for d in by_kind(docs, "Service")}
+        # The RLJob default spec.buffer.url is nats://kuberl-nats.kuberl-system:4222.
+        assert "kuberl-nats" in names and "kuberl-s3" in names
+        for sts in by_kind(docs, "StatefulSet"):
+            assert sts["spec"]["volumeClaimTemplates"][0]["spec"]["resources"]["requests"]["storage"]
+        dash = next(d for d in by_kind(docs, "ConfigMap") if d["metadata"]["name"].endswith("-dashboard"))
+        assert json.loads(dash["data"]["kuberl-operator.json"])["panels"]
+    else:
+        assert "StatefulSet" not in kinds and "ServiceMonitor" not in kinds
+    for d in docs:
+        assert d["apiVersion"] and d["metadata"]["name"], d
+        assert d["metadata"].get("labels", {}).get("app.kubernetes.io/instance") == "kuberl" or d["kind"] == "Job"
+
+
+def _pod_specs(docs: list[dict]) -> list[tuple[str, dict]]:
+    return [(f"{d['kind']}/{d['metadata']['name']}", d["spec"]["template"]["spec"])
+            for d in docs if d["kind"] in ("Deployment", "StatefulSet", "Job")]
+
+
+@pytest.mark.parametrize("values", VALUE_SETS)
+def test_every_pod_meets_pod_security_restricted(helm: Path, values: str):
+    """The checks of the PSS "restricted" profile, on every pod template the chart renders."""
+    for where, spec in _pod_specs(render(helm, *VALUE_SETS[values])):
+        pod_sc = spec.get("securityContext", {})
+        assert pod_sc.get("runAsNonRoot") is True, where
+        assert pod_sc.get("seccompProfile", {}).get("type") == "RuntimeDefault", where
+        assert not spec.get("hostNetwork") and not spec.get("hostPID") and not spec.get("hostIPC"), where
+        for vol in spec.get("volumes", []):
+            assert "hostPath" not in vol, where
+        for c in spec.get("initContainers", []) + spec["containers"]:
+            sc = c.get("securityContext", {})
+            assert sc.get("allowPrivilegeEscalation") is False, (where, c["name"])
+            assert sc.get("capabilities", {}).get("drop") == ["ALL"], (where, c["name"])
+            assert not sc.get("privileged"), (where, c["name"])
+            assert sc.get("readOnlyRootFilesystem") is True, (where, c["name"])
+            assert c.get("resources", {}).get("requests"), (where, c["name"])
+            assert c.get("resources", {}).get("limits", {}).get("memory"), (where, c["name"])
+
+
+def test_operator_deployment_is_highly_available(helm: Path):
+    docs = render(helm)
+    dep = by_kind(docs, "Deployment")[0]
+    assert dep["spec"]["replicas"] == 2
+    assert dep["spec"]["strategy"]["rollingUpdate"]["maxUnavailable"] == 0
+    c = dep["spec"]["template"]["spec"]["containers"][0]
+    assert c["livenessProbe"]["httpGet"]["port"] == "health"
+    assert c["readinessProbe"]["httpGet"]["port"] == "health"
+    env = {e["name"]: e.get("value") for e in c["env"]}
+    ports = {p["name"]: p["containerPort"] for p in c["ports"]}
+    assert int(env["KUBERL_METRICS_PORT"]) == ports["metrics"] and int(env["KUBERL_HEALTH_PORT"]) == ports["health"]
+    assert env["KUBERL_LEADER_ELECTION"] == "true"
+    assert dep["spec"]["template"]["spec"]["serviceAccountName"] == by_kind(docs, "ServiceAccount")[0]["metadata"]["name"]
+    svc = next(s for s in by_kind(docs, "Service") if s["metadata"]["name"].endswith("-metrics"))
+    assert svc["spec"]["ports"][0]["targetPort"] == "metrics"
+    assert by_kind(docs, "PodDisruptionBudget")[0]["spec"]["minAvailable"] == 1
+
+
+# -- values.schema.json: bad values fail naming the field ------------------------------------
+
+BAD_VALUES = [
+    (["--set", "operator.replicas=0"], "/operator/replicas"),
+    (["--set", "operator.logLevel=loud"], "/operator/logLevel"),
+    (["--set", "operator.leaderElection.enabled=maybe"], "/operator/leaderElection/enabled"),
+    (["--set", "operator.watchNamespaces={Team_A}"], "/operator/watchNamespaces/0"),
+    (["--set", "ports.metrics=80"], "/ports/metrics"),
+    (["--set", "image.pullPolicy=Sometimes"], "/image/pullPolicy"),
+    (["--set", "resources.limits.memory=lots"], "/resources/limits/memory"),
+    (["--set", "stack.nats.storage.size=big"], "/stack/nats/storage/size"),
+    (["--set", "stack.s3.buckets={Bad_Bucket}"], "/stack/s3/buckets/0"),
+    (["--set", "metrics.serviceMonitor.interval=often"], "/metrics/serviceMonitor/interval"),
+    (["--set", "operatr.replicas=2"], "operatr"),  # a typo is an unknown key, not ignored
+    (["--set", "ports.metrics=8081"], "ports.metrics and ports.health must differ"),
+]
+
+
+@pytest.mark.parametrize("args,named", BAD_VALUES, ids=[b[1] for b in BAD_VALUES])
+def test_bad_values_are_refused_naming_the_field(helm: Path, args: list[str], named: str):
+    proc = run_helm(helm, "template", "kuberl", str(CHART), *args)
+    assert proc.returncode != 0, f"helm accepted {args}"
+    assert named in proc.stderr, proc.stderr
+
+
+# -- RBAC: least privilege, statically -------------------------------------------------------
+
+FORBIDDEN_RESOURCES = {"secrets", "nodes", "pods/exec", "pods/attach", "pods/portforward", "serviceaccounts/token",
+                       "clusterroles", "clusterrolebindings", "roles", "rolebindings", "serviceaccounts",
+                       "certificatesigningrequests", "validatingwebhookconfigurations", "mutatingwebhookconfigurations"}
+FORBIDDEN_VERBS = {"*", "escalate", "bind", "impersonate", "approve", "deletecollection"}
+
+
+@pytest.mark.parametrize("values", VALUE_SETS)
+def test_rbac_rules_grant_nothing_broad(helm: Path, values: str):
+    docs = render(helm, *VALUE_SETS[values])
+    roles = by_kind(docs, "ClusterRole") + by_kind(docs, "Role")
+    assert roles
+    for role in roles:
+        for rule in role["rules"]:
+            where = f"{role['kind']}/{role['metadata']['name']}: {rule}"
+            assert "*" not in rule["apiGroups"] and "*" not in rule["resources"], where
+            assert not FORBIDDEN_VERBS & set(rule["verbs"]), where
+            assert not FORBIDDEN_RESOURCES & set(rule["resources"]), where
+            assert "nonResourceURLs" not in rule, where
+    for binding in by_kind(docs, "ClusterRoleBinding") + by_kind(docs, "RoleBinding"):
+        assert binding["roleRef"]["name"] not in ("cluster-admin", "admin", "edit"), binding
+    # The only cluster-wide write access is to the kinds the operator serves and their children.
+    cluster_writes = {(g, r) for role in by_kind(docs, "ClusterRole") for rule in role["rules"]
+                      if set(rule["verbs"]) - {"get", "list", "watch"}
+                      for g in rule["apiGroups"] for r in rule["resources"]}
+    assert {r for _, r in cluster_writes} <= {
+        "rljobs", "rolloutpools", "agentenvs", "rljobs/status", "rolloutpools/status", "agentenvs/status",
+        "rolloutpools/scale", "rljobs/finalizers", "rolloutpools/finalizers", "agentenvs/finalizers",
+        "pods", "services", "configmaps", "deployments", "networkpolicies", "events"}, cluster_writes
+
+
+def test_watch_namespaces_replaces_the_cluster_role_with_roles(helm: Path):
+    docs = render(helm, "--set", "operator.watchNamespaces={team-a,team-b}")
+    roles = {(r["metadata"]["namespace"], r["metadata"]["name"]) for r in by_kind(docs, "Role")}
+    assert {("team-a", "kuberl-operator"), ("team-b", "kuberl-operator"),
+            ("kuberl-system", "kuberl-operator-leader-election")} <= roles
+    # Left cluster-wide: only read access for discovery (CRDs, namespaces).
+    for role in by_kind(docs, "ClusterRole"):
+        for rule in role["rules"]:
+            assert set(rule["verbs"]) <= {"get", "list", "watch"}, (role["metadata"]["name"], rule)
+    dep = by_kind(docs, "Deployment")[0]
+    env = {e["name"]: e.get("value") for e in dep["spec"]["template"]["spec"]["containers"][0]["env"]}
+    assert env["KUBERL_WATCH_NAMESPACES"] == "team-a,team-b"
+
+
+# -- Dockerfiles -----------------------------------------------------------------------------
+
+DOCKERFILES = [REPO / "operator" / "Dockerfile", REPO / "workloads" / "Dockerfile",
+               REPO / "workloads" / "Dockerfile.trainer", REPO / "workloads" / "Dockerfile.rollout"]
+
+
+def parse_dockerfile(path: Path) -> list[tuple[str, str]]:
+    """(INSTRUCTION, arguments) pairs, continuation lines joined, comments dropped."""
+    out, pending = [], ""
+    for raw in path.read_text().splitlines():
+        line = raw.strip()
+        if not pending and (not line or line.startswith("#")):
+            continue
+        if line.startswith("#"):
+            continue
+        if line.endswith("\\"):
+            pending += line[:-1] + " "
+            continue
+        line = pending + line
+        pending = ""
+        word, _, rest = line.partition(" ")
+        out.append((word.upper(), rest.strip()))
+    assert not pending, f"{path}: dangling line continuation"
+    return out
+
+
+def dockerignore_allows(rel: str) -> bool:
+    """Docker's .dockerignore rule: the last matching pattern wins; `!` re-includes."""
+    allowed = True
+    for pat in (REPO / ".dockerignore").read_text().splitlines():
+        pat = pat.strip()
+        if not pat or pat.startswith("#"):
+            continue
+        negate = pat.startswith("!")
+        pat = pat.lstrip("!").rstrip("/")
+        hit = (pat == "**" or fnmatch.fnmatch(rel, pat) or rel.startswith(pat + "/")
+               or (pat.startswith("**/") and fnmatch.fnmatch(Path(rel).name, pat[3:])))
+        if hit:
+            allowed = negate
+    return allowed
+
+
+KNOWN = {"FROM", "ARG", "ENV", "WORKDIR", "COPY", "RUN", "USER", "CMD", "ENTRYPOINT", "LABEL", "EXPOSE"}
+
+
+@pytest.mark.parametrize("path", DOCKERFILES, ids=lambda p: str(p.relative_to(REPO)))
+def test_dockerfile_parses_and_copies_what_exists(path: Path):
+    instructions = parse_dockerfile(path)
+    assert instructions and instructions[0][0] in ("ARG", "FROM"), path
+    assert {i for i, _ in instructions} <= KNOWN, {i for i, _ in instructions} - KNOWN
+    args = {}
+    for word, rest in instructions:
+        if word == "ARG" and "=" in rest:
+            k, _, v = rest.partition("=")
+            args[k] = v
+        if word == "FROM":
+            image = rest.split()[0]
+            for k, v in args.items():
+                image = image.replace("${%s}" % k, v)
+            assert ":" in image and not image.endswith(":latest"), f"{path}: unpinned base {image}"
+        if word == "COPY":
+            parts = shlex.split(rest)
+            if any(p.startswith("--from=") for p in parts):
+                continue
+            sources = [p for p in parts if not p.startswith("--")][:-1]
+            assert sources, f"{path}: COPY without a source: {rest}"
+            for src in sources:
+                rel = src.rstrip("/")
+                assert (REPO / rel).exists(), f"{path}: COPY source {src} does not exist"
+                assert dockerignore_allows(rel), f"{path}: COPY source {src} is excluded by .dockerignore"
+        if word == "RUN" and "pip install" in rest:
+            assert "--no-cache-dir" in rest, f"{path}: pip install without --no-cache-dir"
+    users = [rest for word, rest in instructions if word == "USER"]
+    assert users and users[-1].split(":")[0] not in ("root", "0"), f"{path}: the final stage runs as root"
+
+
+def test_dockerignore_keeps_the_context_small():
+    assert not dockerignore_allows(".venv/bin/python")
+    assert not dockerignore_allows("tests/test_chart.py")
+    assert not dockerignore_allows("operator/kuberl/operator/__pycache__/cli.cpython-311.pyc")
+    assert dockerignore_allows("operator/kuberl/operator/cli.py")
