@@ -28,10 +28,10 @@ __all__ = [
     "SeaweedS3",
     "find_binary",
     "free_port",
-    "nats_server",
     "fresh_nats_server",
-    "s3_server",
+    "nats_server",
     "s3_bucket",
+    "s3_server",
 ]
 
 _LIVE: set[subprocess.Popen] = set()
@@ -143,12 +143,11 @@ class NatsServer:
             f'jetstream {{ store_dir: "{self.store_dir}" }}\n'
         )
         log = self.root / "nats.log"
-        self.proc = subprocess.Popen(
-            [find_binary("nats-server"), "-c", str(conf)],
-            stdout=open(log, "ab"),
-            stderr=subprocess.STDOUT,
-            start_new_session=True,
-        )
+        with open(log, "ab") as out:  # the child keeps its own copy of the fd
+            self.proc = subprocess.Popen(
+                [find_binary("nats-server"), "-c", str(conf)],
+                stdout=out, stderr=subprocess.STDOUT, start_new_session=True,
+            )
         _LIVE.add(self.proc)
         # /healthz answers 200 only once JetStream has recovered its streams from disk.
         _wait_until(
@@ -215,10 +214,11 @@ class SeaweedS3:
         ]
         env = dict(os.environ, AWS_ACCESS_KEY_ID=self.access_key, AWS_SECRET_ACCESS_KEY=self.secret_key)
         log = self.root / "weed.log"
-        self.proc = subprocess.Popen(
-            args, stdout=open(log, "ab"), stderr=subprocess.STDOUT, env=env, start_new_session=True,
-        )
+        with open(log, "ab") as out:
+            self.proc = subprocess.Popen(args, stdout=out, stderr=subprocess.STDOUT, env=env, start_new_session=True)
         _LIVE.add(self.proc)
+        from botocore.exceptions import BotoCoreError, ClientError
+
         client = self.client()
 
         def ready() -> bool:
@@ -230,7 +230,7 @@ class SeaweedS3:
                 client.delete_object(Bucket=name, Key="probe")
                 client.delete_bucket(Bucket=name)
                 return True
-            except Exception:
+            except (BotoCoreError, ClientError):
                 return False
 
         _wait_until(ready, timeout, "weed mini", self.proc, log)

@@ -4,16 +4,14 @@ from __future__ import annotations
 
 import asyncio
 import json
-import os
 import signal
-import subprocess
 import sys
 import textwrap
 import uuid
 
+import nats.errors
 import numpy as np
 import pytest
-
 from kuberl.workloads.buffer import (
     BufferConfig,
     CodecError,
@@ -241,13 +239,13 @@ async def test_consumer_killed_before_ack_gets_redelivered_and_nothing_trains_tw
     buf = await JobBuffer.open(nats_server.url, ns, name, FAST)
     try:
         await buf.publish_trajectories(make_traj(i) for i in range(30))
-        proc = subprocess.Popen([sys.executable, "-c", _CRASHING_TRAINER, nats_server.url, ns, name],
-                                stdout=subprocess.PIPE, text=True)
+        proc = await asyncio.create_subprocess_exec(sys.executable, "-c", _CRASHING_TRAINER, nats_server.url, ns, name,
+                                                    stdout=asyncio.subprocess.PIPE)
         try:
-            in_flight = json.loads(await asyncio.to_thread(proc.stdout.readline))
+            in_flight = json.loads(await asyncio.wait_for(proc.stdout.readline(), 60))
         finally:
-            os.kill(proc.pid, signal.SIGKILL)
-            proc.wait()
+            proc.kill()  # SIGKILL: no chance to ack or clean up
+            await proc.wait()
         assert len(in_flight) == 10
 
         consumer = await buf.trajectory_consumer()
@@ -300,14 +298,14 @@ async def test_nats_restart_mid_stream_loses_nothing(fresh_nats_server):
             while len(trained) < total:
                 try:
                     batch = await consumer.fetch(32, current_version=0, timeout=2)
-                except Exception:  # the fetch may fail while the server is down
+                except (TimeoutError, nats.errors.Error):  # the fetch may fail while the server is down
                     await asyncio.sleep(0.2)
                     continue
                 trained.extend(batch.sample_ids)
                 try:
                     await batch.ack()
-                except Exception:
-                    pass  # redelivered later, dropped as a duplicate
+                except (TimeoutError, nats.errors.Error):
+                    continue  # redelivered later, dropped as a duplicate
 
         await asyncio.wait_for(asyncio.gather(produce(), consume()), timeout=180)
         assert sorted(trained) == sorted(f"s{i}" for i in range(total))

@@ -5,7 +5,6 @@ from __future__ import annotations
 import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
-
 from kuberl.workloads.fp8 import (
     FP8_DTYPE,
     FP8_MAX,

@@ -7,7 +7,6 @@ import os
 
 import pytest
 import torch
-
 from kuberl.workloads.weights import (
     MANIFEST,
     ChecksumError,

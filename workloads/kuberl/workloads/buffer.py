@@ -43,10 +43,9 @@ import nats
 import nats.errors
 import nats.js.errors
 import numpy as np
+from kuberl.workloads.logs import get_logger
 from nats.aio.msg import Msg
 from nats.js import api
-
-from kuberl.workloads.logs import get_logger
 
 log = get_logger(__name__)
 
@@ -335,8 +334,7 @@ class BufferConfig:
 
 async def connect(servers: str | Sequence[str], **kwargs) -> nats.NATS:
     """A connection that rides out server restarts (reconnects forever, buffers meanwhile)."""
-    opts = dict(max_reconnect_attempts=-1, reconnect_time_wait=0.5, connect_timeout=5,
-                name="kuberl")
+    opts = {"max_reconnect_attempts": -1, "reconnect_time_wait": 0.5, "connect_timeout": 5, "name": "kuberl"}
     opts.update(kwargs)
     return await nats.connect(servers=list([servers] if isinstance(servers, str) else servers), **opts)
 
@@ -405,7 +403,7 @@ def delete_job_sync(servers: str | Sequence[str], namespace: str, name: str, tim
     def run() -> None:
         try:
             result["ok"] = asyncio.run(asyncio.wait_for(delete_job(servers, namespace, name), timeout))
-        except BaseException as e:  # re-raised in the caller's thread
+        except BaseException as e:  # noqa: BLE001 - re-raised in the caller's thread
             result["err"] = e
 
     t = threading.Thread(target=run, name="kuberl-delete-job", daemon=True)
@@ -527,8 +525,8 @@ class JobBuffer:
         if self.nc.is_connected:
             try:
                 await self.nc.flush(timeout=5)
-            except Exception:
-                pass
+            except (TimeoutError, nats.errors.Error) as e:
+                log.warning("flush before close failed", error=type(e).__name__)
         await self.nc.close()
 
     # ---- publishing -------------------------------------------------------------------

@@ -32,7 +32,6 @@ from pathlib import Path
 from typing import Any
 
 from boto3.s3.transfer import TransferConfig
-
 from kuberl.workloads.logs import get_logger
 
 log = get_logger(__name__)
