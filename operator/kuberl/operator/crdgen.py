@@ -143,7 +143,8 @@ def openapi_schema(model: type[BaseModel]) -> dict[str, Any]:
     # apiVersion/kind are checked by the API server itself; they stay plain strings.
     props["apiVersion"] = {"type": "string", "description": "APIVersion of this object: kuberl.io/v1alpha1."}
     props["kind"] = {"type": "string", "description": f"Kind of this object: {model.kind_info['kind']}."}
-    props["metadata"] = {"type": "object", "description": "Standard object metadata."}
+    # Only `type: object` is allowed here: the API server refuses anything else on metadata.
+    props["metadata"] = {"type": "object"}
     schema["required"] = ["spec"] if "spec" in raw.get("required", []) else []
     if not schema["required"]:
         schema.pop("required")
