@@ -14,9 +14,13 @@ from __future__ import annotations
 
 import json
 import os
+import ssl
 import subprocess
 import sys
 import time
+import urllib.error
+import urllib.parse
+import urllib.request
 import uuid
 from dataclasses import dataclass
 from pathlib import Path
@@ -76,6 +80,32 @@ class Kube:
 
             self._dynamic = DynamicClient(self.api_client)
         return self._dynamic
+
+    def request(self, method: str, path: str, body: dict | None = None, *,
+                query: dict | None = None, token: str | None = None) -> tuple[int, dict]:
+        """A raw API call: (HTTP status, decoded body), errors included rather than raised.
+        For what the typed clients hide: query parameters such as fieldValidation, the
+        server's own error text, or acting as another identity via `token`."""
+        cfg = self.api_client.configuration
+        ctx = ssl.create_default_context(cafile=cfg.ssl_ca_cert)
+        headers = {"Content-Type": "application/json", "Accept": "application/json"}
+        if token is not None:
+            headers["Authorization"] = f"Bearer {token}"
+        else:
+            if cfg.cert_file:
+                ctx.load_cert_chain(cfg.cert_file, cfg.key_file)
+            auth = cfg.get_api_key_with_prefix("authorization")
+            if auth:
+                headers["Authorization"] = auth
+        url = cfg.host + path + ("?" + urllib.parse.urlencode(query) if query else "")
+        data = json.dumps(body).encode() if body is not None else None
+        req = urllib.request.Request(url, data=data, method=method, headers=headers)
+        try:
+            with urllib.request.urlopen(req, context=ctx, timeout=30) as resp:
+                return resp.status, json.load(resp)
+        except urllib.error.HTTPError as e:
+            raw = e.read()
+            return e.code, json.loads(raw) if raw.startswith(b"{") else {"message": raw.decode()}
 
     def kubectl(self, *args: str, input: str | None = None, check: bool = True,
                 timeout: float = 120) -> subprocess.CompletedProcess:

@@ -36,6 +36,11 @@ nice_cmd=(nice -n 10)
 
 mkdir -p "$bin" "$src"
 
+# One build at a time per cache (CI step and a test fixture may both call us): the
+# second caller waits, then finds everything up to date.
+exec 9>"$cache/.build.lock"
+if command -v flock >/dev/null; then flock 9; fi
+
 log() { echo "build.sh: $*" >&2; }
 
 # up_to_date NAME VERSION: the binary exists and was built from VERSION.

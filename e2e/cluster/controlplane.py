@@ -56,17 +56,19 @@ GPU_RESOURCE = "nvidia.com/gpu"
 GPU_TAINT = {"key": GPU_RESOURCE, "value": "present", "effect": "NoSchedule"}
 FAKE_PHASE_ANNOTATION = "kuberl.io/fake-phase"  # "Failed" | "Succeeded"; see kwok-stages.yaml
 
-# Controllers we need, by their kube-controller-manager names. node-lifecycle lifts the
-# not-ready taint admission puts on every new node; root-ca-cert-publisher writes the
-# kube-root-ca.crt config map that projected service-account volumes refer to.
+# Controllers we need, by their kube-controller-manager names (fewer controllers, faster
+# start, less CPU on small CI machines). node-lifecycle lifts the not-ready taint that
+# admission puts on every new node; root-ca-certificate-publisher writes the
+# kube-root-ca.crt config map projected service-account volumes refer to;
+# clusterrole-aggregation fills the admin/edit/view roles charts bind to.
 CONTROLLERS = (
     "garbage-collector-controller", "namespace-controller",
     "serviceaccount-controller", "serviceaccount-token-controller",
-    "root-ca-certificate-publisher-controller",
+    "root-ca-certificate-publisher-controller", "clusterrole-aggregation-controller",
     "job-controller", "replicaset-controller", "deployment-controller",
     "statefulset-controller", "endpointslice-controller", "node-lifecycle-controller",
-    "podgc-controller", "ttl-after-finished-controller", "resourcequota-controller",
-    "disruption-controller",
+    "taint-eviction-controller", "pod-garbage-collector-controller",
+    "ttl-after-finished-controller", "resourcequota-controller", "disruption-controller",
 )
 
 
@@ -246,6 +248,7 @@ class ControlPlane:
     die_with_parent: bool = True
     bin: Path = field(default_factory=bin_dir)
     components: list[_Component] = field(default_factory=list)
+    _owns_workdir: bool = False
 
     @property
     def kubeconfig(self) -> Path:
@@ -264,6 +267,7 @@ class ControlPlane:
     def start(self, timeout: float = 180.0) -> "ControlPlane":
         if self.workdir is None:
             self.workdir = Path(tempfile.mkdtemp(prefix="kuberl-cp-"))
+            self._owns_workdir = True
         self.workdir.mkdir(parents=True, exist_ok=True)
         atexit.register(self.stop)
         try:
@@ -281,6 +285,10 @@ class ControlPlane:
         state = self.workdir / "state.json" if self.workdir else None
         if state is not None and state.exists():
             state.unlink()
+        # A temporary work directory goes with the plane (etcd data, keys, logs), unless
+        # KUBERL_KEEP_CLUSTER_DIR asks to keep the logs for a post-mortem.
+        if self._owns_workdir and not os.environ.get("KUBERL_KEEP_CLUSTER_DIR"):
+            shutil.rmtree(self.workdir, ignore_errors=True)
 
     def __enter__(self) -> "ControlPlane":
         return self.start()

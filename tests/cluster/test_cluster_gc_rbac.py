@@ -3,11 +3,6 @@ cleanup (owner references) and least privilege (its own and its workloads' roles
 
 from __future__ import annotations
 
-import json
-import ssl
-import urllib.error
-import urllib.request
-
 import pytest
 from kubernetes.client.rest import ApiException
 
@@ -75,15 +70,7 @@ def narrow_sa(kube: Kube, namespace: str) -> str:
 
 def _status_as(kube: Kube, token: str, path: str) -> int:
     """HTTP status of GET `path` with a bearer token, straight at the API server."""
-    cfg = kube.api_client.configuration
-    ctx = ssl.create_default_context(cafile=cfg.ssl_ca_cert)
-    req = urllib.request.Request(cfg.host + path, headers={"Authorization": f"Bearer {token}"})
-    try:
-        with urllib.request.urlopen(req, context=ctx, timeout=10) as resp:
-            json.load(resp)
-            return resp.status
-    except urllib.error.HTTPError as e:
-        return e.code
+    return kube.request("GET", path, token=token)[0]
 
 
 def test_narrow_role_grants_only_what_it_names(kube: Kube, namespace: str, narrow_sa: str):
