@@ -557,19 +557,24 @@ class JobBuffer:
         futures = []
         for msg_id, payload in items:
             try:
-                fut = await self.js.publish_async(subject, payload, stream=stream,
-                                                  headers={"Nats-Msg-Id": msg_id}, wait_stall=self.cfg.publish_timeout_s)
+                # No wait_stall: on Python 3.11 it costs a task and a timer per message. The
+                # in-flight semaphore cannot wedge: unanswered futures are cancelled below,
+                # which releases their slots.
+                fut = await self.js.publish_async(subject, payload, stream=stream, headers={"Nats-Msg-Id": msg_id})
             except (*_RETRYABLE, nats.js.errors.TooManyStalledMsgsError):
                 fut = None
             futures.append(fut)
+        pending = [f for f in futures if f is not None]
+        if pending:
+            # One wait for the whole pipeline (not a timer per message); stragglers are retried.
+            await asyncio.wait(pending, timeout=self.cfg.publish_timeout_s)
         acks: list[api.PubAck] = []
         for (msg_id, payload), fut in zip(items, futures, strict=True):
             ack = None
-            if fut is not None:
-                try:
-                    ack = await asyncio.wait_for(fut, self.cfg.publish_timeout_s)
-                except _RETRYABLE:
-                    ack = None
+            if fut is not None and fut.done() and not fut.cancelled() and fut.exception() is None:
+                ack = fut.result()
+            elif fut is not None and not fut.done():
+                fut.cancel()
             acks.append(ack if ack is not None else await self._publish(subject, payload, msg_id, stream))
         return acks
 

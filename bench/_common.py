@@ -1,0 +1,43 @@
+"""Shared by the benchmarks: the test fixtures' real servers, result files, medians.
+
+Benchmarks are not tests: run them by hand (``.venv/bin/python bench/bench_buffer.py``).
+Each measures kuberl against its raw-library baseline in the same run, alternating rounds
+so background load hits both sides alike, and reports the ratio of medians.
+"""
+
+from __future__ import annotations
+
+import json
+import platform
+import statistics
+import sys
+import time
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+sys.path.insert(0, str(HERE.parent / "tests"))  # the server fixtures live there
+
+from fixtures_servers import NatsServer, SeaweedS3  # noqa: E402,F401
+
+
+def median(xs: list[float]) -> float:
+    return statistics.median(xs)
+
+
+def write_result(name: str, result: dict) -> Path:
+    result = {
+        "benchmark": name,
+        "timestamp": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+        "host": {"python": platform.python_version(), "machine": platform.machine(), "cpus": _cpus()},
+        **result,
+    }
+    out = HERE / "results" / f"{name}.json"
+    out.parent.mkdir(exist_ok=True)
+    out.write_text(json.dumps(result, indent=1) + "\n")
+    return out
+
+
+def _cpus() -> int:
+    import os
+
+    return len(os.sched_getaffinity(0))
