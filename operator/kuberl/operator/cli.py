@@ -8,6 +8,8 @@ from pathlib import Path
 
 import yaml
 
+from kuberl.operator.operator_command import register as register_operator_command
+
 CRD_DIR = Path("crds")
 DOCS_FILE = Path("docs/api.md")
 
@@ -74,6 +76,7 @@ def build_parser() -> argparse.ArgumentParser:
     validate = sub.add_parser("validate", help="validate manifests offline, as the API server would")
     validate.add_argument("files", nargs="+")
     validate.set_defaults(func=cmd_validate)
+    register_operator_command(sub)
     return parser
 
 

@@ -1,0 +1,62 @@
+"""Operator settings: images, intervals and ports, read once from the environment.
+
+Everything an installation or a test tunes lives here, so the handlers and builders never
+read the environment themselves (the builders stay pure: they take an `OperatorSettings`).
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+
+DEFAULT_WORKLOAD_IMAGE = "ghcr.io/kuberl/kuberl:0.1.0"
+DEFAULT_TRAINER_IMAGE = "ghcr.io/kuberl/kuberl-trainer:0.1.0"
+DEFAULT_SGLANG_IMAGE = "lmsysorg/sglang:v0.5.23-cu129"
+
+# The value of spec.managedBy that means "this operator"; any other value is left alone.
+MANAGED_BY = "kuberl.io/operator"
+
+
+def _env_float(name: str, default: float) -> float:
+    raw = os.environ.get(name)
+    return float(raw) if raw not in (None, "") else default
+
+
+def _env_int(name: str, default: int) -> int:
+    raw = os.environ.get(name)
+    return int(raw) if raw not in (None, "") else default
+
+
+@dataclass(frozen=True)
+class OperatorSettings:
+    """How this installation builds children and how often it reconciles."""
+
+    workload_image: str = DEFAULT_WORKLOAD_IMAGE  # rollout agent, torch trainer, reference envs
+    trainer_image: str = DEFAULT_TRAINER_IMAGE  # megatron-core trainer
+    sglang_image: str = DEFAULT_SGLANG_IMAGE
+    image_pull_policy: str = "IfNotPresent"
+    workload_service_account: str | None = None  # None: the namespace's default account
+    reconcile_interval_s: float = 10.0  # status aggregation, gang supervision, deadlines, TTL
+    autoscaler_tick_s: float = 5.0  # how often pools are looked at; each pool's own intervalSeconds gates decisions
+    nats_timeout_s: float = 3.0  # connect/request timeout towards a job's NATS server
+    metrics_port: int = 9090  # 0 disables the Prometheus endpoint
+    health_port: int = 8081  # 0 disables the liveness endpoint
+    executor_threads: int = 16  # kopf runs our (synchronous) handlers in this many threads
+    extra_labels: dict[str, str] = field(default_factory=dict)
+
+    @classmethod
+    def from_env(cls) -> OperatorSettings:
+        d = cls()
+        return cls(
+            workload_image=os.environ.get("KUBERL_WORKLOAD_IMAGE", d.workload_image),
+            trainer_image=os.environ.get("KUBERL_TRAINER_IMAGE", d.trainer_image),
+            sglang_image=os.environ.get("KUBERL_SGLANG_IMAGE", d.sglang_image),
+            image_pull_policy=os.environ.get("KUBERL_IMAGE_PULL_POLICY", d.image_pull_policy),
+            workload_service_account=os.environ.get("KUBERL_WORKLOAD_SERVICE_ACCOUNT") or None,
+            reconcile_interval_s=_env_float("KUBERL_RECONCILE_INTERVAL", d.reconcile_interval_s),
+            autoscaler_tick_s=_env_float("KUBERL_AUTOSCALER_TICK", d.autoscaler_tick_s),
+            nats_timeout_s=_env_float("KUBERL_NATS_TIMEOUT", d.nats_timeout_s),
+            metrics_port=_env_int("KUBERL_METRICS_PORT", d.metrics_port),
+            health_port=_env_int("KUBERL_HEALTH_PORT", d.health_port),
+            executor_threads=_env_int("KUBERL_EXECUTOR_THREADS", d.executor_threads),
+        )

@@ -1,0 +1,233 @@
+"""RLJob status as data: Conditions, the phase derived from them, progress, and the Events
+a change of conditions should produce. Pure: callers pass the time and the observations.
+
+Conditions follow the Kubernetes convention (type, status, reason, message,
+lastTransitionTime, observedGeneration); lastTransitionTime moves only when status
+changes, so `kubectl describe` shows when something really happened.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from dataclasses import dataclass
+from typing import Any
+
+CREATED = "Created"
+TRAINER_READY = "TrainerReady"
+ROLLOUT_READY = "RolloutReady"
+RUNNING = "Running"
+SUSPENDED = "Suspended"
+SUCCEEDED = "Succeeded"
+FAILED = "Failed"
+CONDITION_TYPES = (CREATED, TRAINER_READY, ROLLOUT_READY, RUNNING, SUSPENDED, SUCCEEDED, FAILED)
+
+# Reasons of the Failed condition.
+INVALID_SPEC = "InvalidSpec"
+BACKOFF_LIMIT_EXCEEDED = "BackoffLimitExceeded"
+DEADLINE_EXCEEDED = "DeadlineExceeded"
+
+
+def rfc3339(epoch: float) -> str:
+    return dt.datetime.fromtimestamp(epoch, dt.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def parse_rfc3339(value: str | None) -> float | None:
+    if not value:
+        return None
+    return dt.datetime.fromisoformat(value.replace("Z", "+00:00")).timestamp()
+
+
+def find(conditions: list[dict[str, Any]] | None, type_: str) -> dict[str, Any] | None:
+    for c in conditions or []:
+        if c.get("type") == type_:
+            return c
+    return None
+
+
+def is_true(conditions: list[dict[str, Any]] | None, type_: str) -> bool:
+    c = find(conditions, type_)
+    return c is not None and c.get("status") == "True"
+
+
+def set_condition(
+    conditions: list[dict[str, Any]] | None,
+    type_: str,
+    status: bool | str,
+    reason: str,
+    message: str = "",
+    *,
+    now: float,
+    generation: int | None = None,
+) -> list[dict[str, Any]]:
+    """A new list with `type_` set; lastTransitionTime is kept unless the status changes."""
+    status_str = status if isinstance(status, str) else ("True" if status else "False")
+    old = find(conditions, type_)
+    transition = old["lastTransitionTime"] if old and old.get("status") == status_str and old.get("lastTransitionTime") else rfc3339(now)
+    new = {"type": type_, "status": status_str, "reason": reason, "message": message, "lastTransitionTime": transition}
+    if generation is not None:
+        new["observedGeneration"] = generation
+    out = [c for c in conditions or [] if c.get("type") != type_]
+    out.append(new)
+    order = {t: i for i, t in enumerate(CONDITION_TYPES)}
+    return sorted(out, key=lambda c: order.get(c["type"], len(order)))
+
+
+def phase_of(conditions: list[dict[str, Any]] | None) -> str:
+    """The one-word summary, in order of precedence: terminal states win over everything."""
+    for type_, phase in ((FAILED, "Failed"), (SUCCEEDED, "Succeeded"), (SUSPENDED, "Suspended"), (RUNNING, "Running")):
+        if is_true(conditions, type_):
+            return phase
+    return "Pending"
+
+
+def is_finished(conditions: list[dict[str, Any]] | None) -> bool:
+    return is_true(conditions, SUCCEEDED) or is_true(conditions, FAILED)
+
+
+@dataclass(frozen=True)
+class Event:
+    """A Kubernetes Event to post on the object."""
+
+    type: str  # Normal | Warning
+    reason: str
+    message: str
+
+
+def transition_events(old: list[dict[str, Any]] | None, new: list[dict[str, Any]] | None) -> list[Event]:
+    """One Event per condition whose status changed (or that appeared as True)."""
+    events = []
+    for cond in new or []:
+        before = find(old, cond["type"])
+        if before is not None and before.get("status") == cond["status"]:
+            continue
+        if before is None and cond["status"] != "True":
+            continue  # conditions start False; only announce what happened
+        warning = cond["type"] == FAILED and cond["status"] == "True"
+        verb = "" if cond["status"] == "True" else "not "
+        text = f"{cond['type']}: {verb}{cond['type'][0].lower() + cond['type'][1:]}"
+        if cond.get("message"):
+            text = f"{text} ({cond['message']})"
+        events.append(Event("Warning" if warning else "Normal", cond.get("reason") or cond["type"], text))
+    return events
+
+
+@dataclass(frozen=True)
+class TrainerView:
+    """What the conditions need to know about the current trainer gang."""
+
+    replicas: int
+    ready: int  # pods of the current generation that are Running and Ready
+
+
+@dataclass(frozen=True)
+class RolloutView:
+    colocated: bool
+    ready: int = 0
+    desired: int = 0
+
+
+def job_conditions(
+    conditions: list[dict[str, Any]] | None,
+    *,
+    created: tuple[bool, str, str],
+    trainer: TrainerView,
+    rollout: RolloutView,
+    suspended: bool,
+    terminal: tuple[str, str, str] | None,
+    now: float,
+    generation: int | None,
+) -> list[dict[str, Any]]:
+    """Every condition of a job from what was observed this round.
+
+    `created` and `terminal` are (status-or-type, reason, message) triples the lifecycle
+    decided; a terminal condition, once True, is never taken back here.
+    """
+    conds = list(conditions or [])
+
+    def put(type_: str, status: bool, reason: str, message: str = "") -> None:
+        nonlocal conds
+        conds = set_condition(conds, type_, status, reason, message, now=now, generation=generation)
+
+    ok, reason, message = created
+    put(CREATED, ok, reason, message)
+    finished = is_finished(conds)
+    if terminal is not None and not finished:
+        type_, reason, message = terminal
+        put(type_, True, reason, message)
+        finished = True
+    if trainer.ready >= trainer.replicas and trainer.replicas > 0 and not finished and not suspended:
+        put(TRAINER_READY, True, "AllRanksReady", f"{trainer.ready}/{trainer.replicas} trainer pods ready")
+    else:
+        why = "JobFinished" if finished else "Suspended" if suspended else "RanksNotReady"
+        put(TRAINER_READY, False, why, f"{trainer.ready}/{trainer.replicas} trainer pods ready")
+    if rollout.colocated:
+        put(ROLLOUT_READY, not finished and not suspended, "Colocated", "the trainer pods run the engine")
+    elif rollout.ready > 0 and not finished and not suspended:
+        put(ROLLOUT_READY, True, "EnginesReady", f"{rollout.ready}/{rollout.desired} rollout pods ready")
+    else:
+        why = "JobFinished" if finished else "Suspended" if suspended else "NoEngineReady"
+        put(ROLLOUT_READY, False, why, f"{rollout.ready}/{rollout.desired} rollout pods ready")
+    put(SUSPENDED, suspended and not finished, "SuspendedByUser" if suspended else "NotSuspended")
+    running = is_true(conds, TRAINER_READY) and is_true(conds, ROLLOUT_READY)
+    if finished:
+        put(RUNNING, False, "JobFinished")
+    elif suspended:
+        put(RUNNING, False, "Suspended")
+    else:
+        put(RUNNING, running, "Training" if running else "Starting")
+    if not is_true(conds, SUCCEEDED):
+        put(SUCCEEDED, False, "NotFinished")
+    if not is_true(conds, FAILED):
+        put(FAILED, False, "NotFailed")
+    return conds
+
+
+# ---------------------------------------------------------------------------------------
+# Progress from the job's KV state
+
+
+def _decimal(value: Any) -> str | None:
+    try:
+        return f"{float(value):.4g}"
+    except (TypeError, ValueError):
+        return None
+
+
+def progress(
+    state: dict[str, Any] | None,
+    *,
+    max_steps: int,
+    previous: tuple[float, int] | None,
+    now: float,
+) -> tuple[dict[str, Any], tuple[float, int] | None]:
+    """Status fields from the job-state document the trainer keeps in KV, and the new
+    (time, samples) sample for the next rate estimate.
+
+    The document is `kuberl.workloads.buffer.JobState` as JSON: policy_version,
+    curriculum_stage, counters{steps, samples, ...}; an optional `metrics` map
+    (reward_mean, reward_std, pass_rate) is shown when the trainer writes it.
+    """
+    out: dict[str, Any] = {"maxSteps": max_steps}
+    if not state:
+        return out, previous
+    counters = state.get("counters") or {}
+    metrics = state.get("metrics") or {}
+    step = int(counters.get("steps", 0))
+    samples = int(counters.get("samples", 0))
+    out["step"] = step
+    out["progressPercent"] = min(100, int(100 * step / max_steps)) if max_steps else 0
+    out["policyVersion"] = int(state.get("policy_version", 0))
+    stage = state.get("curriculum_stage")
+    if stage is not None:
+        out["curriculumStage"] = str(stage)
+    reward = {k: v for k, v in (("mean", _decimal(metrics.get("reward_mean"))), ("std", _decimal(metrics.get("reward_std"))),
+                                ("passRate", _decimal(metrics.get("pass_rate")))) if v is not None}
+    if reward:
+        out["reward"] = reward
+    if previous is not None and now > previous[0] and samples >= previous[1]:
+        rate = (samples - previous[1]) / (now - previous[0])
+        out["samplesPerSecond"] = f"{rate:.3g}"
+        steps_per_sample = step / samples if samples else 0
+        if rate > 0 and steps_per_sample > 0:
+            out["estimatedSecondsRemaining"] = int(max(0, max_steps - step) / (rate * steps_per_sample))
+    return out, (now, samples)

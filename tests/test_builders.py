@@ -1,0 +1,202 @@
+"""Child manifests built from RLJob, RolloutPool and AgentEnv (pure, no cluster)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import yaml
+
+from kuberl.operator import builders as b
+from kuberl.operator.api import AgentEnv, RLJob, RolloutPool
+from kuberl.operator.settings import OperatorSettings
+from kuberl.operator.validation import validate
+from kuberl.workloads.config import WorkloadConfig
+
+EXAMPLES = Path(__file__).resolve().parents[1] / "examples"
+S = OperatorSettings()
+NS = "team-a"
+
+
+def example(file: str, kind: str) -> dict:
+    for doc in yaml.safe_load_all((EXAMPLES / file).read_text()):
+        if doc and doc["kind"] == kind:
+            doc = validate(doc)
+            doc["metadata"].setdefault("namespace", NS)
+            doc["metadata"].setdefault("uid", "uid-1")
+            return doc
+    raise LookupError(file)
+
+
+def job(file: str = "colocated-math.yaml", **spec_overrides) -> RLJob:
+    doc = example(file, "RLJob")
+    doc["spec"].update(spec_overrides)
+    return RLJob.model_validate(doc)
+
+
+def env_of(container: dict) -> dict[str, str]:
+    return {e["name"]: e.get("value") for e in container["env"]}
+
+
+def test_config_map_holds_the_rendered_workload_config():
+    j = job("decoupled-agentic.yaml")
+    cm = b.job_config_map(j, NS, S, agent_env_urls={"calculator": "http://calculator.team-a.svc:8080"})
+    assert cm["metadata"]["name"] == "agentic-tools-config"
+    cfg = WorkloadConfig.model_validate(yaml.safe_load(cm["data"]["config.yaml"]))
+    assert cfg.job.name == "agentic-tools" and cfg.job.namespace == NS and cfg.job.uid == "uid-1"
+    assert cfg.max_off_policy_steps == 2 and cfg.agent_envs == {"calculator": "http://calculator.team-a.svc:8080"}
+    assert cm["metadata"]["labels"][b.LABEL_JOB] == "agentic-tools"
+
+
+def test_trainer_gang_has_one_indexed_pod_per_replica_with_rendezvous_env():
+    j = job()
+    pods = b.trainer_gang(j, NS, generation=0, settings=S)
+    assert [p["metadata"]["name"] for p in pods] == ["qwen-math-colocated-trainer-0", "qwen-math-colocated-trainer-1"]
+    for i, pod in enumerate(pods):
+        spec = pod["spec"]
+        c = spec["containers"][0]
+        env = env_of(c)
+        assert env["MASTER_ADDR"] == f"qwen-math-colocated-trainer-0.qwen-math-colocated-trainer.{NS}.svc"
+        assert env["MASTER_PORT"] == "29500" and env["NNODES"] == "2" and env["NODE_RANK"] == str(i)
+        assert env["NPROC_PER_NODE"] == "8" and env["WORLD_SIZE"] == "16"
+        assert env["KUBERL_CONFIG"] == "/etc/kuberl/config.yaml"
+        assert c["resources"]["limits"]["nvidia.com/gpu"] == "8"
+        assert spec["hostname"] == pod["metadata"]["name"] and spec["subdomain"] == "qwen-math-colocated-trainer"
+        assert spec["restartPolicy"] == "Never"
+        assert spec["nodeSelector"] == {"kuberl.io/pool": "gpu"}
+        assert spec["tolerations"] == [{"key": "nvidia.com/gpu", "operator": "Exists", "effect": "NoSchedule"}]
+        labels = pod["metadata"]["labels"]
+        assert labels[b.LABEL_ROLE] == "trainer" and labels[b.LABEL_JOB] == "qwen-math-colocated"
+        assert labels[b.LABEL_REPLICA_INDEX] == str(i) and labels[b.LABEL_GANG_GENERATION] == "0"
+        assert labels["app.kubernetes.io/name"] == "kuberl" and labels["app.kubernetes.io/component"] == "trainer"
+        assert {"name": "kuberl-config", "configMap": {"name": "qwen-math-colocated-config"}} in spec["volumes"]
+
+
+def test_trainer_generation_label_and_image_by_backend():
+    pod = b.trainer_pod(job(), NS, 0, 3, S)
+    assert pod["metadata"]["labels"][b.LABEL_GANG_GENERATION] == "3"
+    assert pod["spec"]["containers"][0]["image"] == S.trainer_image
+    tiny = job("tiny-cpu.yaml")
+    c = b.trainer_pod(tiny, NS, 0, 0, S)["spec"]["containers"][0]
+    assert c["image"] == S.workload_image and "nvidia.com/gpu" not in c.get("resources", {}).get("limits", {})
+    assert env_of(c)["WORLD_SIZE"] == "1"
+
+
+def test_scheduling_hooks_priority_affinity_and_queue():
+    affinity = {"nodeAffinity": {"requiredDuringSchedulingIgnoredDuringExecution": {"nodeSelectorTerms": [
+        {"matchExpressions": [{"key": "zone", "operator": "In", "values": ["a"]}]}]}}}
+    j = job(scheduling={"schedulerName": "volcano", "queueName": "research", "podGroup": {"enabled": True}})
+    j.spec.trainer.placement.priority_class_name = "rl-high"
+    j.spec.trainer.placement.affinity = affinity
+    pod = b.trainer_pod(j, NS, 1, 2, S)
+    spec, labels, ann = pod["spec"], pod["metadata"]["labels"], pod["metadata"]["annotations"]
+    assert spec["schedulerName"] == "volcano" and spec["priorityClassName"] == "rl-high" and spec["affinity"] == affinity
+    assert labels["scheduling.x-k8s.io/pod-group"] == "qwen-math-colocated-trainer-g2"
+    assert labels["kueue.x-k8s.io/queue-name"] == "research"
+    assert labels["kueue.x-k8s.io/pod-group-name"] == "qwen-math-colocated-trainer-g2"
+    assert ann["kueue.x-k8s.io/pod-group-total-count"] == "2" and ann[b.POD_GROUP_SIZE_ANNOTATION] == "2"
+
+
+def test_headless_rendezvous_service():
+    svc = b.trainer_service(job(), NS, S)
+    assert svc["metadata"]["name"] == "qwen-math-colocated-trainer"
+    assert svc["spec"]["clusterIP"] == "None" and svc["spec"]["publishNotReadyAddresses"] is True
+    assert svc["spec"]["selector"] == {b.LABEL_JOB: "qwen-math-colocated", b.LABEL_ROLE: "trainer"}
+    assert svc["spec"]["ports"][0]["port"] == 29500
+
+
+def test_pool_and_env_ownership_by_mode():
+    assert b.inline_rollout_pool(job(), NS, S) is None  # colocated
+    assert b.pool_name_for(job()) is None
+    agentic = job("decoupled-agentic.yaml")
+    assert b.inline_rollout_pool(agentic, NS, S) is None and b.pool_name_for(agentic) == "shared-sglang"
+    envs = b.inline_agent_envs(agentic, NS, S)
+    assert [e["metadata"]["name"] for e in envs] == ["calculator"] and envs[0]["spec"]["task"] == "calculator-tool"
+    tiny = job("tiny-cpu.yaml")
+    pool = b.inline_rollout_pool(tiny, NS, S)
+    assert pool["metadata"]["name"] == "tiny-arithmetic-rollout" and pool["spec"]["engine"]["type"] == "torch"
+    default = job("tiny-cpu.yaml", rollout=None)
+    assert b.inline_rollout_pool(default, NS, S)["spec"]["gpusPerReplica"] == 0
+
+
+def pool(file: str = "shared-rolloutpool.yaml", **meta) -> RolloutPool:
+    doc = example(file, "RolloutPool")
+    doc["metadata"].update(meta)
+    return RolloutPool.model_validate(doc)
+
+
+def test_sglang_pool_deployment_has_engine_and_agent():
+    d = b.rollout_deployment(pool(), NS, S, bound_job="agentic-tools", model_source="hf://Qwen/Qwen2.5-7B-Instruct")
+    assert d["spec"]["replicas"] == 2
+    assert d["spec"]["selector"]["matchLabels"] == {b.LABEL_ROLE: "rollout", b.LABEL_POOL: "shared-sglang"}
+    tpl = d["spec"]["template"]
+    engine, agent = tpl["spec"]["containers"]
+    assert engine["name"] == "engine" and engine["image"] == "lmsysorg/sglang:v0.5.23-cu129"
+    assert engine["args"][:2] == ["--model-path", "Qwen/Qwen2.5-7B-Instruct"] and "--tp-size" in engine["args"]
+    assert engine["resources"]["limits"]["nvidia.com/gpu"] == "2"
+    assert engine["readinessProbe"]["httpGet"]["path"] == "/health_generate"
+    assert agent["name"] == "agent" and env_of(agent)["KUBERL_ENGINE_URL"] == "http://127.0.0.1:30000"
+    assert env_of(agent)["KUBERL_JOB"] == "agentic-tools"
+    assert {"name": "kuberl-config", "configMap": {"name": "agentic-tools-config", "optional": True}} in tpl["spec"]["volumes"]
+    assert tpl["spec"]["nodeSelector"] == {"kuberl.io/pool": "gpu"}
+    assert tpl["metadata"]["labels"][b.LABEL_JOB] == "agentic-tools"
+
+
+def test_torch_pool_is_agent_only_and_pause_zeroes_replicas():
+    tiny = job("tiny-cpu.yaml")
+    doc = b.inline_rollout_pool(tiny, NS, S)
+    p = RolloutPool.model_validate(doc)
+    d = b.rollout_deployment(p, NS, S, bound_job="tiny-arithmetic")
+    containers = d["spec"]["template"]["spec"]["containers"]
+    assert [c["name"] for c in containers] == ["agent"] and env_of(containers[0])["KUBERL_ENGINE"] == "torch"
+    assert "KUBERL_ENGINE_URL" not in env_of(containers[0])
+    p.metadata["annotations"] = {b.PAUSED_ANNOTATION: "true"}
+    assert b.rollout_deployment(p, NS, S)["spec"]["replicas"] == 0
+    svc = b.rollout_service(p, NS, S)
+    assert [x["name"] for x in svc["spec"]["ports"]] == ["metrics"]
+
+
+def test_selector_string_matches_deployment_selector():
+    assert b.selector_string(b.pool_selector("p")) == "kuberl.io/role=rollout,kuberl.io/rollout-pool=p"
+
+
+def agent_env(**sandbox) -> AgentEnv:
+    doc = example("agentenv-calculator.yaml", "AgentEnv")
+    doc["spec"]["sandbox"].update(sandbox)
+    return AgentEnv.model_validate(doc)
+
+
+def test_agent_env_is_sandboxed():
+    d = b.agent_env_deployment(agent_env(runtimeClassName="gvisor"), NS, S)
+    pod = d["spec"]["template"]["spec"]
+    c = pod["containers"][0]
+    assert pod["securityContext"]["runAsNonRoot"] is True and pod["securityContext"]["runAsUser"] == b.NON_ROOT_UID
+    assert pod["securityContext"]["seccompProfile"] == {"type": "RuntimeDefault"}
+    assert pod["runtimeClassName"] == "gvisor" and pod["automountServiceAccountToken"] is False
+    sc = c["securityContext"]
+    assert sc["allowPrivilegeEscalation"] is False and sc["readOnlyRootFilesystem"] is True and sc["capabilities"] == {"drop": ["ALL"]}
+    assert {"name": "tmp", "mountPath": "/tmp"} in c["volumeMounts"]
+    assert env_of(c)["KUBERL_ENV_TASK"] == "calculator-tool" and env_of(c)["KUBERL_ENV_LATENCY_DISTRIBUTION"] == "lognormal"
+    assert d["spec"]["replicas"] == 2
+
+
+def test_agent_env_relaxed_sandbox():
+    d = b.agent_env_deployment(agent_env(runAsNonRoot=False, readOnlyRootFilesystem=False, denyEgress=False), NS, S)
+    pod = d["spec"]["template"]["spec"]
+    assert "runAsNonRoot" not in pod["securityContext"] and "volumes" not in pod
+    assert b.agent_env_network_policy(agent_env(denyEgress=False), NS, S) is None
+
+
+def test_deny_egress_network_policy():
+    np = b.agent_env_network_policy(agent_env(), NS, S)
+    assert np["spec"] == {"podSelector": {"matchLabels": {b.LABEL_ROLE: "agentenv", b.LABEL_ENV: "calculator"}},
+                          "policyTypes": ["Egress"], "egress": []}
+    kinds = [c["kind"] for c in b.agent_env_children(agent_env(), NS, S)]
+    assert kinds == ["Deployment", "Service", "NetworkPolicy"]
+
+
+@pytest.mark.parametrize("file", ["colocated-math.yaml", "decoupled-agentic.yaml", "tiny-cpu.yaml"])
+def test_builders_are_deterministic(file):
+    j = job(file)
+    assert b.trainer_gang(j, NS, 0, S) == b.trainer_gang(j, NS, 0, S)
+    assert b.job_config_map(j, NS, S) == b.job_config_map(j, NS, S)
