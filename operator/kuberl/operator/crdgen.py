@@ -58,10 +58,11 @@ SCALE_SUBRESOURCE = {
 
 
 class _DefaultsFromFactories(GenerateJsonSchema):
-    """Emit `default: {}` for nested objects built by a default_factory.
+    """Emit the factory's value as the default of nested objects built by a default_factory.
 
-    Pydantic leaves factory defaults out of the schema. The API server applies defaults
-    recursively, so `{}` on the parent is enough for every inner default to show up.
+    Pydantic leaves factory defaults out of the schema. The full value rather than `{}`:
+    the API server checks every default against the CEL rules of its object, and a rule
+    such as `self.minReplicas <= self.maxReplicas` cannot evaluate on `{}`.
     """
 
     def default_schema(self, schema):  # type: ignore[override]
@@ -69,7 +70,7 @@ class _DefaultsFromFactories(GenerateJsonSchema):
             value = schema["default_factory"]()
             inner = self.generate_inner(schema["schema"])
             if isinstance(value, BaseModel):
-                return {**inner, "default": {}}
+                return {**inner, "default": value.model_dump(mode="json", by_alias=True, exclude_none=True)}
             if value in ([], {}):
                 return inner
         return super().default_schema(schema)

@@ -31,6 +31,7 @@ from kuberl.workloads.jobspec import (
     ModelSpec,
     Parallelism,
     RewardSpec,
+    VerifierReward,
     RunPolicy,
     WeightStoreSpec,
 )
@@ -127,7 +128,10 @@ class RLJobSpec(ApiModel):
     model: ModelSpec = Field(description="Initial policy and tokenizer.")
     datasets: list[Dataset] = Field(min_length=1, max_length=LIST_MAX, json_schema_extra=list_map("name"), description="Prompt datasets.")
     curriculum: CurriculumSpec | None = Field(None, description="Difficulty curriculum; without it every dataset is used throughout.")
-    reward: RewardSpec = Field(default_factory=RewardSpec, description="How responses are scored.")
+    # The default must satisfy RewardSpec's own rules (type verifier needs a verifier): the
+    # API server checks defaults against the CEL rules, and the operator would run it.
+    reward: RewardSpec = Field(default_factory=lambda: RewardSpec(verifier=VerifierReward(name="exact-match")),
+                               description="How responses are scored (default: the exact-match verifier).")
     algorithm: AlgorithmSpec = Field(default_factory=AlgorithmSpec, description="Policy-gradient algorithm settings.")
     mode: Literal["colocated", "decoupled"] = Field("decoupled", description="colocated: train and generate on the same GPUs, on-policy; decoupled: separate pools, asynchronous.")
     max_off_policy_steps: int | None = Field(
