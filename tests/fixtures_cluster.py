@@ -61,7 +61,6 @@ class Kube:
 
     kubeconfig: Path
     kubectl_path: Path
-    local: bool  # True when we started the control plane (fake kwok nodes exist)
 
     def __post_init__(self) -> None:
         import kubernetes
@@ -71,6 +70,9 @@ class Kube:
         self.rbac = kubernetes.client.RbacAuthorizationV1Api(self.api_client)
         self.custom = kubernetes.client.CustomObjectsApi(self.api_client)
         self._dynamic = None
+        # kwok fake nodes (ours carry type=kwok): pods then reach Running without images
+        # and obey kuberl.io/fake-phase. Also true for a plane started by `controlplane.py up`.
+        self.kwok = bool(self.core.list_node(label_selector="type=kwok").items)
 
     @property
     def dynamic(self):
@@ -149,7 +151,7 @@ def _kubectl_for_existing_cluster() -> Path:
 def kube():
     existing = os.environ.get("KUBECONFIG")
     if existing and Path(existing).is_file():
-        k = Kube(Path(existing), _kubectl_for_existing_cluster(), local=False)
+        k = Kube(Path(existing), _kubectl_for_existing_cluster())
         k.install_crds()
         yield k
         return
@@ -158,7 +160,7 @@ def kube():
     plane = controlplane.ControlPlane(bin=bin_dir)
     plane.start()
     try:
-        k = Kube(plane.kubeconfig, plane.kubectl_path, local=True)
+        k = Kube(plane.kubeconfig, plane.kubectl_path)
         k.install_crds()
         yield k
     finally:

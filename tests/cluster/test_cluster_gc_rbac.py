@@ -29,7 +29,7 @@ def test_deleting_an_owner_deletes_its_children(kube: Kube, namespace: str):
         namespace, {"metadata": {"name": "child-config", "ownerReferences": [ref]}})
     kube.core.create_namespaced_pod(namespace, {
         "metadata": {"name": "child-pod", "ownerReferences": [ref]},
-        "spec": {"nodeSelector": {"kuberl.io/pool": "cpu"} if kube.local else {},
+        "spec": {"nodeSelector": {"kuberl.io/pool": "cpu"} if kube.kwok else {},
                  "containers": [{"name": "main", "image": "registry.invalid/x:test"}]}})
     kube.core.create_namespaced_config_map(namespace, {"metadata": {"name": "bystander"}})
 

@@ -15,7 +15,7 @@ GPU_TOLERATION = {"key": "nvidia.com/gpu", "operator": "Exists", "effect": "NoSc
 
 @pytest.fixture(autouse=True)
 def _needs_fake_nodes(kube: Kube):
-    if not kube.local:
+    if not kube.kwok:
         pytest.skip("needs the local control plane's kwok GPU nodes")
 
 

@@ -1,0 +1,414 @@
+"""The operator against the real control plane (kwok fake nodes) and a real nats-server.
+
+One operator process (`kuberl operator`, as the image runs it) serves the whole module,
+with 1-second reconcile and autoscaler ticks so lifecycle transitions show up fast.
+kwok plays the kubelet: pods become Running, and Failed/Succeeded on the
+kuberl.io/fake-phase annotation.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import copy
+import os
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.request
+from pathlib import Path
+
+import nats
+import pytest
+import yaml
+
+from fixtures_cluster import EXAMPLES_DIR, Kube, wait_until
+from fixtures_servers import free_port
+from kuberl.workloads.buffer import JobNames
+
+pytestmark = pytest.mark.cluster
+
+GROUP, VERSION = "kuberl.io", "v1alpha1"
+FAKE_PHASE = "kuberl.io/fake-phase"
+
+
+@pytest.fixture(autouse=True)
+def _needs_fake_nodes(kube: Kube):
+    if not getattr(kube, "kwok", getattr(kube, "local", False)):
+        pytest.skip("needs kwok fake nodes (the local control plane)")
+
+
+@pytest.fixture(scope="module")
+def operator(kube: Kube, nats_server):
+    log_path = Path(tempfile.mkdtemp(prefix="kuberl-operator-")) / "operator.log"
+    health = free_port()
+    env = {
+        **os.environ,
+        "KUBECONFIG": str(kube.kubeconfig),
+        "KUBERL_RECONCILE_INTERVAL": "1",
+        "KUBERL_AUTOSCALER_TICK": "1",
+        "KUBERL_METRICS_PORT": str(free_port()),
+        "KUBERL_HEALTH_PORT": str(health),
+        "KUBERL_LOG_FORMAT": "json",
+    }
+    with open(log_path, "w") as log:
+        proc = subprocess.Popen([sys.executable, "-m", "kuberl.operator.cli", "operator", "--standalone"],
+                                env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+
+    def healthy():
+        if proc.poll() is not None:
+            raise AssertionError(f"operator exited {proc.returncode}:\n{log_path.read_text()[-5000:]}")
+        try:
+            with urllib.request.urlopen(f"http://127.0.0.1:{health}/healthz", timeout=1) as r:
+                return r.status == 200
+        except OSError:
+            return False
+
+    wait_until("operator liveness endpoint", healthy, timeout=60)
+    proc.log_path = log_path
+    proc.metrics_port = int(env["KUBERL_METRICS_PORT"])
+    yield proc
+    proc.terminate()
+    try:
+        proc.wait(timeout=20)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+    if os.environ.get("KUBERL_TEST_SHOW_OPERATOR_LOG"):
+        print(log_path.read_text()[-20000:])
+
+
+# ---------------------------------------------------------------------------------------
+# helpers
+
+
+def example_doc(file: str, kind: str) -> dict:
+    for doc in yaml.safe_load_all((EXAMPLES_DIR / file).read_text()):
+        if doc and doc["kind"] == kind:
+            return doc
+    raise LookupError(file)
+
+
+def cpu_job(name: str, nats_url: str, *, replicas: int = 2, **spec) -> dict:
+    """A megatron-on-CPU job (gloo) with a torch-engine pool: cheap on kwok nodes."""
+    doc = copy.deepcopy(example_doc("tiny-cpu.yaml", "RLJob"))
+    doc["metadata"] = {"name": name}
+    doc["spec"]["trainer"] = {"backend": "megatron", "replicas": replicas, "gpusPerReplica": 0,
+                              "placement": {"nodeSelector": {"kuberl.io/pool": "cpu"}}}
+    doc["spec"]["rollout"]["template"]["placement"] = {"nodeSelector": {"kuberl.io/pool": "cpu"}}
+    doc["spec"]["buffer"] = {"url": nats_url}
+    for key, value in spec.items():
+        doc["spec"][key] = value
+    return doc
+
+
+def create(kube: Kube, ns: str, doc: dict) -> None:
+    kube.kubectl("apply", "-n", ns, "-f", "-", input=yaml.safe_dump(doc))
+
+
+def get(kube: Kube, ns: str, plural: str, name: str) -> dict | None:
+    from kubernetes.client.rest import ApiException
+
+    try:
+        return kube.custom.get_namespaced_custom_object(GROUP, VERSION, ns, plural, name)
+    except ApiException as e:
+        if e.status == 404:
+            return None
+        raise
+
+
+def job_status(kube: Kube, ns: str, name: str) -> dict:
+    return (get(kube, ns, "rljobs", name) or {}).get("status") or {}
+
+
+def condition(status: dict, type_: str) -> dict:
+    return next((c for c in status.get("conditions") or [] if c["type"] == type_), {})
+
+
+def trainer_pods(kube: Kube, ns: str, job: str) -> list:
+    return [p for p in kube.core.list_namespaced_pod(ns, label_selector=f"kuberl.io/job={job},kuberl.io/role=trainer").items
+            if not p.metadata.deletion_timestamp]
+
+
+def wait_phase(kube: Kube, ns: str, job: str, phase: str, timeout: float = 60) -> dict:
+    return wait_until(f"{job} {phase}", lambda: (s := job_status(kube, ns, job)).get("phase") == phase and s, timeout=timeout)
+
+
+def set_fake_phase(kube: Kube, ns: str, pod: str, phase: str) -> None:
+    kube.core.patch_namespaced_pod(pod, ns, {"metadata": {"annotations": {FAKE_PHASE: phase}}})
+
+
+def events(kube: Kube, ns: str, name: str) -> list:
+    return kube.core.list_namespaced_event(ns, field_selector=f"involvedObject.name={name}").items
+
+
+def deployment(kube: Kube, ns: str, name: str):
+    from kubernetes import client
+    from kubernetes.client.rest import ApiException
+
+    try:
+        return client.AppsV1Api(kube.api_client).read_namespaced_deployment(name, ns)
+    except ApiException as e:
+        if e.status == 404:
+            return None
+        raise
+
+
+async def _streams(url: str) -> list[str]:
+    nc = await nats.connect(url)
+    try:
+        return [s.config.name for s in await nc.jetstream().streams_info()]
+    finally:
+        await nc.close()
+
+
+def streams_of(url: str, ns: str, job: str) -> set[str]:
+    wanted = set(JobNames.for_job(ns, job).streams())
+    return wanted & set(asyncio.run(_streams(url)))
+
+
+async def _publish(url: str, subject: str, n: int) -> None:
+    nc = await nats.connect(url)
+    try:
+        js = nc.jetstream()
+        for i in range(n):
+            await js.publish(subject, f"prompt-{i}".encode())
+    finally:
+        await nc.close()
+
+
+async def _purge(url: str, stream: str) -> None:
+    nc = await nats.connect(url)
+    try:
+        await nc.jetstream().purge_stream(stream)
+    finally:
+        await nc.close()
+
+
+# ---------------------------------------------------------------------------------------
+# examples and cleanup
+
+
+def test_tiny_example_creates_children_and_deletion_removes_everything(kube, namespace, operator, nats_server):
+    doc = example_doc("tiny-cpu.yaml", "RLJob")
+    doc["spec"]["buffer"] = {"url": nats_server.url}
+    create(kube, namespace, doc)
+    name = "tiny-arithmetic"
+    status = wait_phase(kube, namespace, name, "Running", timeout=90)
+    assert condition(status, "Created")["status"] == "True"
+    assert status["rollout"]["summary"] == "1/1" and status["maxSteps"] == 40
+    kube.core.read_namespaced_config_map(f"{name}-config", namespace)
+    svc = kube.core.read_namespaced_service(f"{name}-trainer", namespace)
+    assert svc.spec.cluster_ip == "None"
+    [pod] = trainer_pods(kube, namespace, name)
+    assert pod.metadata.name == f"{name}-trainer-0" and pod.spec.node_name.startswith("kwok-cpu")
+    pool = get(kube, namespace, "rolloutpools", f"{name}-rollout")
+    assert pool["metadata"]["ownerReferences"][0]["kind"] == "RLJob"
+    assert pool["status"]["boundJob"] == name and pool["status"]["selector"]
+    assert deployment(kube, namespace, f"{name}-rollout").status.ready_replicas == 1
+    assert streams_of(nats_server.url, namespace, name) == set(JobNames.for_job(namespace, name).streams())
+
+    kube.custom.delete_namespaced_custom_object(GROUP, VERSION, namespace, "rljobs", name)
+    wait_until("RLJob gone", lambda: get(kube, namespace, "rljobs", name) is None, timeout=60)
+    wait_until("streams deleted", lambda: not streams_of(nats_server.url, namespace, name), timeout=30)
+    wait_until("children collected", lambda: not trainer_pods(kube, namespace, name)
+               and get(kube, namespace, "rolloutpools", f"{name}-rollout") is None
+               and deployment(kube, namespace, f"{name}-rollout") is None
+               and not kube.core.list_namespaced_config_map(namespace, label_selector=f"kuberl.io/job={name}").items, timeout=90)
+
+
+def test_colocated_example_runs_the_gang_on_gpu_nodes(kube, namespace, operator, nats_server):
+    doc = example_doc("colocated-math.yaml", "RLJob")
+    doc["spec"]["buffer"] = {"url": nats_server.url}
+    create(kube, namespace, doc)
+    name = doc["metadata"]["name"]
+    wait_phase(kube, namespace, name, "Running", timeout=90)
+    pods = trainer_pods(kube, namespace, name)
+    assert sorted(p.metadata.name for p in pods) == [f"{name}-trainer-0", f"{name}-trainer-1"]
+    assert all(p.spec.node_name.startswith("kwok-gpu") for p in pods)
+    assert get(kube, namespace, "rolloutpools", f"{name}-rollout") is None  # colocated: no pool
+    kube.custom.delete_namespaced_custom_object(GROUP, VERSION, namespace, "rljobs", name)
+    wait_until("gang gone", lambda: not trainer_pods(kube, namespace, name), timeout=60)
+
+
+def test_agentic_example_with_shared_pool_and_inline_env(kube, namespace, operator, nats_server):
+    pool = example_doc("shared-rolloutpool.yaml", "RolloutPool")
+    pool["spec"]["autoscaling"]["enabled"] = False
+    create(kube, namespace, pool)
+    doc = example_doc("decoupled-agentic.yaml", "RLJob")
+    doc["spec"]["buffer"] = {"url": nats_server.url}
+    create(kube, namespace, doc)
+    name = doc["metadata"]["name"]
+    wait_until("trainer and env created", lambda: trainer_pods(kube, namespace, name) and get(kube, namespace, "agentenvs", "calculator"), timeout=60)
+    env = get(kube, namespace, "agentenvs", "calculator")
+    assert env["metadata"]["ownerReferences"][0]["name"] == name
+    from kubernetes import client
+
+    wait_until("env deny-egress policy", lambda: client.NetworkingV1Api(kube.api_client).list_namespaced_network_policy(namespace).items, timeout=30)
+    wait_until("env endpoint", lambda: (get(kube, namespace, "agentenvs", "calculator").get("status") or {}).get("endpoint"), timeout=30)
+    wait_until("pool bound", lambda: (get(kube, namespace, "rolloutpools", "shared-sglang").get("status") or {}).get("boundJob") == name, timeout=30)
+    rollout_pods = wait_until("rollout pods scheduled", lambda: [p for p in kube.core.list_namespaced_pod(
+        namespace, label_selector="kuberl.io/rollout-pool=shared-sglang").items if p.spec.node_name], timeout=60)
+    assert all(p.spec.node_name.startswith("kwok-gpu") for p in rollout_pods)
+    env_pods = wait_until("env pods", lambda: kube.core.list_namespaced_pod(namespace, label_selector="kuberl.io/agent-env=calculator").items, timeout=60)
+    assert env_pods[0].spec.security_context.run_as_non_root is True
+    kube.custom.delete_namespaced_custom_object(GROUP, VERSION, namespace, "rljobs", name)
+    wait_until("job children gone", lambda: not trainer_pods(kube, namespace, name) and get(kube, namespace, "agentenvs", "calculator") is None, timeout=60)
+    assert get(kube, namespace, "rolloutpools", "shared-sglang") is not None  # not owned by the job
+
+
+# ---------------------------------------------------------------------------------------
+# failures, success, suspend, deadline, TTL
+
+
+def test_failed_rank_restarts_the_gang_then_backoff_limit_fails(kube, namespace, operator, nats_server):
+    create(kube, namespace, cpu_job("flaky", nats_server.url, runPolicy={"maxSteps": 10, "backoffLimit": 1}))
+    wait_phase(kube, namespace, "flaky", "Running", timeout=90)
+    old_uids = {p.metadata.uid for p in trainer_pods(kube, namespace, "flaky")}
+    set_fake_phase(kube, namespace, "flaky-trainer-1", "Failed")
+    wait_until("restart counted", lambda: job_status(kube, namespace, "flaky").get("restarts") == 1, timeout=60)
+
+    def new_gang():
+        pods = trainer_pods(kube, namespace, "flaky")
+        return len(pods) == 2 and all(p.metadata.labels["kuberl.io/gang-generation"] == "1" for p in pods) and pods
+
+    pods = wait_until("the whole gang recreated", new_gang, timeout=60)
+    assert not old_uids & {p.metadata.uid for p in pods}
+    assert any(e.reason == "GangRestart" for e in events(kube, namespace, "flaky"))
+    wait_phase(kube, namespace, "flaky", "Running", timeout=60)
+
+    set_fake_phase(kube, namespace, "flaky-trainer-0", "Failed")
+    status = wait_phase(kube, namespace, "flaky", "Failed", timeout=60)
+    failed = condition(status, "Failed")
+    assert failed["reason"] == "BackoffLimitExceeded" and "flaky-trainer-0" in failed["message"]
+    assert status["restarts"] == 1 and status["completionTime"]
+    wait_until("BackoffLimitExceeded event", lambda: any(e.reason == "BackoffLimitExceeded" for e in events(kube, namespace, "flaky")), timeout=30)
+
+
+def test_all_ranks_succeeded_succeeds_and_scales_rollout_to_zero(kube, namespace, operator, nats_server):
+    create(kube, namespace, cpu_job("done", nats_server.url))
+    wait_phase(kube, namespace, "done", "Running", timeout=90)
+    for p in trainer_pods(kube, namespace, "done"):
+        set_fake_phase(kube, namespace, p.metadata.name, "Succeeded")
+    status = wait_phase(kube, namespace, "done", "Succeeded", timeout=60)
+    assert condition(status, "Succeeded")["reason"] == "TrainerCompleted" and condition(status, "Running")["status"] == "False"
+    wait_until("rollout scaled to zero", lambda: deployment(kube, namespace, "done-rollout").spec.replicas == 0, timeout=30)
+
+
+def test_suspend_then_resume(kube, namespace, operator, nats_server):
+    create(kube, namespace, cpu_job("pausable", nats_server.url))
+    wait_phase(kube, namespace, "pausable", "Running", timeout=90)
+    kube.custom.patch_namespaced_custom_object(GROUP, VERSION, namespace, "rljobs", "pausable", {"spec": {"suspend": True}})
+    status = wait_phase(kube, namespace, "pausable", "Suspended", timeout=60)
+    assert condition(status, "Suspended")["status"] == "True"
+    wait_until("trainer pods removed", lambda: not trainer_pods(kube, namespace, "pausable"), timeout=60)
+    wait_until("rollout at zero", lambda: deployment(kube, namespace, "pausable-rollout").spec.replicas == 0, timeout=30)
+    kube.core.read_namespaced_config_map("pausable-config", namespace)  # state is kept
+
+    kube.custom.patch_namespaced_custom_object(GROUP, VERSION, namespace, "rljobs", "pausable", {"spec": {"suspend": False}})
+    status = wait_phase(kube, namespace, "pausable", "Running", timeout=90)
+    assert status.get("restarts", 0) == 0 and len(trainer_pods(kube, namespace, "pausable")) == 2
+    assert deployment(kube, namespace, "pausable-rollout").spec.replicas == 1
+
+
+def test_active_deadline_fails_the_job(kube, namespace, operator, nats_server):
+    create(kube, namespace, cpu_job("slow", nats_server.url, runPolicy={"maxSteps": 10, "activeDeadlineSeconds": 4}))
+    status = wait_phase(kube, namespace, "slow", "Failed", timeout=60)
+    assert condition(status, "Failed")["reason"] == "DeadlineExceeded"
+    wait_until("gang removed", lambda: not trainer_pods(kube, namespace, "slow"), timeout=60)
+
+
+def test_ttl_after_finished_deletes_the_job(kube, namespace, operator, nats_server):
+    create(kube, namespace, cpu_job("shortlived", nats_server.url, replicas=1, runPolicy={"maxSteps": 10, "ttlSecondsAfterFinished": 2}))
+    wait_until("gang", lambda: trainer_pods(kube, namespace, "shortlived"), timeout=60)
+    wait_until("pod running", lambda: trainer_pods(kube, namespace, "shortlived")[0].status.phase == "Running", timeout=60)
+    set_fake_phase(kube, namespace, "shortlived-trainer-0", "Succeeded")
+    wait_phase(kube, namespace, "shortlived", "Succeeded", timeout=60)
+    wait_until("job deleted by TTL", lambda: get(kube, namespace, "rljobs", "shortlived") is None, timeout=60)
+
+
+# ---------------------------------------------------------------------------------------
+# RolloutPool scaling
+
+
+def test_autoscaler_follows_the_prompt_backlog(kube, namespace, operator, nats_server):
+    autoscaling = {"enabled": True, "signal": "promptBacklog", "target": 4, "intervalSeconds": 2, "cooldownSeconds": 0,
+                   "maxScaleUpStep": 2, "maxScaleDownPercent": 25}
+    doc = cpu_job("scaly", nats_server.url, replicas=1)
+    doc["spec"]["rollout"]["template"].update({"replicas": 1, "minReplicas": 1, "maxReplicas": 5, "autoscaling": autoscaling})
+    create(kube, namespace, doc)
+    wait_until("streams", lambda: streams_of(nats_server.url, namespace, "scaly"), timeout=60)
+    names = JobNames.for_job(namespace, "scaly")
+    asyncio.run(_publish(nats_server.url, names.prompts_subject, 100))
+    pool = "scaly-rollout"
+
+    def replicas():
+        return get(kube, namespace, "rolloutpools", pool)["spec"]["replicas"]
+
+    # 100 pending / target 4 wants 25 replicas: +2 per 2 s interval, so 3 within two intervals.
+    start = time.monotonic()
+    wait_until("first scale-up", lambda: replicas() >= 3, timeout=2 * 2 + 3)
+    assert time.monotonic() - start <= 2 * 2 + 3
+    seen = [replicas()]
+    deadline = time.monotonic() + 20
+    while time.monotonic() < deadline and seen[-1] < 5:
+        time.sleep(0.5)
+        seen.append(replicas())
+    assert max(seen) == 5
+    time.sleep(3)
+    assert replicas() == 5, "never above maxReplicas"
+    wait_until("pods follow", lambda: (deployment(kube, namespace, pool).status.ready_replicas or 0) == 5, timeout=60)
+    assert any(e.reason == "ScaledUp" for e in events(kube, namespace, pool))
+
+    asyncio.run(_purge(nats_server.url, names.prompts_stream))
+    history = [replicas()]
+    deadline = time.monotonic() + 40
+    while time.monotonic() < deadline and history[-1] > 1:
+        time.sleep(0.3)
+        if (r := replicas()) != history[-1]:
+            history.append(r)
+    assert history[-1] == 1, history
+    for before, after in zip(history, history[1:]):
+        assert before - after <= max(1, before * 25 // 100), f"scaled down too fast: {history}"
+
+
+def test_kubectl_scale_drives_the_pool(kube, namespace, operator):
+    pool = example_doc("shared-rolloutpool.yaml", "RolloutPool")
+    pool["metadata"]["name"] = "manual"
+    pool["spec"]["autoscaling"]["enabled"] = False
+    pool["spec"]["placement"] = {"nodeSelector": {"kuberl.io/pool": "cpu"}}
+    pool["spec"]["engine"] = {"type": "torch"}
+    pool["spec"]["gpusPerReplica"] = 0
+    create(kube, namespace, pool)
+    wait_until("selector published", lambda: (get(kube, namespace, "rolloutpools", "manual").get("status") or {}).get("selector"), timeout=60)
+    kube.kubectl("scale", "-n", namespace, "rolloutpool/manual", "--replicas=3")
+    wait_until("deployment follows", lambda: (d := deployment(kube, namespace, "manual")) and d.spec.replicas == 3, timeout=30)
+    wait_until("status.replicas", lambda: get(kube, namespace, "rolloutpools", "manual")["status"].get("replicas") == 3, timeout=60)
+    scale = kube.get_json("rolloutpool/manual", "-n", namespace, "--subresource=scale")
+    assert scale["spec"]["replicas"] == 3 and scale["status"]["selector"] == "kuberl.io/role=rollout,kuberl.io/rollout-pool=manual"
+
+
+# ---------------------------------------------------------------------------------------
+# validation and managedBy
+
+
+def test_invalid_spec_fails_with_reason_and_event_while_others_run(kube, namespace, operator, nats_server):
+    bad = cpu_job("orphan", nats_server.url)
+    bad["spec"]["rollout"] = {"poolRef": "no-such-pool"}
+    create(kube, namespace, bad)
+    create(kube, namespace, cpu_job("healthy", nats_server.url))
+    status = wait_phase(kube, namespace, "orphan", "Failed", timeout=60)
+    failed = condition(status, "Failed")
+    assert failed["reason"] == "InvalidSpec" and "spec.rollout.poolRef" in failed["message"]
+    wait_until("InvalidSpec event", lambda: any(e.reason == "InvalidSpec" and "spec.rollout.poolRef" in e.message
+                                                for e in events(kube, namespace, "orphan")), timeout=30)
+    assert not trainer_pods(kube, namespace, "orphan")
+    wait_phase(kube, namespace, "healthy", "Running", timeout=90)
+    assert operator.poll() is None
+
+
+def test_jobs_managed_by_another_controller_are_left_alone(kube, namespace, operator, nats_server):
+    create(kube, namespace, cpu_job("foreign", nats_server.url, managedBy="kueue.x-k8s.io/multikueue"))
+    create(kube, namespace, cpu_job("ours", nats_server.url, replicas=1))
+    wait_until("our job started", lambda: trainer_pods(kube, namespace, "ours"), timeout=60)
+    time.sleep(3)
+    assert not trainer_pods(kube, namespace, "foreign") and not job_status(kube, namespace, "foreign")
