@@ -17,7 +17,7 @@ from pathlib import Path
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE.parent / "tests"))  # the server fixtures live there
 
-from fixtures_servers import NatsServer, SeaweedS3  # noqa: E402,F401
+from fixtures_servers import NatsServer, SeaweedS3  # noqa: F401
 
 
 def median(xs: list[float]) -> float:
