@@ -51,12 +51,22 @@ def by_kind(docs: list[dict], kind: str) -> list[dict]:
 
 # -- CRDs: one source of truth ---------------------------------------------------------------
 
+PEERING_CRDS = "kopf.dev_peerings.yaml"
+
+
 def test_chart_crds_are_the_generated_crds():
     generated = {p.name: p.read_bytes() for p in (REPO / "crds").glob("*.yaml")}
-    in_chart = {p.name: p.read_bytes() for p in (CHART / "crds").glob("*.yaml")}
+    in_chart = {p.name: p.read_bytes() for p in (CHART / "crds").glob("*.yaml") if p.name != PEERING_CRDS}
     assert generated, "crds/ is empty"
     stale = sorted(n for n in generated.keys() | in_chart.keys() if generated.get(n) != in_chart.get(n))
     assert not stale, f"charts/kuberl/crds differs from crds/ in {stale}: run charts/kuberl/sync-crds.sh"
+
+
+def test_chart_ships_the_operators_peering_crds():
+    from kuberl.operator.peering import peering_crds
+
+    shipped = [d for d in yaml.safe_load_all((CHART / "crds" / PEERING_CRDS).read_text()) if d]
+    assert shipped == peering_crds(), f"charts/kuberl/crds/{PEERING_CRDS} is stale: run charts/kuberl/sync-crds.sh"
 
 
 # -- lint and template -----------------------------------------------------------------------
@@ -72,8 +82,8 @@ def test_helm_lint_strict(helm: Path, values: str):
 def test_helm_template_renders_valid_objects(helm: Path, values: str):
     docs = render(helm, *VALUE_SETS[values])
     kinds = {d["kind"] for d in docs}
-    assert {"ServiceAccount", "ClusterRole", "ClusterRoleBinding", "Role", "RoleBinding",
-            "Deployment", "Service", "PodDisruptionBudget"} <= kinds
+    assert {"ServiceAccount", "ClusterRole", "ClusterRoleBinding", "Deployment", "Service",
+            "PodDisruptionBudget"} <= kinds
     if values == "stack":
         assert {"StatefulSet", "ServiceMonitor", "ConfigMap", "Job"} <= kinds
         names = {d["metadata"]["name"] for d in by_kind(docs, "Service")}
@@ -126,11 +136,27 @@ def test_operator_deployment_is_highly_available(helm: Path):
     env = {e["name"]: e.get("value") for e in c["env"]}
     ports = {p["name"]: p["containerPort"] for p in c["ports"]}
     assert int(env["KUBERL_METRICS_PORT"]) == ports["metrics"] and int(env["KUBERL_HEALTH_PORT"]) == ports["health"]
-    assert env["KUBERL_LEADER_ELECTION"] == "true"
+    assert c["command"] == ["kuberl", "operator"]
+    assert c["args"] == ["--all-namespaces", "--peering=kuberl"], c["args"]
     assert dep["spec"]["template"]["spec"]["serviceAccountName"] == by_kind(docs, "ServiceAccount")[0]["metadata"]["name"]
     svc = next(s for s in by_kind(docs, "Service") if s["metadata"]["name"].endswith("-metrics"))
     assert svc["spec"]["ports"][0]["targetPort"] == "metrics"
     assert by_kind(docs, "PodDisruptionBudget")[0]["spec"]["minAvailable"] == 1
+
+
+def test_dashboard_queries_only_metrics_the_operator_exports():
+    import re
+
+    from kuberl.operator import metrics
+
+    exported = set()
+    for value in vars(metrics).values():
+        name = getattr(value, "_name", None)
+        if name and hasattr(value, "_type"):
+            exported |= {name, f"{name}_total", f"{name}_bucket", f"{name}_count", f"{name}_sum"}
+    dashboard = json.loads((CHART / "dashboards" / "kuberl-operator.json").read_text())
+    used = {m for p in dashboard["panels"] for t in p["targets"] for m in re.findall(r"\b(kuberl_[a-z_]+)", t["expr"])}
+    assert used and used <= exported, f"the dashboard queries metrics the operator does not export: {used - exported}"
 
 
 # -- values.schema.json: bad values fail naming the field ------------------------------------
@@ -138,7 +164,7 @@ def test_operator_deployment_is_highly_available(helm: Path):
 BAD_VALUES = [
     (["--set", "operator.replicas=0"], "/operator/replicas"),
     (["--set", "operator.logLevel=loud"], "/operator/logLevel"),
-    (["--set", "operator.leaderElection.enabled=maybe"], "/operator/leaderElection/enabled"),
+    (["--set", "operator.peering.enabled=maybe"], "/operator/peering/enabled"),
     (["--set", "operator.watchNamespaces={Team_A}"], "/operator/watchNamespaces/0"),
     (["--set", "ports.metrics=80"], "/ports/metrics"),
     (["--set", "image.pullPolicy=Sometimes"], "/image/pullPolicy"),
@@ -187,21 +213,32 @@ def test_rbac_rules_grant_nothing_broad(helm: Path, values: str):
     assert {r for _, r in cluster_writes} <= {
         "rljobs", "rolloutpools", "agentenvs", "rljobs/status", "rolloutpools/status", "agentenvs/status",
         "rolloutpools/scale", "rljobs/finalizers", "rolloutpools/finalizers", "agentenvs/finalizers",
-        "pods", "services", "configmaps", "deployments", "networkpolicies", "events"}, cluster_writes
+        "pods", "services", "configmaps", "deployments", "networkpolicies", "events",
+        "clusterkopfpeerings"}, cluster_writes
 
 
 def test_watch_namespaces_replaces_the_cluster_role_with_roles(helm: Path):
     docs = render(helm, "--set", "operator.watchNamespaces={team-a,team-b}")
     roles = {(r["metadata"]["namespace"], r["metadata"]["name"]) for r in by_kind(docs, "Role")}
-    assert {("team-a", "kuberl-operator"), ("team-b", "kuberl-operator"),
-            ("kuberl-system", "kuberl-operator-leader-election")} <= roles
+    assert roles == {("team-a", "kuberl-operator"), ("team-b", "kuberl-operator")}
+    for role in by_kind(docs, "Role"):
+        assert any("kopfpeerings" in rule["resources"] for rule in role["rules"]), role
     # Left cluster-wide: only read access for discovery (CRDs, namespaces).
     for role in by_kind(docs, "ClusterRole"):
         for rule in role["rules"]:
             assert set(rule["verbs"]) <= {"get", "list", "watch"}, (role["metadata"]["name"], rule)
     dep = by_kind(docs, "Deployment")[0]
-    env = {e["name"]: e.get("value") for e in dep["spec"]["template"]["spec"]["containers"][0]["env"]}
-    assert env["KUBERL_WATCH_NAMESPACES"] == "team-a,team-b"
+    args = dep["spec"]["template"]["spec"]["containers"][0]["args"]
+    assert args == ["--namespace=team-a", "--namespace=team-b", "--peering=kuberl"], args
+
+
+def test_peering_disabled_runs_standalone_and_needs_one_replica(helm: Path):
+    docs = render(helm, "--set", "operator.peering.enabled=false", "--set", "operator.replicas=1")
+    assert by_kind(docs, "Deployment")[0]["spec"]["template"]["spec"]["containers"][0]["args"] == [
+        "--all-namespaces", "--standalone"]
+    assert not by_kind(docs, "PodDisruptionBudget")
+    proc = run_helm(helm, "template", "kuberl", str(CHART), "--set", "operator.peering.enabled=false")
+    assert proc.returncode != 0 and "operator.replicas" in proc.stderr, proc.stderr
 
 
 # -- Dockerfiles -----------------------------------------------------------------------------
