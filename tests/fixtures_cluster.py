@@ -33,7 +33,7 @@ CRDS_DIR = REPO / "crds"
 EXAMPLES_DIR = REPO / "examples"
 
 sys.path.insert(0, str(REPO / "e2e" / "cluster"))
-import controlplane  # noqa: E402
+import controlplane
 
 __all__ = ["Kube", "kube", "namespace", "wait_until", "yaml_documents"]
 
@@ -112,7 +112,7 @@ class Kube:
     def kubectl(self, *args: str, input: str | None = None, check: bool = True,
                 timeout: float = 120) -> subprocess.CompletedProcess:
         proc = subprocess.run([str(self.kubectl_path), "--kubeconfig", str(self.kubeconfig), *args],
-                              input=input, capture_output=True, text=True, timeout=timeout)
+                              input=input, capture_output=True, text=True, timeout=timeout, check=False)
         if check and proc.returncode != 0:
             raise AssertionError(f"kubectl {' '.join(args)} failed ({proc.returncode}):\n{proc.stderr}")
         return proc

@@ -128,14 +128,14 @@ build_etcd() {
   install_built "$work/out" "$ETCD_VERSION" etcd
 }
 
-# go_install NAME PACKAGE VERSION: for modules without replace directives.
+# go_install NAME PACKAGE VERSION [LDFLAGS]: for modules without replace directives.
 go_install() {
-  local name="$1" pkg="$2" version="$3"
+  local name="$1" pkg="$2" version="$3" extra="${4:-}"
   up_to_date "$name" "$version" && return 0
   log "building $name $version"
   local tmp="$src/gobin-$name"
   rm -rf "$tmp" && mkdir -p "$tmp"
-  GOBIN="$tmp" "${nice_cmd[@]}" "$go" install -ldflags "-s -w" "$pkg@$version"
+  GOBIN="$tmp" "${nice_cmd[@]}" "$go" install -ldflags "-s -w $extra" "$pkg@$version"
   install_built "$tmp" "$version" "$name"
 }
 
@@ -143,6 +143,8 @@ start=$SECONDS
 build_kubernetes
 build_etcd
 go_install kwok sigs.k8s.io/kwok/cmd/kwok "$KWOK_VERSION"
-go_install helm helm.sh/helm/v3/cmd/helm "$HELM_VERSION"
+# Without this, helm version and .Capabilities.HelmVersion say "v3.22", not the release.
+go_install helm helm.sh/helm/v3/cmd/helm "$HELM_VERSION" \
+  "-X helm.sh/helm/v3/internal/version.version=$HELM_VERSION"
 log "done in $((SECONDS - start))s; $(du -sh "$bin" | cut -f1) in $bin"
 echo "$bin"

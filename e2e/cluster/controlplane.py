@@ -40,9 +40,10 @@ import urllib.error
 import urllib.request
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Self
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-import pki  # noqa: E402  (sibling module; this file also runs as a script)
+import pki
 
 HERE = Path(__file__).resolve().parent
 BUILD_SCRIPT = HERE / "build.sh"
@@ -181,7 +182,8 @@ class _Component:
             self.popen = subprocess.Popen(
                 self.argv, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
                 start_new_session=True,  # own process group: killpg reaches any helpers
-                preexec_fn=_die_with_parent if die_with_parent else None,
+                # preexec_fn is unsafe only with threads running; we spawn from one thread.
+                preexec_fn=_die_with_parent if die_with_parent else None,  # noqa: PLW1509
             )
 
     def raise_if_dead(self) -> None:
@@ -196,7 +198,7 @@ class _Component:
 
 
 def _kubeconfig(server: str, ca: Path, user: str, cert: pki.Cert) -> dict:
-    b64 = lambda p: base64.b64encode(Path(p).read_bytes()).decode()  # noqa: E731
+    b64 = lambda p: base64.b64encode(Path(p).read_bytes()).decode()
     # Credentials embedded, so the file stays valid wherever it is copied.
     return {
         "apiVersion": "v1", "kind": "Config", "current-context": "kuberl-local",
@@ -264,7 +266,8 @@ class ControlPlane:
 
     # -- lifecycle -------------------------------------------------------------------
 
-    def start(self, timeout: float = 180.0) -> "ControlPlane":
+    def start(self, timeout: float = 180.0) -> ControlPlane:
+        _sweep_stale_workdirs()
         if self.workdir is None:
             self.workdir = Path(tempfile.mkdtemp(prefix="kuberl-cp-"))
             self._owns_workdir = True
@@ -290,7 +293,7 @@ class ControlPlane:
         if self._owns_workdir and not os.environ.get("KUBERL_KEEP_CLUSTER_DIR"):
             shutil.rmtree(self.workdir, ignore_errors=True)
 
-    def __enter__(self) -> "ControlPlane":
+    def __enter__(self) -> Self:
         return self.start()
 
     def __exit__(self, *exc) -> None:
@@ -307,7 +310,7 @@ class ControlPlane:
     def _start(self, timeout: float) -> None:
         t0 = time.monotonic()
         w = self.workdir
-        remaining = lambda: max(5.0, timeout - (time.monotonic() - t0))  # noqa: E731
+        remaining = lambda: max(5.0, timeout - (time.monotonic() - t0))
         pkidir = w / "pki"
         pkidir.mkdir(exist_ok=True)
         ca = pki.make_ca(pkidir)
@@ -405,6 +408,19 @@ class ControlPlane:
             path = f"/api/v1/nodes/{n['metadata']['name']}"
             wait_for(f"node {n['metadata']['name']} Ready and untainted",
                      lambda path=path: _node_schedulable(self.api.request("GET", path)), remaining(), procs)
+
+
+def _sweep_stale_workdirs() -> None:
+    """Remove temporary work directories of planes whose Python died by SIGKILL: the
+    components died with it (PDEATHSIG), but nobody was left to delete the directory."""
+    for d in Path(tempfile.gettempdir()).glob("kuberl-cp-*"):
+        state = d / "state.json"
+        try:
+            pids = json.loads(state.read_text())["pids"]
+        except (OSError, ValueError, KeyError):
+            continue  # starting right now, or not ours to judge
+        if not _alive(pids):
+            shutil.rmtree(d, ignore_errors=True)
 
 
 def _http_ok(url: str, ctx: ssl.SSLContext | None = None) -> bool:

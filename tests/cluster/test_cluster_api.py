@@ -6,7 +6,6 @@ import json
 from pathlib import Path
 
 import pytest
-
 from fixtures_cluster import CRDS_DIR, EXAMPLES_DIR, Kube, yaml_documents
 
 pytestmark = pytest.mark.cluster

@@ -4,9 +4,8 @@ cleanup (owner references) and least privilege (its own and its workloads' roles
 from __future__ import annotations
 
 import pytest
-from kubernetes.client.rest import ApiException
-
 from fixtures_cluster import Kube, wait_until
+from kubernetes.client.rest import ApiException
 
 pytestmark = pytest.mark.cluster
 
