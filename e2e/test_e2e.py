@@ -85,7 +85,9 @@ def test_rendered_chart_applies_with_server_dry_run(kube: Kube, release_ns: str)
                        "--field-manager=kuberl-e2e", "-f", "-", input=rendered)
     applied = [line for line in out.stdout.splitlines() if line.strip()]
     kinds = {line.split("/")[0].split(".")[0] for line in applied}
-    assert {"customresourcedefinition", "deployment", "serviceaccount", "clusterrole", "role"} <= kinds, out.stdout
+    assert {"customresourcedefinition", "deployment", "serviceaccount", "clusterrole", "clusterrolebinding",
+            "service", "poddisruptionbudget"} <= kinds, out.stdout
+    assert "clusterkopfpeerings.kopf.dev" in out.stdout, out.stdout
 
 
 def test_chart_installs_and_the_operator_deployment_becomes_available(kube: Kube, installed: dict):
@@ -241,7 +243,7 @@ def test_tiny_example_runs_to_succeeded_with_the_charts_rbac(kube: Kube, namespa
     if fake_nodes(kube):
         nats = request.getfixturevalue("nats_server")
         s3 = request.getfixturevalue("s3_server")
-        job = _tiny_job(nats.url, s3.url)
+        job = _tiny_job(nats.url, s3.endpoint)
     else:
         job = _tiny_job(None, f"http://{RELEASE}-s3.{RELEASE_NS}:8333")
     name = job["metadata"]["name"]
@@ -281,5 +283,8 @@ def test_tiny_example_runs_to_succeeded_with_the_charts_rbac(kube: Kube, namespa
         # Every API call the reconcile needed was allowed by the chart's RBAC.
         forbidden = [line for line in text.splitlines() if "403" in line or "forbidden" in line.lower()]
         assert not forbidden, "operator hit RBAC denials:\n" + "\n".join(forbidden[:20])
+        # Leader election ran on the same token: the operator created and joined its peering object.
+        peering = kube.custom.get_cluster_custom_object("kopf.dev", "v1", "clusterkopfpeerings", "kuberl")
+        assert peering.get("status"), peering
         metrics = urllib.request.urlopen(f"http://127.0.0.1:{ports[0]}/metrics", timeout=5).read().decode()
         assert "kuberl_" in metrics
