@@ -3,7 +3,9 @@
 # control plane in e2e/cluster instead).
 #
 #   e2e/kind-up.sh                  create cluster, fake GPUs, load images, install chart
-#   KUBERL_IMAGES="kuberl/operator:dev kuberl/workload:dev" e2e/kind-up.sh
+#   KUBERL_IMAGES="kuberl/operator:dev" e2e/kind-up.sh   images to `kind load` (default:
+#                                   the ones e2e/kind-values.yaml uses, when built)
+#   KUBERL_HELM_VALUES=my.yaml KUBERL_HELM_ARGS="--set x=y" e2e/kind-up.sh
 #   e2e/kind-up.sh --delete         delete the cluster
 #
 # The cluster tests run against it when KUBECONFIG names its kubeconfig:
@@ -14,8 +16,10 @@ set -euo pipefail
 repo="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 name="${KUBERL_KIND_NAME:-kuberl}"
 gpus_per_node="${KUBERL_FAKE_GPUS:-8}"
-images="${KUBERL_IMAGES:-}"
+# The images e2e/kind-values.yaml points the chart at (built locally, pullPolicy Never).
+images="${KUBERL_IMAGES-kuberl/operator:dev kuberl/workload-cpu:dev}"
 chart="$repo/charts/kuberl"
+values="${KUBERL_HELM_VALUES:-$repo/e2e/kind-values.yaml}"
 ctx="kind-$name"
 
 need() { command -v "$1" >/dev/null || { echo "kind-up.sh: $1 not found" >&2; exit 1; }; }
@@ -47,16 +51,23 @@ for node in $(k get nodes -l kuberl.io/pool=gpu -o name); do
 done
 
 for image in $images; do
-  kind load docker-image --name "$name" "$image"
+  if docker image inspect "$image" >/dev/null 2>&1; then
+    kind load docker-image --name "$name" "$image"
+  else
+    echo "kind-up.sh: image $image not built locally; not loaded" >&2
+  fi
 done
 
 k apply --server-side -f "$repo/crds/"
 k wait --for=condition=Established --timeout=60s crd --all
 
 if [[ -f "$chart/Chart.yaml" ]]; then
+  values_args=()
+  [[ -f "$values" ]] && values_args=(--values "$values")
+  # shellcheck disable=SC2086  # KUBERL_HELM_ARGS is a list of extra arguments
   "$helm" --kube-context "$ctx" upgrade --install kuberl "$chart" \
     --namespace kuberl-system --create-namespace --wait --timeout 5m \
-    ${KUBERL_HELM_ARGS:-}
+    "${values_args[@]}" ${KUBERL_HELM_ARGS:-}
 else
   echo "kind-up.sh: no chart at $chart yet; installed the CRDs only" >&2
 fi
