@@ -274,17 +274,27 @@ class ControlPlane:
         self.workdir.mkdir(parents=True, exist_ok=True)
         atexit.register(self.stop)
         try:
-            self._start(timeout)
+            try:
+                self._start(timeout)
+            except RuntimeError:
+                # A component died during start-up; most likely a port free_port() handed
+                # out was taken meanwhile. Once more from scratch, with fresh ports.
+                self._stop_components()
+                shutil.rmtree(self.workdir / "etcd", ignore_errors=True)
+                self._start(timeout)
         except BaseException:
             self.stop()
             raise
         return self
 
-    def stop(self) -> None:
+    def _stop_components(self) -> None:
         # Reverse start order: clients first, etcd last, so nothing logs a storm of
         # connection errors while going down.
         while self.components:
             self.components.pop().stop()
+
+    def stop(self) -> None:
+        self._stop_components()
         state = self.workdir / "state.json" if self.workdir else None
         if state is not None and state.exists():
             state.unlink()
