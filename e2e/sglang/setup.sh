@@ -12,8 +12,9 @@
 # server's PYTHONPATH (kuberl.workloads.sglang_server).
 #
 # Idempotent: a stamp holding the hash of the pin file and the interpreter version is
-# written last, so an interrupted install is never mistaken for a finished one and a
-# second run does no work.
+# written last, after the import check, so an interrupted install is never mistaken for a
+# finished one and a second run does no work. The stand-in is not part of the stamp: it
+# is read from the repo at every server start.
 set -euo pipefail
 
 here="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
@@ -48,16 +49,24 @@ if [[ -f "$stamp" && "$(cat "$stamp")" == "$want" && -x "$venv/bin/python" ]]; t
 fi
 
 start=$(date +%s)
-log "installing into $venv (python $pyver)"
-rm -rf "$venv"
-"$python" -m venv "$venv"
-# Never take both cores of a shared machine for byte-compiling 88 wheels.
-nice -n 10 "$venv/bin/python" -m pip install --quiet --no-deps --prefer-binary -r "$reqs"
+# The pip install is the slow part: its own marker lets a failed import check be re-run
+# (after fixing the stand-in, say) without installing again.
+installed="$venv/.kuberl-installed"
+if [[ -f "$installed" && "$(cat "$installed")" == "$want" && -x "$venv/bin/python" ]]; then
+  log "packages already installed in $venv; re-checking"
+else
+  log "installing into $venv (python $pyver)"
+  rm -rf "$venv"
+  "$python" -m venv "$venv"
+  # Never take both cores of a shared machine for byte-compiling 90 wheels.
+  nice -n 10 "$venv/bin/python" -m pip install --quiet --no-deps --prefer-binary -r "$reqs"
+  echo "$want" > "$installed"
+fi
 
 # Check the set really imports the server path, with the stand-in first on the path,
 # before calling it done (the tests then check that it serves).
-PYTHONPATH="$repo/workloads/kuberl/workloads/sglang_cpu" SGLANG_USE_CPU_ENGINE=1 \
-  "$venv/bin/python" - <<'PY'
+{ PYTHONPATH="$repo/workloads/kuberl/workloads/sglang_cpu" SGLANG_USE_CPU_ENGINE=1 \
+  nice -n 10 "$venv/bin/python" -W ignore - <<'PY'
 import sgl_kernel, sglang
 assert getattr(sgl_kernel, "KUBERL_STANDIN", False), sgl_kernel.__file__
 import sglang.srt.entrypoints.http_server  # noqa: F401  (the launch path's imports)
@@ -65,6 +74,7 @@ import sglang.srt.managers.scheduler  # noqa: F401
 import sglang.srt.models.qwen2  # noqa: F401
 print("sglang", sglang.__version__, "imports on CPU")
 PY
+} >&2
 
 echo "$want" > "$stamp"
 log "done in $(( $(date +%s) - start ))s, $(du -sh "$venv" | cut -f1)"

@@ -1,8 +1,11 @@
 """kuberl's pure-torch stand-in for the two `sgl_kernel` ops SGLang's CPU path calls.
 
-PyPI's ``sglang-kernel`` is built for CUDA only, and SGLang 0.5.23 with ``--device cpu``
-imports exactly two functions from ``sgl_kernel`` (``sglang/srt/mem_cache/allocation.py``
-and ``sglang/kernels/ops/kvcache/cache_move.py``). The rollout launcher
+PyPI's ``sglang-kernel`` is built for CUDA only. SGLang 0.5.23 with ``--device cpu`` calls
+two functions from ``sgl_kernel`` while serving (``sglang/srt/mem_cache/allocation.py`` and
+``sglang/kernels/ops/kvcache/cache_move.py``): they are implemented here. Its speculative
+decoding (EAGLE) modules also import seven CPU ops at module load; kuberl never enables
+speculative decoding, so those names exist only to let the import succeed and raise
+`NotImplementedError` if anything ever calls them. The rollout launcher
 (`kuberl.workloads.sglang_server`) puts this directory first on the CPU server's
 PYTHONPATH; on GPUs the real kernel package is used and this module is never seen.
 
@@ -17,7 +20,15 @@ import torch
 
 KUBERL_STANDIN = True
 
-__all__ = ["assign_req_to_token_pool_cpu", "copy_all_layer_kv_cache_cpu"]
+__all__ = ["assign_req_to_token_pool_cpu", "copy_all_layer_kv_cache_cpu", *(
+    # Imported at module load by sglang/kernels/ops/speculative/*.py on CPU; only called
+    # with --speculative-algorithm, which kuberl's launcher never passes.
+    SPECULATIVE_ONLY := (
+        "build_tree_kernel_efficient_cpu", "verify_tree_greedy_cpu", "assign_draft_cache_locs_contiguous_cpu",
+        "assign_extend_cache_locs_cpu", "fill_accept_out_cache_loc_cpu", "fill_bonus_tokens_cpu",
+        "rotate_input_ids_cpu",
+    )
+)]
 
 
 def assign_req_to_token_pool_cpu(
@@ -78,3 +89,18 @@ def copy_all_layer_kv_cache_cpu(
         stride = int(stride)
         rows = _host_bytes(int(address), slots * stride).view(slots, stride)
         rows[tgt] = rows[src]  # the gather on the right is materialised first
+
+
+def _not_implemented(name: str):
+    def op(*args, **kwargs):
+        raise NotImplementedError(
+            f"sgl_kernel.{name} is not provided by kuberl's CPU stand-in: it serves SGLang's speculative "
+            "decoding, which kuberl does not enable on CPU (drop --speculative-algorithm)")
+
+    op.__name__ = op.__qualname__ = name
+    return op
+
+
+for _name in SPECULATIVE_ONLY:
+    globals()[_name] = _not_implemented(_name)
+del _name
