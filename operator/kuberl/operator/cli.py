@@ -76,6 +76,7 @@ def build_parser() -> argparse.ArgumentParser:
     validate = sub.add_parser("validate", help="validate manifests offline, as the API server would")
     validate.add_argument("files", nargs="+")
     validate.set_defaults(func=cmd_validate)
+    __import__("kuberl.operator.local", fromlist=["add_run_command"]).add_run_command(sub)
     register_operator_command(sub)
     return parser
 
