@@ -28,6 +28,7 @@ caller gets `EngineDeadError` naming the URL and, when known, the exit code and 
 from __future__ import annotations
 
 import json
+import logging
 import tempfile
 import threading
 import time
@@ -43,6 +44,8 @@ from kuberl.workloads.engines import Completion, Engine, GenerationRequest
 from kuberl.workloads.logs import get_logger
 
 log = get_logger(__name__)
+# httpx logs every request at INFO: one line per /generate call is noise in a rollout pod.
+logging.getLogger("httpx").setLevel(logging.WARNING)
 
 
 class SGLangError(RuntimeError):
