@@ -21,9 +21,9 @@ docker build -f operator/Dockerfile -t kuberl/operator:dev .
 docker build -f workloads/Dockerfile -t kuberl/workload-cpu:dev .
 
 step "creating the kind cluster, loading images, installing the chart"
-KUBERL_IMAGES="kuberl/operator:dev kuberl/workload-cpu:dev" \
-KUBERL_HELM_ARGS="-f $repo/e2e/kind-values.yaml" \
-  "$repo/e2e/kind-up.sh"
+# kind-up.sh loads kuberl/operator:dev and kuberl/workload-cpu:dev and installs the
+# chart with e2e/kind-values.yaml, the values the e2e suite upgrades with on kind.
+"$repo/e2e/kind-up.sh"
 kind get kubeconfig --name "$name" > "$kubeconfig"
 
 step "running the e2e suite against kind"
