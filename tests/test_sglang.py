@@ -334,3 +334,16 @@ def uuid_hex() -> str:
     import uuid
 
     return uuid.uuid4().hex[:8]
+
+
+def test_engine_from_workload_config(monkeypatch):
+    from types import SimpleNamespace
+
+    cfg = SimpleNamespace(rollout=SimpleNamespace(engine_url=None, weight_swap="pause"))
+    monkeypatch.delenv("KUBERL_ENGINE_URL", raising=False)
+    with pytest.raises(ValueError, match="KUBERL_ENGINE_URL"):
+        SGLangEngine.from_config(cfg)
+    monkeypatch.setenv("KUBERL_ENGINE_URL", "http://127.0.0.1:30000")
+    eng = SGLangEngine.from_config(cfg)
+    assert eng.client.base_url == "http://127.0.0.1:30000" and eng.policy_version == -1 and eng.swap_mode == "retract"
+    eng.close()

@@ -291,6 +291,27 @@ class SGLangEngine(Engine):
         self._inflight_lock = threading.Lock()
         self._config_json: dict | None = None
 
+    @classmethod
+    def from_config(cls, cfg, *, version: int = -1) -> SGLangEngine:
+        """The engine a rollout agent drives for ``cfg`` (a `WorkloadConfig`).
+
+        URL: ``cfg.rollout.engine_url``, else ``$KUBERL_ENGINE_URL`` (the operator sets it to
+        the pod's SGLang container). Swaps from tensors (`load_state_dict`) are written under
+        ``$KUBERL_ENGINE_SCRATCH``, which must be a directory the server reads too (an
+        emptyDir mounted in both containers of a rollout pod).
+        """
+        import os
+
+        url = cfg.rollout.engine_url or os.environ.get("KUBERL_ENGINE_URL")
+        if not url:
+            raise ValueError("rollout.engine is sglang but neither rollout.engineUrl nor KUBERL_ENGINE_URL is set")
+        # "retract" for both swap policies: in-flight requests are requeued and their KV is
+        # recomputed with the new weights, so every later token's logprob is exactly the new
+        # policy's ("in_place" would decode on KV computed by the old weights, and SGLang
+        # cannot flush the cache then). Under "drain" nothing is in flight at a swap anyway.
+        return cls(SGLangClient(url), version=version, swap_mode="retract",
+                   scratch_dir=os.environ.get("KUBERL_ENGINE_SCRATCH") or None)
+
     # ---- generation ---------------------------------------------------------------------
 
     def generate(self, requests: list[GenerationRequest]) -> list[list[Completion]]:
