@@ -88,6 +88,12 @@ def example_doc(file: str, kind: str) -> dict:
     raise LookupError(file)
 
 
+def buffer_spec(url: str) -> dict:
+    # JetStream reserves maxStreamBytes up front; the 8 GiB default would exhaust the
+    # session-wide test server's storage after a few jobs.
+    return {"url": url, "maxStreamBytes": 64 * 1024**2}
+
+
 def cpu_job(name: str, nats_url: str, *, replicas: int = 2, **spec) -> dict:
     """A megatron-on-CPU job (gloo) with a torch-engine pool: cheap on kwok nodes."""
     doc = copy.deepcopy(example_doc("tiny-cpu.yaml", "RLJob"))
@@ -95,7 +101,7 @@ def cpu_job(name: str, nats_url: str, *, replicas: int = 2, **spec) -> dict:
     doc["spec"]["trainer"] = {"backend": "megatron", "replicas": replicas, "gpusPerReplica": 0,
                               "placement": {"nodeSelector": {"kuberl.io/pool": "cpu"}}}
     doc["spec"]["rollout"]["template"]["placement"] = {"nodeSelector": {"kuberl.io/pool": "cpu"}}
-    doc["spec"]["buffer"] = {"url": nats_url}
+    doc["spec"]["buffer"] = buffer_spec(nats_url)
     for key, value in spec.items():
         doc["spec"][key] = value
     return doc
@@ -190,7 +196,7 @@ async def _purge(url: str, stream: str) -> None:
 
 def test_tiny_example_creates_children_and_deletion_removes_everything(kube, namespace, operator, nats_server):
     doc = example_doc("tiny-cpu.yaml", "RLJob")
-    doc["spec"]["buffer"] = {"url": nats_server.url}
+    doc["spec"]["buffer"] = buffer_spec(nats_server.url)
     create(kube, namespace, doc)
     name = "tiny-arithmetic"
     status = wait_phase(kube, namespace, name, "Running", timeout=90)
@@ -218,7 +224,7 @@ def test_tiny_example_creates_children_and_deletion_removes_everything(kube, nam
 
 def test_colocated_example_runs_the_gang_on_gpu_nodes(kube, namespace, operator, nats_server):
     doc = example_doc("colocated-math.yaml", "RLJob")
-    doc["spec"]["buffer"] = {"url": nats_server.url}
+    doc["spec"]["buffer"] = buffer_spec(nats_server.url)
     create(kube, namespace, doc)
     name = doc["metadata"]["name"]
     wait_phase(kube, namespace, name, "Running", timeout=90)
@@ -235,7 +241,7 @@ def test_agentic_example_with_shared_pool_and_inline_env(kube, namespace, operat
     pool["spec"]["autoscaling"]["enabled"] = False
     create(kube, namespace, pool)
     doc = example_doc("decoupled-agentic.yaml", "RLJob")
-    doc["spec"]["buffer"] = {"url": nats_server.url}
+    doc["spec"]["buffer"] = buffer_spec(nats_server.url)
     create(kube, namespace, doc)
     name = doc["metadata"]["name"]
     wait_until("trainer and env created", lambda: trainer_pods(kube, namespace, name) and get(kube, namespace, "agentenvs", "calculator"), timeout=60)

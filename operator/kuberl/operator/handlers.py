@@ -396,7 +396,8 @@ def _reconcile_job(body: dict, namespace: str, name: str) -> None:
         "phase": st.phase_of(new_conds),
         "observedGeneration": generation,
         "restarts": plan.restarts,
-        "startTime": st.rfc3339(plan.start_time) if plan.start_time is not None else None,
+        # The clock starts when the gang is really created, not while creation waits on the buffer.
+        "startTime": st.rfc3339(plan.start_time) if plan.start_time is not None and (created[0] or view.start_time) else None,
     }
     if plan.terminal and not old_status.get("completionTime"):
         new_status["completionTime"] = st.rfc3339(now)

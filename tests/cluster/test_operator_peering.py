@@ -1,0 +1,61 @@
+"""Two operator replicas: kopf peering lets the higher priority one act, the other waits."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import pytest
+import yaml
+
+from fixtures_cluster import Kube, wait_until
+from fixtures_servers import free_port
+from test_operator import cpu_job, create, trainer_pods
+
+pytestmark = pytest.mark.cluster
+
+
+def start_operator(kube: Kube, namespace: str, priority: int, log_path: Path) -> subprocess.Popen:
+    env = {**os.environ, "KUBECONFIG": str(kube.kubeconfig), "KUBERL_RECONCILE_INTERVAL": "1", "KUBERL_AUTOSCALER_TICK": "1",
+           "KUBERL_METRICS_PORT": str(free_port()), "KUBERL_HEALTH_PORT": str(free_port()), "KUBERL_LOG_FORMAT": "json"}
+    with open(log_path, "w") as log:
+        return subprocess.Popen([sys.executable, "-m", "kuberl.operator.cli", "operator", "-n", namespace,
+                                 "--peering", "kuberl-test", "--priority", str(priority)],
+                                env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+
+
+def test_two_replicas_elect_one_active(kube: Kube, namespace: str, nats_server):
+    if not getattr(kube, "kwok", getattr(kube, "local", False)):
+        pytest.skip("needs kwok fake nodes")
+    crds = subprocess.run([sys.executable, "-m", "kuberl.operator.cli", "operator", "--print-peering-crds"],
+                          capture_output=True, text=True, check=True).stdout
+    kube.kubectl("apply", "--server-side", "-f", "-", input=crds)
+    kube.kubectl("wait", "--for=condition=Established", "--timeout=60s", "crd/kopfpeerings.kopf.dev")
+    logs = Path(tempfile.mkdtemp(prefix="kuberl-peering-"))
+    leader = start_operator(kube, namespace, 200, logs / "leader.log")
+    standby = start_operator(kube, namespace, 100, logs / "standby.log")
+    try:
+        wait_until("standby pauses in favour of the leader",
+                   lambda: "Pausing operations in favour of" in (logs / "standby.log").read_text(), timeout=90)
+        create(kube, namespace, cpu_job("elected", nats_server.url, replicas=1))
+        wait_until("job served", lambda: trainer_pods(kube, namespace, "elected"), timeout=60)
+        peering = yaml.safe_load(kube.kubectl("get", "kopfpeering", "kuberl-test", "-n", namespace, "-o", "yaml").stdout)
+        assert len(peering.get("status") or {}) == 2  # both replicas keep their keep-alive
+        leader.terminate()
+        leader.wait(timeout=30)
+        wait_until("standby resumes when the leader is gone",
+                   lambda: "Resuming operations" in (logs / "standby.log").read_text(), timeout=120)
+        create(kube, namespace, cpu_job("after-failover", nats_server.url, replicas=1))
+        wait_until("job served by the former standby", lambda: trainer_pods(kube, namespace, "after-failover"), timeout=60)
+    finally:
+        for p in (leader, standby):
+            if p.poll() is None:
+                p.terminate()
+                try:
+                    p.wait(timeout=20)
+                except subprocess.TimeoutExpired:
+                    p.kill()
