@@ -26,9 +26,13 @@ import time
 from pathlib import Path
 
 import torch
-
 from kuberl.workloads.engines import GenerationRequest
-from kuberl.workloads.models import CharTokenizer, save_pretrained, seeded_model, token_logprobs
+from kuberl.workloads.models import (
+    CharTokenizer,
+    save_pretrained,
+    seeded_model,
+    token_logprobs,
+)
 from kuberl.workloads.sglang_engine import SGLangClient, SGLangEngine
 from kuberl.workloads.sglang_server import ServerConfig, SGLangServer
 
@@ -52,7 +56,6 @@ def megatron_scorer():
     """A TP=1 MegatronPolicy in this process (gloo, world size 1), or None if unavailable."""
     try:
         import torch.distributed as dist
-
         from kuberl.workloads.megatron_policy import MegatronPolicy
     except ImportError as e:
         print(f"megatron-core not available: {e}", file=sys.stderr)

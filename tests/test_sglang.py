@@ -18,13 +18,27 @@ import time
 
 import pytest
 import torch
-
-from kuberl.workloads.engines import GenerationRequest
-from kuberl.workloads.models import CharTokenizer, save_pretrained, seeded_model, token_logprobs
-from kuberl.workloads.sglang_engine import EngineDeadError, SGLangClient, SGLangEngine, SGLangError
-from kuberl.workloads.sglang_server import CPU_KERNELS_DIR, ServerConfig, ServerDiedError, SGLangServer, free_port
-
 from fixtures_sglang import SGLANG_SEED, sglang_model_dir, sglang_server, sglang_venv  # noqa: F401  (fixtures)
+from kuberl.workloads.engines import GenerationRequest
+from kuberl.workloads.models import (
+    CharTokenizer,
+    save_pretrained,
+    seeded_model,
+    token_logprobs,
+)
+from kuberl.workloads.sglang_engine import (
+    EngineDeadError,
+    SGLangClient,
+    SGLangEngine,
+    SGLangError,
+)
+from kuberl.workloads.sglang_server import (
+    CPU_KERNELS_DIR,
+    ServerConfig,
+    ServerDiedError,
+    SGLangServer,
+    free_port,
+)
 
 TOK = CharTokenizer()
 PROMPT = TOK.encode("12+7=", bos=True)
@@ -113,7 +127,7 @@ def test_launcher_flags_and_env_for_cpu():
 
 
 @pytest.fixture(scope="module")
-def engine(sglang_server):
+def engine(sglang_server):  # noqa: F811
     eng = SGLangEngine(SGLangClient(sglang_server.url, liveness=sglang_server.check_alive), version=0)
     yield eng
     eng.close()
@@ -169,7 +183,7 @@ def test_greedy_is_deterministic_and_matches_torch_argmax(engine):
 
 
 @pytest.fixture
-def restore_v0(engine, sglang_model_dir):
+def restore_v0(engine, sglang_model_dir):  # noqa: F811
     yield
     engine.load_weights_from_disk(sglang_model_dir, 0)
 
@@ -223,7 +237,7 @@ def _in_thread(fn):
     def run():
         try:
             box["value"] = fn()
-        except BaseException as e:  # surfaced by the caller
+        except BaseException as e:  # noqa: BLE001 - surfaced by the caller
             box["error"] = e
 
     t = threading.Thread(target=run, daemon=True)
@@ -285,7 +299,6 @@ async def test_rollout_agent_runs_a_decoupled_job_against_sglang(engine, nats_se
     from pathlib import Path
 
     import yaml
-
     from kuberl.workloads.config import config_from_rljob
     from kuberl.workloads.episodes import BatchingEngine
     from kuberl.workloads.rollout import RolloutAgent

@@ -39,7 +39,6 @@ from typing import Any
 
 import httpx
 import torch
-
 from kuberl.workloads.engines import Completion, Engine, GenerationRequest
 from kuberl.workloads.logs import get_logger
 
@@ -88,7 +87,7 @@ class SGLangClient:
         if self.liveness is not None:
             try:
                 self.liveness()
-            except Exception as died:  # the process is gone: say so, with its log
+            except Exception as died:  # noqa: BLE001 - liveness raises whatever its owner chose; the process is gone
                 return EngineDeadError(f"SGLang engine at {self.base_url} died ({what}): {died}")
         return EngineDeadError(f"SGLang engine at {self.base_url} unreachable ({what}): {type(err).__name__}: {err}")
 
@@ -96,7 +95,7 @@ class SGLangClient:
         if self.liveness is not None:
             try:
                 self.liveness()
-            except Exception as died:
+            except Exception as died:  # noqa: BLE001 - see _dead
                 raise EngineDeadError(f"SGLang engine at {self.base_url} died ({what}): {died}") from err
 
     def _call(self, method: str, path: str, *, body: Any = None, timeout: float | None = None,
@@ -400,5 +399,11 @@ class SGLangEngine(Engine):
         self.client.close()
 
 
-__all__ = ["SGLangClient", "SGLangEngine", "SGLangError", "EngineDeadError", "sampling_params_for",
-           "completion_from_result"]
+__all__ = [
+    "EngineDeadError",
+    "SGLangClient",
+    "SGLangEngine",
+    "SGLangError",
+    "completion_from_result",
+    "sampling_params_for",
+]

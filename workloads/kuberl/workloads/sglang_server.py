@@ -38,7 +38,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import httpx
-
 from kuberl.workloads.logs import get_logger
 
 log = get_logger(__name__)
@@ -230,7 +229,7 @@ class SGLangServer:
         if proc.poll() is None:
             proc.wait(timeout=grace)
 
-    def __enter__(self) -> SGLangServer:
+    def __enter__(self) -> SGLangServer:  # noqa: PYI034
         return self.start() if self.proc is None else self
 
     def __exit__(self, *exc) -> None:

@@ -20,15 +20,15 @@ import torch
 
 KUBERL_STANDIN = True
 
-__all__ = ["assign_req_to_token_pool_cpu", "copy_all_layer_kv_cache_cpu", *(
-    # Imported at module load by sglang/kernels/ops/speculative/*.py on CPU; only called
-    # with --speculative-algorithm, which kuberl's launcher never passes.
-    SPECULATIVE_ONLY := (
-        "build_tree_kernel_efficient_cpu", "verify_tree_greedy_cpu", "assign_draft_cache_locs_contiguous_cpu",
-        "assign_extend_cache_locs_cpu", "fill_accept_out_cache_loc_cpu", "fill_bonus_tokens_cpu",
-        "rotate_input_ids_cpu",
-    )
-)]
+# Imported at module load by sglang/kernels/ops/speculative/*.py on CPU; only called with
+# --speculative-algorithm, which kuberl's launcher never passes.
+SPECULATIVE_ONLY = (
+    "assign_draft_cache_locs_contiguous_cpu", "assign_extend_cache_locs_cpu", "build_tree_kernel_efficient_cpu",
+    "fill_accept_out_cache_loc_cpu", "fill_bonus_tokens_cpu", "rotate_input_ids_cpu", "verify_tree_greedy_cpu",
+)
+__all__ = [  # noqa: PLE0604 - the speculative stubs are defined in a loop below
+    "assign_req_to_token_pool_cpu", "copy_all_layer_kv_cache_cpu", *SPECULATIVE_ONLY,
+]
 
 
 def assign_req_to_token_pool_cpu(
