@@ -27,7 +27,7 @@ from kuberl.workloads.engines import TorchEngine
 from kuberl.workloads.episodes import BatchingEngine, SamplingSettings, run_group
 from kuberl.workloads.logs import get_logger
 from kuberl.workloads.models import seeded_model
-from kuberl.workloads.trainer import buffer_config
+from kuberl.workloads.trainer import buffer_config, tolerate_fetch_timeouts
 from kuberl.workloads.weightsync import fetch_policy, weight_store
 
 log = get_logger(__name__)
@@ -108,7 +108,7 @@ class RolloutAgent:
                 await asyncio.sleep(0.2)
             await self.load_version(state.policy_version)
             watcher = asyncio.create_task(self.watch_versions(buf))
-            prompts = await buf.prompt_consumer()
+            prompts = tolerate_fetch_timeouts(await buf.prompt_consumer())
             concurrency = self.cfg.rollout.concurrency
             log.info("rollout agent ready", agent=self.agent_id, version=self.engine.policy_version, concurrency=concurrency)
             while True:
