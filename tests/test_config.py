@@ -23,7 +23,7 @@ def test_tiny_job_maps_to_a_torch_runtime():
     assert cfg.buffer.url == "nats://127.0.0.1:4222"
     assert cfg.weight_store.endpoint == "http://127.0.0.1:8333"
     assert cfg.max_off_policy_steps == 1
-    assert cfg.algorithm.group_size == 8 and cfg.algorithm.learning_rate == pytest.approx(3e-3)
+    assert cfg.algorithm.group_size == 8 and cfg.algorithm.learning_rate == pytest.approx(5e-4)
     assert cfg.weight_prefix == "kuberl/default/tiny-arithmetic"
     assert cfg.checkpoint.uri == "s3://kuberl/kuberl/default/tiny-arithmetic/checkpoints"
     assert cfg.job.slug == "default_tiny-arithmetic"
