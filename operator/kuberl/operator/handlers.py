@@ -58,7 +58,7 @@ class Runtime:
     @property
     def kube(self) -> Kube:
         if self._kube is None:
-            self._kube = Kube(api_client_from_environment())
+            self._kube = Kube(api_client_from_environment(pool_size=self.settings.executor_threads + 8))
         return self._kube
 
     @property

@@ -43,13 +43,19 @@ def object_path(api_version: str, kind: str, namespace: str, name: str) -> str:
     return f"{collection_path(api_version, kind, namespace)}/{quote(name)}"
 
 
-def api_client_from_environment() -> kubernetes.client.ApiClient:
-    """In a pod: the service account; elsewhere: $KUBECONFIG or ~/.kube/config."""
+def api_client_from_environment(pool_size: int = 32) -> kubernetes.client.ApiClient:
+    """In a pod: the service account; elsewhere: $KUBECONFIG or ~/.kube/config.
+
+    The HTTP connection pool is sized for kopf's handler threads (urllib3's default of 10
+    makes busy operators open and discard a connection per request).
+    """
+    configuration = kubernetes.client.Configuration()
     try:
-        kubernetes.config.load_incluster_config()
-        return kubernetes.client.ApiClient()
+        kubernetes.config.load_incluster_config(client_configuration=configuration)
     except kubernetes.config.ConfigException:
-        return kubernetes.config.new_client_from_config()
+        kubernetes.config.load_kube_config(client_configuration=configuration)
+    configuration.connection_pool_maxsize = pool_size
+    return kubernetes.client.ApiClient(configuration)
 
 
 class Kube:
