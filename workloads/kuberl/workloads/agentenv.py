@@ -29,6 +29,7 @@ from kuberl.workloads.logs import get_logger
 from kuberl.workloads.tasks import StepResult, arithmetic_reward, calculator_step
 
 log = get_logger(__name__)
+REAPER = web.AppKey("reaper", asyncio.Task)
 
 
 def sample_latency(distribution: str, median_s: float, tail: float, rng: random.Random) -> float:
@@ -104,7 +105,7 @@ class EnvServer:
                     self.episodes.pop(eid, None)
                     self.counters["timed_out"] += 1
 
-        app["reaper"] = asyncio.create_task(reap())
+        app[REAPER] = asyncio.create_task(reap())
 
     async def healthz(self, request: web.Request) -> web.Response:
         return web.json_response({"ok": True, "task": self.settings.task})

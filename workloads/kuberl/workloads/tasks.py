@@ -1,9 +1,10 @@
 """Problems, verifiers and the calculator-tool episode: the pure parts of the reference tasks.
 
 `builtin://arithmetic` generates addition problems ("37+5=" → "42"). Query parameters
-choose the range: ``digits`` (largest operand has at most this many digits, default 1),
+choose the range: ``digits`` (operands have at most this many digits, default 1),
 ``ops`` (operators drawn from, default ``+``). Each problem's difficulty is the digit
-count of its larger operand, so a curriculum can filter on it (difficultyField is implied).
+count of the longest number in it (operands and answer: 3+4 is 1, 7+8 is 2), so a
+curriculum can filter on it (difficultyField is implied).
 
 The calculator-tool task is multi-turn: a response ``c:<expr>`` is a tool call answered by
 the environment with ``=<value>``; any other response is the final answer.
@@ -49,9 +50,9 @@ def arithmetic_problems(dataset: str = "arithmetic", digits: int = 1, ops: str =
     top = 10**digits
     problems = []
     for a, b, op in itertools.product(range(top), range(top), ops):
-        difficulty = max(len(str(a)), len(str(b)))
-        text = f"{a}{op}{b}="
-        problems.append(Problem(f"{dataset}-{a}{op}{b}", text, str(_apply(a, op, b)), float(difficulty), dataset))
+        answer = str(_apply(a, op, b))
+        difficulty = max(len(str(a)), len(str(b)), len(answer.lstrip("-")))
+        problems.append(Problem(f"{dataset}-{a}{op}{b}", f"{a}{op}{b}=", answer, float(difficulty), dataset))
     random.Random(f"{dataset}/{digits}/{ops}").shuffle(problems)
     return problems
 

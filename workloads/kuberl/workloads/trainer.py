@@ -197,7 +197,7 @@ class Trainer:
             steps = self.cfg.model.warmup_sft_steps
             if steps:
                 t0 = time.monotonic()
-                loss = warm_start(self.model, self.prompts.stage_problems(0), steps)
+                loss = warm_start(self.model, self.prompts.problems, steps)  # format of every stage's answers
                 log.info("warm start done", steps=steps, loss=round(loss, 3), seconds=round(time.monotonic() - t0, 2))
             self.opt = make_optimizer(self.model, self.algo)
             return {}

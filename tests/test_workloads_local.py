@@ -1,0 +1,140 @@
+"""Unit tests of the local workload pieces: tiny model, engine, tasks, AgentEnv server, runner helpers."""
+
+from __future__ import annotations
+
+import random
+
+import aiohttp
+import pytest
+import torch
+from aiohttp import web
+
+from kuberl.operator.local import env_args, summarise
+from kuberl.workloads.agentenv import EnvServer, EnvSettings, sample_latency
+from kuberl.workloads.buffer import Prompt
+from kuberl.workloads.engines import GenerationRequest, TorchEngine
+from kuberl.workloads.episodes import BatchingEngine, SamplingSettings, env_episode
+from kuberl.workloads.models import CharTokenizer, TinyConfig, seeded_model, token_logprobs
+from kuberl.workloads.policy import noisy_target
+from kuberl.workloads.tasks import arithmetic_problems, calculate, calculator_step, filter_problems
+
+torch.set_num_threads(1)
+TOK = CharTokenizer()
+
+
+def test_model_uses_qwen2_parameter_names_and_config():
+    model = seeded_model(0)
+    names = set(model.state_dict())
+    assert {"model.embed_tokens.weight", "model.norm.weight", "lm_head.weight",
+            "model.layers.0.self_attn.q_proj.weight", "model.layers.0.self_attn.q_proj.bias",
+            "model.layers.1.mlp.gate_proj.weight", "model.layers.1.post_attention_layernorm.weight"} <= names
+    hf = model.config.to_hf()
+    assert hf["architectures"] == ["Qwen2ForCausalLM"] and hf["num_key_value_heads"] < hf["num_attention_heads"]
+    assert TinyConfig.from_hf(hf) == model.config
+
+
+def test_engine_logprobs_match_the_trainers_recomputation():
+    model = seeded_model(1)
+    engine = TorchEngine(model, seed=3)
+    prompts = [TOK.encode("3+4=", bos=True), TOK.encode("12+9=", bos=True)]  # different lengths: left padding
+    outs = engine.generate([GenerationRequest(p, n=3, max_new_tokens=5) for p in prompts])
+    for p, group in zip(prompts, outs, strict=True):
+        assert len(group) == 3
+        for c in group:
+            ids = torch.tensor([p + c.token_ids])
+            lp = token_logprobs(model, ids, torch.ones_like(ids, dtype=torch.bool))[0, len(p):]
+            assert torch.allclose(lp, torch.tensor(c.logprobs), atol=1e-4)
+
+
+def test_engine_weight_swap_tags_the_new_version():
+    engine = TorchEngine(seeded_model(0), version=0, seed=0)
+    engine.load_state_dict(seeded_model(5).state_dict(), version=7)
+    (group,) = engine.generate([GenerationRequest(TOK.encode("1+1=", bos=True), n=2, max_new_tokens=3)])
+    assert all(c.policy_version == 7 for c in group)
+
+
+def test_arithmetic_problems_and_difficulty():
+    problems = arithmetic_problems(digits=1)
+    assert len(problems) == 100 and len({p.prompt for p in problems}) == 100
+    easy = filter_problems(problems, None, None, 1)
+    assert all(int(p.answer) < 10 for p in easy) and len(easy) == 55
+
+
+def test_warm_start_targets_are_near_but_not_the_answer_on_average():
+    rng = random.Random(0)
+    targets = [int(noisy_target("9", rng)) for _ in range(2000)]
+    assert min(targets) == 5 and max(targets) == 13
+    assert 0.07 < sum(t == 9 for t in targets) / len(targets) < 0.16
+
+
+def test_calculator_tool_turns():
+    assert calculate("12*34") == "408" and calculate("import os") == "error"
+    first = calculator_step("c:12*34", "413", turn=0)
+    assert not first.done and first.observation == "=408\n"
+    assert calculator_step("413", "413", turn=1).reward == 1.0
+
+
+def test_latency_distributions_have_the_median_asked_for():
+    rng = random.Random(0)
+    for dist in ("lognormal", "pareto"):
+        xs = sorted(sample_latency(dist, 0.2, 1.0, rng) for _ in range(4001))
+        assert 0.17 < xs[2000] < 0.23, dist
+        assert xs[-40] > 5 * xs[2000], f"{dist} tail is not heavy"
+
+
+async def _serve(settings: EnvSettings):
+    runner = web.AppRunner(EnvServer(settings).app())
+    await runner.setup()
+    site = web.TCPSite(runner, "127.0.0.1", 0)
+    await site.start()
+    port = site._server.sockets[0].getsockname()[1]
+    return runner, f"http://127.0.0.1:{port}"
+
+
+async def test_agentenv_refuses_beyond_its_concurrency_limit():
+    runner, url = await _serve(EnvSettings(task="arithmetic", concurrency=2))
+    try:
+        async with aiohttp.ClientSession() as s:
+            codes = []
+            for _ in range(3):
+                async with s.post(f"{url}/episodes", json={"prompt": "1+1=", "answer": "2"}) as r:
+                    codes.append(r.status)
+            assert codes == [200, 200, 429]
+    finally:
+        await runner.cleanup()
+
+
+async def test_agentenv_times_out_slow_episodes():
+    runner, url = await _serve(EnvSettings(task="arithmetic", episode_timeout_s=0.2, latency="lognormal", latency_median_s=5.0, latency_tail=0.1))
+    try:
+        async with aiohttp.ClientSession() as s:
+            async with s.post(f"{url}/episodes", json={"prompt": "1+1=", "answer": "2"}) as r:
+                eid = (await r.json())["episode_id"]
+            async with s.post(f"{url}/episodes/{eid}/step", json={"action": "2"}) as r:
+                body = await r.json()
+            assert body["done"] and body["timed_out"] and body["reward"] == 0.0
+    finally:
+        await runner.cleanup()
+
+
+async def test_multi_turn_episode_against_the_calculator_env():
+    runner, url = await _serve(EnvSettings(task="calculator-tool"))
+    engine = BatchingEngine(TorchEngine(seeded_model(0), seed=0))
+    try:
+        async with aiohttp.ClientSession() as s:
+            prompt = Prompt("p1", {"prompt": "12*34+5=", "answer": "413"}, n_samples=1)
+            t = await env_episode(engine, s, url, prompt, 0, SamplingSettings(8, 1.0))
+        assert t.reward in (0.0, 1.0) and t.meta["turns"] >= 1
+        assert t.loss_mask.sum() > 0 and t.loss_mask[: len("12*34+5=") + 1].sum() == 0  # the prompt is not trained on
+    finally:
+        await engine.stop()
+        await runner.cleanup()
+
+
+def test_runner_helpers():
+    args = env_args("calc", {"task": "calculator-tool", "concurrencyPerReplica": 4, "latency": {"distribution": "pareto", "medianSeconds": 0.5}})
+    assert args[args.index("--task") + 1] == "calculator-tool" and args[args.index("--latency") + 1] == "pareto"
+    rows = [{"step": i, "reward_mean": i / 10, "samples_trained": 8 * i, "samples_per_s": 4.0, "elapsed_s": float(i)} for i in range(1, 11)]
+    s = summarise(rows, window=2)
+    assert s["reward_start"] == pytest.approx(0.15) and s["reward_end"] == pytest.approx(0.95) and s["steps"] == 10
+
