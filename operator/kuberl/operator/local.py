@@ -280,8 +280,12 @@ class LocalRun:
         doc = self.load()
         name, spec = doc["metadata"]["name"], doc["spec"]
         self.output = (self.output or Path("runs") / name).resolve()
-        if self.output.exists():
-            shutil.rmtree(self.output)  # a run starts clean; restarts *within* a run resume
+        if self.output.exists() and any(self.output.iterdir()):
+            # A run starts clean (restarts *within* a run resume), but only a previous run's
+            # directory is ever deleted: never a directory the user pointed at by mistake.
+            if not (self.output / "config.yaml").exists() and not (self.output / "logs").exists():
+                raise RunError(f"output directory {self.output} is not empty and holds no previous kuberl run; choose another with -o")
+            shutil.rmtree(self.output)
         (self.output / "logs").mkdir(parents=True)
         env = dict(os.environ, PYTHONUNBUFFERED="1", KUBERL_TORCH_THREADS=os.environ.get("KUBERL_TORCH_THREADS", "1"))
         env.setdefault("AWS_ACCESS_KEY_ID", S3_ACCESS_KEY)
