@@ -187,15 +187,26 @@ def main() -> None:
 
         created_s = wait(all_created, timeout=900, interval=1) + submitted
 
-        def all_running() -> bool:
+        def phases() -> dict[str, int]:
             _, body = kube.request("GET", f"/apis/{API}/namespaces/bench-scale/rljobs")
-            return sum(1 for j in body["items"] if (j.get("status") or {}).get("phase") == "Running") == args.jobs
+            out: dict[str, int] = {}
+            for j in body["items"]:
+                conds = (j.get("status") or {}).get("conditions") or []
+                if any(c["type"] == "Created" and c["status"] == "True" for c in conds):
+                    out["created"] = out.get("created", 0) + 1
+                phase = (j.get("status") or {}).get("phase", "none")
+                out[phase] = out.get(phase, 0) + 1
+            return out
 
-        running_s = wait(all_running, timeout=900, interval=1) + created_s
+        # "Created" (every child and stream made, status written) is the operator's part.
+        # Running also needs kwok to keep pods Ready: on an overloaded 2-core machine node
+        # heartbeats lapse, the node-lifecycle controller marks pods NotReady and kwok's
+        # stages never mark them Ready again, so Running is reported, not waited for.
+        running_s = wait(lambda: phases().get("created", 0) == args.jobs, timeout=900, interval=1) + created_s
         t1 = time.monotonic()
         time.sleep(args.steady_seconds)
         t2 = time.monotonic()
-        print(f"{args.jobs} jobs: all trainer pods after {created_s:.1f}s, all Running after {running_s:.1f}s")
+        print(f"{args.jobs} jobs: all trainer pods after {created_s:.1f}s, all Created after {running_s:.1f}s; {phases()}")
         result = {
             "what": "apply -> all children created (ConfigMap, rendezvous Service, 2 trainer pods, RolloutPool, Deployment)",
             "rounds": args.rounds,
@@ -203,7 +214,7 @@ def main() -> None:
                                     "direct_client_median": round(median(direct_s), 3), "direct_client_max": round(max(direct_s), 3),
                                     "operator_overhead_median": round(median(operator_s) - median(direct_s), 3)},
             "many_jobs": {"jobs": args.jobs, "submit_s": round(submitted, 2), "all_trainer_pods_created_s": round(created_s, 1),
-                          "all_running_s": round(running_s, 1), "reconcile_interval_s": 10, "autoscaler_tick_s": 5,
+                          "all_created_condition_s": round(running_s, 1), "phases_after_steady_state": phases(), "reconcile_interval_s": 10, "autoscaler_tick_s": 5,
                           "operator_during_rollout": sampler.window(t0, t1),
                           "operator_steady_state": {"seconds": args.steady_seconds, **sampler.window(t1, t2)}},
             "note": "2-core machine shared with the control plane, kwok and nats-server; the operator runs kopf with 16 handler threads",
@@ -222,4 +233,8 @@ def main() -> None:
 
 
 if __name__ == "__main__":
+    # SIGTERM runs the finally blocks too: the operator runs in its own session and would outlive us.
+    import signal
+
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
     main()
