@@ -201,7 +201,7 @@ def test_tiny_example_creates_children_and_deletion_removes_everything(kube, nam
     name = "tiny-arithmetic"
     status = wait_phase(kube, namespace, name, "Running", timeout=90)
     assert condition(status, "Created")["status"] == "True"
-    assert status["rollout"]["summary"] == "1/1" and status["maxSteps"] == 40
+    assert status["rollout"]["summary"] == "1/1" and status["maxSteps"] == doc["spec"]["runPolicy"]["maxSteps"]
     kube.core.read_namespaced_config_map(f"{name}-config", namespace)
     svc = kube.core.read_namespaced_service(f"{name}-trainer", namespace)
     assert svc.spec.cluster_ip == "None"
