@@ -385,6 +385,11 @@ class ControlPlane:
             "--leader-elect=false", "--bind-address=127.0.0.1", f"--secure-port={kcm_port}",
             f"--cert-dir={w / 'kcm'}",
             "--node-monitor-period=2s",
+            # kwok renews fake nodes' leases from one process; on a loaded 2-core machine a
+            # renewal can slip past the default 50 s, the node goes NotReady and its pods
+            # lose Ready for good (kwok's stages never set it back). Fake nodes never die
+            # for real, so give them a long grace.
+            "--node-monitor-grace-period=300s",
         ])
         sch = self._spawn("kube-scheduler", [
             str(self.bin / "kube-scheduler"),
