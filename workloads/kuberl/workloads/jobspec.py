@@ -248,7 +248,8 @@ class BufferSpec(ApiModel):
     url: str = Field("nats://kuberl-nats.kuberl-system:4222", min_length=1, max_length=URI_MAX, description="NATS server URL.")
     credentials_secret: SecretRef | None = Field(None, description="Secret with a `creds` key (NATS credentials file).")
     stream_replicas: int = Field(1, ge=1, le=5, description="JetStream replicas of the job's streams.")
-    max_stream_bytes: int = Field(8 * 1024**3, ge=1024**2, le=1024**5, description="Cap on the trajectory stream's size in bytes.")
+    # JetStream reserves this much storage up front per stream, so the default stays modest.
+    max_stream_bytes: int = Field(1024**3, ge=1024**2, le=1024**5, description="Cap on the trajectory stream's size in bytes (JetStream reserves it when the stream is created).")
     max_in_flight_prompts: int = Field(512, ge=1, le=1_000_000, description="Prompt groups issued but not yet trained on (back-pressure).")
 
 
