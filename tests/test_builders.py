@@ -142,6 +142,83 @@ def test_sglang_pool_deployment_has_engine_and_agent():
     assert tpl["metadata"]["labels"][b.LABEL_JOB] == "agentic-tools"
 
 
+def _containers(d: dict) -> dict[str, dict]:
+    return {c["name"]: c for c in d["spec"]["template"]["spec"]["containers"]}
+
+
+def _flag(args: list[str], flag: str) -> str:
+    return args[args.index(flag) + 1]
+
+
+def test_sglang_pod_shares_a_scratch_dir_and_probes_the_server():
+    p = pool()  # 2 GPUs per replica, tensorParallelSize 2
+    d = b.rollout_deployment(p, NS, S, bound_job="agentic-tools", model_source="hf://Qwen/Qwen2.5-7B-Instruct")
+    tpl = d["spec"]["template"]["spec"]
+    c = _containers(d)
+    engine, agent = c["engine"], c["agent"]
+    scratch = {"name": b.ENGINE_SCRATCH_VOLUME, "mountPath": b.ENGINE_SCRATCH_DIR}
+    assert {"name": b.ENGINE_SCRATCH_VOLUME, "emptyDir": {}} in tpl["volumes"]
+    assert scratch in engine["volumeMounts"] and scratch in agent["volumeMounts"]
+    assert env_of(agent)["KUBERL_ENGINE_SCRATCH"] == b.ENGINE_SCRATCH_DIR == "/var/run/kuberl/engine"
+    assert env_of(agent)["KUBERL_ENGINE_URL"] == f"http://127.0.0.1:{b.ENGINE_PORT}"
+
+    args = engine["args"]
+    assert engine["command"] == ["python3", "-m", "sglang.launch_server"]
+    assert _flag(args, "--model-path") == "Qwen/Qwen2.5-7B-Instruct"
+    assert _flag(args, "--port") == str(b.ENGINE_PORT) and _flag(args, "--host") == "0.0.0.0"
+    assert _flag(args, "--tp-size") == str(p.spec.engine.tensor_parallel_size) == "2"
+    assert _flag(args, "--mem-fraction-static") == str(p.spec.engine.mem_fraction_static)
+    assert "--skip-tokenizer-init" not in args and "--device" not in args  # HF tokenizer, GPU pool
+    assert "SGLANG_USE_CPU_ENGINE" not in env_of(engine) and engine["image"] == S.sglang_image
+    assert engine["readinessProbe"]["httpGet"] == {"path": "/health_generate", "port": b.ENGINE_PORT}
+    assert engine["livenessProbe"]["httpGet"] == {"path": "/health", "port": b.ENGINE_PORT}
+    assert engine["startupProbe"]["httpGet"]["path"] == "/health"
+    assert "initContainers" not in tpl
+
+
+def test_sglang_cpu_pool_with_the_builtin_char_tokenizer():
+    doc = example("shared-rolloutpool.yaml", "RolloutPool")
+    doc["spec"].update({"gpusPerReplica": 0, "engine": {"type": "sglang", "tensorParallelSize": 1, "memFractionStatic": 0.1}})
+    p = RolloutPool.model_validate(doc)
+    d = b.rollout_deployment(p, NS, S, bound_job="tiny", model_source="builtin://tiny")
+    tpl = d["spec"]["template"]["spec"]
+    engine, agent = _containers(d)["engine"], _containers(d)["agent"]
+    args = engine["args"]
+    assert "--skip-tokenizer-init" in args
+    assert _flag(args, "--device") == "cpu" and _flag(args, "--attention-backend") == "torch_native"
+    assert _flag(args, "--sampling-backend") == "pytorch" and _flag(args, "--mem-fraction-static") == "0.1"
+    assert env_of(engine)["SGLANG_USE_CPU_ENGINE"] == "1" and env_of(engine)["PYTHONPATH"] == b.SGLANG_CPU_KERNELS_DIR
+    assert engine["image"] == S.sglang_cpu_image and "nvidia.com/gpu" not in str(engine["resources"])
+    # builtin:// weights are not a path SGLang can load: an init container writes them into the scratch dir first.
+    [init] = tpl["initContainers"]
+    assert _flag(args, "--model-path") == b.ENGINE_INITIAL_MODEL_DIR and init["command"][-2:] == ["builtin://tiny", b.ENGINE_INITIAL_MODEL_DIR]
+    assert init["image"] == S.workload_image
+    assert {"name": b.ENGINE_SCRATCH_VOLUME, "mountPath": b.ENGINE_SCRATCH_DIR} in init["volumeMounts"]
+    assert env_of(agent)["KUBERL_ENGINE_SCRATCH"] == b.ENGINE_SCRATCH_DIR
+    # An explicit builtin tokenizer with a local checkpoint also skips SGLang's tokenizer.
+    d = b.rollout_deployment(p, NS, S, bound_job="tiny", model_source="file:///models/tiny", tokenizer="builtin://char")
+    engine = _containers(d)["engine"]
+    assert "--skip-tokenizer-init" in engine["args"] and _flag(engine["args"], "--model-path") == "/models/tiny"
+    assert "initContainers" not in d["spec"]["template"]["spec"]
+
+
+def test_uses_char_tokenizer():
+    assert b.uses_char_tokenizer("builtin://tiny")
+    assert not b.uses_char_tokenizer("hf://Qwen/Qwen2.5-7B-Instruct")
+    assert not b.uses_char_tokenizer("builtin://tiny", "hf://Qwen/Qwen2.5-7B-Instruct")
+    assert b.uses_char_tokenizer("file:///m", "builtin://char") and not b.uses_char_tokenizer(None)
+
+
+def test_sglang_job_config_names_the_engine_url():
+    j = job("decoupled-agentic.yaml")
+    cm = b.job_config_map(j, NS, S, pool_spec={"engine": {"type": "sglang"}})
+    cfg = WorkloadConfig.model_validate(yaml.safe_load(cm["data"]["config.yaml"]))
+    assert cfg.rollout.engine == "sglang" and cfg.rollout.engine_url == b.engine_url()
+    tiny = job("tiny-cpu.yaml")
+    cfg = WorkloadConfig.model_validate(yaml.safe_load(b.job_config_map(tiny, NS, S)["data"]["config.yaml"]))
+    assert cfg.rollout.engine == "torch" and cfg.rollout.engine_url is None
+
+
 def test_torch_pool_is_agent_only_and_pause_zeroes_replicas():
     tiny = job("tiny-cpu.yaml")
     doc = b.inline_rollout_pool(tiny, NS, S)

@@ -42,6 +42,16 @@ ROLE_AGENTENV = "agentenv"
 
 RENDEZVOUS_PORT = 29500
 ENGINE_PORT = 30000
+# The emptyDir both containers of an SGLang rollout pod mount: the agent writes fetched
+# weight versions there and the server loads them (/update_weights_from_disk).
+ENGINE_SCRATCH_DIR = "/var/run/kuberl/engine"
+ENGINE_SCRATCH_ENV = "KUBERL_ENGINE_SCRATCH"
+ENGINE_SCRATCH_VOLUME = "engine-scratch"
+# Where a builtin:// model's initial weights are written (by an init container) for the server.
+ENGINE_INITIAL_MODEL_DIR = f"{ENGINE_SCRATCH_DIR}/initial"
+# SGLang on CPU imports two sgl_kernel ops; kuberl's pure-torch stand-in sits here in the CPU engine image.
+SGLANG_CPU_KERNELS_DIR = "/opt/kuberl/sglang_cpu"
+SGLANG_CPU_FLAGS = ("--device", "cpu", "--attention-backend", "torch_native", "--sampling-backend", "pytorch")
 AGENT_METRICS_PORT = 9400
 CONFIG_MOUNT_DIR = DEFAULT_CONFIG_PATH.rsplit("/", 1)[0]
 CONFIG_KEY = DEFAULT_CONFIG_PATH.rsplit("/", 1)[1]
@@ -97,6 +107,11 @@ def trainer_selector(job: str) -> dict[str, str]:
 def selector_string(labels: dict[str, str]) -> str:
     """The label selector in the string form the scale subresource and kubectl use."""
     return ",".join(f"{k}={v}" for k, v in sorted(labels.items()))
+
+
+def engine_url() -> str:
+    """Where a rollout agent reaches its pod's SGLang server (same pod: loopback)."""
+    return f"http://127.0.0.1:{ENGINE_PORT}"
 
 
 def agent_env_url(namespace: str, env: str, port: int) -> str:
@@ -204,6 +219,9 @@ def job_config_map(
         pool_spec=pool_spec,
         agent_env_urls=agent_env_urls,
     )
+    if config.rollout.engine == "sglang" and not config.rollout.engine_url:
+        # Every rollout pod runs its own server next to the agent: loopback is the same URL in all of them.
+        config = config.model_copy(update={"rollout": config.rollout.model_copy(update={"engine_url": engine_url()})})
     labels = {**common_labels(name, "config", settings), LABEL_JOB: name}
     return {
         "apiVersion": "v1",
@@ -362,6 +380,50 @@ def is_paused(metadata: dict[str, Any]) -> bool:
     return (metadata.get("annotations") or {}).get(PAUSED_ANNOTATION) == "true"
 
 
+def uses_char_tokenizer(model_source: str | None, tokenizer: str | None = None) -> bool:
+    """Whether the job's tokenizer is kuberl's builtin char tokenizer (not an HF one).
+
+    The tokenizer defaults to the model source, so builtin://tiny brings the char
+    tokenizer; an explicit builtin:// tokenizer means it too. SGLang cannot load that
+    tokenizer, so the server runs with --skip-tokenizer-init and the agent sends token ids.
+    """
+    where = tokenizer or model_source or ""
+    return where.startswith("builtin://")
+
+
+def engine_server_args(spec: RolloutPoolSpec, model_path: str | None, *, skip_tokenizer_init: bool) -> list[str]:
+    """The SGLang server's command-line arguments for one rollout pod."""
+    engine = spec.engine
+    args = ["--model-path", model_path] if model_path else []
+    args += ["--host", "0.0.0.0", "--port", str(ENGINE_PORT), "--tp-size", str(engine.tensor_parallel_size),
+             "--mem-fraction-static", str(engine.mem_fraction_static)]
+    if spec.gpus_per_replica == 0:
+        args += list(SGLANG_CPU_FLAGS)
+    if skip_tokenizer_init:
+        args.append("--skip-tokenizer-init")
+    if engine.context_length:
+        args += ["--context-length", str(engine.context_length)]
+    if engine.max_running_requests:
+        args += ["--max-running-requests", str(engine.max_running_requests)]
+    if engine.fp8:
+        args += ["--quantization", "fp8"]
+    return args + list(engine.args or [])
+
+
+def _initial_model_container(model_source: str, image: str, settings: OperatorSettings) -> dict[str, Any]:
+    """Writes a builtin:// model's initial weights (HF layout) into the scratch dir before the server starts."""
+    script = ("import sys; from kuberl.workloads.jobspec import ModelSpec; from kuberl.workloads.models import save_pretrained; "
+              "from kuberl.workloads.policy import initial_model; save_pretrained(initial_model(ModelSpec(source=sys.argv[1])), sys.argv[2])")
+    return {
+        "name": "initial-model",
+        "image": image,
+        "imagePullPolicy": settings.image_pull_policy,
+        "command": ["python", "-c", script, model_source, ENGINE_INITIAL_MODEL_DIR],
+        "resources": {"requests": {"cpu": "500m", "memory": "1Gi"}},
+        "volumeMounts": [{"name": ENGINE_SCRATCH_VOLUME, "mountPath": ENGINE_SCRATCH_DIR}],
+    }
+
+
 def rollout_deployment(
     pool: RolloutPool,
     namespace: str,
@@ -369,11 +431,14 @@ def rollout_deployment(
     *,
     bound_job: str | None = None,
     model_source: str | None = None,
+    tokenizer: str | None = None,
 ) -> dict[str, Any]:
     """Rollout pods: an SGLang server plus the kuberl agent, or the agent alone with the in-process torch engine.
 
     The agent reads the bound job's ConfigMap; a pool not yet bound waits for it (the
-    mount is optional so the pod still starts and reports not-ready).
+    mount is optional so the pod still starts and reports not-ready). With SGLang, both
+    containers mount one scratch emptyDir: the agent writes each fetched weight version
+    there and the server loads it from there; the agent reaches the server on loopback.
     """
     name = pool.metadata["name"]
     spec = pool.spec
@@ -395,31 +460,37 @@ def rollout_deployment(
     if bound_job:
         agent_env["KUBERL_JOB"] = bound_job
     containers = []
+    init_containers = []
+    agent_mounts = [CONFIG_VOLUME_MOUNT]
+    scratch_mount = {"name": ENGINE_SCRATCH_VOLUME, "mountPath": ENGINE_SCRATCH_DIR}
+    agent_image = agent.image or settings.workload_image
     if engine.type == "sglang":
-        agent_env["KUBERL_ENGINE_URL"] = f"http://127.0.0.1:{ENGINE_PORT}"
-        args = ["--host", "0.0.0.0", "--port", str(ENGINE_PORT), "--tp-size", str(engine.tensor_parallel_size),
-                "--mem-fraction-static", str(engine.mem_fraction_static)]
+        agent_env["KUBERL_ENGINE_URL"] = engine_url()
+        agent_env[ENGINE_SCRATCH_ENV] = ENGINE_SCRATCH_DIR
+        agent_mounts.append(scratch_mount)
+        cpu = spec.gpus_per_replica == 0
         path = _model_path(model_source)
-        if path:
-            args = ["--model-path", path, *args]
-        if engine.context_length:
-            args += ["--context-length", str(engine.context_length)]
-        if engine.max_running_requests:
-            args += ["--max-running-requests", str(engine.max_running_requests)]
-        if engine.fp8:
-            args += ["--quantization", "fp8"]
-        args += list(engine.args or [])
+        if model_source and model_source.startswith("builtin://"):
+            init_containers.append(_initial_model_container(model_source, agent_image, settings))
+            path = ENGINE_INITIAL_MODEL_DIR
+        engine_env = {"PYTHONUNBUFFERED": "1"}
+        if cpu:
+            engine_env.update({"SGLANG_USE_CPU_ENGINE": "1", "PYTHONPATH": SGLANG_CPU_KERNELS_DIR})
         containers.append({
             "name": "engine",
-            "image": engine.image or settings.sglang_image,
+            "image": engine.image or (settings.sglang_cpu_image if cpu else settings.sglang_image),
             "imagePullPolicy": settings.image_pull_policy,
             "command": ["python3", "-m", "sglang.launch_server"],
-            "args": args,
+            "args": engine_server_args(spec, path, skip_tokenizer_init=uses_char_tokenizer(model_source, tokenizer)),
+            "env": _env(engine_env),
             "ports": [{"name": "engine", "containerPort": ENGINE_PORT}],
             "resources": container_resources(spec.resources, spec.gpus_per_replica),
-            "readinessProbe": {"httpGet": {"path": "/health_generate", "port": ENGINE_PORT}, "periodSeconds": 10, "timeoutSeconds": 5},
+            # Loading weights takes minutes: the startup probe holds the other two off until
+            # /health answers. Ready = it can generate; alive = the HTTP server answers.
             "startupProbe": {"httpGet": {"path": "/health", "port": ENGINE_PORT}, "periodSeconds": 10, "failureThreshold": 180},
-            "volumeMounts": [{"name": "dshm", "mountPath": "/dev/shm"}],
+            "readinessProbe": {"httpGet": {"path": "/health_generate", "port": ENGINE_PORT}, "periodSeconds": 10, "timeoutSeconds": 5},
+            "livenessProbe": {"httpGet": {"path": "/health", "port": ENGINE_PORT}, "periodSeconds": 15, "timeoutSeconds": 5, "failureThreshold": 4},
+            "volumeMounts": [{"name": "dshm", "mountPath": "/dev/shm"}, scratch_mount],
         })
         agent_resources: dict[str, Any] = {"requests": {"cpu": "500m", "memory": "1Gi"}}
     else:
@@ -427,18 +498,21 @@ def rollout_deployment(
         agent_resources = container_resources(spec.resources, spec.gpus_per_replica)
     containers.append({
         "name": "agent",
-        "image": agent.image or settings.workload_image,
+        "image": agent_image,
         "imagePullPolicy": settings.image_pull_policy,
         "command": ["python", "-m", "kuberl.workloads.rollout"],
         "env": _env(agent_env) + _downward_env() + _user_env(agent.env),
         "ports": [{"name": "metrics", "containerPort": AGENT_METRICS_PORT}],
         "resources": agent_resources,
-        "volumeMounts": [CONFIG_VOLUME_MOUNT],
+        "volumeMounts": agent_mounts,
     })
     volumes = [_config_volume(bound_job, optional=True) if bound_job else {"name": "kuberl-config", "emptyDir": {}}]
     if engine.type == "sglang":
         volumes.append({"name": "dshm", "emptyDir": {"medium": "Memory"}})
+        volumes.append({"name": ENGINE_SCRATCH_VOLUME, "emptyDir": {}})
     pod_spec: dict[str, Any] = {"containers": containers, "volumes": volumes}
+    if init_containers:
+        pod_spec["initContainers"] = init_containers
     if settings.workload_service_account:
         pod_spec["serviceAccountName"] = settings.workload_service_account
     apply_placement(pod_spec, spec.placement)

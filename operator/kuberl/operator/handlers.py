@@ -492,8 +492,9 @@ def _reconcile_pool(body: dict, namespace: str, name: str) -> None:
     pool = RolloutPool.model_validate({"metadata": body["metadata"], "spec": body.get("spec") or {}})
     bound = _bound_job(body)
     job_body = RT.kube.get(API, "RLJob", namespace, bound) if bound else None
-    model_source = ((job_body or {}).get("spec") or {}).get("model", {}).get("source")
-    deployment = builders.rollout_deployment(pool, namespace, RT.settings, bound_job=bound if job_body else None, model_source=model_source)
+    model = ((job_body or {}).get("spec") or {}).get("model") or {}
+    deployment = builders.rollout_deployment(pool, namespace, RT.settings, bound_job=bound if job_body else None,
+                                             model_source=model.get("source"), tokenizer=model.get("tokenizer"))
     ensure_workload(deployment, body)
     ensure(builders.rollout_service(pool, namespace, RT.settings), body)
     live = RT.kube.get("apps/v1", "Deployment", namespace, name) or {}

@@ -12,6 +12,8 @@ from dataclasses import dataclass, field
 DEFAULT_WORKLOAD_IMAGE = "ghcr.io/kuberl/kuberl:0.1.0"
 DEFAULT_TRAINER_IMAGE = "ghcr.io/kuberl/kuberl-trainer:0.1.0"
 DEFAULT_SGLANG_IMAGE = "lmsysorg/sglang:v0.5.23-cu129"
+# SGLang's CPU build plus kuberl's sgl_kernel stand-in (builders.SGLANG_CPU_KERNELS_DIR), for pools with gpusPerReplica 0.
+DEFAULT_SGLANG_CPU_IMAGE = "ghcr.io/kuberl/kuberl-sglang-cpu:0.1.0"
 
 # The value of spec.managedBy that means "this operator"; any other value is left alone.
 MANAGED_BY = "kuberl.io/operator"
@@ -34,6 +36,7 @@ class OperatorSettings:
     workload_image: str = DEFAULT_WORKLOAD_IMAGE  # rollout agent, torch trainer, reference envs
     trainer_image: str = DEFAULT_TRAINER_IMAGE  # megatron-core trainer
     sglang_image: str = DEFAULT_SGLANG_IMAGE
+    sglang_cpu_image: str = DEFAULT_SGLANG_CPU_IMAGE
     image_pull_policy: str = "IfNotPresent"
     workload_service_account: str | None = None  # None: the namespace's default account
     reconcile_interval_s: float = 10.0  # status aggregation, gang supervision, deadlines, TTL
@@ -51,6 +54,7 @@ class OperatorSettings:
             workload_image=os.environ.get("KUBERL_WORKLOAD_IMAGE", d.workload_image),
             trainer_image=os.environ.get("KUBERL_TRAINER_IMAGE", d.trainer_image),
             sglang_image=os.environ.get("KUBERL_SGLANG_IMAGE", d.sglang_image),
+            sglang_cpu_image=os.environ.get("KUBERL_SGLANG_CPU_IMAGE", d.sglang_cpu_image),
             image_pull_policy=os.environ.get("KUBERL_IMAGE_PULL_POLICY", d.image_pull_policy),
             workload_service_account=os.environ.get("KUBERL_WORKLOAD_SERVICE_ACCOUNT") or None,
             reconcile_interval_s=_env_float("KUBERL_RECONCILE_INTERVAL", d.reconcile_interval_s),
