@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from kuberl.operator import lifecycle
 from kuberl.operator.lifecycle import JobView, PodView, decide
 
 
@@ -78,3 +79,25 @@ def test_finished_job_ttl():
 def test_replicas_shrunk_deletes_extra_ranks():
     plan = decide(view([pod(0), pod(1), pod(2)], start_time=1.0))
     assert plan.delete == ["j-trainer-2"]
+
+
+def _shared_pool(bound: str | None, replicas: int = 4, minimum: int = 1) -> dict:
+    return {"metadata": {"name": "shared"}, "spec": {"replicas": replicas, "minReplicas": minimum},
+            "status": {"boundJob": bound} if bound else {}}
+
+
+def test_a_done_job_releases_its_shared_pool_to_min_replicas():
+    r = lifecycle.release_shared_pool("j", _shared_pool("j", replicas=4, minimum=2), owned=False, done=True)
+    assert r is not None and r.replicas == 2 and r.unbind and "minReplicas=2" in r.message
+    # Already at its minimum: only the binding goes; a zero minimum scales to zero.
+    r = lifecycle.release_shared_pool("j", _shared_pool("j", replicas=2, minimum=2), owned=False, done=True)
+    assert r is not None and r.replicas is None and r.unbind
+    assert lifecycle.release_shared_pool("j", _shared_pool("j", minimum=0), owned=False, done=True).replicas == 0
+
+
+def test_shared_pool_is_left_alone_unless_done_bound_to_us_and_not_owned():
+    assert lifecycle.release_shared_pool("j", _shared_pool("j"), owned=False, done=False) is None
+    assert lifecycle.release_shared_pool("j", _shared_pool("other"), owned=False, done=True) is None
+    assert lifecycle.release_shared_pool("j", _shared_pool(None), owned=False, done=True) is None
+    assert lifecycle.release_shared_pool("j", _shared_pool("j"), owned=True, done=True) is None
+    assert lifecycle.release_shared_pool("j", None, owned=False, done=True) is None

@@ -7,7 +7,7 @@ from kuberl.operator import status as st
 
 def conds_at(now, **kw):
     defaults = dict(created=(True, "ChildrenCreated", ""), trainer=st.TrainerView(2, 2), rollout=st.RolloutView(False, 1, 1),
-                    suspended=False, terminal=None, generation=1)
+                    suspended=False, terminal=None, generation=1, buffer=(True, "reachable"))
     defaults.update(kw)
     return defaults
 
@@ -54,6 +54,39 @@ def test_transition_events():
     failed = st.job_conditions(after, now=2, **conds_at(2, terminal=(st.FAILED, st.BACKOFF_LIMIT_EXCEEDED, "x")))
     ev = [e for e in st.transition_events(after, failed) if e.reason == st.BACKOFF_LIMIT_EXCEEDED]
     assert ev and ev[0].type == "Warning"
+
+
+def test_buffer_unavailable_is_a_condition_reason_and_a_warning_event():
+    # Creating the streams failed: Created and BufferReady both say why, and that is announced at once.
+    why = "creating JetStream streams at nats://nowhere:4222 failed: timeout"
+    first = st.job_conditions([], now=0, **conds_at(0, created=(False, st.BUFFER_UNAVAILABLE, why), buffer=(False, why),
+                                                   trainer=st.TrainerView(2, 0)))
+    assert st.find(first, st.CREATED)["reason"] == st.BUFFER_UNAVAILABLE
+    buf = st.find(first, st.BUFFER_READY)
+    assert buf["status"] == "False" and buf["reason"] == st.BUFFER_UNAVAILABLE and buf["message"] == why
+    [ev] = [e for e in st.transition_events([], first) if e.reason == st.BUFFER_UNAVAILABLE]
+    assert ev.type == "Warning" and "nats://nowhere:4222" in ev.message
+    assert st.phase_of(first) == "Pending"
+    # Not repeated while it stays unavailable; recovery is announced as Normal.
+    again = st.job_conditions(first, now=1, **conds_at(1, created=(False, st.BUFFER_UNAVAILABLE, why), buffer=(False, why),
+                                                      trainer=st.TrainerView(2, 0)))
+    assert st.transition_events(first, again) == []
+    ok = st.job_conditions(again, now=2, **conds_at(2))
+    back = [e for e in st.transition_events(again, ok) if e.reason == st.BUFFER_AVAILABLE]
+    assert back and back[0].type == "Normal" and st.phase_of(ok) == "Running"
+    # A running job losing its buffer keeps its phase but gets the condition and the Warning.
+    lost = st.job_conditions(ok, now=3, **conds_at(3, buffer=(False, "reading job state failed: no servers available")))
+    assert st.phase_of(lost) == "Running" and st.find(lost, st.BUFFER_READY)["reason"] == st.BUFFER_UNAVAILABLE
+    assert [e.type for e in st.transition_events(ok, lost) if e.reason == st.BUFFER_UNAVAILABLE] == ["Warning"]
+    # Not contacted this round (buffer=None): BufferReady is left as it was.
+    kept = st.job_conditions(lost, now=4, **conds_at(4, buffer=None))
+    assert st.find(kept, st.BUFFER_READY)["status"] == "False"
+
+
+def test_a_healthy_buffer_from_the_start_is_not_announced():
+    c = st.job_conditions([], now=0, **conds_at(0))
+    assert st.is_true(c, st.BUFFER_READY)
+    assert not [e for e in st.transition_events([], c) if e.reason == st.BUFFER_AVAILABLE]
 
 
 def test_progress_from_kv_state():

@@ -290,6 +290,95 @@ def test_failed_rank_restarts_the_gang_then_backoff_limit_fails(kube, namespace,
     wait_until("BackoffLimitExceeded event", lambda: any(e.reason == "BackoffLimitExceeded" for e in events(kube, namespace, "flaky")), timeout=30)
 
 
+def rollout_pods(kube: Kube, ns: str, pool: str) -> list:
+    return [p for p in kube.core.list_namespaced_pod(ns, label_selector=f"kuberl.io/rollout-pool={pool}").items
+            if not p.metadata.deletion_timestamp]
+
+
+def test_failed_rollout_pod_is_replaced_and_the_job_keeps_running(kube, namespace, operator, nats_server):
+    doc = cpu_job("steady", nats_server.url, replicas=1)
+    doc["spec"]["rollout"]["template"].update({"replicas": 2, "minReplicas": 1, "autoscaling": {"enabled": False}})
+    create(kube, namespace, doc)
+    pool = "steady-rollout"
+    wait_until("both rollout pods ready", lambda: (deployment(kube, namespace, pool).status.ready_replicas or 0) == 2, timeout=90)
+    wait_phase(kube, namespace, "steady", "Running", timeout=60)
+    trainers = {p.metadata.uid for p in trainer_pods(kube, namespace, "steady")}
+    victim = rollout_pods(kube, namespace, pool)[0]
+    set_fake_phase(kube, namespace, victim.metadata.name, "Failed")
+
+    phases = []
+
+    def replaced():
+        phases.append(job_status(kube, namespace, "steady").get("phase"))
+        running = [p for p in rollout_pods(kube, namespace, pool)
+                   if p.metadata.uid != victim.metadata.uid and p.status.phase == "Running"]
+        return len(running) == 2 and running
+
+    pods = wait_until("a replacement rollout pod running", replaced, timeout=90)
+    assert victim.metadata.uid not in {p.metadata.uid for p in pods}
+    wait_until("deployment back to 2 ready", lambda: (deployment(kube, namespace, pool).status.ready_replicas or 0) == 2, timeout=60)
+    for _ in range(3):
+        phases.append(job_status(kube, namespace, "steady").get("phase"))
+        time.sleep(1)
+    assert set(phases) == {"Running"}, phases
+    status = job_status(kube, namespace, "steady")
+    assert status.get("restarts", 0) == 0 and condition(status, "Failed")["status"] == "False"
+    assert {p.metadata.uid for p in trainer_pods(kube, namespace, "steady")} == trainers  # the gang is not touched
+
+
+def test_unreachable_buffer_is_a_condition_and_a_warning_event(kube, namespace, operator, nats_server):
+    dead = f"nats://127.0.0.1:{free_port()}"
+    create(kube, namespace, cpu_job("nobuffer", dead, replicas=1))
+
+    def unavailable():
+        s = job_status(kube, namespace, "nobuffer")
+        return condition(s, "BufferReady").get("reason") == "BufferUnavailable" and s
+
+    status = wait_until("BufferReady=False", unavailable, timeout=60)
+    assert condition(status, "BufferReady")["status"] == "False" and dead in condition(status, "BufferReady")["message"]
+    assert condition(status, "Created")["status"] == "False" and condition(status, "Created")["reason"] == "BufferUnavailable"
+    assert status["phase"] == "Pending" and not trainer_pods(kube, namespace, "nobuffer")
+    [event] = wait_until("BufferUnavailable event", lambda: [e for e in events(kube, namespace, "nobuffer")
+                                                              if e.reason == "BufferUnavailable"], timeout=30)
+    assert event.type == "Warning" and dead in event.message
+
+    # Pointed at a live server, the job starts and the recovery is announced.
+    kube.custom.patch_namespaced_custom_object(GROUP, VERSION, namespace, "rljobs", "nobuffer",
+                                               {"spec": {"buffer": {"url": nats_server.url}}})
+    status = wait_phase(kube, namespace, "nobuffer", "Running", timeout=90)
+    assert condition(status, "BufferReady")["status"] == "True" and condition(status, "Created")["status"] == "True"
+    wait_until("BufferAvailable event", lambda: any(e.reason == "BufferAvailable" for e in events(kube, namespace, "nobuffer")), timeout=30)
+
+
+def test_finished_job_releases_its_shared_pool_to_min_replicas(kube, namespace, operator, nats_server):
+    pool = example_doc("shared-rolloutpool.yaml", "RolloutPool")
+    pool["metadata"]["name"] = "shared-cpu"
+    pool["spec"].update({"engine": {"type": "torch"}, "gpusPerReplica": 0, "replicas": 3, "minReplicas": 1,
+                         "placement": {"nodeSelector": {"kuberl.io/pool": "cpu"}}})
+    pool["spec"]["autoscaling"]["enabled"] = False
+    create(kube, namespace, pool)
+    doc = cpu_job("borrower", nats_server.url, replicas=1)
+    doc["spec"]["rollout"] = {"poolRef": "shared-cpu"}
+    create(kube, namespace, doc)
+    wait_until("pool bound", lambda: (get(kube, namespace, "rolloutpools", "shared-cpu").get("status") or {}).get("boundJob") == "borrower", timeout=60)
+    wait_phase(kube, namespace, "borrower", "Running", timeout=90)
+    assert get(kube, namespace, "rolloutpools", "shared-cpu")["spec"]["replicas"] == 3
+    for p in trainer_pods(kube, namespace, "borrower"):
+        set_fake_phase(kube, namespace, p.metadata.name, "Succeeded")
+    wait_phase(kube, namespace, "borrower", "Succeeded", timeout=60)
+
+    def released():
+        p = get(kube, namespace, "rolloutpools", "shared-cpu")
+        return not (p.get("status") or {}).get("boundJob") and p["spec"]["replicas"] == 1 and p
+
+    wait_until("pool released at minReplicas", released, timeout=30)
+    wait_until("deployment follows", lambda: deployment(kube, namespace, "shared-cpu").spec.replicas == 1, timeout=30)
+    wait_until("PoolReleased event", lambda: any(e.reason == "PoolReleased" for e in events(kube, namespace, "borrower")), timeout=30)
+    # Free again: another job may bind it.
+    create(kube, namespace, cpu_job("next-borrower", nats_server.url, replicas=1, rollout={"poolRef": "shared-cpu"}))
+    wait_until("pool bound to the next job", lambda: (get(kube, namespace, "rolloutpools", "shared-cpu").get("status") or {}).get("boundJob") == "next-borrower", timeout=60)
+
+
 def test_all_ranks_succeeded_succeeds_and_scales_rollout_to_zero(kube, namespace, operator, nats_server):
     create(kube, namespace, cpu_job("done", nats_server.url))
     wait_phase(kube, namespace, "done", "Running", timeout=90)

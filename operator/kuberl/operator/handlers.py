@@ -257,7 +257,7 @@ def _ensure_children(body: Mapping, job: RLJob, namespace: str, pools: dict, env
             RT.nats.ensure_job(url, namespace, name, _buffer_config(job))
             RT.streams_ready.add(key)
         except Exception as e:  # noqa: BLE001 (NATS down or unreachable: retried next round)
-            return False, "BufferUnavailable", f"creating JetStream streams at {url} failed: {e}"
+            return False, st.BUFFER_UNAVAILABLE, f"creating JetStream streams at {url} failed: {e}"
     return True, "ChildrenCreated", "config, rendezvous service, rollout pool, agent envs and streams exist"
 
 
@@ -376,13 +376,27 @@ def _reconcile_job(body: dict, namespace: str, name: str) -> None:
     pool_name = builders.pool_name_for(job)
     if pool_name and pools.get(pool_name) is not None and _controller_uid(pools[pool_name]) == body["metadata"]["uid"]:
         _set_paused(API, "RolloutPool", namespace, pools[pool_name], plan.pause_children)
+    elif pool_name and (finished or plan.terminal is not None):
+        _release_shared_pool(body, namespace, name, pools.get(pool_name))
     for entry in job.spec.agent_envs or []:
         env = envs.get(entry.name)
         if entry.spec is not None and env is not None and _controller_uid(env) == body["metadata"]["uid"]:
             _set_paused(API, "AgentEnv", namespace, env, plan.pause_children)
 
+    # The buffer: unreachable while creating the streams, or when reading progress fails.
+    state: dict | None = None
+    buffer_seen: tuple[bool, str] | None = None
+    if not created[0] and created[1] == st.BUFFER_UNAVAILABLE:
+        buffer_seen = (False, created[2])
+    elif created[0]:
+        try:
+            state = RT.nats.job_state(job.spec.buffer.url, namespace, name)
+            buffer_seen = (True, f"JetStream at {job.spec.buffer.url} reachable")
+        except Exception as e:  # noqa: BLE001 (progress is best effort; the next round retries)
+            buffer_seen = (False, f"reading job state from JetStream at {job.spec.buffer.url} failed: {e}")
     new_conds = st.job_conditions(
         conds,
+        buffer=buffer_seen,
         created=created,
         trainer=st.TrainerView(replicas=job.spec.trainer.replicas, ready=plan.ready),
         rollout=_rollout_view(job, pools),
@@ -404,22 +418,33 @@ def _reconcile_job(body: dict, namespace: str, name: str) -> None:
     rollout = _rollout_view(job, pools)
     if not rollout.colocated:
         new_status["rollout"] = {"ready": rollout.ready, "desired": rollout.desired, "summary": f"{rollout.ready}/{rollout.desired}"}
-    if created[0]:
-        try:
-            state = RT.nats.job_state(job.spec.buffer.url, namespace, name)
-        except Exception:  # noqa: BLE001 (progress is best effort; the next round retries)
-            state = None
-        if state is not None:
-            progress, sample = st.progress(state, max_steps=job.spec.run_policy.max_steps, previous=RT.rate_samples.get(body["metadata"]["uid"]), now=now)
-            if sample is not None:
-                RT.rate_samples[body["metadata"]["uid"]] = sample
-            new_status.update(progress)
-        else:
-            new_status.setdefault("maxSteps", job.spec.run_policy.max_steps)
+    if state is not None:
+        progress, sample = st.progress(state, max_steps=job.spec.run_policy.max_steps, previous=RT.rate_samples.get(body["metadata"]["uid"]), now=now)
+        if sample is not None:
+            RT.rate_samples[body["metadata"]["uid"]] = sample
+        new_status.update(progress)
+    elif created[0]:
+        new_status.setdefault("maxSteps", job.spec.run_policy.max_steps)
     for event in st.transition_events(conds, new_conds):
         _event(body, event.type, event.reason, event.message)
     _patch_job_status(body, namespace, name, old_status, new_status)
     RT.phases.set(body["metadata"]["uid"], new_status["phase"])
+
+
+def _release_shared_pool(job_body: Mapping | None, namespace: str, job: str, pool: dict | None) -> None:
+    """Let go of a shared pool the (finished or deleted) job was bound to: minReplicas, unbound."""
+    release = lifecycle.release_shared_pool(job, pool, owned=False, done=True)
+    if release is None or pool is None:
+        return
+    pool_name = pool["metadata"]["name"]
+    if release.replicas is not None:
+        RT.kube.patch(API, "RolloutPool", namespace, pool_name, {"spec": {"replicas": release.replicas}})
+    if release.unbind:
+        RT.kube.patch(API, "RolloutPool", namespace, pool_name, {"status": {"boundJob": None}}, subresource="status")
+    log.info("shared rollout pool released", namespace=namespace, job=job, pool=pool_name, replicas=release.replicas)
+    if job_body is not None:
+        _event(job_body, "Normal", "PoolReleased", release.message)
+    _event(pool, "Normal", "Released", release.message)
 
 
 @kopf.on.create(GROUP, VERSION, "rljobs", when=managed_by_us)
@@ -448,6 +473,9 @@ def rljob_timer(body: kopf.Body, **_: Any) -> None:
 @kopf.on.delete(GROUP, VERSION, "rljobs", when=managed_by_us)
 def rljob_deleted(body: kopf.Body, spec: kopf.Spec, namespace: str, name: str, uid: str, **_: Any) -> None:
     """The finaliser: Kubernetes collects owned children, but JetStream is not Kubernetes."""
+    pool_ref = (spec.get("rollout") or {}).get("poolRef")
+    if pool_ref and spec.get("mode", "decoupled") != "colocated":
+        _release_shared_pool(None, namespace, name, RT.kube.get(API, "RolloutPool", namespace, pool_ref))
     url = (spec.get("buffer") or {}).get("url") or buffer_default_url()
     try:
         deleted = RT.nats.delete_job(url, namespace, name)

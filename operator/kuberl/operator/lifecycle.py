@@ -115,3 +115,32 @@ def decide(view: JobView) -> Plan:
     if plan.start_time is None and (plan.create or current):
         plan.start_time = view.now
     return plan
+
+
+@dataclass(frozen=True)
+class PoolRelease:
+    """What to do to a shared (poolRef) RolloutPool whose job is done with it."""
+
+    replicas: int | None  # new spec.replicas (the pool's minReplicas), None: leave it
+    unbind: bool  # clear status.boundJob
+    message: str
+
+
+def release_shared_pool(job: str, pool: dict | None, *, owned: bool, done: bool) -> PoolRelease | None:
+    """A finished (or deleted) job lets go of the shared pool it was bound to.
+
+    The pool outlives the job and other jobs may bind to it next, so it is scaled down
+    to its minReplicas (not to zero unless that is its minimum) and its binding cleared.
+    Owned (inline) pools are paused with the job instead; a pool bound to another job
+    meanwhile is not ours to touch. Scale first, unbind second: a crash in between
+    leaves the binding, so the next round repeats both.
+    """
+    if owned or not done or pool is None:
+        return None
+    if (pool.get("status") or {}).get("boundJob") != job:
+        return None
+    spec = pool.get("spec") or {}
+    minimum = int(spec.get("minReplicas", 1))
+    replicas = minimum if spec.get("replicas") != minimum else None
+    return PoolRelease(replicas=replicas, unbind=True,
+                       message=f"job {job} is done with shared RolloutPool {pool['metadata']['name']}: released, scaled to minReplicas={minimum}")

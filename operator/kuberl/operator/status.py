@@ -13,18 +13,26 @@ from dataclasses import dataclass
 from typing import Any
 
 CREATED = "Created"
+BUFFER_READY = "BufferReady"
 TRAINER_READY = "TrainerReady"
 ROLLOUT_READY = "RolloutReady"
 RUNNING = "Running"
 SUSPENDED = "Suspended"
 SUCCEEDED = "Succeeded"
 FAILED = "Failed"
-CONDITION_TYPES = (CREATED, TRAINER_READY, ROLLOUT_READY, RUNNING, SUSPENDED, SUCCEEDED, FAILED)
+CONDITION_TYPES = (CREATED, BUFFER_READY, TRAINER_READY, ROLLOUT_READY, RUNNING, SUSPENDED, SUCCEEDED, FAILED)
 
 # Reasons of the Failed condition.
 INVALID_SPEC = "InvalidSpec"
 BACKOFF_LIMIT_EXCEEDED = "BackoffLimitExceeded"
 DEADLINE_EXCEEDED = "DeadlineExceeded"
+
+# Reasons of BufferReady (and of Created while the streams cannot be made).
+BUFFER_UNAVAILABLE = "BufferUnavailable"
+BUFFER_AVAILABLE = "BufferAvailable"
+
+# Conditions whose False is news even when it is their first value: announced as Warnings.
+WARN_WHEN_FALSE = frozenset({BUFFER_READY})
 
 
 def rfc3339(epoch: float) -> str:
@@ -100,9 +108,12 @@ def transition_events(old: list[dict[str, Any]] | None, new: list[dict[str, Any]
         before = find(old, cond["type"])
         if before is not None and before.get("status") == cond["status"]:
             continue
-        if before is None and cond["status"] != "True":
+        bad_news = cond["type"] in WARN_WHEN_FALSE and cond["status"] == "False"
+        if before is None and cond["status"] != "True" and not bad_news:
             continue  # conditions start False; only announce what happened
-        warning = cond["type"] == FAILED and cond["status"] == "True"
+        if before is None and cond["type"] in WARN_WHEN_FALSE and not bad_news:
+            continue  # healthy from the start: nothing happened
+        warning = (cond["type"] == FAILED and cond["status"] == "True") or bad_news
         verb = "" if cond["status"] == "True" else "not "
         text = f"{cond['type']}: {verb}{cond['type'][0].lower() + cond['type'][1:]}"
         if cond.get("message"):
@@ -136,11 +147,14 @@ def job_conditions(
     terminal: tuple[str, str, str] | None,
     now: float,
     generation: int | None,
+    buffer: tuple[bool, str] | None = None,
 ) -> list[dict[str, Any]]:
     """Every condition of a job from what was observed this round.
 
     `created` and `terminal` are (status-or-type, reason, message) triples the lifecycle
-    decided; a terminal condition, once True, is never taken back here.
+    decided; a terminal condition, once True, is never taken back here. `buffer` is
+    (reachable, message) when the job's JetStream buffer was contacted this round (None:
+    not contacted, BufferReady stays as it was).
     """
     conds = list(conditions or [])
 
@@ -150,6 +164,9 @@ def job_conditions(
 
     ok, reason, message = created
     put(CREATED, ok, reason, message)
+    if buffer is not None:
+        reachable, why = buffer
+        put(BUFFER_READY, reachable, BUFFER_AVAILABLE if reachable else BUFFER_UNAVAILABLE, why)
     finished = is_finished(conds)
     if terminal is not None and not finished:
         type_, reason, message = terminal

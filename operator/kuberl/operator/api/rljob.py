@@ -182,7 +182,7 @@ class RLJobStatus(ApiModel):
 
     phase: Literal["Pending", "Running", "Suspended", "Succeeded", "Failed"] | None = Field(None, description="Summary derived from the conditions.")
     conditions: list[Condition] | None = Field(
-        None, max_length=LIST_MAX, json_schema_extra=list_map("type"), description="Created, TrainerReady, RolloutReady, Running, Suspended, Succeeded, Failed."
+        None, max_length=LIST_MAX, json_schema_extra=list_map("type"), description="Created, BufferReady, TrainerReady, RolloutReady, Running, Suspended, Succeeded, Failed."
     )
     observed_generation: int | None = Field(None, ge=0, description="The .metadata.generation the status reflects.")
     step: int = Field(0, ge=0, description="Optimizer steps completed.")
