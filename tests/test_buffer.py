@@ -216,6 +216,83 @@ async def test_delete_job_removes_streams_and_kv(nats_server):
     assert delete_job_sync(nats_server.url, ns, name) == []  # idempotent
 
 
+class _FailingSecondFetch:
+    """A real pull subscription whose second `fetch` raises ``error`` (the first delivers)."""
+
+    def __init__(self, sub, error: BaseException):
+        self._sub, self._error, self.calls = sub, error, 0
+
+    async def fetch(self, *args, **kwargs):
+        self.calls += 1
+        if self.calls == 2:
+            raise self._error
+        return await self._sub.fetch(*args, **kwargs)
+
+
+@pytest.mark.servers
+async def test_bare_asyncio_timeout_after_messages_arrived_returns_them(nats_server):
+    """nats-py 2.16 can end a pull fetch with a bare asyncio.TimeoutError (not nats'
+    TimeoutError). Raised on the second round of a batch, it must end the batch with what
+    arrived — not escape and leave those samples pending, never to be trained."""
+    assert not issubclass(asyncio.TimeoutError, nats.errors.TimeoutError)  # what made it slip through
+    buf = await JobBuffer.open(nats_server.url, *job(), FAST)
+    try:
+        await buf.publish_trajectories(make_traj(i) for i in range(5))
+        consumer = await buf.trajectory_consumer()
+        consumer._sub = _FailingSecondFetch(consumer._sub, asyncio.TimeoutError())  # noqa: UP041 - nats-py raises this name
+        batch = await consumer.fetch(10, current_version=0, timeout=3)  # asks for more than there is
+        assert consumer._sub.calls == 2
+        assert sorted(batch.sample_ids) == [f"s{i}" for i in range(5)]
+        await batch.ack()
+        assert consumer._pending == {} and (await buf.backlog())["trajectories"] == 0
+
+        prompts = await buf.prompt_consumer()
+        prompts._sub = _FailingSecondFetch(prompts._sub, asyncio.TimeoutError())  # noqa: UP041
+        assert await prompts.fetch(1, timeout=0.2) == []  # first call: a real, empty fetch
+        assert await prompts.fetch(1, timeout=0.2) == []  # second: the bare timeout, swallowed
+    finally:
+        await buf.close()
+
+
+@pytest.mark.servers
+async def test_failed_fetch_after_messages_arrived_leaves_nothing_pending(nats_server):
+    """Any other error mid-batch propagates, but the samples already fetched are given back
+    and trained by a later fetch (before the fix their redelivery was taken for a copy of a
+    pending sample and skipped forever)."""
+    buf = await JobBuffer.open(nats_server.url, *job(), FAST)
+    try:
+        await buf.publish_trajectories(make_traj(i) for i in range(5))
+        consumer = await buf.trajectory_consumer()
+        real = consumer._sub
+        consumer._sub = _FailingSecondFetch(real, nats.errors.ConnectionReconnectingError())
+        with pytest.raises(nats.errors.ConnectionReconnectingError):
+            await consumer.fetch(10, current_version=0, timeout=3)
+        assert consumer._pending == {}
+        consumer._sub = real
+        batch = await consumer.fetch(10, current_version=0, timeout=1.5)  # nak'd: back at once
+        assert sorted(batch.sample_ids) == [f"s{i}" for i in range(5)]
+        await batch.ack()
+        assert (await buf.backlog())["trajectories"] == 0
+    finally:
+        await buf.close()
+
+
+@pytest.mark.servers
+async def test_short_fetches_on_an_empty_stream_never_raise(nats_server):
+    """Deadlines that expire around nats-py's no-wait probe end in one timeout flavour or the
+    other; every flavour means "nothing", never an exception out of the consumers."""
+    buf = await JobBuffer.open(nats_server.url, *job(), FAST)
+    try:
+        consumer = await buf.trajectory_consumer()
+        prompts = await buf.prompt_consumer()
+        for i in range(40):
+            timeout = 0.011 + 0.0005 * i
+            assert len(await consumer.fetch(8, current_version=0, timeout=timeout)) == 0
+            assert await prompts.fetch(4, timeout=timeout) == []
+    finally:
+        await buf.close()
+
+
 _CRASHING_TRAINER = textwrap.dedent(
     """
     import asyncio, json, sys, time

@@ -61,6 +61,14 @@ _RETRYABLE = (
 )
 
 
+# What a JetStream pull `fetch` raises when its deadline passes with nothing (more) to
+# deliver. nats' own TimeoutError is one; nats-py 2.16 also raises a bare
+# asyncio.TimeoutError when the deadline runs out between its no-wait probe and its
+# lingering request. On Python >= 3.11 asyncio.TimeoutError is the builtin TimeoutError,
+# which nats.errors.TimeoutError subclasses, so this one class catches every variant.
+_FETCH_TIMEOUT = (asyncio.TimeoutError, nats.errors.TimeoutError)
+
+
 class BufferError(Exception):
     """Base class for buffer errors."""
 
@@ -725,45 +733,66 @@ class TrajectoryConsumer:
         weights: list[float] = []
         msgs: list[Msg] = []
         deadline = time.monotonic() + timeout
-        while len(kept) < n:
-            remaining = deadline - time.monotonic()
-            if remaining <= 0.01:
-                break
-            try:
-                got = await self._sub.fetch(n - len(kept), timeout=remaining)
-            except nats.errors.TimeoutError:
-                break
-            for m in got:
-                self.stats.received += 1
+        try:
+            while len(kept) < n:
+                remaining = deadline - time.monotonic()
+                if remaining <= 0.01:
+                    break
                 try:
-                    t = decode_trajectory(m.data)
-                except CodecError as e:
-                    self.stats.bad_messages += 1
-                    log.error("dropping undecodable trajectory", error=str(e))
-                    await m.term()  # never redeliver poison
-                    continue
-                if t.sample_id in self._committed:
-                    self.stats.duplicates += 1
-                    msgs.append(m)
-                    continue
-                seq = m.metadata.sequence.stream
-                if t.sample_id in self._pending:
-                    self.stats.duplicates += 1
-                    if self._pending[t.sample_id] != seq:
-                        msgs.append(m)  # a second copy in the stream: done with it at this ack
-                    continue  # else: a redelivery of a pending message; its own batch acks it
-                w = staleness_weight(t.policy_version, current_version, self.max_off_policy_steps,
-                                     self.staleness, self.decay)
-                msgs.append(m)
-                if w is None:
-                    self.stats.stale_dropped += 1
-                    continue
-                if w < 1.0:
-                    self.stats.stale_downweighted += 1
-                self._pending[t.sample_id] = seq
-                kept.append(t)
-                weights.append(w)
+                    got = await self._sub.fetch(n - len(kept), timeout=remaining)
+                except _FETCH_TIMEOUT:
+                    break  # nothing more within the deadline: the batch is what arrived so far
+                for m in got:
+                    await self._take(m, current_version, kept, weights, msgs)
+        except BaseException as e:
+            # The caller never sees this batch, so nothing in it may stay pending: a pending
+            # id makes its redelivery look like a copy that "its own batch" will settle, and
+            # the sample would never be trained. Give the messages back for redelivery.
+            self._forget(t.sample_id for t in kept)
+            if isinstance(e, Exception) and msgs:
+                await self._nak_quietly(msgs)
+            raise
         return Batch(self, kept, weights, msgs)
+
+    async def _nak_quietly(self, msgs: list[Msg]) -> None:
+        # Best effort: when the connection is gone, the ack wait redelivers them anyway.
+        try:
+            for m in msgs:
+                await m.nak()
+        except Exception as e:  # noqa: BLE001 - already failing; the original error is raised
+            log.warning("could not give back fetched trajectories", count=len(msgs), error=type(e).__name__)
+
+    async def _take(self, m: Msg, current_version: int, kept: list[Trajectory], weights: list[float],
+              msgs: list[Msg]) -> None:
+        """Sort one fetched message into ``kept`` (trainable) and ``msgs`` (settled at the batch's ack)."""
+        self.stats.received += 1
+        try:
+            t = decode_trajectory(m.data)
+        except CodecError as e:
+            self.stats.bad_messages += 1
+            log.error("dropping undecodable trajectory", error=str(e))
+            await m.term()  # never redeliver poison
+            return
+        if t.sample_id in self._committed:
+            self.stats.duplicates += 1
+            msgs.append(m)
+            return
+        seq = m.metadata.sequence.stream
+        if t.sample_id in self._pending:
+            self.stats.duplicates += 1
+            if self._pending[t.sample_id] != seq:
+                msgs.append(m)  # a second copy in the stream: done with it at this ack
+            return  # else: a redelivery of a pending message; its own batch acks it
+        w = staleness_weight(t.policy_version, current_version, self.max_off_policy_steps, self.staleness, self.decay)
+        msgs.append(m)
+        if w is None:
+            self.stats.stale_dropped += 1
+            return
+        if w < 1.0:
+            self.stats.stale_downweighted += 1
+        self._pending[t.sample_id] = seq
+        kept.append(t)
+        weights.append(w)
 
 
 @dataclass
@@ -791,7 +820,7 @@ class PromptConsumer:
         """Up to ``n`` prompts; fewer (or none) when the in-flight bound is reached."""
         try:
             msgs = await self._sub.fetch(n, timeout=timeout)
-        except nats.errors.TimeoutError:
+        except _FETCH_TIMEOUT:
             return []
         leases = []
         for m in msgs:

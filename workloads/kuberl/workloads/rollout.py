@@ -23,22 +23,37 @@ import torch
 
 from kuberl.workloads.buffer import JobBuffer, PromptLease
 from kuberl.workloads.config import WorkloadConfig, load_config
-from kuberl.workloads.engines import TorchEngine
+from kuberl.workloads.engines import Engine, TorchEngine
 from kuberl.workloads.episodes import BatchingEngine, SamplingSettings, run_group
 from kuberl.workloads.logs import get_logger
 from kuberl.workloads.models import seeded_model
-from kuberl.workloads.trainer import buffer_config, tolerate_fetch_timeouts
+from kuberl.workloads.trainer import buffer_config
 from kuberl.workloads.weightsync import fetch_policy, weight_store
 
 log = get_logger(__name__)
 KEEPALIVE_S = 5.0
 
 
+def make_engine(cfg: WorkloadConfig, agent_id: str) -> Engine:
+    """The engine ``cfg.rollout.engine`` names, at version -1 (the first announced version loads into it).
+
+    ``sglang``: a client of the SGLang server at ``rollout.engineUrl`` / ``$KUBERL_ENGINE_URL``
+    (the pod's sidecar); ``torch``: the in-process engine (CPU jobs, ``kuberl run``).
+    """
+    if cfg.rollout.engine == "sglang":
+        from kuberl.workloads.sglang_engine import SGLangEngine  # httpx; only rollout pods with a server need it
+
+        return SGLangEngine.from_config(cfg, version=-1)
+    if cfg.rollout.engine == "torch":
+        return TorchEngine(seeded_model(0), version=-1, seed=(hash(agent_id) + int(time.time())) % 2**31)
+    raise ValueError(f"unknown rollout engine {cfg.rollout.engine!r}")
+
+
 class RolloutAgent:
-    def __init__(self, cfg: WorkloadConfig, agent_id: str):
+    def __init__(self, cfg: WorkloadConfig, agent_id: str, engine: Engine | None = None):
         self.cfg, self.agent_id = cfg, agent_id
         self.store = weight_store(cfg)
-        self.engine = TorchEngine(seeded_model(0), version=-1, seed=(hash(agent_id) + int(time.time())) % 2**31)
+        self.engine = engine if engine is not None else make_engine(cfg, agent_id)
         self.batcher = BatchingEngine(self.engine)
         self.active: set[asyncio.Task] = set()
         self.accepting = asyncio.Event()
@@ -108,7 +123,7 @@ class RolloutAgent:
                 await asyncio.sleep(0.2)
             await self.load_version(state.policy_version)
             watcher = asyncio.create_task(self.watch_versions(buf))
-            prompts = tolerate_fetch_timeouts(await buf.prompt_consumer())
+            prompts = await buf.prompt_consumer()
             concurrency = self.cfg.rollout.concurrency
             log.info("rollout agent ready", agent=self.agent_id, version=self.engine.policy_version, concurrency=concurrency)
             while True:
@@ -128,6 +143,9 @@ class RolloutAgent:
             if watcher is not None:
                 watcher.cancel()
             await self.batcher.stop()
+            close = getattr(self.engine, "close", None)
+            if close is not None:
+                close()
             if session is not None:
                 await session.close()
             await buf.close()
@@ -138,8 +156,6 @@ def main() -> None:
     cfg = load_config()
     agent_id = os.environ.get("KUBERL_AGENT_ID", f"agent-{os.getpid()}")
     log.info("rollout agent starting", job=cfg.job.name, agent=agent_id, engine=cfg.rollout.engine)
-    if cfg.rollout.engine != "torch":
-        raise SystemExit(f"engine {cfg.rollout.engine!r} is not available in this build; the local runner uses torch")
     asyncio.run(RolloutAgent(cfg, agent_id).run())
 
 

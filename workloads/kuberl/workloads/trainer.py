@@ -22,7 +22,6 @@ from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
 import aiohttp
-import nats.errors
 import torch
 
 from kuberl.workloads import algorithms
@@ -41,37 +40,6 @@ log = get_logger(__name__)
 
 PROMPT_REISSUE_S = float(os.environ.get("KUBERL_PROMPT_REISSUE_S", "60"))
 PROMPT_ACK_WAIT_S = 30.0  # a dead agent's leased prompts come back this soon (agents keep theirs alive)
-
-
-class _FetchTimeoutAdapter:
-    """Wraps a JetStream pull subscription so a fetch that times out raises nats' TimeoutError.
-
-    nats-py 2.16 raises a bare ``asyncio.TimeoutError`` when the deadline runs out between
-    its no-wait probe and its lingering request; the buffer's consumers only treat
-    ``nats.errors.TimeoutError`` as "nothing more", so the bare one escaped and crashed the
-    process. Until the buffer handles both, the trainer and the agent install this.
-    """
-
-    def __init__(self, sub):
-        self._sub = sub
-
-    async def fetch(self, *args, **kwargs):
-        try:
-            return await self._sub.fetch(*args, **kwargs)
-        except nats.errors.TimeoutError:
-            raise
-        except asyncio.TimeoutError:
-            raise nats.errors.TimeoutError from None
-
-    def __getattr__(self, name):
-        return getattr(self._sub, name)
-
-
-def tolerate_fetch_timeouts(consumer):
-    """Install `_FetchTimeoutAdapter` on a buffer consumer (TrajectoryConsumer or PromptConsumer)."""
-    if not isinstance(consumer._sub, _FetchTimeoutAdapter):
-        consumer._sub = _FetchTimeoutAdapter(consumer._sub)
-    return consumer
 
 
 def buffer_config(cfg: WorkloadConfig) -> BufferConfig:
@@ -394,7 +362,7 @@ async def run_decoupled(cfg: WorkloadConfig) -> None:
     manifest = await asyncio.to_thread(tr.publish)
     await buf.state.publish_version(tr.progress.version, manifest)
     # Staleness is decided here, per sample, so a dropped group's prompt can be replaced at once.
-    consumer = tolerate_fetch_timeouts(await buf.trajectory_consumer(max_off_policy_steps=10**9))
+    consumer = await buf.trajectory_consumer(max_off_policy_steps=10**9)
     if extra.get("consumer"):
         consumer.load_state_dict(extra["consumer"])
     assembler = GroupAssembler(cfg.algorithm.dynamic_sampling, answered=set(extra.get("answered", [])))
