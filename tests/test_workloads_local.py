@@ -138,3 +138,124 @@ def test_runner_helpers():
     s = summarise(rows, window=2)
     assert s["reward_start"] == pytest.approx(0.15) and s["reward_end"] == pytest.approx(0.95) and s["steps"] == 10
 
+
+
+def test_reward_window_and_moving_average():
+    from kuberl.operator.local import moving_average, reward_window
+
+    assert reward_window(10) == 5 and reward_window(500) == 25
+    assert moving_average([0.0, 1.0, 1.0, 1.0], 2) == [0.0, 0.5, 1.0, 1.0]
+
+
+# ---- manifest switches reach the trainer: curriculum stages and loss aggregation ------------
+
+
+def _tiny_trainer(tmp_path, **spec_changes):
+    """The trainer of examples/tiny-cpu.yaml with ``spec_changes``, mapped from the manifest as
+    `kuberl run` and the operator do. No servers: S3 clients only connect when used."""
+    from pathlib import Path
+
+    import yaml
+    from kuberl.workloads.config import config_from_rljob
+    from kuberl.workloads.trainer import Trainer
+
+    doc = yaml.safe_load((Path(__file__).resolve().parents[1] / "examples" / "tiny-cpu.yaml").read_text())
+    spec = doc["spec"]
+    spec["algorithm"].update(globalBatchSize=16, rolloutBatchSize=16)
+    spec.update(spec_changes)
+    cfg = config_from_rljob("default", "switches", spec, nats_url="nats://127.0.0.1:1",
+                            s3_endpoint="http://127.0.0.1:1", output_dir=str(tmp_path / "out"))
+    return Trainer(cfg)
+
+
+def _answered(tr, prompts, pass_all: bool, response_len=lambda i: 2):
+    """One group per prompt as a rollout agent would send it: prompt tokens, then a response
+    whose behaviour logprobs are recorded; reward 1 for every sample when ``pass_all``, else
+    only for the first of each group (a learning signal, pass rate 1/group size)."""
+    from kuberl.workloads.buffer import Trajectory
+
+    groups = []
+    for p in prompts:
+        ids = TOK.encode(p.data["prompt"], bos=True)
+        group = []
+        for i in range(p.n_samples):
+            resp = TOK.encode(p.data["answer"][:1] * response_len(i))
+            n = len(ids) + len(resp)
+            mask = [0] * len(ids) + [1] * len(resp)
+            group.append(Trajectory(
+                sample_id=f"{p.msg_id}/{i}", prompt_id=p.prompt_id, group_id=p.group_id,
+                policy_version=tr.progress.version, tokens=ids + resp, logprobs=[-1.5 * m for m in mask],
+                loss_mask=mask, reward=1.0 if pass_all or i == 0 else 0.0, meta={"group_size": p.n_samples}))
+            assert len(group[-1]) == n
+        groups.append(group)
+    return groups
+
+
+def _step(tr, pass_all: bool) -> dict:
+    """What both training loops do per step: take the current stage's prompts, train on their groups."""
+    stage = tr.progress.curriculum.stage
+    prompts = tr.prompts.take(tr.cfg.algorithm.global_batch_size // tr.prompts.group_size(stage), stage)
+    return tr.train_on(_answered(tr, prompts, pass_all), {})
+
+
+TWO_STAGES = {"stages": [
+    {"name": "medium", "difficulty": {"max": 1}, "samplesPerPrompt": 4, "maxResponseLength": 3},
+    {"name": "hard", "samplesPerPrompt": 8},
+]}
+
+
+def test_two_stage_curriculum_switches_by_step_in_the_trainer_and_feeder(tmp_path):
+    from kuberl.workloads.trainer import in_flight_target
+
+    curriculum = {"stages": [{**TWO_STAGES["stages"][0], "until": {"steps": 3}}, TWO_STAGES["stages"][1]]}
+    tr = _tiny_trainer(tmp_path, curriculum=curriculum)
+    medium = tr.prompts.take(4, 0)
+    assert all(p.n_samples == 4 and p.stage == 0 and float(p.data["difficulty"]) <= 1 for p in medium)
+    assert tr.prompts.sampling(0).max_new_tokens == 3
+    assert in_flight_target(tr.cfg, tr.prompts.group_size(0), None) == 2 * 16 // 4
+    rows = [_step(tr, pass_all=False) for _ in range(5)]
+    assert [r["stage_name"] for r in rows] == ["medium", "medium", "hard", "hard", "hard"]
+    assert [r["stage"] for r in rows] == [0, 0, 1, 1, 1]
+    assert tr.progress.curriculum.stage_start_step == 3
+    # From the switch on, the feeder hands out the hard stage: all problems, larger groups.
+    hard = tr.prompts.take(40, tr.progress.curriculum.stage)
+    assert all(p.n_samples == 8 and p.stage == 1 for p in hard)
+    assert max(float(p.data["difficulty"]) for p in hard) == 2
+    assert tr.prompts.sampling(1).max_new_tokens == tr.cfg.algorithm.max_response_length
+    assert in_flight_target(tr.cfg, tr.prompts.group_size(1), None) == 2 * 16 // 8
+
+
+def test_two_stage_curriculum_switches_by_pass_rate_only_on_a_full_window(tmp_path):
+    curriculum = {"stages": [{**TWO_STAGES["stages"][0], "until": {"passRate": 0.6, "window": 3}}, TWO_STAGES["stages"][1]]}
+    tr = _tiny_trainer(tmp_path, curriculum=curriculum)
+    low = [_step(tr, pass_all=False) for _ in range(4)]  # pass rate 1/4 per step: stays
+    assert [r["pass_rate"] for r in low] == [0.25] * 4 and {r["stage"] for r in low} == {0}
+    high = [_step(tr, pass_all=True) for _ in range(3)]  # moving mean over 3 steps: 0.5, 0.75, 1.0
+    assert [r["stage_name"] for r in high] == ["medium", "hard", "hard"]
+    assert tr.progress.curriculum.stage_start_step == 5
+
+
+def test_loss_aggregation_is_switched_from_the_manifest(tmp_path, monkeypatch):
+    """``algorithm.lossAggregation`` travels manifest → WorkloadConfig → rl_step → every
+    aggregate() of the loss, and changes the loss on the same batch and weights."""
+    from kuberl.workloads import algorithms
+
+    seen: list[str] = []
+    real = algorithms.aggregate
+
+    def spy(values, mask, mode="token", *args, **kwargs):
+        seen.append(mode)
+        return real(values, mask, mode, *args, **kwargs)
+
+    monkeypatch.setattr(algorithms, "aggregate", spy)
+    losses = {}
+    for mode in ("token", "sequence"):
+        tr = _tiny_trainer(tmp_path, algorithm={**_tiny_trainer(tmp_path).cfg.algorithm.to_wire(), "lossAggregation": mode,
+                                                "globalBatchSize": 16, "rolloutBatchSize": 16})
+        assert tr.cfg.algorithm.loss_aggregation == mode
+        prompts = tr.prompts.take(2, 0)
+        groups = _answered(tr, prompts, pass_all=False, response_len=lambda i: 1 + 3 * (i % 2))  # unequal lengths
+        seen.clear()
+        losses[mode] = tr.train_on(groups, {})["loss"]
+        assert seen and set(seen) == {mode}, seen  # the policy loss and the entropy bonus
+    assert abs(losses["token"] - losses["sequence"]) > 1e-4, losses
