@@ -150,7 +150,7 @@ def test_reward_window_and_moving_average():
 # ---- manifest switches reach the trainer: curriculum stages and loss aggregation ------------
 
 
-def _tiny_trainer(tmp_path, **spec_changes):
+def _tiny_trainer(tmp_path, algorithm: dict | None = None, **spec_changes):
     """The trainer of examples/tiny-cpu.yaml with ``spec_changes``, mapped from the manifest as
     `kuberl run` and the operator do. No servers: S3 clients only connect when used."""
     from pathlib import Path
@@ -161,7 +161,7 @@ def _tiny_trainer(tmp_path, **spec_changes):
 
     doc = yaml.safe_load((Path(__file__).resolve().parents[1] / "examples" / "tiny-cpu.yaml").read_text())
     spec = doc["spec"]
-    spec["algorithm"].update(globalBatchSize=16, rolloutBatchSize=16)
+    spec["algorithm"].update(globalBatchSize=16, rolloutBatchSize=16, **(algorithm or {}))
     spec.update(spec_changes)
     cfg = config_from_rljob("default", "switches", spec, nats_url="nats://127.0.0.1:1",
                             s3_endpoint="http://127.0.0.1:1", output_dir=str(tmp_path / "out"))
@@ -230,9 +230,9 @@ def test_two_stage_curriculum_switches_by_pass_rate_only_on_a_full_window(tmp_pa
     tr = _tiny_trainer(tmp_path, curriculum=curriculum)
     low = [_step(tr, pass_all=False) for _ in range(4)]  # pass rate 1/4 per step: stays
     assert [r["pass_rate"] for r in low] == [0.25] * 4 and {r["stage"] for r in low} == {0}
-    high = [_step(tr, pass_all=True) for _ in range(3)]  # moving mean over 3 steps: 0.5, 0.75, 1.0
+    high = [_step(tr, pass_all=True) for _ in range(3)]  # moving mean of the last 3: 0.5, then 0.75 >= 0.6
     assert [r["stage_name"] for r in high] == ["medium", "hard", "hard"]
-    assert tr.progress.curriculum.stage_start_step == 5
+    assert tr.progress.curriculum.stage_start_step == 6
 
 
 def test_loss_aggregation_is_switched_from_the_manifest(tmp_path, monkeypatch):
@@ -250,8 +250,7 @@ def test_loss_aggregation_is_switched_from_the_manifest(tmp_path, monkeypatch):
     monkeypatch.setattr(algorithms, "aggregate", spy)
     losses = {}
     for mode in ("token", "sequence"):
-        tr = _tiny_trainer(tmp_path, algorithm={**_tiny_trainer(tmp_path).cfg.algorithm.to_wire(), "lossAggregation": mode,
-                                                "globalBatchSize": 16, "rolloutBatchSize": 16})
+        tr = _tiny_trainer(tmp_path, algorithm={"lossAggregation": mode})
         assert tr.cfg.algorithm.loss_aggregation == mode
         prompts = tr.prompts.take(2, 0)
         groups = _answered(tr, prompts, pass_all=False, response_len=lambda i: 1 + 3 * (i % 2))  # unequal lengths
