@@ -258,3 +258,17 @@ def test_loss_aggregation_is_switched_from_the_manifest(tmp_path, monkeypatch):
         losses[mode] = tr.train_on(groups, {})["loss"]
         assert seen and set(seen) == {mode}, seen  # the policy loss and the entropy bonus
     assert abs(losses["token"] - losses["sequence"]) > 1e-4, losses
+
+
+def test_assembler_trains_the_oldest_groups_first():
+    """Groups nearest the staleness bound go into the next step; fresher ones can still wait one."""
+    from kuberl.workloads.buffer import Trajectory
+    from kuberl.workloads.trainer import GroupAssembler
+
+    asm = GroupAssembler(dynamic_sampling=False)
+    for prompt, version in (("a", 5), ("b", 4), ("c", 5), ("d", 3)):
+        for i in range(2):
+            asm.add(Trajectory(sample_id=f"{prompt}{i}", prompt_id=prompt, group_id=prompt, policy_version=version,
+                               tokens=[1, 2], logprobs=[0, -1], loss_mask=[0, 1], reward=float(i), meta={"group_size": 2}))
+    assert [g[0].prompt_id for g in asm.take(4)] == ["d", "b"]
+    assert [g[0].prompt_id for g in asm.take(4)] == ["a", "c"]  # arrival order within a version

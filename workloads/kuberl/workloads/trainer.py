@@ -329,6 +329,9 @@ class GroupAssembler:
         return sum(len(g) for g in self.ready)
 
     def take(self, max_samples: int) -> list[list[Trajectory]]:
+        """Whole groups up to ``max_samples``, oldest policy version first: the groups closest
+        to the staleness bound are trained now, fresher ones can still wait a step."""
+        self.ready.sort(key=lambda g: min(t.policy_version for t in g))  # stable: arrival order within a version
         out, n = [], 0
         while self.ready and (not out or n + len(self.ready[0]) <= max_samples):
             g = self.ready.pop(0)
