@@ -47,6 +47,7 @@ def operator(kube: Kube, nats_server):
         "KUBECONFIG": str(kube.kubeconfig),
         "KUBERL_RECONCILE_INTERVAL": "1",
         "KUBERL_AUTOSCALER_TICK": "1",
+        "KUBERL_RESYNC_PERIOD": "5",
         "KUBERL_METRICS_PORT": str(free_port()),
         "KUBERL_HEALTH_PORT": str(health),
         "KUBERL_LOG_FORMAT": "json",
@@ -300,7 +301,7 @@ def test_failed_rollout_pod_is_replaced_and_the_job_keeps_running(kube, namespac
     doc["spec"]["rollout"]["template"].update({"replicas": 2, "minReplicas": 1, "autoscaling": {"enabled": False}})
     create(kube, namespace, doc)
     pool = "steady-rollout"
-    wait_until("both rollout pods ready", lambda: (deployment(kube, namespace, pool).status.ready_replicas or 0) == 2, timeout=90)
+    wait_until("both rollout pods ready", lambda: (d := deployment(kube, namespace, pool)) and (d.status.ready_replicas or 0) == 2, timeout=90)
     wait_phase(kube, namespace, "steady", "Running", timeout=60)
     trainers = {p.metadata.uid for p in trainer_pods(kube, namespace, "steady")}
     victim = rollout_pods(kube, namespace, pool)[0]
@@ -480,6 +481,49 @@ def test_kubectl_scale_drives_the_pool(kube, namespace, operator):
     wait_until("status.replicas", lambda: get(kube, namespace, "rolloutpools", "manual")["status"].get("replicas") == 3, timeout=60)
     scale = kube.get_json("rolloutpool/manual", "-n", namespace, "--subresource=scale")
     assert scale["spec"]["replicas"] == 3 and scale["status"]["selector"] == "kuberl.io/role=rollout,kuberl.io/rollout-pool=manual"
+
+
+# ---------------------------------------------------------------------------------------
+# API load
+
+
+def operator_counter(operator, prefix: str) -> float:
+    """Sum of the operator's Prometheus samples whose line starts with `prefix`."""
+    with urllib.request.urlopen(f"http://127.0.0.1:{operator.metrics_port}/metrics", timeout=5) as r:
+        return sum(float(line.rsplit(" ", 1)[1]) for line in r.read().decode().splitlines() if line.startswith(prefix))
+
+
+def test_timer_rounds_do_not_recreate_unchanged_children(kube, namespace, operator, nats_server):
+    # Jobs of earlier tests in namespaces still terminating keep trying to recreate their
+    # pods (and are refused): let them go first so the counts below are this job's.
+    wait_until("other test namespaces gone", lambda: not [n for n in kube.core.list_namespace(label_selector="kuberl.io/test=true").items
+                                                          if n.metadata.name != namespace], timeout=120)
+    create(kube, namespace, cpu_job("quiet", nats_server.url, replicas=1))
+    wait_phase(kube, namespace, "quiet", "Running", timeout=90)
+    time.sleep(1)
+    # A create-or-get of every child on every timer round costs at least two POSTs per
+    # round (job: ConfigMap and trainer Service; pool: Deployment and Service). Unchanged
+    # children are asserted once per resync period (5 s here) instead, so POSTs per
+    # reconcile stay well below one. Counted per reconcile, objects other tests left
+    # behind (namespaces still terminating) do not skew it.
+    posts = 'kuberl_api_requests_total{verb="POST"}'
+    rounds = "kuberl_reconcile_total{"
+    p0, r0 = operator_counter(operator, posts), operator_counter(operator, rounds)
+    time.sleep(6)
+    p1, r1 = operator_counter(operator, posts), operator_counter(operator, rounds)
+    assert r1 - r0 >= 10, "the timers ran"
+    assert (p1 - p0) / (r1 - r0) < 0.5, f"{p1 - p0:.0f} POSTs in {r1 - r0:.0f} reconciles"
+    # Still level-triggered: a child deleted behind the operator's back comes back within a period.
+    kube.core.delete_namespaced_config_map("quiet-config", namespace)
+
+    def config_back():
+        try:
+            return kube.core.read_namespaced_config_map("quiet-config", namespace).metadata.deletion_timestamp is None
+        except Exception:  # noqa: BLE001 (404 until recreated)
+            return False
+
+    wait_until("ConfigMap recreated", config_back, timeout=20)
+    assert job_status(kube, namespace, "quiet")["phase"] == "Running"
 
 
 # ---------------------------------------------------------------------------------------

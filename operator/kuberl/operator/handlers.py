@@ -28,6 +28,7 @@ from kuberl.operator import status as st
 from kuberl.operator.api import AgentEnv, RLJob, RolloutPool
 from kuberl.operator.kubeio import Kube, api_client_from_environment
 from kuberl.operator.natsbridge import NatsBridge
+from kuberl.operator.resync import EnsureCache
 from kuberl.operator.settings import MANAGED_BY, OperatorSettings
 from kuberl.workloads import buffer
 from kuberl.workloads.logs import get_logger
@@ -54,6 +55,7 @@ class Runtime:
         self.rate_samples: dict[str, tuple[float, int]] = {}
         self.streams_ready: set[tuple[str, str]] = set()  # (uid, url)
         self.last_autoscale_eval: dict[str, float] = {}
+        self.ensured = EnsureCache(settings.resync_period_s)
 
     @property
     def kube(self) -> Kube:
@@ -77,6 +79,7 @@ class Runtime:
         self.rate_samples.pop(uid, None)
         self.last_autoscale_eval.pop(uid, None)
         self.streams_ready = {k for k in self.streams_ready if k[0] != uid}
+        self.ensured.invalidate(uid)
         self.phases.forget(uid)
 
 
@@ -121,14 +124,35 @@ def ensure(child: dict[str, Any], owner: Mapping) -> tuple[dict[str, Any], bool]
     return obj, created
 
 
-def ensure_workload(child: dict[str, Any], owner: Mapping) -> None:
+def ensure_cached(child: dict[str, Any], owner: Mapping, trigger: str, digest_of: Any = None) -> tuple[dict[str, Any] | None, bool]:
+    """`ensure`, skipped on timer rounds while the child was asserted unchanged recently
+    (see `resync`): (object or None when skipped, created)."""
+    owner_uid = owner["metadata"]["uid"]
+    key = f"{child['kind']}/{child['metadata']['name']}"
+    digest = _hash(child if digest_of is None else digest_of)
+    now = time.monotonic()
+    if trigger == "timer" and RT.ensured.fresh(owner_uid, key, digest, now):
+        return None, False
+    obj, created = ensure(child, owner)
+    if obj is not child:  # `create` hands the manifest back when the object vanished mid-call: not asserted
+        RT.ensured.asserted(owner_uid, key, digest, now)
+    return obj, created
+
+
+def ensure_workload(child: dict[str, Any], owner: Mapping, live: dict[str, Any] | None = None) -> dict[str, Any] | None:
     """Create-or-update a Deployment: the template is replaced when its hash changes, the
-    replica count whenever it differs (so `kubectl scale` on the parent reaches the pods)."""
+    replica count whenever it differs (so `kubectl scale` on the parent reaches the pods).
+
+    `live` is the Deployment as just read (the caller needs its status anyway), so an
+    existing one costs no create-or-get; None creates it. Returns what was created, else None."""
     template_hash = _hash(child["spec"]["template"])
     child["metadata"].setdefault("annotations", {})[SPEC_HASH_ANNOTATION] = template_hash
-    existing, created = ensure(child, owner)
-    if created:
-        return
+    if live is None:
+        existing, created = ensure(child, owner)
+        if created:
+            return existing
+    else:
+        existing = live
     patch: dict[str, Any] = {}
     if existing.get("metadata", {}).get("annotations", {}).get(SPEC_HASH_ANNOTATION) != template_hash:
         patch = {"metadata": {"annotations": {SPEC_HASH_ANNOTATION: template_hash}}, "spec": {"template": child["spec"]["template"]}}
@@ -137,6 +161,7 @@ def ensure_workload(child: dict[str, Any], owner: Mapping) -> None:
     if patch:
         meta = child["metadata"]
         RT.kube.patch(child["apiVersion"], child["kind"], meta["namespace"], meta["name"], patch)
+    return None
 
 
 def _set_paused(api_version: str, kind: str, namespace: str, obj: dict[str, Any] | None, paused: bool) -> None:
@@ -222,20 +247,27 @@ def _buffer_config(job: RLJob) -> buffer.BufferConfig:
     return buffer.BufferConfig(replicas=b.stream_replicas, max_in_flight_prompts=b.max_in_flight_prompts, trajectories_max_bytes=b.max_stream_bytes)
 
 
-def _ensure_children(body: Mapping, job: RLJob, namespace: str, pools: dict, envs: dict) -> tuple[bool, str, str]:
-    """ConfigMap, rendezvous Service, owned pool and envs, streams; (ok, reason, message) for Created."""
+def _ensure_children(body: Mapping, job: RLJob, namespace: str, pools: dict, envs: dict, trigger: str = "timer") -> tuple[bool, str, str]:
+    """ConfigMap, rendezvous Service, owned pool and envs, streams; (ok, reason, message) for Created.
+
+    The pool and envs were read this round (`_lookups`): only missing ones are created.
+    The ConfigMap and Service are asserted on change events, when their manifest changes,
+    and once per resync period otherwise (`ensure_cached`)."""
     name = job.metadata["name"]
     settings = RT.settings
     pool_name = builders.pool_name_for(job)
     pool = pools.get(pool_name) if pool_name else None
     config_map = builders.job_config_map(job, namespace, settings, pool_spec=_pool_spec_of(job, pool), agent_env_urls=_env_urls(job, namespace, envs))
-    existing, created = ensure(config_map, body)
-    if not created and existing.get("data") != config_map["data"]:
+    existing, created = ensure_cached(config_map, body, trigger)
+    if existing is not None and not created and existing.get("data") != config_map["data"]:
         RT.kube.patch("v1", "ConfigMap", namespace, config_map["metadata"]["name"], {"data": config_map["data"]})
-    ensure(builders.trainer_service(job, namespace, settings), body)
+    ensure_cached(builders.trainer_service(job, namespace, settings), body, trigger)
     inline_pool = builders.inline_rollout_pool(job, namespace, settings)
     if inline_pool is not None:
-        obj, created = ensure(inline_pool, body)
+        obj = pools.get(inline_pool["metadata"]["name"])
+        created = False
+        if obj is None:
+            obj, created = ensure(inline_pool, body)
         if not created and obj.get("spec") != inline_pool["spec"] and _controller_uid(obj) == job.metadata.get("uid"):
             # The job's template changed: carry it over, keeping the replica count the autoscaler chose.
             spec = dict(inline_pool["spec"])
@@ -244,7 +276,10 @@ def _ensure_children(body: Mapping, job: RLJob, namespace: str, pools: dict, env
             RT.kube.patch(API, "RolloutPool", namespace, inline_pool["metadata"]["name"], {"spec": spec})
         pools[inline_pool["metadata"]["name"]] = obj
     for env in builders.inline_agent_envs(job, namespace, settings):
-        obj, created = ensure(env, body)
+        obj = envs.get(env["metadata"]["name"])
+        created = False
+        if obj is None:
+            obj, created = ensure(env, body)
         if not created and obj.get("spec") != env["spec"] and _controller_uid(obj) == job.metadata.get("uid"):
             RT.kube.patch(API, "AgentEnv", namespace, env["metadata"]["name"], {"spec": env["spec"]})
         envs[env["metadata"]["name"]] = obj
@@ -302,10 +337,10 @@ def reconcile_job(body: Mapping, trigger: str) -> None:
         fresh = RT.kube.get(API, "RLJob", namespace, name)  # the body kopf holds may be a few events old
         if fresh is None or fresh["metadata"].get("uid") != uid:
             return
-        _reconcile_job(fresh, namespace, name)
+        _reconcile_job(fresh, namespace, name, trigger)
 
 
-def _reconcile_job(body: dict, namespace: str, name: str) -> None:
+def _reconcile_job(body: dict, namespace: str, name: str, trigger: str = "timer") -> None:
     now = time.time()
     job = _parse_job(body)
     old_status = copy.deepcopy(body.get("status") or {})
@@ -336,7 +371,7 @@ def _reconcile_job(body: dict, namespace: str, name: str) -> None:
     finished = st.is_finished(conds)
     created = (True, "ChildrenCreated", "")
     if not finished:
-        created = _ensure_children(body, job, namespace, pools, envs)
+        created = _ensure_children(body, job, namespace, pools, envs, trigger)
     elif st.find(conds, st.CREATED):
         c = st.find(conds, st.CREATED)
         created = (c["status"] == "True", c.get("reason", ""), c.get("message", ""))
@@ -513,19 +548,19 @@ def reconcile_pool(body: Mapping, trigger: str, autoscale: bool = False) -> None
             return
         if autoscale:
             fresh = _autoscale(fresh, namespace, name) or fresh
-        _reconcile_pool(fresh, namespace, name)
+        _reconcile_pool(fresh, namespace, name, trigger)
 
 
-def _reconcile_pool(body: dict, namespace: str, name: str) -> None:
+def _reconcile_pool(body: dict, namespace: str, name: str, trigger: str = "timer") -> None:
     pool = RolloutPool.model_validate({"metadata": body["metadata"], "spec": body.get("spec") or {}})
     bound = _bound_job(body)
     job_body = RT.kube.get(API, "RLJob", namespace, bound) if bound else None
     model = ((job_body or {}).get("spec") or {}).get("model") or {}
     deployment = builders.rollout_deployment(pool, namespace, RT.settings, bound_job=bound if job_body else None,
                                              model_source=model.get("source"), tokenizer=model.get("tokenizer"))
-    ensure_workload(deployment, body)
-    ensure(builders.rollout_service(pool, namespace, RT.settings), body)
-    live = RT.kube.get("apps/v1", "Deployment", namespace, name) or {}
+    live = RT.kube.get("apps/v1", "Deployment", namespace, name)
+    live = ensure_workload(deployment, body, live) or live or {}
+    ensure_cached(builders.rollout_service(pool, namespace, RT.settings), body, trigger)
     dstatus = live.get("status") or {}
     old = body.get("status") or {}
     new = {
@@ -629,15 +664,18 @@ def reconcile_env(body: Mapping, trigger: str) -> None:
             return
         env = AgentEnv.model_validate({"metadata": fresh["metadata"], "spec": fresh.get("spec") or {}})
         deployment = builders.agent_env_deployment(env, namespace, RT.settings)
-        ensure_workload(deployment, fresh)
-        ensure(builders.agent_env_service(env, namespace, RT.settings), fresh)
+        live = RT.kube.get("apps/v1", "Deployment", namespace, name)
+        live = ensure_workload(deployment, fresh, live) or live or {}
+        ensure_cached(builders.agent_env_service(env, namespace, RT.settings), fresh, trigger)
         policy = builders.agent_env_network_policy(env, namespace, RT.settings)
         policy_name = f"{name}-deny-egress"
         if policy is not None:
-            ensure(policy, fresh)
+            ensure_cached(policy, fresh, trigger)
         else:
-            RT.kube.delete("networking.k8s.io/v1", "NetworkPolicy", namespace, policy_name)
-        live = RT.kube.get("apps/v1", "Deployment", namespace, name) or {}
+            key = f"NetworkPolicy/{policy_name}"  # asserted absent, with the same resync rule
+            if not (trigger == "timer" and RT.ensured.fresh(uid, key, _hash(None), time.monotonic())):
+                RT.kube.delete("networking.k8s.io/v1", "NetworkPolicy", namespace, policy_name)
+                RT.ensured.asserted(uid, key, _hash(None), time.monotonic())
         dstatus = live.get("status") or {}
         old = fresh.get("status") or {}
         new = {

@@ -13,6 +13,8 @@ from urllib.parse import quote, urlencode
 
 import kubernetes
 
+from kuberl.operator.metrics import API_REQUESTS
+
 MERGE_PATCH = "application/merge-patch+json"
 
 _PLURALS = {
@@ -68,6 +70,7 @@ class Kube:
         url = self.api.configuration.host + path + (f"?{urlencode(query)}" if query else "")
         headers = {"Accept": "application/json", "Content-Type": content_type}
         self.api.update_params_for_auth(headers, None, ["BearerToken"], path, method, body)
+        API_REQUESTS.labels(method).inc()
         response = self.api.rest_client.request(method, url, headers=headers, body=body, _request_timeout=self.timeout)
         data = response.read() if hasattr(response, "read") else response.data
         text = data.decode() if isinstance(data, bytes) else (data or "")

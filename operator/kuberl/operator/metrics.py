@@ -17,6 +17,7 @@ RECONCILE_SECONDS = Histogram(
 JOBS_BY_PHASE = Gauge("kuberl_rljobs", "RLJobs this operator reconciles, by phase.", ["phase"])
 AUTOSCALER_DECISIONS = Counter("kuberl_autoscaler_decisions_total", "Autoscaler decisions, by reason.", ["reason"])
 GANG_RESTARTS = Counter("kuberl_gang_restarts_total", "Trainer gangs restarted after a failure.")
+API_REQUESTS = Counter("kuberl_api_requests_total", "Kubernetes API requests made by the handlers, by verb.", ["verb"])
 CHILDREN_CREATED = Counter("kuberl_children_created_total", "Child objects created, by kind.", ["kind"])
 
 
