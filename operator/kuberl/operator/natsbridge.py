@@ -10,6 +10,7 @@ stall every reconcile.
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
 import json
 import threading
 import time
@@ -39,10 +40,21 @@ class NatsBridge:
         self._conns: dict[str, Any] = {}
         self._down_until: dict[str, float] = {}
         self._lock = asyncio.Lock()
+        self._closed = False
 
     def _run(self, coro: Coroutine, timeout: float | None = None) -> Any:
-        future = asyncio.run_coroutine_threadsafe(asyncio.wait_for(coro, timeout or self.timeout_s * 2), self._loop)
-        return future.result()
+        budget = timeout or self.timeout_s * 2
+        if self._closed:
+            coro.close()
+            raise NatsUnavailable("the operator is shutting down")
+        future = asyncio.run_coroutine_threadsafe(asyncio.wait_for(coro, budget), self._loop)
+        try:
+            # A bound here too: once close() stops the loop, a pending future would never
+            # complete and its handler thread would keep the process from exiting.
+            return future.result(timeout=budget + 1.0)
+        except concurrent.futures.TimeoutError:
+            future.cancel()
+            raise NatsUnavailable(f"no answer from NATS within {budget:.0f}s") from None
 
     async def _js(self, url: str):
         down = self._down_until.get(url)
@@ -133,4 +145,5 @@ class NatsBridge:
         try:
             self._run(go(), timeout=5)
         finally:
+            self._closed = True
             self._loop.call_soon_threadsafe(self._loop.stop)
