@@ -18,6 +18,7 @@ import math
 import os
 import random
 import time
+import uuid
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
@@ -67,6 +68,7 @@ class PromptSource:
     issued: int = 0
 
     def __post_init__(self) -> None:
+        self.incarnation = uuid.uuid4().hex[:6]
         self.problems: list[Problem] = [p for ds in self.cfg.datasets for p in load_dataset(ds)]
         self._by_stage: dict[int, list[Problem]] = {}
 
@@ -101,8 +103,12 @@ class PromptSource:
             order = list(range(len(pool)))
             random.Random(f"{self.seed}/{stage}/{cycle}").shuffle(order)
             p = pool[order[pos]]
-            # The issue counter makes each prompt instance unique (the same problem recurs).
-            out.append(Prompt(f"{p.prompt_id}@{self.issued}", p.to_data(), n_samples=self.group_size(stage), stage=stage))
+            # The issue counter makes each prompt instance unique (the same problem recurs); the
+            # incarnation tag keeps a restarted trainer, whose counter resumes from its checkpoint,
+            # from re-using ids the crashed one already published: the prompts stream would drop
+            # them as duplicates (Nats-Msg-Id window) and the feeder would wait for the re-issue.
+            out.append(Prompt(f"{p.prompt_id}@{self.incarnation}.{self.issued}", p.to_data(),
+                              n_samples=self.group_size(stage), stage=stage))
             self.issued += 1
         return out
 
@@ -371,8 +377,11 @@ async def run_decoupled(cfg: WorkloadConfig) -> None:
     assembler = GroupAssembler(cfg.algorithm.dynamic_sampling, answered=set(extra.get("answered", [])))
     in_flight = InFlight(limit=cfg.buffer.max_in_flight_prompts)
     now = time.monotonic()
-    for raw in extra.get("in_flight", []):  # re-issued below once overdue; agents may still answer the originals
-        in_flight.issue(Prompt(**raw), now - PROMPT_REISSUE_S / 2)
+    # Prompts in flight at the crash are re-issued at once (as new attempts): their answers may
+    # sit, unacked, with the dead trainer's consumer until the ack wait runs out, and waiting
+    # for them would stall the job. Whichever attempt completes first is trained; the other is ignored.
+    for raw in extra.get("in_flight", []):
+        in_flight.issue(Prompt(**raw), now - PROMPT_REISSUE_S - 1)
     unacked = []
     stale_dropped = 0
     tr._rl_t0 = time.monotonic()
