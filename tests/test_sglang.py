@@ -287,11 +287,13 @@ def test_health_and_flush_cache(engine):
 
 
 @pytest.mark.servers
-async def test_rollout_agent_runs_a_decoupled_job_against_sglang(engine, nats_server, s3_server, s3_bucket, tmp_path,
-                                                                 monkeypatch, restore_v0):
+async def test_rollout_agent_runs_a_decoupled_job_against_sglang(engine, sglang_server, nats_server, s3_server, s3_bucket,  # noqa: F811
+                                                                 tmp_path, monkeypatch, restore_v0):
     """The real decoupled trainer and the real rollout agent, the agent's engine being SGLang:
     prompts, generation, trajectories, training steps, weight versions published to S3 and
-    hot-swapped into the server. On step 1 the samples come from the weights the trainer
+    hot-swapped into the server. The agent picks its engine from the config
+    (``rollout.engine: sglang`` and the server URL in ``KUBERL_ENGINE_URL``, as in a rollout
+    pod), exactly as `python -m kuberl.workloads.rollout` does. On step 1 the samples come from the weights the trainer
     holds, so the trainer's `behaviour_gap` (mean |trainer logprob - behaviour logprob|) is
     the pure train/inference mismatch."""
     import asyncio
@@ -300,13 +302,14 @@ async def test_rollout_agent_runs_a_decoupled_job_against_sglang(engine, nats_se
 
     import yaml
     from kuberl.workloads.config import config_from_rljob
-    from kuberl.workloads.episodes import BatchingEngine
     from kuberl.workloads.rollout import RolloutAgent
     from kuberl.workloads.trainer import run_decoupled
 
     monkeypatch.setenv("AWS_ACCESS_KEY_ID", s3_server.access_key)
     monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", s3_server.secret_key)
     monkeypatch.setenv("AWS_DEFAULT_REGION", "us-east-1")
+    monkeypatch.setenv("KUBERL_ENGINE_URL", sglang_server.url)
+    monkeypatch.setenv("KUBERL_ENGINE_SCRATCH", str(tmp_path / "scratch"))  # the server reads it: same host
     spec = yaml.safe_load((Path(__file__).resolve().parents[1] / "examples" / "tiny-cpu.yaml").read_text())["spec"]
     spec["model"]["warmupSftSteps"] = 0
     spec["algorithm"].update(groupSize=4, globalBatchSize=16, rolloutBatchSize=16)
@@ -319,9 +322,7 @@ async def test_rollout_agent_runs_a_decoupled_job_against_sglang(engine, nats_se
     assert cfg.rollout.engine == "sglang"
 
     agent = RolloutAgent(cfg, "sglang-0")
-    agent.engine = engine  # the agent drives the Engine interface; here it is SGLang
-    agent.batcher = BatchingEngine(engine)
-    engine.policy_version = -1
+    assert isinstance(agent.engine, SGLangEngine) and agent.engine.client.base_url == sglang_server.url
     rollout = asyncio.create_task(agent.run())
     try:
         await asyncio.wait_for(run_decoupled(cfg), timeout=300)
@@ -333,8 +334,8 @@ async def test_rollout_agent_runs_a_decoupled_job_against_sglang(engine, nats_se
     assert [r["step"] for r in rows] == [1, 2, 3]
     assert all(r["samples"] == 16 for r in rows)
     assert agent.groups_done >= 12 and agent.swaps >= 2
-    assert engine.policy_version >= 2
-    assert engine.client.weight_version() == str(engine.policy_version)
+    assert agent.engine.policy_version >= 2
+    assert engine.client.weight_version() == str(agent.engine.policy_version)  # the server runs what the agent loaded
     print("rollout against sglang: behaviour_gap per step", [r["behaviour_gap"] for r in rows],
           "staleness", [r["staleness_mean"] for r in rows])
     # Step 1 trains on samples of the version it holds (staleness 0), so the gap is the
@@ -347,6 +348,25 @@ def uuid_hex() -> str:
     import uuid
 
     return uuid.uuid4().hex[:8]
+
+
+def test_rollout_agent_engine_follows_the_config(monkeypatch):
+    from types import SimpleNamespace
+
+    from kuberl.workloads.config import RolloutRuntime
+    from kuberl.workloads.engines import TorchEngine
+    from kuberl.workloads.rollout import make_engine
+
+    monkeypatch.setenv("KUBERL_ENGINE_URL", "http://127.0.0.1:30000")
+    sglang = make_engine(SimpleNamespace(rollout=RolloutRuntime(engine="sglang")), "a0")
+    assert isinstance(sglang, SGLangEngine) and sglang.policy_version == -1
+    assert sglang.client.base_url == "http://127.0.0.1:30000"
+    sglang.close()
+    url = make_engine(SimpleNamespace(rollout=RolloutRuntime(engine="sglang", engine_url="http://10.0.0.9:30000")), "a0")
+    assert url.client.base_url == "http://10.0.0.9:30000"  # rollout.engineUrl wins over the env
+    url.close()
+    torch_engine = make_engine(SimpleNamespace(rollout=RolloutRuntime(engine="torch")), "a0")
+    assert isinstance(torch_engine, TorchEngine) and torch_engine.policy_version == -1
 
 
 def test_engine_from_workload_config(monkeypatch):
