@@ -186,6 +186,10 @@ def configure(settings: kopf.OperatorSettings, **_: Any) -> None:
     settings.posting.level = 20  # INFO: our Events, not kopf's per-handler chatter
     settings.posting.loggers = False
     settings.execution.max_workers = RT.settings.executor_threads
+    # On deletion kopf stops an object's timers before it removes the finalizer, and by
+    # default looks again only every 60 s: a deleted job would linger a minute after its
+    # finaliser ran. Our timers finish a round in well under a second.
+    settings.background.cancellation_polling = 1.0
     settings.networking.connect_timeout = 10
     settings.watching.server_timeout = 300
     metrics.serve(RT.settings.metrics_port)
