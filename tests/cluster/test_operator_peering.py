@@ -39,12 +39,23 @@ def test_two_replicas_elect_one_active(kube: Kube, namespace: str, nats_server):
     leader = start_operator(kube, namespace, 200, logs / "leader.log")
     standby = start_operator(kube, namespace, 100, logs / "standby.log")
     try:
-        wait_until("standby pauses in favour of the leader",
-                   lambda: "Pausing operations in favour of" in (logs / "standby.log").read_text(), timeout=90)
+        def both_alive():
+            out = kube.kubectl("get", "kopfpeering", "kuberl-test", "-n", namespace, "--ignore-not-found", "-o", "yaml").stdout
+            return len((yaml.safe_load(out) or {}).get("status") or {}) == 2  # both replicas keep their keep-alive
+
+        wait_until("both replicas in the peering", both_alive, timeout=90)
+
+        def standby_paused():
+            # A standby that starts after the leader logs "Pausing…"; one that starts at the
+            # same moment begins paused and stays silent. Either way it has not resumed.
+            text = (logs / "standby.log").read_text()
+            last_pause, last_resume = text.rfind("Pausing operations in favour of"), text.rfind("Resuming operations")
+            return last_resume < last_pause or last_resume == -1
+
+        wait_until("standby paused in favour of the leader", standby_paused, timeout=30)
         create(kube, namespace, cpu_job("elected", nats_server.url, replicas=1))
         wait_until("job served", lambda: trainer_pods(kube, namespace, "elected"), timeout=60)
-        peering = yaml.safe_load(kube.kubectl("get", "kopfpeering", "kuberl-test", "-n", namespace, "-o", "yaml").stdout)
-        assert len(peering.get("status") or {}) == 2  # both replicas keep their keep-alive
+        assert standby_paused(), "the standby resumed while the leader was alive"
         leader.terminate()
         leader.wait(timeout=30)
         wait_until("standby resumes when the leader is gone",
