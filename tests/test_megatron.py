@@ -1,6 +1,6 @@
-"""megatron-core on CPU (gloo) under torchrun: TP=2 matches TP=1 and the tiny torch backend.
+"""megatron-core on CPU (gloo) under torchrun: TP=2 and PP=2 match one rank and the tiny torch backend.
 
-Runs tests/workers/megatron_worker.py at TP=1 and TP=2 on the tiny Qwen2 model's weights
+Runs tests/workers/megatron_worker.py at (TP, PP) = (1, 1), (2, 1) and (1, 2) on the tiny Qwen2 model's weights
 and on random weights of an odd vocabulary (padding path), then compares: per-token
 logprobs, the kuberl loss, the logprobs after one AdamW step, HF -> Megatron -> HF
 bit-exactness, and a checkpoint round trip. Tolerances are float32 (reductions are
@@ -33,13 +33,13 @@ ODD_VOCAB = {
 }
 
 
-def _torchrun(model_dir: Path, out: Path, nproc: int, port: int) -> dict:
+def _torchrun(model_dir: Path, out: Path, nproc: int, port: int, pp: int = 1) -> dict:
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONWARNINGS": "ignore"}
     cmd = [sys.executable, "-m", "torch.distributed.run", f"--nproc-per-node={nproc}", f"--master-port={port}",
-           str(WORKER), "--model-dir", str(model_dir), "--out", str(out)]
+           str(WORKER), "--model-dir", str(model_dir), "--out", str(out), "--pp", str(pp)]
     run = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=600)
     assert run.returncode == 0, run.stderr[-4000:]
-    return torch.load(out / f"result-tp{nproc}.pt", weights_only=False)
+    return torch.load(out / f"result-tp{nproc // pp}-pp{pp}.pt", weights_only=False)
 
 
 @pytest.fixture(scope="module")
@@ -47,12 +47,18 @@ def tiny_runs(tmp_path_factory):
     base = tmp_path_factory.mktemp("megatron-tiny")
     model = seeded_model(3)
     save_pretrained(model, base / "model")
-    return model, {n: _torchrun(base / "model", base, n, 29610 + n) for n in (1, 2)}
+    runs = {layout: _torchrun(base / "model", base, layout[0] * layout[1], 29610 + 3 * layout[0] + layout[1], pp=layout[1])
+            for layout in LAYOUTS}
+    return model, runs
+
+
+LAYOUTS = [(1, 1), (2, 1), (1, 2)]
+"""(TP, PP) layouts compared: one rank, tensor parallel over 2, pipeline over 2 stages."""
 
 
 def test_hf_megatron_hf_round_trip_is_bit_exact(tiny_runs):
     _, runs = tiny_runs
-    assert runs[1]["round_trip_exact"] and runs[2]["round_trip_exact"]
+    assert all(runs[layout]["round_trip_exact"] for layout in LAYOUTS)
 
 
 def test_tp2_logprobs_and_loss_match_the_tiny_torch_backend(tiny_runs):
@@ -60,7 +66,7 @@ def test_tp2_logprobs_and_loss_match_the_tiny_torch_backend(tiny_runs):
     ids, advantages, mask = fixed_batch(model.config.vocab_size)
     valid = torch.ones_like(ids, dtype=torch.bool)
     reference = token_logprobs(model, ids, valid)[:, 1:]
-    for tp in (1, 2):
+    for tp in LAYOUTS:
         assert torch.allclose(runs[tp]["before"], reference, atol=1e-5), (tp, (runs[tp]["before"] - reference).abs().max())
     # The same kuberl loss and one AdamW step on the torch model.
     optimizer = torch.optim.AdamW(model.parameters(), lr=LEARNING_RATE, weight_decay=0.0)
@@ -71,7 +77,7 @@ def test_tp2_logprobs_and_loss_match_the_tiny_torch_backend(tiny_runs):
     optimizer.step()
     with torch.no_grad():
         after = token_logprobs(model, ids, valid)[:, 1:]
-    for tp in (1, 2):
+    for tp in LAYOUTS:
         assert runs[tp]["loss"] == pytest.approx(float(loss.detach()), abs=1e-5)
         assert torch.allclose(runs[tp]["after"], after, atol=1e-4), (tp, (runs[tp]["after"] - after).abs().max())
         # Adam's first step moves every parameter by about lr whatever its gradient's size,
@@ -84,7 +90,7 @@ def test_tp2_logprobs_and_loss_match_the_tiny_torch_backend(tiny_runs):
 
 def test_checkpoint_restores_the_exact_state(tiny_runs):
     _, runs = tiny_runs
-    for tp in (1, 2):
+    for tp in LAYOUTS:
         assert runs[tp]["restored_step"] == 1
         assert torch.allclose(runs[tp]["restored"], runs[tp]["after"], atol=1e-5)
 

@@ -1,6 +1,6 @@
-"""Run under torchrun (gloo on CPU): exercises MegatronPolicy at TP = world size.
+"""Run under torchrun (gloo on CPU): exercises MegatronPolicy at TP x PP = world size.
 
-Writes `result-tp<N>.pt` into --out: logprobs before/after one training step, the loss,
+Writes `result-tp<T>-pp<P>.pt` into --out: logprobs before/after one training step, the loss,
 whether HF -> Megatron -> HF was bit-exact, and whether a checkpoint restored the exact
 post-step state. The pytest side (tests/test_megatron.py) compares TP=1 with TP=2 and
 with the tiny torch backend.
@@ -9,7 +9,6 @@ with the tiny torch backend.
 from __future__ import annotations
 
 import argparse
-import json
 import os
 from pathlib import Path
 
@@ -61,6 +60,7 @@ def main() -> None:
     parser.add_argument("--model-dir", required=True, help="HF layout: config.json (+ model.safetensors, else random weights)")
     parser.add_argument("--out", required=True)
     parser.add_argument("--seed", type=int, default=7)
+    parser.add_argument("--pp", type=int, default=1, help="pipeline stages; TP = world size / pp")
     args = parser.parse_args()
     torch.set_num_threads(1)
     dist.init_process_group("gloo")
@@ -70,8 +70,9 @@ def main() -> None:
     cfg, hf = load_hf_dir(args.model_dir)
     if hf is None:
         hf = random_hf_state(cfg, args.seed)
-    tp = dist.get_world_size()
-    policy = MegatronPolicy(cfg, tensor_parallel=tp, learning_rate=LEARNING_RATE, seed=args.seed)
+    pp = args.pp
+    tp = dist.get_world_size() // pp
+    policy = MegatronPolicy(cfg, tensor_parallel=tp, pipeline_parallel=pp, learning_rate=LEARNING_RATE, seed=args.seed)
     policy.load_hf_state(hf)
     ids, advantages, mask = fixed_batch(cfg["vocab_size"])
     with torch.no_grad():
@@ -86,22 +87,21 @@ def main() -> None:
     with torch.no_grad():
         after = policy.token_logprobs(ids)
     out = Path(args.out)
-    ckpt = policy.save_checkpoint(out / f"ckpt-tp{tp}", step=1)
+    ckpt = policy.save_checkpoint(out / f"ckpt-tp{tp}-pp{pp}", step=1)
     policy.train_step(ids, loss_fn)  # move away from the checkpoint...
     step = policy.load_checkpoint(ckpt)  # ...and come back
     with torch.no_grad():
         restored = policy.token_logprobs(ids)
-    if dist.get_rank() == 0:
+    exported_after_step = policy.export_hf_state()  # a collective: every rank joins
+    if policy.last_stage and policy.tp_rank == 0:  # the rank that holds the logprobs
         torch.save(
             {
                 "ids": ids, "before": before, "after": after, "restored": restored, "loss": stats["loss"],
                 "round_trip_exact": round_trip_exact, "restored_step": step,
-                "exported_after_step": policy.export_hf_state(),
+                "exported_after_step": exported_after_step,
             },
-            out / f"result-tp{tp}.pt",
+            out / f"result-tp{tp}-pp{pp}.pt",
         )
-    else:
-        policy.export_hf_state()  # collective: every rank joins the gather
     dist.barrier()
     dist.destroy_process_group()
 

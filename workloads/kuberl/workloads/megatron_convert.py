@@ -142,7 +142,7 @@ def hf_to_megatron(hf: dict[str, Tensor], shape: HFShape, *, tp: int = 1, tp_ran
 
 def megatron_to_hf(ranks: list[list[dict[str, Tensor]]], shape: HFShape) -> dict[str, Tensor]:
     """Reassemble HF parameters from every rank's megatron state: `ranks[pp_rank][tp_rank]`."""
-    pp, tp = len(ranks), len(ranks[0])
+    pp = len(ranks)
     hf: dict[str, Tensor] = {}
 
     def cat0(name: str, stage: list[dict[str, Tensor]]) -> Tensor:

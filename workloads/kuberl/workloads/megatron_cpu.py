@@ -4,15 +4,32 @@ megatron-core assumes CUDA in a few places that matter for us:
 * `torch.cuda.current_device()` is called while building layers and RNG trackers;
 * `torch.cuda.synchronize()` is called by dist_checkpointing around saves;
 * the tensor-parallel RNG tracker forks CUDA RNG state unless asked for the inference
-  tracker (`model_parallel_cuda_manual_seed(..., inference_rng_tracker=True)`).
+  tracker (`model_parallel_cuda_manual_seed(..., inference_rng_tracker=True)`);
+* the pipeline schedules allocate their token counter with `device="cuda"`.
 Nothing here changes numerics; it only reroutes device queries to the CPU.
 """
 
 from __future__ import annotations
 
+import types
+
 import torch
 
 _installed = False
+
+
+class _CpuTorch(types.ModuleType):
+    """`torch` as seen by megatron's schedules module: tensors asked for on "cuda" land on the CPU."""
+
+    def __init__(self) -> None:
+        super().__init__("torch")
+
+    def __getattr__(self, name: str):
+        return getattr(torch, name)
+
+    @staticmethod
+    def zeros(*args, device=None, **kwargs):
+        return torch.zeros(*args, device="cpu" if device == "cuda" else device, **kwargs)
 
 
 def install_cpu_shims() -> None:
@@ -22,6 +39,9 @@ def install_cpu_shims() -> None:
         return
     torch.cuda.current_device = lambda: "cpu"  # type: ignore[assignment]
     torch.cuda.synchronize = lambda *args, **kwargs: None  # type: ignore[assignment]
+    from megatron.core.pipeline_parallel import schedules
+
+    schedules.torch = _CpuTorch()  # only that module's view of torch changes
     _installed = True
 
 

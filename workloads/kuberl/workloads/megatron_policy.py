@@ -1,4 +1,4 @@
-"""The megatron-core policy backend: GPTModel from an HF config, TP/PP via parallel_state.
+"""The megatron-core policy backend: GPTModel from an HF config, TP and PP via parallel_state.
 
 One instance per rank, inside an initialised torch.distributed process group (torchrun;
 gloo on CPU, NCCL on GPU). Weights come in and go out in HF layout
@@ -45,6 +45,7 @@ def transformer_config(shape: HFShape, hf_config: dict[str, Any], *, tp: int, pp
         hidden_dropout=0.0,
         tensor_model_parallel_size=tp,
         pipeline_model_parallel_size=pp,
+        pipeline_dtype=dtype,
         params_dtype=dtype,
         bf16=dtype == torch.bfloat16,
         use_cpu_initialization=not on_gpu,
@@ -87,10 +88,6 @@ class MegatronPolicy:
         grad_clip: float = 1.0,
         seed: int = 0,
     ):
-        if pipeline_parallel != 1:
-            # Layers and weights already map per stage (megatron_convert); the training step
-            # would need megatron's pipeline schedule, which is not wired up yet.
-            raise NotImplementedError("pipeline parallel training is not supported yet: set trainer.parallelism.pipeline to 1")
         if not dist.is_initialized():
             raise RuntimeError("MegatronPolicy needs torch.distributed initialised (run under torchrun)")
         from megatron.core import parallel_state
@@ -107,6 +104,11 @@ class MegatronPolicy:
         self.tp, self.pp = tensor_parallel, pipeline_parallel
         self.tp_rank = parallel_state.get_tensor_model_parallel_rank()
         self.tp_group = parallel_state.get_tensor_model_parallel_group()
+        self.pp_rank = parallel_state.get_pipeline_model_parallel_rank()
+        self.pp_group = parallel_state.get_pipeline_model_parallel_group()
+        self.mp_group = parallel_state.get_model_parallel_group()
+        self.first_stage = parallel_state.is_pipeline_first_stage()
+        self.last_stage = parallel_state.is_pipeline_last_stage()
         self.device = torch.device("cuda", torch.cuda.current_device()) if torch.cuda.is_available() else torch.device("cpu")
         self.vocab = padded_vocab(self.shape.vocab_size, tensor_parallel)
         self.config = transformer_config(self.shape, hf_config, tp=tensor_parallel, pp=pipeline_parallel, dtype=dtype)
@@ -118,6 +120,8 @@ class MegatronPolicy:
             position_embedding_type="rope",
             rotary_base=int(hf_config.get("rope_theta", 10000)),
             share_embeddings_and_output_weights=self.shape.tied_embeddings,
+            pre_process=self.first_stage,
+            post_process=self.last_stage,
         ).to(self.device)
         self.core = model
         if dtype in (torch.bfloat16, torch.float16):
@@ -133,7 +137,7 @@ class MegatronPolicy:
     # ---- weights in HF layout -------------------------------------------------------
     def load_hf_state(self, hf_state: dict[str, torch.Tensor]) -> None:
         """Load full HF parameters; each rank keeps its own slice."""
-        mine = hf_to_megatron(hf_state, self.shape, tp=self.tp, tp_rank=self.tp_rank)
+        mine = hf_to_megatron(hf_state, self.shape, tp=self.tp, tp_rank=self.tp_rank, pp=self.pp, pp_rank=self.pp_rank)
         own = self.core.state_dict()
         missing = [k for k in own if not k.endswith("_extra_state") and k not in mine]
         if missing:
@@ -143,51 +147,134 @@ class MegatronPolicy:
                 own[name].copy_(tensor.to(own[name].dtype))
 
     def export_hf_state(self) -> dict[str, torch.Tensor]:
-        """Full HF parameters, gathered over the tensor-parallel group (every TP rank gets them)."""
+        """Full HF parameters, gathered over tensor and pipeline ranks (every rank gets them).
+
+        A collective: every rank of the model-parallel group must call it.
+        """
         local = {k: v.detach() for k, v in self.core.state_dict().items() if not k.endswith("_extra_state")}
-        gathered: list[dict[str, torch.Tensor]] = [{} for _ in range(self.tp)]
+        stage: list[dict[str, torch.Tensor]] = [{} for _ in range(self.tp)]
         for name, tensor in local.items():
             parts = [torch.empty_like(tensor) for _ in range(self.tp)]
             dist.all_gather(parts, tensor.contiguous(), group=self.tp_group)
             for rank, part in enumerate(parts):
-                gathered[rank][name] = part
-        return megatron_to_hf([gathered], self.shape)
+                stage[rank][name] = part
+        stages: list[list[dict[str, torch.Tensor]]] = [stage]
+        if self.pp > 1:
+            # Stages hold different parameter names, so tensors travel as objects here
+            # (export is once per weight sync, not per step).
+            stages = [None] * self.pp  # type: ignore[list-item]
+            dist.all_gather_object(stages, [{k: v.cpu() for k, v in r.items()} for r in stage], group=self.pp_group)
+        return megatron_to_hf(stages, self.shape)
 
     # ---- forward ----------------------------------------------------------------------
-    def _vocab_logits(self, input_ids: torch.Tensor) -> torch.Tensor:
-        batch, seq = input_ids.shape
-        positions = torch.arange(seq, device=self.device).unsqueeze(0).expand(batch, -1)
-        # Explicit causal mask (True = masked): megatron's default builds it on CUDA.
-        mask = torch.triu(torch.ones(1, 1, seq, seq, dtype=torch.bool, device=self.device), diagonal=1)
-        logits = self.model(input_ids.to(self.device), positions, mask).float()  # [b, s, vocab/tp]
+    def _mask_padded_vocab(self, logits: torch.Tensor) -> torch.Tensor:
         shard = self.vocab // self.tp
         start = self.tp_rank * shard
-        if start + shard > self.shape.vocab_size:  # padded rows live on the last ranks
-            pad_from = max(self.shape.vocab_size - start, 0)
-            logits = logits.clone()
-            logits[..., pad_from:] = float("-inf")
+        if start + shard <= self.shape.vocab_size:
+            return logits
+        pad_from = max(self.shape.vocab_size - start, 0)  # padded rows live on the last ranks
+        logits = logits.clone()
+        logits[..., pad_from:] = float("-inf")
         return logits
 
-    def token_logprobs(self, input_ids: torch.Tensor) -> torch.Tensor:
-        """log p(token_t | tokens_<t) for t >= 1: shape [batch, seq-1]."""
+    def _logprobs_from_logits(self, logits: torch.Tensor, input_ids: torch.Tensor) -> torch.Tensor:
         from megatron.core import tensor_parallel
 
-        logits = self._vocab_logits(input_ids)[:, :-1].contiguous()
-        targets = input_ids[:, 1:].to(self.device).contiguous()
-        # [s, b, v/tp] layout is what the kernel documents; it is elementwise over the rest.
+        logits = self._mask_padded_vocab(logits.float())[:, :-1]
+        targets = input_ids[:, 1:].to(self.device)
+        # [s, b, v/tp] is the layout the kernel documents; it is elementwise over the rest.
         nll = tensor_parallel.vocab_parallel_cross_entropy(logits.transpose(0, 1).contiguous(), targets.transpose(0, 1).contiguous())
         return -nll.transpose(0, 1)
 
+    def _run_schedule(self, input_ids: torch.Tensor, loss_fn: LossFn | None) -> torch.Tensor | None:
+        """One forward (and backward when `loss_fn` is given) through megatron's schedule.
+
+        The schedule passes activations between pipeline stages; with one stage it is a
+        plain forward/backward. The whole batch is one micro-batch, so the loss sees every
+        sample at once (token-level aggregation needs the batch's token count). Returns
+        the per-token logprobs on the last pipeline stage, None elsewhere.
+        """
+        from megatron.core.pipeline_parallel import get_forward_backward_func
+
+        batch, seq = input_ids.shape
+        ids = input_ids.to(self.device)
+        positions = torch.arange(seq, device=self.device).unsqueeze(0).expand(batch, -1)
+        # Explicit causal mask (True = masked): megatron's default builds it on CUDA.
+        mask = torch.triu(torch.ones(1, 1, seq, seq, dtype=torch.bool, device=self.device), diagonal=1)
+        result: dict[str, torch.Tensor] = {}
+
+        def forward_step(data_iterator, model):
+            next(data_iterator)
+            output = model(ids, positions, mask)
+
+            def finish(logits: torch.Tensor):
+                logprobs = self._logprobs_from_logits(logits, ids)
+                result["logprobs"] = logprobs.detach()
+                loss = loss_fn(logprobs) if loss_fn is not None else logprobs.sum() * 0.0
+                return loss, {"loss": loss.detach()}
+
+            return output, finish
+
+        get_forward_backward_func()(
+            forward_step_func=forward_step,
+            data_iterator=iter([None]),
+            model=[self.model],
+            num_microbatches=1,
+            seq_length=seq,
+            micro_batch_size=batch,
+            forward_only=loss_fn is None,
+        )
+        return result.get("logprobs")
+
+    def token_logprobs(self, input_ids: torch.Tensor) -> torch.Tensor | None:
+        """log p(token_t | tokens_<t) for t >= 1: shape [batch, seq-1]; None off the last pipeline stage."""
+        self.model.eval()
+        with torch.no_grad():
+            return self._run_schedule(input_ids, None)
+
     # ---- training ---------------------------------------------------------------------
+    def _clip_grads(self) -> float:
+        """Clip by the global gradient norm over all tensor- and pipeline-parallel shards.
+
+        Parameters replicated across TP ranks (norms) count once; sharded ones add up.
+        A per-rank norm would clip every shard by a different factor.
+        """
+        grads = [p.grad for p in self.core.parameters() if p.grad is not None]
+        owned = [p.grad for p in self.core.parameters() if p.grad is not None
+                 and (getattr(p, "tensor_model_parallel", False) or self.tp_rank == 0)]
+        total = torch.zeros((), dtype=torch.float64, device=self.device)
+        for g in owned:
+            total += g.detach().double().pow(2).sum()
+        dist.all_reduce(total, group=self.mp_group)
+        norm = float(total.sqrt())
+        scale = self.grad_clip / (norm + 1e-6)
+        if scale < 1.0:
+            for g in grads:
+                g.mul_(scale)
+        return norm
+
     def train_step(self, input_ids: torch.Tensor, loss_fn: LossFn) -> dict[str, float]:
-        """One optimizer step on `loss_fn(token_logprobs(input_ids))`."""
+        """One optimizer step on `loss_fn(token_logprobs(input_ids))` (evaluated on the last stage).
+
+        Returns the loss and the global gradient norm; the loss is broadcast from the last
+        pipeline stage so every rank reports the same numbers.
+        """
         self.model.train()
         self.optimizer.zero_grad(set_to_none=True)
-        loss = loss_fn(self.token_logprobs(input_ids))
-        loss.backward()
-        grad_norm = torch.nn.utils.clip_grad_norm_(self.core.parameters(), self.grad_clip)
+        losses: list[torch.Tensor] = []
+
+        def recording_loss(logprobs: torch.Tensor) -> torch.Tensor:
+            loss = loss_fn(logprobs)
+            losses.append(loss.detach())
+            return loss
+
+        self._run_schedule(input_ids, recording_loss)
+        grad_norm = self._clip_grads()
         self.optimizer.step()
-        return {"loss": float(loss.detach()), "grad_norm": float(grad_norm)}
+        loss = losses[0].reshape(()).double() if losses else torch.zeros((), dtype=torch.float64, device=self.device)
+        if self.pp > 1:
+            dist.broadcast(loss, src=dist.get_global_rank(self.pp_group, self.pp - 1), group=self.pp_group)
+        return {"loss": float(loss), "grad_norm": grad_norm}
 
     # ---- checkpoints -------------------------------------------------------------------
     def save_checkpoint(self, directory: str | Path, step: int) -> Path:
