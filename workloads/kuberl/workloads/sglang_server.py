@@ -30,12 +30,13 @@ import argparse
 import atexit
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
+
+from kuberl.workloads.localproc import free_port
 
 import httpx
 from kuberl.workloads.logs import get_logger
@@ -61,12 +62,6 @@ def server_python() -> str:
         return explicit
     venv_python = default_venv() / "bin" / "python"
     return str(venv_python) if venv_python.exists() else sys.executable
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 class ServerDiedError(RuntimeError):

