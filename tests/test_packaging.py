@@ -51,3 +51,18 @@ def test_console_format_can_be_forced():
     env = {**os.environ, "KUBERL_LOG_FORMAT": "console"}
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, env=env)
     assert "hello" in out.stderr and not out.stderr.strip().startswith("{")
+
+
+def test_every_subpackage_is_listed_for_wheels():
+    """Editable installs find subpackages on disk; wheels only ship what pyproject lists."""
+    import tomllib
+
+    listed = set(tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["setuptools"]["packages"])
+    on_disk = set()
+    for root, prefix in (("operator/kuberl/operator", "kuberl.operator"), ("workloads/kuberl/workloads", "kuberl.workloads")):
+        for init in (ROOT / root).rglob("__init__.py"):
+            rel = init.parent.relative_to(ROOT / root)
+            if "sglang_cpu" in rel.parts:
+                continue  # the sgl_kernel stand-in ships as package data for the SGLang server
+            on_disk.add(".".join([prefix, *rel.parts]))
+    assert on_disk <= listed, f"add to [tool.setuptools] packages: {sorted(on_disk - listed)}"
