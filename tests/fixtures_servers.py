@@ -199,30 +199,28 @@ class SeaweedS3:
             self.proc = None
 
 
-@pytest.fixture(scope="session")
-def nats_server():
-    """One JetStream server for the session; tests use per-test job names to stay apart."""
+def _running_nats(stop_sig: int = signal.SIGTERM):
+    """A started NatsServer in a temp dir; stopped with `stop_sig` and removed afterwards."""
     root = Path(tempfile.mkdtemp(prefix="kuberl-nats-"))
     server = NatsServer(root)
     server.start()
     try:
         yield server
     finally:
-        server.stop()
+        server.stop(sig=stop_sig)
         shutil.rmtree(root, ignore_errors=True)
+
+
+@pytest.fixture(scope="session")
+def nats_server():
+    """One JetStream server for the session; tests use per-test job names to stay apart."""
+    yield from _running_nats()
 
 
 @pytest.fixture
 def fresh_nats_server():
     """A private server for tests that restart or kill it."""
-    root = Path(tempfile.mkdtemp(prefix="kuberl-nats-"))
-    server = NatsServer(root)
-    server.start()
-    try:
-        yield server
-    finally:
-        server.stop(sig=signal.SIGKILL)
-        shutil.rmtree(root, ignore_errors=True)
+    yield from _running_nats(signal.SIGKILL)
 
 
 @pytest.fixture(scope="session")

@@ -516,17 +516,21 @@ def rollout_deployment(
     if settings.workload_service_account:
         pod_spec["serviceAccountName"] = settings.workload_service_account
     apply_placement(pod_spec, spec.placement)
+    deployment = _deployment(name, namespace, labels, selector, replicas, pod_spec)
+    # Engines take minutes to load weights: surge new pods rather than drop capacity.
+    deployment["spec"]["strategy"] = {"type": "RollingUpdate", "rollingUpdate": {"maxSurge": "25%", "maxUnavailable": 0}}
+    return deployment
+
+
+def _deployment(name: str, namespace: str, labels: dict[str, str], selector: dict[str, str], replicas: int,
+                pod_spec: dict[str, Any]) -> dict[str, Any]:
+    """An apps/v1 Deployment of `replicas` pods labelled `labels`, selected by `selector`."""
     return {
         "apiVersion": "apps/v1",
         "kind": "Deployment",
         "metadata": _meta(name, namespace, labels),
-        "spec": {
-            "replicas": replicas,
-            "selector": {"matchLabels": selector},
-            # Engines take minutes to load weights: surge new pods rather than drop capacity.
-            "strategy": {"type": "RollingUpdate", "rollingUpdate": {"maxSurge": "25%", "maxUnavailable": 0}},
-            "template": {"metadata": {"labels": labels}, "spec": pod_spec},
-        },
+        "spec": {"replicas": replicas, "selector": {"matchLabels": selector},
+                 "template": {"metadata": {"labels": labels}, "spec": pod_spec}},
     }
 
 
@@ -608,12 +612,7 @@ def agent_env_deployment(env: AgentEnv, namespace: str, settings: OperatorSettin
     if sandbox.runtime_class_name:
         pod_spec["runtimeClassName"] = sandbox.runtime_class_name
     apply_placement(pod_spec, spec.placement)
-    return {
-        "apiVersion": "apps/v1",
-        "kind": "Deployment",
-        "metadata": _meta(name, namespace, labels),
-        "spec": {"replicas": replicas, "selector": {"matchLabels": selector}, "template": {"metadata": {"labels": labels}, "spec": pod_spec}},
-    }
+    return _deployment(name, namespace, labels, selector, replicas, pod_spec)
 
 
 def agent_env_service(env: AgentEnv, namespace: str, settings: OperatorSettings) -> dict[str, Any]:
