@@ -47,6 +47,21 @@ def job() -> tuple[str, str]:
     return "test-ns", f"job-{uuid.uuid4().hex[:8]}"
 
 
+async def trajectories_left(buf: JobBuffer, expect: int, within_s: float = 5.0) -> int:
+    """The trajectory backlog once it reaches ``expect`` (or what it is after ``within_s``).
+
+    nats-server applies a work-queue ack to the stream on its own goroutine, after the
+    connection has read it, so even a flushed (or double) ack shows in the stream's message
+    count a moment later; the count is eventually exact, not exact at once.
+    """
+    deadline = asyncio.get_running_loop().time() + within_s
+    while True:
+        left = (await buf.backlog())["trajectories"]
+        if left == expect or asyncio.get_running_loop().time() > deadline:
+            return left
+        await asyncio.sleep(0.02)
+
+
 # ---- pure ---------------------------------------------------------------------------
 
 
@@ -118,7 +133,7 @@ async def test_publish_fetch_ack_empties_the_stream(nats_server):
         assert sorted(batch.sample_ids) == sorted(f"s{i}" for i in range(20))
         assert (await buf.backlog())["trajectories"] == 20  # nothing gone before the ack
         await batch.ack()
-        assert (await buf.backlog())["trajectories"] == 0
+        assert await trajectories_left(buf, 0) == 0
         assert len(await consumer.fetch(5, current_version=0, timeout=0.5)) == 0
     finally:
         await buf.close()
@@ -157,7 +172,7 @@ async def test_stale_samples_dropped_or_downweighted_and_counted(nats_server):
         assert sorted(t.policy_version for t in batch) == [3, 4, 5]
         assert consumer.stats.stale_dropped == 3
         await batch.ack()  # the dropped ones are consumed too
-        assert (await buf.backlog())["trajectories"] == 0
+        assert await trajectories_left(buf, 0) == 0
 
         await buf.publish_trajectories(make_traj(10 + v, version=v) for v in range(6))
         consumer.staleness = "downweight"
@@ -244,7 +259,7 @@ async def test_bare_asyncio_timeout_after_messages_arrived_returns_them(nats_ser
         assert consumer._sub.calls == 2
         assert sorted(batch.sample_ids) == [f"s{i}" for i in range(5)]
         await batch.ack()
-        assert consumer._pending == {} and (await buf.backlog())["trajectories"] == 0
+        assert consumer._pending == {} and await trajectories_left(buf, 0) == 0
 
         prompts = await buf.prompt_consumer()
         prompts._sub = _FailingSecondFetch(prompts._sub, asyncio.TimeoutError())  # noqa: UP041
@@ -272,7 +287,7 @@ async def test_failed_fetch_after_messages_arrived_leaves_nothing_pending(nats_s
         batch = await consumer.fetch(10, current_version=0, timeout=1.5)  # nak'd: back at once
         assert sorted(batch.sample_ids) == [f"s{i}" for i in range(5)]
         await batch.ack()
-        assert (await buf.backlog())["trajectories"] == 0
+        assert await trajectories_left(buf, 0) == 0
     finally:
         await buf.close()
 
@@ -349,7 +364,7 @@ async def test_consumer_killed_before_ack_gets_redelivered_and_nothing_trains_tw
         again = await restarted.fetch(10, current_version=0, timeout=4)
         assert len(again) == 0 and restarted.stats.duplicates - dups_before == 10
         await again.ack()
-        assert (await buf.backlog())["trajectories"] == 0
+        assert await trajectories_left(buf, 0) == 0
     finally:
         await buf.close()
 
