@@ -103,3 +103,11 @@ def test_progress_from_kv_state():
 
 def test_rfc3339_round_trip():
     assert st.parse_rfc3339(st.rfc3339(1_700_000_000)) == 1_700_000_000
+
+
+def test_counted_ready_never_exceeds_what_is_wanted_now():
+    # A just-paused pool: its Deployment still counts the pod on its way out.
+    assert st.counted_ready(1, 0) == 0
+    assert st.counted_ready(3, 2) == 2
+    assert st.counted_ready(1, 4) == 1
+    assert st.counted_ready(0, 0) == 0

@@ -398,12 +398,15 @@ def test_suspend_then_resume(kube, namespace, operator, nats_server):
     assert condition(status, "Suspended")["status"] == "True"
     wait_until("trainer pods removed", lambda: not trainer_pods(kube, namespace, "pausable"), timeout=60)
     wait_until("rollout at zero", lambda: deployment(kube, namespace, "pausable-rollout").spec.replicas == 0, timeout=30)
+    wait_until("pool reports no engine", lambda: get(kube, namespace, "rolloutpools", "pausable-rollout")["status"]["readyReplicas"] == 0, timeout=30)
     kube.core.read_namespaced_config_map("pausable-config", namespace)  # state is kept
 
     kube.custom.patch_namespaced_custom_object(GROUP, VERSION, namespace, "rljobs", "pausable", {"spec": {"suspend": False}})
     status = wait_phase(kube, namespace, "pausable", "Running", timeout=90)
+    # Running is only reported from the resumed gang and a resumed, ready engine.
     assert status.get("restarts", 0) == 0 and len(trainer_pods(kube, namespace, "pausable")) == 2
     assert deployment(kube, namespace, "pausable-rollout").spec.replicas == 1
+    assert (deployment(kube, namespace, "pausable-rollout").status.ready_replicas or 0) >= 1
 
 
 def test_active_deadline_fails_the_job(kube, namespace, operator, nats_server):
@@ -440,16 +443,17 @@ def test_autoscaler_follows_the_prompt_backlog(kube, namespace, operator, nats_s
     def replicas():
         return get(kube, namespace, "rolloutpools", pool)["spec"]["replicas"]
 
-    # 100 pending / target 4 wants 25 replicas: +2 per 2 s interval, so 3 within two intervals.
-    start = time.monotonic()
-    wait_until("first scale-up", lambda: replicas() >= 3, timeout=2 * 2 + 3)
-    assert time.monotonic() - start <= 2 * 2 + 3
+    # 100 pending / target 4 wants 25 replicas: it climbs by at most maxScaleUpStep=2 a
+    # decision and stops at maxReplicas. (How fast is the operator benchmark's business;
+    # a wall-clock bound here would only measure the machine's load.)
     seen = [replicas()]
-    deadline = time.monotonic() + 20
+    deadline = time.monotonic() + 60
     while time.monotonic() < deadline and seen[-1] < 5:
-        time.sleep(0.5)
-        seen.append(replicas())
-    assert max(seen) == 5
+        time.sleep(0.2)
+        if (r := replicas()) != seen[-1]:
+            seen.append(r)
+    assert seen[-1] == 5, seen
+    assert all(0 < after - before <= 2 for before, after in zip(seen, seen[1:])), f"scaled up by more than 2 at once: {seen}"
     time.sleep(3)
     assert replicas() == 5, "never above maxReplicas"
     wait_until("pods follow", lambda: (deployment(kube, namespace, pool).status.ready_replicas or 0) == 5, timeout=60)

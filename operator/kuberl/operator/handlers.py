@@ -164,11 +164,13 @@ def ensure_workload(child: dict[str, Any], owner: Mapping, live: dict[str, Any] 
     return None
 
 
-def _set_paused(api_version: str, kind: str, namespace: str, obj: dict[str, Any] | None, paused: bool) -> None:
+def _set_paused(api_version: str, kind: str, namespace: str, obj: dict[str, Any] | None, paused: bool) -> bool:
+    """Pause or unpause a child; True when this call changed it."""
     if obj is None or builders.is_paused(obj["metadata"]) == paused:
-        return
+        return False
     value = "true" if paused else None  # merge-patch null removes the annotation
     RT.kube.patch(api_version, kind, namespace, obj["metadata"]["name"], {"metadata": {"annotations": {builders.PAUSED_ANNOTATION: value}}})
+    return True
 
 
 # =======================================================================================
@@ -413,14 +415,20 @@ def _reconcile_job(body: dict, namespace: str, name: str, trigger: str = "timer"
         for index in plan.create:
             ensure(builders.trainer_pod(job, namespace, index, plan.restarts, RT.settings), body)
     pool_name = builders.pool_name_for(job)
+    # A pause only changes an annotation (the children's spec handlers do not fire), so
+    # the child is reconciled here at once: its Deployment scales now, not on its next
+    # timer, and the pool status read below is one taken after the change.
     if pool_name and pools.get(pool_name) is not None and _controller_uid(pools[pool_name]) == body["metadata"]["uid"]:
-        _set_paused(API, "RolloutPool", namespace, pools[pool_name], plan.pause_children)
+        if _set_paused(API, "RolloutPool", namespace, pools[pool_name], plan.pause_children):
+            reconcile_pool(pools[pool_name], "paused" if plan.pause_children else "unpaused")
+            pools[pool_name] = RT.kube.get(API, "RolloutPool", namespace, pool_name)
     elif pool_name and (finished or plan.terminal is not None):
         _release_shared_pool(body, namespace, name, pools.get(pool_name))
     for entry in job.spec.agent_envs or []:
         env = envs.get(entry.name)
         if entry.spec is not None and env is not None and _controller_uid(env) == body["metadata"]["uid"]:
-            _set_paused(API, "AgentEnv", namespace, env, plan.pause_children)
+            if _set_paused(API, "AgentEnv", namespace, env, plan.pause_children):
+                reconcile_env(env, "paused" if plan.pause_children else "unpaused")
 
     # The buffer: unreachable while creating the streams, or when reading progress fails.
     state: dict | None = None
@@ -569,7 +577,7 @@ def _reconcile_pool(body: dict, namespace: str, name: str, trigger: str = "timer
     old = body.get("status") or {}
     new = {
         "replicas": dstatus.get("replicas", 0),
-        "readyReplicas": dstatus.get("readyReplicas", 0),
+        "readyReplicas": st.counted_ready(dstatus.get("readyReplicas", 0), deployment["spec"]["replicas"]),
         "selector": builders.selector_string(builders.pool_selector(name)),
         "observedGeneration": body["metadata"].get("generation"),
     }
@@ -684,7 +692,7 @@ def reconcile_env(body: Mapping, trigger: str) -> None:
         old = fresh.get("status") or {}
         new = {
             "replicas": dstatus.get("replicas", 0),
-            "readyReplicas": dstatus.get("readyReplicas", 0),
+            "readyReplicas": st.counted_ready(dstatus.get("readyReplicas", 0), deployment["spec"]["replicas"]),
             "endpoint": builders.agent_env_url(namespace, name, env.spec.port),
             "observedGeneration": fresh["metadata"].get("generation"),
         }

@@ -130,6 +130,16 @@ class TrainerView:
     ready: int  # pods of the current generation that are Running and Ready
 
 
+def counted_ready(observed_ready: int, desired: int) -> int:
+    """Ready pods a Deployment's parent reports: never more than it wants right now.
+
+    Right after a scale-down (a pause) the Deployment's status still counts the pods on
+    their way out; reporting them would let a resumed job look Running before its
+    engines are back.
+    """
+    return max(0, min(observed_ready, desired))
+
+
 @dataclass(frozen=True)
 class RolloutView:
     colocated: bool
