@@ -22,7 +22,11 @@ machine, first; then decoupled):
   and their prompts replaced) and corrected by truncated importance sampling (cap 2)
   against the behaviour logprobs.
 
-    .venv/bin/python bench/bench_decoupled.py [--steps 60] [--decoupled-steps 240]
+* **abandoning stale groups** (A/B, a third run): the same decoupled job with
+  ``agent.abandonStaleGroups: false``, so agents finish groups the trainer will drop;
+  reported as trained samples/s and stale drops of one over the other.
+
+    .venv/bin/python bench/bench_decoupled.py [--steps 60] [--decoupled-steps 240] [--no-abandon-ab]
 
 Writes bench/results/bench_decoupled.json (and the two reward curves as a PNG).
 """
@@ -57,12 +61,15 @@ def manifests(steps: int, decoupled_steps: int, median: float, tail: float) -> d
     decoupled["spec"]["maxOffPolicySteps"] = 1  # as the example job: off-policy by one version at most
     decoupled["spec"]["algorithm"]["offPolicyCorrection"] = {"enabled": True, "truncation": 2.0}
     decoupled["spec"]["rollout"]["template"]["agent"] = {"concurrency": 64}  # the in-flight budget bounds it
+    keep_stale = copy.deepcopy(decoupled)  # the A/B: agents finish groups the trainer will drop
+    keep_stale["metadata"]["name"] = "bench-decoupled-keep-stale"
+    keep_stale["spec"]["rollout"]["template"]["agent"]["abandonStaleGroups"] = False
     colocated = copy.deepcopy(base)
     colocated["metadata"]["name"] = "bench-colocated"
     colocated["spec"]["mode"] = "colocated"
     colocated["spec"]["maxOffPolicySteps"] = 0
     del colocated["spec"]["rollout"]
-    return {"colocated": colocated, "decoupled": decoupled}
+    return {"colocated": colocated, "decoupled": decoupled, "decoupled_keep_stale": keep_stale}
 
 
 def run(doc: dict, work: Path) -> dict:
@@ -74,7 +81,18 @@ def run(doc: dict, work: Path) -> dict:
     rows = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines() if line.strip()]
     return {"wall_s": round(time.monotonic() - t0, 1), "summary": json.loads((out / "summary.json").read_text()),
             "curve": [(r["step"], r["reward_mean"], r["elapsed_s"]) for r in rows],
-            "stale_dropped": rows[-1].get("stale_dropped", 0), "samples_trained": rows[-1]["samples_trained"]}
+            "stale_dropped": rows[-1].get("stale_dropped", 0), "samples_trained": rows[-1]["samples_trained"],
+            "groups_abandoned": abandoned_groups(out / "logs")}
+
+
+def abandoned_groups(logs: Path) -> int:
+    """Groups the rollout agents gave up on once they were too stale to train (from their JSON logs)."""
+    count = 0
+    for path in logs.glob("*.log"):
+        for line in path.read_text(errors="replace").splitlines():
+            if line.startswith("{") and '"group abandoned' in line:
+                count += 1
+    return count
 
 
 def window(steps: int) -> int:
@@ -94,11 +112,14 @@ def main() -> None:
     ap.add_argument("--median", type=float, default=0.05, help="median injected env delay (s)")
     ap.add_argument("--tail", type=float, default=1.5, help="lognormal sigma of the delay")
     ap.add_argument("--work", default=str(ROOT / "runs" / "bench-decoupled"))
+    ap.add_argument("--no-abandon-ab", dest="abandon_ab", action="store_false",
+                    help="skip the third run (decoupled with agent.abandonStaleGroups: false)")
     args = ap.parse_args()
     work = Path(args.work)
     work.mkdir(parents=True, exist_ok=True)
     docs = manifests(args.steps, args.decoupled_steps, args.median, args.tail)
-    results = {mode: run(docs[mode], work) for mode in ("colocated", "decoupled")}  # colocated sets the budget
+    modes = ("colocated", "decoupled") + (("decoupled_keep_stale",) if args.abandon_ab else ())
+    results = {mode: run(docs[mode], work) for mode in modes}  # colocated sets the budget
     col, dec = results["colocated"]["summary"], results["decoupled"]["summary"]
     ratio = dec["samples_per_s"] / col["samples_per_s"]
     k = window(args.steps)
@@ -119,12 +140,27 @@ def main() -> None:
                       "steps_in_budget": dec_in_budget, "reward_start": mean_reward(dcurve, k, k),
                       "reward_end_in_budget": dec_end, "max_off_policy_steps": 1, "tis_cap": 2.0,
                       "stale_dropped": results["decoupled"]["stale_dropped"],
+                      "groups_abandoned": results["decoupled"]["groups_abandoned"],
                       "samples_trained": results["decoupled"]["samples_trained"]},
         "samples_per_s_ratio": round(ratio, 2), "target_ratio": TARGET_RATIO, "ratio_met": ratio >= TARGET_RATIO,
         "reward_at_equal_wall_clock": {"colocated": col_end, "decoupled": dec_end, "tolerance": 0.05},
         "final_reward_not_worse": dec_end >= col_end - 0.05,
         "reward_at_equal_steps": {"steps": args.steps, "colocated": col_end, "decoupled": dec_at_steps},
     }
+    if "decoupled_keep_stale" in results:
+        keep = results["decoupled_keep_stale"]
+        kept = keep["summary"]
+        report["abandon_stale_groups_ab"] = {
+            "compared": "decoupled as above (agents abandon groups the trainer could no longer use) vs the same job with "
+                        "agent.abandonStaleGroups: false, measured after it in the same invocation",
+            "abandon": {"samples_per_s": dec["samples_per_s"], "stale_dropped": results["decoupled"]["stale_dropped"],
+                        "groups_abandoned": results["decoupled"]["groups_abandoned"],
+                        "samples_trained": results["decoupled"]["samples_trained"]},
+            "keep_stale": {"samples_per_s": kept["samples_per_s"], "stale_dropped": keep["stale_dropped"],
+                           "groups_abandoned": keep["groups_abandoned"], "samples_trained": keep["samples_trained"]},
+            "samples_per_s_ratio": round(dec["samples_per_s"] / kept["samples_per_s"], 2),
+            "stale_dropped_ratio": round(results["decoupled"]["stale_dropped"] / max(1, keep["stale_dropped"]), 2),
+        }
     RESULTS.mkdir(parents=True, exist_ok=True)
     (RESULTS / "bench_decoupled.json").write_text(json.dumps({**report, "curves": {m: r["curve"] for m, r in results.items()}}, indent=1))
     import matplotlib

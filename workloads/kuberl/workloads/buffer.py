@@ -811,6 +811,11 @@ class PromptLease:
     async def keepalive(self) -> None:
         await self.msg.in_progress()
 
+    @property
+    def deliveries(self) -> int:
+        """How many times the server has handed this prompt out (1 on the first lease)."""
+        return int(self.msg.metadata.num_delivered)
+
 
 class PromptConsumer:
     def __init__(self, sub):

@@ -56,6 +56,7 @@ class RolloutRuntime(ApiModel):
     engine_url: str | None = Field(None, description="SGLang server URL (sidecar) when engine is sglang.")
     concurrency: int = Field(8, ge=1, description="Prompt groups generated at the same time.")
     weight_swap: Literal["pause", "drain"] = Field("pause", description="What happens to in-flight requests on a new policy version.")
+    abandon_stale_groups: bool = Field(True, description="Stop groups the trainer could no longer use and hand their prompts back.")
 
 
 class WorkloadConfig(ApiModel):
@@ -143,6 +144,7 @@ def config_from_rljob(
             engine=engine,
             concurrency=agent.get("concurrency", 8),
             weight_swap=agent.get("weightSwap", "pause"),
+            abandon_stale_groups=agent.get("abandonStaleGroups", True),
         ),
         agent_envs=dict(agent_env_urls or {}),
         **({"output_dir": output_dir} if output_dir else {}),

@@ -12,6 +12,7 @@ import asyncio
 import importlib
 import time
 import uuid
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import aiohttp
@@ -53,10 +54,11 @@ class BatchingEngine:
                 pass
             self._task = None
 
-    async def generate(self, request: GenerationRequest) -> list[Completion]:
+    async def generate(self, request: GenerationRequest, on_dispatch: Callable[[int], None] | None = None) -> list[Completion]:
+        """Completions of ``request``; ``on_dispatch(version)`` is called as its batch starts on the engine."""
         self.start()
         fut = asyncio.get_running_loop().create_future()
-        await self._queue.put(("generate", request, fut))
+        await self._queue.put(("generate", (request, on_dispatch), fut))
         return await fut
 
     async def swap(self, tensors, version: int) -> None:
@@ -72,11 +74,22 @@ class BatchingEngine:
             await asyncio.sleep(self.linger_s)  # let concurrent episodes add their requests
             while not self._queue.empty():
                 items.append(self._queue.get_nowait())
-            gens = [(req, fut) for kind, req, fut in items if kind == "generate"]
-            swaps = [(arg, fut) for kind, arg, fut in items if kind == "swap"]
-            if gens:
+            gens = [(arg, fut) for kind, arg, fut in items if kind == "generate" and not fut.done()]  # done: its waiter was cancelled
+            # New weights first: requests that waited alongside a swap get the fresher policy
+            # (and a group re-queued after its stale attempt is not generated stale again).
+            for (tensors, version), fut in [(arg, fut) for kind, arg, fut in items if kind == "swap"]:
                 try:
-                    results = await asyncio.to_thread(self.engine.generate, [r for r, _ in gens])
+                    await asyncio.to_thread(self.engine.load_state_dict, tensors, version)
+                    fut.set_result(None)
+                except Exception as e:
+                    fut.set_exception(e)
+            if gens:
+                version = self.engine.policy_version  # swaps run between batches, never during one
+                for (_, on_dispatch), _ in gens:
+                    if on_dispatch is not None:
+                        on_dispatch(version)
+                try:
+                    results = await asyncio.to_thread(self.engine.generate, [r for (r, _), _ in gens])
                     for (_, fut), res in zip(gens, results, strict=True):
                         if not fut.done():
                             fut.set_result(res)
@@ -84,12 +97,31 @@ class BatchingEngine:
                     for _, fut in gens:
                         if not fut.done():
                             fut.set_exception(e)
-            for (tensors, version), fut in swaps:
-                try:
-                    await asyncio.to_thread(self.engine.load_state_dict, tensors, version)
-                    fut.set_result(None)
-                except Exception as e:
-                    fut.set_exception(e)
+
+
+class DispatchTracker:
+    """A `BatchingEngine` as one group sees it, noting the policy version of the group's first batch.
+
+    Versions only move forward, so that first batch's version is the oldest any of the
+    group's tokens carry — the version the trainer judges the group's staleness by.
+    """
+
+    def __init__(self, batcher: BatchingEngine):
+        self._batcher = batcher
+        self.first_version: int | None = None
+        self.dispatched = asyncio.Event()
+
+    @property
+    def policy_version(self) -> int:
+        return self._batcher.policy_version
+
+    def _note(self, version: int) -> None:
+        if self.first_version is None:
+            self.first_version = version
+            self.dispatched.set()
+
+    async def generate(self, request: GenerationRequest) -> list[Completion]:
+        return await self._batcher.generate(request, on_dispatch=self._note)
 
 
 @dataclass(frozen=True)
@@ -128,7 +160,7 @@ def _trajectory(prompt: Prompt, index: int, tokens: list[int], logprobs: list[fl
     )
 
 
-async def verifier_group(engine: BatchingEngine, prompt: Prompt, reward: RewardSpec, sampling: SamplingSettings) -> list[Trajectory]:
+async def verifier_group(engine: BatchingEngine | DispatchTracker, prompt: Prompt, reward: RewardSpec, sampling: SamplingSettings) -> list[Trajectory]:
     """One generation call for the whole group, scored locally."""
     t0 = time.monotonic()
     prompt_ids = TOKENIZER.encode(prompt.data["prompt"], bos=True)
@@ -167,7 +199,7 @@ async def _post(session: aiohttp.ClientSession, url: str, body: dict, retry_for_
             delay = min(delay * 2, 1.0)
 
 
-async def env_episode(engine: BatchingEngine, session: aiohttp.ClientSession, base_url: str, prompt: Prompt, index: int,
+async def env_episode(engine: BatchingEngine | DispatchTracker, session: aiohttp.ClientSession, base_url: str, prompt: Prompt, index: int,
                       sampling: SamplingSettings, max_turns: int = 4) -> Trajectory:
     """A (multi-turn) episode: reset, then generate an action and step until the env says done.
 
@@ -209,7 +241,7 @@ async def env_episode(engine: BatchingEngine, session: aiohttp.ClientSession, ba
                        {"generate": t_gen, "env": t_env, "total": time.monotonic() - t0}, {"turns": turns})
 
 
-async def run_group(engine: BatchingEngine, prompt: Prompt, reward: RewardSpec, sampling: SamplingSettings,
+async def run_group(engine: BatchingEngine | DispatchTracker, prompt: Prompt, reward: RewardSpec, sampling: SamplingSettings,
                     session: aiohttp.ClientSession | None = None, env_urls: dict[str, str] | None = None) -> list[Trajectory]:
     """The scored group for one prompt, by whichever route the reward takes."""
     if reward.type != "agentEnv":

@@ -9,6 +9,14 @@ and hot-swaps weights when a new version is announced:
 * ``pause``: the swap happens between two engine batches; in-flight episodes continue on
   the new weights (each token's behaviour logprob is recorded, so the trainer corrects).
 * ``drain``: no new prompts are started; the swap waits until in-flight groups finish.
+
+A group whose oldest possible policy version falls more than ``maxOffPolicySteps`` behind
+the trainer's can never be trained (the trainer drops it). The agent abandons it the moment
+that happens — frees its slot, cancels its generation and environment episodes — and
+hands the prompt back for a fresh attempt on current weights, instead of finishing work
+that is thrown away. After `ABANDON_AT_MOST` abandoned attempts a prompt runs to the end
+(the trainer then replaces it), so an episode that is always slow cannot cycle forever.
+``agent.abandonStaleGroups: false`` switches this off (the A/B in bench/bench_decoupled.py).
 """
 
 from __future__ import annotations
@@ -21,10 +29,10 @@ import time
 import aiohttp
 import torch
 
-from kuberl.workloads.buffer import JobBuffer, PromptLease
+from kuberl.workloads.buffer import JobBuffer, PromptLease, staleness_weight
 from kuberl.workloads.config import WorkloadConfig, load_config
 from kuberl.workloads.engines import Engine, TorchEngine
-from kuberl.workloads.episodes import BatchingEngine, SamplingSettings, run_group
+from kuberl.workloads.episodes import BatchingEngine, DispatchTracker, SamplingSettings, run_group
 from kuberl.workloads.logs import get_logger
 from kuberl.workloads.models import seeded_model
 from kuberl.workloads.trainer import buffer_config
@@ -32,6 +40,31 @@ from kuberl.workloads.weightsync import fetch_policy, weight_store
 
 log = get_logger(__name__)
 KEEPALIVE_S = 5.0
+ABANDON_AT_MOST = 2  # abandoned attempts per prompt before one is let run to the end
+
+
+class TrainerClock:
+    """The trainer's policy version as announced in the job KV, and waiting on it."""
+
+    def __init__(self) -> None:
+        self.version = -1
+        self._moved = asyncio.Condition()
+
+    async def advance(self, version: int) -> None:
+        if version > self.version:
+            async with self._moved:
+                self.version = version
+                self._moved.notify_all()
+
+    async def wait_until_untrainable(self, group: DispatchTracker, max_off_policy_steps: int) -> None:
+        """Returns once the group's samples are too stale for the trainer to use.
+
+        Not before its first batch runs: a group queued behind a pending weight swap
+        generates on the new weights.
+        """
+        await group.dispatched.wait()
+        async with self._moved:
+            await self._moved.wait_for(lambda: staleness_weight(group.first_version, self.version, max_off_policy_steps) is None)
 
 
 def make_engine(cfg: WorkloadConfig, agent_id: str) -> Engine:
@@ -59,7 +92,9 @@ class RolloutAgent:
         self.accepting = asyncio.Event()
         self.accepting.set()
         self.groups_done = 0
+        self.groups_abandoned = 0
         self.swaps = 0
+        self.trainer = TrainerClock()
 
     def sampling(self, stage: int) -> SamplingSettings:
         length = self.cfg.algorithm.max_response_length
@@ -79,14 +114,30 @@ class RolloutAgent:
         log.info("weights swapped", agent=self.agent_id, version=version, policy=self.cfg.rollout.weight_swap)
 
     async def watch_versions(self, buf: JobBuffer) -> None:
-        while True:
-            state, _ = await buf.state.get()
-            if state.weights_manifest and state.policy_version > self.engine.policy_version:
-                try:
-                    await self.load_version(state.policy_version)
-                except Exception as e:  # a pruned or half-visible version: the next poll catches up
-                    log.warning("weight swap failed", version=state.policy_version, error=str(e))
-            await asyncio.sleep(0.1)
+        """Follow the trainer's version in the job KV; load each newest version once the last load is done.
+
+        The load runs beside the poll: a swap waits for the engine batch now running, and
+        the trainer clock must keep moving meanwhile (it is what dooms stale groups).
+        """
+        loading: asyncio.Task | None = None
+        try:
+            while True:
+                state, _ = await buf.state.get()
+                if state.weights_manifest:
+                    await self.trainer.advance(state.policy_version)
+                    idle = loading is None or loading.done()
+                    if idle and state.policy_version > self.engine.policy_version:
+                        loading = asyncio.create_task(self._load_or_warn(state.policy_version))
+                await asyncio.sleep(0.1)
+        finally:
+            if loading is not None:
+                loading.cancel()
+
+    async def _load_or_warn(self, version: int) -> None:
+        try:
+            await self.load_version(version)
+        except Exception as e:  # a pruned or half-visible version: the next poll catches up
+            log.warning("weight swap failed", version=version, error=str(e))
 
     async def work(self, buf: JobBuffer, lease: PromptLease, session: aiohttp.ClientSession | None) -> None:
         async def keepalive() -> None:
@@ -97,7 +148,13 @@ class RolloutAgent:
         ka = asyncio.create_task(keepalive())
         try:
             p = lease.prompt
-            trajs = await run_group(self.batcher, p, self.cfg.reward, self.sampling(p.stage), session, self.cfg.agent_envs)
+            trajs = await self._group_unless_untrainable(lease, session)
+            if trajs is None:
+                self.groups_abandoned += 1
+                log.info("group abandoned: too stale to train; prompt handed back", prompt=p.prompt_id,
+                         trainer_version=self.trainer.version, attempt=lease.deliveries)
+                await lease.nak()
+                return
             for t in trajs:
                 t.meta["agent"] = self.agent_id
             await buf.publish_trajectories(trajs)
@@ -109,6 +166,26 @@ class RolloutAgent:
                 await lease.nak(delay=1.0)
         finally:
             ka.cancel()
+
+    async def _group_unless_untrainable(self, lease: PromptLease, session: aiohttp.ClientSession | None) -> list | None:
+        """The prompt's scored group, or None when it became untrainable before it was done."""
+        p = lease.prompt
+        tracker = DispatchTracker(self.batcher)
+        group = asyncio.create_task(run_group(tracker, p, self.cfg.reward, self.sampling(p.stage), session, self.cfg.agent_envs))
+        if not self.cfg.rollout.abandon_stale_groups or lease.deliveries > ABANDON_AT_MOST:
+            return await group
+        doomed = asyncio.create_task(self.trainer.wait_until_untrainable(tracker, self.cfg.max_off_policy_steps))
+        try:
+            await asyncio.wait({group, doomed}, return_when=asyncio.FIRST_COMPLETED)
+            if group.done():
+                return group.result()
+            group.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await group
+            return None
+        finally:
+            for task in (group, doomed):
+                task.cancel()
 
     async def run(self) -> None:
         buf = await JobBuffer.open(self.cfg.buffer.url, self.cfg.job.namespace, self.cfg.job.name, buffer_config(self.cfg))

@@ -41,7 +41,13 @@ class AgentSpec(ApiModel):
     concurrency: int = Field(8, ge=1, le=4096, description="Prompt groups one agent generates at the same time.")
     weight_swap: Literal["pause", "drain"] = Field(
         "pause",
-        description="On a new policy version: pause (abort and retry in-flight requests) or drain (finish them on the old weights).",
+        description=("On a new policy version: pause (swap between two engine batches; in-flight episodes continue on the "
+                     "new weights, every token's behaviour logprob recorded) or drain (start nothing new until in-flight groups finish on the old weights)."),
+    )
+    abandon_stale_groups: bool = Field(
+        True,
+        description=("Stop a group the moment the trainer has moved more than maxOffPolicySteps past the version it was generated "
+                     "with (the trainer would drop it) and hand its prompt back for a fresh attempt on current weights."),
     )
     env: list[EnvVar] | None = Field(None, max_length=LIST_MAX, json_schema_extra=list_map("name"), description="Extra environment variables.")
 

@@ -1,0 +1,173 @@
+"""The rollout agent abandons groups the trainer could no longer use (real NATS, real S3)."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+import uuid
+from pathlib import Path
+
+import pytest
+import yaml
+from kuberl.workloads.buffer import JobBuffer, Prompt
+from kuberl.workloads.config import config_from_rljob
+from kuberl.workloads.engines import TorchEngine
+from kuberl.workloads.episodes import DispatchTracker
+from kuberl.workloads.models import seeded_model
+from kuberl.workloads.rollout import ABANDON_AT_MOST, RolloutAgent, TrainerClock
+from kuberl.workloads.trainer import buffer_config
+from kuberl.workloads.weightsync import publish_policy, weight_store
+
+# ---- pure: the trainer's clock ------------------------------------------------------------
+
+
+async def test_trainer_clock_wakes_waiters_only_once_samples_are_untrainable():
+    class Batcher:  # what the tracker wraps: only the policy version matters here
+        policy_version = 3
+
+    clock = TrainerClock()
+    await clock.advance(5)
+    group = DispatchTracker(Batcher())
+    waiter = asyncio.create_task(clock.wait_until_untrainable(group, max_off_policy_steps=1))
+    await asyncio.sleep(0.05)
+    assert not waiter.done(), "not judged before its first batch runs: it may run on newer weights"
+    group._note(4)  # its first batch ran on version 4: lag 1, trainable
+    group._note(3)  # later batches never change the group's version
+    await asyncio.sleep(0.05)
+    assert not waiter.done() and group.first_version == 4
+    await clock.advance(2)  # versions never go back
+    assert clock.version == 5
+    await clock.advance(6)  # lag 2 > 1
+    await asyncio.wait_for(waiter, timeout=1)
+
+
+# ---- the agent against real servers ---------------------------------------------------------
+
+
+class SlowEngine(TorchEngine):
+    """The tiny torch engine, each batch taking ``delay_s`` longer (a slow episode)."""
+
+    def __init__(self, delay_s: float):
+        super().__init__(seeded_model(0), version=-1, seed=0)
+        self.delay_s = delay_s
+        self.batches = 0
+
+    def generate(self, requests):
+        self.batches += 1
+        time.sleep(self.delay_s)
+        return super().generate(requests)
+
+
+@pytest.fixture
+def job_config(nats_server, s3_server, s3_bucket, tmp_path, monkeypatch):
+    monkeypatch.setenv("AWS_ACCESS_KEY_ID", s3_server.access_key)
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", s3_server.secret_key)
+    monkeypatch.setenv("AWS_DEFAULT_REGION", "us-east-1")
+    spec = yaml.safe_load((Path(__file__).resolve().parents[1] / "examples" / "tiny-cpu.yaml").read_text())["spec"]
+    spec["weightStore"]["bucket"] = s3_bucket
+    cfg = config_from_rljob("default", f"abandon-{uuid.uuid4().hex[:8]}", spec, nats_url=nats_server.url,
+                            s3_endpoint=s3_server.endpoint, output_dir=str(tmp_path / "out"))
+    assert cfg.max_off_policy_steps == 1
+    return cfg
+
+
+async def _announce(cfg, buf: JobBuffer, version: int, manifest: str | None = None) -> None:
+    """What the trainer does after a step: weights to S3, then the version into the job KV."""
+    if manifest is None:
+        manifest = await asyncio.to_thread(publish_policy, weight_store(cfg), seeded_model(version), version)
+    await buf.state.publish_version(version, manifest)
+
+
+async def _one_group(buf: JobBuffer, timeout: float = 60):
+    consumer = await buf.trajectory_consumer(max_off_policy_steps=10**9)
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        batch = await consumer.fetch(64, current_version=0, timeout=0.5)
+        if len(batch):
+            await batch.ack()
+            return list(batch)
+    raise AssertionError("no trajectories arrived")
+
+
+async def _wait(what: str, predicate, timeout: float = 60) -> None:
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        assert time.monotonic() < deadline, f"timed out waiting for {what}"
+        await asyncio.sleep(0.05)
+
+
+@pytest.mark.servers
+async def test_a_group_overtaken_by_the_trainer_is_abandoned_and_generated_again_on_new_weights(job_config):
+    cfg = job_config
+    buf = await JobBuffer.open(cfg.buffer.url, cfg.job.namespace, cfg.job.name, buffer_config(cfg))
+    engine = SlowEngine(delay_s=3.0)
+    agent = RolloutAgent(cfg, "agent-0", engine=engine)
+    running = asyncio.create_task(agent.run())
+    try:
+        await _announce(cfg, buf, 0)
+        await _wait("version 0 loaded", lambda: engine.policy_version == 0)
+        await buf.publish_prompts([Prompt("p0", {"prompt": "2+3=", "answer": "5"}, n_samples=4)])
+        await _wait("generation started", lambda: engine.batches >= 1)
+        # The trainer moves two versions on while the group is still generating on version 0:
+        # with maxOffPolicySteps=1 nothing of it could be trained any more.
+        await _announce(cfg, buf, 1)
+        await _announce(cfg, buf, 2)
+        group = await _one_group(buf)
+        assert agent.groups_abandoned == 1
+        assert {t.policy_version for t in group} == {2}, "the second attempt ran on the new weights"
+        assert len(group) == 4 and {t.prompt_id for t in group} == {"p0"}
+    finally:
+        running.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await running
+        await buf.close()
+
+
+@pytest.mark.servers
+async def test_a_prompt_is_abandoned_a_bounded_number_of_times_then_runs_to_the_end(job_config):
+    """An agent that cannot catch up (the announced weights never load) keeps dooming each
+    attempt at once; after ABANDON_AT_MOST attempts the group is finished and published
+    anyway, so the trainer sees it (and replaces it) instead of the prompt cycling forever."""
+    cfg = job_config
+    buf = await JobBuffer.open(cfg.buffer.url, cfg.job.namespace, cfg.job.name, buffer_config(cfg))
+    engine = SlowEngine(delay_s=0.5)
+    agent = RolloutAgent(cfg, "agent-0", engine=engine)
+    running = asyncio.create_task(agent.run())
+    try:
+        await _announce(cfg, buf, 0)
+        await _wait("version 0 loaded", lambda: engine.policy_version == 0)
+        missing = f"s3://{cfg.weight_store.bucket}/{cfg.weight_prefix}/v00000007/manifest.json"
+        await _announce(cfg, buf, 7, manifest=missing)  # announced, never loadable
+        await _wait("the agent heard of version 7", lambda: agent.trainer.version == 7)
+        await buf.publish_prompts([Prompt("p1", {"prompt": "1+1=", "answer": "2"}, n_samples=2)])
+        group = await _one_group(buf)
+        assert agent.groups_abandoned == ABANDON_AT_MOST
+        assert {t.policy_version for t in group} == {0} and len(group) == 2
+    finally:
+        running.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await running
+        await buf.close()
+
+
+@pytest.mark.servers
+async def test_with_abandoning_switched_off_the_stale_group_is_finished_and_published(job_config):
+    cfg = job_config.model_copy(update={"rollout": job_config.rollout.model_copy(update={"abandon_stale_groups": False})})
+    buf = await JobBuffer.open(cfg.buffer.url, cfg.job.namespace, cfg.job.name, buffer_config(cfg))
+    engine = SlowEngine(delay_s=2.0)
+    agent = RolloutAgent(cfg, "agent-0", engine=engine)
+    running = asyncio.create_task(agent.run())
+    try:
+        await _announce(cfg, buf, 0)
+        await _wait("version 0 loaded", lambda: engine.policy_version == 0)
+        await buf.publish_prompts([Prompt("p2", {"prompt": "4+4=", "answer": "8"}, n_samples=2)])
+        await _wait("generation started", lambda: engine.batches >= 1)
+        await _announce(cfg, buf, 1)
+        await _announce(cfg, buf, 2)
+        group = await _one_group(buf)
+        assert agent.groups_abandoned == 0 and {t.policy_version for t in group} == {0}
+    finally:
+        running.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await running
+        await buf.close()
