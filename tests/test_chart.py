@@ -244,7 +244,8 @@ def test_peering_disabled_runs_standalone_and_needs_one_replica(helm: Path):
 # -- Dockerfiles -----------------------------------------------------------------------------
 
 DOCKERFILES = [REPO / "operator" / "Dockerfile", REPO / "workloads" / "Dockerfile",
-               REPO / "workloads" / "Dockerfile.trainer", REPO / "workloads" / "Dockerfile.rollout"]
+               REPO / "workloads" / "Dockerfile.trainer", REPO / "workloads" / "Dockerfile.rollout",
+               REPO / "workloads" / "Dockerfile.sglang-cpu"]
 
 
 def parse_dockerfile(path: Path) -> list[tuple[str, str]]:
@@ -322,3 +323,17 @@ def test_dockerignore_keeps_the_context_small():
     assert not dockerignore_allows("tests/test_chart.py")
     assert not dockerignore_allows("operator/kuberl/operator/__pycache__/cli.cpython-311.pyc")
     assert dockerignore_allows("operator/kuberl/operator/cli.py")
+
+
+def test_cpu_sglang_image_matches_what_the_operator_runs_and_ci_tests():
+    """The CPU SGLang image puts the stand-in where the operator's engine container looks
+    for it, and installs the very pin file CI's SGLang server is built and tested from."""
+    from kuberl.operator import builders
+
+    instructions = parse_dockerfile(REPO / "workloads" / "Dockerfile.sglang-cpu")
+    copies = [shlex.split(rest) for word, rest in instructions if word == "COPY"]
+    assert ["workloads/kuberl/workloads/sglang_cpu/", builders.SGLANG_CPU_KERNELS_DIR + "/"] in copies
+    assert ["e2e/sglang/requirements-cpu.txt", "/tmp/requirements-cpu.txt"] in copies
+    env = " ".join(rest for word, rest in instructions if word == "ENV")
+    assert f"PYTHONPATH={builders.SGLANG_CPU_KERNELS_DIR}" in env and "SGLANG_USE_CPU_ENGINE=1" in env
+    assert f"EXPOSE {builders.ENGINE_PORT}" in [f"{w} {r}" for w, r in instructions]
