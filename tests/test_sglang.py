@@ -282,6 +282,61 @@ def test_abort_ends_in_flight_requests(engine):
     assert all(len(c.logprobs) == len(c.token_ids) for c in group)
 
 
+async def test_a_cancelled_waiter_aborts_its_rows_and_the_batch_goes_on(engine):
+    """An abandoned group's generation is cancelled in the agent's batcher: its rows are
+    aborted on the server (they stop decoding) while the other request of the same engine
+    batch completes normally."""
+    import asyncio
+
+    from kuberl.workloads.episodes import BatchingEngine
+
+    class Recorder:  # the engine as the batcher drives it, keeping each call's results
+        def __init__(self, inner):
+            self.inner, self.results = inner, []
+
+        @property
+        def policy_version(self):
+            return self.inner.policy_version
+
+        def generate(self, requests):
+            out = self.inner.generate(requests)
+            self.results.append(out)
+            return out
+
+        def abort(self, requests):
+            return self.inner.abort(requests)
+
+    recorder = Recorder(engine)
+    batcher = BatchingEngine(recorder)
+    tries = []
+    try:
+        for head_start in (0.3, 0.12, 0.05, 0.02):
+            recorder.results.clear()
+            doomed = GenerationRequest(PROMPT, n=3, max_new_tokens=110, stop_ids=())
+            kept = GenerationRequest(PROMPT, n=1, max_new_tokens=110, stop_ids=())
+            gone = asyncio.create_task(batcher.generate(doomed))
+            stays = asyncio.create_task(batcher.generate(kept))
+            deadline = time.monotonic() + 30
+            while not engine._inflight and time.monotonic() < deadline:
+                await asyncio.sleep(0.005)
+            await asyncio.sleep(head_start)
+            before = batcher.rows_aborted
+            gone.cancel()
+            with pytest.raises(asyncio.CancelledError):
+                await gone
+            (completion,) = await asyncio.wait_for(stays, timeout=60)
+            (doomed_rows, kept_rows) = recorder.results[-1]
+            tries.append((head_start, batcher.rows_aborted - before, [c.finish_reason for c in doomed_rows]))
+            if all(c.finish_reason == "abort" for c in doomed_rows):
+                break
+        assert batcher.rows_aborted - before == 3, tries
+        assert all(c.finish_reason == "abort" for c in doomed_rows), f"no abort landed mid-decode: {tries}"
+        assert kept_rows[0] is completion and completion.finish_reason == "length"
+        assert len(completion.token_ids) == 110
+    finally:
+        await batcher.stop()
+
+
 def test_health_and_flush_cache(engine):
     assert engine.client.health()
     engine.client.check_health()

@@ -36,7 +36,7 @@ class Completion:
 
     token_ids: list[int]
     logprobs: list[float]
-    finish_reason: str  # "stop" or "length"
+    finish_reason: str  # "stop", "length" or "abort"
     policy_version: int = 0
     meta: dict = field(default_factory=dict)
 
@@ -59,6 +59,12 @@ class Engine(abc.ABC):
 
     def resume(self) -> None:
         """Undo `pause`."""
+
+    def abort(self, requests: list[GenerationRequest]) -> int:
+        """Stop generating for these requests of the running `generate` call, if the engine
+        can (their completions then end early with finish reason "abort"); returns how many
+        rows it stopped. The default cannot: the batch runs to its end."""
+        return 0
 
 
 class TorchEngine(Engine):

@@ -36,6 +36,8 @@ class BatchingEngine:
         self.engine, self.linger_s = engine, linger_s
         self._queue: asyncio.Queue = asyncio.Queue()
         self._task: asyncio.Task | None = None
+        self._running: set[int] = set()  # id() of the requests in the engine call now running
+        self.rows_aborted = 0  # rows the engine was told to stop because their waiter went away
 
     @property
     def policy_version(self) -> int:
@@ -59,7 +61,15 @@ class BatchingEngine:
         self.start()
         fut = asyncio.get_running_loop().create_future()
         await self._queue.put(("generate", (request, on_dispatch), fut))
-        return await fut
+        try:
+            return await fut
+        except asyncio.CancelledError:
+            # Nobody wants these tokens any more (an abandoned group): stop decoding them if
+            # the engine can, so the rest of the batch finishes sooner. A queued request is
+            # simply skipped when its batch is formed.
+            if id(request) in self._running:
+                self.rows_aborted += await asyncio.shield(asyncio.to_thread(self.engine.abort, [request]))
+            raise
 
     async def swap(self, tensors, version: int) -> None:
         """Load new weights once the batch now running finishes (the 'pause' policy)."""
@@ -88,6 +98,7 @@ class BatchingEngine:
                 for (_, on_dispatch), _ in gens:
                     if on_dispatch is not None:
                         on_dispatch(version)
+                self._running = {id(r) for (r, _), _ in gens}
                 try:
                     results = await asyncio.to_thread(self.engine.generate, [r for (r, _), _ in gens])
                     for (_, fut), res in zip(gens, results, strict=True):
@@ -97,6 +108,8 @@ class BatchingEngine:
                     for _, fut in gens:
                         if not fut.done():
                             fut.set_exception(e)
+                finally:
+                    self._running = set()
 
 
 class DispatchTracker:

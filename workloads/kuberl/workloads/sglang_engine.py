@@ -287,6 +287,7 @@ class SGLangEngine(Engine):
         self._scratch = Path(scratch_dir) if scratch_dir else Path(tempfile.mkdtemp(prefix="kuberl-sglang-weights-"))
         self._swap_lock = threading.Lock()
         self._inflight: set[str] = set()
+        self._rids_of: dict[int, list[str]] = {}  # id(GenerationRequest) -> its rows' rids, while in flight
         self._inflight_lock = threading.Lock()
         self._config_json: dict | None = None
 
@@ -321,18 +322,30 @@ class SGLangEngine(Engine):
         sent_version = self.policy_version
         with self._inflight_lock:
             self._inflight.update(rids)
+            for (_, r), rid in zip(rows, rids, strict=True):
+                self._rids_of.setdefault(id(r), []).append(rid)
         try:
             results = self.client.generate([list(r.prompt_ids) for _, r in rows],
                                            [sampling_params_for(r) for _, r in rows], rids=rids)
         finally:
             with self._inflight_lock:
                 self._inflight.difference_update(rids)
+                for r in requests:
+                    self._rids_of.pop(id(r), None)
         if len(results) != len(rows):
             raise SGLangError(f"/generate returned {len(results)} results for {len(rows)} rows")
         out: list[list[Completion]] = [[] for _ in requests]
         for (i, _), result in zip(rows, results, strict=True):
             out[i].append(completion_from_result(result, sent_version))
         return out
+
+    def abort(self, requests: list[GenerationRequest]) -> int:
+        """Abort the rows of these requests that are in flight (a group the agent gave up on)."""
+        with self._inflight_lock:
+            rids = [rid for r in requests for rid in self._rids_of.get(id(r), ()) if rid in self._inflight]
+        for rid in rids:
+            self.client.abort(rid)
+        return len(rids)
 
     def abort_all(self) -> int:
         """Abort this engine's in-flight requests (their completions end with "abort")."""
