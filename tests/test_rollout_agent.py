@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import time
 import uuid
 from pathlib import Path
@@ -96,31 +97,50 @@ async def _wait(what: str, predicate, timeout: float = 60) -> None:
         await asyncio.sleep(0.05)
 
 
-@pytest.mark.servers
-async def test_a_group_overtaken_by_the_trainer_is_abandoned_and_generated_again_on_new_weights(job_config):
-    cfg = job_config
+@contextlib.asynccontextmanager
+async def agent_on_version_0(cfg, delay_s: float):
+    """A rollout agent on a slow engine, running against the job's buffer with version 0 loaded."""
     buf = await JobBuffer.open(cfg.buffer.url, cfg.job.namespace, cfg.job.name, buffer_config(cfg))
-    engine = SlowEngine(delay_s=3.0)
+    engine = SlowEngine(delay_s=delay_s)
     agent = RolloutAgent(cfg, "agent-0", engine=engine)
     running = asyncio.create_task(agent.run())
     try:
         await _announce(cfg, buf, 0)
         await _wait("version 0 loaded", lambda: engine.policy_version == 0)
-        await buf.publish_prompts([Prompt("p0", {"prompt": "2+3=", "answer": "5"}, n_samples=4)])
-        await _wait("generation started", lambda: engine.batches >= 1)
-        # The trainer moves two versions on while the group is still generating on version 0:
-        # with maxOffPolicySteps=1 nothing of it could be trained any more.
-        await _announce(cfg, buf, 1)
-        await _announce(cfg, buf, 2)
-        group = await _one_group(buf)
-        assert agent.groups_abandoned == 1
-        assert {t.policy_version for t in group} == {2}, "the second attempt ran on the new weights"
-        assert len(group) == 4 and {t.prompt_id for t in group} == {"p0"}
+        yield buf, agent, engine
     finally:
         running.cancel()
         with pytest.raises(asyncio.CancelledError):
             await running
         await buf.close()
+
+
+async def _overtaken_while_generating(cfg, buf: JobBuffer, engine: SlowEngine, prompt: Prompt) -> list:
+    """Publish ``prompt``; once its group is generating on version 0, the trainer announces
+    versions 1 and 2 (with maxOffPolicySteps=1 nothing of version 0 can be trained then).
+    Returns the group that reaches the trajectory stream."""
+    await buf.publish_prompts([prompt])
+    await _wait("generation started", lambda: engine.batches >= 1)
+    await _announce(cfg, buf, 1)
+    await _announce(cfg, buf, 2)
+    return await _one_group(buf)
+
+
+@pytest.mark.servers
+async def test_a_group_overtaken_by_the_trainer_is_abandoned_and_generated_again_on_new_weights(job_config):
+    async with agent_on_version_0(job_config, delay_s=3.0) as (buf, agent, engine):
+        group = await _overtaken_while_generating(job_config, buf, engine, Prompt("p0", {"prompt": "2+3=", "answer": "5"}, n_samples=4))
+        assert agent.groups_abandoned == 1
+        assert {t.policy_version for t in group} == {2}, "the second attempt ran on the new weights"
+        assert len(group) == 4 and {t.prompt_id for t in group} == {"p0"}
+
+
+@pytest.mark.servers
+async def test_with_abandoning_switched_off_the_stale_group_is_finished_and_published(job_config):
+    cfg = job_config.model_copy(update={"rollout": job_config.rollout.model_copy(update={"abandon_stale_groups": False})})
+    async with agent_on_version_0(cfg, delay_s=2.0) as (buf, agent, engine):
+        group = await _overtaken_while_generating(cfg, buf, engine, Prompt("p2", {"prompt": "4+4=", "answer": "8"}, n_samples=2))
+        assert agent.groups_abandoned == 0 and {t.policy_version for t in group} == {0}
 
 
 @pytest.mark.servers
@@ -129,13 +149,7 @@ async def test_a_prompt_is_abandoned_a_bounded_number_of_times_then_runs_to_the_
     attempt at once; after ABANDON_AT_MOST attempts the group is finished and published
     anyway, so the trainer sees it (and replaces it) instead of the prompt cycling forever."""
     cfg = job_config
-    buf = await JobBuffer.open(cfg.buffer.url, cfg.job.namespace, cfg.job.name, buffer_config(cfg))
-    engine = SlowEngine(delay_s=0.5)
-    agent = RolloutAgent(cfg, "agent-0", engine=engine)
-    running = asyncio.create_task(agent.run())
-    try:
-        await _announce(cfg, buf, 0)
-        await _wait("version 0 loaded", lambda: engine.policy_version == 0)
+    async with agent_on_version_0(cfg, delay_s=0.5) as (buf, agent, _):
         missing = f"s3://{cfg.weight_store.bucket}/{cfg.weight_prefix}/v00000007/manifest.json"
         await _announce(cfg, buf, 7, manifest=missing)  # announced, never loadable
         await _wait("the agent heard of version 7", lambda: agent.trainer.version == 7)
@@ -143,31 +157,3 @@ async def test_a_prompt_is_abandoned_a_bounded_number_of_times_then_runs_to_the_
         group = await _one_group(buf)
         assert agent.groups_abandoned == ABANDON_AT_MOST
         assert {t.policy_version for t in group} == {0} and len(group) == 2
-    finally:
-        running.cancel()
-        with pytest.raises(asyncio.CancelledError):
-            await running
-        await buf.close()
-
-
-@pytest.mark.servers
-async def test_with_abandoning_switched_off_the_stale_group_is_finished_and_published(job_config):
-    cfg = job_config.model_copy(update={"rollout": job_config.rollout.model_copy(update={"abandon_stale_groups": False})})
-    buf = await JobBuffer.open(cfg.buffer.url, cfg.job.namespace, cfg.job.name, buffer_config(cfg))
-    engine = SlowEngine(delay_s=2.0)
-    agent = RolloutAgent(cfg, "agent-0", engine=engine)
-    running = asyncio.create_task(agent.run())
-    try:
-        await _announce(cfg, buf, 0)
-        await _wait("version 0 loaded", lambda: engine.policy_version == 0)
-        await buf.publish_prompts([Prompt("p2", {"prompt": "4+4=", "answer": "8"}, n_samples=2)])
-        await _wait("generation started", lambda: engine.batches >= 1)
-        await _announce(cfg, buf, 1)
-        await _announce(cfg, buf, 2)
-        group = await _one_group(buf)
-        assert agent.groups_abandoned == 0 and {t.policy_version for t in group} == {0}
-    finally:
-        running.cancel()
-        with pytest.raises(asyncio.CancelledError):
-            await running
-        await buf.close()
