@@ -222,6 +222,30 @@ async def test_job_state_compare_and_set(nats_server):
 
 
 @pytest.mark.servers
+async def test_following_the_job_state_sees_each_write_through_the_watch(nats_server):
+    """A new version reaches a follower when it is written: the fallback read is set to a
+    minute here, so only the KV watch can deliver within the test's wait."""
+    import contextlib
+
+    ns, name = job()
+    buf = await JobBuffer.open(nats_server.url, ns, name, FAST)
+    writer = await JobBuffer.open(nats_server.url, ns, name, FAST)  # the trainer's own connection
+    try:
+        async with contextlib.aclosing(buf.state.follow(fallback_s=60)) as states:
+            first = await asyncio.wait_for(anext(states), timeout=10)  # nothing written yet: read
+            assert first.weights_manifest is None
+            for version in (1, 2):
+                await writer.state.publish_version(version, f"s3://w/job/v{version:08d}/manifest.json")
+                seen = await asyncio.wait_for(anext(states), timeout=10)
+                while seen.policy_version < version:  # the watch's caught-up marker comes as a read
+                    seen = await asyncio.wait_for(anext(states), timeout=10)
+                assert (seen.policy_version, seen.weights_manifest) == (version, f"s3://w/job/v{version:08d}/manifest.json")
+    finally:
+        await writer.close()
+        await buf.close()
+
+
+@pytest.mark.servers
 async def test_delete_job_removes_streams_and_kv(nats_server):
     ns, name = job()
     buf = await JobBuffer.open(nats_server.url, ns, name, FAST)

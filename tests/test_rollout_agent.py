@@ -131,7 +131,10 @@ async def test_a_group_overtaken_by_the_trainer_is_abandoned_and_generated_again
     async with agent_on_version_0(job_config, delay_s=3.0) as (buf, agent, engine):
         group = await _overtaken_while_generating(job_config, buf, engine, Prompt("p0", {"prompt": "2+3=", "answer": "5"}, n_samples=4))
         assert agent.groups_abandoned == 1
-        assert {t.policy_version for t in group} == {2}, "the second attempt ran on the new weights"
+        # The second attempt waited for the swap queued before it: generated on version 1 or 2,
+        # both trainable at version 2 (whichever the agent had fetched when the batch ended).
+        versions = {t.policy_version for t in group}
+        assert len(versions) == 1 and versions <= {1, 2}, versions
         assert len(group) == 4 and {t.prompt_id for t in group} == {"p0"}
 
 

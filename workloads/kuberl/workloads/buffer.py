@@ -35,7 +35,7 @@ import struct
 import threading
 import time
 from collections import OrderedDict
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import AsyncIterator, Callable, Iterable, Sequence
 from dataclasses import asdict, dataclass, field, replace
 from typing import Any, Literal
 
@@ -436,6 +436,13 @@ class JobState:
     counters: dict[str, int] = field(default_factory=dict)  # steps, samples, prompts, …
 
 
+async def _stop_quietly(watcher) -> None:
+    try:
+        await watcher.stop()
+    except Exception:  # noqa: BLE001, S110 (the connection may be gone already)
+        pass
+
+
 class JobStateStore:
     """One JSON document under key ``state``; writers compare-and-set on its revision."""
 
@@ -451,6 +458,39 @@ class JobStateStore:
         except nats.js.errors.KeyNotFoundError:
             return JobState(), 0
         return JobState(**json.loads(entry.value)), entry.revision
+
+    async def follow(self, fallback_s: float = 1.0) -> AsyncIterator[JobState]:
+        """The state each time it is written (a KV watch: a new policy version reaches rollout
+        agents as soon as it is announced, not at their next poll), and the state as read
+        whenever ``fallback_s`` passes without one — so a watch lost to a reconnect costs at
+        most that much latency. Close it (``contextlib.aclosing``) to stop the watch.
+        """
+        watcher = None
+        try:
+            while True:
+                if watcher is None:
+                    try:
+                        watcher = await self._kv.watch(self.KEY)
+                    except Exception as e:  # noqa: BLE001 (NATS away: read as before, retry the watch)
+                        log.warning("job state watch failed; reading instead", error=str(e))
+                        await asyncio.sleep(fallback_s)
+                entry = None
+                if watcher is not None:
+                    try:
+                        entry = await watcher.updates(timeout=fallback_s)
+                    except nats.errors.TimeoutError:
+                        pass
+                    except Exception as e:  # noqa: BLE001 (a broken watch is re-created)
+                        log.warning("job state watch broke; re-creating it", error=str(e))
+                        await _stop_quietly(watcher)
+                        watcher = None
+                if entry is not None and entry.value and entry.operation is None:
+                    yield JobState(**json.loads(entry.value))
+                else:  # the watch's "caught up" marker, a quiet spell, or no watch
+                    yield (await self.get())[0]
+        finally:
+            if watcher is not None:
+                await _stop_quietly(watcher)
 
     async def update(self, mutate: Callable[[JobState], JobState], attempts: int = 32) -> JobState:
         """Apply ``mutate`` atomically: re-read and retry when another writer got there first."""

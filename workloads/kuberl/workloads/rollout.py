@@ -40,6 +40,7 @@ from kuberl.workloads.weightsync import fetch_policy, weight_store
 
 log = get_logger(__name__)
 KEEPALIVE_S = 5.0
+VERSION_POLL_S = 0.5  # the job state is read this often when the KV watch is quiet (or lost)
 ABANDON_AT_MOST = 2  # abandoned attempts per prompt before one is let run to the end
 
 
@@ -116,28 +117,33 @@ class RolloutAgent:
     async def watch_versions(self, buf: JobBuffer) -> None:
         """Follow the trainer's version in the job KV; load each newest version once the last load is done.
 
-        The load runs beside the poll: a swap waits for the engine batch now running, and
-        the trainer clock must keep moving meanwhile (it is what dooms stale groups).
+        The KV is watched, so a new version is fetched the moment it is announced. The load
+        runs beside the watch: a swap waits for the engine batch now running, and the
+        trainer clock must keep moving meanwhile (it is what dooms stale groups).
         """
         loading: asyncio.Task | None = None
         try:
-            while True:
-                state, _ = await buf.state.get()
-                if state.weights_manifest:
+            async with contextlib.aclosing(buf.state.follow(fallback_s=VERSION_POLL_S)) as states:
+                async for state in states:
+                    if not state.weights_manifest:
+                        continue
                     await self.trainer.advance(state.policy_version)
                     idle = loading is None or loading.done()
                     if idle and state.policy_version > self.engine.policy_version:
-                        loading = asyncio.create_task(self._load_or_warn(state.policy_version))
-                await asyncio.sleep(0.1)
+                        loading = asyncio.create_task(self._load_latest())
         finally:
             if loading is not None:
                 loading.cancel()
 
-    async def _load_or_warn(self, version: int) -> None:
-        try:
-            await self.load_version(version)
-        except Exception as e:  # a pruned or half-visible version: the next poll catches up
-            log.warning("weight swap failed", version=version, error=str(e))
+    async def _load_latest(self) -> None:
+        """Load the newest announced version, again until none newer was announced meanwhile."""
+        while self.trainer.version > self.engine.policy_version:
+            version = self.trainer.version
+            try:
+                await self.load_version(version)
+            except Exception as e:  # a pruned or half-visible version: the next state read retries
+                log.warning("weight swap failed", version=version, error=str(e))
+                return
 
     async def work(self, buf: JobBuffer, lease: PromptLease, session: aiohttp.ClientSession | None) -> None:
         async def keepalive() -> None:
