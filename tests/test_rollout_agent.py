@@ -10,6 +10,7 @@ from pathlib import Path
 
 import pytest
 import yaml
+from aio_helpers import cancel_and_wait
 from kuberl.workloads.buffer import JobBuffer, Prompt
 from kuberl.workloads.config import config_from_rljob
 from kuberl.workloads.engines import TorchEngine
@@ -83,7 +84,7 @@ async def _one_group(buf: JobBuffer, timeout: float = 60):
     consumer = await buf.trajectory_consumer(max_off_policy_steps=10**9)
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
-        batch = await consumer.fetch(64, current_version=0, timeout=0.5)
+        batch = await asyncio.wait_for(consumer.fetch(64, current_version=0, timeout=0.5), timeout=30)
         if len(batch):
             await batch.ack()
             return list(batch)
@@ -109,10 +110,9 @@ async def agent_on_version_0(cfg, delay_s: float):
         await _wait("version 0 loaded", lambda: engine.policy_version == 0)
         yield buf, agent, engine
     finally:
-        running.cancel()
-        with pytest.raises(asyncio.CancelledError):
-            await running
+        ended = await cancel_and_wait(running)
         await buf.close()
+    assert isinstance(ended, asyncio.CancelledError), f"the agent failed: {ended!r}"
 
 
 async def _overtaken_while_generating(cfg, buf: JobBuffer, engine: SlowEngine, prompt: Prompt) -> list:

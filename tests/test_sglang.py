@@ -18,6 +18,7 @@ import time
 
 import pytest
 import torch
+from aio_helpers import cancel_and_wait
 from fixtures_sglang import SGLANG_SEED, sglang_model_dir, sglang_server, sglang_venv  # noqa: F401  (fixtures)
 from kuberl.workloads.engines import GenerationRequest
 from kuberl.workloads.models import (
@@ -389,9 +390,7 @@ async def test_rollout_agent_runs_a_decoupled_job_against_sglang(engine, sglang_
     try:
         await asyncio.wait_for(run_decoupled(cfg), timeout=300)
     finally:
-        rollout.cancel()
-        with pytest.raises((asyncio.CancelledError, Exception)):
-            await rollout
+        await cancel_and_wait(rollout)
     rows = [json.loads(line) for line in (tmp_path / "out" / "metrics.jsonl").read_text().splitlines()]
     assert [r["step"] for r in rows] == [1, 2, 3]
     assert all(r["samples"] == 16 for r in rows)
