@@ -21,3 +21,11 @@ async def cancel_and_wait(task: asyncio.Task, within_s: float = 60.0) -> BaseExc
     if task.cancelled():
         return asyncio.CancelledError()
     return task.exception()
+
+
+async def wait_until(what: str, predicate, timeout: float = 60.0, interval: float = 0.05) -> None:
+    """The event-loop twin of fixtures_cluster.wait_until: poll ``predicate`` without blocking the loop."""
+    deadline = asyncio.get_running_loop().time() + timeout
+    while not predicate():
+        assert asyncio.get_running_loop().time() < deadline, f"timed out waiting for {what}"
+        await asyncio.sleep(interval)

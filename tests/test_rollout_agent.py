@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 import yaml
-from aio_helpers import cancel_and_wait
+from aio_helpers import cancel_and_wait, wait_until
 from kuberl.workloads.buffer import JobBuffer, Prompt
 from kuberl.workloads.config import config_from_rljob
 from kuberl.workloads.engines import TorchEngine
@@ -91,13 +91,6 @@ async def _one_group(buf: JobBuffer, timeout: float = 60):
     raise AssertionError("no trajectories arrived")
 
 
-async def _wait(what: str, predicate, timeout: float = 60) -> None:
-    deadline = time.monotonic() + timeout
-    while not predicate():
-        assert time.monotonic() < deadline, f"timed out waiting for {what}"
-        await asyncio.sleep(0.05)
-
-
 @contextlib.asynccontextmanager
 async def agent_on_version_0(cfg, delay_s: float):
     """A rollout agent on a slow engine, running against the job's buffer with version 0 loaded."""
@@ -107,7 +100,7 @@ async def agent_on_version_0(cfg, delay_s: float):
     running = asyncio.create_task(agent.run())
     try:
         await _announce(cfg, buf, 0)
-        await _wait("version 0 loaded", lambda: engine.policy_version == 0)
+        await wait_until("version 0 loaded", lambda: engine.policy_version == 0)
         yield buf, agent, engine
     finally:
         ended = await cancel_and_wait(running)
@@ -120,7 +113,7 @@ async def _overtaken_while_generating(cfg, buf: JobBuffer, engine: SlowEngine, p
     versions 1 and 2 (with maxOffPolicySteps=1 nothing of version 0 can be trained then).
     Returns the group that reaches the trajectory stream."""
     await buf.publish_prompts([prompt])
-    await _wait("generation started", lambda: engine.batches >= 1)
+    await wait_until("generation started", lambda: engine.batches >= 1)
     await _announce(cfg, buf, 1)
     await _announce(cfg, buf, 2)
     return await _one_group(buf)
@@ -155,7 +148,7 @@ async def test_a_prompt_is_abandoned_a_bounded_number_of_times_then_runs_to_the_
     async with agent_on_version_0(cfg, delay_s=0.5) as (buf, agent, _):
         missing = f"s3://{cfg.weight_store.bucket}/{cfg.weight_prefix}/v00000007/manifest.json"
         await _announce(cfg, buf, 7, manifest=missing)  # announced, never loadable
-        await _wait("the agent heard of version 7", lambda: agent.trainer.version == 7)
+        await wait_until("the agent heard of version 7", lambda: agent.trainer.version == 7)
         await buf.publish_prompts([Prompt("p1", {"prompt": "1+1=", "answer": "2"}, n_samples=2)])
         group = await _one_group(buf)
         assert agent.groups_abandoned == ABANDON_AT_MOST

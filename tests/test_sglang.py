@@ -259,13 +259,16 @@ def test_pause_holds_new_requests_until_continue(engine):
     assert len(box["value"][0][0].token_ids) >= 1
 
 
+# Head starts (s) before an abort, shrinking: the tiny model decodes 110 tokens in well under
+# a second on an idle machine, so a fixed one can outlast the request, and too short a one
+# aborts before the server has seen the rids.
+ABORT_HEAD_STARTS_S = (0.3, 0.12, 0.05, 0.02)
+
+
 def test_abort_ends_in_flight_requests(engine):
-    # The tiny model decodes its 110 tokens in well under a second on an idle machine, so a
-    # fixed head start can outlast the request; the head start shrinks until the abort
-    # lands mid-decode (and too short a one would abort before the server saw the rids).
     long = GenerationRequest(PROMPT, n=4, max_new_tokens=110, stop_ids=())
     tries = []
-    for head_start in (0.3, 0.12, 0.05, 0.02):
+    for head_start in ABORT_HEAD_STARTS_S:
         t, box = _in_thread(lambda: engine.generate([long]))
         deadline = time.monotonic() + 30
         while not engine._inflight and time.monotonic() < deadline:
@@ -311,7 +314,7 @@ async def test_a_cancelled_waiter_aborts_its_rows_and_the_batch_goes_on(engine):
     batcher = BatchingEngine(recorder)
     tries = []
     try:
-        for head_start in (0.3, 0.12, 0.05, 0.02):
+        for head_start in ABORT_HEAD_STARTS_S:
             recorder.results.clear()
             doomed = GenerationRequest(PROMPT, n=3, max_new_tokens=110, stop_ids=())
             kept = GenerationRequest(PROMPT, n=1, max_new_tokens=110, stop_ids=())
