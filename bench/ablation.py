@@ -26,6 +26,7 @@ import time
 from pathlib import Path
 
 import yaml
+from kuberl.operator.local import moving_average, reward_window
 
 ROOT = Path(__file__).resolve().parent.parent
 RESULTS = ROOT / "bench" / "results"
@@ -72,20 +73,12 @@ def run_variant(name: str, doc: dict, steps: int, work: Path) -> dict:
 
 def row(r: dict, steps: int) -> dict:
     """One variant's line of the table; start/end rewards from its own curve, one window for all."""
-    k = window(steps)
+    k = reward_window(steps)
     rewards = [c[1] for c in r["curve"]]
     return {"variant": r["name"], "wall_s": r["wall_s"], "reward_start": round(sum(rewards[:k]) / k, 4),
             "reward_end": round(sum(rewards[-k:]) / k, 4), "reward_max": max(rewards),
             "samples_per_s": r["summary"]["samples_per_s"],
             "stage_switch_step": next((c[0] for c in r["curve"] if c[2] == "hard"), None)}
-
-
-def window(steps: int) -> int:
-    return max(5, steps // 20)
-
-
-def smooth(values: list[float], k: int = 10) -> list[float]:
-    return [sum(values[max(0, i - k + 1): i + 1]) / len(values[max(0, i - k + 1): i + 1]) for i in range(len(values))]
 
 
 def plot(results: list[dict], path: Path) -> None:
@@ -97,7 +90,7 @@ def plot(results: list[dict], path: Path) -> None:
     fig, ax = plt.subplots(figsize=(8, 4.5))
     for r in results:
         steps = [c[0] for c in r["curve"]]
-        ax.plot(steps, smooth([c[1] for c in r["curve"]]), label=r["name"])
+        ax.plot(steps, moving_average([c[1] for c in r["curve"]], 10), label=r["name"])
         switch = next((c[0] for c in r["curve"] if c[2] == "hard"), None)
         if switch:
             ax.axvline(switch, ls=":", color=ax.lines[-1].get_color(), alpha=0.7)

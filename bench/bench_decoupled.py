@@ -42,6 +42,7 @@ import time
 from pathlib import Path
 
 import yaml
+from kuberl.operator.local import reward_window
 
 ROOT = Path(__file__).resolve().parent.parent
 RESULTS = ROOT / "bench" / "results"
@@ -95,10 +96,6 @@ def abandoned_groups(logs: Path) -> int:
     return count
 
 
-def window(steps: int) -> int:
-    return max(5, steps // 20)
-
-
 def mean_reward(curve: list, end: int, k: int) -> float:
     """Mean reward of the ``k`` steps up to index ``end`` (exclusive) of a curve."""
     xs = [c[1] for c in curve[max(0, end - k):end]]
@@ -122,7 +119,7 @@ def main() -> None:
     results = {mode: run(docs[mode], work) for mode in modes}  # colocated sets the budget
     col, dec = results["colocated"]["summary"], results["decoupled"]["summary"]
     ratio = dec["samples_per_s"] / col["samples_per_s"]
-    k = window(args.steps)
+    k = reward_window(args.steps)
     ccurve, dcurve = results["colocated"]["curve"], results["decoupled"]["curve"]
     budget = ccurve[-1][2]  # colocated's RL seconds at its last step
     dec_in_budget = sum(1 for c in dcurve if c[2] <= budget)
