@@ -18,7 +18,7 @@ import time
 
 import pytest
 import torch
-from aio_helpers import cancel_and_wait
+from aio_helpers import cancel_and_wait, wait_until
 from fixtures_sglang import SGLANG_SEED, sglang_model_dir, sglang_server, sglang_venv  # noqa: F401  (fixtures)
 from kuberl.workloads.engines import GenerationRequest
 from kuberl.workloads.models import (
@@ -399,7 +399,10 @@ async def test_rollout_agent_runs_a_decoupled_job_against_sglang(engine, sglang_
     assert all(r["samples"] == 16 for r in rows)
     assert agent.groups_done >= 12 and agent.swaps >= 2
     assert agent.engine.policy_version >= 2
-    assert engine.client.weight_version() == str(agent.engine.policy_version)  # the server runs what the agent loaded
+    # The server runs what the agent loaded. A swap the cancel interrupted finishes in its
+    # worker thread (server first, then the agent's version), so give it that moment.
+    await wait_until("the agent's version to match the server's",
+                     lambda: engine.client.weight_version() == str(agent.engine.policy_version), timeout=30)
     print("rollout against sglang: behaviour_gap per step", [r["behaviour_gap"] for r in rows],
           "staleness", [r["staleness_mean"] for r in rows])
     # Step 1 trains on samples of the version it holds (staleness 0), so the gap is the

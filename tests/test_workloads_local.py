@@ -272,3 +272,19 @@ def test_assembler_trains_the_oldest_groups_first():
                                tokens=[1, 2], logprobs=[0, -1], loss_mask=[0, 1], reward=float(i), meta={"group_size": 2}))
     assert [g[0].prompt_id for g in asm.take(4)] == ["d", "b"]
     assert [g[0].prompt_id for g in asm.take(4)] == ["a", "c"]  # arrival order within a version
+
+
+def test_assembler_evicts_groups_that_aged_past_the_bound_before_a_batch_is_counted():
+    """A group too stale to train is dropped from the ready list, so the next batch is a full
+    batch of usable groups instead of a short one."""
+    from kuberl.workloads.buffer import Trajectory
+    from kuberl.workloads.trainer import GroupAssembler
+
+    asm = GroupAssembler(dynamic_sampling=False)
+    for prompt, version in (("old", 2), ("ok", 4), ("new", 5)):
+        for i in range(2):
+            asm.add(Trajectory(sample_id=f"{prompt}{i}", prompt_id=prompt, group_id=prompt, policy_version=version,
+                               tokens=[1, 2], logprobs=[0, -1], loss_mask=[0, 1], reward=float(i), meta={"group_size": 2}))
+    assert asm.drop_untrainable(current_version=5, max_off_policy_steps=1) == 2
+    assert asm.ready_samples() == 4 and [g[0].prompt_id for g in asm.take(4)] == ["ok", "new"]
+    assert asm.drop_untrainable(current_version=5, max_off_policy_steps=1) == 0

@@ -334,6 +334,18 @@ class GroupAssembler:
     def ready_samples(self) -> int:
         return sum(len(g) for g in self.ready)
 
+    def drop_untrainable(self, current_version: int, max_off_policy_steps: int) -> int:
+        """Evict ready groups that aged past the staleness bound while waiting; returns the samples dropped.
+
+        Done before the batch is counted, so a step always trains a full batch of groups
+        it can use (their prompts are answered already: the feeder replaces them).
+        """
+        keep = [g for g in self.ready
+                if staleness_weight(min(t.policy_version for t in g), current_version, max_off_policy_steps) is not None]
+        dropped = sum(len(g) for g in self.ready) - sum(len(g) for g in keep)
+        self.ready = keep
+        return dropped
+
     def take(self, max_samples: int) -> list[list[Trajectory]]:
         """Whole groups up to ``max_samples``, oldest policy version first: the groups closest
         to the staleness bound are trained now, fresher ones can still wait a step."""
@@ -418,15 +430,10 @@ async def run_decoupled(cfg: WorkloadConfig) -> None:
                 done = assembler.add(t)
                 if done is not None:
                     in_flight.complete(done)
+            stale_dropped += assembler.drop_untrainable(tr.progress.version, cfg.max_off_policy_steps)
             if assembler.ready_samples() < cfg.algorithm.global_batch_size:
                 continue
             groups = assembler.take(cfg.algorithm.global_batch_size)
-            fresh_groups = [g for g in groups if staleness_weight(min(t.policy_version for t in g), tr.progress.version,
-                                                                   cfg.max_off_policy_steps) is not None]
-            stale_dropped += sum(len(g) for g in groups) - sum(len(g) for g in fresh_groups)
-            if not fresh_groups:
-                continue
-            groups = fresh_groups
             row = tr.train_on(groups, weights)
             row["stale_dropped"] = stale_dropped
             row["in_flight"] = len(in_flight.issued)
