@@ -37,6 +37,7 @@ class BatchingEngine:
         self._queue: asyncio.Queue = asyncio.Queue()
         self._task: asyncio.Task | None = None
         self._running: set[int] = set()  # id() of the requests in the engine call now running
+        self._engine_call: asyncio.Future | None = None
         self.rows_aborted = 0  # rows the engine was told to stop because their waiter went away
 
     @property
@@ -55,6 +56,20 @@ class BatchingEngine:
             except asyncio.CancelledError:
                 pass
             self._task = None
+        # The engine call the loop was in runs on in its thread: let it end before the caller
+        # closes the engine under it (a weight swap cut off there leaves the server on a
+        # version the engine never recorded).
+        if self._engine_call is not None and not self._engine_call.done():
+            try:
+                await self._engine_call
+            except Exception:  # noqa: BLE001, S110 (its waiters are gone; stopping anyway)
+                pass
+        self._engine_call = None
+
+    async def _in_thread(self, fn, *args):
+        """Run an engine call in a worker thread; a cancelled loop leaves it to `stop` to await."""
+        self._engine_call = asyncio.ensure_future(asyncio.to_thread(fn, *args))
+        return await asyncio.shield(self._engine_call)
 
     async def generate(self, request: GenerationRequest, on_dispatch: Callable[[int], None] | None = None) -> list[Completion]:
         """Completions of ``request``; ``on_dispatch(version)`` is called as its batch starts on the engine."""
@@ -89,7 +104,7 @@ class BatchingEngine:
             # (and a group re-queued after its stale attempt is not generated stale again).
             for (tensors, version), fut in [(arg, fut) for kind, arg, fut in items if kind == "swap"]:
                 try:
-                    await asyncio.to_thread(self.engine.load_state_dict, tensors, version)
+                    await self._in_thread(self.engine.load_state_dict, tensors, version)
                     fut.set_result(None)
                 except Exception as e:
                     fut.set_exception(e)
@@ -100,7 +115,7 @@ class BatchingEngine:
                         on_dispatch(version)
                 self._running = {id(r) for (r, _), _ in gens}
                 try:
-                    results = await asyncio.to_thread(self.engine.generate, [r for (r, _), _ in gens])
+                    results = await self._in_thread(self.engine.generate, [r for (r, _), _ in gens])
                     for (_, fut), res in zip(gens, results, strict=True):
                         if not fut.done():
                             fut.set_result(res)
