@@ -2,12 +2,7 @@
 
 Here, at the repository root, so both suites share ONE session: one local control plane
 (`kube`), one nats-server, one SeaweedFS, however many directories a run collects.
-Each fixture family lives in its own module in tests/; import new ones here.
+Each fixture family lives in its own module in tests/support/; import new ones here.
 """
-import sys
-from pathlib import Path
-
-sys.path.insert(0, str(Path(__file__).resolve().parent / "tests"))
-
-from fixtures_servers import *  # noqa: E402,F401,F403
-from fixtures_cluster import *  # noqa: E402,F401,F403
+from tests.support.fixtures_cluster import *  # noqa: F401,F403
+from tests.support.fixtures_servers import *  # noqa: F401,F403

@@ -15,9 +15,9 @@ import time
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
-sys.path.insert(0, str(HERE.parent / "tests"))  # the server fixtures live there
+sys.path.insert(0, str(HERE.parent))  # run as a script: the repo root holds the test harness (tests.support, e2e.cluster)
 
-from fixtures_servers import NatsServer, SeaweedS3  # noqa: F401
+from tests.support.fixtures_servers import NatsServer, SeaweedS3  # noqa: F401
 
 
 def median(xs: list[float]) -> float:

@@ -26,7 +26,8 @@ import time
 from pathlib import Path
 
 import yaml
-from kuberl.operator.local import moving_average, reward_window
+
+from kuberl.operator.local.report import moving_average, reward_window
 
 ROOT = Path(__file__).resolve().parent.parent
 RESULTS = ROOT / "bench" / "results"

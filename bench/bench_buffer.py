@@ -17,13 +17,11 @@ from pathlib import Path
 import nats
 import numpy as np
 from _common import NatsServer, median, write_result
-from kuberl.workloads.buffer import (
-    BufferConfig,
-    JobBuffer,
-    Trajectory,
-    encode_trajectory,
-)
 from nats.js import api
+
+from kuberl.workloads.buffer.admin import BufferConfig
+from kuberl.workloads.buffer.records import Trajectory, encode_trajectory
+from kuberl.workloads.buffer.stream import JobBuffer
 
 
 def make_trajs(n: int, tokens: int, round_: int) -> list[Trajectory]:

@@ -42,7 +42,8 @@ import time
 from pathlib import Path
 
 import yaml
-from kuberl.operator.local import reward_window
+
+from kuberl.operator.local.report import reward_window
 
 ROOT = Path(__file__).resolve().parent.parent
 RESULTS = ROOT / "bench" / "results"

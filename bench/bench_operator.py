@@ -24,18 +24,22 @@ from pathlib import Path
 
 import psutil
 import yaml
-
 from _common import HERE, NatsServer, median, write_result
 
-sys.path.insert(0, str(HERE.parent / "e2e" / "cluster"))
-sys.path.insert(0, str(HERE.parent / "tests"))
-import controlplane  # noqa: E402
-
-from fixtures_servers import free_port  # noqa: E402
-from kuberl.operator import builders  # noqa: E402
+from e2e.cluster import controlplane  # noqa: E402
+from kuberl.operator.adapters.kube import Kube, KubeError  # noqa: E402
 from kuberl.operator.api import RLJob, RolloutPool  # noqa: E402
-from kuberl.operator.kubeio import Kube, KubeError  # noqa: E402
+from kuberl.operator.children.rollout import inline_rollout_pool, rollout_deployment
+from kuberl.operator.children.trainer import trainer_gang, trainer_service
+from kuberl.operator.children.workload_config import job_config_map
+from kuberl.operator.naming import (
+    config_map_name,
+    inline_pool_name,
+    trainer_selector,
+    trainer_service_name,
+)
 from kuberl.operator.settings import OperatorSettings  # noqa: E402
+from tests.support.fixtures_servers import free_port  # noqa: E402
 
 API = "kuberl.io/v1alpha1"
 
@@ -53,12 +57,12 @@ def job_manifest(name: str, namespace: str, nats_url: str, replicas: int = 2) ->
 
 
 def children_exist(kube: Kube, namespace: str, name: str, replicas: int) -> bool:
-    pods = kube.list("v1", "Pod", namespace, builders.trainer_selector(name))
+    pods = kube.list("v1", "Pod", namespace, trainer_selector(name))
     return (len(pods) == replicas
-            and kube.get("v1", "ConfigMap", namespace, builders.config_map_name(name)) is not None
-            and kube.get("v1", "Service", namespace, builders.trainer_service_name(name)) is not None
-            and kube.get(API, "RolloutPool", namespace, builders.inline_pool_name(name)) is not None
-            and kube.get("apps/v1", "Deployment", namespace, builders.inline_pool_name(name)) is not None)
+            and kube.get("v1", "ConfigMap", namespace, config_map_name(name)) is not None
+            and kube.get("v1", "Service", namespace, trainer_service_name(name)) is not None
+            and kube.get(API, "RolloutPool", namespace, inline_pool_name(name)) is not None
+            and kube.get("apps/v1", "Deployment", namespace, inline_pool_name(name)) is not None)
 
 
 def wait(check, timeout: float, interval: float = 0.02) -> float:
@@ -86,10 +90,10 @@ def direct_path(kube: Kube, namespace: str, name: str, nats_url: str) -> float:
     settings = OperatorSettings()
     doc = job_manifest(name, namespace, nats_url)
     job = RLJob.model_validate({"metadata": {**doc["metadata"], "uid": "bench"}, "spec": doc["spec"]})
-    pool = builders.inline_rollout_pool(job, namespace, settings)
-    objs = [builders.job_config_map(job, namespace, settings), builders.trainer_service(job, namespace, settings),
-            *builders.trainer_gang(job, namespace, 0, settings), pool,
-            builders.rollout_deployment(RolloutPool.model_validate(pool), namespace, settings, bound_job=name)]
+    pool = inline_rollout_pool(job, namespace, settings)
+    objs = [job_config_map(job, namespace, settings), trainer_service(job, namespace, settings),
+            *trainer_gang(job, namespace, 0, settings), pool,
+            rollout_deployment(RolloutPool.model_validate(pool), namespace, settings, bound_job=name)]
     start = time.perf_counter()
     for obj in objs:
         kube.create(obj)

@@ -17,7 +17,12 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 from _common import SeaweedS3, median, write_result
-from kuberl.workloads.weights import WeightStore, default_transfer_config, s3_client
+
+from kuberl.workloads.weights.store import (
+    WeightStore,
+    default_transfer_config,
+    s3_client,
+)
 
 MiB = 1024 * 1024
 

@@ -89,7 +89,7 @@ def matmul_params(cfg: dict) -> int:
 
 
 def megatron_step(cfg: dict, device: torch.device, batch: int, seq: int, iters: int) -> dict:
-    from kuberl.workloads.megatron_policy import MegatronPolicy
+    from kuberl.workloads.policy.megatron.policy import MegatronPolicy
 
     init_dist(device)
     dtype = torch.bfloat16 if device.type == "cuda" else torch.float32
@@ -141,7 +141,7 @@ def copy_bandwidth(device: torch.device, nbytes: int, iters: int) -> float:
 
 
 def fp8_throughput(cfg: dict, device: torch.device, iters: int, copy_bw: float, tiny: bool) -> dict:
-    from kuberl.workloads import fp8
+    from kuberl.workloads.weights import fp8
 
     shapes = [(896, 4864), (4864, 896), (3584, 18944), (8192, 8192)] if not tiny else [(256, 384), (512, 512)]
     rows = []

@@ -26,15 +26,17 @@ import time
 from pathlib import Path
 
 import torch
-from kuberl.workloads.engines import GenerationRequest
-from kuberl.workloads.models import (
-    CharTokenizer,
+
+from kuberl.workloads.engines.base import GenerationRequest
+from kuberl.workloads.engines.sglang.client import SGLangClient
+from kuberl.workloads.engines.sglang.engine import SGLangEngine
+from kuberl.workloads.engines.sglang.launcher import ServerConfig, SGLangServer
+from kuberl.workloads.policy.tiny.model import (
     save_pretrained,
     seeded_model,
     token_logprobs,
 )
-from kuberl.workloads.sglang_engine import SGLangClient, SGLangEngine
-from kuberl.workloads.sglang_server import ServerConfig, SGLangServer
+from kuberl.workloads.policy.tiny.tokenizer import CharTokenizer
 
 HERE = Path(__file__).resolve().parent
 PROMPTS = ["12+7=", "3*(4+5)=", "what is 9-2?", "ab", "100/4="]
@@ -56,7 +58,8 @@ def megatron_scorer():
     """A TP=1 MegatronPolicy in this process (gloo, world size 1), or None if unavailable."""
     try:
         import torch.distributed as dist
-        from kuberl.workloads.megatron_policy import MegatronPolicy
+
+        from kuberl.workloads.policy.megatron.policy import MegatronPolicy
     except ImportError as e:
         print(f"megatron-core not available: {e}", file=sys.stderr)
         return None
@@ -82,7 +85,7 @@ def megatron_scorer():
 def entropy(model, ids: torch.Tensor) -> float:
     with torch.no_grad():
         valid = torch.ones_like(ids, dtype=torch.bool)
-        from kuberl.workloads.models import causal_mask, positions_of
+        from kuberl.workloads.policy.tiny.model import causal_mask, positions_of
 
         logits = model(ids, positions_of(valid), causal_mask(valid)).float()
         logp = torch.log_softmax(logits, -1)

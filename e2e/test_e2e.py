@@ -28,7 +28,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from fixtures_cluster import EXAMPLES_DIR, Kube, wait_until
+from tests.support.fixtures_cluster import EXAMPLES_DIR, Kube, wait_until
 
 pytestmark = [pytest.mark.e2e, pytest.mark.cluster]
 

@@ -6,7 +6,8 @@ import json
 from pathlib import Path
 
 import pytest
-from fixtures_cluster import CRDS_DIR, EXAMPLES_DIR, Kube, yaml_documents
+
+from tests.support.fixtures_cluster import CRDS_DIR, EXAMPLES_DIR, Kube, yaml_documents
 
 pytestmark = pytest.mark.cluster
 

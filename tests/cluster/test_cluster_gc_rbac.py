@@ -4,8 +4,9 @@ cleanup (owner references) and least privilege (its own and its workloads' roles
 from __future__ import annotations
 
 import pytest
-from fixtures_cluster import Kube, wait_until
 from kubernetes.client.rest import ApiException
+
+from tests.support.fixtures_cluster import Kube, wait_until
 
 pytestmark = pytest.mark.cluster
 

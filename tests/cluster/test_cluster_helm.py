@@ -6,7 +6,8 @@ from __future__ import annotations
 import subprocess
 
 import pytest
-from fixtures_cluster import REPO, Kube
+
+from tests.support.fixtures_cluster import REPO, Kube
 
 pytestmark = pytest.mark.cluster
 

@@ -4,7 +4,8 @@ node-pool selector and the GPU taint; kwok plays the kubelet (Running, Failed, S
 from __future__ import annotations
 
 import pytest
-from fixtures_cluster import Kube, wait_until
+
+from tests.support.fixtures_cluster import Kube, wait_until
 
 pytestmark = pytest.mark.cluster
 

@@ -11,7 +11,8 @@ import sys
 import textwrap
 
 import pytest
-from fixtures_cluster import REPO, controlplane, wait_until
+
+from tests.support.fixtures_cluster import REPO, controlplane, wait_until
 
 pytestmark = pytest.mark.cluster
 
@@ -44,8 +45,8 @@ def test_stop_kills_every_component_and_removes_the_work_dir(bin_dir):
 def test_sigkilled_owner_takes_the_plane_with_it(bin_dir):
     script = textwrap.dedent(f"""
         import json, sys, time
-        sys.path.insert(0, {str(REPO / "e2e" / "cluster")!r})
-        import controlplane
+        sys.path.insert(0, {str(REPO)!r})  # the child is a fresh interpreter started outside pytest
+        from e2e.cluster import controlplane
         plane = controlplane.ControlPlane(cpu_nodes=0, gpu_nodes=0).start()
         print(json.dumps([c.popen.pid for c in plane.components]), flush=True)
         time.sleep(600)

@@ -22,9 +22,9 @@ import nats
 import pytest
 import yaml
 
-from fixtures_cluster import EXAMPLES_DIR, Kube, wait_until
-from fixtures_servers import free_port
-from kuberl.workloads.buffer import JobNames
+from kuberl.workloads.buffer.names import JobNames
+from tests.support.fixtures_cluster import EXAMPLES_DIR, Kube, wait_until
+from tests.support.fixtures_servers import free_port
 
 pytestmark = pytest.mark.cluster
 

@@ -6,15 +6,14 @@ import os
 import subprocess
 import sys
 import tempfile
-import time
 from pathlib import Path
 
 import pytest
 import yaml
 
-from fixtures_cluster import Kube, wait_until
-from fixtures_servers import free_port
-from test_operator import cpu_job, create, trainer_pods
+from tests.cluster.test_operator import cpu_job, create, trainer_pods
+from tests.support.fixtures_cluster import Kube, wait_until
+from tests.support.fixtures_servers import free_port
 
 pytestmark = pytest.mark.cluster
 

@@ -15,8 +15,6 @@ DEFAULT_SGLANG_IMAGE = "lmsysorg/sglang:v0.5.23-cu129"
 # SGLang's CPU build plus kuberl's sgl_kernel stand-in (builders.SGLANG_CPU_KERNELS_DIR), for pools with gpusPerReplica 0.
 DEFAULT_SGLANG_CPU_IMAGE = "ghcr.io/kuberl/kuberl-sglang-cpu:0.1.0"
 
-# The value of spec.managedBy that means "this operator"; any other value is left alone.
-MANAGED_BY = "kuberl.io/operator"
 
 
 def _env_float(name: str, default: float) -> float:

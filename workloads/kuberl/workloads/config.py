@@ -17,7 +17,7 @@ from typing import Any, Literal
 import yaml
 from pydantic import Field
 
-from kuberl.workloads.jobspec import (
+from kuberl.workloads.spec import (
     AlgorithmSpec,
     ApiModel,
     BufferSpec,

@@ -8,7 +8,11 @@ custom-resource bodies with them.
 from kuberl.operator.api.agentenv import AgentEnv, AgentEnvSpec, AgentEnvStatus
 from kuberl.operator.api.common import API_VERSION, GROUP, VERSION, Condition
 from kuberl.operator.api.rljob import RLJob, RLJobSpec, RLJobStatus
-from kuberl.operator.api.rolloutpool import RolloutPool, RolloutPoolSpec, RolloutPoolStatus
+from kuberl.operator.api.rolloutpool import (
+    RolloutPool,
+    RolloutPoolSpec,
+    RolloutPoolStatus,
+)
 
 RESOURCES = (RLJob, RolloutPool, AgentEnv)
 

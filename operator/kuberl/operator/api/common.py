@@ -6,7 +6,8 @@ from typing import Annotated, Any, Literal
 
 from pydantic import Field, WithJsonSchema
 
-from kuberl.workloads.jobspec import (  # noqa: F401  (re-exported for the API modules)
+from kuberl.operator.api.constants import API_VERSION, GROUP, VERSION  # noqa: F401  (re-exported by kuberl.operator.api)
+from kuberl.workloads.spec import (  # noqa: F401  (re-exported for the API modules)
     LIST_MAX,
     NAME_MAX,
     SHORT_STRING_MAX,
@@ -17,10 +18,6 @@ from kuberl.workloads.jobspec import (  # noqa: F401  (re-exported for the API m
     cel,
     list_map,
 )
-
-GROUP = "kuberl.io"
-VERSION = "v1alpha1"
-API_VERSION = f"{GROUP}/{VERSION}"
 
 Quantity = Annotated[
     int | str,

@@ -22,7 +22,7 @@ from kuberl.operator.api.common import (
     list_map,
 )
 from kuberl.operator.api.rolloutpool import RolloutPoolSpec
-from kuberl.workloads.jobspec import (
+from kuberl.workloads.spec import (
     AlgorithmSpec,
     BufferSpec,
     CheckpointSpec,
@@ -31,8 +31,8 @@ from kuberl.workloads.jobspec import (
     ModelSpec,
     Parallelism,
     RewardSpec,
-    VerifierReward,
     RunPolicy,
+    VerifierReward,
     WeightStoreSpec,
 )
 

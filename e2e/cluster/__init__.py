@@ -1,0 +1,1 @@
+"""The local Kubernetes control plane (importable test support: `e2e.cluster.controlplane`)."""

@@ -1,0 +1,1 @@
+"""The operator's I/O: the Kubernetes API, NATS, metrics, peering."""

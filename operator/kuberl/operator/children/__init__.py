@@ -1,0 +1,1 @@
+"""Child manifests of the three kinds, and the job's rendered config. Pure."""

@@ -1,0 +1,133 @@
+"""The trainer gang: its pods and the headless rendezvous Service. Pure."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from kuberl.operator.api import RLJob
+from kuberl.operator.api.constants import (
+    KUEUE_POD_GROUP_COUNT,
+    KUEUE_POD_GROUP_LABEL,
+    KUEUE_QUEUE_LABEL,
+    LABEL_GANG_GENERATION,
+    LABEL_REPLICA_INDEX,
+    POD_GROUP_SIZE_ANNOTATION,
+    RENDEZVOUS_PORT,
+    ROLE_TRAINER,
+)
+from kuberl.operator.children.common import (
+    CONFIG_VOLUME_MOUNT,
+    apply_placement,
+    common_labels,
+    config_volume,
+    container_resources,
+    downward_env,
+    env_list,
+    object_meta,
+    user_env,
+)
+from kuberl.operator.naming import (
+    trainer_pod_name,
+    trainer_selector,
+    trainer_service_name,
+)
+from kuberl.operator.settings import OperatorSettings
+from kuberl.workloads.config import CONFIG_ENV, DEFAULT_CONFIG_PATH
+
+
+def trainer_service(job: RLJob, namespace: str, settings: OperatorSettings) -> dict[str, Any]:
+    """Headless Service giving each trainer pod a stable DNS name for torch.distributed rendezvous."""
+    name = job.metadata["name"]
+    labels = {**common_labels(name, ROLE_TRAINER, settings), **trainer_selector(name)}
+    return {
+        "apiVersion": "v1",
+        "kind": "Service",
+        "metadata": object_meta(trainer_service_name(name), namespace, labels),
+        "spec": {
+            "clusterIP": "None",
+            # Ranks must resolve each other before any is Ready (they become ready together).
+            "publishNotReadyAddresses": True,
+            "selector": trainer_selector(name),
+            "ports": [{"name": "rendezvous", "port": RENDEZVOUS_PORT, "targetPort": RENDEZVOUS_PORT}],
+        },
+    }
+
+
+def trainer_ranks(job: RLJob) -> tuple[int, int]:
+    """(processes per pod, world size): one rank per GPU, or one per pod on CPU."""
+    per_pod = max(job.spec.trainer.gpus_per_replica, 1)
+    return per_pod, per_pod * job.spec.trainer.replicas
+
+
+def trainer_pod(job: RLJob, namespace: str, index: int, generation: int, settings: OperatorSettings) -> dict[str, Any]:
+    """Rank `index` of the trainer gang; `generation` (= restarts so far) tells gangs apart."""
+    name = job.metadata["name"]
+    spec = job.spec
+    trainer = spec.trainer
+    pod_name = trainer_pod_name(name, index)
+    service = trainer_service_name(name)
+    nproc, world = trainer_ranks(job)
+    labels = {
+        **common_labels(name, ROLE_TRAINER, settings),
+        **trainer_selector(name),
+        LABEL_REPLICA_INDEX: str(index),
+        LABEL_GANG_GENERATION: str(generation),
+    }
+    annotations: dict[str, str] = {}
+    scheduling = spec.scheduling
+    group = f"{name}-trainer-g{generation}"
+    if scheduling.pod_group.enabled:
+        labels[scheduling.pod_group.label_key] = group
+        annotations[POD_GROUP_SIZE_ANNOTATION] = str(trainer.replicas)
+    if scheduling.queue_name:
+        # Kueue's plain-pod integration admits the gang as one workload: the group name
+        # label plus the total count annotation make it all-or-nothing.
+        labels[KUEUE_QUEUE_LABEL] = scheduling.queue_name
+        labels[KUEUE_POD_GROUP_LABEL] = group
+        annotations[KUEUE_POD_GROUP_COUNT] = str(trainer.replicas)
+    env = env_list(
+        {
+            CONFIG_ENV: DEFAULT_CONFIG_PATH,
+            "KUBERL_ROLE": ROLE_TRAINER,
+            "KUBERL_JOB": name,
+            "KUBERL_MODE": spec.mode,
+            "KUBERL_GANG_GENERATION": str(generation),
+            "MASTER_ADDR": f"{trainer_pod_name(name, 0)}.{service}.{namespace}.svc",
+            "MASTER_PORT": str(RENDEZVOUS_PORT),
+            "NNODES": str(trainer.replicas),
+            "NODE_RANK": str(index),
+            "NPROC_PER_NODE": str(nproc),
+            "WORLD_SIZE": str(world),
+        }
+    )
+    image = trainer.image or (settings.trainer_image if trainer.backend == "megatron" else settings.workload_image)
+    container = {
+        "name": ROLE_TRAINER,
+        "image": image,
+        "imagePullPolicy": settings.image_pull_policy,
+        "command": ["python", "-m", "kuberl.workloads.trainer"],
+        "env": env + downward_env() + user_env(trainer.env),
+        "ports": [{"name": "rendezvous", "containerPort": RENDEZVOUS_PORT}],
+        "resources": container_resources(trainer.resources, trainer.gpus_per_replica),
+        "volumeMounts": [CONFIG_VOLUME_MOUNT, {"name": "dshm", "mountPath": "/dev/shm"}],
+    }
+    pod_spec: dict[str, Any] = {
+        "hostname": pod_name,
+        "subdomain": service,
+        # A failed rank fails the gang: the operator restarts all ranks together.
+        "restartPolicy": "Never",
+        "containers": [container],
+        "volumes": [
+            config_volume(name),
+            # NCCL and dataloaders use shared memory; the container default (64 MiB) is too small.
+            {"name": "dshm", "emptyDir": {"medium": "Memory"}},
+        ],
+    }
+    if settings.workload_service_account:
+        pod_spec["serviceAccountName"] = settings.workload_service_account
+    apply_placement(pod_spec, trainer.placement, scheduling.scheduler_name)
+    return {"apiVersion": "v1", "kind": "Pod", "metadata": object_meta(pod_name, namespace, labels, annotations), "spec": pod_spec}
+
+
+def trainer_gang(job: RLJob, namespace: str, generation: int, settings: OperatorSettings) -> list[dict[str, Any]]:
+    return [trainer_pod(job, namespace, i, generation, settings) for i in range(job.spec.trainer.replicas)]

@@ -1,0 +1,1 @@
+"""The `kuberl` command line."""

@@ -1,0 +1,370 @@
+"""The RLJob controller: validate, create children, supervise the gang, aggregate status."""
+
+from __future__ import annotations
+
+import copy
+import time
+from collections.abc import Mapping
+from typing import Any
+
+import kopf
+
+from kuberl.operator.adapters import metrics
+from kuberl.operator.api import RLJob
+from kuberl.operator.api.constants import (
+    API_VERSION,
+    GROUP,
+    LABEL_GANG_GENERATION,
+    LABEL_REPLICA_INDEX,
+    VERSION,
+)
+from kuberl.operator.children.agentenv import inline_agent_envs
+from kuberl.operator.children.rollout import inline_rollout_pool
+from kuberl.operator.children.trainer import trainer_pod, trainer_service
+from kuberl.operator.children.workload_config import job_config_map
+from kuberl.operator.controllers.agentenv import reconcile_env
+from kuberl.operator.controllers.rolloutpool import reconcile_pool
+from kuberl.operator.controllers.runtime import (
+    RT,
+    SETTINGS,
+    _controller_uid,
+    _event,
+    _set_paused,
+    buffer_default_url,
+    ensure,
+    ensure_cached,
+    managed_by_us,
+    plain,
+)
+from kuberl.operator.decisions import lifecycle
+from kuberl.operator.decisions import references as semantics
+from kuberl.operator.decisions import status as st
+from kuberl.operator.naming import agent_env_url, pool_name_for, trainer_selector
+from kuberl.workloads.buffer.admin import BufferConfig
+from kuberl.workloads.logs import get_logger
+
+log = get_logger(__name__)
+
+
+def _parse_job(body: Mapping) -> RLJob:
+    data = plain(body)
+    return RLJob.model_validate({"metadata": data.get("metadata", {}), "spec": data.get("spec", {})})
+
+
+def _pool_spec_of(job: RLJob, pool: dict[str, Any] | None) -> dict[str, Any] | None:
+    if pool is not None:
+        return pool.get("spec")
+    inline = inline_rollout_pool(job, job.metadata.get("namespace", ""), RT.settings)
+    return inline["spec"] if inline else None
+
+
+def _lookups(job: RLJob, namespace: str) -> tuple[semantics.Lookups, dict[str, dict | None], dict[str, dict | None]]:
+    pool_names, env_names = semantics.referenced_names(job)
+    pools = {n: RT.kube.get(API_VERSION, "RolloutPool", namespace, n) for n in pool_names}
+    envs = {n: RT.kube.get(API_VERSION, "AgentEnv", namespace, n) for n in env_names}
+    active: frozenset[str] = frozenset()
+    busy = [p.get("status", {}).get("boundJob") for p in pools.values() if p]
+    busy = [b for b in busy if b and b != job.metadata["name"]]
+    if busy:
+        active = frozenset(b for b in busy if (other := RT.kube.get(API_VERSION, "RLJob", namespace, b))
+                           and not st.is_finished((other.get("status") or {}).get("conditions")))
+
+    def existing(obj: dict | None) -> semantics.Existing | None:
+        if obj is None:
+            return None
+        return semantics.Existing(owner_uid=_controller_uid(obj), spec=obj.get("spec") or {}, bound_job=(obj.get("status") or {}).get("boundJob"))
+
+    lookups = semantics.Lookups(pools={n: existing(o) for n, o in pools.items()}, envs={n: existing(o) for n, o in envs.items()}, active_jobs=active)
+    return lookups, pools, envs
+
+
+def _env_urls(job: RLJob, namespace: str, envs: dict[str, dict | None]) -> dict[str, str]:
+    urls = {}
+    for entry in job.spec.agent_envs or []:
+        port = entry.spec.port if entry.spec is not None else ((envs.get(entry.name) or {}).get("spec") or {}).get("port", 8080)
+        urls[entry.name] = agent_env_url(namespace, entry.name, port)
+    return urls
+
+
+def _buffer_config(job: RLJob) -> BufferConfig:
+    b = job.spec.buffer
+    return BufferConfig(replicas=b.stream_replicas, max_in_flight_prompts=b.max_in_flight_prompts, trajectories_max_bytes=b.max_stream_bytes)
+
+
+def _ensure_children(body: Mapping, job: RLJob, namespace: str, pools: dict, envs: dict, trigger: str = "timer") -> tuple[bool, str, str]:
+    """ConfigMap, rendezvous Service, owned pool and envs, streams; (ok, reason, message) for Created.
+
+    The pool and envs were read this round (`_lookups`): only missing ones are created.
+    The ConfigMap and Service are asserted on change events, when their manifest changes,
+    and once per resync period otherwise (`ensure_cached`)."""
+    name = job.metadata["name"]
+    settings = RT.settings
+    pool_name = pool_name_for(job)
+    pool = pools.get(pool_name) if pool_name else None
+    config_map = job_config_map(job, namespace, settings, pool_spec=_pool_spec_of(job, pool), agent_env_urls=_env_urls(job, namespace, envs))
+    existing, created = ensure_cached(config_map, body, trigger)
+    if existing is not None and not created and existing.get("data") != config_map["data"]:
+        RT.kube.patch("v1", "ConfigMap", namespace, config_map["metadata"]["name"], {"data": config_map["data"]})
+    ensure_cached(trainer_service(job, namespace, settings), body, trigger)
+    inline_pool = inline_rollout_pool(job, namespace, settings)
+    if inline_pool is not None:
+        obj = pools.get(inline_pool["metadata"]["name"])
+        created = False
+        if obj is None:
+            obj, created = ensure(inline_pool, body)
+        if not created and obj.get("spec") != inline_pool["spec"] and _controller_uid(obj) == job.metadata.get("uid"):
+            # The job's template changed: carry it over, keeping the replica count the autoscaler chose.
+            spec = dict(inline_pool["spec"])
+            if (obj.get("spec") or {}).get("autoscaling", {}).get("enabled", True):
+                spec["replicas"] = obj["spec"].get("replicas", spec.get("replicas"))
+            RT.kube.patch(API_VERSION, "RolloutPool", namespace, inline_pool["metadata"]["name"], {"spec": spec})
+        pools[inline_pool["metadata"]["name"]] = obj
+    for env in inline_agent_envs(job, namespace, settings):
+        obj = envs.get(env["metadata"]["name"])
+        created = False
+        if obj is None:
+            obj, created = ensure(env, body)
+        if not created and obj.get("spec") != env["spec"] and _controller_uid(obj) == job.metadata.get("uid"):
+            RT.kube.patch(API_VERSION, "AgentEnv", namespace, env["metadata"]["name"], {"spec": env["spec"]})
+        envs[env["metadata"]["name"]] = obj
+    if pool_name and pools.get(pool_name) is not None and (pools[pool_name].get("status") or {}).get("boundJob") != name:
+        RT.kube.patch(API_VERSION, "RolloutPool", namespace, pool_name, {"status": {"boundJob": name}}, subresource="status")
+    url = job.spec.buffer.url
+    key = (job.metadata.get("uid") or name, url)
+    if key not in RT.streams_ready:
+        try:
+            RT.nats.ensure_job(url, namespace, name, _buffer_config(job))
+            RT.streams_ready.add(key)
+        except Exception as e:  # noqa: BLE001 (NATS down or unreachable: retried next round)
+            return False, st.BUFFER_UNAVAILABLE, f"creating JetStream streams at {url} failed: {e}"
+    return True, "ChildrenCreated", "config, rendezvous service, rollout pool, agent envs and streams exist"
+
+
+def _pod_views(namespace: str, name: str) -> tuple[lifecycle.PodView, ...]:
+    views = []
+    for pod in RT.kube.list("v1", "Pod", namespace, trainer_selector(name)):
+        meta, status = pod["metadata"], pod.get("status") or {}
+        labels = meta.get("labels") or {}
+        ready = any(c.get("type") == "Ready" and c.get("status") == "True" for c in status.get("conditions") or [])
+        views.append(lifecycle.PodView(
+            name=meta["name"],
+            index=int(labels.get(LABEL_REPLICA_INDEX, -1)),
+            generation=int(labels.get(LABEL_GANG_GENERATION, -1)),
+            phase=status.get("phase", "Pending"),
+            ready=ready,
+            deleting=bool(meta.get("deletionTimestamp")),
+            message=status.get("message", ""),
+        ))
+    return tuple(views)
+
+
+def _rollout_view(job: RLJob, pools: dict) -> st.RolloutView:
+    pool_name = pool_name_for(job)
+    if pool_name is None:
+        return st.RolloutView(colocated=True)
+    pool = pools.get(pool_name) or {}
+    return st.RolloutView(colocated=False, ready=(pool.get("status") or {}).get("readyReplicas", 0), desired=(pool.get("spec") or {}).get("replicas", 0))
+
+
+def _patch_job_status(body: Mapping, namespace: str, name: str, old_status: dict, new_status: dict) -> None:
+    changed = {k: v for k, v in new_status.items() if old_status.get(k) != v}
+    if changed:
+        RT.kube.patch(API_VERSION, "RLJob", namespace, name, {"status": changed}, subresource="status")
+
+
+def reconcile_job(body: Mapping, trigger: str) -> None:
+    meta = body["metadata"]
+    namespace, name, uid = meta["namespace"], meta["name"], meta["uid"]
+    if meta.get("deletionTimestamp"):
+        return
+    with RT.lock(uid), metrics.reconciling("RLJob", trigger):
+        fresh = RT.kube.get(API_VERSION, "RLJob", namespace, name)  # the body kopf holds may be a few events old
+        if fresh is None or fresh["metadata"].get("uid") != uid:
+            return
+        _reconcile_job(fresh, namespace, name, trigger)
+
+
+def _reconcile_job(body: dict, namespace: str, name: str, trigger: str = "timer") -> None:
+    now = time.time()
+    job = _parse_job(body)
+    old_status = copy.deepcopy(body.get("status") or {})
+    conds = old_status.get("conditions") or []
+    generation = body["metadata"].get("generation")
+    lookups, pools, envs = _lookups(job, namespace)
+    errors = semantics.semantic_errors(job, lookups)
+    failed = st.find(conds, st.FAILED)
+    invalid_before = failed is not None and failed.get("status") == "True" and failed.get("reason") == st.INVALID_SPEC
+    started = st.is_true(conds, st.CREATED)
+
+    if errors and not started:
+        message = semantics.describe(errors)
+        new_conds = st.set_condition(conds, st.FAILED, True, st.INVALID_SPEC, message, now=now, generation=generation)
+        new_conds = st.set_condition(new_conds, st.CREATED, False, st.INVALID_SPEC, "children are not created for an invalid spec", now=now, generation=generation)
+        if not invalid_before or failed.get("message") != message:
+            _event(body, "Warning", st.INVALID_SPEC, message)
+            log.warning("invalid RLJob spec", namespace=namespace, name=name, errors=message)
+        new_status = {"conditions": new_conds, "phase": st.phase_of(new_conds), "observedGeneration": generation}
+        _patch_job_status(body, namespace, name, old_status, new_status)
+        RT.phases.set(body["metadata"]["uid"], new_status["phase"])
+        return
+    if invalid_before:
+        # The spec was fixed (or what it refers to appeared): the job may start after all.
+        conds = st.set_condition(conds, st.FAILED, False, "SpecValid", "", now=now, generation=generation)
+        _event(body, "Normal", "SpecValid", "the spec is valid now; creating the job's children")
+
+    finished = st.is_finished(conds)
+    created = (True, "ChildrenCreated", "")
+    if not finished:
+        created = _ensure_children(body, job, namespace, pools, envs, trigger)
+    elif st.find(conds, st.CREATED):
+        c = st.find(conds, st.CREATED)
+        created = (c["status"] == "True", c.get("reason", ""), c.get("message", ""))
+
+    restarts = int(old_status.get("restarts", 0))
+    view = lifecycle.JobView(
+        name=name,
+        replicas=job.spec.trainer.replicas,
+        backoff_limit=job.spec.run_policy.backoff_limit,
+        restarts=restarts,
+        suspend=job.spec.suspend,
+        finished=finished,
+        completion_time=st.parse_rfc3339(old_status.get("completionTime")),
+        start_time=st.parse_rfc3339(old_status.get("startTime")),
+        active_deadline_s=job.spec.run_policy.active_deadline_seconds,
+        ttl_after_finished_s=job.spec.run_policy.ttl_seconds_after_finished,
+        pods=_pod_views(namespace, name),
+        now=now,
+    )
+    plan = lifecycle.decide(view)
+    if plan.delete_job:
+        log.info("deleting finished RLJob after its TTL", namespace=namespace, name=name)
+        RT.kube.delete(API_VERSION, "RLJob", namespace, name, propagation="Background")
+        return
+    if plan.restarted:
+        # Count the restart before deleting anything: a crash in between then cannot
+        # restart twice (the old generation's pods are stale and deleted on sight).
+        RT.kube.patch(API_VERSION, "RLJob", namespace, name, {"status": {"restarts": plan.restarts}}, subresource="status")
+        old_status["restarts"] = plan.restarts
+        metrics.GANG_RESTARTS.inc()
+        _event(body, "Warning", "GangRestart", plan.restarted)
+    for pod in plan.delete:
+        RT.kube.delete("v1", "Pod", namespace, pod)
+    if plan.create and created[0]:
+        for index in plan.create:
+            ensure(trainer_pod(job, namespace, index, plan.restarts, RT.settings), body)
+    pool_name = pool_name_for(job)
+    # A pause only changes an annotation (the children's spec handlers do not fire), so
+    # the child is reconciled here at once: its Deployment scales now, not on its next
+    # timer, and the pool status read below is one taken after the change.
+    if pool_name and pools.get(pool_name) is not None and _controller_uid(pools[pool_name]) == body["metadata"]["uid"]:
+        if _set_paused(API_VERSION, "RolloutPool", namespace, pools[pool_name], plan.pause_children):
+            reconcile_pool(pools[pool_name], "paused" if plan.pause_children else "unpaused")
+            pools[pool_name] = RT.kube.get(API_VERSION, "RolloutPool", namespace, pool_name)
+    elif pool_name and (finished or plan.terminal is not None):
+        _release_shared_pool(body, namespace, name, pools.get(pool_name))
+    for entry in job.spec.agent_envs or []:
+        env = envs.get(entry.name)
+        if entry.spec is not None and env is not None and _controller_uid(env) == body["metadata"]["uid"]:
+            if _set_paused(API_VERSION, "AgentEnv", namespace, env, plan.pause_children):
+                reconcile_env(env, "paused" if plan.pause_children else "unpaused")
+
+    # The buffer: unreachable while creating the streams, or when reading progress fails.
+    state: dict | None = None
+    buffer_seen: tuple[bool, str] | None = None
+    if not created[0] and created[1] == st.BUFFER_UNAVAILABLE:
+        buffer_seen = (False, created[2])
+    elif created[0]:
+        try:
+            state = RT.nats.job_state(job.spec.buffer.url, namespace, name)
+            buffer_seen = (True, f"JetStream at {job.spec.buffer.url} reachable")
+        except Exception as e:  # noqa: BLE001 (progress is best effort; the next round retries)
+            buffer_seen = (False, f"reading job state from JetStream at {job.spec.buffer.url} failed: {e}")
+    new_conds = st.job_conditions(
+        conds,
+        buffer=buffer_seen,
+        created=created,
+        trainer=st.TrainerView(replicas=job.spec.trainer.replicas, ready=plan.ready),
+        rollout=_rollout_view(job, pools),
+        suspended=job.spec.suspend,
+        terminal=plan.terminal,
+        now=now,
+        generation=generation,
+    )
+    new_status: dict[str, Any] = {
+        "conditions": new_conds,
+        "phase": st.phase_of(new_conds),
+        "observedGeneration": generation,
+        "restarts": plan.restarts,
+        # The clock starts when the gang is really created, not while creation waits on the buffer.
+        "startTime": st.rfc3339(plan.start_time) if plan.start_time is not None and (created[0] or view.start_time) else None,
+    }
+    if plan.terminal and not old_status.get("completionTime"):
+        new_status["completionTime"] = st.rfc3339(now)
+    rollout = _rollout_view(job, pools)
+    if not rollout.colocated:
+        new_status["rollout"] = {"ready": rollout.ready, "desired": rollout.desired, "summary": f"{rollout.ready}/{rollout.desired}"}
+    if state is not None:
+        progress, sample = st.progress(state, max_steps=job.spec.run_policy.max_steps, previous=RT.rate_samples.get(body["metadata"]["uid"]), now=now)
+        if sample is not None:
+            RT.rate_samples[body["metadata"]["uid"]] = sample
+        new_status.update(progress)
+    elif created[0]:
+        new_status.setdefault("maxSteps", job.spec.run_policy.max_steps)
+    for event in st.transition_events(conds, new_conds):
+        _event(body, event.type, event.reason, event.message)
+    _patch_job_status(body, namespace, name, old_status, new_status)
+    RT.phases.set(body["metadata"]["uid"], new_status["phase"])
+
+
+def _release_shared_pool(job_body: Mapping | None, namespace: str, job: str, pool: dict | None) -> None:
+    """Let go of a shared pool the (finished or deleted) job was bound to: minReplicas, unbound."""
+    release = lifecycle.release_shared_pool(job, pool, owned=False, done=True)
+    if release is None or pool is None:
+        return
+    pool_name = pool["metadata"]["name"]
+    if release.replicas is not None:
+        RT.kube.patch(API_VERSION, "RolloutPool", namespace, pool_name, {"spec": {"replicas": release.replicas}})
+    if release.unbind:
+        RT.kube.patch(API_VERSION, "RolloutPool", namespace, pool_name, {"status": {"boundJob": None}}, subresource="status")
+    log.info("shared rollout pool released", namespace=namespace, job=job, pool=pool_name, replicas=release.replicas)
+    if job_body is not None:
+        _event(job_body, "Normal", "PoolReleased", release.message)
+    _event(pool, "Normal", "Released", release.message)
+
+
+@kopf.on.create(GROUP, VERSION, "rljobs", when=managed_by_us)
+def rljob_created(body: kopf.Body, **_: Any) -> None:
+    reconcile_job(body, "create")
+
+
+@kopf.on.resume(GROUP, VERSION, "rljobs", when=managed_by_us)
+def rljob_resumed(body: kopf.Body, **_: Any) -> None:
+    reconcile_job(body, "resume")
+
+
+@kopf.on.update(GROUP, VERSION, "rljobs", field="spec", when=managed_by_us)
+def rljob_spec_changed(body: kopf.Body, **_: Any) -> None:
+    reconcile_job(body, "update")
+
+
+@kopf.timer(GROUP, VERSION, "rljobs", interval=SETTINGS.reconcile_interval_s, when=managed_by_us)
+def rljob_timer(body: kopf.Body, **_: Any) -> None:
+    try:
+        reconcile_job(body, "timer")
+    except Exception:  # noqa: BLE001 (logged and counted; the next tick tries again)
+        log.exception("RLJob reconcile failed", namespace=body["metadata"]["namespace"], name=body["metadata"]["name"])
+
+
+@kopf.on.delete(GROUP, VERSION, "rljobs", when=managed_by_us)
+def rljob_deleted(body: kopf.Body, spec: kopf.Spec, namespace: str, name: str, uid: str, **_: Any) -> None:
+    """The finaliser: Kubernetes collects owned children, but JetStream is not Kubernetes."""
+    pool_ref = (spec.get("rollout") or {}).get("poolRef")
+    if pool_ref and spec.get("mode", "decoupled") != "colocated":
+        _release_shared_pool(None, namespace, name, RT.kube.get(API_VERSION, "RolloutPool", namespace, pool_ref))
+    url = (spec.get("buffer") or {}).get("url") or buffer_default_url()
+    try:
+        deleted = RT.nats.delete_job(url, namespace, name)
+    except Exception as e:
+        raise kopf.TemporaryError(f"deleting the job's JetStream streams at {url} failed: {e}", delay=5) from e
+    log.info("RLJob deleted", namespace=namespace, name=name, streams=deleted)
+    RT.forget(uid)

@@ -1,0 +1,148 @@
+"""The RolloutPool controller: the Deployment, its status, and the autoscaler."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Mapping
+from typing import Any
+
+import kopf
+
+from kuberl.operator.adapters import metrics
+from kuberl.operator.api import RolloutPool
+from kuberl.operator.api.constants import API_VERSION, GROUP, VERSION
+from kuberl.operator.children.common import is_paused
+from kuberl.operator.children.rollout import rollout_deployment, rollout_service
+from kuberl.operator.controllers.runtime import (
+    RT,
+    SETTINGS,
+    _event,
+    buffer_default_url,
+    ensure_cached,
+    ensure_workload,
+)
+from kuberl.operator.decisions import autoscaler
+from kuberl.operator.decisions import status as st
+from kuberl.operator.naming import pool_selector, selector_string
+from kuberl.workloads.logs import get_logger
+
+log = get_logger(__name__)
+
+
+def _bound_job(pool: dict) -> str | None:
+    for ref in pool["metadata"].get("ownerReferences") or []:
+        if ref.get("kind") == "RLJob" and ref.get("controller"):
+            return ref["name"]
+    return (pool.get("status") or {}).get("boundJob")
+
+
+def reconcile_pool(body: Mapping, trigger: str, autoscale: bool = False) -> None:
+    meta = body["metadata"]
+    namespace, name, uid = meta["namespace"], meta["name"], meta["uid"]
+    if meta.get("deletionTimestamp"):
+        return
+    with RT.lock(uid), metrics.reconciling("RolloutPool", trigger):
+        fresh = RT.kube.get(API_VERSION, "RolloutPool", namespace, name)
+        if fresh is None or fresh["metadata"].get("uid") != uid:
+            return
+        if autoscale:
+            fresh = _autoscale(fresh, namespace, name) or fresh
+        _reconcile_pool(fresh, namespace, name, trigger)
+
+
+def _reconcile_pool(body: dict, namespace: str, name: str, trigger: str = "timer") -> None:
+    pool = RolloutPool.model_validate({"metadata": body["metadata"], "spec": body.get("spec") or {}})
+    bound = _bound_job(body)
+    job_body = RT.kube.get(API_VERSION, "RLJob", namespace, bound) if bound else None
+    model = ((job_body or {}).get("spec") or {}).get("model") or {}
+    deployment = rollout_deployment(pool, namespace, RT.settings, bound_job=bound if job_body else None,
+                                             model_source=model.get("source"), tokenizer=model.get("tokenizer"))
+    live = RT.kube.get("apps/v1", "Deployment", namespace, name)
+    live = ensure_workload(deployment, body, live) or live or {}
+    ensure_cached(rollout_service(pool, namespace, RT.settings), body, trigger)
+    dstatus = live.get("status") or {}
+    old = body.get("status") or {}
+    new = {
+        "replicas": dstatus.get("replicas", 0),
+        "readyReplicas": st.counted_ready(dstatus.get("readyReplicas", 0), deployment["spec"]["replicas"]),
+        "selector": selector_string(pool_selector(name)),
+        "observedGeneration": body["metadata"].get("generation"),
+    }
+    if bound and job_body is not None:
+        new["boundJob"] = bound
+    ready = new["readyReplicas"] > 0 or pool.spec.replicas == 0
+    conds = st.set_condition(old.get("conditions"), "Ready", ready, "EnginesReady" if ready else "NoEngineReady",
+                             f"{new['readyReplicas']}/{deployment['spec']['replicas']} rollout pods ready", now=time.time(),
+                             generation=body["metadata"].get("generation"))
+    conds = [c for c in conds if c["type"] == "Ready"] + [c for c in conds if c["type"] != "Ready"]
+    new["conditions"] = conds
+    changed = {k: v for k, v in new.items() if old.get(k) != v}
+    if changed:
+        RT.kube.patch(API_VERSION, "RolloutPool", namespace, name, {"status": changed}, subresource="status")
+
+
+def _signals(job_body: dict | None, namespace: str) -> autoscaler.Signals:
+    if job_body is None:
+        return autoscaler.Signals()
+    url = ((job_body.get("spec") or {}).get("buffer") or {}).get("url") or buffer_default_url()
+    name = job_body["metadata"]["name"]
+    try:
+        backlog = RT.nats.backlog(url, namespace, name)
+    except Exception:  # noqa: BLE001 (no signal this round: the policy then holds)
+        return autoscaler.Signals()
+    idle = None
+    try:
+        state = RT.nats.job_state(url, namespace, name) or {}
+        idle = (state.get("metrics") or {}).get("trainer_idle_percent")
+    except Exception:  # noqa: BLE001
+        pass
+    return autoscaler.Signals(pending_prompts=backlog.get("prompts"), trajectory_backlog=backlog.get("trajectories"), trainer_idle_percent=idle)
+
+
+def _autoscale(body: dict, namespace: str, name: str) -> dict | None:
+    """One autoscaler evaluation when due; returns the patched pool when replicas changed."""
+    spec = body.get("spec") or {}
+    autoscaling = spec.get("autoscaling") or {}
+    if not autoscaling.get("enabled", True) or is_paused(body["metadata"]):
+        return None
+    uid = body["metadata"]["uid"]
+    now = time.time()
+    if now - RT.last_autoscale_eval.get(uid, 0.0) < autoscaling.get("intervalSeconds", 15) - 0.05:
+        return None
+    RT.last_autoscale_eval[uid] = now
+    bound = _bound_job(body)
+    job_body = RT.kube.get(API_VERSION, "RLJob", namespace, bound) if bound else None
+    if job_body is not None and st.is_finished((job_body.get("status") or {}).get("conditions")):
+        return None
+    pool = RolloutPool.model_validate({"metadata": body["metadata"], "spec": spec})
+    current = pool.spec.replicas
+    decision = autoscaler.decide(current, _signals(job_body, namespace), autoscaler.Policy.from_spec(pool.spec),
+                                 last_scale_time=st.parse_rfc3339((body.get("status") or {}).get("lastScaleTime")), now=now)
+    metrics.AUTOSCALER_DECISIONS.labels(decision.reason).inc()
+    if not decision.changes(current):
+        log.debug("autoscaler holds", namespace=namespace, pool=name, reason=decision.reason, message=decision.message)
+        return None
+    patched = RT.kube.patch(API_VERSION, "RolloutPool", namespace, name, {"spec": {"replicas": decision.replicas}})
+    RT.kube.patch(API_VERSION, "RolloutPool", namespace, name, {"status": {"lastScaleTime": st.rfc3339(now), "desiredReplicas": decision.replicas}}, subresource="status")
+    _event(body, "Normal", decision.reason, decision.message)
+    log.info("autoscaler scaled", namespace=namespace, pool=name, replicas=decision.replicas, reason=decision.reason, message=decision.message)
+    return patched
+
+
+@kopf.on.create(GROUP, VERSION, "rolloutpools")
+@kopf.on.resume(GROUP, VERSION, "rolloutpools")
+def pool_created(body: kopf.Body, **_: Any) -> None:
+    reconcile_pool(body, "create")
+
+
+@kopf.on.update(GROUP, VERSION, "rolloutpools", field="spec")
+def pool_changed(body: kopf.Body, **_: Any) -> None:
+    reconcile_pool(body, "update")
+
+
+@kopf.timer(GROUP, VERSION, "rolloutpools", interval=SETTINGS.autoscaler_tick_s)
+def pool_timer(body: kopf.Body, **_: Any) -> None:
+    try:
+        reconcile_pool(body, "timer", autoscale=True)
+    except Exception:  # noqa: BLE001
+        log.exception("RolloutPool reconcile failed", namespace=body["metadata"]["namespace"], name=body["metadata"]["name"])

@@ -1,0 +1,163 @@
+"""What every controller shares: the API and NATS clients, per-object locks, create-or-get."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import threading
+import time
+from collections.abc import Mapping
+from typing import Any
+
+import kopf
+
+from kuberl.operator.adapters import metrics
+from kuberl.operator.adapters.kube import Kube, api_client_from_environment
+from kuberl.operator.adapters.nats import NatsBridge
+from kuberl.operator.api.constants import (
+    MANAGED_BY,
+    PAUSED_ANNOTATION,
+    SPEC_HASH_ANNOTATION,
+)
+from kuberl.operator.children.common import is_paused
+from kuberl.operator.decisions.resync import EnsureCache
+from kuberl.operator.settings import OperatorSettings
+
+SETTINGS = OperatorSettings.from_env()
+
+
+class Runtime:
+    """Process-wide state: API and NATS clients, per-object locks, rate samples."""
+
+    def __init__(self, settings: OperatorSettings):
+        self.settings = settings
+        self._kube: Kube | None = None
+        self._nats: NatsBridge | None = None
+        self._locks: dict[str, threading.Lock] = {}
+        self._locks_guard = threading.Lock()
+        self.phases = metrics.PhaseBook()
+        self.rate_samples: dict[str, tuple[float, int]] = {}
+        self.streams_ready: set[tuple[str, str]] = set()  # (uid, url)
+        self.last_autoscale_eval: dict[str, float] = {}
+        self.ensured = EnsureCache(settings.resync_period_s)
+
+    @property
+    def kube(self) -> Kube:
+        if self._kube is None:
+            self._kube = Kube(api_client_from_environment(pool_size=self.settings.executor_threads + 8))
+        return self._kube
+
+    @property
+    def nats(self) -> NatsBridge:
+        if self._nats is None:
+            self._nats = NatsBridge(self.settings.nats_timeout_s)
+        return self._nats
+
+    def lock(self, uid: str) -> threading.Lock:
+        with self._locks_guard:
+            return self._locks.setdefault(uid, threading.Lock())
+
+    def forget(self, uid: str) -> None:
+        with self._locks_guard:
+            self._locks.pop(uid, None)
+        self.rate_samples.pop(uid, None)
+        self.last_autoscale_eval.pop(uid, None)
+        self.streams_ready = {k for k in self.streams_ready if k[0] != uid}
+        self.ensured.invalidate(uid)
+        self.phases.forget(uid)
+
+
+RT = Runtime(SETTINGS)
+
+
+def plain(obj: Any) -> Any:
+    """A kopf body (mapping views) as plain dicts and lists, safe to keep and mutate."""
+    if isinstance(obj, Mapping):
+        return {k: plain(v) for k, v in obj.items()}
+    if isinstance(obj, list | tuple):
+        return [plain(v) for v in obj]
+    return obj
+
+
+def managed_by_us(spec: Mapping, **_: Any) -> bool:
+    """spec.managedBy empty or ours: otherwise another controller (e.g. MultiKueue) owns the job."""
+    return spec.get("managedBy") in (None, "", MANAGED_BY)
+
+
+def _hash(obj: Any) -> str:
+    return hashlib.sha256(json.dumps(obj, sort_keys=True).encode()).hexdigest()[:16]
+
+
+def _controller_uid(obj: Mapping | None) -> str | None:
+    for ref in (obj or {}).get("metadata", {}).get("ownerReferences") or []:
+        if ref.get("controller"):
+            return ref.get("uid")
+    return None
+
+
+def _event(body: Mapping, type_: str, reason: str, message: str) -> None:
+    kopf.event(body, type=type_, reason=reason, message=message[:1000])
+
+
+def ensure(child: dict[str, Any], owner: Mapping) -> tuple[dict[str, Any], bool]:
+    """Create-or-get a child owned by `owner` (so deleting the owner collects it)."""
+    kopf.adopt(child, owner=owner)
+    obj, created = RT.kube.create(child)
+    if created:
+        metrics.CHILDREN_CREATED.labels(child["kind"]).inc()
+    return obj, created
+
+
+def ensure_cached(child: dict[str, Any], owner: Mapping, trigger: str, digest_of: Any = None) -> tuple[dict[str, Any] | None, bool]:
+    """`ensure`, skipped on timer rounds while the child was asserted unchanged recently
+    (see `resync`): (object or None when skipped, created)."""
+    owner_uid = owner["metadata"]["uid"]
+    key = f"{child['kind']}/{child['metadata']['name']}"
+    digest = _hash(child if digest_of is None else digest_of)
+    now = time.monotonic()
+    if trigger == "timer" and RT.ensured.fresh(owner_uid, key, digest, now):
+        return None, False
+    obj, created = ensure(child, owner)
+    if obj is not child:  # `create` hands the manifest back when the object vanished mid-call: not asserted
+        RT.ensured.asserted(owner_uid, key, digest, now)
+    return obj, created
+
+
+def ensure_workload(child: dict[str, Any], owner: Mapping, live: dict[str, Any] | None = None) -> dict[str, Any] | None:
+    """Create-or-update a Deployment: the template is replaced when its hash changes, the
+    replica count whenever it differs (so `kubectl scale` on the parent reaches the pods).
+
+    `live` is the Deployment as just read (the caller needs its status anyway), so an
+    existing one costs no create-or-get; None creates it. Returns what was created, else None."""
+    template_hash = _hash(child["spec"]["template"])
+    child["metadata"].setdefault("annotations", {})[SPEC_HASH_ANNOTATION] = template_hash
+    if live is None:
+        existing, created = ensure(child, owner)
+        if created:
+            return existing
+    else:
+        existing = live
+    patch: dict[str, Any] = {}
+    if existing.get("metadata", {}).get("annotations", {}).get(SPEC_HASH_ANNOTATION) != template_hash:
+        patch = {"metadata": {"annotations": {SPEC_HASH_ANNOTATION: template_hash}}, "spec": {"template": child["spec"]["template"]}}
+    if existing.get("spec", {}).get("replicas") != child["spec"]["replicas"]:
+        patch.setdefault("spec", {})["replicas"] = child["spec"]["replicas"]
+    if patch:
+        meta = child["metadata"]
+        RT.kube.patch(child["apiVersion"], child["kind"], meta["namespace"], meta["name"], patch)
+    return None
+
+
+def _set_paused(api_version: str, kind: str, namespace: str, obj: dict[str, Any] | None, paused: bool) -> bool:
+    """Pause or unpause a child; True when this call changed it."""
+    if obj is None or is_paused(obj["metadata"]) == paused:
+        return False
+    value = "true" if paused else None  # merge-patch null removes the annotation
+    RT.kube.patch(api_version, kind, namespace, obj["metadata"]["name"], {"metadata": {"annotations": {PAUSED_ANNOTATION: value}}})
+    return True
+
+
+def buffer_default_url() -> str:
+    from kuberl.workloads.spec import BufferSpec
+
+    return BufferSpec().url

@@ -1,0 +1,1 @@
+"""What the controllers decide, as pure functions: lifecycle, autoscaling, status, references."""

@@ -1,0 +1,1 @@
+"""`kuberl run`: an RLJob on one machine."""

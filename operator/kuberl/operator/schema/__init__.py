@@ -1,0 +1,1 @@
+"""CRDs and API docs generated from the API models, and offline validation."""

@@ -1,0 +1,287 @@
+"""Child manifests built from RLJob, RolloutPool and AgentEnv (pure, no cluster)."""
+
+from __future__ import annotations
+
+import pytest
+import yaml
+
+from kuberl.operator.api import AgentEnv, RolloutPool
+from kuberl.operator.api.constants import (
+    ENGINE_PORT,
+    LABEL_ENV,
+    LABEL_GANG_GENERATION,
+    LABEL_JOB,
+    LABEL_POOL,
+    LABEL_REPLICA_INDEX,
+    LABEL_ROLE,
+    PAUSED_ANNOTATION,
+    POD_GROUP_SIZE_ANNOTATION,
+)
+from kuberl.operator.children.agentenv import (
+    agent_env_children,
+    agent_env_deployment,
+    agent_env_network_policy,
+    inline_agent_envs,
+)
+from kuberl.operator.children.common import (
+    ENGINE_INITIAL_MODEL_DIR,
+    ENGINE_SCRATCH_DIR,
+    ENGINE_SCRATCH_VOLUME,
+    NON_ROOT_UID,
+    SGLANG_CPU_KERNELS_DIR,
+)
+from kuberl.operator.children.rollout import (
+    inline_rollout_pool,
+    rollout_deployment,
+    rollout_service,
+    uses_char_tokenizer,
+)
+from kuberl.operator.children.trainer import trainer_gang, trainer_pod, trainer_service
+from kuberl.operator.children.workload_config import job_config_map
+from kuberl.operator.naming import (
+    engine_url,
+    pool_name_for,
+    pool_selector,
+    selector_string,
+)
+from kuberl.workloads.config import WorkloadConfig
+from tests.support.objects import NS, S, example, job, pool
+
+
+def env_of(container: dict) -> dict[str, str]:
+    return {e["name"]: e.get("value") for e in container["env"]}
+
+
+def test_config_map_holds_the_rendered_workload_config():
+    j = job("decoupled-agentic.yaml")
+    cm = job_config_map(j, NS, S, agent_env_urls={"calculator": "http://calculator.team-a.svc:8080"})
+    assert cm["metadata"]["name"] == "agentic-tools-config"
+    cfg = WorkloadConfig.model_validate(yaml.safe_load(cm["data"]["config.yaml"]))
+    assert cfg.job.name == "agentic-tools" and cfg.job.namespace == NS and cfg.job.uid == "uid-1"
+    assert cfg.max_off_policy_steps == 2 and cfg.agent_envs == {"calculator": "http://calculator.team-a.svc:8080"}
+    assert cm["metadata"]["labels"][LABEL_JOB] == "agentic-tools"
+
+
+def test_trainer_gang_has_one_indexed_pod_per_replica_with_rendezvous_env():
+    j = job()
+    pods = trainer_gang(j, NS, generation=0, settings=S)
+    assert [p["metadata"]["name"] for p in pods] == ["qwen-math-colocated-trainer-0", "qwen-math-colocated-trainer-1"]
+    for i, pod in enumerate(pods):
+        spec = pod["spec"]
+        c = spec["containers"][0]
+        env = env_of(c)
+        assert env["MASTER_ADDR"] == f"qwen-math-colocated-trainer-0.qwen-math-colocated-trainer.{NS}.svc"
+        assert env["MASTER_PORT"] == "29500" and env["NNODES"] == "2" and env["NODE_RANK"] == str(i)
+        assert env["NPROC_PER_NODE"] == "8" and env["WORLD_SIZE"] == "16"
+        assert env["KUBERL_CONFIG"] == "/etc/kuberl/config.yaml"
+        assert c["resources"]["limits"]["nvidia.com/gpu"] == "8"
+        assert spec["hostname"] == pod["metadata"]["name"] and spec["subdomain"] == "qwen-math-colocated-trainer"
+        assert spec["restartPolicy"] == "Never"
+        assert spec["nodeSelector"] == {"kuberl.io/pool": "gpu"}
+        assert spec["tolerations"] == [{"key": "nvidia.com/gpu", "operator": "Exists", "effect": "NoSchedule"}]
+        labels = pod["metadata"]["labels"]
+        assert labels[LABEL_ROLE] == "trainer" and labels[LABEL_JOB] == "qwen-math-colocated"
+        assert labels[LABEL_REPLICA_INDEX] == str(i) and labels[LABEL_GANG_GENERATION] == "0"
+        assert labels["app.kubernetes.io/name"] == "kuberl" and labels["app.kubernetes.io/component"] == "trainer"
+        assert {"name": "kuberl-config", "configMap": {"name": "qwen-math-colocated-config"}} in spec["volumes"]
+
+
+def test_trainer_generation_label_and_image_by_backend():
+    pod = trainer_pod(job(), NS, 0, 3, S)
+    assert pod["metadata"]["labels"][LABEL_GANG_GENERATION] == "3"
+    assert pod["spec"]["containers"][0]["image"] == S.trainer_image
+    tiny = job("tiny-cpu.yaml")
+    c = trainer_pod(tiny, NS, 0, 0, S)["spec"]["containers"][0]
+    assert c["image"] == S.workload_image and "nvidia.com/gpu" not in c.get("resources", {}).get("limits", {})
+    assert env_of(c)["WORLD_SIZE"] == "1"
+
+
+def test_scheduling_hooks_priority_affinity_and_queue():
+    affinity = {"nodeAffinity": {"requiredDuringSchedulingIgnoredDuringExecution": {"nodeSelectorTerms": [
+        {"matchExpressions": [{"key": "zone", "operator": "In", "values": ["a"]}]}]}}}
+    j = job(scheduling={"schedulerName": "volcano", "queueName": "research", "podGroup": {"enabled": True}})
+    j.spec.trainer.placement.priority_class_name = "rl-high"
+    j.spec.trainer.placement.affinity = affinity
+    pod = trainer_pod(j, NS, 1, 2, S)
+    spec, labels, ann = pod["spec"], pod["metadata"]["labels"], pod["metadata"]["annotations"]
+    assert spec["schedulerName"] == "volcano" and spec["priorityClassName"] == "rl-high" and spec["affinity"] == affinity
+    assert labels["scheduling.x-k8s.io/pod-group"] == "qwen-math-colocated-trainer-g2"
+    assert labels["kueue.x-k8s.io/queue-name"] == "research"
+    assert labels["kueue.x-k8s.io/pod-group-name"] == "qwen-math-colocated-trainer-g2"
+    assert ann["kueue.x-k8s.io/pod-group-total-count"] == "2" and ann[POD_GROUP_SIZE_ANNOTATION] == "2"
+
+
+def test_headless_rendezvous_service():
+    svc = trainer_service(job(), NS, S)
+    assert svc["metadata"]["name"] == "qwen-math-colocated-trainer"
+    assert svc["spec"]["clusterIP"] == "None" and svc["spec"]["publishNotReadyAddresses"] is True
+    assert svc["spec"]["selector"] == {LABEL_JOB: "qwen-math-colocated", LABEL_ROLE: "trainer"}
+    assert svc["spec"]["ports"][0]["port"] == 29500
+
+
+def test_pool_and_env_ownership_by_mode():
+    assert inline_rollout_pool(job(), NS, S) is None  # colocated
+    assert pool_name_for(job()) is None
+    agentic = job("decoupled-agentic.yaml")
+    assert inline_rollout_pool(agentic, NS, S) is None and pool_name_for(agentic) == "shared-sglang"
+    envs = inline_agent_envs(agentic, NS, S)
+    assert [e["metadata"]["name"] for e in envs] == ["calculator"] and envs[0]["spec"]["task"] == "calculator-tool"
+    tiny = job("tiny-cpu.yaml")
+    pool = inline_rollout_pool(tiny, NS, S)
+    assert pool["metadata"]["name"] == "tiny-arithmetic-rollout" and pool["spec"]["engine"]["type"] == "torch"
+    default = job("tiny-cpu.yaml", rollout=None)
+    assert inline_rollout_pool(default, NS, S)["spec"]["gpusPerReplica"] == 0
+
+
+def test_sglang_pool_deployment_has_engine_and_agent():
+    d = rollout_deployment(pool(), NS, S, bound_job="agentic-tools", model_source="hf://Qwen/Qwen2.5-7B-Instruct")
+    assert d["spec"]["replicas"] == 2
+    assert d["spec"]["selector"]["matchLabels"] == {LABEL_ROLE: "rollout", LABEL_POOL: "shared-sglang"}
+    tpl = d["spec"]["template"]
+    engine, agent = tpl["spec"]["containers"]
+    assert engine["name"] == "engine" and engine["image"] == "lmsysorg/sglang:v0.5.23-cu129"
+    assert engine["args"][:2] == ["--model-path", "Qwen/Qwen2.5-7B-Instruct"] and "--tp-size" in engine["args"]
+    assert engine["resources"]["limits"]["nvidia.com/gpu"] == "2"
+    assert engine["readinessProbe"]["httpGet"]["path"] == "/health_generate"
+    assert agent["name"] == "agent" and env_of(agent)["KUBERL_ENGINE_URL"] == "http://127.0.0.1:30000"
+    assert env_of(agent)["KUBERL_JOB"] == "agentic-tools"
+    assert {"name": "kuberl-config", "configMap": {"name": "agentic-tools-config", "optional": True}} in tpl["spec"]["volumes"]
+    assert tpl["spec"]["nodeSelector"] == {"kuberl.io/pool": "gpu"}
+    assert tpl["metadata"]["labels"][LABEL_JOB] == "agentic-tools"
+
+
+def _containers(d: dict) -> dict[str, dict]:
+    return {c["name"]: c for c in d["spec"]["template"]["spec"]["containers"]}
+
+
+def _flag(args: list[str], flag: str) -> str:
+    return args[args.index(flag) + 1]
+
+
+def test_sglang_pod_shares_a_scratch_dir_and_probes_the_server():
+    p = pool()  # 2 GPUs per replica, tensorParallelSize 2
+    d = rollout_deployment(p, NS, S, bound_job="agentic-tools", model_source="hf://Qwen/Qwen2.5-7B-Instruct")
+    tpl = d["spec"]["template"]["spec"]
+    c = _containers(d)
+    engine, agent = c["engine"], c["agent"]
+    scratch = {"name": ENGINE_SCRATCH_VOLUME, "mountPath": ENGINE_SCRATCH_DIR}
+    assert {"name": ENGINE_SCRATCH_VOLUME, "emptyDir": {}} in tpl["volumes"]
+    assert scratch in engine["volumeMounts"] and scratch in agent["volumeMounts"]
+    assert env_of(agent)["KUBERL_ENGINE_SCRATCH"] == ENGINE_SCRATCH_DIR == "/var/run/kuberl/engine"
+    assert env_of(agent)["KUBERL_ENGINE_URL"] == f"http://127.0.0.1:{ENGINE_PORT}"
+
+    args = engine["args"]
+    assert engine["command"] == ["python3", "-m", "sglang.launch_server"]
+    assert _flag(args, "--model-path") == "Qwen/Qwen2.5-7B-Instruct"
+    assert _flag(args, "--port") == str(ENGINE_PORT) and _flag(args, "--host") == "0.0.0.0"
+    assert _flag(args, "--tp-size") == str(p.spec.engine.tensor_parallel_size) == "2"
+    assert _flag(args, "--mem-fraction-static") == str(p.spec.engine.mem_fraction_static)
+    assert "--skip-tokenizer-init" not in args and "--device" not in args  # HF tokenizer, GPU pool
+    assert "SGLANG_USE_CPU_ENGINE" not in env_of(engine) and engine["image"] == S.sglang_image
+    assert engine["readinessProbe"]["httpGet"] == {"path": "/health_generate", "port": ENGINE_PORT}
+    assert engine["livenessProbe"]["httpGet"] == {"path": "/health", "port": ENGINE_PORT}
+    assert engine["startupProbe"]["httpGet"]["path"] == "/health"
+    assert "initContainers" not in tpl
+
+
+def test_sglang_cpu_pool_with_the_builtin_char_tokenizer():
+    doc = example("shared-rolloutpool.yaml", "RolloutPool")
+    doc["spec"].update({"gpusPerReplica": 0, "engine": {"type": "sglang", "tensorParallelSize": 1, "memFractionStatic": 0.1}})
+    p = RolloutPool.model_validate(doc)
+    d = rollout_deployment(p, NS, S, bound_job="tiny", model_source="builtin://tiny")
+    tpl = d["spec"]["template"]["spec"]
+    engine, agent = _containers(d)["engine"], _containers(d)["agent"]
+    args = engine["args"]
+    assert "--skip-tokenizer-init" in args
+    assert _flag(args, "--device") == "cpu" and _flag(args, "--attention-backend") == "torch_native"
+    assert _flag(args, "--sampling-backend") == "pytorch" and _flag(args, "--mem-fraction-static") == "0.1"
+    assert env_of(engine)["SGLANG_USE_CPU_ENGINE"] == "1" and env_of(engine)["PYTHONPATH"] == SGLANG_CPU_KERNELS_DIR
+    assert engine["image"] == S.sglang_cpu_image and "nvidia.com/gpu" not in str(engine["resources"])
+    # builtin:// weights are not a path SGLang can load: an init container writes them into the scratch dir first.
+    [init] = tpl["initContainers"]
+    assert _flag(args, "--model-path") == ENGINE_INITIAL_MODEL_DIR and init["command"][-2:] == ["builtin://tiny", ENGINE_INITIAL_MODEL_DIR]
+    assert init["image"] == S.workload_image
+    assert {"name": ENGINE_SCRATCH_VOLUME, "mountPath": ENGINE_SCRATCH_DIR} in init["volumeMounts"]
+    assert env_of(agent)["KUBERL_ENGINE_SCRATCH"] == ENGINE_SCRATCH_DIR
+    # An explicit builtin tokenizer with a local checkpoint also skips SGLang's tokenizer.
+    d = rollout_deployment(p, NS, S, bound_job="tiny", model_source="file:///models/tiny", tokenizer="builtin://char")
+    engine = _containers(d)["engine"]
+    assert "--skip-tokenizer-init" in engine["args"] and _flag(engine["args"], "--model-path") == "/models/tiny"
+    assert "initContainers" not in d["spec"]["template"]["spec"]
+
+
+def test_uses_char_tokenizer():
+    assert uses_char_tokenizer("builtin://tiny")
+    assert not uses_char_tokenizer("hf://Qwen/Qwen2.5-7B-Instruct")
+    assert not uses_char_tokenizer("builtin://tiny", "hf://Qwen/Qwen2.5-7B-Instruct")
+    assert uses_char_tokenizer("file:///m", "builtin://char") and not uses_char_tokenizer(None)
+
+
+def test_sglang_job_config_names_the_engine_url():
+    j = job("decoupled-agentic.yaml")
+    cm = job_config_map(j, NS, S, pool_spec={"engine": {"type": "sglang"}})
+    cfg = WorkloadConfig.model_validate(yaml.safe_load(cm["data"]["config.yaml"]))
+    assert cfg.rollout.engine == "sglang" and cfg.rollout.engine_url == engine_url()
+    tiny = job("tiny-cpu.yaml")
+    cfg = WorkloadConfig.model_validate(yaml.safe_load(job_config_map(tiny, NS, S)["data"]["config.yaml"]))
+    assert cfg.rollout.engine == "torch" and cfg.rollout.engine_url is None
+
+
+def test_torch_pool_is_agent_only_and_pause_zeroes_replicas():
+    tiny = job("tiny-cpu.yaml")
+    doc = inline_rollout_pool(tiny, NS, S)
+    p = RolloutPool.model_validate(doc)
+    d = rollout_deployment(p, NS, S, bound_job="tiny-arithmetic")
+    containers = d["spec"]["template"]["spec"]["containers"]
+    assert [c["name"] for c in containers] == ["agent"] and env_of(containers[0])["KUBERL_ENGINE"] == "torch"
+    assert "KUBERL_ENGINE_URL" not in env_of(containers[0])
+    p.metadata["annotations"] = {PAUSED_ANNOTATION: "true"}
+    assert rollout_deployment(p, NS, S)["spec"]["replicas"] == 0
+    svc = rollout_service(p, NS, S)
+    assert [x["name"] for x in svc["spec"]["ports"]] == ["metrics"]
+
+
+def test_selector_string_matches_deployment_selector():
+    assert selector_string(pool_selector("p")) == "kuberl.io/role=rollout,kuberl.io/rollout-pool=p"
+
+
+def agent_env(**sandbox) -> AgentEnv:
+    doc = example("agentenv-calculator.yaml", "AgentEnv")
+    doc["spec"]["sandbox"].update(sandbox)
+    return AgentEnv.model_validate(doc)
+
+
+def test_agent_env_is_sandboxed():
+    d = agent_env_deployment(agent_env(runtimeClassName="gvisor"), NS, S)
+    pod = d["spec"]["template"]["spec"]
+    c = pod["containers"][0]
+    assert pod["securityContext"]["runAsNonRoot"] is True and pod["securityContext"]["runAsUser"] == NON_ROOT_UID
+    assert pod["securityContext"]["seccompProfile"] == {"type": "RuntimeDefault"}
+    assert pod["runtimeClassName"] == "gvisor" and pod["automountServiceAccountToken"] is False
+    sc = c["securityContext"]
+    assert sc["allowPrivilegeEscalation"] is False and sc["readOnlyRootFilesystem"] is True and sc["capabilities"] == {"drop": ["ALL"]}
+    assert {"name": "tmp", "mountPath": "/tmp"} in c["volumeMounts"]
+    assert env_of(c)["KUBERL_ENV_TASK"] == "calculator-tool" and env_of(c)["KUBERL_ENV_LATENCY_DISTRIBUTION"] == "lognormal"
+    assert d["spec"]["replicas"] == 2
+
+
+def test_agent_env_relaxed_sandbox():
+    d = agent_env_deployment(agent_env(runAsNonRoot=False, readOnlyRootFilesystem=False, denyEgress=False), NS, S)
+    pod = d["spec"]["template"]["spec"]
+    assert "runAsNonRoot" not in pod["securityContext"] and "volumes" not in pod
+    assert agent_env_network_policy(agent_env(denyEgress=False), NS, S) is None
+
+
+def test_deny_egress_network_policy():
+    np = agent_env_network_policy(agent_env(), NS, S)
+    assert np["spec"] == {"podSelector": {"matchLabels": {LABEL_ROLE: "agentenv", LABEL_ENV: "calculator"}},
+                          "policyTypes": ["Egress"], "egress": []}
+    kinds = [c["kind"] for c in agent_env_children(agent_env(), NS, S)]
+    assert kinds == ["Deployment", "Service", "NetworkPolicy"]
+
+
+@pytest.mark.parametrize("file", ["colocated-math.yaml", "decoupled-agentic.yaml", "tiny-cpu.yaml"])
+def test_builders_are_deterministic(file):
+    j = job(file)
+    assert trainer_gang(j, NS, 0, S) == trainer_gang(j, NS, 0, S)
+    assert job_config_map(j, NS, S) == job_config_map(j, NS, S)

@@ -1,0 +1,113 @@
+"""RLJob conditions, phase, progress and transition events (pure)."""
+
+from __future__ import annotations
+
+from kuberl.operator.decisions import status as st
+
+
+def conds_at(now, **kw):
+    defaults = dict(created=(True, "ChildrenCreated", ""), trainer=st.TrainerView(2, 2), rollout=st.RolloutView(False, 1, 1),
+                    suspended=False, terminal=None, generation=1, buffer=(True, "reachable"))
+    defaults.update(kw)
+    return defaults
+
+
+def test_last_transition_time_moves_only_when_status_changes():
+    c = st.set_condition([], "Running", True, "Training", now=100)
+    c = st.set_condition(c, "Running", True, "Training", "still", now=200)
+    assert c[0]["lastTransitionTime"] == st.rfc3339(100) and c[0]["message"] == "still"
+    c = st.set_condition(c, "Running", False, "Starting", now=300)
+    assert c[0]["lastTransitionTime"] == st.rfc3339(300)
+
+
+def test_running_job_has_every_condition_and_phase_running():
+    c = st.job_conditions([], now=10, **conds_at(10))
+    assert [x["type"] for x in c] == list(st.CONDITION_TYPES)
+    assert st.phase_of(c) == "Running" and all(x["observedGeneration"] == 1 for x in c)
+
+
+def test_pending_until_ranks_ready_and_engines_ready():
+    c = st.job_conditions([], now=0, **conds_at(0, trainer=st.TrainerView(2, 1)))
+    assert st.phase_of(c) == "Pending" and st.find(c, "TrainerReady")["message"] == "1/2 trainer pods ready"
+    c = st.job_conditions([], now=0, **conds_at(0, rollout=st.RolloutView(False, 0, 2)))
+    assert st.phase_of(c) == "Pending" and st.find(c, "RolloutReady")["reason"] == "NoEngineReady"
+    c = st.job_conditions([], now=0, **conds_at(0, rollout=st.RolloutView(True)))
+    assert st.phase_of(c) == "Running"
+
+
+def test_suspended_and_terminal_precedence():
+    c = st.job_conditions([], now=0, **conds_at(0, suspended=True, trainer=st.TrainerView(2, 0)))
+    assert st.phase_of(c) == "Suspended" and not st.is_true(c, "Running")
+    c = st.job_conditions(c, now=1, **conds_at(1, terminal=(st.FAILED, st.DEADLINE_EXCEEDED, "too long")))
+    assert st.phase_of(c) == "Failed" and st.find(c, "Failed")["reason"] == "DeadlineExceeded"
+    # A terminal condition is never taken back by a later round.
+    c = st.job_conditions(c, now=2, **conds_at(2))
+    assert st.phase_of(c) == "Failed" and not st.is_true(c, "Running")
+
+
+def test_transition_events():
+    before = st.job_conditions([], now=0, **conds_at(0, trainer=st.TrainerView(2, 0)))
+    after = st.job_conditions(before, now=1, **conds_at(1))
+    reasons = {e.reason for e in st.transition_events(before, after)}
+    assert {"AllRanksReady", "Training"} <= reasons
+    assert st.transition_events(after, after) == []
+    failed = st.job_conditions(after, now=2, **conds_at(2, terminal=(st.FAILED, st.BACKOFF_LIMIT_EXCEEDED, "x")))
+    ev = [e for e in st.transition_events(after, failed) if e.reason == st.BACKOFF_LIMIT_EXCEEDED]
+    assert ev and ev[0].type == "Warning"
+
+
+def test_buffer_unavailable_is_a_condition_reason_and_a_warning_event():
+    # Creating the streams failed: Created and BufferReady both say why, and that is announced at once.
+    why = "creating JetStream streams at nats://nowhere:4222 failed: timeout"
+    first = st.job_conditions([], now=0, **conds_at(0, created=(False, st.BUFFER_UNAVAILABLE, why), buffer=(False, why),
+                                                   trainer=st.TrainerView(2, 0)))
+    assert st.find(first, st.CREATED)["reason"] == st.BUFFER_UNAVAILABLE
+    buf = st.find(first, st.BUFFER_READY)
+    assert buf["status"] == "False" and buf["reason"] == st.BUFFER_UNAVAILABLE and buf["message"] == why
+    [ev] = [e for e in st.transition_events([], first) if e.reason == st.BUFFER_UNAVAILABLE]
+    assert ev.type == "Warning" and "nats://nowhere:4222" in ev.message
+    assert st.phase_of(first) == "Pending"
+    # Not repeated while it stays unavailable; recovery is announced as Normal.
+    again = st.job_conditions(first, now=1, **conds_at(1, created=(False, st.BUFFER_UNAVAILABLE, why), buffer=(False, why),
+                                                      trainer=st.TrainerView(2, 0)))
+    assert st.transition_events(first, again) == []
+    ok = st.job_conditions(again, now=2, **conds_at(2))
+    back = [e for e in st.transition_events(again, ok) if e.reason == st.BUFFER_AVAILABLE]
+    assert back and back[0].type == "Normal" and st.phase_of(ok) == "Running"
+    # A running job losing its buffer keeps its phase but gets the condition and the Warning.
+    lost = st.job_conditions(ok, now=3, **conds_at(3, buffer=(False, "reading job state failed: no servers available")))
+    assert st.phase_of(lost) == "Running" and st.find(lost, st.BUFFER_READY)["reason"] == st.BUFFER_UNAVAILABLE
+    assert [e.type for e in st.transition_events(ok, lost) if e.reason == st.BUFFER_UNAVAILABLE] == ["Warning"]
+    # Not contacted this round (buffer=None): BufferReady is left as it was.
+    kept = st.job_conditions(lost, now=4, **conds_at(4, buffer=None))
+    assert st.find(kept, st.BUFFER_READY)["status"] == "False"
+
+
+def test_a_healthy_buffer_from_the_start_is_not_announced():
+    c = st.job_conditions([], now=0, **conds_at(0))
+    assert st.is_true(c, st.BUFFER_READY)
+    assert not [e for e in st.transition_events([], c) if e.reason == st.BUFFER_AVAILABLE]
+
+
+def test_progress_from_kv_state():
+    state = {"policy_version": 7, "curriculum_stage": 1, "counters": {"steps": 50, "samples": 3200},
+             "metrics": {"reward_mean": 0.61234, "pass_rate": 0.5}}
+    out, sample = st.progress(state, max_steps=200, previous=(100.0, 1600), now=110.0)
+    assert out["step"] == 50 and out["progressPercent"] == 25 and out["policyVersion"] == 7
+    assert out["curriculumStage"] == "1" and out["reward"] == {"mean": "0.6123", "passRate": "0.5"}
+    assert out["samplesPerSecond"] == "160" and out["estimatedSecondsRemaining"] == 60
+    assert sample == (110.0, 3200)
+    out, _ = st.progress(None, max_steps=10, previous=None, now=0)
+    assert out == {"maxSteps": 10}
+
+
+def test_rfc3339_round_trip():
+    assert st.parse_rfc3339(st.rfc3339(1_700_000_000)) == 1_700_000_000
+
+
+def test_counted_ready_never_exceeds_what_is_wanted_now():
+    # A just-paused pool: its Deployment still counts the pod on its way out.
+    assert st.counted_ready(1, 0) == 0
+    assert st.counted_ready(3, 2) == 2
+    assert st.counted_ready(1, 4) == 1
+    assert st.counted_ready(0, 0) == 0

@@ -1,0 +1,164 @@
+"""`kuberl run` end to end on CPU: real nats-server, SeaweedFS, trainer, rollout agent.
+
+Shortened versions of examples/tiny-cpu*.yaml (fewer steps, built here from the examples)
+must still improve clearly over the starting reward. The decoupled run is also a failure
+drill: the rollout agent is SIGKILLed mid-run (the runner restarts it, the job finishes)
+and so is the trainer after a checkpoint (the runner restarts it and it resumes from the
+last checkpoint it wrote).
+
+For CI time, both runs go at once against the session's nats-server and SeaweedFS
+(`kuberl run --nats-url/--s3-endpoint`, each job in its own bucket); every assertion is
+about steps, not wall time, so sharing the CPU does not change what is checked.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+import uuid
+from pathlib import Path
+
+import pytest
+import yaml
+
+ROOT = Path(__file__).resolve().parents[3]
+pytestmark = pytest.mark.servers
+
+IMPROVEMENT = 0.15  # mean reward of the last steps over the first steps, absolute
+COLOCATED_STEPS = 100
+DECOUPLED_STEPS = 120
+CHECKPOINT_EVERY = 10  # decoupled; the trainer is killed after its second checkpoint
+KILL_AGENT_AT, KILL_TRAINER_AFTER = 8, 25
+
+
+def shortened(example: str, tmp: Path, max_steps: int, checkpoint_every: int) -> Path:
+    doc = yaml.safe_load((ROOT / "examples" / example).read_text())
+    doc["spec"]["runPolicy"]["maxSteps"] = max_steps
+    doc["spec"]["checkpoint"]["intervalSteps"] = checkpoint_every
+    # Shared S3: a bucket of its own, so no run ever sees another's weights or checkpoints.
+    doc["spec"]["weightStore"]["bucket"] = f"kuberl-test-{uuid.uuid4().hex[:10]}"
+    path = tmp / example
+    path.write_text(yaml.safe_dump(doc))
+    return path
+
+
+def start_run(manifest: Path, out: Path, nats_url: str, s3) -> subprocess.Popen:
+    env = dict(os.environ, AWS_ACCESS_KEY_ID=s3.access_key, AWS_SECRET_ACCESS_KEY=s3.secret_key,
+               AWS_DEFAULT_REGION="us-east-1")
+    return subprocess.Popen([sys.executable, "-m", "kuberl.operator.cli", "run", str(manifest), "-o", str(out), "-q",
+                             "--nats-url", nats_url, "--s3-endpoint", s3.endpoint],
+                            cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                            start_new_session=True)
+
+
+def last_step(out: Path) -> int:
+    path = out / "metrics.jsonl"
+    if not path.exists():
+        return 0
+    lines = [line for line in path.read_text().splitlines() if line.strip()]
+    try:
+        return json.loads(lines[-1])["step"] if lines else 0
+    except ValueError:
+        return 0
+
+
+def wait_for_step(proc: subprocess.Popen, out: Path, step: int, timeout: float = 300) -> int:
+    deadline = time.monotonic() + timeout
+    while (seen := last_step(out)) < step:
+        assert proc.poll() is None, f"kuberl run exited early:\n{proc.stdout.read()}"
+        assert time.monotonic() < deadline, f"step {step} not reached in {timeout}s"
+        time.sleep(0.2)
+    return seen
+
+
+def finish(proc: subprocess.Popen, timeout: float = 600) -> str:
+    try:
+        output, _ = proc.communicate(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, signal.SIGTERM)
+        output, _ = proc.communicate(timeout=60)
+        pytest.fail(f"kuberl run did not finish in {timeout}s:\n{output[-4000:]}")
+    assert proc.returncode == 0, output[-4000:]
+    return output
+
+
+def rows(out: Path) -> list[dict]:
+    return [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines() if line.strip()]
+
+
+def window_mean(rs: list[dict]) -> float:
+    return sum(r["reward_mean"] for r in rs) / len(rs)
+
+
+@pytest.fixture(scope="module")
+def runs(tmp_path_factory, nats_server, s3_server):
+    """The shortened colocated run and the decoupled drill, side by side; returns both outputs."""
+    tmp = tmp_path_factory.mktemp("local-run")
+    col_out, dec_out = tmp / "colocated", tmp / "decoupled"
+    col = start_run(shortened("tiny-cpu-colocated.yaml", tmp, COLOCATED_STEPS, 50), col_out, nats_server.url, s3_server)
+    dec = start_run(shortened("tiny-cpu.yaml", tmp, DECOUPLED_STEPS, CHECKPOINT_EVERY), dec_out, nats_server.url, s3_server)
+    try:
+        wait_for_step(dec, dec_out, KILL_AGENT_AT)
+        os.kill(json.loads((dec_out / "pids.json").read_text())["rollout-0"], signal.SIGKILL)
+        killed_at = wait_for_step(dec, dec_out, KILL_TRAINER_AFTER)  # past the checkpoint at step 20
+        os.kill(json.loads((dec_out / "pids.json").read_text())["trainer"], signal.SIGKILL)
+        dec_output = finish(dec)
+        col_output = finish(col)
+    finally:
+        for proc in (col, dec):
+            if proc.poll() is None:
+                os.killpg(proc.pid, signal.SIGTERM)
+                proc.wait(60)
+    return {"colocated": (col_out, col_output), "decoupled": (dec_out, dec_output, killed_at)}
+
+
+def test_colocated_run_improves_reward(runs):
+    out, _ = runs["colocated"]
+    metrics = rows(out)
+    assert [r["step"] for r in metrics] == list(range(1, COLOCATED_STEPS + 1))
+    start, end = window_mean(metrics[:10]), window_mean(metrics[-10:])
+    assert start <= 0.25, f"warm start should not teach the answers: start reward {start:.3f}"
+    assert end >= start + IMPROVEMENT, f"no real improvement: {start:.3f} -> {end:.3f}"
+    assert (out / "reward_curve.png").stat().st_size > 0
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["mode"] == "colocated" and summary["steps"] == COLOCATED_STEPS
+
+
+def test_decoupled_run_improves_reward(runs):
+    out, _, _ = runs["decoupled"]
+    metrics = rows(out)
+    assert metrics[-1]["step"] == DECOUPLED_STEPS and metrics[-1]["mode"] == "decoupled"
+    start, end = window_mean(metrics[:10]), window_mean(metrics[-10:])
+    assert start <= 0.25, f"warm start should not teach the answers: start reward {start:.3f}"
+    assert end >= start + IMPROVEMENT, f"no real improvement: {start:.3f} -> {end:.3f}"
+    # Off-policy samples stay within the bound (maxOffPolicySteps: 1).
+    assert max(r["staleness_mean"] for r in metrics) <= 1.0
+
+
+def test_killed_rollout_agent_is_restarted_and_job_finishes(runs):
+    out, output, _ = runs["decoupled"]
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["restarts"].get("rollout-0", 0) >= 1, output[-2000:]
+    assert summary["steps"] == DECOUPLED_STEPS
+
+
+def test_killed_trainer_resumes_from_its_last_checkpoint(runs):
+    out, output, killed_at = runs["decoupled"]
+    metrics = rows(out)
+    resumed = sorted({r["resumed_from"] for r in metrics if r.get("resumed_from") is not None})
+    assert resumed, f"trainer did not resume from a checkpoint\n{output[-2000:]}"
+    first_life = [r["step"] for r in metrics if r.get("resumed_from") is None]
+    died_after = max(first_life)  # the last step the killed trainer reported
+    assert died_after >= killed_at
+    # The latest checkpoint it wrote: the last multiple of the interval it reached (it checkpoints
+    # before it reports, so one reached but not yet reported counts too).
+    assert resumed[0] % CHECKPOINT_EVERY == 0 and resumed[0] >= 2 * CHECKPOINT_EVERY, resumed
+    assert died_after - CHECKPOINT_EVERY < resumed[0] <= died_after + 1, (resumed, died_after)
+    # The restarted trainer continues the step count from the checkpoint instead of starting over.
+    steps_after = [r["step"] for r in metrics if r.get("resumed_from") == resumed[0]]
+    assert steps_after[0] == resumed[0] + 1
+    assert json.loads((out / "summary.json").read_text())["restarts"].get("trainer", 0) >= 1

@@ -1,0 +1,1 @@
+"""The AgentEnv reference server (`python -m kuberl.workloads.agentenv`)."""

@@ -1,0 +1,1 @@
+"""Generation engines behind one interface: in-process torch, SGLang servers."""

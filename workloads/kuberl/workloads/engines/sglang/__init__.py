@@ -1,0 +1,1 @@
+"""SGLang: the HTTP client, the engine, and the server launcher."""

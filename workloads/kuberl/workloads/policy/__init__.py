@@ -1,0 +1,1 @@
+"""Trainable policies: the tiny pure-torch model and the megatron-core backend."""

@@ -1,0 +1,1 @@
+"""The megatron-core policy: HF <-> Megatron conversion, CPU shims, training."""

@@ -1,0 +1,1 @@
+"""The tiny CPU policy: model, tokenizer and its training step."""

@@ -1,0 +1,1 @@
+"""The RL algorithm as pure functions: advantages, losses, sampling, curriculum."""

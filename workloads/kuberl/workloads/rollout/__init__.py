@@ -1,0 +1,1 @@
+"""The rollout agent process and its episodes (`python -m kuberl.workloads.rollout`)."""

@@ -1,0 +1,26 @@
+"""The rollout agent process: `python -m kuberl.workloads.rollout`."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+
+import torch
+
+from kuberl.workloads.config import load_config
+from kuberl.workloads.logs import get_logger
+from kuberl.workloads.rollout.agent import RolloutAgent
+
+log = get_logger(__name__)
+
+
+def main() -> None:
+    torch.set_num_threads(int(os.environ.get("KUBERL_TORCH_THREADS", "1")))
+    cfg = load_config()
+    agent_id = os.environ.get("KUBERL_AGENT_ID", f"agent-{os.getpid()}")
+    log.info("rollout agent starting", job=cfg.job.name, agent=agent_id, engine=cfg.rollout.engine)
+    asyncio.run(RolloutAgent(cfg, agent_id).run())
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,220 @@
+"""The rollout agent: pull prompts, run groups, publish trajectories, hot-swap weights."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import time
+
+import aiohttp
+
+from kuberl.workloads.buffer.staleness import staleness_weight
+from kuberl.workloads.buffer.stream import JobBuffer, PromptLease
+from kuberl.workloads.config import WorkloadConfig
+from kuberl.workloads.engines.base import Engine
+from kuberl.workloads.engines.batching import BatchingEngine, DispatchTracker
+from kuberl.workloads.engines.torch_engine import TorchEngine
+from kuberl.workloads.logs import get_logger
+from kuberl.workloads.policy.tiny.model import seeded_model
+from kuberl.workloads.rollout.episodes import SamplingSettings, run_group
+from kuberl.workloads.trainer.trainer import buffer_config
+from kuberl.workloads.weights.sync import fetch_policy, weight_store
+
+log = get_logger(__name__)
+
+
+KEEPALIVE_S = 5.0
+VERSION_POLL_S = 0.5  # the job state is read this often when the KV watch is quiet (or lost)
+ABANDON_AT_MOST = 2  # abandoned attempts per prompt before one is let run to the end
+
+
+class TrainerClock:
+    """The trainer's policy version as announced in the job KV, and waiting on it."""
+
+    def __init__(self) -> None:
+        self.version = -1
+        self._moved = asyncio.Condition()
+
+    async def advance(self, version: int) -> None:
+        if version > self.version:
+            async with self._moved:
+                self.version = version
+                self._moved.notify_all()
+
+    async def wait_until_untrainable(self, group: DispatchTracker, max_off_policy_steps: int) -> None:
+        """Returns once the group's samples are too stale for the trainer to use.
+
+        Not before its first batch runs: a group queued behind a pending weight swap
+        generates on the new weights.
+        """
+        await group.dispatched.wait()
+        async with self._moved:
+            await self._moved.wait_for(lambda: staleness_weight(group.first_version, self.version, max_off_policy_steps) is None)
+
+
+def make_engine(cfg: WorkloadConfig, agent_id: str) -> Engine:
+    """The engine ``cfg.rollout.engine`` names, at version -1 (the first announced version loads into it).
+
+    ``sglang``: a client of the SGLang server at ``rollout.engineUrl`` / ``$KUBERL_ENGINE_URL``
+    (the pod's sidecar); ``torch``: the in-process engine (CPU jobs, ``kuberl run``).
+    """
+    if cfg.rollout.engine == "sglang":
+        from kuberl.workloads.engines.sglang.engine import (
+            SGLangEngine,  # httpx; only rollout pods with a server need it
+        )
+
+        return SGLangEngine.from_config(cfg, version=-1)
+    if cfg.rollout.engine == "torch":
+        return TorchEngine(seeded_model(0), version=-1, seed=(hash(agent_id) + int(time.time())) % 2**31)
+    raise ValueError(f"unknown rollout engine {cfg.rollout.engine!r}")
+
+
+class RolloutAgent:
+    def __init__(self, cfg: WorkloadConfig, agent_id: str, engine: Engine | None = None):
+        self.cfg, self.agent_id = cfg, agent_id
+        self.store = weight_store(cfg)
+        self.engine = engine if engine is not None else make_engine(cfg, agent_id)
+        self.batcher = BatchingEngine(self.engine)
+        self.active: set[asyncio.Task] = set()
+        self.accepting = asyncio.Event()
+        self.accepting.set()
+        self.groups_done = 0
+        self.groups_abandoned = 0
+        self.swaps = 0
+        self.trainer = TrainerClock()
+
+    def sampling(self, stage: int) -> SamplingSettings:
+        length = self.cfg.algorithm.max_response_length
+        if self.cfg.curriculum is not None and stage < len(self.cfg.curriculum.stages):
+            length = self.cfg.curriculum.stages[stage].max_response_length or length
+        return SamplingSettings(length, self.cfg.algorithm.temperature)
+
+    async def load_version(self, version: int) -> None:
+        tensors = await asyncio.to_thread(fetch_policy, self.store, version)
+        if self.cfg.rollout.weight_swap == "drain":
+            self.accepting.clear()
+            while self.active:
+                await asyncio.wait(set(self.active))
+        await self.batcher.swap(tensors, version)
+        self.accepting.set()
+        self.swaps += 1
+        log.info("weights swapped", agent=self.agent_id, version=version, policy=self.cfg.rollout.weight_swap)
+
+    async def watch_versions(self, buf: JobBuffer) -> None:
+        """Follow the trainer's version in the job KV; load each newest version once the last load is done.
+
+        The KV is watched, so a new version is fetched the moment it is announced. The load
+        runs beside the watch: a swap waits for the engine batch now running, and the
+        trainer clock must keep moving meanwhile (it is what dooms stale groups).
+        """
+        loading: asyncio.Task | None = None
+        try:
+            async with contextlib.aclosing(buf.state.follow(fallback_s=VERSION_POLL_S)) as states:
+                async for state in states:
+                    if not state.weights_manifest:
+                        continue
+                    await self.trainer.advance(state.policy_version)
+                    idle = loading is None or loading.done()
+                    if idle and state.policy_version > self.engine.policy_version:
+                        loading = asyncio.create_task(self._load_latest())
+        finally:
+            if loading is not None:
+                loading.cancel()
+
+    async def _load_latest(self) -> None:
+        """Load the newest announced version, again until none newer was announced meanwhile."""
+        while self.trainer.version > self.engine.policy_version:
+            version = self.trainer.version
+            try:
+                await self.load_version(version)
+            except Exception as e:  # a pruned or half-visible version: the next state read retries
+                log.warning("weight swap failed", version=version, error=str(e))
+                return
+
+    async def work(self, buf: JobBuffer, lease: PromptLease, session: aiohttp.ClientSession | None) -> None:
+        async def keepalive() -> None:
+            while True:
+                await asyncio.sleep(KEEPALIVE_S)
+                await lease.keepalive()
+
+        ka = asyncio.create_task(keepalive())
+        try:
+            p = lease.prompt
+            trajs = await self._group_unless_untrainable(lease, session)
+            if trajs is None:
+                self.groups_abandoned += 1
+                log.info("group abandoned: too stale to train; prompt handed back", prompt=p.prompt_id,
+                         trainer_version=self.trainer.version, attempt=lease.deliveries)
+                await lease.nak()
+                return
+            for t in trajs:
+                t.meta["agent"] = self.agent_id
+            await buf.publish_trajectories(trajs)
+            await lease.ack()
+            self.groups_done += 1
+        except Exception as e:
+            log.error("group failed; prompt handed back", prompt=lease.prompt.prompt_id, error=repr(e))
+            with contextlib.suppress(Exception):
+                await lease.nak(delay=1.0)
+        finally:
+            ka.cancel()
+
+    async def _group_unless_untrainable(self, lease: PromptLease, session: aiohttp.ClientSession | None) -> list | None:
+        """The prompt's scored group, or None when it became untrainable before it was done."""
+        p = lease.prompt
+        tracker = DispatchTracker(self.batcher)
+        group = asyncio.create_task(run_group(tracker, p, self.cfg.reward, self.sampling(p.stage), session, self.cfg.agent_envs))
+        if not self.cfg.rollout.abandon_stale_groups or lease.deliveries > ABANDON_AT_MOST:
+            return await group
+        doomed = asyncio.create_task(self.trainer.wait_until_untrainable(tracker, self.cfg.max_off_policy_steps))
+        try:
+            await asyncio.wait({group, doomed}, return_when=asyncio.FIRST_COMPLETED)
+            if group.done():
+                return group.result()
+            group.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await group
+            return None
+        finally:
+            for task in (group, doomed):
+                task.cancel()
+
+    async def run(self) -> None:
+        buf = await JobBuffer.open(self.cfg.buffer.url, self.cfg.job.namespace, self.cfg.job.name, buffer_config(self.cfg))
+        session = aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=None)) if self.cfg.reward.type == "agentEnv" else None
+        watcher = None
+        try:
+            # Wait for the trainer's first version: generating with untrained weights would waste work.
+            while True:
+                state, _ = await buf.state.get()
+                if state.weights_manifest:
+                    break
+                await asyncio.sleep(0.2)
+            await self.load_version(state.policy_version)
+            watcher = asyncio.create_task(self.watch_versions(buf))
+            prompts = await buf.prompt_consumer()
+            concurrency = self.cfg.rollout.concurrency
+            log.info("rollout agent ready", agent=self.agent_id, version=self.engine.policy_version, concurrency=concurrency)
+            while True:
+                await self.accepting.wait()
+                room = concurrency - len(self.active)
+                if room <= 0:
+                    await asyncio.wait(set(self.active), return_when=asyncio.FIRST_COMPLETED)
+                    continue
+                leases = await prompts.fetch(room, timeout=0.5)
+                for lease in leases:
+                    task = asyncio.create_task(self.work(buf, lease, session))
+                    self.active.add(task)
+                    task.add_done_callback(self.active.discard)
+                if watcher.done():
+                    watcher.result()  # surfaces a crashed watcher
+        finally:
+            if watcher is not None:
+                watcher.cancel()
+            await self.batcher.stop()
+            close = getattr(self.engine, "close", None)
+            if close is not None:
+                close()
+            if session is not None:
+                await session.close()
+            await buf.close()

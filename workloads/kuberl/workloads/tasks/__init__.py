@@ -1,0 +1,1 @@
+"""Tasks: datasets, verifiers and tools."""

@@ -1,0 +1,1 @@
+"""The trainer process and its parts (`python -m kuberl.workloads.trainer`)."""

@@ -1,0 +1,105 @@
+"""Decoupled (asynchronous) mode: feed prompts, consume trajectories, step, publish weights."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import time
+from dataclasses import asdict, replace
+
+from kuberl.workloads.buffer.records import Prompt
+from kuberl.workloads.buffer.staleness import staleness_weight
+from kuberl.workloads.config import WorkloadConfig
+from kuberl.workloads.logs import get_logger
+from kuberl.workloads.trainer.feeder import InFlight
+from kuberl.workloads.trainer.groups import GroupAssembler, in_flight_target
+from kuberl.workloads.trainer.trainer import Trainer
+
+log = get_logger(__name__)
+
+
+PROMPT_REISSUE_S = float(os.environ.get("KUBERL_PROMPT_REISSUE_S", "60"))
+
+
+async def run_decoupled(cfg: WorkloadConfig) -> None:
+    tr = Trainer(cfg)
+    extra = tr.restore_or_init()
+    await tr.open_buffer()
+    buf = tr.buffer
+    # Versions only move forward: after a crash, agents may hold weights newer than the checkpoint.
+    kv_state, _ = await buf.state.get()
+    if extra or kv_state.weights_manifest:
+        tr.progress.version = max(tr.progress.version, kv_state.policy_version) + 1
+    manifest = await asyncio.to_thread(tr.publish)
+    await buf.state.publish_version(tr.progress.version, manifest)
+    # Staleness is decided here, per sample, so a dropped group's prompt can be replaced at once.
+    consumer = await buf.trajectory_consumer(max_off_policy_steps=10**9)
+    if extra.get("consumer"):
+        consumer.load_state_dict(extra["consumer"])
+    assembler = GroupAssembler(cfg.algorithm.dynamic_sampling, answered=set(extra.get("answered", [])))
+    in_flight = InFlight(limit=cfg.buffer.max_in_flight_prompts)
+    now = time.monotonic()
+    # Prompts in flight at the crash are re-issued at once (as new attempts): their answers may
+    # sit, unacked, with the dead trainer's consumer until the ack wait runs out, and waiting
+    # for them would stall the job. Whichever attempt completes first is trained; the other is ignored.
+    for raw in extra.get("in_flight", []):
+        in_flight.issue(Prompt(**raw), now - PROMPT_REISSUE_S - 1)
+    unacked = []
+    stale_dropped = 0
+    tr._rl_t0 = time.monotonic()
+    try:
+        while tr.progress.step < cfg.run_policy.max_steps:
+            stage = tr.progress.curriculum.stage
+            target = in_flight_target(cfg, tr.prompts.group_size(stage), assembler.keep_rate)
+            # Groups assembled but not yet trained count against the budget too: they age as well.
+            want = target - len(in_flight.issued) - len(assembler.ready)
+            if want > 0:
+                fresh = tr.prompts.take(want, stage)
+                for p in fresh:
+                    in_flight.issue(p, time.monotonic())
+                await buf.publish_prompts(fresh)
+            overdue = in_flight.overdue(time.monotonic(), PROMPT_REISSUE_S)
+            if overdue:
+                again = [replace(p, attempt=p.attempt + 1) for p in overdue]
+                for p in again:
+                    in_flight.issue(p, time.monotonic())
+                await buf.publish_prompts(again)
+                log.warning("re-issued overdue prompts", count=len(again))
+            batch = await consumer.fetch(256, current_version=tr.progress.version, timeout=0.2)
+            unacked.append(batch)  # includes duplicates and stale samples: done with at the next ack
+            weights: dict[str, float] = {}
+            for t, w in zip(batch.trajectories, batch.weights, strict=True):
+                lag_weight = staleness_weight(t.policy_version, tr.progress.version, cfg.max_off_policy_steps)
+                if lag_weight is None:
+                    stale_dropped += 1
+                    # The prompt's group is lost for training: count it answered so a fresh prompt replaces it.
+                    if in_flight.complete(t.prompt_id):
+                        assembler.answered.add(t.prompt_id)
+                    continue
+                weights[t.sample_id] = w * lag_weight
+                done = assembler.add(t)
+                if done is not None:
+                    in_flight.complete(done)
+            stale_dropped += assembler.drop_untrainable(tr.progress.version, cfg.max_off_policy_steps)
+            if assembler.ready_samples() < cfg.algorithm.global_batch_size:
+                continue
+            groups = assembler.take(cfg.algorithm.global_batch_size)
+            row = tr.train_on(groups, weights)
+            row["stale_dropped"] = stale_dropped
+            row["in_flight"] = len(in_flight.issued)
+            if tr.due(cfg.weight_store.sync_interval_steps):
+                manifest = await asyncio.to_thread(tr.publish)
+                await buf.state.publish_version(tr.progress.version, manifest)
+                await asyncio.to_thread(tr.store.prune, cfg.weight_store.keep_versions)
+            if tr.due(cfg.checkpoint.interval_steps):
+                await asyncio.to_thread(tr.checkpoint, {
+                    "consumer": consumer.state_dict(), "answered": sorted(assembler.answered)[-10000:],
+                    "in_flight": [asdict(p) for p, _ in in_flight.issued.values()],
+                })
+            # Ack only after the step (and its checkpoint) are committed: a crash before redelivers.
+            for b in unacked:
+                await b.ack()
+            unacked = []
+            await tr.report(row)
+    finally:
+        await buf.close()

@@ -1,0 +1,172 @@
+"""What both modes share: model, optimizer, checkpoints, metrics and job-state reports."""
+
+from __future__ import annotations
+
+import json
+import math
+import time
+from dataclasses import asdict, dataclass, field, replace
+from pathlib import Path
+
+import torch
+
+from kuberl.workloads.buffer.admin import BufferConfig
+from kuberl.workloads.buffer.records import Trajectory
+from kuberl.workloads.buffer.stream import JobBuffer
+from kuberl.workloads.config import WorkloadConfig
+from kuberl.workloads.logs import get_logger
+from kuberl.workloads.policy.tiny.model import TinyQwen2ForCausalLM
+from kuberl.workloads.policy.tiny.train import (
+    TrainBatch,
+    initial_model,
+    make_optimizer,
+    rl_step,
+    warm_start,
+)
+from kuberl.workloads.rl.curriculum import CurriculumState, curriculum_step
+from kuberl.workloads.trainer.checkpoints import CheckpointStore
+from kuberl.workloads.trainer.prompts import PromptSource, curriculum_stages
+from kuberl.workloads.weights.sync import publish_policy, weight_store
+
+log = get_logger(__name__)
+
+
+PROMPT_ACK_WAIT_S = 30.0  # a dead agent's leased prompts come back this soon (agents keep theirs alive)
+
+
+def buffer_config(cfg: WorkloadConfig) -> BufferConfig:
+    """The one BufferConfig every process of a job uses (consumers must agree on it)."""
+    return BufferConfig(max_in_flight_prompts=cfg.buffer.max_in_flight_prompts, prompt_ack_wait_s=PROMPT_ACK_WAIT_S,
+                        trajectory_ack_wait_s=120.0)
+
+
+@dataclass
+class Progress:
+    step: int = 0
+    version: int = 0
+    samples_trained: int = 0
+    rl_seconds: float = 0.0  # wall time spent in RL so far, across restarts
+    curriculum: CurriculumState = field(default_factory=CurriculumState)
+    resumed_from: int | None = None
+
+
+class MetricsLog:
+    def __init__(self, output_dir: str):
+        Path(output_dir).mkdir(parents=True, exist_ok=True)
+        self.path = Path(output_dir) / "metrics.jsonl"
+
+    def write(self, row: dict) -> None:
+        with self.path.open("a") as f:
+            f.write(json.dumps(row) + "\n")
+
+
+def stats(values: list[float]) -> tuple[float, float]:
+    if not values:
+        return 0.0, 0.0
+    mean = sum(values) / len(values)
+    return mean, math.sqrt(sum((v - mean) ** 2 for v in values) / len(values))
+
+
+class Trainer:
+    """Shared by both modes: the model, optimizer, checkpoints, metrics, KV progress."""
+
+    def __init__(self, cfg: WorkloadConfig):
+        self.cfg = cfg
+        self.algo = cfg.algorithm
+        self.model: TinyQwen2ForCausalLM = initial_model(cfg.model, seed=0)
+        self.opt = make_optimizer(self.model, self.algo)
+        self.prompts = PromptSource(cfg)
+        self.stages = curriculum_stages(cfg)
+        self.progress = Progress()
+        self.ckpt = CheckpointStore(cfg.checkpoint.uri, cfg.weight_store.endpoint, cfg.weight_store.region, cfg.checkpoint.keep)
+        self.metrics = MetricsLog(cfg.output_dir)
+        self.store = weight_store(cfg)
+        self.buffer: JobBuffer | None = None
+        self._kv = None
+        self._rl_t0 = time.monotonic()
+
+    # ---- lifecycle --------------------------------------------------------------------
+
+    def restore_or_init(self, extra_state: dict | None = None) -> dict:
+        """Resume from the latest checkpoint, or warm-start a fresh model; returns the checkpoint's extras."""
+        state = self.ckpt.load_latest()
+        if state is None:
+            steps = self.cfg.model.warmup_sft_steps
+            if steps:
+                t0 = time.monotonic()
+                loss = warm_start(self.model, self.prompts.problems, steps)  # format of every stage's answers
+                log.info("warm start done", steps=steps, loss=round(loss, 3), seconds=round(time.monotonic() - t0, 2))
+            self.opt = make_optimizer(self.model, self.algo)
+            return {}
+        self.model.load_state_dict(state["model"])
+        self.opt.load_state_dict(state["optimizer"])
+        p = state["progress"]
+        self.progress = Progress(step=p["step"], version=p["version"], samples_trained=p["samples_trained"],
+                                 rl_seconds=p["rl_seconds"], curriculum=CurriculumState(
+                                     p["curriculum"]["stage"], p["curriculum"]["stage_start_step"],
+                                     tuple(p["curriculum"]["recent_pass_rates"])),
+                                 resumed_from=p["step"])
+        self.prompts.issued = state["prompts_issued"]
+        torch.set_rng_state(state["torch_rng"])
+        log.info("resumed from checkpoint", step=self.progress.step, version=self.progress.version)
+        return state.get("extra", {})
+
+    def checkpoint(self, extra: dict | None = None) -> None:
+        p = self.progress
+        self.ckpt.save(p.step, {
+            "model": self.model.state_dict(),
+            "optimizer": self.opt.state_dict(),
+            "progress": {**asdict(replace(p, resumed_from=None)), "rl_seconds": self.rl_seconds()},
+            "prompts_issued": self.prompts.issued,
+            "torch_rng": torch.get_rng_state(),
+            "extra": extra or {},
+        })
+
+    def rl_seconds(self) -> float:
+        return self.progress.rl_seconds + (time.monotonic() - self._rl_t0)
+
+    async def open_buffer(self) -> None:
+        self.buffer = await JobBuffer.open(self.cfg.buffer.url, self.cfg.job.namespace, self.cfg.job.name, buffer_config(self.cfg))
+        self._kv = await self.buffer.js.key_value(self.buffer.names.kv_bucket)
+
+    # ---- one step ---------------------------------------------------------------------
+
+    def train_on(self, groups: list[list[Trajectory]], weights: dict[str, float]) -> dict:
+        t0 = time.monotonic()
+        batch = TrainBatch.collate(groups, weights)
+        metrics = rl_step(self.model, self.opt, batch, self.algo)
+        p = self.progress
+        p.step += 1
+        p.version += 1
+        p.samples_trained += len(batch.rewards)
+        rewards = batch.rewards.tolist()
+        pass_rate = sum(1 for r in rewards if r >= 1.0) / len(rewards)
+        before = p.curriculum.stage
+        p.curriculum = curriculum_step(self.stages, p.curriculum, p.step, pass_rate)
+        if p.curriculum.stage != before:
+            log.info("curriculum stage switch", step=p.step, stage=self.stages[p.curriculum.stage].name)
+        mean, std = stats(rewards)
+        elapsed = self.rl_seconds()
+        lags = [p.version - 1 - g[0].policy_version for g in groups]
+        return {
+            "step": p.step, "policy_version": p.version, "reward_mean": round(mean, 4), "reward_std": round(std, 4),
+            "pass_rate": round(pass_rate, 4), "samples": len(rewards), "samples_trained": p.samples_trained,
+            "samples_per_s": round(p.samples_trained / max(elapsed, 1e-9), 3), "elapsed_s": round(elapsed, 2),
+            "train_s": round(time.monotonic() - t0, 4), "stage": p.curriculum.stage, "stage_name": self.stages[p.curriculum.stage].name,
+            "staleness_mean": round(sum(lags) / len(lags), 3), "mode": self.cfg.mode, "resumed_from": p.resumed_from,
+            "time": time.time(), **{k: round(v, 5) for k, v in metrics.items()},
+        }
+
+    async def report(self, row: dict) -> None:
+        self.metrics.write(row)
+        if self._kv is not None:
+            await self._kv.put("progress", json.dumps(row).encode())
+            await self.buffer.state.update(lambda s: replace(s, curriculum_stage=row["stage"],
+                                                             counters={**s.counters, "steps": row["step"], "samples": row["samples_trained"]}))
+        log.info("step", **{k: row[k] for k in ("step", "reward_mean", "samples_per_s", "policy_version", "stage")})
+
+    def publish(self) -> str:
+        return publish_policy(self.store, self.model, self.progress.version, self.cfg.weight_store.fp8)
+
+    def due(self, interval: int) -> bool:
+        return self.progress.step % interval == 0 or self.progress.step >= self.cfg.run_policy.max_steps

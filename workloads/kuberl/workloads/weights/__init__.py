@@ -1,0 +1,1 @@
+"""Weight sync: the versioned S3 store, FP8 quantisation, publish and fetch."""

@@ -1,0 +1,63 @@
+"""Moving policy weights between trainer and engines through the S3 weight store.
+
+The trainer saves the state dict (HF names) as safetensors + config.json, optionally
+blockwise FP8 (kuberl.workloads.fp8), and publishes it as one version of the store; the
+rollout agent fetches a version (sha256-verified) and dequantises what was quantised.
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from pathlib import Path
+from urllib.parse import urlparse
+
+import torch
+
+from kuberl.workloads.config import WorkloadConfig
+from kuberl.workloads.policy.tiny.model import TinyQwen2ForCausalLM
+from kuberl.workloads.weights import fp8
+from kuberl.workloads.weights.store import WeightStore, s3_client, save_sharded
+
+
+def weight_store(cfg: WorkloadConfig) -> WeightStore:
+    client = s3_client(cfg.weight_store.endpoint, region_name=cfg.weight_store.region or "us-east-1")
+    return WeightStore(client, cfg.weight_store.bucket, cfg.weight_prefix, file_workers=2)
+
+
+def publish_policy(store: WeightStore, model: TinyQwen2ForCausalLM, version: int, use_fp8: bool = False) -> str:
+    """Upload the model as ``version`` (overwriting a version a crashed trainer left); returns the manifest URI."""
+    state = {k: v.detach().float().contiguous() for k, v in model.state_dict().items()}
+    config = model.config.to_hf()
+    dtype = "float32"
+    if use_fp8:
+        state, kept = fp8.quantize_state_dict(state)
+        config["quantization_config"] = fp8.quantization_config(kept)
+        dtype = "float8_e4m3fn"
+    with tempfile.TemporaryDirectory(prefix="kuberl-weights-") as tmp:
+        save_sharded(state, tmp, config=config)
+        store.publish(version, tmp, dtype=dtype, overwrite=True)
+    return store.manifest_uri(version)
+
+
+def fetch_policy(store: WeightStore, version: int) -> dict[str, torch.Tensor]:
+    """The tensors of one version, dequantised to float32 when it was published in FP8."""
+    from safetensors.torch import load_file
+
+    with tempfile.TemporaryDirectory(prefix="kuberl-fetch-") as tmp:
+        path, manifest = store.fetch(version, tmp)
+        tensors: dict[str, torch.Tensor] = {}
+        for f in sorted(Path(path).glob("*.safetensors")):
+            tensors.update(load_file(str(f)))
+    if manifest.quantization:
+        tensors = fp8.dequantize_state_dict(tensors, dtype=torch.float32)
+    return {k: v.float() for k, v in tensors.items()}
+
+
+def version_of_manifest(uri: str) -> int:
+    """``s3://b/p/v00000042/manifest.json`` → 42."""
+    return int(Path(urlparse(uri).path).parent.name.lstrip("v"))
+
+
+def aws_env_ready() -> bool:
+    return bool(os.environ.get("AWS_ACCESS_KEY_ID"))
