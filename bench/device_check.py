@@ -9,7 +9,7 @@ Run by bench/device_check.sh on a lent H200 (Python 3.12, torch 2.11 + CUDA 13, 
    backward, clip, AdamW). Model FLOPs per token = 6·N_matmul + 12·L·h·s (causal attention
    counted in full, PaLM's convention); MFU against the H200's dense bf16 peak (989 TFLOP/s
    datasheet) and against the ~790 TFLOP/s an 8k bf16 GEMM reaches there.
-2. ``fp8``: `kuberl.workloads.fp8.quantize_blockwise` on bf16 weights of several shapes and
+2. ``fp8``: `kuberl.workloads.weights.fp8.quantize_blockwise` on bf16 weights of several shapes and
    `quantize_state_dict` on the whole 0.5B model (the per-update re-quantisation a
    rollout sync pays), as effective bandwidth (bf16 read + fp8 written + scales) against a
    device-to-device copy of the same bytes measured in the same run.

@@ -7,7 +7,7 @@
 # Measures (bench/device_check.py, one JSON document on stdout and in $OUT):
 #   * the megatron-core policy backend's training step (bf16, Float16Module) on a random
 #     ~0.5B Qwen2-shaped model: tokens/s, TFLOP/s and MFU;
-#   * blockwise FP8 quantisation (kuberl.workloads.fp8) throughput against the device's
+#   * blockwise FP8 quantisation (kuberl.workloads.weights.fp8) throughput against the device's
 #     copy bandwidth measured in the same run (the ceiling: ~4.2 TB/s on an H200).
 # Copy the JSON to bench/results/device_check.json and commit it.
 set -euo pipefail

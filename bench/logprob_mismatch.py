@@ -2,7 +2,7 @@
 
 On identical weights, SGLang samples completions (temperature 1, full vocabulary) and
 reports the logprob of each sampled token; the tiny torch backend
-(`kuberl.workloads.models.token_logprobs`) and the megatron-core backend
+(`kuberl.workloads.policy.tiny.model.token_logprobs`) and the megatron-core backend
 (`MegatronPolicy.token_logprobs`, TP=1 over gloo in this process) score the same tokens.
 Reported per server dtype and weight set: mean/max absolute difference, and the mean
 entropy of the sampling distribution (a near-uniform model makes any mismatch look small,

@@ -8,8 +8,8 @@
 # pins versions the project venv must not be bound to. Here only the packages its CPU path
 # imports are installed, `--no-deps`, from e2e/sglang/requirements-cpu.txt. PyPI's
 # sglang-kernel is CUDA-only: the two ops the CPU path calls come from kuberl's pure-torch
-# stand-in (kuberl/workloads/sglang_cpu/sgl_kernel), which the launcher puts first on the
-# server's PYTHONPATH (kuberl.workloads.sglang_server).
+# stand-in (kuberl/workloads/engines/sglang/cpu_kernels/sgl_kernel), which the launcher puts first on the
+# server's PYTHONPATH (kuberl.workloads.engines.sglang.launcher).
 #
 # Idempotent: a stamp holding the hash of the pin file and the interpreter version is
 # written last, after the import check, so an interrupted install is never mistaken for a
@@ -65,7 +65,7 @@ fi
 
 # Check the set really imports the server path, with the stand-in first on the path,
 # before calling it done (the tests then check that it serves).
-{ PYTHONPATH="$repo/workloads/kuberl/workloads/sglang_cpu" SGLANG_USE_CPU_ENGINE=1 \
+{ PYTHONPATH="$repo/workloads/kuberl/workloads/engines/sglang/cpu_kernels" SGLANG_USE_CPU_ENGINE=1 \
   nice -n 10 "$venv/bin/python" -W ignore - <<'PY'
 import sgl_kernel, sglang
 assert getattr(sgl_kernel, "KUBERL_STANDIN", False), sgl_kernel.__file__

@@ -37,7 +37,7 @@ from kuberl.operator.children.rollout import (
     uses_char_tokenizer,
 )
 from kuberl.operator.children.trainer import trainer_gang, trainer_pod, trainer_service
-from kuberl.operator.children.workload_config import job_config_map
+from kuberl.operator.children.workload_config import job_config_map, job_workload_config
 from kuberl.operator.naming import (
     engine_url,
     pool_name_for,
@@ -54,7 +54,7 @@ def env_of(container: dict) -> dict[str, str]:
 
 def test_config_map_holds_the_rendered_workload_config():
     j = job("decoupled-agentic.yaml")
-    cm = job_config_map(j, NS, S, agent_env_urls={"calculator": "http://calculator.team-a.svc:8080"})
+    cm = job_config_map(j, S, job_workload_config(j))
     assert cm["metadata"]["name"] == "agentic-tools-config"
     cfg = WorkloadConfig.model_validate(yaml.safe_load(cm["data"]["config.yaml"]))
     assert cfg.job.name == "agentic-tools" and cfg.job.namespace == NS and cfg.job.uid == "uid-1"
@@ -143,8 +143,7 @@ def test_sglang_pool_deployment_has_engine_and_agent():
     assert engine["args"][:2] == ["--model-path", "Qwen/Qwen2.5-7B-Instruct"] and "--tp-size" in engine["args"]
     assert engine["resources"]["limits"]["nvidia.com/gpu"] == "2"
     assert engine["readinessProbe"]["httpGet"]["path"] == "/health_generate"
-    assert agent["name"] == "agent" and env_of(agent)["KUBERL_ENGINE_URL"] == "http://127.0.0.1:30000"
-    assert env_of(agent)["KUBERL_JOB"] == "agentic-tools"
+    assert agent["name"] == "agent" and "KUBERL_ENGINE_URL" not in env_of(agent)  # the engine URL is in the job config
     assert {"name": "kuberl-config", "configMap": {"name": "agentic-tools-config", "optional": True}} in tpl["spec"]["volumes"]
     assert tpl["spec"]["nodeSelector"] == {"kuberl.io/pool": "gpu"}
     assert tpl["metadata"]["labels"][LABEL_JOB] == "agentic-tools"
@@ -168,7 +167,6 @@ def test_sglang_pod_shares_a_scratch_dir_and_probes_the_server():
     assert {"name": ENGINE_SCRATCH_VOLUME, "emptyDir": {}} in tpl["volumes"]
     assert scratch in engine["volumeMounts"] and scratch in agent["volumeMounts"]
     assert env_of(agent)["KUBERL_ENGINE_SCRATCH"] == ENGINE_SCRATCH_DIR == "/var/run/kuberl/engine"
-    assert env_of(agent)["KUBERL_ENGINE_URL"] == f"http://127.0.0.1:{ENGINE_PORT}"
 
     args = engine["args"]
     assert engine["command"] == ["python3", "-m", "sglang.launch_server"]
@@ -219,11 +217,11 @@ def test_uses_char_tokenizer():
 
 def test_sglang_job_config_names_the_engine_url():
     j = job("decoupled-agentic.yaml")
-    cm = job_config_map(j, NS, S, pool_spec={"engine": {"type": "sglang"}})
+    cm = job_config_map(j, S, job_workload_config(j, referenced_pool=pool().spec))  # poolRef: the shared SGLang pool
     cfg = WorkloadConfig.model_validate(yaml.safe_load(cm["data"]["config.yaml"]))
     assert cfg.rollout.engine == "sglang" and cfg.rollout.engine_url == engine_url()
     tiny = job("tiny-cpu.yaml")
-    cfg = WorkloadConfig.model_validate(yaml.safe_load(job_config_map(tiny, NS, S)["data"]["config.yaml"]))
+    cfg = WorkloadConfig.model_validate(yaml.safe_load(job_config_map(tiny, S, job_workload_config(tiny))["data"]["config.yaml"]))
     assert cfg.rollout.engine == "torch" and cfg.rollout.engine_url is None
 
 
@@ -233,7 +231,7 @@ def test_torch_pool_is_agent_only_and_pause_zeroes_replicas():
     p = RolloutPool.model_validate(doc)
     d = rollout_deployment(p, NS, S, bound_job="tiny-arithmetic")
     containers = d["spec"]["template"]["spec"]["containers"]
-    assert [c["name"] for c in containers] == ["agent"] and env_of(containers[0])["KUBERL_ENGINE"] == "torch"
+    assert [c["name"] for c in containers] == ["agent"]
     assert "KUBERL_ENGINE_URL" not in env_of(containers[0])
     p.metadata["annotations"] = {PAUSED_ANNOTATION: "true"}
     assert rollout_deployment(p, NS, S)["spec"]["replicas"] == 0
@@ -261,7 +259,8 @@ def test_agent_env_is_sandboxed():
     sc = c["securityContext"]
     assert sc["allowPrivilegeEscalation"] is False and sc["readOnlyRootFilesystem"] is True and sc["capabilities"] == {"drop": ["ALL"]}
     assert {"name": "tmp", "mountPath": "/tmp"} in c["volumeMounts"]
-    assert env_of(c)["KUBERL_ENV_TASK"] == "calculator-tool" and env_of(c)["KUBERL_ENV_LATENCY_DISTRIBUTION"] == "lognormal"
+    assert _flag(c["args"], "--task") == "calculator-tool" and _flag(c["args"], "--latency") == "lognormal"
+    assert not [e for e in c["env"] if e["name"].startswith("KUBERL_")]  # the settings travel as the server's args
     assert d["spec"]["replicas"] == 2
 
 
@@ -284,4 +283,4 @@ def test_deny_egress_network_policy():
 def test_builders_are_deterministic(file):
     j = job(file)
     assert trainer_gang(j, NS, 0, S) == trainer_gang(j, NS, 0, S)
-    assert job_config_map(j, NS, S) == job_config_map(j, NS, S)
+    assert job_config_map(j, S, job_workload_config(j)) == job_config_map(j, S, job_workload_config(j))

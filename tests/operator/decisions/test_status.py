@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from kuberl.operator.decisions import status as st
+from kuberl.workloads.buffer.state import JobMetrics, JobState
 
 
 def conds_at(now, **kw):
@@ -90,8 +91,8 @@ def test_a_healthy_buffer_from_the_start_is_not_announced():
 
 
 def test_progress_from_kv_state():
-    state = {"policy_version": 7, "curriculum_stage": 1, "counters": {"steps": 50, "samples": 3200},
-             "metrics": {"reward_mean": 0.61234, "pass_rate": 0.5}}
+    state = JobState(policy_version=7, curriculum_stage=1, counters={"steps": 50, "samples": 3200},
+                     metrics=JobMetrics(reward_mean=0.61234, pass_rate=0.5))
     out, sample = st.progress(state, max_steps=200, previous=(100.0, 1600), now=110.0)
     assert out["step"] == 50 and out["progressPercent"] == 25 and out["policyVersion"] == 7
     assert out["curriculumStage"] == "1" and out["reward"] == {"mean": "0.6123", "passRate": "0.5"}

@@ -13,7 +13,8 @@ import nats.errors
 import numpy as np
 import pytest
 
-from kuberl.workloads.buffer.admin import BufferConfig, delete_job_sync
+from kuberl.operator.adapters.nats import NatsBridge
+from kuberl.workloads.buffer.admin import BufferConfig
 from kuberl.workloads.buffer.names import JobNames, job_token
 from kuberl.workloads.buffer.records import (
     CodecError,
@@ -45,8 +46,13 @@ def job() -> tuple[str, str]:
     return "test-ns", f"job-{uuid.uuid4().hex[:8]}"
 
 
+async def stored_trajectories(buf: JobBuffer) -> int:
+    """Trajectories the stream still holds: work-queue retention keeps a message until its ack."""
+    return (await buf.js.stream_info(buf.names.trajectories_stream)).state.messages
+
+
 async def trajectories_left(buf: JobBuffer, expect: int, within_s: float = 5.0) -> int:
-    """The trajectory backlog once it reaches ``expect`` (or what it is after ``within_s``).
+    """The trajectories stored once their count reaches ``expect`` (or what it is after ``within_s``).
 
     nats-server applies a work-queue ack to the stream on its own goroutine, after the
     connection has read it, so even a flushed (or double) ack shows in the stream's message
@@ -54,7 +60,7 @@ async def trajectories_left(buf: JobBuffer, expect: int, within_s: float = 5.0) 
     """
     deadline = asyncio.get_running_loop().time() + within_s
     while True:
-        left = (await buf.backlog())["trajectories"]
+        left = await stored_trajectories(buf)
         if left == expect or asyncio.get_running_loop().time() > deadline:
             return left
         await asyncio.sleep(0.02)
@@ -122,14 +128,14 @@ def test_in_flight_tracker():
 
 @pytest.mark.servers
 async def test_publish_fetch_ack_empties_the_stream(nats_server):
-    buf = await JobBuffer.open(nats_server.url, *job(), FAST)
+    buf = await JobBuffer.open(nats_server.url, *job(), FAST, create=True)
     try:
         acks = await buf.publish_trajectories(make_traj(i) for i in range(20))
         assert [a.seq for a in acks] == list(range(1, 21))
         consumer = await buf.trajectory_consumer()
         batch = await consumer.fetch(20, current_version=0, timeout=2)
         assert sorted(batch.sample_ids) == sorted(f"s{i}" for i in range(20))
-        assert (await buf.backlog())["trajectories"] == 20  # nothing gone before the ack
+        assert await stored_trajectories(buf) == 20  # nothing gone before the ack
         await batch.ack()
         assert await trajectories_left(buf, 0) == 0
         assert len(await consumer.fetch(5, current_version=0, timeout=0.5)) == 0
@@ -139,19 +145,19 @@ async def test_publish_fetch_ack_empties_the_stream(nats_server):
 
 @pytest.mark.servers
 async def test_duplicate_publish_is_dropped_by_msg_id(nats_server):
-    buf = await JobBuffer.open(nats_server.url, *job(), FAST)
+    buf = await JobBuffer.open(nats_server.url, *job(), FAST, create=True)
     try:
         first = await buf.publish_trajectory(make_traj(1))
         again = await buf.publish_trajectory(make_traj(1))
         assert again.duplicate and again.seq == first.seq
-        assert (await buf.backlog())["trajectories"] == 1
+        assert await stored_trajectories(buf) == 1
     finally:
         await buf.close()
 
 
 @pytest.mark.servers
 async def test_oversized_trajectory_is_refused_with_sizes(nats_server):
-    buf = await JobBuffer.open(nats_server.url, *job(), FAST)
+    buf = await JobBuffer.open(nats_server.url, *job(), FAST, create=True)
     try:
         huge = make_traj(0, n=1_000_000)  # 9 MB > the fixture's 8 MiB max_payload
         with pytest.raises(PayloadTooLargeError, match=r"s0 .*9000\d+ bytes.*max_payload of \d+ bytes"):
@@ -162,7 +168,7 @@ async def test_oversized_trajectory_is_refused_with_sizes(nats_server):
 
 @pytest.mark.servers
 async def test_stale_samples_dropped_or_downweighted_and_counted(nats_server):
-    buf = await JobBuffer.open(nats_server.url, *job(), FAST)
+    buf = await JobBuffer.open(nats_server.url, *job(), FAST, create=True)
     try:
         await buf.publish_trajectories(make_traj(v, version=v) for v in range(6))
         consumer = await buf.trajectory_consumer(max_off_policy_steps=2, staleness="drop")
@@ -185,7 +191,7 @@ async def test_stale_samples_dropped_or_downweighted_and_counted(nats_server):
 @pytest.mark.servers
 async def test_prompt_backpressure_bounds_in_flight(nats_server):
     cfg = BufferConfig(max_in_flight_prompts=4)
-    buf = await JobBuffer.open(nats_server.url, *job(), cfg)
+    buf = await JobBuffer.open(nats_server.url, *job(), cfg, create=True)
     try:
         feeder = PromptFeeder(buf, max_in_flight=6)
         issued = await feeder.feed(Prompt(f"p{i}", {"text": f"q{i}"}, n_samples=8) for i in range(10))
@@ -205,7 +211,7 @@ async def test_prompt_backpressure_bounds_in_flight(nats_server):
 
 @pytest.mark.servers
 async def test_job_state_compare_and_set(nats_server):
-    buf = await JobBuffer.open(nats_server.url, *job(), FAST)
+    buf = await JobBuffer.open(nats_server.url, *job(), FAST, create=True)
     try:
         state, rev = await buf.state.get()
         assert rev == 0 and state.policy_version == 0
@@ -226,8 +232,8 @@ async def test_following_the_job_state_sees_each_write_through_the_watch(nats_se
     import contextlib
 
     ns, name = job()
-    buf = await JobBuffer.open(nats_server.url, ns, name, FAST)
-    writer = await JobBuffer.open(nats_server.url, ns, name, FAST)  # the trainer's own connection
+    buf = await JobBuffer.open(nats_server.url, ns, name, FAST, create=True)
+    writer = await JobBuffer.open(nats_server.url, ns, name, FAST, create=True)  # the trainer's own connection
     try:
         async with contextlib.aclosing(buf.state.follow(fallback_s=60)) as states:
             first = await asyncio.wait_for(anext(states), timeout=10)  # nothing written yet: read
@@ -246,11 +252,15 @@ async def test_following_the_job_state_sees_each_write_through_the_watch(nats_se
 @pytest.mark.servers
 async def test_delete_job_removes_streams_and_kv(nats_server):
     ns, name = job()
-    buf = await JobBuffer.open(nats_server.url, ns, name, FAST)
+    buf = await JobBuffer.open(nats_server.url, ns, name, FAST, create=True)
     await buf.close()
-    deleted = delete_job_sync(nats_server.url, ns, name)  # sync, called while a loop runs
-    assert sorted(deleted) == sorted(JobNames.for_job(ns, name).streams())
-    assert delete_job_sync(nats_server.url, ns, name) == []  # idempotent
+    bridge = NatsBridge()  # the operator's finaliser path: synchronous, its own loop thread
+    try:
+        deleted = bridge.delete_job(nats_server.url, ns, name)
+        assert sorted(deleted) == sorted(JobNames.for_job(ns, name).streams())
+        assert bridge.delete_job(nats_server.url, ns, name) == []  # idempotent
+    finally:
+        bridge.close()
 
 
 class _FailingSecondFetch:
@@ -272,7 +282,7 @@ async def test_bare_asyncio_timeout_after_messages_arrived_returns_them(nats_ser
     TimeoutError). Raised on the second round of a batch, it must end the batch with what
     arrived — not escape and leave those samples pending, never to be trained."""
     assert not issubclass(asyncio.TimeoutError, nats.errors.TimeoutError)  # what made it slip through
-    buf = await JobBuffer.open(nats_server.url, *job(), FAST)
+    buf = await JobBuffer.open(nats_server.url, *job(), FAST, create=True)
     try:
         await buf.publish_trajectories(make_traj(i) for i in range(5))
         consumer = await buf.trajectory_consumer()
@@ -296,7 +306,7 @@ async def test_failed_fetch_after_messages_arrived_leaves_nothing_pending(nats_s
     """Any other error mid-batch propagates, but the samples already fetched are given back
     and trained by a later fetch (before the fix their redelivery was taken for a copy of a
     pending sample and skipped forever)."""
-    buf = await JobBuffer.open(nats_server.url, *job(), FAST)
+    buf = await JobBuffer.open(nats_server.url, *job(), FAST, create=True)
     try:
         await buf.publish_trajectories(make_traj(i) for i in range(5))
         consumer = await buf.trajectory_consumer()
@@ -318,7 +328,7 @@ async def test_failed_fetch_after_messages_arrived_leaves_nothing_pending(nats_s
 async def test_short_fetches_on_an_empty_stream_never_raise(nats_server):
     """Deadlines that expire around nats-py's no-wait probe end in one timeout flavour or the
     other; every flavour means "nothing", never an exception out of the consumers."""
-    buf = await JobBuffer.open(nats_server.url, *job(), FAST)
+    buf = await JobBuffer.open(nats_server.url, *job(), FAST, create=True)
     try:
         consumer = await buf.trajectory_consumer()
         prompts = await buf.prompt_consumer()
@@ -333,10 +343,11 @@ async def test_short_fetches_on_an_empty_stream_never_raise(nats_server):
 _CRASHING_TRAINER = textwrap.dedent(
     """
     import asyncio, json, sys, time
-    from kuberl.workloads.buffer import BufferConfig, JobBuffer
+    from kuberl.workloads.buffer.admin import BufferConfig
+    from kuberl.workloads.buffer.stream import JobBuffer
 
     async def main(url, ns, name):
-        buf = await JobBuffer.open(url, ns, name, BufferConfig(trajectory_ack_wait_s=2.0))
+        buf = await JobBuffer.open(url, ns, name, BufferConfig(trajectory_ack_wait_s=2.0), create=True)
         consumer = await buf.trajectory_consumer()
         batch = await consumer.fetch(10, current_version=0, timeout=5)
         print(json.dumps(batch.sample_ids), flush=True)
@@ -350,7 +361,7 @@ _CRASHING_TRAINER = textwrap.dedent(
 @pytest.mark.servers
 async def test_consumer_killed_before_ack_gets_redelivered_and_nothing_trains_twice(nats_server):
     ns, name = job()
-    buf = await JobBuffer.open(nats_server.url, ns, name, FAST)
+    buf = await JobBuffer.open(nats_server.url, ns, name, FAST, create=True)
     try:
         await buf.publish_trajectories(make_traj(i) for i in range(30))
         proc = await asyncio.create_subprocess_exec(sys.executable, "-c", _CRASHING_TRAINER, nats_server.url, ns, name,
@@ -384,7 +395,8 @@ async def test_consumer_killed_before_ack_gets_redelivered_and_nothing_trains_tw
         restarted.load_state_dict(checkpoint)
         dups_before = restarted.stats.duplicates
         again = await restarted.fetch(10, current_version=0, timeout=4)
-        assert len(again) == 0 and restarted.stats.duplicates - dups_before == 10
+        # Each of the 10 is recognised (more copies when the 2 s ack wait lapses again within the 4 s fetch).
+        assert len(again) == 0 and restarted.stats.duplicates - dups_before >= 10
         await again.ack()
         assert await trajectories_left(buf, 0) == 0
     finally:
@@ -395,8 +407,8 @@ async def test_consumer_killed_before_ack_gets_redelivered_and_nothing_trains_tw
 async def test_nats_restart_mid_stream_loses_nothing(fresh_nats_server):
     server = fresh_nats_server
     total = 600
-    pub = await JobBuffer.open(server.url, *("test-ns", "restart"), FAST)
-    sub = await JobBuffer.open(server.url, *("test-ns", "restart"), FAST)
+    pub = await JobBuffer.open(server.url, *("test-ns", "restart"), FAST, create=True)
+    sub = await JobBuffer.open(server.url, *("test-ns", "restart"), FAST, create=True)
     trained: list[str] = []
     try:
         consumer = await sub.trajectory_consumer()

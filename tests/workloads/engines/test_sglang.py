@@ -364,7 +364,7 @@ async def test_rollout_agent_runs_a_decoupled_job_against_sglang(engine, sglang_
     """The real decoupled trainer and the real rollout agent, the agent's engine being SGLang:
     prompts, generation, trajectories, training steps, weight versions published to S3 and
     hot-swapped into the server. The agent picks its engine from the config
-    (``rollout.engine: sglang`` and the server URL in ``KUBERL_ENGINE_URL``, as in a rollout
+    (``rollout.engine: sglang`` and the server URL in ``rollout.engineUrl``, as in a rollout
     pod), exactly as `python -m kuberl.workloads.rollout` does. On step 1 the samples come from the weights the trainer
     holds, so the trainer's `behaviour_gap` (mean |trainer logprob - behaviour logprob|) is
     the pure train/inference mismatch."""
@@ -374,14 +374,14 @@ async def test_rollout_agent_runs_a_decoupled_job_against_sglang(engine, sglang_
 
     import yaml
 
-    from kuberl.workloads.config import config_from_rljob
+    from kuberl.workloads.buffer.admin import BufferConfig, create_job_streams
     from kuberl.workloads.rollout.agent import RolloutAgent
     from kuberl.workloads.trainer.decoupled import run_decoupled
+    from tests.support.objects import workload_config_for
 
     monkeypatch.setenv("AWS_ACCESS_KEY_ID", s3_server.access_key)
     monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", s3_server.secret_key)
     monkeypatch.setenv("AWS_DEFAULT_REGION", "us-east-1")
-    monkeypatch.setenv("KUBERL_ENGINE_URL", sglang_server.url)
     monkeypatch.setenv("KUBERL_ENGINE_SCRATCH", str(tmp_path / "scratch"))  # the server reads it: same host
     spec = yaml.safe_load((Path(__file__).resolve().parents[3] / "examples" / "tiny-cpu.yaml").read_text())["spec"]
     spec["model"]["warmupSftSteps"] = 0
@@ -390,8 +390,9 @@ async def test_rollout_agent_runs_a_decoupled_job_against_sglang(engine, sglang_
     spec["checkpoint"]["intervalSteps"] = 100
     spec["runPolicy"]["maxSteps"] = 3
     spec["rollout"]["template"]["engine"]["type"] = "sglang"
-    cfg = config_from_rljob("default", f"sglang-{uuid_hex()}", spec, nats_url=nats_server.url,
-                            s3_endpoint=s3_server.endpoint, output_dir=str(tmp_path / "out"))
+    cfg = workload_config_for(spec, f"sglang-{uuid_hex()}", nats_url=nats_server.url, s3_endpoint=s3_server.endpoint,
+                              engine_url_override=sglang_server.url, output_dir=str(tmp_path / "out"))
+    await create_job_streams(cfg.buffer.url, cfg.job.namespace, cfg.job.name, BufferConfig.from_spec(cfg.buffer))
     assert cfg.rollout.engine == "sglang"
 
     agent = RolloutAgent(cfg, "sglang-0")
@@ -431,15 +432,12 @@ def test_rollout_agent_engine_follows_the_config(monkeypatch):
     from kuberl.workloads.engines.torch_engine import TorchEngine
     from kuberl.workloads.rollout.agent import make_engine
 
-    monkeypatch.setenv("KUBERL_ENGINE_URL", "http://127.0.0.1:30000")
-    sglang = make_engine(SimpleNamespace(rollout=RolloutRuntime(engine="sglang")), "a0")
-    assert isinstance(sglang, SGLangEngine) and sglang.policy_version == -1
-    assert sglang.client.base_url == "http://127.0.0.1:30000"
-    sglang.close()
-    url = make_engine(SimpleNamespace(rollout=RolloutRuntime(engine="sglang", engine_url="http://10.0.0.9:30000")), "a0")
-    assert url.client.base_url == "http://10.0.0.9:30000"  # rollout.engineUrl wins over the env
+    runtime = {"concurrency": 8, "weight_swap": "pause", "abandon_stale_groups": True}
+    url = make_engine(SimpleNamespace(rollout=RolloutRuntime(engine="sglang", engine_url="http://10.0.0.9:30000", **runtime)), "a0")
+    assert isinstance(url, SGLangEngine) and url.policy_version == -1
+    assert url.client.base_url == "http://10.0.0.9:30000"
     url.close()
-    torch_engine = make_engine(SimpleNamespace(rollout=RolloutRuntime(engine="torch")), "a0")
+    torch_engine = make_engine(SimpleNamespace(rollout=RolloutRuntime(engine="torch", **runtime)), "a0")
     assert isinstance(torch_engine, TorchEngine) and torch_engine.policy_version == -1
 
 
@@ -447,10 +445,9 @@ def test_engine_from_workload_config(monkeypatch):
     from types import SimpleNamespace
 
     cfg = SimpleNamespace(rollout=SimpleNamespace(engine_url=None, weight_swap="pause"))
-    monkeypatch.delenv("KUBERL_ENGINE_URL", raising=False)
-    with pytest.raises(ValueError, match="KUBERL_ENGINE_URL"):
+    with pytest.raises(ValueError, match="engineUrl"):
         SGLangEngine.from_config(cfg)
-    monkeypatch.setenv("KUBERL_ENGINE_URL", "http://127.0.0.1:30000")
+    cfg.rollout.engine_url = "http://127.0.0.1:30000"
     eng = SGLangEngine.from_config(cfg)
     assert eng.client.base_url == "http://127.0.0.1:30000" and eng.policy_version == -1 and eng.swap_mode == "retract"
     eng.close()

@@ -16,7 +16,7 @@ from kuberl.workloads.rl.losses import (
     policy_loss,
     truncated_is_weights,
 )
-from kuberl.workloads.rl.sampling import GroupCollector, has_signal, prompts_to_request
+from kuberl.workloads.rl.sampling import has_signal
 
 log = math.log
 
@@ -101,28 +101,8 @@ def test_loss_with_tis_kl_and_sample_weights():
         policy_loss(lp, torch.tensor([1.0]), torch.ones(1, 2))
 
 
-def sample(group, reward):
-    return SimpleNamespace(group_id=group, reward=reward)
-
-
-def test_dynamic_sampling_and_over_sampling():
+def test_has_signal():
     assert has_signal([0, 1]) and not has_signal([1, 1]) and not has_signal([1])
-    c = GroupCollector(group_size=2)
-    assert c.add(sample("g1", 1.0)) is None
-    assert c.add(sample("g2", 1.0)) is None
-    assert len(c.add(sample("g1", 0.0))) == 2
-    c.add(sample("g2", 1.0))  # flat group: dropped
-    assert (c.kept, c.dropped, c.keep_rate) == (1, 1, 0.5)
-    assert c.take(2) is None and len(c.take(1)) == 1 and c.ready == []
-    # 7 groups missing, half are kept, 1.5× over-sampling, 2 already in flight: ceil(7·1.5/0.5) − 2.
-    assert prompts_to_request(8, 1, 2, over_sampling_factor=1.5, keep_rate=0.5) == 19
-    assert prompts_to_request(8, 8, 0) == 0
-    assert prompts_to_request(4, 0, 10) == 0
-    assert prompts_to_request(4, 0, 0, keep_rate=0.0) == 80  # floor on the keep rate
-    off = GroupCollector(group_size=2, dynamic_sampling=False)
-    off.add(sample("g", 1.0))
-    off.add(sample("g", 1.0))
-    assert off.kept == 1 and off.dropped == 0
 
 
 def test_curriculum_switches_on_steps_then_pass_rate():

@@ -11,16 +11,16 @@ from pathlib import Path
 import pytest
 import yaml
 
+from kuberl.workloads.buffer.admin import BufferConfig, create_job_streams
 from kuberl.workloads.buffer.records import Prompt
 from kuberl.workloads.buffer.stream import JobBuffer
-from kuberl.workloads.config import config_from_rljob
 from kuberl.workloads.engines.batching import DispatchTracker
 from kuberl.workloads.engines.torch_engine import TorchEngine
 from kuberl.workloads.policy.tiny.model import seeded_model
 from kuberl.workloads.rollout.agent import ABANDON_AT_MOST, RolloutAgent, TrainerClock
-from kuberl.workloads.trainer.trainer import buffer_config
 from kuberl.workloads.weights.sync import publish_policy, weight_store
 from tests.support.aio_helpers import cancel_and_wait, wait_until
+from tests.support.objects import workload_config_for
 
 # ---- pure: the trainer's clock ------------------------------------------------------------
 
@@ -69,8 +69,8 @@ def job_config(nats_server, s3_server, s3_bucket, tmp_path, monkeypatch):
     monkeypatch.setenv("AWS_DEFAULT_REGION", "us-east-1")
     spec = yaml.safe_load((Path(__file__).resolve().parents[3] / "examples" / "tiny-cpu.yaml").read_text())["spec"]
     spec["weightStore"]["bucket"] = s3_bucket
-    cfg = config_from_rljob("default", f"abandon-{uuid.uuid4().hex[:8]}", spec, nats_url=nats_server.url,
-                            s3_endpoint=s3_server.endpoint, output_dir=str(tmp_path / "out"))
+    cfg = workload_config_for(spec, f"abandon-{uuid.uuid4().hex[:8]}", nats_url=nats_server.url,
+                              s3_endpoint=s3_server.endpoint, output_dir=str(tmp_path / "out"))
     assert cfg.max_off_policy_steps == 1
     return cfg
 
@@ -96,7 +96,8 @@ async def _one_group(buf: JobBuffer, timeout: float = 60):
 @contextlib.asynccontextmanager
 async def agent_on_version_0(cfg, delay_s: float):
     """A rollout agent on a slow engine, running against the job's buffer with version 0 loaded."""
-    buf = await JobBuffer.open(cfg.buffer.url, cfg.job.namespace, cfg.job.name, buffer_config(cfg))
+    await create_job_streams(cfg.buffer.url, cfg.job.namespace, cfg.job.name, BufferConfig.from_spec(cfg.buffer))  # the operator's part
+    buf = await JobBuffer.open(cfg.buffer.url, cfg.job.namespace, cfg.job.name, BufferConfig.from_spec(cfg.buffer))
     engine = SlowEngine(delay_s=delay_s)
     agent = RolloutAgent(cfg, "agent-0", engine=engine)
     running = asyncio.create_task(agent.run())

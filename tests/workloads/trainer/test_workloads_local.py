@@ -10,7 +10,6 @@ import torch
 from aiohttp import web
 
 from kuberl.operator.local.report import summarise
-from kuberl.operator.local.runner import env_args
 from kuberl.workloads.agentenv.server import EnvServer, EnvSettings, sample_latency
 from kuberl.workloads.buffer.records import Prompt
 from kuberl.workloads.engines.base import GenerationRequest
@@ -138,8 +137,6 @@ async def test_multi_turn_episode_against_the_calculator_env():
 
 
 def test_runner_helpers():
-    args = env_args("calc", {"task": "calculator-tool", "concurrencyPerReplica": 4, "latency": {"distribution": "pareto", "medianSeconds": 0.5}})
-    assert args[args.index("--task") + 1] == "calculator-tool" and args[args.index("--latency") + 1] == "pareto"
     rows = [{"step": i, "reward_mean": i / 10, "samples_trained": 8 * i, "samples_per_s": 4.0, "elapsed_s": float(i)} for i in range(1, 11)]
     s = summarise(rows, window=2)
     assert s["reward_start"] == pytest.approx(0.15) and s["reward_end"] == pytest.approx(0.95) and s["steps"] == 10
@@ -163,15 +160,15 @@ def _tiny_trainer(tmp_path, algorithm: dict | None = None, **spec_changes):
 
     import yaml
 
-    from kuberl.workloads.config import config_from_rljob
     from kuberl.workloads.trainer.trainer import Trainer
+    from tests.support.objects import workload_config_for
 
     doc = yaml.safe_load((Path(__file__).resolve().parents[3] / "examples" / "tiny-cpu.yaml").read_text())
     spec = doc["spec"]
     spec["algorithm"].update(globalBatchSize=16, rolloutBatchSize=16, **(algorithm or {}))
     spec.update(spec_changes)
-    cfg = config_from_rljob("default", "switches", spec, nats_url="nats://127.0.0.1:1",
-                            s3_endpoint="http://127.0.0.1:1", output_dir=str(tmp_path / "out"))
+    cfg = workload_config_for(spec, "switches", nats_url="nats://127.0.0.1:1", s3_endpoint="http://127.0.0.1:1",
+                              output_dir=str(tmp_path / "out"))
     return Trainer(cfg)
 
 

@@ -14,6 +14,7 @@ from urllib.parse import quote, urlencode
 import kubernetes
 
 from kuberl.operator.adapters.metrics import API_REQUESTS
+from kuberl.operator.api.constants import API_VERSION
 
 MERGE_PATCH = "application/merge-patch+json"
 
@@ -23,9 +24,9 @@ _PLURALS = {
     ("v1", "ConfigMap"): "configmaps",
     ("apps/v1", "Deployment"): "deployments",
     ("networking.k8s.io/v1", "NetworkPolicy"): "networkpolicies",
-    ("kuberl.io/v1alpha1", "RLJob"): "rljobs",
-    ("kuberl.io/v1alpha1", "RolloutPool"): "rolloutpools",
-    ("kuberl.io/v1alpha1", "AgentEnv"): "agentenvs",
+    (API_VERSION, "RLJob"): "rljobs",
+    (API_VERSION, "RolloutPool"): "rolloutpools",
+    (API_VERSION, "AgentEnv"): "agentenvs",
 }
 
 

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import asyncio
 import concurrent.futures
-import json
 import threading
 import time
 from collections.abc import Coroutine
@@ -20,9 +19,15 @@ from typing import Any
 import nats
 import nats.js.errors
 
-from kuberl.workloads.buffer.admin import BufferConfig, ensure_job
+from kuberl.workloads.buffer.admin import (
+    BufferConfig,
+    backlog,
+    delete_streams,
+    ensure_job,
+)
+from kuberl.workloads.buffer.kv import JobStateStore
 from kuberl.workloads.buffer.names import JobNames
-from kuberl.workloads.buffer.state import JobStateStore
+from kuberl.workloads.buffer.state import JobState
 from kuberl.workloads.logs import get_logger
 
 log = get_logger(__name__)
@@ -82,57 +87,31 @@ class NatsBridge:
 
     def ensure_job(self, url: str, namespace: str, name: str, cfg: BufferConfig) -> None:
         async def go():
-            js = await self._js(url)
-            await ensure_job(js, JobNames.for_job(namespace, name), cfg)
+            await ensure_job(await self._js(url), JobNames.for_job(namespace, name), cfg)
 
         self._run(go())
 
     def delete_job(self, url: str, namespace: str, name: str) -> list[str]:
         async def go():
-            js = await self._js(url)
-            deleted = []
-            for stream in JobNames.for_job(namespace, name).streams():
-                try:
-                    await js.delete_stream(stream)
-                    deleted.append(stream)
-                except nats.js.errors.NotFoundError:
-                    pass
-            return deleted
+            return await delete_streams(await self._js(url), JobNames.for_job(namespace, name))
 
         return self._run(go())
 
-    def job_state(self, url: str, namespace: str, name: str) -> dict[str, Any] | None:
-        """The job-state document (JSON) the trainer keeps in KV; None before it is written."""
+    def job_state(self, url: str, namespace: str, name: str) -> JobState | None:
+        """The job-state document the trainer keeps in KV; None before it is written."""
 
         async def go():
-            js = await self._js(url)
-            kv = await js.key_value(JobNames.for_job(namespace, name).kv_bucket)
-            try:
-                entry = await kv.get(JobStateStore.KEY)
-            except nats.js.errors.KeyNotFoundError:
-                return None
-            return json.loads(entry.value) if entry.value else None
+            kv = await (await self._js(url)).key_value(JobNames.for_job(namespace, name).kv_bucket)
+            state, revision = await JobStateStore(kv).get()
+            return state if revision else None
 
         return self._run(go())
 
     def backlog(self, url: str, namespace: str, name: str) -> dict[str, int]:
-        """Messages not yet handed out from the job's prompts and trajectories streams.
-
-        With a consumer, that is its num_pending (prompts being worked on are not
-        waiting); before any consumer exists, every message in the stream waits.
-        """
+        """Messages not yet handed out from the job's streams (`buffer.admin.backlog`)."""
 
         async def go():
-            js = await self._js(url)
-            names = JobNames.for_job(namespace, name)
-            out = {}
-            for key, stream, durable in (("prompts", names.prompts_stream, names.prompts_consumer),
-                                         ("trajectories", names.trajectories_stream, names.trajectories_consumer)):
-                try:
-                    out[key] = (await js.consumer_info(stream, durable)).num_pending
-                except nats.js.errors.NotFoundError:
-                    out[key] = (await js.stream_info(stream)).state.messages
-            return out
+            return await backlog(await self._js(url), JobNames.for_job(namespace, name))
 
         return self._run(go())
 

@@ -17,6 +17,7 @@ from kuberl.operator.api.common import (
     cel,
     list_map,
 )
+from kuberl.operator.api.constants import API_VERSION
 
 
 class LatencySpec(ApiModel):
@@ -40,12 +41,7 @@ class AgentEnvSpec(ApiModel):
     """Desired state of an AgentEnv."""
 
     cel_rules: ClassVar = (
-        cel("self.minReplicas <= self.maxReplicas", "minReplicas must be less than or equal to maxReplicas", ".minReplicas"),
-        cel(
-            "self.minReplicas <= self.replicas && self.replicas <= self.maxReplicas",
-            "replicas must lie between minReplicas and maxReplicas",
-            ".replicas",
-        ),
+        cel("self.task != 'custom' || has(self.image)", "task custom serves your own server: set image (and command/args if its entrypoint needs them)", ".image"),
     )
 
     image: str | None = Field(None, max_length=SHORT_STRING_MAX, description="Environment server image; defaults to the kuberl reference server.")
@@ -57,10 +53,7 @@ class AgentEnvSpec(ApiModel):
         description="Reference task served: arithmetic (single-turn verifier), calculator-tool (multi-turn tool use), or custom (your image).",
     )
     port: int = Field(8080, ge=1, le=65535, description="Port the environment server listens on.")
-    protocol: Literal["kuberl-episode-v1"] = Field("kuberl-episode-v1", description="Wire protocol: kuberl's HTTP episode API (reset/step).")
-    replicas: int = Field(1, ge=0, le=4096, description="Environment pods.")
-    min_replicas: int = Field(1, ge=0, le=4096, description="Lower bound for scaling.")
-    max_replicas: int = Field(8, ge=1, le=4096, description="Upper bound for scaling.")
+    replicas: int = Field(1, ge=0, le=4096, description="Environment pods. The server speaks kuberl's HTTP episode protocol (kuberl-episode-v1: reset/step).")
     concurrency_per_replica: int = Field(32, ge=1, le=65536, description="Episodes one pod serves at the same time; more are refused with 429.")
     episode_timeout_seconds: int = Field(300, ge=1, le=86400, description="An episode that runs longer is ended and scored as failed.")
     latency: LatencySpec | None = Field(None, description="Injected latency for experiments.")
@@ -89,7 +82,7 @@ class AgentEnv(ApiModel):
         "short_names": ["ae", "aenv"],
     }
 
-    api_version: Literal["kuberl.io/v1alpha1"] = Field("kuberl.io/v1alpha1", description="kuberl.io/v1alpha1")
+    api_version: Literal[API_VERSION] = Field(API_VERSION, description=API_VERSION)
     kind: Literal["AgentEnv"] = Field("AgentEnv", description="AgentEnv")
     metadata: dict = Field(default_factory=dict, description="Standard object metadata.")
     spec: AgentEnvSpec = Field(default_factory=AgentEnvSpec, description="Desired state.")

@@ -21,6 +21,7 @@ from kuberl.operator.api.common import (
     cel,
     list_map,
 )
+from kuberl.operator.api.constants import API_VERSION
 from kuberl.operator.api.rolloutpool import RolloutPoolSpec
 from kuberl.workloads.spec import (
     AlgorithmSpec,
@@ -35,6 +36,8 @@ from kuberl.workloads.spec import (
     VerifierReward,
     WeightStoreSpec,
 )
+
+DEFAULT_MAX_OFF_POLICY_STEPS = 1
 
 # Pod names are "<job>-trainer-<index>"; they must stay valid DNS labels (63 chars).
 JOB_NAME_MAX = 40
@@ -123,6 +126,8 @@ class RLJobSpec(ApiModel):
             ".datasets",
         ),
         cel("!has(self.managedBy) || self.managedBy == oldSelf.managedBy", "managedBy is immutable", ".managedBy"),
+        cel("self.trainer.backend != 'torch' || self.model.dtype == 'float32'",
+            "the torch backend trains in float32: set model.dtype: float32", ".model.dtype"),
     )
 
     model: ModelSpec = Field(description="Initial policy and tokenizer.")
@@ -151,6 +156,21 @@ class RLJobSpec(ApiModel):
         description="Controller that reconciles this job; kuberl ignores jobs whose value is set and is not kuberl.io/operator (e.g. a MultiKueue dispatcher). Immutable.",
     )
     scheduling: SchedulingSpec = Field(default_factory=SchedulingSpec, description="Scheduler, queue and gang hooks.")
+
+    # Defaults that depend on other fields (the schema cannot express them): kept here, beside
+    # the fields, and read through these methods only.
+    def effective_max_off_policy_steps(self) -> int:
+        """maxOffPolicySteps as it applies: 0 in colocated mode, 1 when unset in decoupled mode."""
+        if self.max_off_policy_steps is not None:
+            return self.max_off_policy_steps
+        return 0 if self.mode == "colocated" else DEFAULT_MAX_OFF_POLICY_STEPS
+
+    def checkpoint_uri(self, namespace: str, name: str) -> str:
+        """checkpoint.uri, or the weight store's bucket under <prefix>/<namespace>/<job>/checkpoints."""
+        if self.checkpoint.uri:
+            return self.checkpoint.uri
+        prefix = self.weight_store.prefix.strip("/")
+        return f"s3://{self.weight_store.bucket}/{prefix}/{namespace}/{name}/checkpoints"
 
 
 class RewardStats(ApiModel):
@@ -217,7 +237,7 @@ class RLJob(ApiModel):
         "short_names": ["rlj"],
     }
 
-    api_version: Literal["kuberl.io/v1alpha1"] = Field("kuberl.io/v1alpha1", description="kuberl.io/v1alpha1")
+    api_version: Literal[API_VERSION] = Field(API_VERSION, description=API_VERSION)
     kind: Literal["RLJob"] = Field("RLJob", description="RLJob")
     metadata: dict = Field(default_factory=dict, description="Standard object metadata.")
     spec: RLJobSpec = Field(description="Desired state.")

@@ -17,6 +17,7 @@ from kuberl.operator.api.common import (
     cel,
     list_map,
 )
+from kuberl.operator.api.constants import API_VERSION
 
 
 class EngineSpec(ApiModel):
@@ -112,7 +113,7 @@ class RolloutPool(ApiModel):
         "short_names": ["rp", "rpool"],
     }
 
-    api_version: Literal["kuberl.io/v1alpha1"] = Field("kuberl.io/v1alpha1", description="kuberl.io/v1alpha1")
+    api_version: Literal[API_VERSION] = Field(API_VERSION, description=API_VERSION)
     kind: Literal["RolloutPool"] = Field("RolloutPool", description="RolloutPool")
     metadata: dict = Field(default_factory=dict, description="Standard object metadata.")
     spec: RolloutPoolSpec = Field(default_factory=RolloutPoolSpec, description="Desired state.")

@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 from kuberl.operator.api import AgentEnv, RLJob
+from kuberl.operator.api.agentenv import AgentEnvSpec, LatencySpec
 from kuberl.operator.api.constants import API_VERSION, LABEL_JOB, ROLE_AGENTENV
 from kuberl.operator.children.common import (
     NON_ROOT_UID,
@@ -12,12 +13,11 @@ from kuberl.operator.children.common import (
     common_labels,
     container_resources,
     deployment_manifest,
-    env_list,
     is_paused,
     object_meta,
     user_env,
 )
-from kuberl.operator.naming import env_selector
+from kuberl.operator.naming import agent_env_url, env_selector
 from kuberl.operator.settings import OperatorSettings
 
 
@@ -33,6 +33,23 @@ def inline_agent_envs(job: RLJob, namespace: str, settings: OperatorSettings) ->
     return out
 
 
+REFERENCE_SERVER = ("python", "-m", "kuberl.workloads.agentenv")
+
+
+def agent_env_server_args(spec: AgentEnvSpec, *, host: str = "0.0.0.0", port: int | None = None) -> list[str]:
+    """The reference server's command-line arguments for an AgentEnv spec: the one way its
+    settings reach the server, in a pod and under `kuberl run` alike. Empty for your own
+    server (spec.command set, or task custom), which gets only spec.args."""
+    if spec.command or spec.task == "custom":
+        return []
+    latency = spec.latency or LatencySpec()
+    return [
+        "--host", host, "--port", str(spec.port if port is None else port), "--task", spec.task,
+        "--concurrency", str(spec.concurrency_per_replica), "--episode-timeout", str(spec.episode_timeout_seconds),
+        "--latency", latency.distribution, "--latency-median", str(latency.median_seconds), "--latency-tail", str(latency.tail),
+    ]
+
+
 def agent_env_deployment(env: AgentEnv, namespace: str, settings: OperatorSettings) -> dict[str, Any]:
     """Environment pods, locked down: agents run model-written code in them."""
     name = env.metadata["name"]
@@ -41,26 +58,12 @@ def agent_env_deployment(env: AgentEnv, namespace: str, settings: OperatorSettin
     selector = env_selector(name)
     labels = {**common_labels(name, ROLE_AGENTENV, settings), **selector}
     replicas = 0 if is_paused(env.metadata) else spec.replicas
-    env_vars = {
-        "KUBERL_ROLE": ROLE_AGENTENV,
-        "KUBERL_ENV_NAME": name,
-        "KUBERL_ENV_TASK": spec.task,
-        "KUBERL_ENV_PORT": str(spec.port),
-        "KUBERL_ENV_CONCURRENCY": str(spec.concurrency_per_replica),
-        "KUBERL_EPISODE_TIMEOUT_SECONDS": str(spec.episode_timeout_seconds),
-    }
-    if spec.latency is not None:
-        env_vars.update({
-            "KUBERL_ENV_LATENCY_DISTRIBUTION": spec.latency.distribution,
-            "KUBERL_ENV_LATENCY_MEDIAN_SECONDS": str(spec.latency.median_seconds),
-            "KUBERL_ENV_LATENCY_TAIL": str(spec.latency.tail),
-        })
     container: dict[str, Any] = {
         "name": "env",
         "image": spec.image or settings.workload_image,
         "imagePullPolicy": settings.image_pull_policy,
-        "command": list(spec.command) if spec.command else ["python", "-m", "kuberl.workloads.agentenv"],
-        "env": env_list(env_vars) + user_env(spec.env),
+        "command": list(spec.command) if spec.command else list(REFERENCE_SERVER),
+        "env": user_env(spec.env),
         "ports": [{"name": "http", "containerPort": spec.port}],
         "resources": container_resources(spec.resources, 0),
         "readinessProbe": {"httpGet": {"path": "/healthz", "port": spec.port}, "periodSeconds": 5},
@@ -71,8 +74,9 @@ def agent_env_deployment(env: AgentEnv, namespace: str, settings: OperatorSettin
             "privileged": False,
         },
     }
-    if spec.args:
-        container["args"] = list(spec.args)
+    args = agent_env_server_args(spec) + list(spec.args or [])
+    if args:
+        container["args"] = args
     pod_security: dict[str, Any] = {"seccompProfile": {"type": "RuntimeDefault"}}
     if sandbox.run_as_non_root:
         # runAsNonRoot alone rejects images whose USER is root; give them a non-root uid.
@@ -126,3 +130,14 @@ def agent_env_children(env: AgentEnv, namespace: str, settings: OperatorSettings
     if policy is not None:
         children.append(policy)
     return children
+
+
+def agent_env_urls(job: RLJob, namespace: str, existing: dict[str, AgentEnvSpec | None]) -> dict[str, str]:
+    """Where each of the job's agent environments answers: its Service, on the port of its
+    inline spec or of the existing AgentEnv it names (``existing``, as read)."""
+    urls = {}
+    for entry in job.spec.agent_envs or []:
+        spec = entry.spec if entry.spec is not None else existing.get(entry.name)
+        port = spec.port if spec is not None else AgentEnvSpec().port
+        urls[entry.name] = agent_env_url(namespace, entry.name, port)
+    return urls

@@ -81,10 +81,8 @@ def env_list(pairs: dict[str, str]) -> list[dict[str, Any]]:
 
 
 def downward_env() -> list[dict[str, Any]]:
-    return [
-        {"name": "POD_NAME", "valueFrom": {"fieldRef": {"fieldPath": "metadata.name"}}},
-        {"name": "POD_NAMESPACE", "valueFrom": {"fieldRef": {"fieldPath": "metadata.namespace"}}},
-    ]
+    """The pod's own name (the downward API): a rollout agent's identity in its trajectories."""
+    return [{"name": "POD_NAME", "valueFrom": {"fieldRef": {"fieldPath": "metadata.name"}}}]
 
 
 def user_env(env) -> list[dict[str, Any]]:

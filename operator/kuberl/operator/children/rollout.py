@@ -32,7 +32,7 @@ from kuberl.operator.children.common import (
     object_meta,
     user_env,
 )
-from kuberl.operator.naming import engine_url, inline_pool_name, pool_selector
+from kuberl.operator.naming import inline_pool_name, pool_selector
 from kuberl.operator.settings import OperatorSettings
 from kuberl.workloads.config import CONFIG_ENV, DEFAULT_CONFIG_PATH
 
@@ -137,23 +137,15 @@ def rollout_deployment(
     labels = {**common_labels(name, ROLE_ROLLOUT, settings), **selector}
     if bound_job:
         labels[LABEL_JOB] = bound_job
-    agent_env = {
-        CONFIG_ENV: DEFAULT_CONFIG_PATH,
-        "KUBERL_ROLE": ROLE_ROLLOUT,
-        "KUBERL_ROLLOUT_POOL": name,
-        "KUBERL_ENGINE": engine.type,
-        "KUBERL_AGENT_CONCURRENCY": str(agent.concurrency),
-        "KUBERL_WEIGHT_SWAP": agent.weight_swap,
-    }
-    if bound_job:
-        agent_env["KUBERL_JOB"] = bound_job
+    # Everything else the agent needs (engine, concurrency, swap policy, the engine's URL)
+    # is in the bound job's config: one source, whatever pod or process reads it.
+    agent_env = {CONFIG_ENV: DEFAULT_CONFIG_PATH}
     containers = []
     init_containers = []
     agent_mounts = [CONFIG_VOLUME_MOUNT]
     scratch_mount = {"name": ENGINE_SCRATCH_VOLUME, "mountPath": ENGINE_SCRATCH_DIR}
     agent_image = agent.image or settings.workload_image
     if engine.type == "sglang":
-        agent_env["KUBERL_ENGINE_URL"] = engine_url()
         agent_env[ENGINE_SCRATCH_ENV] = ENGINE_SCRATCH_DIR
         agent_mounts.append(scratch_mount)
         cpu = spec.gpus_per_replica == 0

@@ -21,7 +21,6 @@ from kuberl.operator.children.common import (
     common_labels,
     config_volume,
     container_resources,
-    downward_env,
     env_list,
     object_meta,
     user_env,
@@ -88,10 +87,9 @@ def trainer_pod(job: RLJob, namespace: str, index: int, generation: int, setting
     env = env_list(
         {
             CONFIG_ENV: DEFAULT_CONFIG_PATH,
-            "KUBERL_ROLE": ROLE_TRAINER,
-            "KUBERL_JOB": name,
-            "KUBERL_MODE": spec.mode,
-            "KUBERL_GANG_GENERATION": str(generation),
+            # The torch.distributed env:// rendezvous of the gang (what torchrun and
+            # init_process_group read). The tiny torch trainer is one rank and does not
+            # read them; the megatron backend does (issue 13).
             "MASTER_ADDR": f"{trainer_pod_name(name, 0)}.{service}.{namespace}.svc",
             "MASTER_PORT": str(RENDEZVOUS_PORT),
             "NNODES": str(trainer.replicas),
@@ -106,7 +104,7 @@ def trainer_pod(job: RLJob, namespace: str, index: int, generation: int, setting
         "image": image,
         "imagePullPolicy": settings.image_pull_policy,
         "command": ["python", "-m", "kuberl.workloads.trainer"],
-        "env": env + downward_env() + user_env(trainer.env),
+        "env": env + user_env(trainer.env),
         "ports": [{"name": "rendezvous", "containerPort": RENDEZVOUS_PORT}],
         "resources": container_resources(trainer.resources, trainer.gpus_per_replica),
         "volumeMounts": [CONFIG_VOLUME_MOUNT, {"name": "dshm", "mountPath": "/dev/shm"}],

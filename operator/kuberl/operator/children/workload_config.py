@@ -1,42 +1,108 @@
-"""The job's ConfigMap: the rendered WorkloadConfig every process of the job reads. Pure."""
+"""The one RLJob -> WorkloadConfig function, and the job's ConfigMap that carries it. Pure.
+
+Every process of a job (trainer, rollout agents) reads its settings from the
+`WorkloadConfig` rendered here: in a cluster from the ConfigMap the operator mounts, under
+`kuberl run` from the file the runner writes, both made by `workload_config`. It reads
+the typed RLJob, so every default is the API model's own.
+"""
 
 from __future__ import annotations
 
 from typing import Any
 
 from kuberl.operator.api import RLJob
+from kuberl.operator.api.agentenv import AgentEnvSpec
 from kuberl.operator.api.constants import LABEL_JOB
+from kuberl.operator.api.rolloutpool import RolloutPoolSpec
+from kuberl.operator.children.agentenv import agent_env_urls
 from kuberl.operator.children.common import CONFIG_KEY, common_labels, object_meta
+from kuberl.operator.children.rollout import default_pool_spec
 from kuberl.operator.naming import config_map_name, engine_url
 from kuberl.operator.settings import OperatorSettings
-from kuberl.workloads.config import config_from_rljob
+from kuberl.workloads.config import JobRef, RolloutRuntime, WorkloadConfig
 
 
-def job_config_map(
+def generating_pool(job: RLJob, referenced: RolloutPoolSpec | None = None) -> RolloutPoolSpec | None:
+    """The RolloutPool spec a job generates with: None in colocated mode (the trainer
+    generates); else the referenced pool's (spec.rollout.poolRef), the inline template,
+    or the default pool."""
+    if job.spec.mode == "colocated":
+        return None
+    rollout = job.spec.rollout
+    if rollout is not None and rollout.pool_ref:
+        return referenced
+    if rollout is not None and rollout.template is not None:
+        return rollout.template
+    return default_pool_spec(job)
+
+
+def workload_config(
     job: RLJob,
-    namespace: str,
-    settings: OperatorSettings,
     *,
-    pool_spec: dict[str, Any] | None = None,
-    agent_env_urls: dict[str, str] | None = None,
-) -> dict[str, Any]:
+    pool: RolloutPoolSpec | None,
+    agent_env_urls: dict[str, str],
+    nats_url: str | None = None,
+    s3_endpoint: str | None = None,
+    engine_url_override: str | None = None,
+    output_dir: str | None = None,
+) -> WorkloadConfig:
+    """What every process of ``job`` reads. ``pool`` is `generating_pool`'s answer;
+    ``agent_env_urls`` where each of spec.agentEnvs answers. The endpoint arguments replace
+    what the spec says (`kuberl run` starts its own servers)."""
+    spec = job.spec
+    namespace, name = job.metadata.get("namespace") or "default", job.metadata["name"]
+    buffer = spec.buffer if not nats_url else spec.buffer.model_copy(update={"url": nats_url})
+    store = spec.weight_store if not s3_endpoint else spec.weight_store.model_copy(update={"endpoint": s3_endpoint})
+    checkpoint = spec.checkpoint.model_copy(update={"uri": spec.checkpoint_uri(namespace, name)})
+    if pool is None:  # colocated: the trainer's in-process engine generates
+        rollout = RolloutRuntime(engine="torch", concurrency=1, weight_swap="pause", abandon_stale_groups=False)
+    else:
+        agent = pool.agent
+        url = None
+        if pool.engine.type == "sglang":
+            # Every rollout pod runs its own server next to the agent: loopback is the same URL in all of them.
+            url = engine_url_override or engine_url()
+        rollout = RolloutRuntime(engine=pool.engine.type, engine_url=url, concurrency=agent.concurrency,
+                                 weight_swap=agent.weight_swap, abandon_stale_groups=agent.abandon_stale_groups)
+    extra = {"output_dir": output_dir} if output_dir else {}
+    return WorkloadConfig(
+        job=JobRef(namespace=namespace, name=name, uid=job.metadata.get("uid")),
+        mode=spec.mode,
+        max_off_policy_steps=spec.effective_max_off_policy_steps(),
+        model=spec.model,
+        datasets=spec.datasets,
+        curriculum=spec.curriculum,
+        reward=spec.reward,
+        algorithm=spec.algorithm,
+        trainer_backend=spec.trainer.backend,
+        parallelism=spec.trainer.parallelism,
+        buffer=buffer,
+        weight_store=store,
+        checkpoint=checkpoint,
+        run_policy=spec.run_policy,
+        rollout=rollout,
+        agent_envs=dict(agent_env_urls),
+        **extra,
+    )
+
+
+def job_workload_config(job: RLJob, *, referenced_pool: RolloutPoolSpec | None = None,
+                        referenced_envs: dict[str, AgentEnvSpec | None] | None = None) -> WorkloadConfig:
+    """The config of a job in its cluster: its pool (``referenced_pool`` when it names one
+    by poolRef) and its environments' Services (``referenced_envs``: the existing AgentEnvs
+    it names, as read)."""
+    namespace = job.metadata.get("namespace") or "default"
+    return workload_config(job, pool=generating_pool(job, referenced_pool),
+                           agent_env_urls=agent_env_urls(job, namespace, referenced_envs or {}))
+
+
+def job_config_map(job: RLJob, settings: OperatorSettings, config: WorkloadConfig) -> dict[str, Any]:
     """The ConfigMap every process of the job mounts at /etc/kuberl (the rendered WorkloadConfig)."""
     name = job.metadata["name"]
-    config = config_from_rljob(
-        namespace,
-        name,
-        job.spec.to_wire(),
-        uid=job.metadata.get("uid"),
-        pool_spec=pool_spec,
-        agent_env_urls=agent_env_urls,
-    )
-    if config.rollout.engine == "sglang" and not config.rollout.engine_url:
-        # Every rollout pod runs its own server next to the agent: loopback is the same URL in all of them.
-        config = config.model_copy(update={"rollout": config.rollout.model_copy(update={"engine_url": engine_url()})})
     labels = {**common_labels(name, "config", settings), LABEL_JOB: name}
     return {
         "apiVersion": "v1",
         "kind": "ConfigMap",
-        "metadata": object_meta(config_map_name(name), namespace, labels),
+        "metadata": object_meta(config_map_name(name), config.job.namespace, labels),
         "data": {CONFIG_KEY: config.dump()},
     }

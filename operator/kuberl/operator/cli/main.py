@@ -6,6 +6,7 @@ import argparse
 import sys
 
 from kuberl.operator.cli.crds import cmd_crds
+from kuberl.operator.cli.render import add_render_command
 from kuberl.operator.cli.run import add_run_command
 from kuberl.operator.cli.run_operator import register as register_operator_command
 from kuberl.operator.cli.validate import cmd_validate
@@ -24,6 +25,7 @@ def build_parser() -> argparse.ArgumentParser:
     validate.add_argument("files", nargs="+")
     validate.set_defaults(func=cmd_validate)
     add_run_command(sub)
+    add_render_command(sub)
     register_operator_command(sub)
     return parser
 

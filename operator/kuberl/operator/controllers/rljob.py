@@ -11,6 +11,7 @@ import kopf
 
 from kuberl.operator.adapters import metrics
 from kuberl.operator.api import RLJob
+from kuberl.operator.api.agentenv import AgentEnvSpec
 from kuberl.operator.api.constants import (
     API_VERSION,
     GROUP,
@@ -18,10 +19,14 @@ from kuberl.operator.api.constants import (
     LABEL_REPLICA_INDEX,
     VERSION,
 )
+from kuberl.operator.api.rolloutpool import RolloutPoolSpec
 from kuberl.operator.children.agentenv import inline_agent_envs
 from kuberl.operator.children.rollout import inline_rollout_pool
 from kuberl.operator.children.trainer import trainer_pod, trainer_service
-from kuberl.operator.children.workload_config import job_config_map
+from kuberl.operator.children.workload_config import (
+    job_config_map,
+    job_workload_config,
+)
 from kuberl.operator.controllers.agentenv import reconcile_env
 from kuberl.operator.controllers.rolloutpool import reconcile_pool
 from kuberl.operator.controllers.runtime import (
@@ -39,7 +44,7 @@ from kuberl.operator.controllers.runtime import (
 from kuberl.operator.decisions import lifecycle
 from kuberl.operator.decisions import references as semantics
 from kuberl.operator.decisions import status as st
-from kuberl.operator.naming import agent_env_url, pool_name_for, trainer_selector
+from kuberl.operator.naming import pool_name_for, trainer_selector
 from kuberl.workloads.buffer.admin import BufferConfig
 from kuberl.workloads.logs import get_logger
 
@@ -49,13 +54,6 @@ log = get_logger(__name__)
 def _parse_job(body: Mapping) -> RLJob:
     data = plain(body)
     return RLJob.model_validate({"metadata": data.get("metadata", {}), "spec": data.get("spec", {})})
-
-
-def _pool_spec_of(job: RLJob, pool: dict[str, Any] | None) -> dict[str, Any] | None:
-    if pool is not None:
-        return pool.get("spec")
-    inline = inline_rollout_pool(job, job.metadata.get("namespace", ""), RT.settings)
-    return inline["spec"] if inline else None
 
 
 def _lookups(job: RLJob, namespace: str) -> tuple[semantics.Lookups, dict[str, dict | None], dict[str, dict | None]]:
@@ -78,19 +76,6 @@ def _lookups(job: RLJob, namespace: str) -> tuple[semantics.Lookups, dict[str, d
     return lookups, pools, envs
 
 
-def _env_urls(job: RLJob, namespace: str, envs: dict[str, dict | None]) -> dict[str, str]:
-    urls = {}
-    for entry in job.spec.agent_envs or []:
-        port = entry.spec.port if entry.spec is not None else ((envs.get(entry.name) or {}).get("spec") or {}).get("port", 8080)
-        urls[entry.name] = agent_env_url(namespace, entry.name, port)
-    return urls
-
-
-def _buffer_config(job: RLJob) -> BufferConfig:
-    b = job.spec.buffer
-    return BufferConfig(replicas=b.stream_replicas, max_in_flight_prompts=b.max_in_flight_prompts, trajectories_max_bytes=b.max_stream_bytes)
-
-
 def _ensure_children(body: Mapping, job: RLJob, namespace: str, pools: dict, envs: dict, trigger: str = "timer") -> tuple[bool, str, str]:
     """ConfigMap, rendezvous Service, owned pool and envs, streams; (ok, reason, message) for Created.
 
@@ -101,7 +86,9 @@ def _ensure_children(body: Mapping, job: RLJob, namespace: str, pools: dict, env
     settings = RT.settings
     pool_name = pool_name_for(job)
     pool = pools.get(pool_name) if pool_name else None
-    config_map = job_config_map(job, namespace, settings, pool_spec=_pool_spec_of(job, pool), agent_env_urls=_env_urls(job, namespace, envs))
+    referenced = RolloutPoolSpec.model_validate(pool["spec"]) if pool is not None and pool.get("spec") is not None else None
+    env_specs = {n: AgentEnvSpec.model_validate(o["spec"]) if o is not None and o.get("spec") is not None else None for n, o in envs.items()}
+    config_map = job_config_map(job, settings, job_workload_config(job, referenced_pool=referenced, referenced_envs=env_specs))
     existing, created = ensure_cached(config_map, body, trigger)
     if existing is not None and not created and existing.get("data") != config_map["data"]:
         RT.kube.patch("v1", "ConfigMap", namespace, config_map["metadata"]["name"], {"data": config_map["data"]})
@@ -133,7 +120,7 @@ def _ensure_children(body: Mapping, job: RLJob, namespace: str, pools: dict, env
     key = (job.metadata.get("uid") or name, url)
     if key not in RT.streams_ready:
         try:
-            RT.nats.ensure_job(url, namespace, name, _buffer_config(job))
+            RT.nats.ensure_job(url, namespace, name, BufferConfig.from_spec(job.spec.buffer))
             RT.streams_ready.add(key)
         except Exception as e:  # noqa: BLE001 (NATS down or unreachable: retried next round)
             return False, st.BUFFER_UNAVAILABLE, f"creating JetStream streams at {url} failed: {e}"

@@ -81,7 +81,9 @@ def _reconcile_pool(body: dict, namespace: str, name: str, trigger: str = "timer
         RT.kube.patch(API_VERSION, "RolloutPool", namespace, name, {"status": changed}, subresource="status")
 
 
-def _signals(job_body: dict | None, namespace: str) -> autoscaler.Signals:
+def read_signals(job_body: dict | None, namespace: str) -> autoscaler.Signals:
+    """What the autoscaler decides on, read from the bound job's buffer: backlogs and the
+    trainer's idle share (its job state); a signal that cannot be read is left out."""
     if job_body is None:
         return autoscaler.Signals()
     url = ((job_body.get("spec") or {}).get("buffer") or {}).get("url") or buffer_default_url()
@@ -92,8 +94,8 @@ def _signals(job_body: dict | None, namespace: str) -> autoscaler.Signals:
         return autoscaler.Signals()
     idle = None
     try:
-        state = RT.nats.job_state(url, namespace, name) or {}
-        idle = (state.get("metrics") or {}).get("trainer_idle_percent")
+        state = RT.nats.job_state(url, namespace, name)
+        idle = state.metrics.trainer_idle_percent if state is not None else None
     except Exception:  # noqa: BLE001
         pass
     return autoscaler.Signals(pending_prompts=backlog.get("prompts"), trajectory_backlog=backlog.get("trajectories"), trainer_idle_percent=idle)
@@ -116,7 +118,7 @@ def _autoscale(body: dict, namespace: str, name: str) -> dict | None:
         return None
     pool = RolloutPool.model_validate({"metadata": body["metadata"], "spec": spec})
     current = pool.spec.replicas
-    decision = autoscaler.decide(current, _signals(job_body, namespace), autoscaler.Policy.from_spec(pool.spec),
+    decision = autoscaler.decide(current, read_signals(job_body, namespace), autoscaler.Policy.from_spec(pool.spec),
                                  last_scale_time=st.parse_rfc3339((body.get("status") or {}).get("lastScaleTime")), now=now)
     metrics.AUTOSCALER_DECISIONS.labels(decision.reason).inc()
     if not decision.changes(current):

@@ -12,6 +12,8 @@ import datetime as dt
 from dataclasses import dataclass
 from typing import Any
 
+from kuberl.workloads.buffer.state import JobState
+
 CREATED = "Created"
 BUFFER_READY = "BufferReady"
 TRAINER_READY = "TrainerReady"
@@ -221,34 +223,26 @@ def _decimal(value: Any) -> str | None:
 
 
 def progress(
-    state: dict[str, Any] | None,
+    state: JobState | None,
     *,
     max_steps: int,
     previous: tuple[float, int] | None,
     now: float,
 ) -> tuple[dict[str, Any], tuple[float, int] | None]:
     """Status fields from the job-state document the trainer keeps in KV, and the new
-    (time, samples) sample for the next rate estimate.
-
-    The document is `kuberl.workloads.buffer.JobState` as JSON: policy_version,
-    curriculum_stage, counters{steps, samples, ...}; an optional `metrics` map
-    (reward_mean, reward_std, pass_rate) is shown when the trainer writes it.
-    """
+    (time, samples) sample for the next rate estimate."""
     out: dict[str, Any] = {"maxSteps": max_steps}
-    if not state:
+    if state is None:
         return out, previous
-    counters = state.get("counters") or {}
-    metrics = state.get("metrics") or {}
-    step = int(counters.get("steps", 0))
-    samples = int(counters.get("samples", 0))
+    step = int(state.counters.get("steps", 0))
+    samples = int(state.counters.get("samples", 0))
     out["step"] = step
     out["progressPercent"] = min(100, int(100 * step / max_steps)) if max_steps else 0
-    out["policyVersion"] = int(state.get("policy_version", 0))
-    stage = state.get("curriculum_stage")
-    if stage is not None:
-        out["curriculumStage"] = str(stage)
-    reward = {k: v for k, v in (("mean", _decimal(metrics.get("reward_mean"))), ("std", _decimal(metrics.get("reward_std"))),
-                                ("passRate", _decimal(metrics.get("pass_rate")))) if v is not None}
+    out["policyVersion"] = int(state.policy_version)
+    out["curriculumStage"] = str(state.curriculum_stage)
+    m = state.metrics
+    reward = {k: v for k, v in (("mean", _decimal(m.reward_mean)), ("std", _decimal(m.reward_std)),
+                                ("passRate", _decimal(m.pass_rate))) if v is not None}
     if reward:
         out["reward"] = reward
     if previous is not None and now > previous[0] and samples >= previous[1]:

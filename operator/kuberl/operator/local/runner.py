@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 import os
 import shutil
@@ -13,8 +14,16 @@ from pathlib import Path
 
 import yaml
 
+from kuberl.operator.api import RLJob
+from kuberl.operator.children.agentenv import agent_env_server_args
+from kuberl.operator.children.workload_config import generating_pool, workload_config
+from kuberl.operator.decisions.lifecycle import JobView, PodView, decide
+from kuberl.operator.decisions.status import SUCCEEDED
 from kuberl.operator.local.report import plot_rewards, read_metrics, summarise
 from kuberl.operator.local.supervisor import Managed, RunError, _wait, find_binary
+from kuberl.operator.naming import trainer_pod_name
+from kuberl.workloads.buffer.admin import BufferConfig, create_job_streams
+from kuberl.workloads.config import CONFIG_ENV
 from kuberl.workloads.localproc import free_port, http_ok, seaweed_port_pair
 
 NAMESPACE = "default"
@@ -23,17 +32,14 @@ NAMESPACE = "default"
 S3_ACCESS_KEY, S3_SECRET_KEY = "kuberl", "kuberl-local-secret"
 
 
-def env_args(name: str, spec: dict) -> list[str]:
-    """Command-line flags of the reference AgentEnv server for an inline AgentEnv spec."""
-    latency = spec.get("latency") or {}
-    return [
-        "--task", spec.get("task", "arithmetic"),
-        "--concurrency", str(spec.get("concurrencyPerReplica", 32)),
-        "--episode-timeout", str(spec.get("episodeTimeoutSeconds", 300)),
-        "--latency", latency.get("distribution", "none"),
-        "--latency-median", str(latency.get("medianSeconds", 0.0)),
-        "--latency-tail", str(latency.get("tail", 1.0)),
-    ]
+def trainer_as_gang(job: RLJob, restarts: int, exit_code: int | None, started: float, now: float) -> JobView:
+    """The local trainer process as the lifecycle sees a gang: one pod, generation = restarts."""
+    phase = "Running" if exit_code is None else "Succeeded" if exit_code == 0 else "Failed"
+    pod = PodView(name=trainer_pod_name(job.metadata["name"], 0), index=0, generation=restarts, phase=phase, ready=exit_code is None)
+    policy = job.spec.run_policy
+    return JobView(name=job.metadata["name"], replicas=1, backoff_limit=policy.backoff_limit, restarts=restarts, suspend=False,
+                   finished=False, completion_time=None, start_time=started, active_deadline_s=policy.active_deadline_seconds,
+                   ttl_after_finished_s=None, pods=(pod,), now=now)
 
 
 @dataclass
@@ -115,10 +121,9 @@ class LocalRun:
     # ---- run --------------------------------------------------------------------------
 
     def run(self) -> int:
-        from kuberl.workloads.config import config_from_rljob
-
-        doc = self.load()
-        name, spec = doc["metadata"]["name"], doc["spec"]
+        job = RLJob.model_validate(self.load())
+        job.metadata.setdefault("namespace", NAMESPACE)
+        name, spec = job.metadata["name"], job.spec
         self.output = (self.output or Path("runs") / name).resolve()
         if self.output.exists() and any(self.output.iterdir()):
             # A run starts clean (restarts *within* a run resume), but only a previous run's
@@ -132,48 +137,54 @@ class LocalRun:
         env.setdefault("AWS_SECRET_ACCESS_KEY", S3_SECRET_KEY)
         env.setdefault("AWS_DEFAULT_REGION", "us-east-1")
         os.environ.update({k: env[k] for k in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_DEFAULT_REGION")})
-        self._say(f"kuberl run: job {name} ({spec.get('mode')}), output {self.output}")
+        self._say(f"kuberl run: job {name} ({spec.mode}), output {self.output}")
         nats_url = self.nats_url or self.start_nats(env)
-        s3 = self.s3_endpoint or spec["weightStore"].get("endpoint") or self.start_s3(env)
-        self.ensure_bucket(s3, spec["weightStore"]["bucket"])
+        s3 = self.s3_endpoint or spec.weight_store.endpoint or self.start_s3(env)
+        self.ensure_bucket(s3, spec.weight_store.bucket)
+        if spec.rollout is not None and spec.rollout.pool_ref:
+            raise RunError(f"spec.rollout.poolRef {spec.rollout.pool_ref!r} names a RolloutPool in a cluster; kuberl run needs spec.rollout.template")
 
         env_urls = {}
-        for entry in spec.get("agentEnvs") or []:
-            if not entry.get("spec"):
-                raise RunError(f"agentEnvs[{entry['name']}] refers to an existing AgentEnv; kuberl run needs it inline (spec)")
+        for entry in spec.agent_envs or []:
+            if entry.spec is None:
+                raise RunError(f"agentEnvs[{entry.name}] refers to an existing AgentEnv; kuberl run needs it inline (spec)")
             port = free_port()
-            m = self._child(f"agentenv-{entry['name']}", [sys.executable, "-m", "kuberl.workloads.agentenv", "--host", "127.0.0.1",
-                                                          "--port", str(port), *env_args(entry["name"], entry["spec"])], env)
-            env_urls[entry["name"]] = f"http://127.0.0.1:{port}"
-            _wait(lambda u=env_urls[entry["name"]]: http_ok(f"{u}/healthz"), 30, f"agentenv {entry['name']}", m)
+            args = agent_env_server_args(entry.spec, host="127.0.0.1", port=port)
+            if not args:
+                raise RunError(f"agentEnvs[{entry.name}] runs its own image (task custom or command); kuberl run starts only the reference server")
+            m = self._child(f"agentenv-{entry.name}", [sys.executable, "-m", "kuberl.workloads.agentenv", *args, *(entry.spec.args or [])], env)
+            env_urls[entry.name] = f"http://127.0.0.1:{port}"
+            _wait(lambda u=env_urls[entry.name]: http_ok(f"{u}/healthz"), 30, f"agentenv {entry.name}", m)
 
-        cfg = config_from_rljob(NAMESPACE, name, spec, nats_url=nats_url, s3_endpoint=s3, agent_env_urls=env_urls,
-                                output_dir=str(self.output))
+        pool = generating_pool(job)
+        cfg = workload_config(job, pool=pool, agent_env_urls=env_urls, nats_url=nats_url, s3_endpoint=s3, output_dir=str(self.output))
+        # What the operator does before any pod starts: the job's streams, from spec.buffer.
+        asyncio.run(create_job_streams(cfg.buffer.url, cfg.job.namespace, name, BufferConfig.from_spec(spec.buffer)))
         cfg_path = self.output / "config.yaml"
         cfg_path.write_text(cfg.dump())
-        env["KUBERL_CONFIG"] = str(cfg_path)
+        env[CONFIG_ENV] = str(cfg_path)
         trainer = self._child("trainer", [sys.executable, "-m", "kuberl.workloads.trainer"], env, restart="on-failure-limited")
-        agents = []
-        if cfg.mode == "decoupled":
-            replicas = ((spec.get("rollout") or {}).get("template") or {}).get("replicas", 1)
-            for i in range(max(1, replicas)):
-                agents.append(self._child(f"rollout-{i}", [sys.executable, "-m", "kuberl.workloads.rollout"],
-                                          dict(env, KUBERL_AGENT_ID=f"rollout-{i}")))
+        if pool is not None:
+            for i in range(max(1, pool.replicas)):
+                self._child(f"rollout-{i}", [sys.executable, "-m", "kuberl.workloads.rollout"], dict(env, KUBERL_AGENT_ID=f"rollout-{i}"))
         self._write_pids()
-        return self.supervise(trainer, cfg.run_policy.max_steps, cfg.run_policy.backoff_limit, name,
-                              cfg.run_policy.active_deadline_seconds)
+        return self.supervise(trainer, job)
 
     def _write_pids(self) -> None:
         (self.output / "pids.json").write_text(json.dumps({m.name: m.proc.pid for m in self.children if m.proc}))
 
-    def supervise(self, trainer: Managed, max_steps: int, backoff_limit: int, name: str, deadline_s: int | None) -> int:
+    def supervise(self, trainer: Managed, job: RLJob) -> int:
+        """Watch the processes until the trainer finishes. What happens to the trainer is
+        decided by the operator's own gang lifecycle (`decisions.lifecycle`), with the
+        trainer process as a one-pod gang: restarts up to backoffLimit, activeDeadlineSeconds."""
+        name, policy = job.metadata["name"], job.spec.run_policy
         metrics = self.output / "metrics.jsonl"
         bar = None
         if not self.quiet:
             from tqdm import tqdm
 
-            bar = tqdm(total=max_steps, desc=name, unit="step", dynamic_ncols=True)
-        t0 = time.monotonic()
+            bar = tqdm(total=policy.max_steps, desc=name, unit="step", dynamic_ncols=True)
+        t0, started = time.monotonic(), time.time()
         last_step = 0
         try:
             while True:
@@ -187,14 +198,15 @@ class LocalRun:
                 if steps:
                     last_step = steps[-1]["step"]
                 code = trainer.poll()
-                if code == 0:
-                    break
-                if code is not None:
-                    if trainer.restarts >= backoff_limit:
-                        raise RunError(f"trainer failed with code {code} after {trainer.restarts} restarts (backoffLimit {backoff_limit}); "
-                                       f"log {trainer.log_path}:\n{trainer.tail()}")
-                    trainer.restarts += 1
-                    self._say(f"trainer exited with code {code} at step {last_step}; restart {trainer.restarts}/{backoff_limit} (resumes from checkpoint)")
+                plan = decide(trainer_as_gang(job, trainer.restarts, code, started, time.time()))
+                if plan.terminal is not None:
+                    kind, _, message = plan.terminal
+                    if kind == SUCCEEDED:
+                        break
+                    raise RunError(f"{message}; trainer log {trainer.log_path}:\n{trainer.tail()}")
+                if plan.restarted:
+                    trainer.restarts = plan.restarts
+                    self._say(f"trainer exited with code {code} at step {last_step}; {plan.restarted}")
                     trainer.start()
                     self._write_pids()
                 for m in self.children:
@@ -206,8 +218,6 @@ class LocalRun:
                     self._say(f"{m.name} exited with code {m.poll()}; restarting ({m.restarts})")
                     m.start()
                     self._write_pids()
-                if deadline_s and time.monotonic() - t0 > deadline_s:
-                    raise RunError(f"job ran past activeDeadlineSeconds={deadline_s}")
                 time.sleep(0.5)
         finally:
             if bar is not None:

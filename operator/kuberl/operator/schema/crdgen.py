@@ -14,7 +14,7 @@ from typing import Any
 from pydantic import BaseModel
 from pydantic.json_schema import GenerateJsonSchema
 
-from kuberl.operator.api import GROUP, RESOURCES, VERSION
+from kuberl.operator.api import API_VERSION, GROUP, RESOURCES, VERSION
 
 CATEGORY = "kuberl"
 
@@ -142,7 +142,7 @@ def openapi_schema(model: type[BaseModel]) -> dict[str, Any]:
     schema = _structural(raw, raw.get("$defs", {}))
     props = schema["properties"]
     # apiVersion/kind are checked by the API server itself; they stay plain strings.
-    props["apiVersion"] = {"type": "string", "description": "APIVersion of this object: kuberl.io/v1alpha1."}
+    props["apiVersion"] = {"type": "string", "description": f"APIVersion of this object: {API_VERSION}."}
     props["kind"] = {"type": "string", "description": f"Kind of this object: {model.kind_info['kind']}."}
     # Only `type: object` is allowed here: the API server refuses anything else on metadata.
     props["metadata"] = {"type": "object"}

@@ -96,7 +96,9 @@ class EnvServer:
         return web.json_response({"ok": True, "task": self.settings.task})
 
     async def stats(self, request: web.Request) -> web.Response:
-        return web.json_response({"open": len(self.episodes), **self.counters})
+        s = self.settings
+        return web.json_response({"open": len(self.episodes), **self.counters, "task": s.task, "concurrency": s.concurrency,
+                                  "episode_timeout_s": s.episode_timeout_s, "latency": s.latency})
 
     async def reset(self, request: web.Request) -> web.Response:
         if len(self.episodes) >= self.settings.concurrency:

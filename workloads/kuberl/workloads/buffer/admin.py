@@ -2,11 +2,8 @@
 
 from __future__ import annotations
 
-import asyncio
-import threading
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any
 
 import nats
 import nats.errors
@@ -15,13 +12,22 @@ from nats.js import api
 
 from kuberl.workloads.buffer.names import JobNames
 from kuberl.workloads.logs import get_logger
+from kuberl.workloads.spec import BufferSpec
 
 log = get_logger(__name__)
 
 
+# How long a prompt an agent leased may go without a keepalive before the server hands it
+# to another agent (agents renew theirs every few seconds), and the same for a fetched
+# trajectory the trainer has not acked (a step longer than this renews with keepalive()).
+PROMPT_ACK_WAIT_S = 30.0
+TRAJECTORY_ACK_WAIT_S = 120.0
+
+
 @dataclass(frozen=True)
 class BufferConfig:
-    """Stream and consumer settings; defaults fit one job on a small cluster."""
+    """Stream and consumer settings. Built once, from the job's spec.buffer (`from_spec`):
+    the operator creates the streams with it and every process opens its consumers with it."""
 
     storage: api.StorageType = api.StorageType.FILE
     replicas: int = 1
@@ -34,6 +40,13 @@ class BufferConfig:
     trajectories_max_bytes: int = -1
     publish_timeout_s: float = 10.0
     publish_retry_for_s: float = 120.0  # keep retrying a publish this long (server restarts)
+
+    @classmethod
+    def from_spec(cls, spec: BufferSpec) -> BufferConfig:
+        """The job's settings: what spec.buffer says, and kuberl's choices for the rest."""
+        return cls(replicas=spec.stream_replicas, max_in_flight_prompts=spec.max_in_flight_prompts,
+                   trajectories_max_bytes=spec.max_stream_bytes, prompt_ack_wait_s=PROMPT_ACK_WAIT_S,
+                   trajectory_ack_wait_s=TRAJECTORY_ACK_WAIT_S)
 
 
 async def connect(servers: str | Sequence[str], **kwargs) -> nats.NATS:
@@ -76,45 +89,39 @@ async def ensure_job(js, names: JobNames, cfg: BufferConfig = BufferConfig()) ->
         await js.create_key_value(bucket=names.kv_bucket, history=8, storage=cfg.storage, replicas=cfg.replicas)
 
 
-async def delete_job(servers: str | Sequence[str], namespace: str, name: str) -> list[str]:
-    """Delete every stream (and the KV bucket) of a job; returns the names that existed."""
-    names = JobNames.for_job(namespace, name)
-    nc = await nats.connect(servers=list([servers] if isinstance(servers, str) else servers),
-                            max_reconnect_attempts=2, connect_timeout=5)
-    deleted = []
+async def create_job_streams(url: str, namespace: str, name: str, cfg: BufferConfig) -> None:
+    """Create a job's streams over a connection of its own (`kuberl run` and tests; the
+    operator does the same through its long-lived connection)."""
+    nc = await connect(url, max_reconnect_attempts=2)
     try:
-        js = nc.jetstream()
-        for stream in names.streams():
-            try:
-                await js.delete_stream(stream)
-                deleted.append(stream)
-            except nats.js.errors.NotFoundError:
-                pass
+        await ensure_job(nc.jetstream(), JobNames.for_job(namespace, name), cfg)
     finally:
         await nc.close()
-    log.info("job streams deleted", namespace=namespace, name=name, streams=deleted)
+
+
+async def delete_streams(js, names: JobNames) -> list[str]:
+    """Delete every stream (and the KV bucket) of a job; returns the names that existed."""
+    deleted = []
+    for stream in names.streams():
+        try:
+            await js.delete_stream(stream)
+            deleted.append(stream)
+        except nats.js.errors.NotFoundError:
+            pass
     return deleted
 
 
-def delete_job_sync(servers: str | Sequence[str], namespace: str, name: str, timeout: float = 30) -> list[str]:
-    """:func:`delete_job` for synchronous callers (the operator's finaliser).
+async def backlog(js, names: JobNames) -> dict[str, int]:
+    """Messages not yet handed out from the job's prompts and trajectories streams.
 
-    Runs on a private event loop in a worker thread, so it also works when the caller's
-    thread already runs a loop (kopf's).
+    With a consumer, that is its num_pending (prompts being worked on are not waiting);
+    before any consumer exists, every message in the stream waits.
     """
-    result: dict[str, Any] = {}
-
-    def run() -> None:
+    out = {}
+    for key, stream, durable in (("prompts", names.prompts_stream, names.prompts_consumer),
+                                 ("trajectories", names.trajectories_stream, names.trajectories_consumer)):
         try:
-            result["ok"] = asyncio.run(asyncio.wait_for(delete_job(servers, namespace, name), timeout))
-        except BaseException as e:  # noqa: BLE001 - re-raised in the caller's thread
-            result["err"] = e
-
-    t = threading.Thread(target=run, name="kuberl-delete-job", daemon=True)
-    t.start()
-    t.join(timeout + 5)
-    if "err" in result:
-        raise result["err"]
-    if "ok" not in result:
-        raise TimeoutError(f"deleting streams of {namespace}/{name} took over {timeout}s")
-    return result["ok"]
+            out[key] = (await js.consumer_info(stream, durable)).num_pending
+        except nats.js.errors.NotFoundError:
+            out[key] = (await js.stream_info(stream)).state.messages
+    return out

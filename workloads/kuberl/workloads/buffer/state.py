@@ -1,115 +1,45 @@
-"""The job-state document in the job's KV bucket: its one schema and its compare-and-set store."""
+"""The job-state document in the job's KV bucket: its one schema. Pure (no NATS here).
+
+The trainer writes it (through `buffer.kv.JobStateStore`), the rollout agents follow it
+for new policy versions, and the operator reads it for status and autoscaling.
+"""
 
 from __future__ import annotations
 
-import asyncio
 import json
-from collections.abc import AsyncIterator, Callable
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import asdict, dataclass, field
 
-import nats
-import nats.errors
-import nats.js.errors
 
-from kuberl.workloads.logs import get_logger
+@dataclass
+class JobMetrics:
+    """What the trainer measured at its latest step; the operator shows it in status and
+    the autoscaler's ``trainerIdle`` signal reads ``trainer_idle_percent``."""
 
-log = get_logger(__name__)
+    reward_mean: float | None = None
+    reward_std: float | None = None
+    pass_rate: float | None = None
+    samples_per_s: float | None = None
+    # Share of the trainer's wall time since its previous step spent waiting for
+    # trajectories (decoupled mode); None in colocated mode, where it generates itself.
+    trainer_idle_percent: float | None = None
 
 
 @dataclass
 class JobState:
+    """The one schema of the job's KV document: the trainer writes it, the operator and
+    the rollout agents read it, all through this class (``to_json`` / ``from_json``)."""
+
     policy_version: int = 0
     weights_manifest: str | None = None  # s3://bucket/prefix/v.../manifest.json of policy_version
     curriculum_stage: int = 0
     counters: dict[str, int] = field(default_factory=dict)  # steps, samples, prompts, …
+    metrics: JobMetrics = field(default_factory=JobMetrics)
 
+    def to_json(self) -> bytes:
+        return json.dumps(asdict(self)).encode()
 
-async def _stop_quietly(watcher) -> None:
-    try:
-        await watcher.stop()
-    except Exception:  # noqa: BLE001, S110 (the connection may be gone already)
-        pass
-
-
-class JobStateStore:
-    """One JSON document under key ``state``; writers compare-and-set on its revision."""
-
-    KEY = "state"
-
-    def __init__(self, kv):
-        self._kv = kv
-
-    async def get(self) -> tuple[JobState, int]:
-        """The state and its revision (0 when never written)."""
-        try:
-            entry = await self._kv.get(self.KEY)
-        except nats.js.errors.KeyNotFoundError:
-            return JobState(), 0
-        return JobState(**json.loads(entry.value)), entry.revision
-
-    async def follow(self, fallback_s: float = 1.0) -> AsyncIterator[JobState]:
-        """The state each time it is written (a KV watch: a new policy version reaches rollout
-        agents as soon as it is announced, not at their next poll), and the state as read
-        whenever ``fallback_s`` passes without one — so a watch lost to a reconnect costs at
-        most that much latency. Close it (``contextlib.aclosing``) to stop the watch.
-        """
-        watcher = None
-        try:
-            while True:
-                if watcher is None:
-                    try:
-                        watcher = await self._kv.watch(self.KEY)
-                    except Exception as e:  # noqa: BLE001 (NATS away: read as before, retry the watch)
-                        log.warning("job state watch failed; reading instead", error=str(e))
-                        await asyncio.sleep(fallback_s)
-                entry = None
-                if watcher is not None:
-                    try:
-                        entry = await watcher.updates(timeout=fallback_s)
-                    except nats.errors.TimeoutError:
-                        pass
-                    except Exception as e:  # noqa: BLE001 (a broken watch is re-created)
-                        log.warning("job state watch broke; re-creating it", error=str(e))
-                        await _stop_quietly(watcher)
-                        watcher = None
-                if entry is not None and entry.value and entry.operation is None:
-                    yield JobState(**json.loads(entry.value))
-                else:  # the watch's "caught up" marker, a quiet spell, or no watch
-                    yield (await self.get())[0]
-        finally:
-            if watcher is not None:
-                await _stop_quietly(watcher)
-
-    async def update(self, mutate: Callable[[JobState], JobState], attempts: int = 32) -> JobState:
-        """Apply ``mutate`` atomically: re-read and retry when another writer got there first."""
-        for _ in range(attempts):
-            state, rev = await self.get()
-            new = mutate(replace(state, counters=dict(state.counters)))
-            value = json.dumps(asdict(new)).encode()
-            try:
-                if rev == 0:
-                    await self._kv.create(self.KEY, value)
-                else:
-                    await self._kv.update(self.KEY, value, last=rev)
-                return new
-            except (nats.js.errors.KeyWrongLastSequenceError, nats.js.errors.BadRequestError):
-                await asyncio.sleep(0.01)
-        raise BufferError(f"job state update lost the race {attempts} times")
-
-    async def publish_version(self, version: int, manifest_uri: str) -> JobState:
-        """Announce a new policy version; never moves the version backwards."""
-
-        def bump(s: JobState) -> JobState:
-            if version <= s.policy_version and s.weights_manifest is not None:
-                return s
-            return replace(s, policy_version=version, weights_manifest=manifest_uri)
-
-        return await self.update(bump)
-
-    async def add_counters(self, **deltas: int) -> JobState:
-        def add(s: JobState) -> JobState:
-            for k, v in deltas.items():
-                s.counters[k] = s.counters.get(k, 0) + v
-            return s
-
-        return await self.update(add)
+    @classmethod
+    def from_json(cls, data: bytes | str) -> JobState:
+        raw = json.loads(data)
+        metrics = JobMetrics(**(raw.pop("metrics", None) or {}))
+        return cls(**raw, metrics=metrics)

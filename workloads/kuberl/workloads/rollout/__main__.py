@@ -17,7 +17,9 @@ log = get_logger(__name__)
 def main() -> None:
     torch.set_num_threads(int(os.environ.get("KUBERL_TORCH_THREADS", "1")))
     cfg = load_config()
-    agent_id = os.environ.get("KUBERL_AGENT_ID", f"agent-{os.getpid()}")
+    # Unique per pod (POD_NAME, from the downward API) or per local process (KUBERL_AGENT_ID,
+    # set by `kuberl run`); the pid alone is 1 in every container.
+    agent_id = os.environ.get("KUBERL_AGENT_ID") or os.environ.get("POD_NAME") or f"agent-{os.getpid()}"
     log.info("rollout agent starting", job=cfg.job.name, agent=agent_id, engine=cfg.rollout.engine)
     asyncio.run(RolloutAgent(cfg, agent_id).run())
 

@@ -8,8 +8,10 @@ import time
 
 import aiohttp
 
+from kuberl.workloads.buffer.admin import BufferConfig
 from kuberl.workloads.buffer.staleness import staleness_weight
-from kuberl.workloads.buffer.stream import JobBuffer, PromptLease
+from kuberl.workloads.buffer.consumers import PromptLease
+from kuberl.workloads.buffer.stream import JobBuffer
 from kuberl.workloads.config import WorkloadConfig
 from kuberl.workloads.engines.base import Engine
 from kuberl.workloads.engines.batching import BatchingEngine, DispatchTracker
@@ -17,7 +19,6 @@ from kuberl.workloads.engines.torch_engine import TorchEngine
 from kuberl.workloads.logs import get_logger
 from kuberl.workloads.policy.tiny.model import seeded_model
 from kuberl.workloads.rollout.episodes import SamplingSettings, run_group
-from kuberl.workloads.trainer.trainer import buffer_config
 from kuberl.workloads.weights.sync import fetch_policy, weight_store
 
 log = get_logger(__name__)
@@ -82,12 +83,6 @@ class RolloutAgent:
         self.groups_abandoned = 0
         self.swaps = 0
         self.trainer = TrainerClock()
-
-    def sampling(self, stage: int) -> SamplingSettings:
-        length = self.cfg.algorithm.max_response_length
-        if self.cfg.curriculum is not None and stage < len(self.cfg.curriculum.stages):
-            length = self.cfg.curriculum.stages[stage].max_response_length or length
-        return SamplingSettings(length, self.cfg.algorithm.temperature)
 
     async def load_version(self, version: int) -> None:
         tensors = await asyncio.to_thread(fetch_policy, self.store, version)
@@ -163,7 +158,7 @@ class RolloutAgent:
         """The prompt's scored group, or None when it became untrainable before it was done."""
         p = lease.prompt
         tracker = DispatchTracker(self.batcher)
-        group = asyncio.create_task(run_group(tracker, p, self.cfg.reward, self.sampling(p.stage), session, self.cfg.agent_envs))
+        group = asyncio.create_task(run_group(tracker, p, self.cfg.reward, SamplingSettings.for_stage(self.cfg, p.stage), session, self.cfg.agent_envs))
         if not self.cfg.rollout.abandon_stale_groups or lease.deliveries > ABANDON_AT_MOST:
             return await group
         doomed = asyncio.create_task(self.trainer.wait_until_untrainable(tracker, self.cfg.max_off_policy_steps))
@@ -180,7 +175,7 @@ class RolloutAgent:
                 task.cancel()
 
     async def run(self) -> None:
-        buf = await JobBuffer.open(self.cfg.buffer.url, self.cfg.job.namespace, self.cfg.job.name, buffer_config(self.cfg))
+        buf = await JobBuffer.open(self.cfg.buffer.url, self.cfg.job.namespace, self.cfg.job.name, BufferConfig.from_spec(self.cfg.buffer))
         session = aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=None)) if self.cfg.reward.type == "agentEnv" else None
         watcher = None
         try:

@@ -5,13 +5,13 @@ from __future__ import annotations
 import asyncio
 import importlib
 import time
-import uuid
 from dataclasses import dataclass
 
 import aiohttp
 import numpy as np
 
 from kuberl.workloads.buffer.records import Prompt, Trajectory
+from kuberl.workloads.config import WorkloadConfig
 from kuberl.workloads.engines.base import GenerationRequest
 from kuberl.workloads.engines.batching import BatchingEngine, DispatchTracker
 from kuberl.workloads.logs import get_logger
@@ -31,6 +31,14 @@ class SamplingSettings:
 
     max_new_tokens: int
     temperature: float
+
+    @classmethod
+    def for_stage(cls, cfg: WorkloadConfig, stage: int) -> SamplingSettings:
+        """The job's sampling settings in curriculum stage ``stage`` (its maxResponseLength wins)."""
+        length = cfg.algorithm.max_response_length
+        if cfg.curriculum is not None and stage < len(cfg.curriculum.stages):
+            length = cfg.curriculum.stages[stage].max_response_length or length
+        return cls(length, cfg.algorithm.temperature)
 
 
 def _strip_stop(ids: list[int]) -> list[int]:
@@ -151,7 +159,3 @@ async def run_group(engine: BatchingEngine | DispatchTracker, prompt: Prompt, re
     if not url or session is None:
         raise ValueError(f"reward uses agent environment {reward.agent_env!r} but no URL for it is configured")
     return list(await asyncio.gather(*(env_episode(engine, session, url, prompt, i, sampling) for i in range(prompt.n_samples))))
-
-
-def new_run_id() -> str:
-    return uuid.uuid4().hex[:8]

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import hashlib
 import itertools
 import json
 import random
@@ -70,7 +69,3 @@ def filter_problems(problems: list[Problem], datasets: list[str] | None, lo: flo
         p for p in problems
         if (not datasets or p.dataset in datasets) and (lo is None or p.difficulty >= lo) and (hi is None or p.difficulty <= hi)
     ]
-
-
-def stable_id(*parts: str) -> str:
-    return hashlib.sha1("/".join(parts).encode()).hexdigest()[:16]

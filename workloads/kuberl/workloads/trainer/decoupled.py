@@ -5,13 +5,13 @@ from __future__ import annotations
 import asyncio
 import os
 import time
-from dataclasses import asdict, replace
+from dataclasses import asdict
 
 from kuberl.workloads.buffer.records import Prompt
 from kuberl.workloads.buffer.staleness import staleness_weight
 from kuberl.workloads.config import WorkloadConfig
 from kuberl.workloads.logs import get_logger
-from kuberl.workloads.trainer.feeder import InFlight
+from kuberl.workloads.trainer.feeder import PromptFeeder
 from kuberl.workloads.trainer.groups import GroupAssembler, in_flight_target
 from kuberl.workloads.trainer.trainer import Trainer
 
@@ -37,34 +37,21 @@ async def run_decoupled(cfg: WorkloadConfig) -> None:
     if extra.get("consumer"):
         consumer.load_state_dict(extra["consumer"])
     assembler = GroupAssembler(cfg.algorithm.dynamic_sampling, answered=set(extra.get("answered", [])))
-    in_flight = InFlight(limit=cfg.buffer.max_in_flight_prompts)
-    now = time.monotonic()
-    # Prompts in flight at the crash are re-issued at once (as new attempts): their answers may
-    # sit, unacked, with the dead trainer's consumer until the ack wait runs out, and waiting
-    # for them would stall the job. Whichever attempt completes first is trained; the other is ignored.
-    for raw in extra.get("in_flight", []):
-        in_flight.issue(Prompt(**raw), now - PROMPT_REISSUE_S - 1)
+    feeder = PromptFeeder(buf, cfg.buffer.max_in_flight_prompts, reissue_after_s=PROMPT_REISSUE_S)
+    feeder.restore(Prompt(**raw) for raw in extra.get("in_flight", []))
     unacked = []
     stale_dropped = 0
     tr._rl_t0 = time.monotonic()
+    waiting_since = time.monotonic()  # the trainer waits for trajectories from here to its next step
     try:
         while tr.progress.step < cfg.run_policy.max_steps:
             stage = tr.progress.curriculum.stage
             target = in_flight_target(cfg, tr.prompts.group_size(stage), assembler.keep_rate)
             # Groups assembled but not yet trained count against the budget too: they age as well.
-            want = target - len(in_flight.issued) - len(assembler.ready)
+            want = target - len(feeder) - len(assembler.ready)
             if want > 0:
-                fresh = tr.prompts.take(want, stage)
-                for p in fresh:
-                    in_flight.issue(p, time.monotonic())
-                await buf.publish_prompts(fresh)
-            overdue = in_flight.overdue(time.monotonic(), PROMPT_REISSUE_S)
-            if overdue:
-                again = [replace(p, attempt=p.attempt + 1) for p in overdue]
-                for p in again:
-                    in_flight.issue(p, time.monotonic())
-                await buf.publish_prompts(again)
-                log.warning("re-issued overdue prompts", count=len(again))
+                await feeder.feed(tr.prompts.take(want, stage))
+            await feeder.reissue_overdue()
             batch = await consumer.fetch(256, current_version=tr.progress.version, timeout=0.2)
             unacked.append(batch)  # includes duplicates and stale samples: done with at the next ack
             weights: dict[str, float] = {}
@@ -73,20 +60,22 @@ async def run_decoupled(cfg: WorkloadConfig) -> None:
                 if lag_weight is None:
                     stale_dropped += 1
                     # The prompt's group is lost for training: count it answered so a fresh prompt replaces it.
-                    if in_flight.complete(t.prompt_id):
+                    if feeder.complete(t.prompt_id):
                         assembler.answered.add(t.prompt_id)
                     continue
                 weights[t.sample_id] = w * lag_weight
                 done = assembler.add(t)
                 if done is not None:
-                    in_flight.complete(done)
+                    feeder.complete(done)
             stale_dropped += assembler.drop_untrainable(tr.progress.version, cfg.max_off_policy_steps)
             if assembler.ready_samples() < cfg.algorithm.global_batch_size:
                 continue
+            step_start = time.monotonic()
+            waited = step_start - waiting_since
             groups = assembler.take(cfg.algorithm.global_batch_size)
             row = tr.train_on(groups, weights)
             row["stale_dropped"] = stale_dropped
-            row["in_flight"] = len(in_flight.issued)
+            row["in_flight"] = len(feeder)
             if tr.due(cfg.weight_store.sync_interval_steps):
                 manifest = await asyncio.to_thread(tr.publish)
                 await buf.state.publish_version(tr.progress.version, manifest)
@@ -94,12 +83,15 @@ async def run_decoupled(cfg: WorkloadConfig) -> None:
             if tr.due(cfg.checkpoint.interval_steps):
                 await asyncio.to_thread(tr.checkpoint, {
                     "consumer": consumer.state_dict(), "answered": sorted(assembler.answered)[-10000:],
-                    "in_flight": [asdict(p) for p, _ in in_flight.issued.values()],
+                    "in_flight": [asdict(p) for p in feeder.snapshot()],
                 })
             # Ack only after the step (and its checkpoint) are committed: a crash before redelivers.
             for b in unacked:
                 await b.ack()
             unacked = []
+            waiting_since = time.monotonic()
+            busy = waiting_since - step_start
+            row["trainer_idle_percent"] = round(100.0 * waited / max(waited + busy, 1e-9), 2)
             await tr.report(row)
     finally:
         await buf.close()

@@ -38,12 +38,17 @@ class InFlight:
 
 
 class PromptFeeder:
-    """Trainer-side prompt issuing with a bound on prompts in flight and re-issue of overdue ones."""
+    """Trainer-side prompt issuing: publishes prompts, remembers them until their group is
+    answered, and re-issues (as a new attempt) those whose trajectories never came."""
 
     def __init__(self, buffer: JobBuffer, max_in_flight: int, reissue_after_s: float = 1800.0):
         self._buffer = buffer
         self.in_flight = InFlight(limit=max_in_flight)
         self.reissue_after_s = reissue_after_s
+
+    def __len__(self) -> int:
+        """Prompts issued and not yet answered."""
+        return len(self.in_flight.issued)
 
     def capacity(self) -> int:
         return self.in_flight.capacity()
@@ -58,23 +63,38 @@ class PromptFeeder:
                 break
             batch.append(p)
         if batch:
-            await self._buffer.publish_prompts(batch)
             now = time.monotonic()
             for p in batch:
                 self.in_flight.issue(p, now)
+            await self._buffer.publish_prompts(batch)
         return batch
 
     def complete(self, prompt_id: str) -> bool:
-        """Mark a prompt answered (its group arrived); frees a slot."""
+        """Mark a prompt answered (its group arrived, or can never be trained); frees a slot."""
         return self.in_flight.complete(prompt_id)
+
+    def restore(self, prompts: Iterable[Prompt]) -> None:
+        """Prompts a previous trainer had in flight, re-issued at the next `reissue_overdue`.
+
+        Their answers may sit, unacked, with the dead trainer's consumer until the ack wait
+        runs out, and waiting for them would stall the job. Whichever attempt completes
+        first is trained; the other is ignored.
+        """
+        long_ago = time.monotonic() - self.reissue_after_s - 1
+        for p in prompts:
+            self.in_flight.issue(p, long_ago)
+
+    def snapshot(self) -> list[Prompt]:
+        """What `restore` needs after a crash (saved with the checkpoint)."""
+        return [p for p, _ in self.in_flight.issued.values()]
 
     async def reissue_overdue(self) -> list[Prompt]:
         """Publish again, under a new attempt number, prompts whose trajectories never came."""
         now = time.monotonic()
         again = [replace(p, attempt=p.attempt + 1) for p in self.in_flight.overdue(now, self.reissue_after_s)]
         if again:
-            await self._buffer.publish_prompts(again)
             for p in again:
                 self.in_flight.issue(p, now)
+            await self._buffer.publish_prompts(again)
             log.warning("re-issued overdue prompts", count=len(again))
         return again

@@ -77,5 +77,5 @@ def in_flight_target(cfg: WorkloadConfig, group_size: int, keep_rate: float | No
     """Prompts to keep issued: enough for (1 + maxOffPolicySteps) steps, so staleness stays bounded by construction."""
     per_step = max(1, cfg.algorithm.global_batch_size // group_size)
     factor = cfg.algorithm.over_sampling_factor if cfg.algorithm.dynamic_sampling else 1.0
-    rate = max(keep_rate or 1.0, 0.1) if cfg.algorithm.dynamic_sampling else 1.0
+    rate = max(1.0 if keep_rate is None else keep_rate, 0.1) if cfg.algorithm.dynamic_sampling else 1.0  # 0 kept so far: over-sample the most
     return min(cfg.buffer.max_in_flight_prompts, math.ceil(per_step * factor / rate * (1 + cfg.max_off_policy_steps)))

@@ -9,8 +9,11 @@ from dataclasses import dataclass
 from kuberl.workloads.buffer.records import Prompt
 from kuberl.workloads.config import WorkloadConfig
 from kuberl.workloads.rl.curriculum import Stage
-from kuberl.workloads.rollout.episodes import SamplingSettings
+from kuberl.workloads.logs import get_logger
+from kuberl.workloads.rollout.episodes import TOKENIZER, SamplingSettings
 from kuberl.workloads.tasks.datasets import Problem, filter_problems, load_dataset
+
+log = get_logger(__name__)
 
 
 def curriculum_stages(cfg: WorkloadConfig) -> list[Stage]:
@@ -29,7 +32,14 @@ class PromptSource:
 
     def __post_init__(self) -> None:
         self.incarnation = uuid.uuid4().hex[:6]
-        self.problems: list[Problem] = [p for ds in self.cfg.datasets for p in load_dataset(ds)]
+        loaded = [p for ds in self.cfg.datasets for p in load_dataset(ds)]
+        # algorithm.maxPromptLength: prompts longer than this (in the job's tokens, BOS included) are skipped.
+        limit = self.cfg.algorithm.max_prompt_length
+        self.problems: list[Problem] = [p for p in loaded if len(TOKENIZER.encode(p.prompt, bos=True)) <= limit]
+        if not self.problems:
+            raise ValueError(f"every prompt of the datasets is longer than algorithm.maxPromptLength={limit} tokens; raise it")
+        if len(self.problems) < len(loaded):
+            log.info("prompts over algorithm.maxPromptLength skipped", skipped=len(loaded) - len(self.problems), limit=limit)
         self._by_stage: dict[int, list[Problem]] = {}
 
     def stage_problems(self, stage: int) -> list[Problem]:
@@ -50,10 +60,7 @@ class PromptSource:
         return self.cfg.algorithm.group_size
 
     def sampling(self, stage: int) -> SamplingSettings:
-        length = self.cfg.algorithm.max_response_length
-        if self.cfg.curriculum is not None and self.cfg.curriculum.stages[stage].max_response_length:
-            length = self.cfg.curriculum.stages[stage].max_response_length
-        return SamplingSettings(length, self.cfg.algorithm.temperature)
+        return SamplingSettings.for_stage(self.cfg, stage)
 
     def take(self, n: int, stage: int) -> list[Prompt]:
         pool = self.stage_problems(stage)

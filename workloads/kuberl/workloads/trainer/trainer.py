@@ -12,6 +12,7 @@ import torch
 
 from kuberl.workloads.buffer.admin import BufferConfig
 from kuberl.workloads.buffer.records import Trajectory
+from kuberl.workloads.buffer.state import JobMetrics
 from kuberl.workloads.buffer.stream import JobBuffer
 from kuberl.workloads.config import WorkloadConfig
 from kuberl.workloads.logs import get_logger
@@ -29,15 +30,6 @@ from kuberl.workloads.trainer.prompts import PromptSource, curriculum_stages
 from kuberl.workloads.weights.sync import publish_policy, weight_store
 
 log = get_logger(__name__)
-
-
-PROMPT_ACK_WAIT_S = 30.0  # a dead agent's leased prompts come back this soon (agents keep theirs alive)
-
-
-def buffer_config(cfg: WorkloadConfig) -> BufferConfig:
-    """The one BufferConfig every process of a job uses (consumers must agree on it)."""
-    return BufferConfig(max_in_flight_prompts=cfg.buffer.max_in_flight_prompts, prompt_ack_wait_s=PROMPT_ACK_WAIT_S,
-                        trajectory_ack_wait_s=120.0)
 
 
 @dataclass
@@ -82,7 +74,6 @@ class Trainer:
         self.metrics = MetricsLog(cfg.output_dir)
         self.store = weight_store(cfg)
         self.buffer: JobBuffer | None = None
-        self._kv = None
         self._rl_t0 = time.monotonic()
 
     # ---- lifecycle --------------------------------------------------------------------
@@ -126,8 +117,8 @@ class Trainer:
         return self.progress.rl_seconds + (time.monotonic() - self._rl_t0)
 
     async def open_buffer(self) -> None:
-        self.buffer = await JobBuffer.open(self.cfg.buffer.url, self.cfg.job.namespace, self.cfg.job.name, buffer_config(self.cfg))
-        self._kv = await self.buffer.js.key_value(self.buffer.names.kv_bucket)
+        self.buffer = await JobBuffer.open(self.cfg.buffer.url, self.cfg.job.namespace, self.cfg.job.name,
+                                           BufferConfig.from_spec(self.cfg.buffer))
 
     # ---- one step ---------------------------------------------------------------------
 
@@ -158,11 +149,13 @@ class Trainer:
         }
 
     async def report(self, row: dict) -> None:
+        """One step's row: to metrics.jsonl, and its headline numbers into the job state."""
         self.metrics.write(row)
-        if self._kv is not None:
-            await self._kv.put("progress", json.dumps(row).encode())
-            await self.buffer.state.update(lambda s: replace(s, curriculum_stage=row["stage"],
-                                                             counters={**s.counters, "steps": row["step"], "samples": row["samples_trained"]}))
+        if self.buffer is not None:
+            await self.buffer.state.update(lambda s: replace(
+                s, curriculum_stage=row["stage"], counters={**s.counters, "steps": row["step"], "samples": row["samples_trained"]},
+                metrics=JobMetrics(reward_mean=row["reward_mean"], reward_std=row["reward_std"], pass_rate=row["pass_rate"],
+                                   samples_per_s=row["samples_per_s"], trainer_idle_percent=row.get("trainer_idle_percent"))))
         log.info("step", **{k: row[k] for k in ("step", "reward_mean", "samples_per_s", "policy_version", "stage")})
 
     def publish(self) -> str:

@@ -7,10 +7,8 @@ rollout agent fetches a version (sha256-verified) and dequantises what was quant
 
 from __future__ import annotations
 
-import os
 import tempfile
 from pathlib import Path
-from urllib.parse import urlparse
 
 import torch
 
@@ -52,12 +50,3 @@ def fetch_policy(store: WeightStore, version: int) -> dict[str, torch.Tensor]:
     if manifest.quantization:
         tensors = fp8.dequantize_state_dict(tensors, dtype=torch.float32)
     return {k: v.float() for k, v in tensors.items()}
-
-
-def version_of_manifest(uri: str) -> int:
-    """``s3://b/p/v00000042/manifest.json`` → 42."""
-    return int(Path(urlparse(uri).path).parent.name.lstrip("v"))
-
-
-def aws_env_ready() -> bool:
-    return bool(os.environ.get("AWS_ACCESS_KEY_ID"))

@@ -49,16 +49,15 @@ class SGLangEngine(Engine):
     def from_config(cls, cfg, *, version: int = -1) -> SGLangEngine:
         """The engine a rollout agent drives for ``cfg`` (a `WorkloadConfig`).
 
-        URL: ``cfg.rollout.engine_url``, else ``$KUBERL_ENGINE_URL`` (the operator sets it to
-        the pod's SGLang container). Swaps from tensors (`load_state_dict`) are written under
+        URL: ``cfg.rollout.engine_url`` (the pod's SGLang container, on loopback). Swaps from tensors (`load_state_dict`) are written under
         ``$KUBERL_ENGINE_SCRATCH``, which must be a directory the server reads too (an
         emptyDir mounted in both containers of a rollout pod).
         """
         import os
 
-        url = cfg.rollout.engine_url or os.environ.get("KUBERL_ENGINE_URL")
+        url = cfg.rollout.engine_url
         if not url:
-            raise ValueError("rollout.engine is sglang but neither rollout.engineUrl nor KUBERL_ENGINE_URL is set")
+            raise ValueError("rollout.engine is sglang but the config names no rollout.engineUrl")
         # "retract" for both swap policies: in-flight requests are requeued and their KV is
         # recomputed with the new weights, so every later token's logprob is exactly the new
         # policy's ("in_place" would decode on KV computed by the old weights, and SGLang

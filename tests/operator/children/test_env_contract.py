@@ -1,0 +1,59 @@
+"""Every environment variable the operator sets on a workload container is read by the
+process in it. Settings travel in the rendered config (or as a server's args); a variable
+nobody reads is a setting that silently does nothing."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+from kuberl.operator.children.render import render
+from kuberl.operator.schema.validation import validate
+from tests.support.objects import EXAMPLES, S
+
+import yaml
+
+ROOT = Path(__file__).resolve().parents[3]
+WORKLOADS = ROOT / "workloads/kuberl/workloads"
+# Read by other programs than ours, named here with who reads them.
+READ_ELSEWHERE = {
+    "MASTER_ADDR": "torch.distributed env:// rendezvous (the megatron backend, issue 13)",
+    "MASTER_PORT": "torch.distributed env:// rendezvous", "NNODES": "torchrun", "NODE_RANK": "torchrun",
+    "NPROC_PER_NODE": "torchrun", "WORLD_SIZE": "torch.distributed",
+    "SGLANG_USE_CPU_ENGINE": "SGLang's CPU build", "PYTHONPATH": "the SGLang server's interpreter (sgl_kernel stand-in)",
+    "PYTHONUNBUFFERED": "the Python interpreter",
+}
+
+
+def _read_by_workloads() -> set[str]:
+    """Names the workload code reads from its environment (literals, or constants holding them)."""
+    constants, names = {}, set()
+    for path in WORKLOADS.rglob("*.py"):
+        text = path.read_text()
+        constants.update(re.findall(r'^([A-Z_]+) = "([A-Z_]+)"', text, flags=re.M))
+        for line in text.splitlines():
+            if "environ" in line or "getenv" in line:
+                names.update(re.findall(r'"([A-Z][A-Z0-9_]+)"', line))
+                names.update(constants.get(c, "") for c in re.findall(r"\b([A-Z][A-Z0-9_]+)\b", line))
+    return names - {""}
+
+
+def test_every_variable_the_operator_sets_is_read():
+    docs = [validate(d) for f in sorted(EXAMPLES.glob("*.yaml")) for d in yaml.safe_load_all(f.read_text()) if d]
+    user = {e["name"] for d in docs for e in _user_env(d)}
+    set_by_operator = set()
+    for child in render(docs, S):
+        pod = child["spec"] if child["kind"] == "Pod" else (child.get("spec") or {}).get("template", {}).get("spec")
+        for c in (pod or {}).get("containers", []) + (pod or {}).get("initContainers", []):
+            set_by_operator |= {e["name"] for e in c.get("env", [])} - user
+    assert set_by_operator, "the examples render workload containers"
+    unread = sorted(set_by_operator - _read_by_workloads() - set(READ_ELSEWHERE))
+    assert not unread, f"environment variables the operator sets and no process reads: {unread}"
+
+
+def _user_env(doc: dict) -> list[dict]:
+    spec = doc.get("spec") or {}
+    found = []
+    for section in (spec.get("trainer"), spec.get("agent"), spec, *((e.get("spec") or {}) for e in spec.get("agentEnvs") or [])):
+        found += (section or {}).get("env") or [] if isinstance((section or {}).get("env"), list) else []
+    return found

@@ -1,0 +1,120 @@
+"""The dependency rules of the layout, read from the source (every import, also those
+inside functions), followed transitively through kuberl's own modules:
+
+* workloads never import the operator;
+* the operator reaches the workloads only through the contract modules (the shared spec
+  and config, the operator-facing half of the buffer, logging, process helpers);
+* nothing the operator imports pulls torch (the operator image installs no torch);
+* pure modules (api, naming, children, decisions, schema, the rl algorithm, the buffer's
+  names/records/staleness/state) import no kopf, no Kubernetes client and no NATS.
+"""
+
+from __future__ import annotations
+
+import ast
+from functools import cache
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+SOURCES = {"kuberl.operator": ROOT / "operator/kuberl/operator", "kuberl.workloads": ROOT / "workloads/kuberl/workloads"}
+
+OPERATOR_MAY_IMPORT = {
+    "kuberl.workloads.spec", "kuberl.workloads.config", "kuberl.workloads.logs", "kuberl.workloads.localproc",
+    "kuberl.workloads.buffer.names", "kuberl.workloads.buffer.admin", "kuberl.workloads.buffer.state",
+    "kuberl.workloads.buffer.kv",
+}
+PURE = ["kuberl.operator.api", "kuberl.operator.naming", "kuberl.operator.children", "kuberl.operator.decisions",
+        "kuberl.operator.schema", "kuberl.workloads.rl", "kuberl.workloads.spec", "kuberl.workloads.buffer.names",
+        "kuberl.workloads.buffer.records", "kuberl.workloads.buffer.staleness", "kuberl.workloads.buffer.state"]
+IO_LIBRARIES = {"kopf", "kubernetes", "nats"}
+
+
+def _modules() -> dict[str, Path]:
+    out = {}
+    for prefix, root in SOURCES.items():
+        for path in root.rglob("*.py"):
+            if "cpu_kernels" in path.parts:
+                continue  # data for the SGLang server's interpreter, not part of the package
+            parts = list(path.relative_to(root).with_suffix("").parts)
+            if parts[-1] == "__init__":
+                parts = parts[:-1]
+            out[".".join([prefix, *parts])] = path
+    return out
+
+
+MODULES = _modules()
+
+
+@cache
+def imports_of(module: str) -> frozenset[str]:
+    """Every module `module` imports (absolute names; `from x import y` yields x.y when that is a module)."""
+    tree = ast.parse(MODULES[module].read_text())
+    found = set()
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Import):
+            found.update(a.name for a in node.names)
+        elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
+            found.add(node.module)
+            found.update(f"{node.module}.{a.name}" for a in node.names if f"{node.module}.{a.name}" in MODULES)
+    return frozenset(found)
+
+
+def _own(name: str) -> str | None:
+    """The kuberl module an import names (a package import counts as its __init__)."""
+    while name and name not in MODULES:
+        name = name.rpartition(".")[0]
+    return name or None
+
+
+@cache
+def closure(module: str) -> frozenset[str]:
+    """Every name imported by `module` or by any kuberl module it reaches."""
+    seen, todo, names = {module}, [module], set()
+    while todo:
+        for name in imports_of(todo.pop()):
+            names.add(name)
+            own = _own(name) if name.startswith("kuberl.") else None
+            for m in filter(None, {own, *(p for p in _parents(own) if p in MODULES)} if own else ()):
+                if m not in seen:
+                    seen.add(m)
+                    todo.append(m)
+    return frozenset(names | seen)
+
+
+def _parents(module: str):
+    parts = module.split(".")
+    return [".".join(parts[:i]) for i in range(2, len(parts))]
+
+
+def test_workloads_never_import_the_operator():
+    bad = {m: sorted(n for n in imports_of(m) if n.startswith("kuberl.operator")) for m in MODULES if m.startswith("kuberl.workloads")}
+    assert not {m: n for m, n in bad.items() if n}
+
+
+def test_the_operator_reaches_the_workloads_only_through_the_contract():
+    bad = {}
+    for m in MODULES:
+        if m.startswith("kuberl.operator"):
+            direct = {_own(n) for n in imports_of(m) if n.startswith("kuberl.workloads")}
+            if extra := sorted(x for x in direct - OPERATOR_MAY_IMPORT if x not in ("kuberl.workloads",)):
+                bad[m] = extra
+    assert not bad, f"operator modules importing workload internals: {bad}"
+
+
+def test_nothing_the_operator_imports_pulls_torch():
+    heavy = {"torch", "safetensors", "megatron", "transformers", "sglang", "aiohttp", "httpx"}
+    bad = {m: sorted({n.split(".")[0] for n in closure(m)} & heavy) for m in MODULES if m.startswith("kuberl.operator")}
+    assert not {m: n for m, n in bad.items() if n}
+
+
+def test_pure_modules_do_no_io():
+    pure = [m for m in MODULES if any(m == p or m.startswith(p + ".") for p in PURE)]
+    assert len(pure) > 20  # the rule covers the folders it names
+    bad = {m: sorted({n.split(".")[0] for n in closure(m)} & IO_LIBRARIES) for m in pure}
+    assert not {m: n for m, n in bad.items() if n}
+
+
+def test_the_rules_see_imports_inside_functions():
+    # The CLI imports the controllers (kopf) lazily, inside a function: the closure sees it.
+    assert "kopf" in {n.split(".")[0] for n in closure("kuberl.operator.cli.run_operator")}
+    assert "torch" in {n.split(".")[0] for n in closure("kuberl.workloads.trainer.__main__")}
