@@ -8,6 +8,7 @@ from pathlib import Path
 import pytest
 
 from tests.support.fixtures_cluster import CRDS_DIR, EXAMPLES_DIR, Kube, yaml_documents
+from tests.support.malformed_cases import MALFORMED_CASES
 
 pytestmark = pytest.mark.cluster
 
@@ -55,15 +56,7 @@ def test_example_applies_server_side(kube: Kube, namespace: str, path: Path):
                       obj["metadata"]["name"])
 
 
-def _malformed_cases():
-    try:
-        from malformed_cases import MALFORMED_CASES
-    except ImportError:  # the table is owned by the foundation work; absent means not yet
-        return [pytest.param(None, marks=pytest.mark.skip(reason="tests/malformed_cases.py missing"))]
-    return [pytest.param(c, id=c.id) for c in MALFORMED_CASES]
-
-
-@pytest.mark.parametrize("case", _malformed_cases())
+@pytest.mark.parametrize("case", [pytest.param(c, id=c.id) for c in MALFORMED_CASES])
 def test_malformed_manifest_rejected_by_api_server(kube: Kube, namespace: str, case):
     manifest = json.loads(json.dumps(case.manifest))  # never mutate the shared table
     manifest.setdefault("metadata", {}).setdefault("name", f"bad-{abs(hash(case.id)) % 10**8}")

@@ -60,7 +60,6 @@ EFFECT_WITHOUT_TEST = frozenset({
     "RLJob spec.trainer.placement.tolerations[].value",
     "RLJob spec.trainer.placement.tolerations[].tolerationSeconds",
     "RLJob spec.buffer.streamReplicas",
-    "RLJob spec.buffer.maxStreamBytes",
     "RLJob spec.weightStore.bucket",
     "RLJob spec.weightStore.prefix",
     "RLJob spec.weightStore.region",

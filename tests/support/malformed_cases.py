@@ -111,6 +111,12 @@ MALFORMED_CASES: list[Case] = [
     Case("tp-does-not-divide-ranks", _set(COLO, "spec.trainer.parallelism.tensor", 3), "spec.trainer.parallelism", "must divide the number of trainer ranks"),
     Case("torch-backend-multi-replica", _set(JOB, "spec.trainer.replicas", 2), "spec.trainer.replicas", "the torch backend is single-replica"),
     Case("pool-min-above-max", _edit(POOL, lambda d: d["spec"].update(minReplicas=10, maxReplicas=4)), "spec.minReplicas", "minReplicas must be less than or equal to maxReplicas"),
-    Case("env-replicas-above-max", _set(ENV, "spec.replicas", 20), "spec.replicas", "replicas must lie between minReplicas and maxReplicas"),
+    Case("env-custom-task-without-image", _set(ENV, "spec.task", "custom"), "spec.image", "task custom serves your own server: set image"),
+    # Fields that do nothing yet are refused with a message saying so (docs/fields.md).
+    Case("kl-without-reference-model", _set(JOB, "spec.algorithm.klCoef", 0.1), "spec.algorithm.klCoef", "klCoef > 0 needs a reference model"),
+    Case("nucleus-sampling", _set(JOB, "spec.algorithm.topP", 0.9), "spec.algorithm.topP", "topP < 1 (nucleus sampling) is not implemented"),
+    Case("weight-store-credentials", _set(JOB, "spec.weightStore.credentialsSecret", {"name": "s3"}), "spec.weightStore.credentialsSecret", "credentialsSecret does not reach the pods yet"),
+    Case("buffer-credentials", _set(JOB, "spec.buffer.credentialsSecret", {"name": "nats"}), "spec.buffer.credentialsSecret", "credentialsSecret does not reach the pods yet"),
+    Case("torch-backend-bf16", _set(JOB, "spec.model.dtype", "bfloat16"), "spec.model.dtype", "the torch backend trains in float32"),
     Case("job-name-too-long", _edit(JOB, lambda d: d["metadata"].update(name="a-very-long-rljob-name-that-no-pod-name-can-hold")), "metadata.name", "metadata.name must be at most 40 characters"),
 ]

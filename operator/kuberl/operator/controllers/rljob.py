@@ -39,7 +39,10 @@ from kuberl.operator.controllers.runtime import (
     ensure,
     ensure_cached,
     managed_by_us,
+    patch_status,
     plain,
+    reconcile_fresh,
+    timer_round,
 )
 from kuberl.operator.decisions import lifecycle
 from kuberl.operator.decisions import references as semantics
@@ -153,22 +156,9 @@ def _rollout_view(job: RLJob, pools: dict) -> st.RolloutView:
     return st.RolloutView(colocated=False, ready=(pool.get("status") or {}).get("readyReplicas", 0), desired=(pool.get("spec") or {}).get("replicas", 0))
 
 
-def _patch_job_status(body: Mapping, namespace: str, name: str, old_status: dict, new_status: dict) -> None:
-    changed = {k: v for k, v in new_status.items() if old_status.get(k) != v}
-    if changed:
-        RT.kube.patch(API_VERSION, "RLJob", namespace, name, {"status": changed}, subresource="status")
-
-
 def reconcile_job(body: Mapping, trigger: str) -> None:
-    meta = body["metadata"]
-    namespace, name, uid = meta["namespace"], meta["name"], meta["uid"]
-    if meta.get("deletionTimestamp"):
-        return
-    with RT.lock(uid), metrics.reconciling("RLJob", trigger):
-        fresh = RT.kube.get(API_VERSION, "RLJob", namespace, name)  # the body kopf holds may be a few events old
-        if fresh is None or fresh["metadata"].get("uid") != uid:
-            return
-        _reconcile_job(fresh, namespace, name, trigger)
+    reconcile_fresh("RLJob", body, trigger,
+                    lambda fresh: _reconcile_job(fresh, fresh["metadata"]["namespace"], fresh["metadata"]["name"], trigger))
 
 
 def _reconcile_job(body: dict, namespace: str, name: str, trigger: str = "timer") -> None:
@@ -191,7 +181,7 @@ def _reconcile_job(body: dict, namespace: str, name: str, trigger: str = "timer"
             _event(body, "Warning", st.INVALID_SPEC, message)
             log.warning("invalid RLJob spec", namespace=namespace, name=name, errors=message)
         new_status = {"conditions": new_conds, "phase": st.phase_of(new_conds), "observedGeneration": generation}
-        _patch_job_status(body, namespace, name, old_status, new_status)
+        patch_status("RLJob", namespace, name, old_status, new_status)
         RT.phases.set(body["metadata"]["uid"], new_status["phase"])
         return
     if invalid_before:
@@ -299,7 +289,7 @@ def _reconcile_job(body: dict, namespace: str, name: str, trigger: str = "timer"
         new_status.setdefault("maxSteps", job.spec.run_policy.max_steps)
     for event in st.transition_events(conds, new_conds):
         _event(body, event.type, event.reason, event.message)
-    _patch_job_status(body, namespace, name, old_status, new_status)
+    patch_status("RLJob", namespace, name, old_status, new_status)
     RT.phases.set(body["metadata"]["uid"], new_status["phase"])
 
 
@@ -336,10 +326,7 @@ def rljob_spec_changed(body: kopf.Body, **_: Any) -> None:
 
 @kopf.timer(GROUP, VERSION, "rljobs", interval=SETTINGS.reconcile_interval_s, when=managed_by_us)
 def rljob_timer(body: kopf.Body, **_: Any) -> None:
-    try:
-        reconcile_job(body, "timer")
-    except Exception:  # noqa: BLE001 (logged and counted; the next tick tries again)
-        log.exception("RLJob reconcile failed", namespace=body["metadata"]["namespace"], name=body["metadata"]["name"])
+    timer_round("RLJob", body, lambda: reconcile_job(body, "timer"))
 
 
 @kopf.on.delete(GROUP, VERSION, "rljobs", when=managed_by_us)

@@ -20,6 +20,9 @@ from kuberl.operator.controllers.runtime import (
     buffer_default_url,
     ensure_cached,
     ensure_workload,
+    patch_status,
+    reconcile_fresh,
+    timer_round,
 )
 from kuberl.operator.decisions import autoscaler
 from kuberl.operator.decisions import status as st
@@ -37,17 +40,13 @@ def _bound_job(pool: dict) -> str | None:
 
 
 def reconcile_pool(body: Mapping, trigger: str, autoscale: bool = False) -> None:
-    meta = body["metadata"]
-    namespace, name, uid = meta["namespace"], meta["name"], meta["uid"]
-    if meta.get("deletionTimestamp"):
-        return
-    with RT.lock(uid), metrics.reconciling("RolloutPool", trigger):
-        fresh = RT.kube.get(API_VERSION, "RolloutPool", namespace, name)
-        if fresh is None or fresh["metadata"].get("uid") != uid:
-            return
+    def round_(fresh: dict) -> None:
+        namespace, name = fresh["metadata"]["namespace"], fresh["metadata"]["name"]
         if autoscale:
             fresh = _autoscale(fresh, namespace, name) or fresh
         _reconcile_pool(fresh, namespace, name, trigger)
+
+    reconcile_fresh("RolloutPool", body, trigger, round_)
 
 
 def _reconcile_pool(body: dict, namespace: str, name: str, trigger: str = "timer") -> None:
@@ -60,25 +59,14 @@ def _reconcile_pool(body: dict, namespace: str, name: str, trigger: str = "timer
     live = RT.kube.get("apps/v1", "Deployment", namespace, name)
     live = ensure_workload(deployment, body, live) or live or {}
     ensure_cached(rollout_service(pool, namespace, RT.settings), body, trigger)
-    dstatus = live.get("status") or {}
     old = body.get("status") or {}
-    new = {
-        "replicas": dstatus.get("replicas", 0),
-        "readyReplicas": st.counted_ready(dstatus.get("readyReplicas", 0), deployment["spec"]["replicas"]),
-        "selector": selector_string(pool_selector(name)),
-        "observedGeneration": body["metadata"].get("generation"),
-    }
+    new = st.workload_status(old, live.get("status") or {}, deployment["spec"]["replicas"], what="rollout pods",
+                             reasons=("EnginesReady", "NoEngineReady"), ready_if_empty=pool.spec.replicas == 0,
+                             now=time.time(), generation=body["metadata"].get("generation"))
+    new["selector"] = selector_string(pool_selector(name))
     if bound and job_body is not None:
         new["boundJob"] = bound
-    ready = new["readyReplicas"] > 0 or pool.spec.replicas == 0
-    conds = st.set_condition(old.get("conditions"), "Ready", ready, "EnginesReady" if ready else "NoEngineReady",
-                             f"{new['readyReplicas']}/{deployment['spec']['replicas']} rollout pods ready", now=time.time(),
-                             generation=body["metadata"].get("generation"))
-    conds = [c for c in conds if c["type"] == "Ready"] + [c for c in conds if c["type"] != "Ready"]
-    new["conditions"] = conds
-    changed = {k: v for k, v in new.items() if old.get(k) != v}
-    if changed:
-        RT.kube.patch(API_VERSION, "RolloutPool", namespace, name, {"status": changed}, subresource="status")
+    patch_status("RolloutPool", namespace, name, old, new)
 
 
 def read_signals(job_body: dict | None, namespace: str) -> autoscaler.Signals:
@@ -144,7 +132,4 @@ def pool_changed(body: kopf.Body, **_: Any) -> None:
 
 @kopf.timer(GROUP, VERSION, "rolloutpools", interval=SETTINGS.autoscaler_tick_s)
 def pool_timer(body: kopf.Body, **_: Any) -> None:
-    try:
-        reconcile_pool(body, "timer", autoscale=True)
-    except Exception:  # noqa: BLE001
-        log.exception("RolloutPool reconcile failed", namespace=body["metadata"]["namespace"], name=body["metadata"]["name"])
+    timer_round("RolloutPool", body, lambda: reconcile_pool(body, "timer", autoscale=True))

@@ -6,7 +6,7 @@ import hashlib
 import json
 import threading
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import Any
 
 import kopf
@@ -15,13 +15,18 @@ from kuberl.operator.adapters import metrics
 from kuberl.operator.adapters.kube import Kube, api_client_from_environment
 from kuberl.operator.adapters.nats import NatsBridge
 from kuberl.operator.api.constants import (
+    API_VERSION,
     MANAGED_BY,
     PAUSED_ANNOTATION,
     SPEC_HASH_ANNOTATION,
 )
 from kuberl.operator.children.common import is_paused
 from kuberl.operator.decisions.resync import EnsureCache
+from kuberl.operator.decisions.status import changed_fields
 from kuberl.operator.settings import OperatorSettings
+from kuberl.workloads.logs import get_logger
+
+log = get_logger(__name__)
 
 SETTINGS = OperatorSettings.from_env()
 
@@ -161,3 +166,33 @@ def buffer_default_url() -> str:
     from kuberl.workloads.spec import BufferSpec
 
     return BufferSpec().url
+
+
+def reconcile_fresh(kind: str, body: Mapping, trigger: str, reconcile: Callable[[dict[str, Any]], None]) -> None:
+    """The guard every reconcile runs under: objects being deleted are left to their
+    finaliser; one round at a time per object (event handlers and timers share the lock);
+    on the object as the API server has it now (the body kopf holds may be a few events
+    old), skipped when it vanished or was re-created under the same name meanwhile."""
+    meta = body["metadata"]
+    if meta.get("deletionTimestamp"):
+        return
+    with RT.lock(meta["uid"]), metrics.reconciling(kind, trigger):
+        fresh = RT.kube.get(API_VERSION, kind, meta["namespace"], meta["name"])
+        if fresh is None or fresh["metadata"].get("uid") != meta["uid"]:
+            return
+        reconcile(fresh)
+
+
+def timer_round(kind: str, body: Mapping, run: Callable[[], None]) -> None:
+    """A timer's round: a failure is logged (and counted by `metrics.reconciling`); the next tick tries again."""
+    try:
+        run()
+    except Exception:  # noqa: BLE001
+        log.exception(f"{kind} reconcile failed", namespace=body["metadata"]["namespace"], name=body["metadata"]["name"])
+
+
+def patch_status(kind: str, namespace: str, name: str, old: dict[str, Any], new: dict[str, Any]) -> None:
+    """Write the status fields that changed, and nothing when none did."""
+    changed = changed_fields(old, new)
+    if changed:
+        RT.kube.patch(API_VERSION, kind, namespace, name, {"status": changed}, subresource="status")

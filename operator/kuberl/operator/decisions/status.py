@@ -142,6 +142,28 @@ def counted_ready(observed_ready: int, desired: int) -> int:
     return max(0, min(observed_ready, desired))
 
 
+def workload_status(old: dict[str, Any], deployment_status: dict[str, Any], desired: int, *, what: str,
+                    reasons: tuple[str, str], ready_if_empty: bool, now: float, generation: int | None) -> dict[str, Any]:
+    """The status of a Deployment-backed object (a RolloutPool, an AgentEnv): pod counts and
+    its Ready condition. ``reasons``: (ready, not ready); ``ready_if_empty``: whether wanting
+    no pods counts as ready."""
+    ready_count = counted_ready(deployment_status.get("readyReplicas", 0), desired)
+    ready = ready_count > 0 or ready_if_empty
+    conds = set_condition(old.get("conditions"), "Ready", ready, reasons[0] if ready else reasons[1],
+                          f"{ready_count}/{desired} {what} ready", now=now, generation=generation)
+    return {
+        "replicas": deployment_status.get("replicas", 0),
+        "readyReplicas": ready_count,
+        "observedGeneration": generation,
+        "conditions": [c for c in conds if c["type"] == "Ready"] + [c for c in conds if c["type"] != "Ready"],
+    }
+
+
+def changed_fields(old: dict[str, Any], new: dict[str, Any]) -> dict[str, Any]:
+    """The fields of ``new`` that differ from ``old``: what a status patch needs to send."""
+    return {k: v for k, v in new.items() if old.get(k) != v}
+
+
 @dataclass(frozen=True)
 class RolloutView:
     colocated: bool

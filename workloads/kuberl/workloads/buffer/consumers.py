@@ -9,7 +9,7 @@ import time
 from collections import OrderedDict
 from collections.abc import Iterable
 from dataclasses import asdict, dataclass
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import nats
 import nats.errors
@@ -25,9 +25,6 @@ from kuberl.workloads.buffer.records import (
 )
 from kuberl.workloads.buffer.staleness import StalenessPolicy, staleness_weight
 from kuberl.workloads.logs import get_logger
-
-if TYPE_CHECKING:
-    from kuberl.workloads.buffer.stream import JobBuffer
 
 log = get_logger(__name__)
 
@@ -78,7 +75,7 @@ class Batch:
             return
         for m in self._msgs:
             await m.ack()
-        await self._consumer._buffer.nc.flush()
+        await self._consumer._nc.flush()
         self._consumer._commit(self.sample_ids)
         self._consumer.stats.acked += len(self._msgs)
         self.done = True
@@ -101,10 +98,10 @@ class Batch:
 class TrajectoryConsumer:
     """The trainer's side: fetch, de-duplicate, apply the staleness policy, ack later."""
 
-    def __init__(self, buffer: JobBuffer, sub, *, max_off_policy_steps: int = 1,
+    def __init__(self, nc: nats.NATS, sub, *, max_off_policy_steps: int = 1,
                  staleness: StalenessPolicy = "drop", downweight_decay: float = 0.5,
                  seen_capacity: int = 1_000_000):
-        self._buffer, self._sub = buffer, sub
+        self._nc, self._sub = nc, sub  # the connection: a batch's ack is flushed on it
         self.max_off_policy_steps, self.staleness, self.decay = max_off_policy_steps, staleness, downweight_decay
         self._committed: OrderedDict[str, None] = OrderedDict()  # trained on; bounded, oldest evicted
         self._pending: dict[str, int] = {}  # sample id → stream seq, fetched into a batch not yet acked

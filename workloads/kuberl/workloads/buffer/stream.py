@@ -173,7 +173,7 @@ class JobBuffer:
         )
         sub = await self.js.pull_subscribe(self.names.trajectories_subject, durable=self.names.trajectories_consumer,
                                            stream=self.names.trajectories_stream, config=cc)
-        return TrajectoryConsumer(self, sub, **kw)
+        return TrajectoryConsumer(self.nc, sub, **kw)
 
     async def prompt_consumer(self) -> PromptConsumer:
         cc = api.ConsumerConfig(
