@@ -8,7 +8,7 @@ import yaml
 
 from kuberl.operator.api import RLJob, RolloutPool
 from kuberl.operator.api.constants import API_VERSION
-from kuberl.operator.children.workload_config import generating_pool, workload_config
+from kuberl.operator.children.workload_config import job_workload_config
 from kuberl.operator.schema.validation import validate
 from kuberl.operator.settings import OperatorSettings
 from kuberl.workloads.config import WorkloadConfig
@@ -46,9 +46,7 @@ def workload_config_for(spec: dict, name: str = "tiny", namespace: str = "defaul
     """The WorkloadConfig a job with this (camelCase) spec gets, through the function the
     operator and `kuberl run` use; ``endpoints``: nats_url, s3_endpoint, output_dir, …"""
     doc = validate({"apiVersion": API_VERSION, "kind": "RLJob", "metadata": {"name": name, "namespace": namespace}, "spec": spec})
-    job = RLJob.model_validate(doc)
-    envs = {e.name: f"http://{e.name}.{namespace}.svc:{e.spec.port}" for e in job.spec.agent_envs or [] if e.spec is not None}
-    return workload_config(job, pool=generating_pool(job), agent_env_urls=envs, **endpoints)
+    return job_workload_config(RLJob.model_validate(doc), **endpoints)
 
 
 def example_spec(file: str) -> dict:

@@ -7,11 +7,11 @@ from __future__ import annotations
 import re
 from pathlib import Path
 
+import yaml
+
 from kuberl.operator.children.render import render
 from kuberl.operator.schema.validation import validate
 from tests.support.objects import EXAMPLES, S
-
-import yaml
 
 ROOT = Path(__file__).resolve().parents[3]
 WORKLOADS = ROOT / "workloads/kuberl/workloads"
@@ -51,9 +51,11 @@ def test_every_variable_the_operator_sets_is_read():
     assert not unread, f"environment variables the operator sets and no process reads: {unread}"
 
 
-def _user_env(doc: dict) -> list[dict]:
-    spec = doc.get("spec") or {}
-    found = []
-    for section in (spec.get("trainer"), spec.get("agent"), spec, *((e.get("spec") or {}) for e in spec.get("agentEnvs") or [])):
-        found += (section or {}).get("env") or [] if isinstance((section or {}).get("env"), list) else []
-    return found
+def _user_env(node) -> list[dict]:
+    """Every `env` list a manifest sets (trainer, agent, AgentEnv, inline templates): the user's, not the operator's."""
+    if isinstance(node, list):
+        return [e for item in node for e in _user_env(item)]
+    if not isinstance(node, dict):
+        return []
+    own = node["env"] if isinstance(node.get("env"), list) else []
+    return own + [e for k, v in node.items() if k != "env" for e in _user_env(v)]

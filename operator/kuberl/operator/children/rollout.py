@@ -44,14 +44,28 @@ def default_pool_spec(job: RLJob) -> RolloutPoolSpec:
     return RolloutPoolSpec()
 
 
-def inline_rollout_pool(job: RLJob, namespace: str, settings: OperatorSettings) -> dict[str, Any] | None:
-    """The RolloutPool the job owns: its template, or a default one; None when it uses a poolRef or is colocated."""
+def generating_pool(job: RLJob, referenced: RolloutPoolSpec | None = None) -> RolloutPoolSpec | None:
+    """The RolloutPool spec a job generates with: None in colocated mode (the trainer
+    generates); else the referenced pool's (spec.rollout.poolRef), the inline template,
+    or the default pool."""
     if job.spec.mode == "colocated":
         return None
     rollout = job.spec.rollout
     if rollout is not None and rollout.pool_ref:
+        return referenced
+    if rollout is not None and rollout.template is not None:
+        return rollout.template
+    return default_pool_spec(job)
+
+
+def inline_rollout_pool(job: RLJob, namespace: str, settings: OperatorSettings) -> dict[str, Any] | None:
+    """The RolloutPool the job owns: its template, or a default one; None when it uses a poolRef or is colocated."""
+    rollout = job.spec.rollout
+    if rollout is not None and rollout.pool_ref:
         return None
-    spec = rollout.template if rollout is not None and rollout.template is not None else default_pool_spec(job)
+    spec = generating_pool(job)
+    if spec is None:
+        return None
     name = job.metadata["name"]
     labels = {**common_labels(name, ROLE_ROLLOUT, settings), LABEL_JOB: name}
     return {"apiVersion": API_VERSION, "kind": "RolloutPool", "metadata": object_meta(inline_pool_name(name), namespace, labels), "spec": spec.to_wire()}

@@ -16,24 +16,10 @@ from kuberl.operator.api.constants import LABEL_JOB
 from kuberl.operator.api.rolloutpool import RolloutPoolSpec
 from kuberl.operator.children.agentenv import agent_env_urls
 from kuberl.operator.children.common import CONFIG_KEY, common_labels, object_meta
-from kuberl.operator.children.rollout import default_pool_spec
+from kuberl.operator.children.rollout import generating_pool
 from kuberl.operator.naming import config_map_name, engine_url
 from kuberl.operator.settings import OperatorSettings
 from kuberl.workloads.config import JobRef, RolloutRuntime, WorkloadConfig
-
-
-def generating_pool(job: RLJob, referenced: RolloutPoolSpec | None = None) -> RolloutPoolSpec | None:
-    """The RolloutPool spec a job generates with: None in colocated mode (the trainer
-    generates); else the referenced pool's (spec.rollout.poolRef), the inline template,
-    or the default pool."""
-    if job.spec.mode == "colocated":
-        return None
-    rollout = job.spec.rollout
-    if rollout is not None and rollout.pool_ref:
-        return referenced
-    if rollout is not None and rollout.template is not None:
-        return rollout.template
-    return default_pool_spec(job)
 
 
 def workload_config(
@@ -87,13 +73,13 @@ def workload_config(
 
 
 def job_workload_config(job: RLJob, *, referenced_pool: RolloutPoolSpec | None = None,
-                        referenced_envs: dict[str, AgentEnvSpec | None] | None = None) -> WorkloadConfig:
+                        referenced_envs: dict[str, AgentEnvSpec | None] | None = None, **endpoints: str) -> WorkloadConfig:
     """The config of a job in its cluster: its pool (``referenced_pool`` when it names one
     by poolRef) and its environments' Services (``referenced_envs``: the existing AgentEnvs
-    it names, as read)."""
+    it names, as read). ``endpoints``: `workload_config`'s overrides (tests run their own servers)."""
     namespace = job.metadata.get("namespace") or "default"
     return workload_config(job, pool=generating_pool(job, referenced_pool),
-                           agent_env_urls=agent_env_urls(job, namespace, referenced_envs or {}))
+                           agent_env_urls=agent_env_urls(job, namespace, referenced_envs or {}), **endpoints)
 
 
 def job_config_map(job: RLJob, settings: OperatorSettings, config: WorkloadConfig) -> dict[str, Any]:

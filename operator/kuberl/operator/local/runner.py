@@ -15,8 +15,9 @@ from pathlib import Path
 import yaml
 
 from kuberl.operator.api import RLJob
-from kuberl.operator.children.agentenv import agent_env_server_args
-from kuberl.operator.children.workload_config import generating_pool, workload_config
+from kuberl.operator.children.agentenv import REFERENCE_SERVER, agent_env_server_args
+from kuberl.operator.children.rollout import generating_pool
+from kuberl.operator.children.workload_config import workload_config
 from kuberl.operator.decisions.lifecycle import JobView, PodView, decide
 from kuberl.operator.decisions.status import SUCCEEDED
 from kuberl.operator.local.report import plot_rewards, read_metrics, summarise
@@ -152,7 +153,7 @@ class LocalRun:
             args = agent_env_server_args(entry.spec, host="127.0.0.1", port=port)
             if not args:
                 raise RunError(f"agentEnvs[{entry.name}] runs its own image (task custom or command); kuberl run starts only the reference server")
-            m = self._child(f"agentenv-{entry.name}", [sys.executable, "-m", "kuberl.workloads.agentenv", *args, *(entry.spec.args or [])], env)
+            m = self._child(f"agentenv-{entry.name}", [sys.executable, *REFERENCE_SERVER[1:], *args, *(entry.spec.args or [])], env)
             env_urls[entry.name] = f"http://127.0.0.1:{port}"
             _wait(lambda u=env_urls[entry.name]: http_ok(f"{u}/healthz"), 30, f"agentenv {entry.name}", m)
 
