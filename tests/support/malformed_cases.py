@@ -113,7 +113,9 @@ MALFORMED_CASES: list[Case] = [
     Case("pool-min-above-max", _edit(POOL, lambda d: d["spec"].update(minReplicas=10, maxReplicas=4)), "spec.minReplicas", "minReplicas must be less than or equal to maxReplicas"),
     Case("env-custom-task-without-image", _set(ENV, "spec.task", "custom"), "spec.image", "task custom serves your own server: set image"),
     # Fields that do nothing yet are refused with a message saying so (docs/fields.md).
-    Case("kl-without-reference-model", _set(JOB, "spec.algorithm.klCoef", 0.1), "spec.algorithm.klCoef", "klCoef > 0 needs a reference model"),
+    Case("rollout-batch-not-whole-steps", _set(JOB, "spec.algorithm.rolloutBatchSize", 192), "spec.algorithm.rolloutBatchSize", "rolloutBatchSize must be a multiple of globalBatchSize"),
+    Case("micro-batch-above-mini-batch", _set(JOB, "spec.algorithm.microBatchSize", 1024), "spec.algorithm.microBatchSize", "microBatchSize must not exceed globalBatchSize"),
+    Case("mask-band-low-at-one", _set(JOB, "spec.algorithm.offPolicyCorrection", {"low": 1.0, "high": 1.0, "method": "mask"}), "spec.algorithm.offPolicyCorrection.low", "low must be below 1"),
     Case("nucleus-sampling", _set(JOB, "spec.algorithm.topP", 0.9), "spec.algorithm.topP", "topP < 1 (nucleus sampling) is not implemented"),
     Case("weight-store-credentials", _set(JOB, "spec.weightStore.credentialsSecret", {"name": "s3"}), "spec.weightStore.credentialsSecret", "credentialsSecret does not reach the pods yet"),
     Case("buffer-credentials", _set(JOB, "spec.buffer.credentialsSecret", {"name": "nats"}), "spec.buffer.credentialsSecret", "credentialsSecret does not reach the pods yet"),

@@ -46,6 +46,26 @@ def random_hf_state(cfg: dict, seed: int) -> dict[str, torch.Tensor]:
 LEARNING_RATE = 1e-3
 
 
+def ppo_settings():
+    """The update both backends run on `fixed_batch`: two mini-batches of 2 and 1 samples,
+    micro-batches of one sample (gradient accumulation), so the second step's ratio moves."""
+    from kuberl.workloads.spec import AlgorithmSpec
+
+    return AlgorithmSpec(group_size=2, global_batch_size=2, rollout_batch_size=4, micro_batch_size=1,
+                         learning_rate=LEARNING_RATE, clip_eps_low=0.2, clip_eps_high=0.2)
+
+
+def rollout_batch(vocab_size: int, behaviour: torch.Tensor):
+    """`fixed_batch` as the update's [B, T] rollout batch (position 0 carries no target)."""
+    from kuberl.workloads.rl.ppo import RolloutBatch
+
+    ids, advantages, mask = fixed_batch(vocab_size)
+    pad = torch.nn.functional.pad
+    return RolloutBatch(ids=ids, valid=torch.ones_like(ids, dtype=torch.bool), mask=pad(mask, (1, 0)),
+                        behaviour=pad(behaviour, (1, 0)), advantages=advantages,
+                        weights=torch.ones(len(ids)), rewards=torch.zeros(len(ids)))
+
+
 def fixed_batch(vocab_size: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Token ids [3, 12], per-sample advantages, and a response mask over the last 7 targets."""
     ids = torch.randint(3, vocab_size, (3, 12), generator=torch.Generator().manual_seed(1))
@@ -66,6 +86,7 @@ def main() -> None:
     dist.init_process_group("gloo")
     from kuberl.workloads.policy.megatron.policy import MegatronPolicy, load_hf_dir
     from kuberl.workloads.rl.losses import policy_loss
+    from kuberl.workloads.rl.ppo import ppo_update
 
     cfg, hf = load_hf_dir(args.model_dir)
     if hf is None:
@@ -75,15 +96,15 @@ def main() -> None:
     policy = MegatronPolicy(cfg, tensor_parallel=tp, pipeline_parallel=pp, learning_rate=LEARNING_RATE, seed=args.seed)
     policy.load_hf_state(hf)
     ids, advantages, mask = fixed_batch(cfg["vocab_size"])
-    with torch.no_grad():
-        before = policy.token_logprobs(ids)
+    before = policy.logprobs(ids, torch.ones_like(ids, dtype=torch.bool), 1.0)[:, 1:]
 
     def loss_fn(logprobs: torch.Tensor) -> torch.Tensor:
-        return policy_loss(logprobs, advantages, mask, behaviour_logprobs=before).loss
+        return policy_loss(logprobs, advantages, mask, old_logprobs=before).loss
 
     exported = policy.export_hf_state()
     round_trip_exact = set(exported) == set(hf) and all(torch.equal(exported[k], hf[k]) for k in hf)
-    stats = policy.train_step(ids, loss_fn)
+    # The trainer's update (rl.ppo), as the tiny backend runs it in the test.
+    steps = [r.metrics for r in ppo_update(policy, rollout_batch(cfg["vocab_size"], before), ppo_settings())]
     with torch.no_grad():
         after = policy.token_logprobs(ids)
     out = Path(args.out)
@@ -96,7 +117,7 @@ def main() -> None:
     if policy.last_stage and policy.tp_rank == 0:  # the rank that holds the logprobs
         torch.save(
             {
-                "ids": ids, "before": before, "after": after, "restored": restored, "loss": stats["loss"],
+                "ids": ids, "before": before, "after": after, "restored": restored, "steps": steps,
                 "round_trip_exact": round_trip_exact, "restored_step": step,
                 "exported_after_step": exported_after_step,
             },

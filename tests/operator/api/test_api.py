@@ -101,7 +101,8 @@ def test_defaults_match_the_models():
                         "reward": {"verifier": {"name": "arithmetic"}}}}
     defaulted = validate(minimal)
     assert defaulted["spec"]["algorithm"]["groupSize"] == 8
-    assert defaulted["spec"]["algorithm"]["offPolicyCorrection"] == {"enabled": True, "truncation": 2.0}
+    assert defaulted["spec"]["algorithm"]["offPolicyCorrection"] == {
+        "method": "truncate", "low": 0.0, "high": 2.0, "staleness": {"policy": "drop", "decay": 0.5, "minWeight": 0.05}}
     assert defaulted["spec"]["mode"] == "decoupled"
     from_model = RLJob.model_validate(minimal).to_wire()["spec"]
     for section in ("algorithm", "trainer", "buffer", "runPolicy", "checkpoint"):

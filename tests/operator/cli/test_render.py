@@ -45,8 +45,8 @@ def test_a_pool_ref_missing_from_the_manifests_is_an_error_naming_it():
 
 def test_an_invalid_manifest_is_refused_with_the_field(tmp_path):
     bad = yaml.safe_load((ROOT / "examples" / "tiny-cpu.yaml").read_text())
-    bad["spec"]["algorithm"]["klCoef"] = 0.5
+    bad["spec"]["algorithm"]["rolloutBatchSize"] = 192
     path = tmp_path / "bad.yaml"
     path.write_text(yaml.safe_dump(bad))
     out = subprocess.run([sys.executable, "-m", "kuberl.operator.cli", "render", str(path)], capture_output=True, text=True)
-    assert out.returncode == 1 and "klCoef" in out.stderr
+    assert out.returncode == 1 and "rolloutBatchSize" in out.stderr

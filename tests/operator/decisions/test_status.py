@@ -102,6 +102,19 @@ def test_progress_from_kv_state():
     assert out == {"maxSteps": 10}
 
 
+def test_evaluation_reaches_status_in_the_schema_of_the_crd():
+    from kuberl.operator.api.rljob import RLJobStatus
+
+    state = JobState(counters={"steps": 100}, evaluation={"step": 100, "policy_version": 101, "metrics": {
+        "eval/held/greedy": 0.7, "eval/held/pass@1": 0.575, "eval/held/pass@4": 0.8, "eval/held/reward_mean": 0.575,
+        "eval/other/greedy": 0.1}})
+    out, _ = st.progress(JobState.from_json(state.to_json()), max_steps=200, previous=None, now=0)
+    assert out["evaluation"] == {"step": 100, "policyVersion": 101, "results": [
+        {"dataset": "held", "greedy": "0.7", "passAt1": "0.575", "passAtK": "0.8", "k": 4},
+        {"dataset": "other", "greedy": "0.1"}]}
+    RLJobStatus.model_validate(out)  # the status model the CRD's status schema is generated from
+
+
 def test_rfc3339_round_trip():
     assert st.parse_rfc3339(st.rfc3339(1_700_000_000)) == 1_700_000_000
 

@@ -128,6 +128,24 @@ def test_colocated_run_improves_reward(runs):
     assert summary["mode"] == "colocated" and summary["steps"] == COLOCATED_STEPS
 
 
+def test_colocated_run_evaluates_held_out_prompts(runs):
+    """spec.evaluation of the example (held-out sums, every 100 steps, 4 samples): the
+    untrained policy first, then at the interval; in the metrics and the summary."""
+    out, _ = runs["colocated"]
+    evals = [r for r in rows(out) if "eval_step" in r]
+    assert [r["eval_step"] for r in evals] == [0, 100]
+    keys = {"eval/held-out-sums/greedy", "eval/held-out-sums/pass@1", "eval/held-out-sums/pass@4"}
+    assert all(keys <= set(r) for r in evals)
+    assert all(r["eval/held-out-sums/pass@4"] >= r["eval/held-out-sums/pass@1"] for r in evals)
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["evaluation"]["eval_step"] == 100
+
+
+def test_decoupled_run_evaluates_at_the_interval_and_the_end(runs):
+    out, _, _ = runs["decoupled"]
+    assert [r["eval_step"] for r in rows(out) if "eval_step" in r][-2:] == [100, DECOUPLED_STEPS]
+
+
 def test_decoupled_run_improves_reward(runs):
     out, _, _ = runs["decoupled"]
     metrics = rows(out)

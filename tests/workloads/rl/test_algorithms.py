@@ -12,9 +12,9 @@ from kuberl.workloads.rl.advantages import group_advantages
 from kuberl.workloads.rl.curriculum import CurriculumState, Stage, curriculum_step
 from kuberl.workloads.rl.losses import (
     aggregate,
-    k3_kl,
+    importance_weights,
+    kl_penalty,
     policy_loss,
-    truncated_is_weights,
 )
 from kuberl.workloads.rl.sampling import has_signal
 
@@ -46,7 +46,7 @@ def test_aggregation_token_vs_sequence():
     m = torch.tensor([[1, 1, 1], [1, 0, 0], [0, 0, 0]])
     assert close(aggregate(v, m, "token"), (1 + 2 + 3 + 4) / 4)  # 2.5
     assert close(aggregate(v, m, "sequence"), (2 + 4) / 2)  # 3; the empty row is skipped
-    assert close(aggregate(v, m, "token", num_tokens=8), 10 / 8)  # micro-batch of a larger batch
+    assert close(aggregate(v, m, "token", denominator=8), 10 / 8)  # micro-batch of a larger batch
     with pytest.raises(ValueError):
         aggregate(v, m, "median")
 
@@ -59,7 +59,7 @@ def test_clipped_loss_hand_computed():
     pos = policy_loss(lp, torch.tensor([1.0]), mask, old_logprobs=old)
     # A=+1: -min(1.5, 1.28) = -1.28; -min(0.5, 0.8) = -0.5 → mean -0.89
     assert close(pos.loss, -0.89)
-    assert pos.metrics["clip_frac"] == 0.5
+    assert pos.sums["clipped"] / pos.sums["tokens"] == 0.5
     neg = policy_loss(lp, torch.tensor([-1.0]), mask, old_logprobs=old)
     # A=-1: -min(-1.5, -1.28) = 1.5; -min(-0.5, -0.8) = 0.8 → mean 1.15
     assert close(neg.loss, 1.15)
@@ -77,11 +77,17 @@ def test_sequence_vs_token_weighting_in_loss():
     assert close(policy_loss(lp, adv, mask, old_logprobs=lp.detach(), aggregation="sequence").loss, 0.0)
 
 
-def test_k3_and_tis_hand_computed():
-    assert close(k3_kl(torch.tensor(log(0.5)), torch.tensor(0.0)), 2 - log(2) - 1)  # 0.306853
-    assert close(k3_kl(torch.tensor(-1.0), torch.tensor(-1.0)), 0.0)
-    w = truncated_is_weights(torch.tensor([log(0.9), log(0.3)]), torch.tensor([log(0.3), log(0.6)]), cap=2.0)
-    assert close(w, [2.0, 0.5])
+def test_kl_estimators_and_importance_weights_hand_computed():
+    lp, ref = torch.tensor(log(0.5)), torch.tensor(0.0)  # d = log 2
+    assert close(kl_penalty(lp, ref, "k3"), 2 - log(2) - 1)  # 0.306853
+    assert close(kl_penalty(lp, ref, "k2"), 0.5 * log(2) ** 2)
+    assert close(kl_penalty(lp, ref, "k1"), -log(2))
+    assert close(kl_penalty(torch.tensor(-1.0), torch.tensor(-1.0)), 0.0)
+    old, beh = torch.tensor([log(0.9), log(0.3), log(0.3)]), torch.tensor([log(0.3), log(0.6), log(0.3)])  # ratios 3, 0.5, 1
+    assert close(importance_weights(old, beh, "truncate", 0.0, 2.0), [2.0, 0.5, 1.0])
+    assert close(importance_weights(old, beh, "truncate", 0.8, 2.0), [2.0, 0.8, 1.0])
+    assert close(importance_weights(old, beh, "mask", 0.8, 2.0), [0.0, 0.0, 1.0])
+    assert close(importance_weights(old, beh, "none", 0.8, 2.0), [1.0, 1.0, 1.0])
 
 
 def test_loss_with_tis_kl_and_sample_weights():
@@ -89,16 +95,13 @@ def test_loss_with_tis_kl_and_sample_weights():
     behaviour = torch.tensor([[log(0.25), log(1.0)]])  # old/behaviour = 2 → capped 1.5; 0.5
     ref = torch.zeros(1, 2)
     out = policy_loss(lp, torch.tensor([1.0]), torch.ones(1, 2), old_logprobs=lp, behaviour_logprobs=behaviour,
-                      tis_cap=1.5, ref_logprobs=ref, kl_coef=0.1, sample_weights=torch.tensor([0.5]))
+                      correction="truncate", correction_high=1.5, ref_logprobs=ref, kl_coef=0.1, sample_weights=torch.tensor([0.5]))
     k3 = 2 - log(2) - 1
     want = 0.5 * ((-1.5 + 0.1 * k3) + (-0.5 + 0.1 * k3)) / 2
     assert close(out.loss, want)
-    assert close(out.metrics["tis_weight_mean"], 1.0) and close(out.metrics["kl"], k3)
-    # Without old logprobs the behaviour policy is the old one: ratio exp(lp - behaviour).
-    plain = policy_loss(lp, torch.tensor([1.0]), torch.ones(1, 2), behaviour_logprobs=behaviour)
-    assert close(plain.loss, -(min(2.0, 1.28) + 0.5) / 2)
-    with pytest.raises(ValueError):
-        policy_loss(lp, torch.tensor([1.0]), torch.ones(1, 2))
+    assert close(out.sums["is_weight"] / 2, 1.0) and close(out.sums["kl"] / 2, k3)
+    with pytest.raises(ValueError, match="reference"):
+        policy_loss(lp, torch.tensor([1.0]), torch.ones(1, 2), old_logprobs=lp, kl_coef=0.1)
 
 
 def test_has_signal():

@@ -165,7 +165,7 @@ def _tiny_trainer(tmp_path, algorithm: dict | None = None, **spec_changes):
 
     doc = yaml.safe_load((Path(__file__).resolve().parents[3] / "examples" / "tiny-cpu.yaml").read_text())
     spec = doc["spec"]
-    spec["algorithm"].update(globalBatchSize=16, rolloutBatchSize=16, **(algorithm or {}))
+    spec["algorithm"].update({"globalBatchSize": 16, "rolloutBatchSize": 16, **(algorithm or {})})
     spec.update(spec_changes)
     cfg = workload_config_for(spec, "switches", nats_url="nats://127.0.0.1:1", s3_endpoint="http://127.0.0.1:1",
                               output_dir=str(tmp_path / "out"))
@@ -199,7 +199,8 @@ def _step(tr, pass_all: bool) -> dict:
     """What both training loops do per step: take the current stage's prompts, train on their groups."""
     stage = tr.progress.curriculum.stage
     prompts = tr.prompts.take(tr.cfg.algorithm.global_batch_size // tr.prompts.group_size(stage), stage)
-    return tr.train_on(_answered(tr, prompts, pass_all), {})
+    (row,) = tr.train_round(_answered(tr, prompts, pass_all))  # rolloutBatchSize = globalBatchSize: one step
+    return row
 
 
 TWO_STAGES = {"stages": [
@@ -240,8 +241,8 @@ def test_two_stage_curriculum_switches_by_pass_rate_only_on_a_full_window(tmp_pa
 
 
 def test_loss_aggregation_is_switched_from_the_manifest(tmp_path, monkeypatch):
-    """``algorithm.lossAggregation`` travels manifest → WorkloadConfig → rl_step → every
-    aggregate() of the loss, and changes the loss on the same batch and weights."""
+    """``algorithm.lossAggregation`` travels manifest → WorkloadConfig → the update (rl.ppo) →
+    every aggregate() of the loss, and changes the loss on the same batch and weights."""
 
     seen: list[str] = []
     real = aggregate
@@ -250,11 +251,11 @@ def test_loss_aggregation_is_switched_from_the_manifest(tmp_path, monkeypatch):
         seen.append(mode)
         return real(values, mask, mode, *args, **kwargs)
 
-    from kuberl.workloads.policy.tiny import train
     from kuberl.workloads.rl import losses as rl_losses
+    from kuberl.workloads.rl import ppo
 
     monkeypatch.setattr(rl_losses, "aggregate", spy)
-    monkeypatch.setattr(train, "aggregate", spy)
+    monkeypatch.setattr(ppo, "aggregate", spy)
     losses = {}
     for mode in ("token", "sequence"):
         tr = _tiny_trainer(tmp_path, algorithm={"lossAggregation": mode})
@@ -262,9 +263,39 @@ def test_loss_aggregation_is_switched_from_the_manifest(tmp_path, monkeypatch):
         prompts = tr.prompts.take(2, 0)
         groups = _answered(tr, prompts, pass_all=False, response_len=lambda i: 1 + 3 * (i % 2))  # unequal lengths
         seen.clear()
-        losses[mode] = tr.train_on(groups, {})["loss"]
+        losses[mode] = tr.train_round(groups)[0]["loss"]
         assert seen and set(seen) == {mode}, seen  # the policy loss and the entropy bonus
     assert abs(losses["token"] - losses["sequence"]) > 1e-4, losses
+
+
+def test_manifest_ppo_settings_reach_the_trainers_update(tmp_path):
+    """rolloutBatchSize / globalBatchSize mini-batches, epochs, the clip epsilons and klCoef,
+    set in the manifest, change what the trainer's step does and reports."""
+    settings = {"rolloutBatchSize": 32, "epochs": 2, "clipEpsLow": 0.001, "clipEpsHigh": 0.001, "learningRate": 1e-2}
+    model = {"source": "builtin://tiny", "dtype": "float32", "warmupSftSteps": 0}
+    tr = _tiny_trainer(tmp_path, algorithm={**settings, "klCoef": 0.5}, model=model)
+    tr.init_fresh()  # what restore_or_init does without a checkpoint: builds the frozen reference
+    assert tr.reference is not None
+    rows = tr.train_round(_answered(tr, tr.prompts.take(4, 0), pass_all=False))
+    assert [(r["epoch"], r["mini_batch"]) for r in rows] == [(0, 0), (0, 1), (1, 0), (1, 1)]
+    assert [r["step"] for r in rows] == [1, 2, 3, 4] and tr.progress.version == 4
+    assert rows[0]["ratio_dev_mean"] == 0 and rows[0]["kl"] == 0  # proximal = reference = current at the start
+    assert all(r["ratio_dev_mean"] > 0 and r["clip_frac"] > 0 and r["kl"] > 0 for r in rows[1:])
+    plain = _tiny_trainer(tmp_path, algorithm=settings, model=model)
+    plain.init_fresh()
+    assert plain.reference is None
+    plain_rows = plain.train_round(_answered(plain, plain.prompts.take(4, 0), pass_all=False))
+    assert "kl" not in plain_rows[-1] and plain_rows[-1]["loss"] != rows[-1]["loss"]
+
+
+def test_seed_sets_the_initial_weights_and_prompt_order(tmp_path):
+    def start(seed: int):
+        tr = _tiny_trainer(tmp_path, runPolicy={"maxSteps": 10, "seed": seed})
+        return torch.cat([p.detach().flatten() for p in tr.model.parameters()]), [p.data["prompt"] for p in tr.prompts.take(20, 0)]
+
+    (w0, p0), (w0b, p0b), (w1, p1) = start(0), start(0), start(1)
+    assert torch.equal(w0, w0b) and p0 == p0b
+    assert not torch.equal(w0, w1) and p0 != p1
 
 
 def test_assembler_trains_the_oldest_groups_first():

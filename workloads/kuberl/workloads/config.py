@@ -24,6 +24,7 @@ from kuberl.workloads.spec import (
     CheckpointSpec,
     CurriculumSpec,
     Dataset,
+    EvaluationSpec,
     ModelSpec,
     Parallelism,
     RewardSpec,
@@ -62,6 +63,7 @@ class WorkloadConfig(ApiModel):
     model: ModelSpec = Field(description="Initial policy.")
     datasets: list[Dataset] = Field(description="Prompt datasets.")
     curriculum: CurriculumSpec | None = Field(None, description="Curriculum stages.")
+    evaluation: EvaluationSpec | None = Field(None, description="Held-out evaluation.")
     reward: RewardSpec = Field(description="Reward.")
     algorithm: AlgorithmSpec = Field(description="Algorithm settings.")
     trainer_backend: Literal["megatron", "torch"] = Field(description="Policy backend of the trainer.")

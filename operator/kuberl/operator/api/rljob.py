@@ -29,6 +29,7 @@ from kuberl.workloads.spec import (
     CheckpointSpec,
     CurriculumSpec,
     Dataset,
+    EvaluationSpec,
     ModelSpec,
     Parallelism,
     RewardSpec,
@@ -133,6 +134,7 @@ class RLJobSpec(ApiModel):
     model: ModelSpec = Field(description="Initial policy and tokenizer.")
     datasets: list[Dataset] = Field(min_length=1, max_length=LIST_MAX, json_schema_extra=list_map("name"), description="Prompt datasets.")
     curriculum: CurriculumSpec | None = Field(None, description="Difficulty curriculum; without it every dataset is used throughout.")
+    evaluation: EvaluationSpec | None = Field(None, description="Held-out evaluation of the current policy (greedy and sampled); results in the metrics, status.evaluation and the reward plot.")
     # The default must satisfy RewardSpec's own rules (type verifier needs a verifier): the
     # API server checks defaults against the CEL rules, and the operator would run it.
     reward: RewardSpec = Field(default_factory=lambda: RewardSpec(verifier=VerifierReward(name="exact-match")),
@@ -197,6 +199,24 @@ class CheckpointStatus(ApiModel):
     time: str | None = Field(None, description="When it was written (RFC 3339).")
 
 
+class EvaluationScore(ApiModel):
+    """One held-out dataset's scores (decimal strings, for printer columns)."""
+
+    dataset: str = Field(max_length=NAME_MAX, description="Evaluation dataset name.")
+    greedy: str | None = Field(None, max_length=32, description="Share of prompts whose greedy response passes.")
+    pass_at1: str | None = Field(None, max_length=32, description="Mean pass rate of the sampled responses.")
+    pass_at_k: str | None = Field(None, max_length=32, description="Mean pass@k over prompts, k = samplesPerPrompt.")
+    k: int | None = Field(None, ge=1, description="k of passAtK.")
+
+
+class EvaluationStatus(ApiModel):
+    """The latest held-out evaluation."""
+
+    step: int = Field(0, ge=0, description="Optimizer step the evaluated policy had reached.")
+    policy_version: int = Field(0, ge=0, description="Policy version evaluated.")
+    results: list[EvaluationScore] | None = Field(None, max_length=LIST_MAX, json_schema_extra=list_map("dataset"), description="Per dataset.")
+
+
 class RLJobStatus(ApiModel):
     """Observed state of an RLJob."""
 
@@ -211,6 +231,7 @@ class RLJobStatus(ApiModel):
     policy_version: int = Field(0, ge=0, description="Newest policy version published to the weight store.")
     curriculum_stage: str | None = Field(None, max_length=NAME_MAX, description="Current curriculum stage.")
     reward: RewardStats | None = Field(None, description="Reward statistics of the latest step.")
+    evaluation: EvaluationStatus | None = Field(None, description="The latest held-out evaluation (spec.evaluation).")
     samples_per_second: str | None = Field(None, max_length=32, description="Trained samples per second (recent average).")
     estimated_seconds_remaining: int | None = Field(None, ge=0, description="Time left at the current rate.")
     rollout: RolloutCounts | None = Field(None, description="Rollout pods ready/desired.")

@@ -58,6 +58,7 @@ def workload_config(
         model=spec.model,
         datasets=spec.datasets,
         curriculum=spec.curriculum,
+        evaluation=spec.evaluation,
         reward=spec.reward,
         algorithm=spec.algorithm,
         trainer_backend=spec.trainer.backend,

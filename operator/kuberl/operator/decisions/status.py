@@ -244,6 +244,26 @@ def _decimal(value: Any) -> str | None:
         return None
 
 
+def evaluation_status(evaluation: dict[str, Any]) -> dict[str, Any]:
+    """status.evaluation from the trainer's record ({"step", "policy_version", "metrics":
+    {"eval/<dataset>/<score>": value}})."""
+    by_dataset: dict[str, dict[str, Any]] = {}
+    for key, value in (evaluation.get("metrics") or {}).items():
+        parts = key.split("/")
+        if len(parts) != 3 or parts[0] != "eval":
+            continue
+        entry = by_dataset.setdefault(parts[1], {"dataset": parts[1]})
+        score = parts[2]
+        if score == "greedy":
+            entry["greedy"] = _decimal(value)
+        elif score == "pass@1":
+            entry["passAt1"] = _decimal(value)
+        elif score.startswith("pass@"):
+            entry["passAtK"], entry["k"] = _decimal(value), int(score[5:])
+    return {"step": int(evaluation.get("step", 0)), "policyVersion": int(evaluation.get("policy_version", 0)),
+            "results": [by_dataset[d] for d in sorted(by_dataset)]}
+
+
 def progress(
     state: JobState | None,
     *,
@@ -267,6 +287,8 @@ def progress(
                                 ("passRate", _decimal(m.pass_rate))) if v is not None}
     if reward:
         out["reward"] = reward
+    if state.evaluation:
+        out["evaluation"] = evaluation_status(state.evaluation)
     if previous is not None and now > previous[0] and samples >= previous[1]:
         rate = (samples - previous[1]) / (now - previous[0])
         out["samplesPerSecond"] = f"{rate:.3g}"

@@ -59,7 +59,26 @@ def summarise(rows: list[dict], window: int | None = None) -> dict:
         "rl_seconds": steps[-1]["elapsed_s"],
         "mode": steps[-1].get("mode"),
         "resumes": sorted({r["resumed_from"] for r in steps if r.get("resumed_from") is not None}),
+        **({"evaluation": latest_evaluation(steps)} if latest_evaluation(steps) else {}),
     }
+
+
+def evaluation_curves(rows: list[dict]) -> dict[str, list[tuple[int, float]]]:
+    """(eval step, value) per evaluation score ("eval/<dataset>/<score>") found in the rows."""
+    curves: dict[str, list[tuple[int, float]]] = {}
+    for r in rows:
+        if "eval_step" not in r:
+            continue
+        for key, value in r.items():
+            if key.startswith("eval/"):
+                curves.setdefault(key, []).append((int(r["eval_step"]), float(value)))
+    return curves
+
+
+def latest_evaluation(rows: list[dict]) -> dict[str, float]:
+    """The scores of the last evaluation in the rows (empty without one)."""
+    last = next((r for r in reversed(rows) if "eval_step" in r), None)
+    return {k: v for k, v in last.items() if k.startswith("eval/") or k == "eval_step"} if last else {}
 
 
 def plot_rewards(rows: list[dict], out: Path, title: str) -> None:
@@ -74,6 +93,11 @@ def plot_rewards(rows: list[dict], out: Path, title: str) -> None:
     window = reward_window(len(steps))
     ax.plot(xs, ys, alpha=0.35, linewidth=1, label="mean reward (trained batch)")
     ax.plot(xs, moving_average(ys, window), linewidth=2, label=f"moving average ({window} steps)")
+    # Held-out evaluation: a second line per dataset (the greedy score and pass@1).
+    for key, points in sorted(evaluation_curves(steps).items()):
+        if key.endswith(("/greedy", "/pass@1")):
+            ax.plot([p[0] for p in points], [p[1] for p in points], marker="o", linewidth=1.5,
+                    label=f"held-out {key.split('/', 1)[1]}")
     ax.set_xlabel("optimizer step")
     ax.set_ylabel("mean reward")
     ax.set_ylim(-0.02, 1.02)

@@ -34,6 +34,8 @@ class JobState:
     curriculum_stage: int = 0
     counters: dict[str, int] = field(default_factory=dict)  # steps, samples, prompts, …
     metrics: JobMetrics = field(default_factory=JobMetrics)
+    # The latest held-out evaluation: {"step", "policy_version", "metrics": {"eval/<dataset>/<score>": value}}.
+    evaluation: dict | None = None
 
     def to_json(self) -> bytes:
         return json.dumps(asdict(self)).encode()

@@ -61,8 +61,10 @@ class TorchEngine(Engine):
         done = torch.zeros(b, dtype=torch.bool)
         reasons = ["length"] * b
         for step in range(max_new):
-            logp = torch.log_softmax(logits.float() / temps, dim=-1)
-            tok = torch.multinomial(logp.exp(), 1, generator=self._gen).squeeze(-1)
+            # Temperature 0 is greedy (evaluation); its logprobs are those of the untempered policy.
+            logp = torch.log_softmax(logits.float() / torch.where(temps > 0, temps, 1.0), dim=-1)
+            sampled = torch.multinomial(logp.exp(), 1, generator=self._gen).squeeze(-1)
+            tok = torch.where(temps.squeeze(-1) > 0, sampled, logp.argmax(-1))
             tok_lp = logp.gather(-1, tok[:, None]).squeeze(-1)
             for row in range(b):
                 if done[row]:

@@ -1,4 +1,11 @@
-"""Policy-gradient losses: clipped ratio, token/sequence aggregation, KL, importance weights. Pure."""
+"""Policy-gradient losses: clipped ratio, off-policy corrections, KL, aggregation. Pure.
+
+A loss here is evaluated on one micro-batch but normalised by the counts of the whole
+optimizer batch (``denominator``): the gradients of the micro-batches then add up to the
+gradient of the batch mean, over any split and over data-parallel ranks. Metrics come
+back as sums over the micro-batch's valid tokens, for the caller to divide by the same
+global counts.
+"""
 
 from __future__ import annotations
 
@@ -8,51 +15,82 @@ from typing import Literal
 import torch
 
 Aggregation = Literal["token", "sequence"]
+KLEstimator = Literal["k1", "k2", "k3"]
+CorrectionMethod = Literal["none", "truncate", "mask"]
 
 
-def aggregate(values: torch.Tensor, mask: torch.Tensor, mode: Aggregation = "token",
-              num_tokens: float | None = None) -> torch.Tensor:
-    """Reduce per-token values to a scalar.
-
-    ``token``: sum over valid tokens / number of valid tokens in the batch — long responses
-    weigh in proportion to their length. Pass ``num_tokens`` (the global count) when the batch
-    is split into micro-batches, so that their gradients add up to the batch mean.
-    ``sequence``: mean over sequences of each sequence's token mean (empty sequences skipped).
-    """
-    m = mask.to(values.dtype)
+def loss_denominator(mask: torch.Tensor, mode: Aggregation) -> torch.Tensor:
+    """What :func:`aggregate` divides by for the batch ``mask``: its valid tokens (``token``)
+    or its sequences with at least one valid token (``sequence``). Sum it over micro-batches
+    and ranks to normalise a split batch exactly like the whole."""
+    m = mask.to(torch.float64)
     if mode == "token":
-        denom = torch.as_tensor(num_tokens if num_tokens is not None else m.sum(), dtype=values.dtype)
-        return (values * m).sum() / denom.clamp(min=1)
+        return m.sum()
     if mode == "sequence":
-        per_tok = m.sum(-1)
-        per_seq = (values * m).sum(-1) / per_tok.clamp(min=1)
-        valid = (per_tok > 0).to(values.dtype)
-        return (per_seq * valid).sum() / valid.sum().clamp(min=1)
+        return (m.sum(-1) > 0).to(torch.float64).sum()
     raise ValueError(f"unknown loss aggregation {mode!r}")
 
 
-def k3_kl(logprobs: torch.Tensor, ref_logprobs: torch.Tensor) -> torch.Tensor:
-    """Per-token k3 estimator of KL(π‖π_ref): ``exp(d) - d - 1`` with ``d = ref - logp``.
+def aggregate(values: torch.Tensor, mask: torch.Tensor, mode: Aggregation = "token",
+              denominator: float | torch.Tensor | None = None) -> torch.Tensor:
+    """Reduce per-token values [B, T] to a scalar.
 
-    Unbiased, always ≥ 0, lower variance than ``-d`` (Schulman, "Approximating KL divergence").
+    ``token``: sum over valid tokens / valid tokens of the batch (DAPO's token-level loss:
+    every token weighs the same, so long responses count in proportion to their length).
+    ``sequence``: each sequence's token mean, summed / sequences of the batch (GRPO's
+    original sample-level loss). ``denominator`` is the batch's count when ``values`` is one
+    micro-batch of it (see :func:`loss_denominator`).
+    """
+    m = mask.to(values.dtype)
+    denom = loss_denominator(mask, mode) if denominator is None else denominator
+    denom = torch.as_tensor(denom, dtype=values.dtype, device=values.device).clamp(min=1)
+    if mode == "token":
+        return (values * m).sum() / denom
+    per_seq = (values * m).sum(-1) / m.sum(-1).clamp(min=1)
+    return per_seq.sum() / denom
+
+
+def kl_penalty(logprobs: torch.Tensor, ref_logprobs: torch.Tensor, estimator: KLEstimator = "k3") -> torch.Tensor:
+    """Per-token estimate of KL(π‖π_ref) from samples of π (Schulman, "Approximating KL divergence").
+
+    With ``d = log π_ref − log π``: k1 = −d (unbiased, high variance, can be negative);
+    k2 = d²/2 (biased, low variance); k3 = exp(d) − d − 1 (unbiased, ≥ 0, low variance).
     """
     d = ref_logprobs - logprobs
-    return torch.exp(d) - d - 1
+    if estimator == "k1":
+        return -d
+    if estimator == "k2":
+        return 0.5 * d * d
+    if estimator == "k3":
+        return torch.exp(d) - d - 1
+    raise ValueError(f"unknown KL estimator {estimator!r}")
 
 
-def truncated_is_weights(old_logprobs: torch.Tensor, behaviour_logprobs: torch.Tensor, cap: float) -> torch.Tensor:
-    """``min(π_old / π_behaviour, cap)`` per token, without gradient.
+def importance_weights(old_logprobs: torch.Tensor, behaviour_logprobs: torch.Tensor, method: CorrectionMethod,
+                       low: float, high: float) -> torch.Tensor:
+    """Per-token weight of a sample's token for the gap between the policy that generated it
+    (behaviour: an older version, or an engine with other numerics such as FP8) and the
+    proximal policy the clipped ratio is taken against. Without gradient.
 
-    Corrects for samples generated by an older policy or a different engine (FP8 rollout vs
-    BF16 training); truncation bounds the variance.
+    ``truncate``: ``clamp(π_old/π_behaviour, low, high)`` (truncated IS; both bounds bound the
+    variance). ``mask``: the ratio itself inside ``[low, high]`` and 0 outside (the token is
+    dropped from the gradient, as IcePop and masked IS do: a token the two policies disagree
+    on that much is noise, not signal). ``none``: 1.
     """
-    return torch.exp(old_logprobs - behaviour_logprobs).clamp(max=cap).detach()
+    if method == "none":
+        return torch.ones_like(old_logprobs)
+    ratio = torch.exp(old_logprobs - behaviour_logprobs).detach()
+    if method == "truncate":
+        return ratio.clamp(min=low, max=high)
+    if method == "mask":
+        return torch.where((ratio >= low) & (ratio <= high), ratio, torch.zeros_like(ratio))
+    raise ValueError(f"unknown off-policy correction {method!r}")
 
 
 @dataclass
 class LossOutput:
     loss: torch.Tensor
-    metrics: dict[str, float] = field(default_factory=dict)
+    sums: dict[str, float] = field(default_factory=dict)  # over valid tokens; divide by the token count
 
 
 def policy_loss(
@@ -60,50 +98,65 @@ def policy_loss(
     advantages: torch.Tensor,
     mask: torch.Tensor,
     *,
-    old_logprobs: torch.Tensor | None = None,
+    old_logprobs: torch.Tensor,
     behaviour_logprobs: torch.Tensor | None = None,
     eps_low: float = 0.2,
     eps_high: float = 0.28,
     aggregation: Aggregation = "token",
-    tis_cap: float | None = None,
+    correction: CorrectionMethod = "none",
+    correction_low: float = 0.0,
+    correction_high: float = 2.0,
     ref_logprobs: torch.Tensor | None = None,
     kl_coef: float = 0.0,
+    kl_estimator: KLEstimator = "k3",
     sample_weights: torch.Tensor | None = None,
-    num_tokens: float | None = None,
+    denominator: float | torch.Tensor | None = None,
 ) -> LossOutput:
-    """Clipped policy-gradient loss (to minimise).
+    """The clipped policy-gradient loss (to minimise), for one micro-batch.
 
-    ``ratio = exp(logprobs - old_logprobs)``; per token
-    ``-min(ratio·A, clip(ratio, 1-eps_low, 1+eps_high)·A)``, times the TIS weight when
-    ``tis_cap`` is set, plus ``kl_coef · k3`` when a reference is given, times the per-sample
-    ``sample_weights`` (staleness down-weighting); then :func:`aggregate`.
+    Per token, with ``ratio = π/π_old``: ``−ratio·A`` where the ratio is inside its clip
+    range for the sign of A, and the constant ``−clip(ratio)·A`` (no gradient) where it left
+    it — the value of PPO's ``−min(ratio·A, clip(ratio)·A)``, written so that the two
+    branches never tie: at ``clipEpsLow = 0`` and ratio 1 the min form split the gradient
+    between a live and a dead branch and halved it. Then times the importance weight of
+    ``correction`` (behaviour → old), plus ``kl_coef · KL`` to the reference, times the
+    per-sample ``sample_weights`` (staleness), aggregated by :func:`aggregate`.
 
-    ``old_logprobs`` are the trainer's logprobs before this update (the proximal policy);
-    without them the behaviour logprobs serve as old (fully on-policy, or no recompute).
+    ``old_logprobs`` are the proximal policy's: the trainer's, computed once per rollout
+    batch before its first update, so the ratio moves (and the clip acts) from the second
+    optimizer step of a batch on, and on any sample generated by an older version.
     """
-    if old_logprobs is None:
-        if behaviour_logprobs is None:
-            raise ValueError("need old_logprobs or behaviour_logprobs")
-        old_logprobs = behaviour_logprobs
-    adv = advantages if advantages.dim() == logprobs.dim() else advantages.unsqueeze(-1)
+    m = mask.to(logprobs.dtype)
+    adv = advantages.to(logprobs.dtype)
+    adv = adv if adv.dim() == logprobs.dim() else adv.unsqueeze(-1)
     ratio = torch.exp(logprobs - old_logprobs.detach())
-    clipped = ratio.clamp(1 - eps_low, 1 + eps_high)
-    per_token = -torch.minimum(ratio * adv, clipped * adv)
-    metrics: dict[str, float] = {}
-    m = mask.to(per_token.dtype)
-    if tis_cap is not None and behaviour_logprobs is not None:
-        w = truncated_is_weights(old_logprobs, behaviour_logprobs, tis_cap)
+    clipped_high = (ratio > 1 + eps_high) & (adv > 0)
+    clipped_low = (ratio < 1 - eps_low) & (adv < 0)
+    bound = ratio.detach().clamp(1 - eps_low, 1 + eps_high)
+    per_token = -torch.where(clipped_high | clipped_low, bound * adv, ratio * adv)
+    sums: dict[str, float] = {}
+    if behaviour_logprobs is not None and correction != "none":
+        w = importance_weights(old_logprobs.detach(), behaviour_logprobs, correction, correction_low, correction_high)
         per_token = per_token * w
-        metrics["tis_weight_mean"] = float((w * m).sum() / m.sum().clamp(min=1))
-    if ref_logprobs is not None and kl_coef:
-        kl = k3_kl(logprobs, ref_logprobs.detach())
+        sums["is_weight"] = float((w * m).sum())
+        sums["is_masked"] = float(((w == 0).to(m.dtype) * m).sum())
+    if kl_coef:
+        if ref_logprobs is None:
+            raise ValueError("kl_coef > 0 needs the reference policy's logprobs")
+        kl = kl_penalty(logprobs, ref_logprobs.detach(), kl_estimator)
         per_token = per_token + kl_coef * kl
-        metrics["kl"] = float((kl.detach() * m).sum() / m.sum().clamp(min=1))
+        sums["kl"] = float((kl.detach() * m).sum())
     if sample_weights is not None:
         per_token = per_token * sample_weights.to(per_token.dtype).unsqueeze(-1)
-    loss = aggregate(per_token, mask, aggregation, num_tokens)
+    loss = aggregate(per_token, mask, aggregation, denominator)
     with torch.no_grad():
-        is_clipped = ((ratio < 1 - eps_low) & (adv < 0)) | ((ratio > 1 + eps_high) & (adv > 0))
-        metrics["clip_frac"] = float((is_clipped.to(m.dtype) * m).sum() / m.sum().clamp(min=1))
-        metrics["ratio_mean"] = float((ratio * m).sum() / m.sum().clamp(min=1))
-    return LossOutput(loss, metrics)
+        r = ratio.detach()
+        sums["clipped"] = float(((clipped_high | clipped_low).to(m.dtype) * m).sum())
+        sums["ratio"] = float((r * m).sum())
+        sums["ratio_dev"] = float(((r - 1).abs() * m).sum())
+        sums["tokens"] = float(m.sum())
+        valid = m.bool()
+        if valid.any():
+            sums["ratio_max"] = float(r[valid].max())
+            sums["ratio_min"] = float(r[valid].min())
+    return LossOutput(loss, sums)

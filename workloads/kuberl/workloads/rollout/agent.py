@@ -9,7 +9,7 @@ import time
 import aiohttp
 
 from kuberl.workloads.buffer.admin import BufferConfig
-from kuberl.workloads.buffer.staleness import staleness_weight
+from kuberl.workloads.buffer.staleness import staleness_rule, staleness_weight
 from kuberl.workloads.buffer.consumers import PromptLease
 from kuberl.workloads.buffer.stream import JobBuffer
 from kuberl.workloads.config import WorkloadConfig
@@ -42,7 +42,7 @@ class TrainerClock:
                 self.version = version
                 self._moved.notify_all()
 
-    async def wait_until_untrainable(self, group: DispatchTracker, max_off_policy_steps: int) -> None:
+    async def wait_until_untrainable(self, group: DispatchTracker, max_off_policy_steps: int, rule: dict | None = None) -> None:
         """Returns once the group's samples are too stale for the trainer to use.
 
         Not before its first batch runs: a group queued behind a pending weight swap
@@ -50,7 +50,7 @@ class TrainerClock:
         """
         await group.dispatched.wait()
         async with self._moved:
-            await self._moved.wait_for(lambda: staleness_weight(group.first_version, self.version, max_off_policy_steps) is None)
+            await self._moved.wait_for(lambda: staleness_weight(group.first_version, self.version, max_off_policy_steps, **(rule or {})) is None)
 
 
 def make_engine(cfg: WorkloadConfig, agent_id: str) -> Engine:
@@ -161,7 +161,8 @@ class RolloutAgent:
         group = asyncio.create_task(run_group(tracker, p, self.cfg.reward, SamplingSettings.for_stage(self.cfg, p.stage), session, self.cfg.agent_envs))
         if not self.cfg.rollout.abandon_stale_groups or lease.deliveries > ABANDON_AT_MOST:
             return await group
-        doomed = asyncio.create_task(self.trainer.wait_until_untrainable(tracker, self.cfg.max_off_policy_steps))
+        doomed = asyncio.create_task(self.trainer.wait_until_untrainable(
+            tracker, self.cfg.max_off_policy_steps, staleness_rule(self.cfg.algorithm.off_policy_correction.staleness)))
         try:
             await asyncio.wait({group, doomed}, return_when=asyncio.FIRST_COMPLETED)
             if group.done():

@@ -42,14 +42,29 @@ def arithmetic_problems(dataset: str = "arithmetic", digits: int = 1, ops: str =
     return problems
 
 
+HELD_OUT_EVERY = 5
+"""builtin://arithmetic?split=test is every 5th problem of the fixed order (20 %), split=train the rest."""
+
+
+def split_problems(problems: list[Problem], split: str | None) -> list[Problem]:
+    """The train or test part of a builtin problem list (disjoint, stable across runs)."""
+    if split is None:
+        return problems
+    if split not in ("train", "test"):
+        raise ValueError(f"split={split!r}: builtin datasets split into train and test")
+    return [p for i, p in enumerate(problems) if (i % HELD_OUT_EVERY == 0) == (split == "test")]
+
+
 def load_dataset(spec: Dataset) -> list[Problem]:
-    """The problems of one dataset entry: builtin:// generators or a local JSONL file."""
+    """The problems of one dataset entry: builtin:// generators (``?digits=&ops=&split=``) or a local JSONL file."""
     url = urlparse(spec.source)
     if url.scheme == "builtin":
         if url.netloc != "arithmetic":
             raise ValueError(f"unknown builtin dataset {spec.source!r}; builtin://arithmetic is the one there is")
         q = {k: v[-1] for k, v in parse_qs(url.query).items()}
-        problems = arithmetic_problems(spec.name, digits=int(q.get("digits", 1)), ops=q.get("ops", "+"))
+        # Ids name the generator, not the entry, so the train and test entries of one generator stay disjoint.
+        problems = split_problems(arithmetic_problems("arithmetic", digits=int(q.get("digits", 1)), ops=q.get("ops", "+")), q.get("split"))
+        problems = [Problem(p.prompt_id, p.prompt, p.answer, p.difficulty, spec.name) for p in problems]
     elif url.scheme in ("file", ""):
         problems = []
         for i, line in enumerate(Path(url.path).read_text().splitlines()):

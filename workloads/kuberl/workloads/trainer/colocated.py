@@ -1,4 +1,4 @@
-"""Colocated (synchronous) mode: generate a batch, train on it, update the engine in place."""
+"""Colocated (synchronous) mode: generate a rollout batch, train on it, update the engine in place."""
 
 from __future__ import annotations
 
@@ -11,9 +11,7 @@ import aiohttp
 from kuberl.workloads.config import WorkloadConfig
 from kuberl.workloads.engines.batching import BatchingEngine
 from kuberl.workloads.engines.torch_engine import TorchEngine
-from kuberl.workloads.policy.tiny.train import (
-    initial_model,
-)
+from kuberl.workloads.policy.tiny.train import initial_model
 from kuberl.workloads.rl.sampling import has_signal
 from kuberl.workloads.rollout.episodes import run_group
 from kuberl.workloads.trainer.trainer import Trainer, stats
@@ -23,12 +21,15 @@ async def run_colocated(cfg: WorkloadConfig) -> None:
     tr = Trainer(cfg)
     tr.restore_or_init()
     await tr.open_buffer()
-    engine = TorchEngine(initial_model(cfg.model), version=tr.progress.version, seed=int(time.time()) % 2**31)
+    # The sampling seed moves with the step, so a resumed run does not replay the same samples.
+    engine = TorchEngine(initial_model(cfg.model), version=tr.progress.version, seed=cfg.run_policy.seed * 1_000_003 + tr.progress.step)
     engine.load_state_dict(tr.model.state_dict(), tr.progress.version)
     batcher = BatchingEngine(engine)
     session = aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=None)) if cfg.reward.type == "agentEnv" else None
     tr._rl_t0 = time.monotonic()
     try:
+        # The untrained policy's score: reported with the first step's row, the curve's origin.
+        baseline = await tr.evaluate(batcher, session) if tr.evaluator.enabled and tr.progress.step == 0 else {}
         while tr.progress.step < cfg.run_policy.max_steps:
             stage = tr.progress.curriculum.stage
             group = tr.prompts.group_size(stage)
@@ -41,18 +42,22 @@ async def run_colocated(cfg: WorkloadConfig) -> None:
             all_rewards = [t.reward for g in groups for t in g]
             if cfg.algorithm.dynamic_sampling:
                 kept = [g for g in groups if has_signal([t.reward for t in g])]
-                groups = kept or groups[:1]
-            per_step = max(1, cfg.algorithm.global_batch_size // group)
-            for i in range(0, len(groups), per_step):
-                if tr.progress.step >= cfg.run_policy.max_steps:
-                    break
-                row = tr.train_on(groups[i : i + per_step], {})
-                row["rollout_reward_mean"] = round(stats(all_rewards)[0], 4)
-                await tr.report(row)
-                if tr.due(cfg.checkpoint.interval_steps):
-                    await asyncio.to_thread(tr.checkpoint)
+                # Over-sampled: train on at most one rollout batch of the groups with a signal.
+                groups = _fill(kept, cfg.algorithm.rollout_batch_size) or groups[:1]
+            step_before = tr.progress.step
+            rows = await asyncio.to_thread(tr.train_round, groups)
             # "Update engine weights in place": the trained tensors go straight into the engine.
             await batcher.swap({k: v.detach().clone() for k, v in tr.model.state_dict().items()}, tr.progress.version)
+            if baseline:
+                rows[0].update(baseline)
+                baseline = {}
+            if tr.evaluator.enabled and tr.crossed(step_before, cfg.evaluation.interval_steps):
+                rows[-1].update(await tr.evaluate(batcher, session))
+            for row in rows:
+                row["rollout_reward_mean"] = round(stats(all_rewards)[0], 4)
+                await tr.report(row)
+            if tr.crossed(step_before, cfg.checkpoint.interval_steps):
+                await asyncio.to_thread(tr.checkpoint)
         manifest = await asyncio.to_thread(tr.publish)
         await tr.buffer.state.publish_version(tr.progress.version, manifest)
     finally:
@@ -61,3 +66,14 @@ async def run_colocated(cfg: WorkloadConfig) -> None:
             await session.close()
         if tr.buffer is not None:
             await tr.buffer.close()
+
+
+def _fill(groups: list, max_samples: int) -> list:
+    """Whole groups, in order, up to ``max_samples`` samples."""
+    out, n = [], 0
+    for g in groups:
+        if out and n + len(g) > max_samples:
+            break
+        out.append(g)
+        n += len(g)
+    return out

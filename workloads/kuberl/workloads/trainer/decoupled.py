@@ -7,8 +7,10 @@ import os
 import time
 from dataclasses import asdict
 
+import aiohttp
+
 from kuberl.workloads.buffer.records import Prompt
-from kuberl.workloads.buffer.staleness import staleness_weight
+from kuberl.workloads.buffer.staleness import staleness_rule, staleness_weight
 from kuberl.workloads.config import WorkloadConfig
 from kuberl.workloads.logs import get_logger
 from kuberl.workloads.trainer.feeder import PromptFeeder
@@ -41,6 +43,9 @@ async def run_decoupled(cfg: WorkloadConfig) -> None:
     feeder.restore(Prompt(**raw) for raw in extra.get("in_flight", []))
     unacked = []
     stale_dropped = 0
+    rule = staleness_rule(cfg.algorithm.off_policy_correction.staleness)
+    round_size = cfg.algorithm.rollout_batch_size
+    session = aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=None)) if cfg.reward.type == "agentEnv" and tr.evaluator.enabled else None
     tr._rl_t0 = time.monotonic()
     waiting_since = time.monotonic()  # the trainer waits for trajectories from here to its next step
     try:
@@ -54,33 +59,39 @@ async def run_decoupled(cfg: WorkloadConfig) -> None:
             await feeder.reissue_overdue()
             batch = await consumer.fetch(256, current_version=tr.progress.version, timeout=0.2)
             unacked.append(batch)  # includes duplicates and stale samples: done with at the next ack
-            weights: dict[str, float] = {}
-            for t, w in zip(batch.trajectories, batch.weights, strict=True):
-                lag_weight = staleness_weight(t.policy_version, tr.progress.version, cfg.max_off_policy_steps)
-                if lag_weight is None:
+            for t in batch.trajectories:
+                if staleness_weight(t.policy_version, tr.progress.version, cfg.max_off_policy_steps, **rule) is None:
                     stale_dropped += 1
                     # The prompt's group is lost for training: count it answered so a fresh prompt replaces it.
                     if feeder.complete(t.prompt_id):
                         assembler.answered.add(t.prompt_id)
                     continue
-                weights[t.sample_id] = w * lag_weight
                 done = assembler.add(t)
                 if done is not None:
                     feeder.complete(done)
-            stale_dropped += assembler.drop_untrainable(tr.progress.version, cfg.max_off_policy_steps)
-            if assembler.ready_samples() < cfg.algorithm.global_batch_size:
+            stale_dropped += assembler.drop_untrainable(tr.progress.version, cfg.max_off_policy_steps, rule)
+            if assembler.ready_samples() < round_size:
                 continue
             step_start = time.monotonic()
             waited = step_start - waiting_since
-            groups = assembler.take(cfg.algorithm.global_batch_size)
-            row = tr.train_on(groups, weights)
-            row["stale_dropped"] = stale_dropped
-            row["in_flight"] = len(feeder)
-            if tr.due(cfg.weight_store.sync_interval_steps):
+            groups = assembler.take(round_size)
+            step_before = tr.progress.step
+            # Staleness weights are set in train_round, against the version the batch trains from.
+            rows = await asyncio.to_thread(tr.train_round, groups)
+            for row in rows:
+                row["stale_dropped"] = stale_dropped
+                row["in_flight"] = len(feeder)
+            if tr.crossed(step_before, cfg.weight_store.sync_interval_steps):
                 manifest = await asyncio.to_thread(tr.publish)
                 await buf.state.publish_version(tr.progress.version, manifest)
                 await asyncio.to_thread(tr.store.prune, cfg.weight_store.keep_versions)
-            if tr.due(cfg.checkpoint.interval_steps):
+            if tr.evaluator.enabled and tr.crossed(step_before, cfg.evaluation.interval_steps):
+                engine = tr.evaluation_engine()
+                try:
+                    rows[-1].update(await tr.evaluate(engine, session))
+                finally:
+                    await engine.stop()
+            if tr.crossed(step_before, cfg.checkpoint.interval_steps):
                 await asyncio.to_thread(tr.checkpoint, {
                     "consumer": consumer.state_dict(), "answered": sorted(assembler.answered)[-10000:],
                     "in_flight": [asdict(p) for p in feeder.snapshot()],
@@ -91,7 +102,10 @@ async def run_decoupled(cfg: WorkloadConfig) -> None:
             unacked = []
             waiting_since = time.monotonic()
             busy = waiting_since - step_start
-            row["trainer_idle_percent"] = round(100.0 * waited / max(waited + busy, 1e-9), 2)
-            await tr.report(row)
+            for row in rows:
+                row["trainer_idle_percent"] = round(100.0 * waited / max(waited + busy, 1e-9), 2)
+                await tr.report(row)
     finally:
+        if session is not None:
+            await session.close()
         await buf.close()

@@ -44,14 +44,14 @@ class GroupAssembler:
     def ready_samples(self) -> int:
         return sum(len(g) for g in self.ready)
 
-    def drop_untrainable(self, current_version: int, max_off_policy_steps: int) -> int:
+    def drop_untrainable(self, current_version: int, max_off_policy_steps: int, rule: dict | None = None) -> int:
         """Evict ready groups that aged past the staleness bound while waiting; returns the samples dropped.
 
         Done before the batch is counted, so a step always trains a full batch of groups
         it can use (their prompts are answered already: the feeder replaces them).
         """
         keep = [g for g in self.ready
-                if staleness_weight(min(t.policy_version for t in g), current_version, max_off_policy_steps) is not None]
+                if staleness_weight(min(t.policy_version for t in g), current_version, max_off_policy_steps, **(rule or {})) is not None]
         dropped = sum(len(g) for g in self.ready) - sum(len(g) for g in keep)
         self.ready = keep
         return dropped
@@ -71,6 +71,12 @@ class GroupAssembler:
     def keep_rate(self) -> float | None:
         seen = self.kept + self.dropped
         return self.kept / seen if seen else None
+
+
+def staleness_weights(trajectories: list[Trajectory], version: int, max_off_policy_steps: int, rule: dict) -> dict[str, float]:
+    """Each sample's loss weight when trained from policy ``version`` (its staleness
+    policy's weight; 0 for one that is past it, which the assembler evicts before)."""
+    return {t.sample_id: staleness_weight(t.policy_version, version, max_off_policy_steps, **rule) or 0.0 for t in trajectories}
 
 
 def in_flight_target(cfg: WorkloadConfig, group_size: int, keep_rate: float | None) -> int:

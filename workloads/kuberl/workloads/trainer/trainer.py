@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import json
 import math
 import time
@@ -12,20 +13,26 @@ import torch
 
 from kuberl.workloads.buffer.admin import BufferConfig
 from kuberl.workloads.buffer.records import Trajectory
+from kuberl.workloads.buffer.staleness import staleness_rule
 from kuberl.workloads.buffer.state import JobMetrics
 from kuberl.workloads.buffer.stream import JobBuffer
 from kuberl.workloads.config import WorkloadConfig
+from kuberl.workloads.engines.batching import BatchingEngine
+from kuberl.workloads.engines.torch_engine import TorchEngine
 from kuberl.workloads.logs import get_logger
 from kuberl.workloads.policy.tiny.model import TinyQwen2ForCausalLM
 from kuberl.workloads.policy.tiny.train import (
-    TrainBatch,
+    TinyBackend,
+    collate,
     initial_model,
     make_optimizer,
-    rl_step,
     warm_start,
 )
 from kuberl.workloads.rl.curriculum import CurriculumState, curriculum_step
+from kuberl.workloads.rl.ppo import ppo_update
 from kuberl.workloads.trainer.checkpoints import CheckpointStore
+from kuberl.workloads.trainer.evaluation import Evaluator
+from kuberl.workloads.trainer.groups import staleness_weights
 from kuberl.workloads.trainer.prompts import PromptSource, curriculum_stages
 from kuberl.workloads.weights.sync import publish_policy, weight_store
 
@@ -65,9 +72,15 @@ class Trainer:
     def __init__(self, cfg: WorkloadConfig):
         self.cfg = cfg
         self.algo = cfg.algorithm
-        self.model: TinyQwen2ForCausalLM = initial_model(cfg.model, seed=0)
+        self.seed = cfg.run_policy.seed
+        torch.manual_seed(self.seed)
+        self.model: TinyQwen2ForCausalLM = initial_model(cfg.model, seed=self.seed)
         self.opt = make_optimizer(self.model, self.algo)
-        self.prompts = PromptSource(cfg)
+        # The frozen initial policy the KL term pulls towards; only kept when klCoef > 0.
+        self.reference: TinyQwen2ForCausalLM | None = None
+        self.prompts = PromptSource(cfg, seed=self.seed)
+        self.evaluator = Evaluator(cfg)
+        self.last_evaluation: dict | None = None
         self.stages = curriculum_stages(cfg)
         self.progress = Progress()
         self.ckpt = CheckpointStore(cfg.checkpoint.uri, cfg.weight_store.endpoint, cfg.weight_store.region, cfg.checkpoint.keep)
@@ -82,14 +95,15 @@ class Trainer:
         """Resume from the latest checkpoint, or warm-start a fresh model; returns the checkpoint's extras."""
         state = self.ckpt.load_latest()
         if state is None:
-            steps = self.cfg.model.warmup_sft_steps
-            if steps:
-                t0 = time.monotonic()
-                loss = warm_start(self.model, self.prompts.problems, steps)  # format of every stage's answers
-                log.info("warm start done", steps=steps, loss=round(loss, 3), seconds=round(time.monotonic() - t0, 2))
-            self.opt = make_optimizer(self.model, self.algo)
+            self.init_fresh()
             return {}
         self.model.load_state_dict(state["model"])
+        if self.algo.kl_coef > 0:
+            if "reference" not in state:
+                raise ValueError("algorithm.klCoef > 0 but the checkpoint holds no reference policy "
+                                 "(it was written with klCoef 0); start the job afresh to use a KL term")
+            self.reference = copy.deepcopy(self.model).eval()
+            self.reference.load_state_dict(state["reference"])
         self.opt.load_state_dict(state["optimizer"])
         p = state["progress"]
         self.progress = Progress(step=p["step"], version=p["version"], samples_trained=p["samples_trained"],
@@ -102,6 +116,18 @@ class Trainer:
         log.info("resumed from checkpoint", step=self.progress.step, version=self.progress.version)
         return state.get("extra", {})
 
+    def init_fresh(self) -> None:
+        """A job's first start: the warm start, a fresh optimizer, and the reference policy."""
+        steps = self.cfg.model.warmup_sft_steps
+        if steps:
+            t0 = time.monotonic()
+            loss = warm_start(self.model, self.prompts.problems, steps, seed=self.seed)  # format of every stage's answers
+            log.info("warm start done", steps=steps, loss=round(loss, 3), seconds=round(time.monotonic() - t0, 2))
+        self.opt = make_optimizer(self.model, self.algo)
+        if self.algo.kl_coef > 0:
+            # The policy RL starts from (after the warm start) is the one the KL term keeps close to.
+            self.reference = copy.deepcopy(self.model).eval()
+
     def checkpoint(self, extra: dict | None = None) -> None:
         p = self.progress
         self.ckpt.save(p.step, {
@@ -111,6 +137,7 @@ class Trainer:
             "prompts_issued": self.prompts.issued,
             "torch_rng": torch.get_rng_state(),
             "extra": extra or {},
+            **({"reference": self.reference.state_dict()} if self.reference is not None else {}),
         })
 
     def rl_seconds(self) -> float:
@@ -122,31 +149,66 @@ class Trainer:
 
     # ---- one step ---------------------------------------------------------------------
 
-    def train_on(self, groups: list[list[Trajectory]], weights: dict[str, float]) -> dict:
+    def train_round(self, groups: list[list[Trajectory]]) -> list[dict]:
+        """One rollout batch → its optimizer steps (`rl.ppo.ppo_update`); one metrics row per step.
+
+        Each sample's staleness weight is decided here, against the version the batch is
+        trained from, so it always reaches the loss of the sample it belongs to.
+        """
         t0 = time.monotonic()
-        batch = TrainBatch.collate(groups, weights)
-        metrics = rl_step(self.model, self.opt, batch, self.algo)
         p = self.progress
-        p.step += 1
-        p.version += 1
-        p.samples_trained += len(batch.rewards)
-        rewards = batch.rewards.tolist()
-        pass_rate = sum(1 for r in rewards if r >= 1.0) / len(rewards)
-        before = p.curriculum.stage
-        p.curriculum = curriculum_step(self.stages, p.curriculum, p.step, pass_rate)
-        if p.curriculum.stage != before:
-            log.info("curriculum stage switch", step=p.step, stage=self.stages[p.curriculum.stage].name)
-        mean, std = stats(rewards)
-        elapsed = self.rl_seconds()
-        lags = [p.version - 1 - g[0].policy_version for g in groups]
-        return {
-            "step": p.step, "policy_version": p.version, "reward_mean": round(mean, 4), "reward_std": round(std, 4),
-            "pass_rate": round(pass_rate, 4), "samples": len(rewards), "samples_trained": p.samples_trained,
-            "samples_per_s": round(p.samples_trained / max(elapsed, 1e-9), 3), "elapsed_s": round(elapsed, 2),
-            "train_s": round(time.monotonic() - t0, 4), "stage": p.curriculum.stage, "stage_name": self.stages[p.curriculum.stage].name,
-            "staleness_mean": round(sum(lags) / len(lags), 3), "mode": self.cfg.mode, "resumed_from": p.resumed_from,
-            "time": time.time(), **{k: round(v, 5) for k, v in metrics.items()},
-        }
+        start_version = p.version
+        trajs = [t for g in groups for t in g]
+        weights = staleness_weights(trajs, start_version, self.cfg.max_off_policy_steps,
+                                    staleness_rule(self.algo.off_policy_correction.staleness))
+        batch = collate(groups, weights, scale_by_std=self.algo.advantage_scaling == "groupStd")
+        backend = TinyBackend(self.model, self.opt, self.algo.grad_clip)
+        reference = TinyBackend(self.reference) if self.reference is not None else None
+        lags = [start_version - t.policy_version for t in trajs]
+        rows = []
+        for result in ppo_update(backend, batch, self.algo, reference=reference,
+                                 max_steps=self.cfg.run_policy.max_steps - p.step):
+            p.step += 1
+            p.version += 1
+            rewards = batch.rewards[result.samples].tolist()
+            p.samples_trained += len(rewards)
+            pass_rate = sum(1 for r in rewards if r >= 1.0) / len(rewards)
+            before = p.curriculum.stage
+            p.curriculum = curriculum_step(self.stages, p.curriculum, p.step, pass_rate)
+            if p.curriculum.stage != before:
+                log.info("curriculum stage switch", step=p.step, stage=self.stages[p.curriculum.stage].name)
+            mean, std = stats(rewards)
+            elapsed = self.rl_seconds()
+            step_lags = lags[result.samples]
+            rows.append({
+                "step": p.step, "policy_version": p.version, "reward_mean": round(mean, 4), "reward_std": round(std, 4),
+                "pass_rate": round(pass_rate, 4), "samples": len(rewards), "samples_trained": p.samples_trained,
+                "samples_per_s": round(p.samples_trained / max(elapsed, 1e-9), 3), "elapsed_s": round(elapsed, 2),
+                "train_s": round(time.monotonic() - t0, 4), "stage": p.curriculum.stage, "stage_name": self.stages[p.curriculum.stage].name,
+                "staleness_mean": round(sum(step_lags) / len(step_lags), 3), "staleness_max": max(step_lags),
+                "epoch": result.epoch, "mini_batch": result.mini_batch, "mode": self.cfg.mode, "resumed_from": p.resumed_from,
+                "time": time.time(), **{k: round(v, 5) for k, v in result.metrics.items()},
+            })
+            t0 = time.monotonic()
+        return rows
+
+    def crossed(self, step_before: int, interval: int) -> bool:
+        """Whether a multiple of ``interval`` (or the last step) lies in (step_before, step]."""
+        step = self.progress.step
+        return step > step_before and (step // interval > step_before // interval or step >= self.cfg.run_policy.max_steps)
+
+    async def evaluate(self, engine: BatchingEngine, session=None) -> dict[str, float]:
+        """Run the job's evaluation on ``engine`` (holding the current policy); kept for status."""
+        t0 = time.monotonic()
+        scores = await self.evaluator.run(engine, session)
+        self.last_evaluation = {"step": self.progress.step, "policy_version": self.progress.version, "metrics": scores}
+        log.info("evaluation", step=self.progress.step, seconds=round(time.monotonic() - t0, 2), **scores)
+        return {**scores, "eval_step": self.progress.step}
+
+    def evaluation_engine(self) -> BatchingEngine:
+        """An in-process engine on a copy of the current weights (decoupled mode: the rollout
+        pool's engines keep generating training data meanwhile)."""
+        return BatchingEngine(TorchEngine(copy.deepcopy(self.model), version=self.progress.version, seed=self.seed))
 
     async def report(self, row: dict) -> None:
         """One step's row: to metrics.jsonl, and its headline numbers into the job state."""
@@ -155,11 +217,10 @@ class Trainer:
             await self.buffer.state.update(lambda s: replace(
                 s, curriculum_stage=row["stage"], counters={**s.counters, "steps": row["step"], "samples": row["samples_trained"]},
                 metrics=JobMetrics(reward_mean=row["reward_mean"], reward_std=row["reward_std"], pass_rate=row["pass_rate"],
-                                   samples_per_s=row["samples_per_s"], trainer_idle_percent=row.get("trainer_idle_percent"))))
+                                   samples_per_s=row["samples_per_s"], trainer_idle_percent=row.get("trainer_idle_percent")),
+                evaluation=self.last_evaluation or s.evaluation))
         log.info("step", **{k: row[k] for k in ("step", "reward_mean", "samples_per_s", "policy_version", "stage")})
 
     def publish(self) -> str:
         return publish_policy(self.store, self.model, self.progress.version, self.cfg.weight_store.fp8)
 
-    def due(self, interval: int) -> bool:
-        return self.progress.step % interval == 0 or self.progress.step >= self.cfg.run_policy.max_steps

@@ -186,16 +186,16 @@ class MegatronPolicy:
         logits[..., pad_from:] = float("-inf")
         return logits
 
-    def _logprobs_from_logits(self, logits: torch.Tensor, input_ids: torch.Tensor) -> torch.Tensor:
+    def _logprobs_from_logits(self, logits: torch.Tensor, input_ids: torch.Tensor, temperature: float = 1.0) -> torch.Tensor:
         from megatron.core import tensor_parallel
 
-        logits = self._mask_padded_vocab(logits.float())[:, :-1]
+        logits = self._mask_padded_vocab(logits.float() / temperature)[:, :-1]
         targets = input_ids[:, 1:].to(self.device)
         # [s, b, v/tp] is the layout the kernel documents; it is elementwise over the rest.
         nll = tensor_parallel.vocab_parallel_cross_entropy(logits.transpose(0, 1).contiguous(), targets.transpose(0, 1).contiguous())
         return -nll.transpose(0, 1)
 
-    def _run_schedule(self, input_ids: torch.Tensor, loss_fn: LossFn | None) -> torch.Tensor | None:
+    def _run_schedule(self, input_ids: torch.Tensor, loss_fn: LossFn | None, temperature: float = 1.0) -> torch.Tensor | None:
         """One forward (and backward when `loss_fn` is given) through megatron's schedule.
 
         The schedule passes activations between pipeline stages; with one stage it is a
@@ -217,7 +217,7 @@ class MegatronPolicy:
             output = model(ids, positions, mask)
 
             def finish(logits: torch.Tensor):
-                logprobs = self._logprobs_from_logits(logits, ids)
+                logprobs = self._logprobs_from_logits(logits, ids, temperature)
                 result["logprobs"] = logprobs.detach()
                 loss = loss_fn(logprobs) if loss_fn is not None else logprobs.sum() * 0.0
                 return loss, {"loss": loss.detach()}
@@ -268,22 +268,57 @@ class MegatronPolicy:
         Returns the loss and the global gradient norm; the loss is broadcast from the last
         pipeline stage so every rank reports the same numbers.
         """
-        self.model.train()
-        self.optimizer.zero_grad(set_to_none=True)
+        self.zero_grad()
         losses: list[torch.Tensor] = []
 
-        def recording_loss(logprobs: torch.Tensor) -> torch.Tensor:
-            loss = loss_fn(logprobs)
+        def recording_loss(logprobs: torch.Tensor, _entropy: torch.Tensor | None) -> torch.Tensor:
+            loss = loss_fn(logprobs[:, 1:])
             losses.append(loss.detach())
             return loss
 
-        self._run_schedule(input_ids, recording_loss)
-        grad_norm = self._clip_grads()
-        self.optimizer.step()
+        self.forward_backward(input_ids, torch.ones_like(input_ids, dtype=torch.bool), 1.0, recording_loss)
+        grad_norm = self.optimizer_step()
         loss = losses[0].reshape(()).double() if losses else torch.zeros((), dtype=torch.float64, device=self.device)
         if self.pp > 1:
             dist.broadcast(loss, src=dist.get_global_rank(self.pp_group, self.pp - 1), group=self.pp_group)
         return {"loss": float(loss), "grad_norm": grad_norm}
+
+    # ---- the PolicyBackend interface of rl.ppo (the update both backends share) -------
+    # Sequences are right-padded, so the causal mask alone keeps padding out of every valid
+    # position; ``valid`` is not needed here. No entropies (vocab-parallel entropy is not
+    # implemented): an entropy bonus is refused by the update. One data-parallel rank.
+
+    def logprobs(self, ids: torch.Tensor, valid: torch.Tensor, temperature: float) -> torch.Tensor:
+        """[B, T] per-token logprobs (position 0 holds 0), on every pipeline stage."""
+        self.model.eval()
+        with torch.no_grad():
+            lp = self._run_schedule(ids, None, temperature)
+        out = torch.zeros(ids.shape, dtype=torch.float32, device=self.device)
+        if lp is not None:
+            out[:, 1:] = lp
+        if self.pp > 1:
+            dist.broadcast(out, src=dist.get_global_rank(self.pp_group, self.pp - 1), group=self.pp_group)
+        return out.cpu()
+
+    def forward_backward(self, ids: torch.Tensor, valid: torch.Tensor, temperature: float, loss_fn) -> None:
+        self.model.train()
+
+        def padded(logprobs: torch.Tensor) -> torch.Tensor:
+            full = torch.nn.functional.pad(logprobs, (1, 0))
+            return loss_fn(full.cpu() if full.device != torch.device("cpu") else full, None)
+
+        self._run_schedule(ids, padded, temperature)
+
+    def zero_grad(self) -> None:
+        self.optimizer.zero_grad(set_to_none=True)
+
+    def optimizer_step(self) -> float:
+        grad_norm = self._clip_grads()
+        self.optimizer.step()
+        return grad_norm
+
+    def dp_sum(self, value: torch.Tensor) -> torch.Tensor:
+        return value
 
     # ---- checkpoints -------------------------------------------------------------------
     def save_checkpoint(self, directory: str | Path, step: int) -> Path:

@@ -12,7 +12,6 @@ collapses onto the most frequent answer; exact targets would leave nothing to le
 from __future__ import annotations
 
 import random
-from dataclasses import dataclass
 from pathlib import Path
 from urllib.parse import urlparse
 
@@ -29,7 +28,7 @@ from kuberl.workloads.policy.tiny.model import (
 )
 from kuberl.workloads.policy.tiny.tokenizer import CharTokenizer
 from kuberl.workloads.rl.advantages import group_advantages
-from kuberl.workloads.rl.losses import aggregate, policy_loss
+from kuberl.workloads.rl.ppo import RolloutBatch
 from kuberl.workloads.spec import AlgorithmSpec, ModelSpec
 from kuberl.workloads.tasks.datasets import Problem
 
@@ -92,77 +91,74 @@ def warm_start(model: TinyQwen2ForCausalLM, problems: list[Problem], steps: int,
 def sequence_logprobs(model: TinyQwen2ForCausalLM, ids: torch.Tensor, valid: torch.Tensor,
                       temperature: float = 1.0) -> tuple[torch.Tensor, torch.Tensor]:
     """Per-token logprobs and entropies [B, T] under the temperature-scaled policy (position 0 gets 0)."""
-    logits = model(ids, positions_of(valid), causal_mask(valid)).float() / temperature
+    logits = model(ids, positions_of(valid), causal_mask(valid))
+    # Half-precision logits are upcast; float64 models stay float64 (exactness tests).
+    logits = (logits if logits.dtype == torch.float64 else logits.float()) / temperature
     logp = torch.log_softmax(logits[:, :-1], dim=-1)
     lp = logp.gather(-1, ids[:, 1:, None]).squeeze(-1)
     entropy = -(logp.exp() * logp).sum(-1)
     return F.pad(lp, (1, 0)), F.pad(entropy, (1, 0))
 
 
-@dataclass
-class TrainBatch:
-    """Trajectories collated into padded tensors."""
-
-    ids: torch.Tensor
-    valid: torch.Tensor
-    mask: torch.Tensor
-    behaviour: torch.Tensor
-    advantages: torch.Tensor
-    weights: torch.Tensor
-    rewards: torch.Tensor
-
-    @classmethod
-    def collate(cls, groups: list[list[Trajectory]], weights: dict[str, float] | None = None) -> TrainBatch:
-        trajs = [t for g in groups for t in g]
-        rewards = torch.tensor([t.reward for t in trajs], dtype=torch.float32)
-        advantages = group_advantages(rewards, [t.group_id for t in trajs])
-        return cls(
-            ids=pad_rows([t.tokens.tolist() for t in trajs]),
-            valid=pad_rows([[1] * len(t) for t in trajs]).bool(),
-            mask=pad_rows([t.loss_mask.tolist() for t in trajs]).float(),
-            behaviour=pad_rows([t.logprobs.tolist() for t in trajs], 0).float(),
-            advantages=advantages,
-            weights=torch.tensor([(weights or {}).get(t.sample_id, 1.0) for t in trajs]),
-            rewards=rewards,
-        )
-
-
-def rl_step(model: TinyQwen2ForCausalLM, opt: torch.optim.Optimizer, batch: TrainBatch, algo: AlgorithmSpec) -> dict[str, float]:
-    """One optimizer step of the clipped GRPO loss (policy_loss) plus the entropy bonus.
-
-    ``old`` logprobs are the trainer's own before the update (the proximal policy); the
-    behaviour logprobs from the engine only enter through the truncated importance weight,
-    which corrects samples from older policy versions (decoupled mode).
-    """
-    with torch.no_grad():
-        old, _ = sequence_logprobs(model, batch.ids, batch.valid, algo.temperature)
-    model.train()
-    logp, entropy = sequence_logprobs(model, batch.ids, batch.valid, algo.temperature)
-    correction = algo.off_policy_correction
-    out = policy_loss(
-        logp, batch.advantages, batch.mask,
-        old_logprobs=old, behaviour_logprobs=batch.behaviour,
-        eps_low=algo.clip_eps_low, eps_high=algo.clip_eps_high,
-        aggregation=algo.loss_aggregation,
-        tis_cap=correction.truncation if correction.enabled else None,
-        sample_weights=batch.weights,
+def collate(groups: list[list[Trajectory]], weights: dict[str, float] | None = None, *,
+            scale_by_std: bool = True) -> RolloutBatch:
+    """Trajectories (whole groups) into one padded rollout batch with its GRPO advantages."""
+    trajs = [t for g in groups for t in g]
+    rewards = torch.tensor([t.reward for t in trajs], dtype=torch.float64)
+    return RolloutBatch(
+        ids=pad_rows([t.tokens.tolist() for t in trajs]),
+        valid=pad_rows([[1] * len(t) for t in trajs]).bool(),
+        mask=pad_rows([t.loss_mask.tolist() for t in trajs]).float(),
+        behaviour=pad_rows([t.logprobs.tolist() for t in trajs], 0).float(),
+        advantages=group_advantages(rewards, [t.group_id for t in trajs], scale_by_std=scale_by_std),
+        weights=torch.tensor([(weights or {}).get(t.sample_id, 1.0) for t in trajs], dtype=torch.float32),
+        rewards=rewards,
     )
-    loss = out.loss
-    if algo.entropy_coef:
-        loss = loss - algo.entropy_coef * aggregate(entropy, batch.mask, algo.loss_aggregation)
-    opt.zero_grad()
-    loss.backward()
-    grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), algo.grad_clip)
-    opt.step()
-    model.eval()
-    m = batch.mask
-    return {
-        "loss": float(loss.detach()),
-        "grad_norm": float(grad_norm),
-        "entropy": float((entropy.detach() * m).sum() / m.sum().clamp(min=1)),
-        "behaviour_gap": float(((old - batch.behaviour).abs() * m).sum() / m.sum().clamp(min=1)),
-        **out.metrics,
-    }
+
+
+class TinyBackend:
+    """The tiny torch model as a :class:`~kuberl.workloads.rl.ppo.PolicyBackend`.
+
+    ``dp_group``: a torch.distributed group of data-parallel replicas; gradients and the
+    loss counts are summed over it (each rank's loss is already divided by the global count).
+    """
+
+    def __init__(self, model: TinyQwen2ForCausalLM, optimizer: torch.optim.Optimizer | None = None,
+                 grad_clip: float = 1.0, dp_group=None):
+        self.model, self.optimizer, self.grad_clip, self.dp_group = model, optimizer, grad_clip, dp_group
+
+    def logprobs(self, ids: torch.Tensor, valid: torch.Tensor, temperature: float) -> torch.Tensor:
+        with torch.no_grad():
+            return sequence_logprobs(self.model, ids, valid, temperature)[0]
+
+    def forward_backward(self, ids, valid, temperature, loss_fn) -> None:
+        self.model.train()
+        logp, entropy = sequence_logprobs(self.model, ids, valid, temperature)
+        loss_fn(logp, entropy).backward()
+        self.model.eval()
+
+    def zero_grad(self) -> None:
+        self.optimizer.zero_grad(set_to_none=True)
+
+    def optimizer_step(self) -> float:
+        params = [p for p in self.model.parameters() if p.grad is not None]
+        if self.dp_group is not None:
+            import torch.distributed as dist
+
+            for p in params:
+                dist.all_reduce(p.grad, group=self.dp_group)
+        grad_norm = torch.nn.utils.clip_grad_norm_(params, self.grad_clip)
+        self.optimizer.step()
+        return float(grad_norm)
+
+    def dp_sum(self, value: torch.Tensor) -> torch.Tensor:
+        if self.dp_group is None:
+            return value
+        import torch.distributed as dist
+
+        value = value.clone()
+        dist.all_reduce(value, group=self.dp_group)
+        return value
 
 
 def make_optimizer(model: TinyQwen2ForCausalLM, algo: AlgorithmSpec) -> torch.optim.Optimizer:
