@@ -62,7 +62,7 @@ def rollout_batch(vocab_size: int, behaviour: torch.Tensor):
     ids, advantages, mask = fixed_batch(vocab_size)
     pad = torch.nn.functional.pad
     return RolloutBatch(ids=ids, valid=torch.ones_like(ids, dtype=torch.bool), mask=pad(mask, (1, 0)),
-                        behaviour=pad(behaviour, (1, 0)), advantages=advantages,
+                        behaviour=pad(behaviour.detach(), (1, 0)), advantages=advantages,
                         weights=torch.ones(len(ids)), rewards=torch.zeros(len(ids)))
 
 

@@ -97,7 +97,7 @@ def plot_rewards(rows: list[dict], out: Path, title: str) -> None:
     for key, points in sorted(evaluation_curves(steps).items()):
         if key.endswith(("/greedy", "/pass@1")):
             ax.plot([p[0] for p in points], [p[1] for p in points], marker="o", linewidth=1.5,
-                    label=f"held-out {key.split('/', 1)[1]}")
+                    label=f"eval {key.split('/', 1)[1]}")
     ax.set_xlabel("optimizer step")
     ax.set_ylabel("mean reward")
     ax.set_ylim(-0.02, 1.02)

@@ -164,7 +164,7 @@ def _step(backend, batch, mb, old, ref, algo, corr, micro) -> dict[str, float]:
         "ratio_mean": summed.pop("ratio", tokens) / tokens,
         "ratio_dev_mean": summed.pop("ratio_dev", 0.0) / tokens,
         # |old − behaviour|: how far the engine's logprobs are from the trainer's (staleness, numerics).
-        "behaviour_gap": float(((old[mb] - batch.behaviour[mb]).abs().double() * m).sum() / m.sum().clamp(min=1)),
+        "behaviour_gap": float(((old[mb] - batch.behaviour[mb].detach()).abs().double() * m).sum() / m.sum().clamp(min=1)),
         "weight_mean": float(batch.weights[mb].double().mean()) if mb.stop > mb.start else 1.0,
         **{TOKEN_MEANS[k]: v / tokens for k, v in summed.items()},
     }
