@@ -159,6 +159,52 @@ def test_dashboard_queries_only_metrics_the_operator_exports():
     assert used and used <= exported, f"the dashboard queries metrics the operator does not export: {used - exported}"
 
 
+def test_job_dashboard_queries_only_metrics_the_workloads_export(helm: Path):
+    """The second dashboard (one RLJob: reward, evaluation, throughput, time split, staleness,
+    fleet, weight sync) ships in the same ConfigMap and names only series the trainer and
+    rollout processes export, under the labels the PodMonitor gives them."""
+    import re
+
+    from kuberl.workloads.observe import rollout_metrics, trainer_metrics
+
+    exported = set()
+    for module in (trainer_metrics, rollout_metrics):
+        for value in vars(module).values():
+            name = getattr(value, "_name", None)
+            if name and hasattr(value, "_type"):
+                exported |= {name, f"{name}_total", f"{name}_bucket", f"{name}_count", f"{name}_sum"}
+    dashboard = json.loads((CHART / "dashboards" / "kuberl-job.json").read_text())
+    exprs = [t["expr"] for p in dashboard["panels"] for t in p["targets"]]
+    used = {m for e in exprs for m in re.findall(r"\b(kuberl_[a-z_]+)", e)}
+    assert len(dashboard["panels"]) >= 10 and used <= exported, f"not exported: {used - exported}"
+    assert {"kuberl_trainer_reward", "kuberl_trainer_eval_score", "kuberl_rollout_engine_healthy"} <= used
+    assert all('rljob="$rljob"' in e for e in exprs)
+    docs = render(helm, "--set", "dashboard.enabled=true")
+    dash = next(d for d in by_kind(docs, "ConfigMap") if d["metadata"]["name"].endswith("-dashboard"))
+    assert json.loads(dash["data"]["kuberl-job.json"])["uid"] == "kuberl-job"
+
+
+def test_pod_monitor_scrapes_the_workload_pods_the_operator_builds(helm: Path):
+    from kuberl.operator.children.rollout import rollout_deployment
+    from kuberl.operator.children.trainer import trainer_pod
+    from tests.support.objects import NS, S, job, pool
+
+    assert not by_kind(render(helm), "PodMonitor")
+    [monitor] = by_kind(render(helm, "--set", "metrics.podMonitor.enabled=true"), "PodMonitor")
+    spec = monitor["spec"]
+    assert spec["namespaceSelector"] == {"any": True}
+    [endpoint] = spec["podMetricsEndpoints"]
+    relabel = {r["targetLabel"]: r["sourceLabels"][0] for r in endpoint["relabelings"]}
+    assert relabel["rljob"] == "__meta_kubernetes_pod_label_kuberl_io_job"
+    selected = spec["selector"]["matchExpressions"][0]["values"]
+    for pod in (trainer_pod(job(), NS, 0, 0, S), rollout_deployment(pool(), NS, S, bound_job="j")["spec"]["template"]):
+        labels = pod["metadata"]["labels"]
+        assert all(labels.get(k) == v for k, v in spec["selector"]["matchLabels"].items()), labels
+        assert labels["app.kubernetes.io/component"] in selected
+        assert any(p.get("name") == endpoint["port"] for c in pod["spec"]["containers"] for p in c.get("ports", []))
+    assert "kuberl.io/job" in trainer_pod(job(), NS, 0, 0, S)["metadata"]["labels"]
+
+
 # -- values.schema.json: bad values fail naming the field ------------------------------------
 
 BAD_VALUES = [

@@ -116,6 +116,8 @@ MALFORMED_CASES: list[Case] = [
     Case("rollout-batch-not-whole-steps", _set(JOB, "spec.algorithm.rolloutBatchSize", 192), "spec.algorithm.rolloutBatchSize", "rolloutBatchSize must be a multiple of globalBatchSize"),
     Case("micro-batch-above-mini-batch", _set(JOB, "spec.algorithm.microBatchSize", 1024), "spec.algorithm.microBatchSize", "microBatchSize must not exceed globalBatchSize"),
     Case("mask-band-low-at-one", _set(JOB, "spec.algorithm.offPolicyCorrection", {"low": 1.0, "high": 1.0, "method": "mask"}), "spec.algorithm.offPolicyCorrection.low", "low must be below 1"),
+    Case("wandb-online-without-key", _set(JOB, "spec.observability", {"wandb": {"project": "p"}}), "spec.observability.wandb.apiKeySecret", "mode online needs apiKeySecret"),
+    Case("wandb-key-secret-bad-name", _set(JOB, "spec.observability", {"wandb": {"project": "p", "apiKeySecret": {"name": "Bad_Name"}}}), "spec.observability.wandb.apiKeySecret.name"),
     Case("nucleus-sampling", _set(JOB, "spec.algorithm.topP", 0.9), "spec.algorithm.topP", "topP < 1 (nucleus sampling) is not implemented"),
     Case("weight-store-credentials", _set(JOB, "spec.weightStore.credentialsSecret", {"name": "s3"}), "spec.weightStore.credentialsSecret", "credentialsSecret does not reach the pods yet"),
     Case("buffer-credentials", _set(JOB, "spec.buffer.credentialsSecret", {"name": "nats"}), "spec.buffer.credentialsSecret", "credentialsSecret does not reach the pods yet"),

@@ -284,3 +284,28 @@ def test_builders_are_deterministic(file):
     j = job(file)
     assert trainer_gang(j, NS, 0, S) == trainer_gang(j, NS, 0, S)
     assert job_config_map(j, S, job_workload_config(j)) == job_config_map(j, S, job_workload_config(j))
+
+
+# -- what users watch ---------------------------------------------------------------------
+
+
+def test_trainer_and_rollout_pods_declare_the_metrics_port_their_process_serves():
+    from kuberl.operator.api.constants import WORKLOAD_METRICS_PORT
+    from kuberl.workloads.config import METRICS_PORT_ENV
+
+    pod = trainer_pod(job(), NS, 0, 0, S)["spec"]["containers"][0]
+    assert {"name": "metrics", "containerPort": WORKLOAD_METRICS_PORT} in pod["ports"]
+    assert {"name": METRICS_PORT_ENV, "value": str(WORKLOAD_METRICS_PORT)} in pod["env"]
+    agent = next(c for c in rollout_deployment(pool(), NS, S)["spec"]["template"]["spec"]["containers"] if c["name"] == "agent")
+    assert {"name": "metrics", "containerPort": WORKLOAD_METRICS_PORT} in agent["ports"]
+    assert {"name": METRICS_PORT_ENV, "value": str(WORKLOAD_METRICS_PORT)} in agent["env"]
+
+
+def test_the_wandb_key_reaches_the_trainer_from_its_secret_never_as_a_literal():
+    j = job(observability={"wandb": {"project": "p", "apiKeySecret": {"name": "wandb", "key": "wandb-token"}, "baseUrl": "https://wandb.example.com"}})
+    env = trainer_pod(j, NS, 0, 0, S)["spec"]["containers"][0]["env"]
+    assert {"name": "WANDB_API_KEY", "valueFrom": {"secretKeyRef": {"name": "wandb", "key": "wandb-token"}}} in env
+    assert {"name": "WANDB_BASE_URL", "value": "https://wandb.example.com"} in env
+    cfg = job_workload_config(j)
+    assert cfg.observability.wandb.project == "p" and "WANDB_API_KEY" not in cfg.dump()
+    assert not [e for e in trainer_pod(job(), NS, 0, 0, S)["spec"]["containers"][0]["env"] if e["name"].startswith("WANDB_")]

@@ -125,3 +125,20 @@ def test_counted_ready_never_exceeds_what_is_wanted_now():
     assert st.counted_ready(3, 2) == 2
     assert st.counted_ready(1, 4) == 1
     assert st.counted_ready(0, 0) == 0
+
+
+def test_progress_events_tell_stage_switches_evaluations_and_weight_versions():
+    old = {"step": 40, "maxSteps": 100, "policyVersion": 40, "curriculumStage": "medium"}
+    new = {"step": 63, "maxSteps": 100, "policyVersion": 63, "curriculumStage": "hard",
+           "evaluation": {"step": 60, "policyVersion": 60, "results": [{"dataset": "held-out", "greedy": "0.7", "passAt1": "0.58", "passAtK": "0.8", "k": 4}]}}
+    events = {e.reason: e for e in st.progress_events(old, new)}
+    assert set(events) == {"StageSwitched", "Evaluated", "WeightsPublished"}
+    assert events["StageSwitched"].message == "curriculum stage medium -> hard at step 63"
+    assert events["Evaluated"].message == "step 60 (policy version 60): held-out greedy 0.7, pass@1 0.58, pass@4 0.8"
+    assert events["WeightsPublished"].message == "policy version 63 published at step 63"
+    assert all(e.type == "Normal" for e in events.values())
+    # Nothing new: nothing announced; versions only every tenth of maxSteps.
+    assert st.progress_events(new, new) == []
+    assert st.progress_events({**new, "policyVersion": 61}, {**new, "policyVersion": 69}) == []
+    # The first stage is no switch; a job without a stage or evaluation says nothing of them.
+    assert st.progress_events({"maxSteps": 100}, {"step": 1, "maxSteps": 100, "policyVersion": 1, "curriculumStage": "all"}) == []

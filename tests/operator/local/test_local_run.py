@@ -35,8 +35,13 @@ CHECKPOINT_EVERY = 10  # decoupled; the trainer is killed after its second check
 KILL_AGENT_AT, KILL_TRAINER_AFTER = 8, 25
 
 
-def shortened(example: str, tmp: Path, max_steps: int, checkpoint_every: int) -> Path:
+WANDB = {"project": "kuberl-tests", "entity": "kuberl-ci", "mode": "offline", "group": "local-run", "tags": ["ci", "colocated"]}
+
+
+def shortened(example: str, tmp: Path, max_steps: int, checkpoint_every: int, observability: dict | None = None) -> Path:
     doc = yaml.safe_load((ROOT / "examples" / example).read_text())
+    if observability:
+        doc["spec"]["observability"] = observability
     doc["spec"]["runPolicy"]["maxSteps"] = max_steps
     doc["spec"]["checkpoint"]["intervalSteps"] = checkpoint_every
     # Shared S3: a bucket of its own, so no run ever sees another's weights or checkpoints.
@@ -46,11 +51,13 @@ def shortened(example: str, tmp: Path, max_steps: int, checkpoint_every: int) ->
     return path
 
 
-def start_run(manifest: Path, out: Path, nats_url: str, s3) -> subprocess.Popen:
+def start_run(manifest: Path, out: Path, nats_url: str, s3, quiet: bool = True) -> subprocess.Popen:
+    """`kuberl run` with stdout and stderr into a pipe: not a terminal, as under CI or `> log`."""
     env = dict(os.environ, AWS_ACCESS_KEY_ID=s3.access_key, AWS_SECRET_ACCESS_KEY=s3.secret_key,
-               AWS_DEFAULT_REGION="us-east-1")
-    return subprocess.Popen([sys.executable, "-m", "kuberl.operator.cli", "run", str(manifest), "-o", str(out), "-q",
-                             "--nats-url", nats_url, "--s3-endpoint", s3.endpoint],
+               AWS_DEFAULT_REGION="us-east-1", WANDB_SILENT="true")
+    env.pop("KUBERL_LOG_FORMAT", None)
+    return subprocess.Popen([sys.executable, "-m", "kuberl.operator.cli", "run", str(manifest), "-o", str(out),
+                             *(["-q"] if quiet else []), "--nats-url", nats_url, "--s3-endpoint", s3.endpoint],
                             cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
                             start_new_session=True)
 
@@ -99,21 +106,42 @@ def runs(tmp_path_factory, nats_server, s3_server):
     """The shortened colocated run and the decoupled drill, side by side; returns both outputs."""
     tmp = tmp_path_factory.mktemp("local-run")
     col_out, dec_out = tmp / "colocated", tmp / "decoupled"
-    col = start_run(shortened("tiny-cpu-colocated.yaml", tmp, COLOCATED_STEPS, 50), col_out, nats_server.url, s3_server)
+    col = start_run(shortened("tiny-cpu-colocated.yaml", tmp, COLOCATED_STEPS, 50, {"wandb": WANDB}), col_out,
+                    nats_server.url, s3_server, quiet=False)
+    col_t0 = time.monotonic()
     dec = start_run(shortened("tiny-cpu.yaml", tmp, DECOUPLED_STEPS, CHECKPOINT_EVERY), dec_out, nats_server.url, s3_server)
     try:
         wait_for_step(dec, dec_out, KILL_AGENT_AT)
+        scraped = {name: scrape(url) for name, url in json.loads((dec_out / "endpoints.json").read_text()).items()}
         os.kill(json.loads((dec_out / "pids.json").read_text())["rollout-0"], signal.SIGKILL)
         killed_at = wait_for_step(dec, dec_out, KILL_TRAINER_AFTER)  # past the checkpoint at step 20
         os.kill(json.loads((dec_out / "pids.json").read_text())["trainer"], signal.SIGKILL)
         dec_output = finish(dec)
         col_output = finish(col)
+        col_wall = time.monotonic() - col_t0
     finally:
         for proc in (col, dec):
             if proc.poll() is None:
                 os.killpg(proc.pid, signal.SIGTERM)
                 proc.wait(60)
-    return {"colocated": (col_out, col_output), "decoupled": (dec_out, dec_output, killed_at)}
+    return {"colocated": (col_out, col_output), "decoupled": (dec_out, dec_output, killed_at),
+            "colocated_wall_s": col_wall, "scraped": scraped}
+
+
+def scrape(url: str) -> dict[str, float]:
+    """One Prometheus scrape of a real process: {series (with labels): value}."""
+    import urllib.request
+
+    from prometheus_client.parser import text_string_to_metric_families
+
+    with urllib.request.urlopen(url, timeout=10) as r:  # noqa: S310 (loopback)
+        text = r.read().decode()
+    out = {}
+    for family in text_string_to_metric_families(text):
+        for sample in family.samples:
+            labels = ",".join(f"{k}={v}" for k, v in sorted(sample.labels.items()))
+            out[f"{sample.name}{{{labels}}}" if labels else sample.name] = sample.value
+    return out
 
 
 def test_colocated_run_improves_reward(runs):
@@ -180,3 +208,82 @@ def test_killed_trainer_resumes_from_its_last_checkpoint(runs):
     steps_after = [r["step"] for r in metrics if r.get("resumed_from") == resumed[0]]
     assert steps_after[0] == resumed[0] + 1
     assert json.loads((out / "summary.json").read_text())["restarts"].get("trainer", 0) >= 1
+
+
+# -- what users watch: run loggers, Prometheus, progress outside a terminal ----------------
+
+
+def test_tensorboard_event_files_match_metrics_jsonl(runs):
+    """On by default: every numeric field of every metrics.jsonl row is a scalar at its step
+    in runs/<job>/tensorboard, read back with TensorBoard's own event reader."""
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    from kuberl.workloads.observe.scalars import is_scalar, tag
+
+    out, _ = runs["colocated"]
+    events = EventAccumulator(str(out / "tensorboard"), size_guidance={"scalars": 0, "histograms": 0})
+    events.Reload()
+    logged = {t: {e.step: e.value for e in events.Scalars(t)} for t in events.Tags()["scalars"]}
+    checked = 0
+    for row in rows(out):
+        for key, value in row.items():
+            if is_scalar(key, value):
+                assert logged[tag(key)][row["step"]] == pytest.approx(value, rel=1e-6, abs=1e-6), (key, row["step"])
+                checked += 1
+    assert checked > 30 * COLOCATED_STEPS
+    for must in ("reward/reward_mean", "loss/loss", "loss/entropy", "ppo/clip_frac", "off_policy/is_weight_mean", "throughput/tokens_per_s",
+                 "length/response_length_mean", "time/time_generate_s", "time/train_s", "eval/held-out-sums/pass@1"):
+        assert must in logged, must
+    staleness = events.Histograms("off_policy/staleness")
+    assert len(staleness) == COLOCATED_STEPS and staleness[0].histogram_value.num == rows(out)[0]["samples"]
+
+
+def test_wandb_offline_run_holds_the_same_rows(runs):
+    """observability.wandb mode offline: a run directory `wandb sync` uploads later, with the
+    job's project, entity, group and tags, and every row under the same tags (no network)."""
+    from wandb.proto import wandb_internal_pb2 as pb
+
+    from kuberl.workloads.observe.scalars import scalars
+    from tests.support.wandb_records import history, payloads
+
+    out, _ = runs["colocated"]
+    [run_file] = (out / "wandb").glob("offline-run-*/run-*.wandb")
+    logged = history(run_file)
+    expected = rows(out)
+    assert [h["_step"] for h in logged] == [r["step"] for r in expected]
+    for h, row in zip(logged, expected, strict=True):
+        for name, value in scalars(row).items():
+            assert h[name] == pytest.approx(value, rel=1e-6), (name, row["step"])
+    assert logged[0]["off_policy/staleness/_type"] == "histogram"  # W&B flattens the histogram object
+    records = [pb.Record.FromString(raw) for raw in payloads(run_file)]
+    [run] = [r.run for r in records if r.WhichOneof("record_type") == "run"][:1]
+    assert (run.project, run.entity, run.run_group, list(run.tags)) == (WANDB["project"], WANDB["entity"], WANDB["group"], WANDB["tags"])
+
+
+def test_progress_outside_a_terminal_is_a_line_every_few_seconds(runs):
+    """stderr into a pipe: no redrawn bar (no carriage returns), JSON progress lines, fewer
+    than one per second of the run."""
+    _, output = runs["colocated"]
+    assert "\r" not in output
+    lines = [json.loads(line) for line in output.splitlines() if line.startswith("{") and '"progress"' in line]
+    assert lines and all(line["event"] == "progress" for line in lines)
+    assert len(lines) < runs["colocated_wall_s"], (len(lines), runs["colocated_wall_s"])
+    assert lines[-1]["step"] == COLOCATED_STEPS and lines[-1]["max_steps"] == COLOCATED_STEPS
+    assert {"reward", "samples_per_s", "policy_version", "eta_s"} <= set(lines[-1])
+
+
+def test_workload_processes_serve_prometheus_metrics(runs):
+    """Scraped from the real trainer and rollout agent while the decoupled job ran."""
+    trainer, agent = runs["scraped"]["trainer"], runs["scraped"]["rollout-0"]
+    assert trainer["kuberl_trainer_step"] >= KILL_AGENT_AT
+    assert trainer["kuberl_trainer_samples_total"] >= KILL_AGENT_AT * 128
+    assert trainer["kuberl_trainer_tokens_total"] > trainer["kuberl_trainer_samples_total"]
+    assert trainer["kuberl_trainer_phase_seconds_total{part=training}"] > 0
+    assert trainer["kuberl_trainer_phase_seconds_total{part=waiting}"] > 0
+    assert trainer["kuberl_trainer_weight_sync_seconds_count"] >= 1 and trainer["kuberl_trainer_weight_sync_bytes_total"] > 0
+    assert 0 <= trainer["kuberl_trainer_reward{stat=mean}"] <= 1
+    assert agent["kuberl_rollout_tokens_total"] > 0 and agent["kuberl_rollout_generation_seconds_count"] > 0
+    assert agent["kuberl_rollout_groups_total{outcome=published}"] >= 1
+    assert agent["kuberl_rollout_weight_swaps_total"] >= 1 and agent["kuberl_rollout_engine_healthy"] == 1
+    assert agent["kuberl_rollout_policy_version"] >= 0
+    assert "kuberl_trainer_step" not in agent  # each process exports its own series

@@ -26,6 +26,7 @@ from kuberl.workloads.spec import (
     Dataset,
     EvaluationSpec,
     ModelSpec,
+    ObservabilitySpec,
     Parallelism,
     RewardSpec,
     RunPolicy,
@@ -33,6 +34,10 @@ from kuberl.workloads.spec import (
 )
 
 CONFIG_ENV = "KUBERL_CONFIG"
+# The Prometheus endpoint of trainer and rollout processes (observe.serve): the operator sets
+# the port it declares on the pod; `kuberl run` a free loopback port per process.
+METRICS_PORT_ENV = "KUBERL_METRICS_PORT"
+METRICS_ADDR_ENV = "KUBERL_METRICS_ADDR"
 DEFAULT_CONFIG_PATH = "/etc/kuberl/config.yaml"
 
 
@@ -74,6 +79,8 @@ class WorkloadConfig(ApiModel):
     run_policy: RunPolicy = Field(description="Steps and limits.")
     rollout: RolloutRuntime = Field(description="Rollout agent runtime (colocated: the trainer's own engine).")
     agent_envs: dict[str, str] = Field(default_factory=dict, description="Agent environment name -> base URL.")
+    observability: ObservabilitySpec = Field(default_factory=ObservabilitySpec, description="Run loggers.")
+    run_files_uri: str | None = Field(None, description="Where the trainer copies its run files (tensorboard/, wandb/): <checkpoint uri>/run in a cluster; none under kuberl run, where they stay in the output directory.")
     output_dir: str = Field("/var/run/kuberl", description="Where metrics (JSONL), plots and local checkpoints go.")
 
     @property

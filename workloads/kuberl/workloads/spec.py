@@ -325,6 +325,46 @@ class CheckpointSpec(ApiModel):
     keep: int = Field(2, ge=1, le=1000, description="Checkpoints kept.")
 
 
+class SecretKeyRef(ApiModel):
+    """One key of a Secret in the job's namespace."""
+
+    name: Name = Field(description="Name of the Secret.")
+    key: str = Field("apiKey", min_length=1, max_length=SHORT_STRING_MAX, pattern=r"^[-._a-zA-Z0-9]+$", description="Key within the Secret.")
+
+
+class TensorBoardSpec(ApiModel):
+    """TensorBoard event files of the run."""
+
+    enabled: bool = Field(True, description="Write event files (the scalars of metrics.jsonl, the staleness histogram) to <output>/tensorboard; "
+                                            "in a cluster the trainer copies them to <checkpoint uri>/run/tensorboard/ after every checkpoint and at the end.")
+
+
+class WandbSpec(ApiModel):
+    """Weights & Biases run logging."""
+
+    cel_rules: ClassVar = (
+        cel("self.mode != 'online' || has(self.apiKeySecret)",
+            "mode online needs apiKeySecret: the Secret (and key, default apiKey) holding the W&B API key. "
+            "Use mode offline to write a run directory you sync later with `wandb sync`", ".apiKeySecret"),
+    )
+
+    project: str = Field(min_length=1, max_length=128, description="W&B project.")
+    entity: str | None = Field(None, max_length=128, description="W&B entity (user or team); the key's default entity when unset.")
+    mode: Literal["online", "offline"] = Field("online", description="online: stream to W&B (needs apiKeySecret); offline: a run directory under <output>/wandb "
+                                                                      "(in a cluster copied to <checkpoint uri>/run/wandb/) to upload later with `wandb sync`.")
+    api_key_secret: SecretKeyRef | None = Field(None, description="Secret key holding the W&B API key (set as WANDB_API_KEY in the trainer); kuberl run reads WANDB_API_KEY from its own environment instead.")
+    base_url: str | None = Field(None, max_length=URI_MAX, pattern=r"^https?://", description="A self-hosted W&B server (WANDB_BASE_URL).")
+    group: str | None = Field(None, max_length=128, description="W&B run group (e.g. an ablation).")
+    tags: list[Annotated[str, Field(max_length=64)]] | None = Field(None, max_length=LIST_MAX, description="W&B run tags.")
+
+
+class ObservabilitySpec(ApiModel):
+    """Run loggers beside metrics.jsonl. Prometheus metrics are always on (port 9400, /metrics, on trainer and rollout pods)."""
+
+    tensorboard: TensorBoardSpec = Field(default_factory=TensorBoardSpec, description="TensorBoard event files (on by default).")
+    wandb: WandbSpec | None = Field(None, description="Weights & Biases logging (off when unset).")
+
+
 class RunPolicy(ApiModel):
     """Lifecycle limits, as on a Kubernetes Job."""
 

@@ -51,4 +51,4 @@ ROLE_AGENTENV = "agentenv"
 # Ports the pods the operator builds listen on.
 RENDEZVOUS_PORT = 29500
 ENGINE_PORT = 30000
-AGENT_METRICS_PORT = 9400
+WORKLOAD_METRICS_PORT = 9400

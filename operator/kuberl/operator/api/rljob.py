@@ -31,6 +31,7 @@ from kuberl.workloads.spec import (
     Dataset,
     EvaluationSpec,
     ModelSpec,
+    ObservabilitySpec,
     Parallelism,
     RewardSpec,
     RunPolicy,
@@ -150,6 +151,7 @@ class RLJobSpec(ApiModel):
     buffer: BufferSpec = Field(default_factory=BufferSpec, description="Trajectory buffer.")
     weight_store: WeightStoreSpec = Field(description="Weight store for syncs from trainer to rollout engines.")
     checkpoint: CheckpointSpec = Field(default_factory=CheckpointSpec, description="Checkpointing.")
+    observability: ObservabilitySpec = Field(default_factory=ObservabilitySpec, description="Run loggers: TensorBoard (on by default) and Weights & Biases.")
     run_policy: RunPolicy = Field(default_factory=RunPolicy, description="Steps, restarts, deadlines and TTL.")
     suspend: bool = Field(False, description="Suspend the job: pods are removed, state and checkpoints kept; false resumes from the last checkpoint.")
     managed_by: str | None = Field(

@@ -6,7 +6,7 @@ from typing import Any
 
 from kuberl.operator.api import RLJob, RolloutPool
 from kuberl.operator.api.constants import (
-    AGENT_METRICS_PORT,
+    WORKLOAD_METRICS_PORT,
     API_VERSION,
     ENGINE_PORT,
     LABEL_JOB,
@@ -34,7 +34,7 @@ from kuberl.operator.children.common import (
 )
 from kuberl.operator.naming import inline_pool_name, pool_selector
 from kuberl.operator.settings import OperatorSettings
-from kuberl.workloads.config import CONFIG_ENV, DEFAULT_CONFIG_PATH
+from kuberl.workloads.config import CONFIG_ENV, DEFAULT_CONFIG_PATH, METRICS_PORT_ENV
 
 
 def default_pool_spec(job: RLJob) -> RolloutPoolSpec:
@@ -153,7 +153,7 @@ def rollout_deployment(
         labels[LABEL_JOB] = bound_job
     # Everything else the agent needs (engine, concurrency, swap policy, the engine's URL)
     # is in the bound job's config: one source, whatever pod or process reads it.
-    agent_env = {CONFIG_ENV: DEFAULT_CONFIG_PATH}
+    agent_env = {CONFIG_ENV: DEFAULT_CONFIG_PATH, METRICS_PORT_ENV: str(WORKLOAD_METRICS_PORT)}
     containers = []
     init_containers = []
     agent_mounts = [CONFIG_VOLUME_MOUNT]
@@ -196,7 +196,7 @@ def rollout_deployment(
         "imagePullPolicy": settings.image_pull_policy,
         "command": ["python", "-m", "kuberl.workloads.rollout"],
         "env": env_list(agent_env) + downward_env() + user_env(agent.env),
-        "ports": [{"name": "metrics", "containerPort": AGENT_METRICS_PORT}],
+        "ports": [{"name": "metrics", "containerPort": WORKLOAD_METRICS_PORT}],
         "resources": agent_resources,
         "volumeMounts": agent_mounts,
     })
@@ -219,7 +219,7 @@ def rollout_deployment(
 def rollout_service(pool: RolloutPool, namespace: str, settings: OperatorSettings) -> dict[str, Any]:
     name = pool.metadata["name"]
     selector = pool_selector(name)
-    ports = [{"name": "metrics", "port": AGENT_METRICS_PORT, "targetPort": AGENT_METRICS_PORT}]
+    ports = [{"name": "metrics", "port": WORKLOAD_METRICS_PORT, "targetPort": WORKLOAD_METRICS_PORT}]
     if pool.spec.engine.type == "sglang":
         ports.insert(0, {"name": "engine", "port": ENGINE_PORT, "targetPort": ENGINE_PORT})
     return {

@@ -13,6 +13,7 @@ from kuberl.operator.api.constants import (
     LABEL_REPLICA_INDEX,
     POD_GROUP_SIZE_ANNOTATION,
     RENDEZVOUS_PORT,
+    WORKLOAD_METRICS_PORT,
     ROLE_TRAINER,
 )
 from kuberl.operator.children.common import (
@@ -31,7 +32,8 @@ from kuberl.operator.naming import (
     trainer_service_name,
 )
 from kuberl.operator.settings import OperatorSettings
-from kuberl.workloads.config import CONFIG_ENV, DEFAULT_CONFIG_PATH
+from kuberl.workloads.config import CONFIG_ENV, DEFAULT_CONFIG_PATH, METRICS_PORT_ENV
+from kuberl.workloads.spec import WandbSpec
 
 
 def trainer_service(job: RLJob, namespace: str, settings: OperatorSettings) -> dict[str, Any]:
@@ -50,6 +52,19 @@ def trainer_service(job: RLJob, namespace: str, settings: OperatorSettings) -> d
             "ports": [{"name": "rendezvous", "port": RENDEZVOUS_PORT, "targetPort": RENDEZVOUS_PORT}],
         },
     }
+
+
+def wandb_env(wandb: WandbSpec | None) -> list[dict[str, Any]]:
+    """The W&B key from its Secret (never a literal in the pod spec), and a self-hosted server's URL."""
+    if wandb is None:
+        return []
+    env: list[dict[str, Any]] = []
+    if wandb.api_key_secret is not None:
+        ref = wandb.api_key_secret
+        env.append({"name": "WANDB_API_KEY", "valueFrom": {"secretKeyRef": {"name": ref.name, "key": ref.key}}})
+    if wandb.base_url:
+        env.append({"name": "WANDB_BASE_URL", "value": wandb.base_url})
+    return env
 
 
 def trainer_ranks(job: RLJob) -> tuple[int, int]:
@@ -96,8 +111,9 @@ def trainer_pod(job: RLJob, namespace: str, index: int, generation: int, setting
             "NODE_RANK": str(index),
             "NPROC_PER_NODE": str(nproc),
             "WORLD_SIZE": str(world),
+            METRICS_PORT_ENV: str(WORKLOAD_METRICS_PORT),
         }
-    )
+    ) + wandb_env(spec.observability.wandb)
     image = trainer.image or (settings.trainer_image if trainer.backend == "megatron" else settings.workload_image)
     container = {
         "name": ROLE_TRAINER,
@@ -105,7 +121,7 @@ def trainer_pod(job: RLJob, namespace: str, index: int, generation: int, setting
         "imagePullPolicy": settings.image_pull_policy,
         "command": ["python", "-m", "kuberl.workloads.trainer"],
         "env": env + user_env(trainer.env),
-        "ports": [{"name": "rendezvous", "containerPort": RENDEZVOUS_PORT}],
+        "ports": [{"name": "rendezvous", "containerPort": RENDEZVOUS_PORT}, {"name": "metrics", "containerPort": WORKLOAD_METRICS_PORT}],
         "resources": container_resources(trainer.resources, trainer.gpus_per_replica),
         "volumeMounts": [CONFIG_VOLUME_MOUNT, {"name": "dshm", "mountPath": "/dev/shm"}],
     }

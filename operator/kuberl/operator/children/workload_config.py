@@ -50,7 +50,9 @@ def workload_config(
             url = engine_url_override or engine_url()
         rollout = RolloutRuntime(engine=pool.engine.type, engine_url=url, concurrency=agent.concurrency,
                                  weight_swap=agent.weight_swap, abandon_stale_groups=agent.abandon_stale_groups)
-    extra = {"output_dir": output_dir} if output_dir else {}
+    # Run files (TensorBoard, W&B offline) outlive a pod only on the store; a local run
+    # already has them in its output directory.
+    extra = {"output_dir": output_dir} if output_dir else {"run_files_uri": f"{checkpoint.uri.rstrip('/')}/run"}
     return WorkloadConfig(
         job=JobRef(namespace=namespace, name=name, uid=job.metadata.get("uid")),
         mode=spec.mode,
@@ -67,6 +69,7 @@ def workload_config(
         weight_store=store,
         checkpoint=checkpoint,
         run_policy=spec.run_policy,
+        observability=spec.observability,
         rollout=rollout,
         agent_envs=dict(agent_env_urls),
         **extra,

@@ -287,7 +287,7 @@ def _reconcile_job(body: dict, namespace: str, name: str, trigger: str = "timer"
         new_status.update(progress)
     elif created[0]:
         new_status.setdefault("maxSteps", job.spec.run_policy.max_steps)
-    for event in st.transition_events(conds, new_conds):
+    for event in [*st.transition_events(conds, new_conds), *st.progress_events(old_status, new_status)]:
         _event(body, event.type, event.reason, event.message)
     patch_status("RLJob", namespace, name, old_status, new_status)
     RT.phases.set(body["metadata"]["uid"], new_status["phase"])

@@ -296,3 +296,32 @@ def progress(
         if rate > 0 and steps_per_sample > 0:
             out["estimatedSecondsRemaining"] = int(max(0, max_steps - step) / (rate * steps_per_sample))
     return out, (now, samples)
+
+
+def _scores(result: dict[str, Any]) -> str:
+    parts = [f"greedy {result['greedy']}" if result.get("greedy") else "",
+             f"pass@1 {result['passAt1']}" if result.get("passAt1") else "",
+             f"pass@{result.get('k')} {result['passAtK']}" if result.get("passAtK") else ""]
+    return f"{result['dataset']} " + ", ".join(p for p in parts if p)
+
+
+def progress_events(old: dict[str, Any], new: dict[str, Any]) -> list[Event]:
+    """The job's story from one status to the next: stage switches, evaluations, weight versions.
+
+    Weight versions move every step, so only about every tenth of maxSteps is announced
+    (a long job's Events stay readable and a fleet's API server is not flooded).
+    """
+    events = []
+    step = new.get("step", 0)
+    before, after = old.get("curriculumStage"), new.get("curriculumStage")
+    if before and after and before != after:
+        events.append(Event("Normal", "StageSwitched", f"curriculum stage {before} -> {after} at step {step}"))
+    evaluation = new.get("evaluation")
+    if evaluation and (old.get("evaluation") or {}).get("step") != evaluation.get("step"):
+        scores = "; ".join(_scores(r) for r in evaluation.get("results") or [])
+        events.append(Event("Normal", "Evaluated", f"step {evaluation['step']} (policy version {evaluation['policyVersion']}): {scores}"))
+    every = max(1, int(new.get("maxSteps") or 0) // 10)
+    v_old, v_new = int(old.get("policyVersion") or 0), int(new.get("policyVersion") or 0)
+    if v_new // every > v_old // every:
+        events.append(Event("Normal", "WeightsPublished", f"policy version {v_new} published at step {step}"))
+    return events

@@ -20,11 +20,12 @@ from kuberl.operator.children.rollout import generating_pool
 from kuberl.operator.children.workload_config import workload_config
 from kuberl.operator.decisions.lifecycle import JobView, PodView, decide
 from kuberl.operator.decisions.status import SUCCEEDED
+from kuberl.operator.local.progress import ProgressReport
 from kuberl.operator.local.report import plot_rewards, read_metrics, summarise
 from kuberl.operator.local.supervisor import Managed, RunError, _wait, find_binary
 from kuberl.operator.naming import trainer_pod_name
 from kuberl.workloads.buffer.admin import BufferConfig, create_job_streams
-from kuberl.workloads.config import CONFIG_ENV
+from kuberl.workloads.config import CONFIG_ENV, METRICS_ADDR_ENV, METRICS_PORT_ENV
 from kuberl.workloads.localproc import free_port, http_ok, seaweed_port_pair
 
 NAMESPACE = "default"
@@ -51,6 +52,7 @@ class LocalRun:
     s3_endpoint: str | None = None
     quiet: bool = False
     children: list[Managed] = field(default_factory=list)
+    metrics_urls: dict[str, str] = field(default_factory=dict)
 
     # ---- setup ------------------------------------------------------------------------
 
@@ -142,6 +144,10 @@ class LocalRun:
         nats_url = self.nats_url or self.start_nats(env)
         s3 = self.s3_endpoint or spec.weight_store.endpoint or self.start_s3(env)
         self.ensure_bucket(s3, spec.weight_store.bucket)
+        wandb = spec.observability.wandb
+        if wandb is not None and wandb.mode == "online" and not env.get("WANDB_API_KEY"):
+            raise RunError("observability.wandb.mode is online: kuberl run reads the W&B key from WANDB_API_KEY (not from "
+                           "apiKeySecret, which is for the cluster); export it, or set mode: offline")
         if spec.rollout is not None and spec.rollout.pool_ref:
             raise RunError(f"spec.rollout.poolRef {spec.rollout.pool_ref!r} names a RolloutPool in a cluster; kuberl run needs spec.rollout.template")
 
@@ -164,12 +170,23 @@ class LocalRun:
         cfg_path = self.output / "config.yaml"
         cfg_path.write_text(cfg.dump())
         env[CONFIG_ENV] = str(cfg_path)
-        trainer = self._child("trainer", [sys.executable, "-m", "kuberl.workloads.trainer"], env, restart="on-failure-limited")
+        # Each process serves its Prometheus /metrics on a loopback port of its own.
+        env[METRICS_ADDR_ENV] = "127.0.0.1"
+        trainer = self._child("trainer", [sys.executable, "-m", "kuberl.workloads.trainer"], self._with_metrics_port("trainer", env),
+                              restart="on-failure-limited")
         if pool is not None:
             for i in range(max(1, pool.replicas)):
-                self._child(f"rollout-{i}", [sys.executable, "-m", "kuberl.workloads.rollout"], dict(env, KUBERL_AGENT_ID=f"rollout-{i}"))
+                self._child(f"rollout-{i}", [sys.executable, "-m", "kuberl.workloads.rollout"],
+                            self._with_metrics_port(f"rollout-{i}", dict(env, KUBERL_AGENT_ID=f"rollout-{i}")))
+        (self.output / "endpoints.json").write_text(json.dumps(self.metrics_urls, indent=1))
+        self._say("metrics: " + ", ".join(f"{k} {v}" for k, v in self.metrics_urls.items()))
         self._write_pids()
         return self.supervise(trainer, job)
+
+    def _with_metrics_port(self, name: str, env: dict[str, str]) -> dict[str, str]:
+        port = free_port()
+        self.metrics_urls[name] = f"http://127.0.0.1:{port}/metrics"
+        return dict(env, **{METRICS_PORT_ENV: str(port)})
 
     def _write_pids(self) -> None:
         (self.output / "pids.json").write_text(json.dumps({m.name: m.proc.pid for m in self.children if m.proc}))
@@ -180,22 +197,15 @@ class LocalRun:
         trainer process as a one-pod gang: restarts up to backoffLimit, activeDeadlineSeconds."""
         name, policy = job.metadata["name"], job.spec.run_policy
         metrics = self.output / "metrics.jsonl"
-        bar = None
-        if not self.quiet:
-            from tqdm import tqdm
-
-            bar = tqdm(total=policy.max_steps, desc=name, unit="step", dynamic_ncols=True)
+        progress = None if self.quiet else ProgressReport(name, policy.max_steps, interactive=sys.stderr.isatty())
         t0, started = time.monotonic(), time.time()
         last_step = 0
         try:
             while True:
                 rows = read_metrics(metrics)
                 steps = [r for r in rows if "step" in r]
-                if steps and bar is not None:
-                    last = steps[-1]
-                    bar.update(last["step"] - bar.n)
-                    bar.set_postfix(reward=f"{last['reward_mean']:.3f}", samples_s=f"{last['samples_per_s']:.1f}",
-                                    version=last["policy_version"], stage=last.get("stage_name"))
+                if steps and progress is not None:
+                    progress.show(steps[-1])
                 if steps:
                     last_step = steps[-1]["step"]
                 code = trainer.poll()
@@ -221,14 +231,15 @@ class LocalRun:
                     self._write_pids()
                 time.sleep(0.5)
         finally:
-            if bar is not None:
-                bar.close()
+            if progress is not None:
+                progress.close()
         rows = read_metrics(metrics)
         summary = {**summarise(rows), "wall_seconds": round(time.monotonic() - t0, 1),
                    "restarts": {m.name: m.restarts for m in self.children if m.restarts}}
         (self.output / "summary.json").write_text(json.dumps(summary, indent=2))
         plot_rewards(rows, self.output / "reward_curve.png", f"{name} ({summary.get('mode')})")
-        self._say(f"done: {json.dumps(summary)}\nmetrics {metrics}\nplot {self.output / 'reward_curve.png'}")
+        tensorboard = f"\ntensorboard: tensorboard --logdir {self.output / 'tensorboard'}" if (self.output / "tensorboard").is_dir() else ""
+        self._say(f"done: {json.dumps(summary)}\nmetrics {metrics}\nplot {self.output / 'reward_curve.png'}{tensorboard}")
         return 0
 
     def shutdown(self) -> None:

@@ -4,15 +4,25 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Callable
+from typing import Protocol
 
 from kuberl.workloads.engines.base import Completion, Engine, GenerationRequest
+
+
+class EngineObserver(Protocol):
+    """Who watches an engine's traffic (the rollout agent's Prometheus series)."""
+
+    def request_started(self) -> float: ...
+    def request_finished(self, started: float, tokens: int) -> None: ...
+    def request_failed(self) -> None: ...
+    def engine_call(self, ok: bool) -> None: ...
 
 
 class BatchingEngine:
     """Async front of an `Engine`: queued requests run together; weight swaps run between batches."""
 
-    def __init__(self, engine: Engine, linger_s: float = 0.002):
-        self.engine, self.linger_s = engine, linger_s
+    def __init__(self, engine: Engine, linger_s: float = 0.002, observer: EngineObserver | None = None):
+        self.engine, self.linger_s, self.observer = engine, linger_s, observer
         self._queue: asyncio.Queue = asyncio.Queue()
         self._task: asyncio.Task | None = None
         self._running: set[int] = set()  # id() of the requests in the engine call now running
@@ -54,9 +64,12 @@ class BatchingEngine:
         """Completions of ``request``; ``on_dispatch(version)`` is called as its batch starts on the engine."""
         self.start()
         fut = asyncio.get_running_loop().create_future()
+        started = self.observer.request_started() if self.observer is not None else 0.0
         await self._queue.put(("generate", (request, on_dispatch), fut))
+        result: list[Completion] | None = None
         try:
-            return await fut
+            result = await fut
+            return result
         except asyncio.CancelledError:
             # Nobody wants these tokens any more (an abandoned group): stop decoding them if
             # the engine can, so the rest of the batch finishes sooner. A queued request is
@@ -64,6 +77,12 @@ class BatchingEngine:
             if id(request) in self._running:
                 self.rows_aborted += await asyncio.shield(asyncio.to_thread(self.engine.abort, [request]))
             raise
+        finally:
+            if self.observer is not None:
+                if result is not None:
+                    self.observer.request_finished(started, sum(len(c.token_ids) for c in result))
+                else:
+                    self.observer.request_failed()
 
     async def swap(self, tensors, version: int) -> None:
         """Load new weights once the batch now running finishes (the 'pause' policy)."""
@@ -71,6 +90,10 @@ class BatchingEngine:
         fut = asyncio.get_running_loop().create_future()
         await self._queue.put(("swap", (tensors, version), fut))
         await fut
+
+    def _engine_ok(self, ok: bool) -> None:
+        if self.observer is not None:
+            self.observer.engine_call(ok)
 
     async def _loop(self) -> None:
         while True:
@@ -86,6 +109,7 @@ class BatchingEngine:
                     await self._in_thread(self.engine.load_state_dict, tensors, version)
                     fut.set_result(None)
                 except Exception as e:
+                    self._engine_ok(False)
                     fut.set_exception(e)
             if gens:
                 version = self.engine.policy_version  # swaps run between batches, never during one
@@ -95,10 +119,12 @@ class BatchingEngine:
                 self._running = {id(r) for (r, _), _ in gens}
                 try:
                     results = await self._in_thread(self.engine.generate, [r for (r, _), _ in gens])
+                    self._engine_ok(True)
                     for (_, fut), res in zip(gens, results, strict=True):
                         if not fut.done():
                             fut.set_result(res)
                 except Exception as e:  # every waiter learns about the failure
+                    self._engine_ok(False)
                     for _, fut in gens:
                         if not fut.done():
                             fut.set_exception(e)

@@ -9,6 +9,7 @@ import torch
 
 from kuberl.workloads.config import load_config
 from kuberl.workloads.logs import get_logger
+from kuberl.workloads.observe.serve import serve_metrics
 from kuberl.workloads.rollout.agent import RolloutAgent
 
 log = get_logger(__name__)
@@ -21,6 +22,7 @@ def main() -> None:
     # set by `kuberl run`); the pid alone is 1 in every container.
     agent_id = os.environ.get("KUBERL_AGENT_ID") or os.environ.get("POD_NAME") or f"agent-{os.getpid()}"
     log.info("rollout agent starting", job=cfg.job.name, agent=agent_id, engine=cfg.rollout.engine)
+    serve_metrics()
     asyncio.run(RolloutAgent(cfg, agent_id).run())
 
 

@@ -17,6 +17,7 @@ from kuberl.workloads.engines.base import Engine
 from kuberl.workloads.engines.batching import BatchingEngine, DispatchTracker
 from kuberl.workloads.engines.torch_engine import TorchEngine
 from kuberl.workloads.logs import get_logger
+from kuberl.workloads.observe.rollout_metrics import RolloutMetrics
 from kuberl.workloads.policy.tiny.model import seeded_model
 from kuberl.workloads.rollout.episodes import SamplingSettings, run_group
 from kuberl.workloads.weights.sync import fetch_policy, weight_store
@@ -75,7 +76,8 @@ class RolloutAgent:
         self.cfg, self.agent_id = cfg, agent_id
         self.store = weight_store(cfg)
         self.engine = engine if engine is not None else make_engine(cfg, agent_id)
-        self.batcher = BatchingEngine(self.engine)
+        self.metrics = RolloutMetrics()
+        self.batcher = BatchingEngine(self.engine, observer=self.metrics)
         self.active: set[asyncio.Task] = set()
         self.accepting = asyncio.Event()
         self.accepting.set()
@@ -85,6 +87,7 @@ class RolloutAgent:
         self.trainer = TrainerClock()
 
     async def load_version(self, version: int) -> None:
+        t0 = time.perf_counter()
         tensors = await asyncio.to_thread(fetch_policy, self.store, version)
         if self.cfg.rollout.weight_swap == "drain":
             self.accepting.clear()
@@ -93,6 +96,7 @@ class RolloutAgent:
         await self.batcher.swap(tensors, version)
         self.accepting.set()
         self.swaps += 1
+        self.metrics.swapped(version, time.perf_counter() - t0)
         log.info("weights swapped", agent=self.agent_id, version=version, policy=self.cfg.rollout.weight_swap)
 
     async def watch_versions(self, buf: JobBuffer) -> None:
@@ -109,6 +113,7 @@ class RolloutAgent:
                     if not state.weights_manifest:
                         continue
                     await self.trainer.advance(state.policy_version)
+                    self.metrics.trainer_version(state.policy_version)
                     idle = loading is None or loading.done()
                     if idle and state.policy_version > self.engine.policy_version:
                         loading = asyncio.create_task(self._load_latest())
@@ -138,6 +143,7 @@ class RolloutAgent:
             trajs = await self._group_unless_untrainable(lease, session)
             if trajs is None:
                 self.groups_abandoned += 1
+                self.metrics.group("abandoned")
                 log.info("group abandoned: too stale to train; prompt handed back", prompt=p.prompt_id,
                          trainer_version=self.trainer.version, attempt=lease.deliveries)
                 await lease.nak()
@@ -147,7 +153,9 @@ class RolloutAgent:
             await buf.publish_trajectories(trajs)
             await lease.ack()
             self.groups_done += 1
+            self.metrics.group("published")
         except Exception as e:
+            self.metrics.group("failed")
             log.error("group failed; prompt handed back", prompt=lease.prompt.prompt_id, error=repr(e))
             with contextlib.suppress(Exception):
                 await lease.nak(delay=1.0)
@@ -175,6 +183,10 @@ class RolloutAgent:
             for task in (group, doomed):
                 task.cancel()
 
+    def _finished(self, task: asyncio.Task) -> None:
+        self.active.discard(task)
+        self.metrics.groups_in_flight(len(self.active))
+
     async def run(self) -> None:
         buf = await JobBuffer.open(self.cfg.buffer.url, self.cfg.job.namespace, self.cfg.job.name, BufferConfig.from_spec(self.cfg.buffer))
         session = aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=None)) if self.cfg.reward.type == "agentEnv" else None
@@ -201,7 +213,8 @@ class RolloutAgent:
                 for lease in leases:
                     task = asyncio.create_task(self.work(buf, lease, session))
                     self.active.add(task)
-                    task.add_done_callback(self.active.discard)
+                    task.add_done_callback(self._finished)
+                self.metrics.groups_in_flight(len(self.active))
                 if watcher.done():
                     watcher.result()  # surfaces a crashed watcher
         finally:

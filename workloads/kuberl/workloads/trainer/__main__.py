@@ -9,6 +9,7 @@ import torch
 
 from kuberl.workloads.config import load_config
 from kuberl.workloads.logs import get_logger
+from kuberl.workloads.observe.serve import serve_metrics
 from kuberl.workloads.trainer.colocated import run_colocated
 from kuberl.workloads.trainer.decoupled import run_decoupled
 
@@ -19,6 +20,7 @@ def main() -> None:
     torch.set_num_threads(int(os.environ.get("KUBERL_TORCH_THREADS", "1")))
     cfg = load_config()
     log.info("trainer starting", job=cfg.job.name, mode=cfg.mode, max_steps=cfg.run_policy.max_steps)
+    serve_metrics()
     asyncio.run(run_colocated(cfg) if cfg.mode == "colocated" else run_decoupled(cfg))
     log.info("trainer finished", job=cfg.job.name)
 

@@ -38,7 +38,9 @@ async def run_colocated(cfg: WorkloadConfig) -> None:
                 n_prompts = math.ceil(n_prompts * cfg.algorithm.over_sampling_factor)
             prompts = tr.prompts.take(n_prompts, stage)
             # Generate the whole rollout batch (on-policy), then train on it.
+            t0 = time.monotonic()
             groups = await asyncio.gather(*(run_group(batcher, p, cfg.reward, tr.prompts.sampling(stage), session, cfg.agent_envs) for p in prompts))
+            generate_s = time.monotonic() - t0
             all_rewards = [t.reward for g in groups for t in g]
             if cfg.algorithm.dynamic_sampling:
                 kept = [g for g in groups if has_signal([t.reward for t in g])]
@@ -47,7 +49,9 @@ async def run_colocated(cfg: WorkloadConfig) -> None:
             step_before = tr.progress.step
             rows = await asyncio.to_thread(tr.train_round, groups)
             # "Update engine weights in place": the trained tensors go straight into the engine.
+            t0 = time.monotonic()
             await batcher.swap({k: v.detach().clone() for k, v in tr.model.state_dict().items()}, tr.progress.version)
+            sync_s = time.monotonic() - t0
             if baseline:
                 rows[0].update(baseline)
                 baseline = {}
@@ -55,12 +59,16 @@ async def run_colocated(cfg: WorkloadConfig) -> None:
                 rows[-1].update(await tr.evaluate(batcher, session))
             for row in rows:
                 row["rollout_reward_mean"] = round(stats(all_rewards)[0], 4)
+                # The round's generation and weight update, shared by the steps trained from it.
+                row["time_generate_s"] = round(generate_s / len(rows), 4)
+                row["time_weight_sync_s"] = round(sync_s / len(rows), 4)
                 await tr.report(row)
             if tr.crossed(step_before, cfg.checkpoint.interval_steps):
                 await asyncio.to_thread(tr.checkpoint)
         manifest = await asyncio.to_thread(tr.publish)
         await tr.buffer.state.publish_version(tr.progress.version, manifest)
     finally:
+        tr.close()
         await batcher.stop()
         if session is not None:
             await session.close()

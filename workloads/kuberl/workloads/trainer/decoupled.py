@@ -81,10 +81,13 @@ async def run_decoupled(cfg: WorkloadConfig) -> None:
             for row in rows:
                 row["stale_dropped"] = stale_dropped
                 row["in_flight"] = len(feeder)
+            sync_s = 0.0
             if tr.crossed(step_before, cfg.weight_store.sync_interval_steps):
                 manifest = await asyncio.to_thread(tr.publish)
                 await buf.state.publish_version(tr.progress.version, manifest)
                 await asyncio.to_thread(tr.store.prune, cfg.weight_store.keep_versions)
+                sync_s = tr.last_sync[0]
+                rows[-1]["weight_sync_bytes"] = tr.last_sync[1]
             if tr.evaluator.enabled and tr.crossed(step_before, cfg.evaluation.interval_steps):
                 engine = tr.evaluation_engine()
                 try:
@@ -104,8 +107,12 @@ async def run_decoupled(cfg: WorkloadConfig) -> None:
             busy = waiting_since - step_start
             for row in rows:
                 row["trainer_idle_percent"] = round(100.0 * waited / max(waited + busy, 1e-9), 2)
+                # The round's wait and weight sync, shared by the steps trained from it.
+                row["time_wait_s"] = round(waited / len(rows), 4)
+                row["time_weight_sync_s"] = round(sync_s / len(rows), 4)
                 await tr.report(row)
     finally:
+        tr.close()
         if session is not None:
             await session.close()
         await buf.close()

@@ -20,6 +20,8 @@ from kuberl.workloads.config import WorkloadConfig
 from kuberl.workloads.engines.batching import BatchingEngine
 from kuberl.workloads.engines.torch_engine import TorchEngine
 from kuberl.workloads.logs import get_logger
+from kuberl.workloads.observe.run_loggers import RunLoggers
+from kuberl.workloads.observe.trainer_metrics import TrainerMetrics
 from kuberl.workloads.policy.tiny.model import TinyQwen2ForCausalLM
 from kuberl.workloads.policy.tiny.train import (
     TinyBackend,
@@ -44,6 +46,7 @@ class Progress:
     step: int = 0
     version: int = 0
     samples_trained: int = 0
+    tokens_trained: int = 0
     rl_seconds: float = 0.0  # wall time spent in RL so far, across restarts
     curriculum: CurriculumState = field(default_factory=CurriculumState)
     resumed_from: int | None = None
@@ -85,8 +88,11 @@ class Trainer:
         self.progress = Progress()
         self.ckpt = CheckpointStore(cfg.checkpoint.uri, cfg.weight_store.endpoint, cfg.weight_store.region, cfg.checkpoint.keep)
         self.metrics = MetricsLog(cfg.output_dir)
+        self.loggers = RunLoggers.open(cfg)
+        self.prometheus = TrainerMetrics()
         self.store = weight_store(cfg)
         self.buffer: JobBuffer | None = None
+        self.last_sync: tuple[float, int] = (0.0, 0)  # seconds and bytes of the latest publish
         self._rl_t0 = time.monotonic()
 
     # ---- lifecycle --------------------------------------------------------------------
@@ -107,6 +113,7 @@ class Trainer:
         self.opt.load_state_dict(state["optimizer"])
         p = state["progress"]
         self.progress = Progress(step=p["step"], version=p["version"], samples_trained=p["samples_trained"],
+                                 tokens_trained=p.get("tokens_trained", 0),
                                  rl_seconds=p["rl_seconds"], curriculum=CurriculumState(
                                      p["curriculum"]["stage"], p["curriculum"]["stage_start_step"],
                                      tuple(p["curriculum"]["recent_pass_rates"])),
@@ -139,6 +146,7 @@ class Trainer:
             "extra": extra or {},
             **({"reference": self.reference.state_dict()} if self.reference is not None else {}),
         })
+        self.loggers.flush()  # event files reach the run-files location with each checkpoint
 
     def rl_seconds(self) -> float:
         return self.progress.rl_seconds + (time.monotonic() - self._rl_t0)
@@ -165,6 +173,7 @@ class Trainer:
         backend = TinyBackend(self.model, self.opt, self.algo.grad_clip)
         reference = TinyBackend(self.reference) if self.reference is not None else None
         lags = [start_version - t.policy_version for t in trajs]
+        lengths = [int(t.loss_mask.sum()) for t in trajs]  # generated tokens (tool outputs are not trained)
         rows = []
         for result in ppo_update(backend, batch, self.algo, reference=reference,
                                  max_steps=self.cfg.run_policy.max_steps - p.step):
@@ -180,12 +189,17 @@ class Trainer:
             mean, std = stats(rewards)
             elapsed = self.rl_seconds()
             step_lags = lags[result.samples]
+            step_lengths = lengths[result.samples]
+            p.tokens_trained += sum(step_lengths)
             rows.append({
                 "step": p.step, "policy_version": p.version, "reward_mean": round(mean, 4), "reward_std": round(std, 4),
                 "pass_rate": round(pass_rate, 4), "samples": len(rewards), "samples_trained": p.samples_trained,
                 "samples_per_s": round(p.samples_trained / max(elapsed, 1e-9), 3), "elapsed_s": round(elapsed, 2),
                 "train_s": round(time.monotonic() - t0, 4), "stage": p.curriculum.stage, "stage_name": self.stages[p.curriculum.stage].name,
+                "tokens": sum(step_lengths), "tokens_per_s": round(p.tokens_trained / max(elapsed, 1e-9), 3),
+                "response_length_mean": round(sum(step_lengths) / len(step_lengths), 3), "response_length_max": max(step_lengths),
                 "staleness_mean": round(sum(step_lags) / len(step_lags), 3), "staleness_max": max(step_lags),
+                "staleness_counts": {str(lag): step_lags.count(lag) for lag in sorted(set(step_lags))},
                 "epoch": result.epoch, "mini_batch": result.mini_batch, "mode": self.cfg.mode, "resumed_from": p.resumed_from,
                 "time": time.time(), **{k: round(v, 5) for k, v in result.metrics.items()},
             })
@@ -203,7 +217,7 @@ class Trainer:
         scores = await self.evaluator.run(engine, session)
         self.last_evaluation = {"step": self.progress.step, "policy_version": self.progress.version, "metrics": scores}
         log.info("evaluation", step=self.progress.step, seconds=round(time.monotonic() - t0, 2), **scores)
-        return {**scores, "eval_step": self.progress.step}
+        return {**scores, "eval_step": self.progress.step, "time_eval_s": round(time.monotonic() - t0, 4)}
 
     def evaluation_engine(self) -> BatchingEngine:
         """An in-process engine on a copy of the current weights (decoupled mode: the rollout
@@ -213,6 +227,8 @@ class Trainer:
     async def report(self, row: dict) -> None:
         """One step's row: to metrics.jsonl, and its headline numbers into the job state."""
         self.metrics.write(row)
+        self.loggers.log(row)
+        self.prometheus.observe_row(row)
         if self.buffer is not None:
             await self.buffer.state.update(lambda s: replace(
                 s, curriculum_stage=row["stage"], counters={**s.counters, "steps": row["step"], "samples": row["samples_trained"]},
@@ -222,5 +238,15 @@ class Trainer:
         log.info("step", **{k: row[k] for k in ("step", "reward_mean", "samples_per_s", "policy_version", "stage")})
 
     def publish(self) -> str:
-        return publish_policy(self.store, self.model, self.progress.version, self.cfg.weight_store.fp8)
+        """Publish the current weights as the current version; returns the manifest URI."""
+        t0 = time.monotonic()
+        published = publish_policy(self.store, self.model, self.progress.version, self.cfg.weight_store.fp8)
+        seconds = time.monotonic() - t0
+        self.prometheus.weight_sync(seconds, published.bytes)
+        self.last_sync = (seconds, published.bytes)
+        return published.uri
+
+    def close(self) -> None:
+        """End of the trainer process: the run loggers finish (and copy their files out)."""
+        self.loggers.close()
 

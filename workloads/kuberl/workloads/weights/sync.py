@@ -8,6 +8,7 @@ rollout agent fetches a version (sha256-verified) and dequantises what was quant
 from __future__ import annotations
 
 import tempfile
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
@@ -23,8 +24,14 @@ def weight_store(cfg: WorkloadConfig) -> WeightStore:
     return WeightStore(client, cfg.weight_store.bucket, cfg.weight_prefix, file_workers=2)
 
 
-def publish_policy(store: WeightStore, model: TinyQwen2ForCausalLM, version: int, use_fp8: bool = False) -> str:
-    """Upload the model as ``version`` (overwriting a version a crashed trainer left); returns the manifest URI."""
+@dataclass(frozen=True)
+class Published:
+    uri: str  # of the version's manifest
+    bytes: int  # of the version's files
+
+
+def publish_policy(store: WeightStore, model: TinyQwen2ForCausalLM, version: int, use_fp8: bool = False) -> Published:
+    """Upload the model as ``version`` (overwriting a version a crashed trainer left)."""
     state = {k: v.detach().float().contiguous() for k, v in model.state_dict().items()}
     config = model.config.to_hf()
     dtype = "float32"
@@ -34,8 +41,8 @@ def publish_policy(store: WeightStore, model: TinyQwen2ForCausalLM, version: int
         dtype = "float8_e4m3fn"
     with tempfile.TemporaryDirectory(prefix="kuberl-weights-") as tmp:
         save_sharded(state, tmp, config=config)
-        store.publish(version, tmp, dtype=dtype, overwrite=True)
-    return store.manifest_uri(version)
+        manifest = store.publish(version, tmp, dtype=dtype, overwrite=True)
+    return Published(store.manifest_uri(version), manifest.total_bytes)
 
 
 def fetch_policy(store: WeightStore, version: int) -> dict[str, torch.Tensor]:

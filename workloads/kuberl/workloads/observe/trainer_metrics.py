@@ -1,0 +1,81 @@
+"""Prometheus series of the trainer process, updated from its metrics.jsonl rows."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from prometheus_client import Counter, Gauge, Histogram
+
+STEP = Gauge("kuberl_trainer_step", "Optimizer steps completed.")
+POLICY_VERSION = Gauge("kuberl_trainer_policy_version", "Policy version of the trainer's weights.")
+SAMPLES = Counter("kuberl_trainer_samples", "Samples trained on.")
+TOKENS = Counter("kuberl_trainer_tokens", "Response tokens trained on.")
+PHASE_SECONDS = Counter("kuberl_trainer_phase_seconds", "Wall time of the training loop, by part: generation "
+                        "(colocated), training, weight_sync, waiting (for trajectories, decoupled), evaluation.", ["part"])
+STEP_SECONDS = Histogram("kuberl_trainer_step_seconds", "Wall time per optimizer step, all parts.",
+                         buckets=(0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300, 600))
+REWARD = Gauge("kuberl_trainer_reward", "Reward of the latest step's samples, by statistic (mean, std, pass_rate).", ["stat"])
+LOSS = Gauge("kuberl_trainer_loss", "Policy loss of the latest optimizer step.")
+POLICY_STATS = Gauge("kuberl_trainer_policy_stat", "Update statistics of the latest step (kl, entropy, clip_frac, grad_norm, "
+                     "ratio_mean, is_weight_mean, is_masked_frac).", ["stat"])
+STALENESS = Gauge("kuberl_trainer_staleness", "Policy versions between the trained samples and the trainer, latest step (mean, max).", ["stat"])
+STALE_DROPPED = Counter("kuberl_trainer_stale_dropped", "Samples dropped as more than maxOffPolicySteps versions old.")
+IDLE = Gauge("kuberl_trainer_idle_percent", "Share of the last round the trainer waited for trajectories (decoupled).")
+RESPONSE_LENGTH = Gauge("kuberl_trainer_response_length_mean", "Mean response length (tokens) of the latest step.")
+STAGE = Gauge("kuberl_trainer_curriculum_stage", "Index of the current curriculum stage.")
+WEIGHT_SYNC_SECONDS = Histogram("kuberl_trainer_weight_sync_seconds", "Time to publish one policy version to the weight store.",
+                                buckets=(0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300))
+WEIGHT_SYNC_BYTES = Counter("kuberl_trainer_weight_sync_bytes", "Bytes of policy versions published.")
+EVAL = Gauge("kuberl_trainer_eval_score", "Latest held-out evaluation, by dataset and score (greedy, pass@1, pass@k).", ["dataset", "score"])
+
+PHASES = {"generation": "time_generate_s", "training": "train_s", "weight_sync": "time_weight_sync_s",
+          "waiting": "time_wait_s", "evaluation": "time_eval_s"}
+POLICY_KEYS = ("kl", "entropy", "clip_frac", "grad_norm", "ratio_mean", "is_weight_mean", "is_masked_frac")
+
+
+class TrainerMetrics:
+    """Feeds the series from rows; counters from per-step values, cumulative ones by difference."""
+
+    def __init__(self) -> None:
+        self._stale_dropped = 0
+        for part in PHASES:
+            PHASE_SECONDS.labels(part)
+
+    def observe_row(self, row: dict[str, Any]) -> None:
+        STEP.set(row["step"])
+        POLICY_VERSION.set(row["policy_version"])
+        SAMPLES.inc(row.get("samples", 0))
+        TOKENS.inc(row.get("tokens", 0))
+        total = 0.0
+        for part, key in PHASES.items():
+            seconds = float(row.get(key) or 0.0)
+            PHASE_SECONDS.labels(part).inc(seconds)
+            total += seconds
+        STEP_SECONDS.observe(total)
+        for stat, key in (("mean", "reward_mean"), ("std", "reward_std"), ("pass_rate", "pass_rate")):
+            REWARD.labels(stat).set(row[key])
+        if "loss" in row:
+            LOSS.set(row["loss"])
+        for key in POLICY_KEYS:
+            if key in row:
+                POLICY_STATS.labels(key).set(row[key])
+        STALENESS.labels("mean").set(row.get("staleness_mean", 0))
+        STALENESS.labels("max").set(row.get("staleness_max", 0))
+        dropped = int(row.get("stale_dropped", self._stale_dropped))
+        if dropped > self._stale_dropped:
+            STALE_DROPPED.inc(dropped - self._stale_dropped)
+        self._stale_dropped = max(dropped, self._stale_dropped)
+        if row.get("trainer_idle_percent") is not None:
+            IDLE.set(row["trainer_idle_percent"])
+        if "response_length_mean" in row:
+            RESPONSE_LENGTH.set(row["response_length_mean"])
+        STAGE.set(row.get("stage", 0))
+        for key, value in row.items():
+            parts = key.split("/")
+            if len(parts) == 3 and parts[0] == "eval":
+                EVAL.labels(parts[1], parts[2]).set(value)
+
+    @staticmethod
+    def weight_sync(seconds: float, nbytes: int) -> None:
+        WEIGHT_SYNC_SECONDS.observe(seconds)
+        WEIGHT_SYNC_BYTES.inc(nbytes)
