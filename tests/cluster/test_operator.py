@@ -556,3 +556,48 @@ def test_jobs_managed_by_another_controller_are_left_alone(kube, namespace, oper
     wait_until("our job started", lambda: trainer_pods(kube, namespace, "ours"), timeout=60)
     time.sleep(3)
     assert not trainer_pods(kube, namespace, "foreign") and not job_status(kube, namespace, "foreign")
+
+
+async def _trainer_reports(url: str, ns: str, job: str, *, step: int, stage: int, evaluation: dict | None) -> None:
+    """What the trainer writes into the job's KV document after a step (`Trainer.report`)."""
+    from dataclasses import replace
+
+    from kuberl.workloads.buffer.admin import BufferConfig
+    from kuberl.workloads.buffer.state import JobMetrics
+    from kuberl.workloads.buffer.stream import JobBuffer
+
+    from kuberl.workloads.spec import BufferSpec
+
+    buf = await JobBuffer.open(url, ns, job, BufferConfig.from_spec(BufferSpec.model_validate(buffer_spec(url))))
+    try:
+        await buf.state.update(lambda s: replace(s, policy_version=step, curriculum_stage=stage,
+                                                 counters={**s.counters, "steps": step, "samples": 128 * step},
+                                                 metrics=JobMetrics(reward_mean=0.5, reward_std=0.1, pass_rate=0.4),
+                                                 evaluation=evaluation or s.evaluation))
+    finally:
+        await buf.close()
+
+
+def test_the_jobs_story_is_told_in_events(kube, namespace, operator, nats_server):
+    """Stage switches, evaluations and weight versions from the trainer's KV reports become
+    Events on the RLJob, and status shows the stage by its name."""
+    curriculum = {"stages": [{"name": "medium", "until": {"steps": 30}}, {"name": "hard"}]}
+    doc = cpu_job("storied", nats_server.url, replicas=1, curriculum=curriculum)
+    doc["spec"]["runPolicy"]["maxSteps"] = 100
+    create(kube, namespace, doc)
+    wait_until("streams", lambda: streams_of(nats_server.url, namespace, "storied"), timeout=60)
+    asyncio.run(_trainer_reports(nats_server.url, namespace, "storied", step=5, stage=0, evaluation=None))
+    wait_until("status step 5", lambda: job_status(kube, namespace, "storied").get("step") == 5, timeout=30)
+    assert job_status(kube, namespace, "storied")["curriculumStage"] == "medium"
+    evaluation = {"step": 40, "policy_version": 40, "metrics": {"eval/held-out/greedy": 0.7, "eval/held-out/pass@1": 0.55}}
+    asyncio.run(_trainer_reports(nats_server.url, namespace, "storied", step=40, stage=1, evaluation=evaluation))
+
+    def told():
+        by_reason = {e.reason: e.message for e in events(kube, namespace, "storied")}
+        return {"StageSwitched", "Evaluated", "WeightsPublished"} <= set(by_reason) and by_reason
+
+    story = wait_until("stage, evaluation and weights events", told, timeout=30)
+    assert story["StageSwitched"] == "curriculum stage medium -> hard at step 40"
+    assert story["Evaluated"] == "step 40 (policy version 40): held-out greedy 0.7, pass@1 0.55"
+    assert story["WeightsPublished"] == "policy version 40 published at step 40"
+    assert job_status(kube, namespace, "storied")["evaluation"]["results"][0]["greedy"] == "0.7"

@@ -98,6 +98,8 @@ def test_progress_from_kv_state():
     assert out["curriculumStage"] == "1" and out["reward"] == {"mean": "0.6123", "passRate": "0.5"}
     assert out["samplesPerSecond"] == "160" and out["estimatedSecondsRemaining"] == 60
     assert sample == (110.0, 3200)
+    named, _ = st.progress(state, max_steps=200, previous=None, now=0, stage_names=("medium", "hard"))
+    assert named["curriculumStage"] == "hard"
     out, _ = st.progress(None, max_steps=10, previous=None, now=0)
     assert out == {"maxSteps": 10}
 

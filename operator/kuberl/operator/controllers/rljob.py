@@ -281,7 +281,9 @@ def _reconcile_job(body: dict, namespace: str, name: str, trigger: str = "timer"
     if not rollout.colocated:
         new_status["rollout"] = {"ready": rollout.ready, "desired": rollout.desired, "summary": f"{rollout.ready}/{rollout.desired}"}
     if state is not None:
-        progress, sample = st.progress(state, max_steps=job.spec.run_policy.max_steps, previous=RT.rate_samples.get(body["metadata"]["uid"]), now=now)
+        stages = tuple(stage.name for stage in job.spec.curriculum.stages) if job.spec.curriculum else ()
+        progress, sample = st.progress(state, max_steps=job.spec.run_policy.max_steps, previous=RT.rate_samples.get(body["metadata"]["uid"]),
+                                       now=now, stage_names=stages)
         if sample is not None:
             RT.rate_samples[body["metadata"]["uid"]] = sample
         new_status.update(progress)

@@ -270,9 +270,11 @@ def progress(
     max_steps: int,
     previous: tuple[float, int] | None,
     now: float,
+    stage_names: tuple[str, ...] = (),
 ) -> tuple[dict[str, Any], tuple[float, int] | None]:
     """Status fields from the job-state document the trainer keeps in KV, and the new
-    (time, samples) sample for the next rate estimate."""
+    (time, samples) sample for the next rate estimate. The trainer records the stage's
+    index; ``stage_names`` (spec.curriculum's, in order) turn it into the stage's name."""
     out: dict[str, Any] = {"maxSteps": max_steps}
     if state is None:
         return out, previous
@@ -281,7 +283,8 @@ def progress(
     out["step"] = step
     out["progressPercent"] = min(100, int(100 * step / max_steps)) if max_steps else 0
     out["policyVersion"] = int(state.policy_version)
-    out["curriculumStage"] = str(state.curriculum_stage)
+    index = int(state.curriculum_stage)
+    out["curriculumStage"] = stage_names[index] if 0 <= index < len(stage_names) else str(index)
     m = state.metrics
     reward = {k: v for k, v in (("mean", _decimal(m.reward_mean)), ("std", _decimal(m.reward_std)),
                                 ("passRate", _decimal(m.pass_rate))) if v is not None}
