@@ -10,6 +10,8 @@ from __future__ import annotations
 import os
 import re
 from pathlib import Path
+
+import numpy as np
 from typing import Any, Protocol
 
 from kuberl.workloads.config import WorkloadConfig
@@ -37,8 +39,6 @@ class TensorBoardLogger:
         for name, value in scalars(row).items():
             self.writer.add_scalar(name, value, global_step=step, walltime=walltime)
         for name, values in histograms(row).items():
-            import numpy as np
-
             self.writer.add_histogram(name, np.asarray(values), global_step=step, walltime=walltime)
 
     def flush(self) -> None:
@@ -59,8 +59,6 @@ class WandbLogger:
         import wandb
 
         spec = cfg.observability.wandb
-        if spec.base_url:
-            os.environ["WANDB_BASE_URL"] = spec.base_url
         if spec.mode == "online" and not os.environ.get("WANDB_API_KEY"):
             raise RuntimeError("observability.wandb.mode is online but WANDB_API_KEY is not set: in a cluster it comes from "
                                "observability.wandb.apiKeySecret; under kuberl run, export it (or use mode: offline)")
@@ -70,7 +68,8 @@ class WandbLogger:
             id=wandb_run_id(cfg.job.namespace, cfg.job.name, cfg.job.uid), resume="allow", group=spec.group, tags=spec.tags,
             config={"mode": cfg.mode, "model": cfg.model.to_wire(), "algorithm": cfg.algorithm.to_wire(),
                     "run_policy": cfg.run_policy.to_wire(), "max_off_policy_steps": cfg.max_off_policy_steps},
-            settings=wandb.Settings(console="off", silent=True),
+            # base_url here, not through the environment: a local run has no pod env to set it.
+            settings=wandb.Settings(console="off", silent=True, **({"base_url": spec.base_url} if spec.base_url else {})),
         )
 
     def log(self, row: dict[str, Any]) -> None:

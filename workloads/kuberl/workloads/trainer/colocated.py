@@ -65,8 +65,8 @@ async def run_colocated(cfg: WorkloadConfig) -> None:
                 await tr.report(row)
             if tr.crossed(step_before, cfg.checkpoint.interval_steps):
                 await asyncio.to_thread(tr.checkpoint)
-        manifest = await asyncio.to_thread(tr.publish)
-        await tr.buffer.state.publish_version(tr.progress.version, manifest)
+        published = await asyncio.to_thread(tr.publish)
+        await tr.buffer.state.publish_version(tr.progress.version, published.uri)
     finally:
         tr.close()
         await batcher.stop()

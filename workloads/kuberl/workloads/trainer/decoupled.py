@@ -32,8 +32,8 @@ async def run_decoupled(cfg: WorkloadConfig) -> None:
     kv_state, _ = await buf.state.get()
     if extra or kv_state.weights_manifest:
         tr.progress.version = max(tr.progress.version, kv_state.policy_version) + 1
-    manifest = await asyncio.to_thread(tr.publish)
-    await buf.state.publish_version(tr.progress.version, manifest)
+    published = await asyncio.to_thread(tr.publish)
+    await buf.state.publish_version(tr.progress.version, published.uri)
     # Staleness is decided here, per sample, so a dropped group's prompt can be replaced at once.
     consumer = await buf.trajectory_consumer(max_off_policy_steps=10**9)
     if extra.get("consumer"):
@@ -83,11 +83,11 @@ async def run_decoupled(cfg: WorkloadConfig) -> None:
                 row["in_flight"] = len(feeder)
             sync_s = 0.0
             if tr.crossed(step_before, cfg.weight_store.sync_interval_steps):
-                manifest = await asyncio.to_thread(tr.publish)
-                await buf.state.publish_version(tr.progress.version, manifest)
+                published = await asyncio.to_thread(tr.publish)
+                await buf.state.publish_version(tr.progress.version, published.uri)
                 await asyncio.to_thread(tr.store.prune, cfg.weight_store.keep_versions)
-                sync_s = tr.last_sync[0]
-                rows[-1]["weight_sync_bytes"] = tr.last_sync[1]
+                sync_s = published.seconds
+                rows[-1]["weight_sync_bytes"] = published.bytes
             if tr.evaluator.enabled and tr.crossed(step_before, cfg.evaluation.interval_steps):
                 engine = tr.evaluation_engine()
                 try:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+from collections import Counter
 import json
 import math
 import time
@@ -36,7 +37,7 @@ from kuberl.workloads.trainer.checkpoints import CheckpointStore
 from kuberl.workloads.trainer.evaluation import Evaluator
 from kuberl.workloads.trainer.groups import staleness_weights
 from kuberl.workloads.trainer.prompts import PromptSource, curriculum_stages
-from kuberl.workloads.weights.sync import publish_policy, weight_store
+from kuberl.workloads.weights.sync import Published, publish_policy, weight_store
 
 log = get_logger(__name__)
 
@@ -92,7 +93,6 @@ class Trainer:
         self.prometheus = TrainerMetrics()
         self.store = weight_store(cfg)
         self.buffer: JobBuffer | None = None
-        self.last_sync: tuple[float, int] = (0.0, 0)  # seconds and bytes of the latest publish
         self._rl_t0 = time.monotonic()
 
     # ---- lifecycle --------------------------------------------------------------------
@@ -199,7 +199,7 @@ class Trainer:
                 "tokens": sum(step_lengths), "tokens_per_s": round(p.tokens_trained / max(elapsed, 1e-9), 3),
                 "response_length_mean": round(sum(step_lengths) / len(step_lengths), 3), "response_length_max": max(step_lengths),
                 "staleness_mean": round(sum(step_lags) / len(step_lags), 3), "staleness_max": max(step_lags),
-                "staleness_counts": {str(lag): step_lags.count(lag) for lag in sorted(set(step_lags))},
+                "staleness_counts": {str(lag): n for lag, n in sorted(Counter(step_lags).items())},
                 "epoch": result.epoch, "mini_batch": result.mini_batch, "mode": self.cfg.mode, "resumed_from": p.resumed_from,
                 "time": time.time(), **{k: round(v, 5) for k, v in result.metrics.items()},
             })
@@ -237,14 +237,11 @@ class Trainer:
                 evaluation=self.last_evaluation or s.evaluation))
         log.info("step", **{k: row[k] for k in ("step", "reward_mean", "samples_per_s", "policy_version", "stage")})
 
-    def publish(self) -> str:
-        """Publish the current weights as the current version; returns the manifest URI."""
-        t0 = time.monotonic()
+    def publish(self) -> Published:
+        """Publish the current weights as the current version."""
         published = publish_policy(self.store, self.model, self.progress.version, self.cfg.weight_store.fp8)
-        seconds = time.monotonic() - t0
-        self.prometheus.weight_sync(seconds, published.bytes)
-        self.last_sync = (seconds, published.bytes)
-        return published.uri
+        self.prometheus.weight_sync(published.seconds, published.bytes)
+        return published
 
     def close(self) -> None:
         """End of the trainer process: the run loggers finish (and copy their files out)."""

@@ -8,6 +8,7 @@ rollout agent fetches a version (sha256-verified) and dequantises what was quant
 from __future__ import annotations
 
 import tempfile
+import time
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -28,10 +29,12 @@ def weight_store(cfg: WorkloadConfig) -> WeightStore:
 class Published:
     uri: str  # of the version's manifest
     bytes: int  # of the version's files
+    seconds: float  # serialise + upload, manifest included
 
 
 def publish_policy(store: WeightStore, model: TinyQwen2ForCausalLM, version: int, use_fp8: bool = False) -> Published:
     """Upload the model as ``version`` (overwriting a version a crashed trainer left)."""
+    t0 = time.monotonic()
     state = {k: v.detach().float().contiguous() for k, v in model.state_dict().items()}
     config = model.config.to_hf()
     dtype = "float32"
@@ -42,7 +45,7 @@ def publish_policy(store: WeightStore, model: TinyQwen2ForCausalLM, version: int
     with tempfile.TemporaryDirectory(prefix="kuberl-weights-") as tmp:
         save_sharded(state, tmp, config=config)
         manifest = store.publish(version, tmp, dtype=dtype, overwrite=True)
-    return Published(store.manifest_uri(version), manifest.total_bytes)
+    return Published(store.manifest_uri(version), manifest.total_bytes, time.monotonic() - t0)
 
 
 def fetch_policy(store: WeightStore, version: int) -> dict[str, torch.Tensor]:
