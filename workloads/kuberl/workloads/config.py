@@ -39,6 +39,15 @@ CONFIG_ENV = "KUBERL_CONFIG"
 METRICS_PORT_ENV = "KUBERL_METRICS_PORT"
 METRICS_ADDR_ENV = "KUBERL_METRICS_ADDR"
 DEFAULT_CONFIG_PATH = "/etc/kuberl/config.yaml"
+# Credentials reach pods from Secrets only (never the ConfigMap): the job's
+# spec.buffer.credentialsSecret is mounted at NATS_CREDENTIALS_MOUNT (keys: `creds`, a NATS
+# credentials file; or `user` + `password`; or `token`) and its path given in
+# NATS_CREDENTIALS_DIR_ENV; spec.weightStore.credentialsSecret's AWS_* keys become the
+# environment variables of the same names (boto3 reads them).
+NATS_CREDENTIALS_DIR_ENV = "KUBERL_NATS_CREDENTIALS_DIR"
+NATS_CREDENTIALS_MOUNT = "/var/run/secrets/kuberl/nats"
+S3_CREDENTIAL_KEYS = ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY")
+S3_OPTIONAL_CREDENTIAL_KEYS = ("AWS_SESSION_TOKEN",)
 
 
 class JobRef(ApiModel):
