@@ -45,6 +45,12 @@ class OperatorSettings:
     health_port: int = 8081  # 0 disables the liveness endpoint
     executor_threads: int = 16  # kopf runs our (synchronous) handlers in this many threads
     extra_labels: dict[str, str] = field(default_factory=dict)
+    # A platform team's guard rails (chart: security.*). AgentEnv authors may not switch the
+    # sandbox off (denyEgress, runAsNonRoot, readOnlyRootFilesystem) unless this is set.
+    allow_sandbox_opt_out: bool = False
+    # Hosts (fnmatch patterns, e.g. "*.kuberl-system.svc") a job's buffer URL and weight
+    # store endpoint may name; empty: any. The operator dials the buffer URL itself.
+    endpoint_allowlist: tuple[str, ...] = ()
 
     @classmethod
     def from_env(cls) -> OperatorSettings:
@@ -63,4 +69,6 @@ class OperatorSettings:
             metrics_port=_env_int("KUBERL_METRICS_PORT", d.metrics_port),
             health_port=_env_int("KUBERL_HEALTH_PORT", d.health_port),
             executor_threads=_env_int("KUBERL_EXECUTOR_THREADS", d.executor_threads),
+            allow_sandbox_opt_out=os.environ.get("KUBERL_ALLOW_SANDBOX_OPT_OUT", "").lower() in ("1", "true", "yes"),
+            endpoint_allowlist=tuple(h.strip() for h in os.environ.get("KUBERL_ENDPOINT_ALLOWLIST", "").split(",") if h.strip()),
         )
