@@ -18,22 +18,53 @@ from tests.support.fixtures_servers import free_port
 pytestmark = pytest.mark.cluster
 
 
-def start_operator(kube: Kube, namespace: str, priority: int, log_path: Path) -> subprocess.Popen:
+def start_operator(kube: Kube, namespace: str | list[str], priority: int, log_path: Path) -> subprocess.Popen:
     env = {**os.environ, "KUBECONFIG": str(kube.kubeconfig), "KUBERL_RECONCILE_INTERVAL": "1", "KUBERL_AUTOSCALER_TICK": "1",
            "KUBERL_METRICS_PORT": str(free_port()), "KUBERL_HEALTH_PORT": str(free_port()), "KUBERL_LOG_FORMAT": "json"}
     with open(log_path, "w") as log:
-        return subprocess.Popen([sys.executable, "-m", "kuberl.operator.cli", "operator", "-n", namespace,
+        scope = [arg for ns in ([namespace] if isinstance(namespace, str) else namespace) for arg in ("-n", ns)]
+        return subprocess.Popen([sys.executable, "-m", "kuberl.operator.cli", "operator", *scope,
                                  "--peering", "kuberl-test", "--priority", str(priority)],
                                 env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+
+
+def install_peering_crds(kube: Kube) -> None:
+    crds = subprocess.run([sys.executable, "-m", "kuberl.operator.cli", "operator", "--print-peering-crds"],
+                          capture_output=True, text=True, check=True).stdout
+    kube.kubectl("apply", "--server-side", "-f", "-", input=crds)
+    kube.kubectl("wait", "--for=condition=Established", "--timeout=60s", "crd/kopfpeerings.kopf.dev")
+
+
+def test_two_watched_namespaces_both_reconcile_with_peering(kube: Kube, namespace: str, nats_server):
+    """kopf keeps a peering per served namespace and pauses where its object is missing: the
+    operator creates one in every watched namespace, so jobs in the second one run too."""
+    install_peering_crds(kube)
+    second = f"{namespace}-b"
+    kube.core.create_namespace({"metadata": {"name": second, "labels": {"kuberl.io/test": "true"}}})
+    wait_until("default service account", lambda: kube.core.list_namespaced_service_account(second).items, timeout=30)
+    logs = Path(tempfile.mkdtemp(prefix="kuberl-peering-ns-"))
+    operator = start_operator(kube, [namespace, second], 300, logs / "operator.log")
+    try:
+        for ns in (namespace, second):
+            wait_until(f"peering object in {ns}", lambda ns=ns: kube.kubectl(
+                "get", "kopfpeering", "kuberl-test", "-n", ns, "--ignore-not-found", "-o", "name").stdout.strip(), timeout=60)
+        create(kube, namespace, cpu_job("first-ns", nats_server.url, replicas=1))
+        create(kube, second, cpu_job("second-ns", nats_server.url, replicas=1))
+        wait_until("job in the first namespace served", lambda: trainer_pods(kube, namespace, "first-ns"), timeout=60)
+        wait_until("job in the second namespace served", lambda: trainer_pods(kube, second, "second-ns"), timeout=60)
+    finally:
+        operator.terminate()
+        try:
+            operator.wait(timeout=20)
+        except subprocess.TimeoutExpired:
+            operator.kill()
+        kube.core.delete_namespace(second)
 
 
 def test_two_replicas_elect_one_active(kube: Kube, namespace: str, nats_server):
     if not getattr(kube, "kwok", getattr(kube, "local", False)):
         pytest.skip("needs kwok fake nodes")
-    crds = subprocess.run([sys.executable, "-m", "kuberl.operator.cli", "operator", "--print-peering-crds"],
-                          capture_output=True, text=True, check=True).stdout
-    kube.kubectl("apply", "--server-side", "-f", "-", input=crds)
-    kube.kubectl("wait", "--for=condition=Established", "--timeout=60s", "crd/kopfpeerings.kopf.dev")
+    install_peering_crds(kube)
     logs = Path(tempfile.mkdtemp(prefix="kuberl-peering-"))
     leader = start_operator(kube, namespace, 200, logs / "leader.log")
     standby = start_operator(kube, namespace, 100, logs / "standby.log")

@@ -8,6 +8,7 @@ answers, and is killed in the fixture's finaliser (and on interpreter exit as a 
 from __future__ import annotations
 
 import atexit
+import json
 import os
 import shutil
 import signal
@@ -85,6 +86,8 @@ class NatsServer:
     port: int = field(default_factory=free_port)
     http_port: int = field(default_factory=free_port)
     max_payload: int = 8 * 1024 * 1024
+    # {"user": ..., "password": ...} or {"token": ...}: clients must authenticate (the chart's stack does).
+    auth: dict[str, str] | None = None
     proc: subprocess.Popen | None = None
 
     @property
@@ -103,6 +106,7 @@ class NatsServer:
             f'http: "127.0.0.1:{self.http_port}"\n'
             f"max_payload: {self.max_payload}\n"
             f'jetstream {{ store_dir: "{self.store_dir}" }}\n'
+            + (f"authorization {{ {', '.join(f'{k}: {json.dumps(v)}' for k, v in self.auth.items())} }}\n" if self.auth else "")
         )
         log = self.root / "nats.log"
         with open(log, "ab") as out:  # the child keeps its own copy of the fd

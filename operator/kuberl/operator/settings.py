@@ -44,6 +44,9 @@ class OperatorSettings:
     metrics_port: int = 9090  # 0 disables the Prometheus endpoint
     health_port: int = 8081  # 0 disables the liveness endpoint
     executor_threads: int = 16  # kopf runs our (synchronous) handlers in this many threads
+    # The RLJob finaliser retries deleting the job's streams this often, 5 s apart, then lets
+    # the job go with a Warning: a NATS outage must not block namespace deletion.
+    finalizer_retries: int = 12
     extra_labels: dict[str, str] = field(default_factory=dict)
     # A platform team's guard rails (chart: security.*). AgentEnv authors may not switch the
     # sandbox off (denyEgress, runAsNonRoot, readOnlyRootFilesystem) unless this is set.
@@ -69,6 +72,7 @@ class OperatorSettings:
             metrics_port=_env_int("KUBERL_METRICS_PORT", d.metrics_port),
             health_port=_env_int("KUBERL_HEALTH_PORT", d.health_port),
             executor_threads=_env_int("KUBERL_EXECUTOR_THREADS", d.executor_threads),
+            finalizer_retries=_env_int("KUBERL_FINALIZER_RETRIES", d.finalizer_retries),
             allow_sandbox_opt_out=os.environ.get("KUBERL_ALLOW_SANDBOX_OPT_OUT", "").lower() in ("1", "true", "yes"),
             endpoint_allowlist=tuple(h.strip() for h in os.environ.get("KUBERL_ENDPOINT_ALLOWLIST", "").split(",") if h.strip()),
         )

@@ -289,11 +289,12 @@ class BufferSpec(ApiModel):
     """The NATS JetStream trajectory buffer."""
 
     cel_rules: ClassVar = (
-        cel("!has(self.credentialsSecret)", "credentialsSecret does not reach the pods yet (issue 18); remove it: the job's processes connect without NATS credentials", ".credentialsSecret"),
+        cel("self.url.matches('^(nats|tls)://[^/@]+$')",
+            "url must be nats://host:port or tls://host:port, without user or password in it: put credentials in the Secret named by credentialsSecret", ".url"),
     )
 
     url: str = Field("nats://kuberl-nats.kuberl-system:4222", min_length=1, max_length=URI_MAX, description="NATS server URL.")
-    credentials_secret: SecretRef | None = Field(None, description="Secret with a `creds` key (NATS credentials file).")
+    credentials_secret: SecretRef | None = Field(None, description="Secret the job's processes (and the operator) authenticate to NATS with: a `creds` key (NATS credentials file), or `user` and `password`, or `token`. Mounted into trainer and rollout pods; its values never enter the job's ConfigMap.")
     stream_replicas: int = Field(1, ge=1, le=5, description="JetStream replicas of the job's streams.")
     # JetStream reserves this much storage up front per stream, so the default stays modest.
     max_stream_bytes: int = Field(1024**3, ge=1024**2, le=1024**5, description="Cap on the trajectory stream's size in bytes (JetStream reserves it when the stream is created).")
@@ -304,14 +305,15 @@ class WeightStoreSpec(ApiModel):
     """The S3 weight store used for weight syncs."""
 
     cel_rules: ClassVar = (
-        cel("!has(self.credentialsSecret)", "credentialsSecret does not reach the pods yet (issue 18); remove it and give the pods AWS credentials another way (e.g. the workload ServiceAccount's IRSA/workload identity)", ".credentialsSecret"),
+        cel("!has(self.endpoint) || self.endpoint.matches('^https?://[^/@]+(/.*)?$')",
+            "endpoint must be http(s)://host[:port] without user or password in it: put the keys in the Secret named by credentialsSecret", ".endpoint"),
     )
 
     endpoint: str | None = Field(None, max_length=URI_MAX, description="S3 endpoint URL; empty uses AWS's.")
     bucket: str = Field(min_length=3, max_length=63, pattern=r"^[a-z0-9][a-z0-9.-]*[a-z0-9]$", description="Bucket name.")
     prefix: str = Field("kuberl", max_length=1024, description="Key prefix; versions go under <prefix>/<namespace>/<job>/v<N>/.")
     region: str | None = Field(None, max_length=64, description="S3 region.")
-    credentials_secret: SecretRef | None = Field(None, description="Secret with AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY.")
+    credentials_secret: SecretRef | None = Field(None, description="Secret with AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY (and optionally AWS_SESSION_TOKEN), set from it as environment variables of the trainer and rollout agents; empty: the pods' own AWS identity (e.g. IRSA).")
     fp8: bool = Field(False, description="Publish blockwise FP8 weights (128x128, e4m3, per-block scale) for the rollout engines.")
     sync_interval_steps: int = Field(1, ge=1, le=100000, description="Publish new weights every N optimizer steps.")
     keep_versions: int = Field(3, ge=1, le=1000, description="Weight versions kept; older ones are pruned.")

@@ -22,6 +22,7 @@ _PLURALS = {
     ("v1", "Pod"): "pods",
     ("v1", "Service"): "services",
     ("v1", "ConfigMap"): "configmaps",
+    ("v1", "Secret"): "secrets",
     ("apps/v1", "Deployment"): "deployments",
     ("networking.k8s.io/v1", "NetworkPolicy"): "networkpolicies",
     (API_VERSION, "RLJob"): "rljobs",
@@ -34,6 +35,17 @@ class KubeError(Exception):
     def __init__(self, status: int, method: str, path: str, body: str):
         super().__init__(f"{method} {path}: HTTP {status}: {body[:500]}")
         self.status = status
+        try:
+            self.server_message = str(json.loads(body).get("message") or body[:500])
+        except (ValueError, AttributeError):
+            self.server_message = body[:500]
+
+    @property
+    def is_refusal(self) -> bool:
+        """The server refused the object itself (invalid, or denied by admission such as Pod
+        Security): retrying the same object cannot succeed. 403 from RBAC looks the same; the
+        message tells them apart."""
+        return self.status in (400, 403, 422)
 
 
 def collection_path(api_version: str, kind: str, namespace: str) -> str:

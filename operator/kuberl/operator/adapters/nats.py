@@ -5,6 +5,12 @@ an event loop holding one long-lived connection per NATS URL (jobs usually share
 server), and the handlers submit coroutines to it with a timeout. A URL that cannot be
 reached is not retried for a short while, so a job pointing at a dead server does not
 stall every reconcile.
+
+Each job authenticates with its own credentials Secret (spec.buffer.credentialsSecret, read
+by the controller and passed in as its keys), so connections are keyed by URL and
+credentials: two jobs on one server share a connection only when their credentials match.
+The operator's connections reconnect a few times and then close; the next call opens a new
+one. A URL appears in messages without any user or password in it.
 """
 
 from __future__ import annotations
@@ -12,8 +18,10 @@ from __future__ import annotations
 import asyncio
 import concurrent.futures
 import threading
+import hashlib
+import json
 import time
-from collections.abc import Coroutine
+from collections.abc import Coroutine, Mapping
 from typing import Any
 
 import nats
@@ -25,6 +33,8 @@ from kuberl.workloads.buffer.admin import (
     delete_streams,
     ensure_job,
 )
+from kuberl.operator.decisions.access import redact_url
+from kuberl.workloads.buffer.auth import auth_options
 from kuberl.workloads.buffer.kv import JobStateStore
 from kuberl.workloads.buffer.names import JobNames
 from kuberl.workloads.buffer.state import JobState
@@ -35,6 +45,24 @@ log = get_logger(__name__)
 
 class NatsUnavailable(Exception):
     pass
+
+
+def _connection_key(url: str, auth: Mapping[str, str] | None) -> str:
+    """The URL plus a digest of the credentials (never the credentials themselves)."""
+    if not auth:
+        return url
+    digest = hashlib.sha256(json.dumps(sorted(auth.items())).encode()).hexdigest()[:16]
+    return f"{url}#{digest}"
+
+
+def _describe(error: Exception, seen: list[Exception]) -> str:
+    """The reason to show: the server's authorization refusal when there was one (nats-py
+    reports it to the error callback, then raises a generic error), else the error itself."""
+    for earlier in [error, *reversed(seen)]:
+        text = str(earlier)
+        if "authorization" in text.lower():
+            return f"authorization refused ({text}); check the job's spec.buffer.credentialsSecret"
+    return str(error) or type(error).__name__
 
 
 class NatsBridge:
@@ -63,55 +91,67 @@ class NatsBridge:
             future.cancel()
             raise NatsUnavailable(f"no answer from NATS within {budget:.0f}s") from None
 
-    async def _js(self, url: str):
-        down = self._down_until.get(url)
+    async def _js(self, url: str, auth: Mapping[str, str] | None):
+        key = _connection_key(url, auth)
+        down = self._down_until.get(key)
         if down and time.monotonic() < down:
-            raise NatsUnavailable(f"{url} was unreachable; retrying after a pause")
-        async with self._lock:  # one connection per URL even when many reconciles start at once
-            return await self._connect(url)
+            raise NatsUnavailable(f"{redact_url(url)} was unreachable; retrying after a pause")
+        async with self._lock:  # one connection per URL and credentials even when many reconciles start at once
+            return await self._connect(url, auth, key)
 
-    async def _connect(self, url: str):
-        nc = self._conns.get(url)
+    async def _connect(self, url: str, auth: Mapping[str, str] | None, key: str):
+        nc = self._conns.get(key)
         if nc is not None and not nc.is_closed:
             return nc.jetstream(timeout=self.timeout_s)
+        seen: list[Exception] = []
+
+        async def remember(error: Exception) -> None:
+            # nats-py logs every failed attempt with a traceback unless given a callback, and
+            # ends with "no servers available": keep the server's own reason to report it once.
+            seen.append(error)
+
         try:
-            nc = await nats.connect(servers=[url], connect_timeout=self.timeout_s, max_reconnect_attempts=-1,
-                                    reconnect_time_wait=1, allow_reconnect=True, name="kuberl-operator")
+            options = auth_options(auth) if auth is not None else {}
+            # Few reconnect attempts: nats-py spends them on the first connect too, and a
+            # closed connection is simply opened again by the next call.
+            nc = await nats.connect(servers=[url], connect_timeout=self.timeout_s, max_reconnect_attempts=2,
+                                    reconnect_time_wait=0.5, allow_reconnect=True, name="kuberl-operator",
+                                    error_cb=remember, **options)
         except Exception as e:  # noqa: BLE001 (nats-py raises several unrelated types)
-            self._down_until[url] = time.monotonic() + self.retry_after_s
-            raise NatsUnavailable(f"cannot connect to {url}: {e}") from e
-        self._conns[url] = nc
+            self._down_until[key] = time.monotonic() + self.retry_after_s
+            raise NatsUnavailable(f"cannot connect to {redact_url(url)}: {_describe(e, seen)}") from e
+        self._conns[key] = nc
         return nc.jetstream(timeout=self.timeout_s)
 
     # -- what the handlers need ----------------------------------------------------------
 
-    def ensure_job(self, url: str, namespace: str, name: str, cfg: BufferConfig) -> None:
+    def ensure_job(self, url: str, namespace: str, name: str, cfg: BufferConfig, auth: Mapping[str, str] | None = None) -> None:
         async def go():
-            await ensure_job(await self._js(url), JobNames.for_job(namespace, name), cfg)
+            await ensure_job(await self._js(url, auth), JobNames.for_job(namespace, name), cfg)
 
         self._run(go())
 
-    def delete_job(self, url: str, namespace: str, name: str) -> list[str]:
+    def delete_job(self, url: str, namespace: str, name: str, auth: Mapping[str, str] | None = None) -> list[str]:
         async def go():
-            return await delete_streams(await self._js(url), JobNames.for_job(namespace, name))
+            return await delete_streams(await self._js(url, auth), JobNames.for_job(namespace, name))
 
         return self._run(go())
 
-    def job_state(self, url: str, namespace: str, name: str) -> JobState | None:
+    def job_state(self, url: str, namespace: str, name: str, auth: Mapping[str, str] | None = None) -> JobState | None:
         """The job-state document the trainer keeps in KV; None before it is written."""
 
         async def go():
-            kv = await (await self._js(url)).key_value(JobNames.for_job(namespace, name).kv_bucket)
+            kv = await (await self._js(url, auth)).key_value(JobNames.for_job(namespace, name).kv_bucket)
             state, revision = await JobStateStore(kv).get()
             return state if revision else None
 
         return self._run(go())
 
-    def backlog(self, url: str, namespace: str, name: str) -> dict[str, int]:
+    def backlog(self, url: str, namespace: str, name: str, auth: Mapping[str, str] | None = None) -> dict[str, int]:
         """Messages not yet handed out from the job's streams (`buffer.admin.backlog`)."""
 
         async def go():
-            return await backlog(await self._js(url), JobNames.for_job(namespace, name))
+            return await backlog(await self._js(url, auth), JobNames.for_job(namespace, name))
 
         return self._run(go())
 

@@ -15,6 +15,7 @@ from kuberl.operator.api.common import (
     Placement,
     ResourceRequirements,
     cel,
+    dns_label_rule,
     list_map,
 )
 from kuberl.operator.api.constants import API_VERSION
@@ -74,6 +75,8 @@ class AgentEnvStatus(ApiModel):
 
 class AgentEnv(ApiModel):
     """An environment service that rollout agents run multi-turn episodes against."""
+
+    cel_rules: ClassVar = (dns_label_rule("AgentEnv", "the name of its Service and NetworkPolicies", 50),)
 
     kind_info: ClassVar = {
         "kind": "AgentEnv",

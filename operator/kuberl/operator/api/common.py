@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, ClassVar, Literal
 
 from pydantic import Field, WithJsonSchema
 
@@ -18,6 +18,17 @@ from kuberl.workloads.spec import (  # noqa: F401  (re-exported for the API modu
     cel,
     list_map,
 )
+
+def dns_label_rule(kind: str, becomes: str, max_length: int = 63) -> dict[str, str]:
+    """A root-level CEL rule: the object's name must be a DNS-1035 label, because its
+    children (Services) carry it. The API server accepts names like `my.job.v1` for custom
+    resources; refusing them here beats a child the server rejects later."""
+    return cel(
+        f"self.metadata.name.matches('^[a-z]([-a-z0-9]*[a-z0-9])?$') && size(self.metadata.name) <= {max_length}",
+        f"metadata.name must be a DNS-1035 label of at most {max_length} characters (lower-case letters, digits and '-', "
+        f"starting with a letter, no dots): a {kind}'s name becomes {becomes}",
+    )
+
 
 Quantity = Annotated[
     int | str,
@@ -53,11 +64,35 @@ class Toleration(ApiModel):
     toleration_seconds: int | None = Field(None, ge=0, description="How long a NoExecute taint is tolerated.")
 
 
-class EnvVar(ApiModel):
-    """A literal environment variable for the containers."""
+class KeyRef(ApiModel):
+    """One key of a Secret or ConfigMap in the object's namespace."""
 
-    name: str = Field(min_length=1, max_length=SHORT_STRING_MAX, description="Variable name.")
-    value: str = Field("", max_length=32768, description="Variable value.")
+    name: Name = Field(description="Name of the Secret or ConfigMap.")
+    key: str = Field(min_length=1, max_length=SHORT_STRING_MAX, pattern=r"^[-._a-zA-Z0-9]+$", description="Key within it.")
+    optional: bool | None = Field(None, description="Start the container even when the key is missing (the variable is then unset).")
+
+
+class EnvVarSource(ApiModel):
+    """Where a variable's value comes from: a Secret key (credentials never belong in the spec) or a ConfigMap key."""
+
+    cel_rules: ClassVar = (
+        cel("has(self.secretKeyRef) != has(self.configMapKeyRef)", "set exactly one of secretKeyRef and configMapKeyRef"),
+    )
+
+    secret_key_ref: KeyRef | None = Field(None, description="A key of a Secret in the job's namespace.")
+    config_map_key_ref: KeyRef | None = Field(None, description="A key of a ConfigMap in the job's namespace.")
+
+
+class EnvVar(ApiModel):
+    """An environment variable for the containers: a literal value, or one taken from a Secret or ConfigMap."""
+
+    cel_rules: ClassVar = (
+        cel("!(has(self.value) && has(self.valueFrom))", "set value or valueFrom, not both; put secrets in a Secret and use valueFrom.secretKeyRef", ".valueFrom"),
+    )
+
+    name: str = Field(min_length=1, max_length=SHORT_STRING_MAX, pattern=r"^[-._a-zA-Z][-._a-zA-Z0-9]*$", description="Variable name.")
+    value: str | None = Field(None, max_length=32768, description="A literal value (not for secrets: use valueFrom.secretKeyRef).")
+    value_from: EnvVarSource | None = Field(None, description="Take the value from a Secret or ConfigMap key.")
 
 
 class Placement(ApiModel):

@@ -19,6 +19,7 @@ from kuberl.operator.api.common import (
     Placement,
     ResourceRequirements,
     cel,
+    dns_label_rule,
     list_map,
 )
 from kuberl.operator.api.constants import API_VERSION
@@ -239,6 +240,7 @@ class RLJobStatus(ApiModel):
     rollout: RolloutCounts | None = Field(None, description="Rollout pods ready/desired.")
     last_checkpoint: CheckpointStatus | None = Field(None, description="Newest checkpoint.")
     restarts: int = Field(0, ge=0, description="Gang restarts so far.")
+    disruptions: int = Field(0, ge=0, description="Gang restarts caused by evictions or preemptions (pods with a DisruptionTarget condition); they do not count against backoffLimit.")
     start_time: str | None = Field(None, description="When the trainer first started (RFC 3339).")
     completion_time: str | None = Field(None, description="When the job succeeded or failed (RFC 3339).")
 
@@ -251,6 +253,7 @@ class RLJob(ApiModel):
             f"size(self.metadata.name) <= {JOB_NAME_MAX}",
             f"metadata.name must be at most {JOB_NAME_MAX} characters (pod and stream names are derived from it)",
         ),
+        dns_label_rule("RLJob", "its trainer Service's and pods' names", JOB_NAME_MAX),
     )
 
     kind_info: ClassVar = {

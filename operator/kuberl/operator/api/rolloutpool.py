@@ -15,6 +15,7 @@ from kuberl.operator.api.common import (
     Placement,
     ResourceRequirements,
     cel,
+    dns_label_rule,
     list_map,
 )
 from kuberl.operator.api.constants import API_VERSION
@@ -105,6 +106,8 @@ class RolloutPoolStatus(ApiModel):
 
 class RolloutPool(ApiModel):
     """An autoscaled pool of rollout engines that RLJobs generate with."""
+
+    cel_rules: ClassVar = (dns_label_rule("RolloutPool", "its Service's name", 63),)
 
     kind_info: ClassVar = {
         "kind": "RolloutPool",

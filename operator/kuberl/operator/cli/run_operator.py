@@ -52,7 +52,10 @@ def cmd_operator(args: argparse.Namespace) -> int:
     clusterwide = not namespaces
     priority = args.priority if args.priority is not None else random.randint(1, 1_000_000)
     if not args.standalone:
-        ensure_peering_object(RT.kube, args.peering, None if clusterwide else namespaces[0])
+        # kopf keeps a namespaced peering per served namespace and stays paused in any
+        # namespace whose peering object is missing: create it in every one of them.
+        for namespace in [None] if clusterwide else namespaces:
+            ensure_peering_object(RT.kube, args.peering, namespace)
     log.info("starting operator", namespaces=namespaces or "*", peering=None if args.standalone else args.peering,
              priority=priority, liveness=liveness, pid=os.getpid())
     kopf.run(

@@ -18,13 +18,17 @@ from kuberl.operator.children.agentenv import (
 from kuberl.operator.controllers.runtime import (
     RT,
     SETTINGS,
+    _event,
     _hash,
+    access_policy,
     ensure_cached,
     ensure_workload,
+    guarded,
     patch_status,
     reconcile_fresh,
     timer_round,
 )
+from kuberl.operator.decisions import access
 from kuberl.operator.decisions import status as st
 from kuberl.operator.naming import agent_env_url
 from kuberl.workloads.logs import get_logger
@@ -33,12 +37,23 @@ log = get_logger(__name__)
 
 
 def reconcile_env(body: Mapping, trigger: str) -> None:
-    reconcile_fresh("AgentEnv", body, trigger, lambda fresh: _reconcile_env(fresh, trigger))
+    reconcile_fresh("AgentEnv", body, trigger, guarded("AgentEnv", lambda fresh: _reconcile_env(fresh, trigger)))
 
 
 def _reconcile_env(fresh: dict, trigger: str) -> None:
     namespace, name, uid = fresh["metadata"]["namespace"], fresh["metadata"]["name"], fresh["metadata"]["uid"]
     env = AgentEnv.model_validate({"metadata": fresh["metadata"], "spec": fresh.get("spec") or {}})
+    old = fresh.get("status") or {}
+    errors = access.sandbox_errors(env.spec, "spec", access_policy())
+    if errors:
+        # Refused before any pod exists: a sandbox switched off against the installation's policy.
+        message = "; ".join(f"{path}: {why}" for path, why in errors)
+        conds = st.set_condition(old.get("conditions"), "Ready", False, st.INVALID_SPEC, message, now=time.time(),
+                                 generation=fresh["metadata"].get("generation"))
+        if (st.find(old.get("conditions"), "Ready") or {}).get("message") != message:
+            _event(fresh, "Warning", st.INVALID_SPEC, message)
+        patch_status("AgentEnv", namespace, name, old, {"conditions": conds, "observedGeneration": fresh["metadata"].get("generation")})
+        return
     deployment = agent_env_deployment(env, namespace, RT.settings)
     live = RT.kube.get("apps/v1", "Deployment", namespace, name)
     live = ensure_workload(deployment, fresh, live) or live or {}
@@ -52,11 +67,12 @@ def _reconcile_env(fresh: dict, trigger: str) -> None:
         if not (trigger == "timer" and RT.ensured.fresh(uid, key, _hash(None), time.monotonic())):
             RT.kube.delete("networking.k8s.io/v1", "NetworkPolicy", namespace, policy_name)
             RT.ensured.asserted(uid, key, _hash(None), time.monotonic())
-    old = fresh.get("status") or {}
     desired = deployment["spec"]["replicas"]
     new = st.workload_status(old, live.get("status") or {}, desired, what="pods", reasons=("PodsReady", "NoPodReady"),
                              ready_if_empty=desired == 0, now=time.time(), generation=fresh["metadata"].get("generation"))
     new["endpoint"] = agent_env_url(namespace, name, env.spec.port)
+    for event in st.rejection_events(old.get("conditions"), new["conditions"]):
+        _event(fresh, event.type, event.reason, event.message)
     patch_status("AgentEnv", namespace, name, old, new)
 
 

@@ -10,6 +10,7 @@ from typing import Any
 import kopf
 
 from kuberl.operator.adapters import metrics
+from kuberl.operator.adapters.kube import KubeError
 from kuberl.operator.api import RLJob
 from kuberl.operator.api.agentenv import AgentEnvSpec
 from kuberl.operator.api.constants import (
@@ -35,6 +36,8 @@ from kuberl.operator.controllers.runtime import (
     _controller_uid,
     _event,
     _set_paused,
+    access_policy,
+    buffer_auth,
     buffer_default_url,
     ensure,
     ensure_cached,
@@ -42,9 +45,10 @@ from kuberl.operator.controllers.runtime import (
     patch_status,
     plain,
     reconcile_fresh,
+    secret_data,
     timer_round,
 )
-from kuberl.operator.decisions import lifecycle
+from kuberl.operator.decisions import access, lifecycle
 from kuberl.operator.decisions import references as semantics
 from kuberl.operator.decisions import status as st
 from kuberl.operator.naming import pool_name_for, trainer_selector
@@ -52,6 +56,8 @@ from kuberl.workloads.buffer.admin import BufferConfig
 from kuberl.workloads.logs import get_logger
 
 log = get_logger(__name__)
+
+FINALIZER_RETRY_DELAY_S = 5
 
 
 def _parse_job(body: Mapping) -> RLJob:
@@ -75,7 +81,12 @@ def _lookups(job: RLJob, namespace: str) -> tuple[semantics.Lookups, dict[str, d
             return None
         return semantics.Existing(owner_uid=_controller_uid(obj), spec=obj.get("spec") or {}, bound_job=(obj.get("status") or {}).get("boundJob"))
 
-    lookups = semantics.Lookups(pools={n: existing(o) for n, o in pools.items()}, envs={n: existing(o) for n, o in envs.items()}, active_jobs=active)
+    secrets = {}
+    for need in access.secret_needs(job):
+        data = secret_data(namespace, need.name)
+        secrets[need.name] = frozenset(data) if data is not None else None
+    lookups = semantics.Lookups(pools={n: existing(o) for n, o in pools.items()}, envs={n: existing(o) for n, o in envs.items()},
+                                active_jobs=active, secrets=secrets)
     return lookups, pools, envs
 
 
@@ -123,11 +134,16 @@ def _ensure_children(body: Mapping, job: RLJob, namespace: str, pools: dict, env
     key = (job.metadata.get("uid") or name, url)
     if key not in RT.streams_ready:
         try:
-            RT.nats.ensure_job(url, namespace, name, BufferConfig.from_spec(job.spec.buffer))
+            RT.nats.ensure_job(url, namespace, name, BufferConfig.from_spec(job.spec.buffer), auth=_buffer_auth(job))
             RT.streams_ready.add(key)
         except Exception as e:  # noqa: BLE001 (NATS down or unreachable: retried next round)
-            return False, st.BUFFER_UNAVAILABLE, f"creating JetStream streams at {url} failed: {e}"
+            return False, st.BUFFER_UNAVAILABLE, f"creating JetStream streams at {access.redact_url(url)} failed: {e}"
     return True, "ChildrenCreated", "config, rendezvous service, rollout pool, agent envs and streams exist"
+
+
+def _buffer_auth(job: RLJob) -> dict[str, str] | None:
+    ref = job.spec.buffer.credentials_secret
+    return buffer_auth(job.metadata["namespace"], {"credentialsSecret": {"name": ref.name}} if ref else None)
 
 
 def _pod_views(namespace: str, name: str) -> tuple[lifecycle.PodView, ...]:
@@ -144,6 +160,7 @@ def _pod_views(namespace: str, name: str) -> tuple[lifecycle.PodView, ...]:
             ready=ready,
             deleting=bool(meta.get("deletionTimestamp")),
             message=status.get("message", ""),
+            disrupted=any(c.get("type") == "DisruptionTarget" and c.get("status") == "True" for c in status.get("conditions") or []),
         ))
     return tuple(views)
 
@@ -153,7 +170,10 @@ def _rollout_view(job: RLJob, pools: dict) -> st.RolloutView:
     if pool_name is None:
         return st.RolloutView(colocated=True)
     pool = pools.get(pool_name) or {}
-    return st.RolloutView(colocated=False, ready=(pool.get("status") or {}).get("readyReplicas", 0), desired=(pool.get("spec") or {}).get("replicas", 0))
+    ready = st.find((pool.get("status") or {}).get("conditions"), "Ready") or {}
+    rejected = f"RolloutPool {pool_name}: {ready.get('message')}" if ready.get("reason") == st.PODS_REJECTED else None
+    return st.RolloutView(colocated=False, ready=(pool.get("status") or {}).get("readyReplicas", 0),
+                          desired=(pool.get("spec") or {}).get("replicas", 0), rejected=rejected)
 
 
 def reconcile_job(body: Mapping, trigger: str) -> None:
@@ -168,7 +188,7 @@ def _reconcile_job(body: dict, namespace: str, name: str, trigger: str = "timer"
     conds = old_status.get("conditions") or []
     generation = body["metadata"].get("generation")
     lookups, pools, envs = _lookups(job, namespace)
-    errors = semantics.semantic_errors(job, lookups)
+    errors = semantics.semantic_errors(job, lookups, access_policy())
     failed = st.find(conds, st.FAILED)
     invalid_before = failed is not None and failed.get("status") == "True" and failed.get("reason") == st.INVALID_SPEC
     started = st.is_true(conds, st.CREATED)
@@ -192,7 +212,12 @@ def _reconcile_job(body: dict, namespace: str, name: str, trigger: str = "timer"
     finished = st.is_finished(conds)
     created = (True, "ChildrenCreated", "")
     if not finished:
-        created = _ensure_children(body, job, namespace, pools, envs, trigger)
+        try:
+            created = _ensure_children(body, job, namespace, pools, envs, trigger)
+        except KubeError as e:
+            if not e.is_refusal:
+                raise
+            created = (False, st.CHILD_REJECTED, f"the API server refused a child of the job: {e.server_message}")
     elif st.find(conds, st.CREATED):
         c = st.find(conds, st.CREATED)
         created = (c["status"] == "True", c.get("reason", ""), c.get("message", ""))
@@ -203,6 +228,7 @@ def _reconcile_job(body: dict, namespace: str, name: str, trigger: str = "timer"
         replicas=job.spec.trainer.replicas,
         backoff_limit=job.spec.run_policy.backoff_limit,
         restarts=restarts,
+        disruptions=int(old_status.get("disruptions", 0)),
         suspend=job.spec.suspend,
         finished=finished,
         completion_time=st.parse_rfc3339(old_status.get("completionTime")),
@@ -220,15 +246,21 @@ def _reconcile_job(body: dict, namespace: str, name: str, trigger: str = "timer"
     if plan.restarted:
         # Count the restart before deleting anything: a crash in between then cannot
         # restart twice (the old generation's pods are stale and deleted on sight).
-        RT.kube.patch(API_VERSION, "RLJob", namespace, name, {"status": {"restarts": plan.restarts}}, subresource="status")
-        old_status["restarts"] = plan.restarts
+        RT.kube.patch(API_VERSION, "RLJob", namespace, name, {"status": {"restarts": plan.restarts, "disruptions": plan.disruptions}},
+                      subresource="status")
+        old_status["restarts"], old_status["disruptions"] = plan.restarts, plan.disruptions
         metrics.GANG_RESTARTS.inc()
         _event(body, "Warning", "GangRestart", plan.restarted)
     for pod in plan.delete:
         RT.kube.delete("v1", "Pod", namespace, pod)
     if plan.create and created[0]:
-        for index in plan.create:
-            ensure(trainer_pod(job, namespace, index, plan.restarts, RT.settings), body)
+        try:
+            for index in plan.create:
+                ensure(trainer_pod(job, namespace, index, plan.restarts, RT.settings), body)
+        except KubeError as e:
+            if not e.is_refusal:
+                raise
+            created = (False, st.CHILD_REJECTED, f"the API server refused trainer pod {index}: {e.server_message}")
     pool_name = pool_name_for(job)
     # A pause only changes an annotation (the children's spec handlers do not fire), so
     # the child is reconciled here at once: its Deployment scales now, not on its next
@@ -252,10 +284,10 @@ def _reconcile_job(body: dict, namespace: str, name: str, trigger: str = "timer"
         buffer_seen = (False, created[2])
     elif created[0]:
         try:
-            state = RT.nats.job_state(job.spec.buffer.url, namespace, name)
-            buffer_seen = (True, f"JetStream at {job.spec.buffer.url} reachable")
+            state = RT.nats.job_state(job.spec.buffer.url, namespace, name, auth=_buffer_auth(job))
+            buffer_seen = (True, f"JetStream at {access.redact_url(job.spec.buffer.url)} reachable")
         except Exception as e:  # noqa: BLE001 (progress is best effort; the next round retries)
-            buffer_seen = (False, f"reading job state from JetStream at {job.spec.buffer.url} failed: {e}")
+            buffer_seen = (False, f"reading job state from JetStream at {access.redact_url(job.spec.buffer.url)} failed: {e}")
     new_conds = st.job_conditions(
         conds,
         buffer=buffer_seen,
@@ -272,6 +304,7 @@ def _reconcile_job(body: dict, namespace: str, name: str, trigger: str = "timer"
         "phase": st.phase_of(new_conds),
         "observedGeneration": generation,
         "restarts": plan.restarts,
+        "disruptions": plan.disruptions,
         # The clock starts when the gang is really created, not while creation waits on the buffer.
         "startTime": st.rfc3339(plan.start_time) if plan.start_time is not None and (created[0] or view.start_time) else None,
     }
@@ -289,7 +322,8 @@ def _reconcile_job(body: dict, namespace: str, name: str, trigger: str = "timer"
         new_status.update(progress)
     elif created[0]:
         new_status.setdefault("maxSteps", job.spec.run_policy.max_steps)
-    for event in [*st.transition_events(conds, new_conds), *st.progress_events(old_status, new_status)]:
+    for event in [*st.transition_events(conds, new_conds), *st.rejection_events(conds, new_conds),
+                  *st.progress_events(old_status, new_status)]:
         _event(body, event.type, event.reason, event.message)
     patch_status("RLJob", namespace, name, old_status, new_status)
     RT.phases.set(body["metadata"]["uid"], new_status["phase"])
@@ -332,15 +366,28 @@ def rljob_timer(body: kopf.Body, **_: Any) -> None:
 
 
 @kopf.on.delete(GROUP, VERSION, "rljobs", when=managed_by_us)
-def rljob_deleted(body: kopf.Body, spec: kopf.Spec, namespace: str, name: str, uid: str, **_: Any) -> None:
-    """The finaliser: Kubernetes collects owned children, but JetStream is not Kubernetes."""
+def rljob_deleted(body: kopf.Body, spec: kopf.Spec, namespace: str, name: str, uid: str, retry: int, **_: Any) -> None:
+    """The finaliser: Kubernetes collects owned children, but JetStream is not Kubernetes.
+
+    Removing the streams is retried for about a minute (settings.finalizer_retries); after that the
+    job is let go with a Warning naming what is left, so a NATS outage never holds a
+    namespace's deletion hostage."""
     pool_ref = (spec.get("rollout") or {}).get("poolRef")
     if pool_ref and spec.get("mode", "decoupled") != "colocated":
         _release_shared_pool(None, namespace, name, RT.kube.get(API_VERSION, "RolloutPool", namespace, pool_ref))
-    url = (spec.get("buffer") or {}).get("url") or buffer_default_url()
+    buffer = spec.get("buffer") or {}
+    url = buffer.get("url") or buffer_default_url()
     try:
-        deleted = RT.nats.delete_job(url, namespace, name)
+        deleted = RT.nats.delete_job(url, namespace, name, auth=buffer_auth(namespace, buffer))
     except Exception as e:
-        raise kopf.TemporaryError(f"deleting the job's JetStream streams at {url} failed: {e}", delay=5) from e
+        where = access.redact_url(url)
+        if retry + 1 >= RT.settings.finalizer_retries:
+            message = (f"gave up deleting the job's JetStream streams and KV bucket at {where} after {retry + 1} attempts ({e}); "
+                       f"delete them by hand (`nats stream rm`) or they expire with the server's limits")
+            _event(body, "Warning", "BufferCleanupAbandoned", message)
+            log.warning("finaliser gave up on the buffer", namespace=namespace, name=name, error=str(e))
+            RT.forget(uid)
+            return
+        raise kopf.TemporaryError(f"deleting the job's JetStream streams at {where} failed: {e}", delay=FINALIZER_RETRY_DELAY_S) from e
     log.info("RLJob deleted", namespace=namespace, name=name, streams=deleted)
     RT.forget(uid)

@@ -17,9 +17,11 @@ from kuberl.operator.controllers.runtime import (
     RT,
     SETTINGS,
     _event,
+    buffer_auth,
     buffer_default_url,
     ensure_cached,
     ensure_workload,
+    guarded,
     patch_status,
     reconcile_fresh,
     timer_round,
@@ -46,7 +48,7 @@ def reconcile_pool(body: Mapping, trigger: str, autoscale: bool = False) -> None
             fresh = _autoscale(fresh, namespace, name) or fresh
         _reconcile_pool(fresh, namespace, name, trigger)
 
-    reconcile_fresh("RolloutPool", body, trigger, round_)
+    reconcile_fresh("RolloutPool", body, trigger, guarded("RolloutPool", round_))
 
 
 def _reconcile_pool(body: dict, namespace: str, name: str, trigger: str = "timer") -> None:
@@ -64,6 +66,8 @@ def _reconcile_pool(body: dict, namespace: str, name: str, trigger: str = "timer
                              reasons=("EnginesReady", "NoEngineReady"), ready_if_empty=pool.spec.replicas == 0,
                              now=time.time(), generation=body["metadata"].get("generation"))
     new["selector"] = selector_string(pool_selector(name))
+    for event in st.rejection_events(old.get("conditions"), new["conditions"]):
+        _event(body, event.type, event.reason, event.message)
     if bound and job_body is not None:
         new["boundJob"] = bound
     patch_status("RolloutPool", namespace, name, old, new)
@@ -77,12 +81,13 @@ def read_signals(job_body: dict | None, namespace: str) -> autoscaler.Signals:
     url = ((job_body.get("spec") or {}).get("buffer") or {}).get("url") or buffer_default_url()
     name = job_body["metadata"]["name"]
     try:
-        backlog = RT.nats.backlog(url, namespace, name)
+        auth = buffer_auth(namespace, (job_body.get("spec") or {}).get("buffer"))
+        backlog = RT.nats.backlog(url, namespace, name, auth=auth)
     except Exception:  # noqa: BLE001 (no signal this round: the policy then holds)
         return autoscaler.Signals()
     idle = None
     try:
-        state = RT.nats.job_state(url, namespace, name)
+        state = RT.nats.job_state(url, namespace, name, auth=auth)
         idle = state.metrics.trainer_idle_percent if state is not None else None
     except Exception:  # noqa: BLE001
         pass

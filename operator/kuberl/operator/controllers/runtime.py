@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import base64
 import hashlib
 import json
 import threading
@@ -12,7 +13,7 @@ from typing import Any
 import kopf
 
 from kuberl.operator.adapters import metrics
-from kuberl.operator.adapters.kube import Kube, api_client_from_environment
+from kuberl.operator.adapters.kube import Kube, KubeError, api_client_from_environment
 from kuberl.operator.adapters.nats import NatsBridge
 from kuberl.operator.api.constants import (
     API_VERSION,
@@ -21,6 +22,7 @@ from kuberl.operator.api.constants import (
     SPEC_HASH_ANNOTATION,
 )
 from kuberl.operator.children.common import is_paused
+from kuberl.operator.decisions.access import AccessPolicy
 from kuberl.operator.decisions.resync import EnsureCache
 from kuberl.operator.decisions.status import changed_fields
 from kuberl.operator.settings import OperatorSettings
@@ -45,6 +47,7 @@ class Runtime:
         self.streams_ready: set[tuple[str, str]] = set()  # (uid, url)
         self.last_autoscale_eval: dict[str, float] = {}
         self.ensured = EnsureCache(settings.resync_period_s)
+        self.secrets: dict[tuple[str, str], tuple[float, dict[str, str] | None]] = {}
 
     @property
     def kube(self) -> Kube:
@@ -162,6 +165,36 @@ def _set_paused(api_version: str, kind: str, namespace: str, obj: dict[str, Any]
     return True
 
 
+SECRET_TTL_S = 30.0  # a rotated Secret is picked up within this; saves a GET per job per round
+
+
+def secret_data(namespace: str, name: str) -> dict[str, str] | None:
+    """A Secret's keys and values (decoded), None when it does not exist. The values are used
+    to authenticate and never logged, put in status, Events or ConfigMaps."""
+    key, now = (namespace, name), time.monotonic()
+    cached = RT.secrets.get(key)
+    if cached is not None and now - cached[0] < SECRET_TTL_S:
+        return cached[1]
+    obj = RT.kube.get("v1", "Secret", namespace, name)
+    data = None if obj is None else {k: base64.b64decode(v).decode(errors="replace") for k, v in (obj.get("data") or {}).items()}
+    if data is not None:  # a missing Secret is looked for again next round: the job waits on it
+        RT.secrets[key] = (now, data)
+    return data
+
+
+def buffer_auth(namespace: str, buffer: Mapping | None) -> dict[str, str] | None:
+    """The job's NATS credentials (spec.buffer.credentialsSecret), None when it names none.
+    A missing Secret gives empty credentials: the connection then fails naming the field."""
+    ref = (buffer or {}).get("credentialsSecret")
+    if not ref:
+        return None
+    return secret_data(namespace, ref["name"]) or {}
+
+
+def access_policy() -> AccessPolicy:
+    return AccessPolicy(endpoint_allowlist=RT.settings.endpoint_allowlist, allow_sandbox_opt_out=RT.settings.allow_sandbox_opt_out)
+
+
 def buffer_default_url() -> str:
     from kuberl.workloads.spec import BufferSpec
 
@@ -181,6 +214,36 @@ def reconcile_fresh(kind: str, body: Mapping, trigger: str, reconcile: Callable[
         if fresh is None or fresh["metadata"].get("uid") != meta["uid"]:
             return
         reconcile(fresh)
+
+
+def report_refusal(kind: str, body: Mapping, error: KubeError) -> None:
+    """A child of a RolloutPool or AgentEnv was refused by the API server: say so on the
+    parent (Ready False, ChildRejected, the server's words) and in a Warning Event, once per
+    new message, instead of retrying the same object silently every round."""
+    from kuberl.operator.decisions import status as st
+
+    meta = body["metadata"]
+    old = plain(body.get("status") or {})
+    message = f"the API server refused a child: {error.server_message}"
+    conds = st.set_condition(old.get("conditions"), "Ready", False, st.CHILD_REJECTED, message, now=time.time(),
+                             generation=meta.get("generation"))
+    for event in st.rejection_events(old.get("conditions"), conds):
+        _event(body, event.type, event.reason, event.message)
+    log.warning(f"{kind} child refused", namespace=meta["namespace"], name=meta["name"], error=error.server_message)
+    patch_status(kind, meta["namespace"], meta["name"], old, {"conditions": conds})
+
+
+def guarded(kind: str, reconcile: Callable[[dict[str, Any]], None]) -> Callable[[dict[str, Any]], None]:
+    """`reconcile`, with refused children reported (`report_refusal`) rather than raised."""
+    def run(fresh: dict[str, Any]) -> None:
+        try:
+            reconcile(fresh)
+        except KubeError as e:
+            if not e.is_refusal:
+                raise
+            report_refusal(kind, fresh, e)
+
+    return run
 
 
 def timer_round(kind: str, body: Mapping, run: Callable[[], None]) -> None:

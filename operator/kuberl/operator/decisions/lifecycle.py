@@ -25,6 +25,10 @@ class PodView:
     ready: bool = False
     deleting: bool = False
     message: str = ""
+    # The pod was evicted, preempted or drained (its DisruptionTarget condition): not the
+    # trainer's fault, so the restart it causes is not counted against backoffLimit, as a
+    # Job's podFailurePolicy Ignore rule on DisruptionTarget does.
+    disrupted: bool = False
 
 
 @dataclass(frozen=True)
@@ -41,6 +45,7 @@ class JobView:
     ttl_after_finished_s: int | None
     pods: tuple[PodView, ...]
     now: float
+    disruptions: int = 0  # restarts so far caused by disruptions (not counted against backoffLimit)
 
 
 @dataclass
@@ -48,6 +53,7 @@ class Plan:
     create: list[int] = field(default_factory=list)  # replica indices to create for the current generation
     delete: list[str] = field(default_factory=list)  # pod names to delete
     restarts: int = 0
+    disruptions: int = 0
     restarted: str | None = None  # message when this round restarts the gang
     terminal: tuple[str, str, str] | None = None  # (Succeeded|Failed, reason, message)
     start_time: float | None = None
@@ -61,7 +67,7 @@ def _live(pods: tuple[PodView, ...]) -> list[PodView]:
 
 
 def decide(view: JobView) -> Plan:
-    plan = Plan(restarts=view.restarts, start_time=view.start_time)
+    plan = Plan(restarts=view.restarts, disruptions=view.disruptions, start_time=view.start_time)
     live = _live(view.pods)
 
     if view.finished:
@@ -90,14 +96,21 @@ def decide(view: JobView) -> Plan:
     failed = [p for p in current if p.phase == "Failed"]
     if failed:
         names = ", ".join(sorted(p.name for p in failed))
-        if view.restarts >= view.backoff_limit:
+        if all(p.disrupted for p in failed):
+            plan.restarts, plan.disruptions = view.restarts + 1, view.disruptions + 1
+            plan.restarted = (f"trainer pod(s) {names} were disrupted (evicted or preempted); restarting the gang from the last "
+                              f"checkpoint, not counted against backoffLimit ({view.restarts - view.disruptions}/{view.backoff_limit} used)")
+            plan.delete = [p.name for p in live]
+            return plan
+        if view.restarts - view.disruptions >= view.backoff_limit:
             plan.delete = [p.name for p in live if p.phase not in ("Succeeded", "Failed")]
             plan.pause_children = True
             plan.terminal = (st.FAILED, st.BACKOFF_LIMIT_EXCEEDED,
-                             f"trainer pod(s) {names} failed after {view.restarts} gang restart(s) (backoffLimit={view.backoff_limit})")
+                             f"trainer pod(s) {names} failed after {view.restarts - view.disruptions} counted gang restart(s) (backoffLimit={view.backoff_limit})")
             return plan
         plan.restarts = view.restarts + 1
-        plan.restarted = f"trainer pod(s) {names} failed; restarting the gang from the last checkpoint ({plan.restarts}/{view.backoff_limit})"
+        plan.restarted = (f"trainer pod(s) {names} failed; restarting the gang from the last checkpoint "
+                          f"({plan.restarts - view.disruptions}/{view.backoff_limit})")
         plan.delete = [p.name for p in live]
         return plan
 

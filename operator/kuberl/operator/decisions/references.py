@@ -14,6 +14,7 @@ from typing import Any
 from kuberl.operator.api import RLJob
 from kuberl.operator.api.rolloutpool import RolloutPoolSpec
 from kuberl.operator.children.rollout import default_pool_spec
+from kuberl.operator.decisions.access import AccessPolicy, endpoint_errors, sandbox_errors, secret_errors
 from kuberl.operator.children.trainer import trainer_ranks
 from kuberl.operator.naming import pool_name_for
 
@@ -32,6 +33,7 @@ class Lookups:
     pools: dict[str, Existing | None]  # every pool name the job uses -> what exists
     envs: dict[str, Existing | None]  # every agent-env name the job uses -> what exists
     active_jobs: frozenset[str] = frozenset()  # unfinished RLJobs in the namespace
+    secrets: dict[str, frozenset[str] | None] = field(default_factory=dict)  # Secret name -> its keys (None: missing)
 
 
 def referenced_names(job: RLJob) -> tuple[list[str], list[str]]:
@@ -47,7 +49,7 @@ def _engine_fits(spec: RolloutPoolSpec, where: str) -> list[tuple[str, str]]:
     return []
 
 
-def semantic_errors(job: RLJob, lookups: Lookups) -> list[tuple[str, str]]:
+def semantic_errors(job: RLJob, lookups: Lookups, policy: AccessPolicy = AccessPolicy()) -> list[tuple[str, str]]:
     """(field path, message) for every problem; empty when the job can run."""
     errors: list[tuple[str, str]] = []
     name = job.metadata.get("name", "")
@@ -90,6 +92,10 @@ def semantic_errors(job: RLJob, lookups: Lookups) -> list[tuple[str, str]]:
             errors.append((f"spec.agentEnvs[{i}].name", f"AgentEnv {entry.name!r} does not exist in this namespace (set spec to create it inline)"))
         if entry.spec is not None and existing is not None and existing.owner_uid != uid:
             errors.append((f"spec.agentEnvs[{i}].name", f"an AgentEnv named {entry.name!r} already exists and is not owned by this job"))
+        if entry.spec is not None:
+            errors += sandbox_errors(entry.spec, f"spec.agentEnvs[{i}].spec", policy)
+    errors += secret_errors(job, lookups.secrets)
+    errors += endpoint_errors(job, policy)
     return errors
 
 

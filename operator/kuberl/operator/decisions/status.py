@@ -35,6 +35,11 @@ BUFFER_AVAILABLE = "BufferAvailable"
 
 # Conditions whose False is news even when it is their first value: announced as Warnings.
 WARN_WHEN_FALSE = frozenset({BUFFER_READY})
+# The API server refused a child (422: invalid; 403: admission, e.g. Pod Security): the
+# user must change something, so these are shown as conditions and Warning Events, not retried silently.
+CHILD_REJECTED = "ChildRejected"
+PODS_REJECTED = "PodsRejected"
+REJECTION_REASONS = frozenset({CHILD_REJECTED, PODS_REJECTED})
 
 
 def rfc3339(epoch: float) -> str:
@@ -124,6 +129,29 @@ def transition_events(old: list[dict[str, Any]] | None, new: list[dict[str, Any]
     return events
 
 
+def rejection_events(old: list[dict[str, Any]] | None, new: list[dict[str, Any]] | None) -> list[Event]:
+    """A Warning whenever a condition newly says a child was refused, or is refused for a new reason
+    (`transition_events` sees only status changes, and these stay False while the reason changes)."""
+    events = []
+    for cond in new or []:
+        if cond.get("reason") not in REJECTION_REASONS:
+            continue
+        before = find(old, cond["type"]) or {}
+        if before.get("reason") == cond["reason"] and before.get("message") == cond.get("message"):
+            continue
+        events.append(Event("Warning", cond["reason"], f"{cond['type']}: {cond.get('message', '')}"))
+    return events
+
+
+def replica_failure(deployment_status: dict[str, Any]) -> str | None:
+    """Why a Deployment's ReplicaSet cannot create pods (its ReplicaFailure condition), e.g. a
+    Pod Security refusal or an exceeded quota; None when it can."""
+    for cond in deployment_status.get("conditions") or []:
+        if cond.get("type") == "ReplicaFailure" and cond.get("status") == "True":
+            return cond.get("message") or cond.get("reason") or "ReplicaFailure"
+    return None
+
+
 @dataclass(frozen=True)
 class TrainerView:
     """What the conditions need to know about the current trainer gang."""
@@ -149,8 +177,11 @@ def workload_status(old: dict[str, Any], deployment_status: dict[str, Any], desi
     no pods counts as ready."""
     ready_count = counted_ready(deployment_status.get("readyReplicas", 0), desired)
     ready = ready_count > 0 or ready_if_empty
-    conds = set_condition(old.get("conditions"), "Ready", ready, reasons[0] if ready else reasons[1],
-                          f"{ready_count}/{desired} {what} ready", now=now, generation=generation)
+    reason, message = (reasons[0] if ready else reasons[1]), f"{ready_count}/{desired} {what} ready"
+    failure = replica_failure(deployment_status) if desired > ready_count else None
+    if failure is not None:
+        reason, message = PODS_REJECTED, f"{message}; the API server refuses to create them: {failure}"
+    conds = set_condition(old.get("conditions"), "Ready", ready, reason, message, now=now, generation=generation)
     return {
         "replicas": deployment_status.get("replicas", 0),
         "readyReplicas": ready_count,
@@ -169,6 +200,7 @@ class RolloutView:
     colocated: bool
     ready: int = 0
     desired: int = 0
+    rejected: str | None = None  # the pool's pods are refused by the API server: why
 
 
 def job_conditions(
@@ -215,6 +247,8 @@ def job_conditions(
         put(ROLLOUT_READY, not finished and not suspended, "Colocated", "the trainer pods run the engine")
     elif rollout.ready > 0 and not finished and not suspended:
         put(ROLLOUT_READY, True, "EnginesReady", f"{rollout.ready}/{rollout.desired} rollout pods ready")
+    elif rollout.rejected and not finished and not suspended:
+        put(ROLLOUT_READY, False, PODS_REJECTED, rollout.rejected)
     else:
         why = "JobFinished" if finished else "Suspended" if suspended else "NoEngineReady"
         put(ROLLOUT_READY, False, why, f"{rollout.ready}/{rollout.desired} rollout pods ready")

@@ -10,6 +10,7 @@ import nats.errors
 import nats.js.errors
 from nats.js import api
 
+from kuberl.workloads.buffer.auth import process_auth_options
 from kuberl.workloads.buffer.names import JobNames
 from kuberl.workloads.logs import get_logger
 from kuberl.workloads.spec import BufferSpec
@@ -51,7 +52,8 @@ class BufferConfig:
 
 async def connect(servers: str | Sequence[str], **kwargs) -> nats.NATS:
     """A connection that rides out server restarts (reconnects forever, buffers meanwhile)."""
-    opts = {"max_reconnect_attempts": -1, "reconnect_time_wait": 0.5, "connect_timeout": 5, "name": "kuberl"}
+    opts = {"max_reconnect_attempts": -1, "reconnect_time_wait": 0.5, "connect_timeout": 5, "name": "kuberl",
+            **process_auth_options()}
     opts.update(kwargs)
     return await nats.connect(servers=list([servers] if isinstance(servers, str) else servers), **opts)
 
