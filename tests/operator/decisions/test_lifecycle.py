@@ -101,3 +101,17 @@ def test_shared_pool_is_left_alone_unless_done_bound_to_us_and_not_owned():
     assert lifecycle.release_shared_pool("j", _shared_pool(None), owned=False, done=True) is None
     assert lifecycle.release_shared_pool("j", _shared_pool("j"), owned=True, done=True) is None
     assert lifecycle.release_shared_pool("j", None, owned=False, done=True) is None
+
+
+def test_disrupted_ranks_restart_the_gang_without_using_the_backoff_limit():
+    evicted = lifecycle.PodView("j-trainer-1", 1, 2, "Failed", disrupted=True)
+    plan = decide(view([pod(0, gen=2), evicted], restarts=2, disruptions=1, backoff_limit=1))
+    assert plan.terminal is None and plan.restarts == 3 and plan.disruptions == 2
+    assert "not counted against backoffLimit" in plan.restarted and "(1/1 used)" in plan.restarted
+    # The same failure without the DisruptionTarget condition is the trainer's own: the limit is spent.
+    crashed = lifecycle.PodView("j-trainer-1", 1, 2, "Failed")
+    plan = decide(view([pod(0, gen=2), crashed], restarts=2, disruptions=1, backoff_limit=1))
+    assert plan.terminal[1] == "BackoffLimitExceeded" and "1 counted gang restart" in plan.terminal[2]
+    # A disrupted rank next to a crashed one: the crash counts.
+    plan = decide(view([lifecycle.PodView("j-trainer-0", 0, 0, "Failed", disrupted=True), pod(1, "Failed")], backoff_limit=2))
+    assert plan.restarts == 1 and plan.disruptions == 0

@@ -144,3 +144,24 @@ def test_progress_events_tell_stage_switches_evaluations_and_weight_versions():
     assert st.progress_events({**new, "policyVersion": 61}, {**new, "policyVersion": 69}) == []
     # The first stage is no switch; a job without a stage or evaluation says nothing of them.
     assert st.progress_events({"maxSteps": 100}, {"step": 1, "maxSteps": 100, "policyVersion": 1, "curriculumStage": "all"}) == []
+
+
+def test_refused_pods_are_a_reason_and_a_warning_once_per_message():
+    from kuberl.operator.decisions import status as st
+
+    refused = {"replicas": 0, "conditions": [{"type": "ReplicaFailure", "status": "True", "reason": "FailedCreate",
+                                                "message": 'pods "p" is forbidden: exceeded quota: no-pods'}]}
+    new = st.workload_status({}, refused, 2, what="rollout pods", reasons=("EnginesReady", "NoEngineReady"),
+                             ready_if_empty=False, now=1.0, generation=1)
+    ready = st.find(new["conditions"], "Ready")
+    assert ready["reason"] == st.PODS_REJECTED and "exceeded quota: no-pods" in ready["message"]
+    events = st.rejection_events(None, new["conditions"])
+    assert [(e.type, e.reason) for e in events] == [("Warning", "PodsRejected")]
+    assert st.rejection_events(new["conditions"], new["conditions"]) == []  # no repeat for the same refusal
+    healthy = st.workload_status({}, {"readyReplicas": 2, "replicas": 2}, 2, what="rollout pods",
+                                 reasons=("EnginesReady", "NoEngineReady"), ready_if_empty=False, now=1.0, generation=1)
+    assert st.find(healthy["conditions"], "Ready")["reason"] == "EnginesReady"
+    conds = st.job_conditions(None, created=(True, "ChildrenCreated", ""), trainer=st.TrainerView(1, 1),
+                              rollout=st.RolloutView(False, 0, 2, rejected="RolloutPool p: refused"), suspended=False,
+                              terminal=None, now=1.0, generation=1)
+    assert st.find(conds, st.ROLLOUT_READY)["reason"] == st.PODS_REJECTED
