@@ -10,13 +10,8 @@ from __future__ import annotations
 
 import asyncio
 import copy
-import os
-import subprocess
-import sys
-import tempfile
 import time
 import urllib.request
-from pathlib import Path
 
 import nats
 import pytest
@@ -25,6 +20,7 @@ import yaml
 from kuberl.workloads.buffer.names import JobNames
 from tests.support.fixtures_cluster import EXAMPLES_DIR, Kube, wait_until
 from tests.support.fixtures_servers import free_port
+from tests.support.operator_process import operator_process
 
 pytestmark = pytest.mark.cluster
 
@@ -40,42 +36,8 @@ def _needs_fake_nodes(kube: Kube):
 
 @pytest.fixture(scope="module")
 def operator(kube: Kube, nats_server):
-    log_path = Path(tempfile.mkdtemp(prefix="kuberl-operator-")) / "operator.log"
-    health = free_port()
-    env = {
-        **os.environ,
-        "KUBECONFIG": str(kube.kubeconfig),
-        "KUBERL_RECONCILE_INTERVAL": "1",
-        "KUBERL_AUTOSCALER_TICK": "1",
-        "KUBERL_RESYNC_PERIOD": "5",
-        "KUBERL_METRICS_PORT": str(free_port()),
-        "KUBERL_HEALTH_PORT": str(health),
-        "KUBERL_LOG_FORMAT": "json",
-    }
-    with open(log_path, "w") as log:
-        proc = subprocess.Popen([sys.executable, "-m", "kuberl.operator.cli", "operator", "--standalone"],
-                                env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
-
-    def healthy():
-        if proc.poll() is not None:
-            raise AssertionError(f"operator exited {proc.returncode}:\n{log_path.read_text()[-5000:]}")
-        try:
-            with urllib.request.urlopen(f"http://127.0.0.1:{health}/healthz", timeout=1) as r:
-                return r.status == 200
-        except OSError:
-            return False
-
-    wait_until("operator liveness endpoint", healthy, timeout=60)
-    proc.log_path = log_path
-    proc.metrics_port = int(env["KUBERL_METRICS_PORT"])
-    yield proc
-    proc.terminate()
-    try:
-        proc.wait(timeout=20)
-    except subprocess.TimeoutExpired:
-        proc.kill()
-    if os.environ.get("KUBERL_TEST_SHOW_OPERATOR_LOG"):
-        print(log_path.read_text()[-20000:])
+    with operator_process(kube) as proc:
+        yield proc
 
 
 # ---------------------------------------------------------------------------------------
