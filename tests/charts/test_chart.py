@@ -232,7 +232,7 @@ def test_bad_values_are_refused_naming_the_field(helm: Path, args: list[str], na
 
 # -- RBAC: least privilege, statically -------------------------------------------------------
 
-FORBIDDEN_RESOURCES = {"secrets", "nodes", "pods/exec", "pods/attach", "pods/portforward", "serviceaccounts/token",
+FORBIDDEN_RESOURCES = {"nodes", "pods/exec", "pods/attach", "pods/portforward", "serviceaccounts/token",
                        "clusterroles", "clusterrolebindings", "roles", "rolebindings", "serviceaccounts",
                        "certificatesigningrequests", "validatingwebhookconfigurations", "mutatingwebhookconfigurations"}
 FORBIDDEN_VERBS = {"*", "escalate", "bind", "impersonate", "approve", "deletecollection"}
@@ -249,6 +249,10 @@ def test_rbac_rules_grant_nothing_broad(helm: Path, values: str):
             assert "*" not in rule["apiGroups"] and "*" not in rule["resources"], where
             assert not FORBIDDEN_VERBS & set(rule["verbs"]), where
             assert not FORBIDDEN_RESOURCES & set(rule["resources"]), where
+            # Secrets: read by name only (the job's NATS credentials, and whether the Secrets
+            # a job names exist); never listed or watched, so no Secret can be discovered.
+            if "secrets" in rule["resources"]:
+                assert rule["resources"] == ["secrets"] and rule["verbs"] == ["get"], where
             assert "nonResourceURLs" not in rule, where
     for binding in by_kind(docs, "ClusterRoleBinding") + by_kind(docs, "RoleBinding"):
         assert binding["roleRef"]["name"] not in ("cluster-admin", "admin", "edit"), binding

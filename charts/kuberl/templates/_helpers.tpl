@@ -73,30 +73,46 @@ No Secrets: pods reference credential Secrets by name (secretKeyRef), which need
 grant to the operator. No pods/exec, no nodes, no RBAC objects.
 */ -}}
 {{- define "kuberl.operatorRules" -}}
+# Exactly the calls the operator makes (tests/charts/test_rbac_derived.py derives them
+# from the code and fails on a grant no code uses). kopf lists, watches and patches the
+# three kinds (finalizers, progress annotations); the operator reads them, creates a job's
+# inline pool and envs, patches specs and status, and deletes a job after its TTL.
 - apiGroups: [kuberl.io]
-  resources: [rljobs, rolloutpools, agentenvs]
-  verbs: [get, list, watch, create, update, patch, delete]
+  resources: [rljobs]
+  verbs: [get, list, watch, patch, delete]
 - apiGroups: [kuberl.io]
-  resources: [rljobs/status, rolloutpools/status, agentenvs/status, rolloutpools/scale]
-  verbs: [get, update, patch]
+  resources: [rolloutpools, agentenvs]
+  verbs: [get, list, watch, create, patch]
+- apiGroups: [kuberl.io]
+  resources: [rljobs/status, rolloutpools/status, agentenvs/status]
+  verbs: [patch]
 # Children are created with blockOwnerDeletion owner references, which needs update on
 # the owner's finalizers subresource.
 - apiGroups: [kuberl.io]
   resources: [rljobs/finalizers, rolloutpools/finalizers, agentenvs/finalizers]
   verbs: [update]
+# Trainer pods: created, listed by the job's selector, deleted on a gang restart.
 - apiGroups: [""]
   resources: [pods]
-  verbs: [get, list, watch, create, patch, delete]
+  verbs: [get, list, create, delete]
 - apiGroups: [""]
-  resources: [services, configmaps]
-  verbs: [get, list, watch, create, update, patch, delete]
+  resources: [services]
+  verbs: [get, create]
+- apiGroups: [""]
+  resources: [configmaps]
+  verbs: [get, create, patch]
+# The Secrets a job names (its NATS credentials; existence and keys of the others) are
+# read, by name, to authenticate to the job's buffer and to say which one is missing.
+- apiGroups: [""]
+  resources: [secrets]
+  verbs: [get]
 - apiGroups: [apps]
   resources: [deployments]
-  verbs: [get, list, watch, create, update, patch, delete]
+  verbs: [get, create, patch]
 - apiGroups: [networking.k8s.io]
   resources: [networkpolicies]
-  verbs: [get, list, watch, create, update, patch, delete]
-- apiGroups: ["", events.k8s.io]
+  verbs: [get, create, delete]
+- apiGroups: [""]
   resources: [events]
-  verbs: [create, patch]
+  verbs: [create]
 {{- end }}
