@@ -563,3 +563,19 @@ def test_the_jobs_story_is_told_in_events(kube, namespace, operator, nats_server
     assert story["Evaluated"] == "step 40 (policy version 40): held-out greedy 0.7, pass@1 0.55"
     assert story["WeightsPublished"] == "policy version 40 published at step 40"
     assert job_status(kube, namespace, "storied")["evaluation"]["results"][0]["greedy"] == "0.7"
+
+
+def test_an_evicted_rank_restarts_the_gang_without_spending_the_backoff_limit(kube, namespace, operator, nats_server):
+    """A pod the kubelet evicted (node pressure) fails with a DisruptionTarget condition: the
+    gang restarts, and the restart is not counted against backoffLimit (Job's podFailurePolicy does the same)."""
+    create(kube, namespace, cpu_job("evicted", nats_server.url, runPolicy={"maxSteps": 10, "backoffLimit": 0}))
+    wait_phase(kube, namespace, "evicted", "Running", timeout=90)
+    now = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
+    kube.core.patch_namespaced_pod_status("evicted-trainer-1", namespace, {"status": {
+        "phase": "Failed", "reason": "Evicted", "message": "The node was low on resource: memory.",
+        "conditions": [{"type": "DisruptionTarget", "status": "True", "reason": "TerminationByKubelet", "lastTransitionTime": now}]}})
+    status = wait_until("restart after the eviction", lambda: (s := job_status(kube, namespace, "evicted")).get("restarts") == 1 and s, timeout=60)
+    assert status["disruptions"] == 1 and status["phase"] != "Failed"
+    restart = next(e for e in events(kube, namespace, "evicted") if e.reason == "GangRestart")
+    assert "not counted against backoffLimit" in restart.message
+    wait_phase(kube, namespace, "evicted", "Running", timeout=60)
