@@ -54,6 +54,12 @@ class OperatorSettings:
     # Hosts (fnmatch patterns, e.g. "*.kuberl-system.svc") a job's buffer URL and weight
     # store endpoint may name; empty: any. The operator dials the buffer URL itself.
     endpoint_allowlist: tuple[str, ...] = ()
+    # Read the Secrets a job names (by name; RBAC get on secrets): to authenticate to the
+    # job's buffer with the job's own NATS identity and to name a missing Secret in the
+    # job's status. Off (chart rbac.readJobSecrets=false): no Secret is ever read; the
+    # operator uses its own mounted NATS credentials (KUBERL_NATS_CREDENTIALS_DIR) and a
+    # missing Secret shows only on the pods.
+    read_job_secrets: bool = True
 
     @classmethod
     def from_env(cls) -> OperatorSettings:
@@ -74,5 +80,6 @@ class OperatorSettings:
             executor_threads=_env_int("KUBERL_EXECUTOR_THREADS", d.executor_threads),
             finalizer_retries=_env_int("KUBERL_FINALIZER_RETRIES", d.finalizer_retries),
             allow_sandbox_opt_out=os.environ.get("KUBERL_ALLOW_SANDBOX_OPT_OUT", "").lower() in ("1", "true", "yes"),
+            read_job_secrets=os.environ.get("KUBERL_READ_JOB_SECRETS", "true").lower() not in ("0", "false", "no"),
             endpoint_allowlist=tuple(h.strip() for h in os.environ.get("KUBERL_ENDPOINT_ALLOWLIST", "").split(",") if h.strip()),
         )

@@ -77,3 +77,8 @@ def test_urls_lose_their_credentials_before_any_message():
     assert redact_url("nats://user:pw@nats.svc:4222") == "nats://nats.svc:4222"
     assert redact_url("https://AKIA:secret@s3.example.com/path") == "https://s3.example.com/path"
     assert redact_url("nats://nats.svc:4222") == "nats://nats.svc:4222"
+
+
+def test_secrets_that_are_not_read_are_not_judged():
+    # rbac.readJobSecrets=false: the operator cannot know, so it does not claim they are missing.
+    assert semantic_errors(credentialed(), Lookups({"tiny-arithmetic-rollout": None}, {}, secrets=None)) == []

@@ -95,3 +95,16 @@ def test_the_operator_bridge_uses_each_jobs_credentials(guarded_nats):
 
     with pytest.raises(Exception, match="(?i)authorization"):
         run(anonymous())
+
+
+def test_without_a_jobs_secret_the_operator_uses_its_own_mounted_credentials(guarded_nats, tmp_path, monkeypatch):
+    """rbac.readJobSecrets=false: the operator reads no Secret and authenticates as itself."""
+    for key, value in USER.items():
+        (tmp_path / key).write_text(value)
+    monkeypatch.setenv(NATS_CREDENTIALS_DIR_ENV, str(tmp_path))
+    bridge = NatsBridge(timeout_s=2.0, retry_after_s=0.0)
+    try:
+        bridge.ensure_job(guarded_nats.url, "ns", "own-identity", BufferConfig(trajectories_max_bytes=16 * 1024**2))
+        assert bridge.delete_job(guarded_nats.url, "ns", "own-identity")
+    finally:
+        bridge.close()

@@ -34,7 +34,7 @@ from kuberl.workloads.buffer.admin import (
     ensure_job,
 )
 from kuberl.operator.decisions.access import redact_url
-from kuberl.workloads.buffer.auth import auth_options
+from kuberl.workloads.buffer.auth import auth_options, process_auth_options
 from kuberl.workloads.buffer.kv import JobStateStore
 from kuberl.workloads.buffer.names import JobNames
 from kuberl.workloads.buffer.state import JobState
@@ -111,7 +111,8 @@ class NatsBridge:
             seen.append(error)
 
         try:
-            options = auth_options(auth) if auth is not None else {}
+            # The job's own credentials; without them, the operator's (a mounted Secret, if any).
+            options = auth_options(auth) if auth is not None else process_auth_options()
             # Few reconnect attempts: nats-py spends them on the first connect too, and a
             # closed connection is simply opened again by the next call.
             nc = await nats.connect(servers=[url], connect_timeout=self.timeout_s, max_reconnect_attempts=2,

@@ -81,10 +81,12 @@ def _lookups(job: RLJob, namespace: str) -> tuple[semantics.Lookups, dict[str, d
             return None
         return semantics.Existing(owner_uid=_controller_uid(obj), spec=obj.get("spec") or {}, bound_job=(obj.get("status") or {}).get("boundJob"))
 
-    secrets = {}
-    for need in access.secret_needs(job):
-        data = secret_data(namespace, need.name)
-        secrets[need.name] = frozenset(data) if data is not None else None
+    secrets: dict[str, frozenset[str] | None] | None = None  # None: not read (the installation forbids it)
+    if RT.settings.read_job_secrets:
+        secrets = {}
+        for need in access.secret_needs(job):
+            data = secret_data(namespace, need.name)
+            secrets[need.name] = frozenset(data) if data is not None else None
     lookups = semantics.Lookups(pools={n: existing(o) for n, o in pools.items()}, envs={n: existing(o) for n, o in envs.items()},
                                 active_jobs=active, secrets=secrets)
     return lookups, pools, envs

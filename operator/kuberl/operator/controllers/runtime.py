@@ -186,8 +186,8 @@ def buffer_auth(namespace: str, buffer: Mapping | None) -> dict[str, str] | None
     """The job's NATS credentials (spec.buffer.credentialsSecret), None when it names none.
     A missing Secret gives empty credentials: the connection then fails naming the field."""
     ref = (buffer or {}).get("credentialsSecret")
-    if not ref:
-        return None
+    if not ref or not RT.settings.read_job_secrets:
+        return None  # the operator's own credentials, if it has any (NatsBridge)
     return secret_data(namespace, ref["name"]) or {}
 
 

@@ -33,7 +33,8 @@ class Lookups:
     pools: dict[str, Existing | None]  # every pool name the job uses -> what exists
     envs: dict[str, Existing | None]  # every agent-env name the job uses -> what exists
     active_jobs: frozenset[str] = frozenset()  # unfinished RLJobs in the namespace
-    secrets: dict[str, frozenset[str] | None] = field(default_factory=dict)  # Secret name -> its keys (None: missing)
+    # Secret name -> its keys (None: missing); None as a whole: Secrets are not read here.
+    secrets: dict[str, frozenset[str] | None] | None = field(default_factory=dict)
 
 
 def referenced_names(job: RLJob) -> tuple[list[str], list[str]]:
@@ -94,7 +95,8 @@ def semantic_errors(job: RLJob, lookups: Lookups, policy: AccessPolicy = AccessP
             errors.append((f"spec.agentEnvs[{i}].name", f"an AgentEnv named {entry.name!r} already exists and is not owned by this job"))
         if entry.spec is not None:
             errors += sandbox_errors(entry.spec, f"spec.agentEnvs[{i}].spec", policy)
-    errors += secret_errors(job, lookups.secrets)
+    if lookups.secrets is not None:
+        errors += secret_errors(job, lookups.secrets)
     errors += endpoint_errors(job, policy)
     return errors
 
