@@ -22,6 +22,8 @@ OPERATOR_MAY_IMPORT = {
     "kuberl.workloads.spec", "kuberl.workloads.config", "kuberl.workloads.logs", "kuberl.workloads.localproc",
     "kuberl.workloads.buffer.names", "kuberl.workloads.buffer.admin", "kuberl.workloads.buffer.state",
     "kuberl.workloads.buffer.kv",
+    # The shape of a NATS credentials Secret, read the same way by the operator and the pods.
+    "kuberl.workloads.buffer.auth",
 }
 PURE = ["kuberl.operator.api", "kuberl.operator.naming", "kuberl.operator.children", "kuberl.operator.decisions",
         "kuberl.operator.schema", "kuberl.workloads.rl", "kuberl.workloads.spec", "kuberl.workloads.buffer.names",
