@@ -88,6 +88,7 @@ class WorkloadConfig(ApiModel):
     run_policy: RunPolicy = Field(description="Steps and limits.")
     rollout: RolloutRuntime = Field(description="Rollout agent runtime (colocated: the trainer's own engine).")
     agent_envs: dict[str, str] = Field(default_factory=dict, description="Agent environment name -> base URL.")
+    agent_env_episode_timeouts: dict[str, int] = Field(default_factory=dict, description="Agent environment name -> its episodeTimeoutSeconds (how long agents wait for an answer).")
     observability: ObservabilitySpec = Field(default_factory=ObservabilitySpec, description="Run loggers.")
     run_files_uri: str | None = Field(None, description="Where the trainer copies its run files (tensorboard/, wandb/): <checkpoint uri>/run in a cluster; none under kuberl run, where they stay in the output directory.")
     output_dir: str = Field("/var/run/kuberl", description="Where metrics (JSONL), plots and local checkpoints go.")

@@ -31,6 +31,7 @@ def workload_config(
     s3_endpoint: str | None = None,
     engine_url_override: str | None = None,
     output_dir: str | None = None,
+    referenced_envs: dict[str, AgentEnvSpec | None] | None = None,
 ) -> WorkloadConfig:
     """What every process of ``job`` reads. ``pool`` is `generating_pool`'s answer;
     ``agent_env_urls`` where each of spec.agentEnvs answers. The endpoint arguments replace
@@ -72,8 +73,19 @@ def workload_config(
         observability=spec.observability,
         rollout=rollout,
         agent_envs=dict(agent_env_urls),
+        agent_env_episode_timeouts=episode_timeouts(job, referenced_envs or {}),
         **extra,
     )
+
+
+def episode_timeouts(job: RLJob, existing: dict[str, AgentEnvSpec | None]) -> dict[str, int]:
+    """How long an episode of each of the job's environments may run (its
+    episodeTimeoutSeconds): the agents wait that long, plus a margin, for an answer."""
+    out = {}
+    for entry in job.spec.agent_envs or []:
+        spec = entry.spec if entry.spec is not None else existing.get(entry.name)
+        out[entry.name] = (spec or AgentEnvSpec()).episode_timeout_seconds
+    return out
 
 
 def job_workload_config(job: RLJob, *, referenced_pool: RolloutPoolSpec | None = None,
@@ -83,7 +95,8 @@ def job_workload_config(job: RLJob, *, referenced_pool: RolloutPoolSpec | None =
     it names, as read). ``endpoints``: `workload_config`'s overrides (tests run their own servers)."""
     namespace = job.metadata.get("namespace") or "default"
     return workload_config(job, pool=generating_pool(job, referenced_pool),
-                           agent_env_urls=agent_env_urls(job, namespace, referenced_envs or {}), **endpoints)
+                           agent_env_urls=agent_env_urls(job, namespace, referenced_envs or {}),
+                           referenced_envs=referenced_envs, **endpoints)
 
 
 def job_config_map(job: RLJob, settings: OperatorSettings, config: WorkloadConfig) -> dict[str, Any]:

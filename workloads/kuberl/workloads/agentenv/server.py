@@ -1,4 +1,30 @@
-"""The AgentEnv reference server (protocol kuberl-episode-v1)."""
+"""The AgentEnv reference server (protocol kuberl-episode-v1).
+
+The protocol, JSON over HTTP:
+
+``POST /episodes`` ``{"prompt": str, "answer": str | number}``
+    starts an episode: ``200 {"episode_id": str, "observation": str, "endpoint"?: str}``;
+    ``429`` at the concurrency limit (the client retries).
+    ``endpoint`` (optional) is the base URL of the replica that owns the episode, e.g.
+    ``http://10.1.2.3:8080``: episode state lives in one pod's memory while the Service
+    balances each request to any pod, so a client sends the episode's step and DELETE there,
+    and to the base URL it reset on when the field is absent (one replica, third-party
+    servers). This server advertises ``--advertise-url``, else ``http://$POD_IP:<port>``,
+    else nothing.
+``POST /episodes/{id}/step`` ``{"action": str}``
+    ``200 {"observation": str, "reward": float, "done": bool, "timed_out"?: true}``;
+    ``404`` for an unknown or finished episode; ``409`` while another step of it runs.
+    A step that would outlast the episode's remaining time ends it: done, reward 0, timed_out.
+``DELETE /episodes/{id}``
+    ends an episode and frees its slot (idempotent).
+``GET /healthz``, ``GET /stats``
+    liveness; counters (open, reserved, started, refused, finished, timed_out, …).
+
+Errors answer ``{"error": str, "field"?: str}``: ``400`` for a body that is not a JSON object
+or misses/mistypes a field (``field`` names it), ``413`` for a body over the limit (1 MiB),
+``408`` for a body that does not arrive within the body timeout. A reset holds its slot from
+before its body is read, so slow bodies cannot admit more than ``concurrency`` episodes.
+"""
 
 from __future__ import annotations
 
@@ -8,12 +34,16 @@ import random
 import time
 import uuid
 from dataclasses import dataclass, field
+from typing import Any
 
 from aiohttp import web
 
+from kuberl.workloads.agentenv.protocol import MAX_BODY_BYTES, BadRequest, parse_reset, parse_step
+from kuberl.workloads.logs import get_logger
 from kuberl.workloads.tasks.calculator import StepResult, calculator_step
 from kuberl.workloads.tasks.verifiers import arithmetic_reward
 
+log = get_logger(__name__)
 REAPER = web.AppKey("reaper", asyncio.Task)
 
 
@@ -37,6 +67,7 @@ class Episode:
     started: float
     turn: int = 0
     done: bool = False
+    stepping: bool = False  # a step is in flight: a second one at once would race on turn/done
 
 
 @dataclass
@@ -48,6 +79,60 @@ class EnvSettings:
     latency_median_s: float = 0.0
     latency_tail: float = 1.0
     seed: int | None = None
+    endpoint: str | None = None  # advertised in reset answers (protocol.advertised_endpoint)
+    max_body_bytes: int = MAX_BODY_BYTES
+    body_timeout_s: float = 10.0  # a request body must arrive within this
+    # An open connection that has sent no complete request headers (idle keep-alive, or a
+    # slow-loris header drip) is closed after this; longer than aiohttp clients' 15 s
+    # keep-alive, so clients close idle connections first and never reuse one being closed.
+    idle_timeout_s: float = 75.0
+
+
+# After an answer that did not read the whole body (408, 413), aiohttp reads and drops the rest
+# for this long so that a client still writing gets to see the answer; its default, 10 s, is a
+# long time to hold a connection for a body that has stopped coming.
+LINGER_S = 1.0
+
+
+def serving_options(settings: EnvSettings) -> dict[str, Any]:
+    """Connection options for web.run_app / web.AppRunner (the header timeout among them)."""
+    return {"keepalive_timeout": settings.idle_timeout_s, "lingering_time": LINGER_S, "access_log": None}
+
+
+class _Refused(Exception):
+    """Ends a request early with a JSON error (the errors middleware answers it)."""
+
+    def __init__(self, status: int, message: str, close: bool = False):
+        super().__init__(message)
+        self.status, self.close = status, close
+
+
+@web.middleware
+async def _errors(request: web.Request, handler) -> web.StreamResponse:
+    try:
+        return await handler(request)
+    except BadRequest as e:
+        log.debug("request refused", path=request.path, status=400, field=e.field, error=str(e))
+        return web.json_response(e.answer(), status=400)
+    except _Refused as e:
+        log.debug("request refused", path=request.path, status=e.status, error=str(e))
+        resp = web.json_response({"error": str(e)}, status=e.status)
+        if e.close:
+            resp.force_close()  # the rest of the body is not worth waiting for
+        return resp
+
+
+async def read_body(request: web.Request, limit: int, timeout_s: float) -> bytes:
+    """The whole body, or _Refused: 413 over ``limit`` bytes, 408 when it takes longer than ``timeout_s``."""
+    if request.content_length is not None and request.content_length > limit:
+        raise _Refused(413, f"request body of {request.content_length} bytes is over the limit of {limit}", close=True)
+    try:
+        async with asyncio.timeout(timeout_s):
+            return await request.read()
+    except TimeoutError:
+        raise _Refused(408, f"request body did not arrive within {timeout_s:g} s", close=True) from None
+    except web.HTTPRequestEntityTooLarge:  # chunked bodies have no length to check up front
+        raise _Refused(413, f"request body is over the limit of {limit} bytes", close=True) from None
 
 
 def step_episode(task: str, ep: Episode, action: str) -> StepResult:
@@ -63,13 +148,15 @@ def step_episode(task: str, ep: Episode, action: str) -> StepResult:
 class EnvServer:
     settings: EnvSettings
     episodes: dict[str, Episode] = field(default_factory=dict)
-    counters: dict[str, int] = field(default_factory=lambda: {"started": 0, "refused": 0, "finished": 0, "timed_out": 0})
+    counters: dict[str, int] = field(default_factory=lambda: {"started": 0, "refused": 0, "finished": 0, "timed_out": 0, "rejected": 0})
+    reserved: int = 0  # resets admitted whose body is still being read
 
     def __post_init__(self) -> None:
         self.rng = random.Random(self.settings.seed)
 
     def app(self) -> web.Application:
-        app = web.Application()
+        # client_max_size also bounds what request.read() buffers for chunked bodies.
+        app = web.Application(client_max_size=self.settings.max_body_bytes, middlewares=[_errors])
         app.add_routes([
             web.get("/healthz", self.healthz),
             web.get("/stats", self.stats),
@@ -97,35 +184,73 @@ class EnvServer:
 
     async def stats(self, request: web.Request) -> web.Response:
         s = self.settings
-        return web.json_response({"open": len(self.episodes), **self.counters, "task": s.task, "concurrency": s.concurrency,
-                                  "episode_timeout_s": s.episode_timeout_s, "latency": s.latency})
+        return web.json_response({"open": len(self.episodes), "reserved": self.reserved, **self.counters, "task": s.task,
+                                  "concurrency": s.concurrency, "episode_timeout_s": s.episode_timeout_s, "latency": s.latency,
+                                  "endpoint": s.endpoint})
+
+    async def _body(self, request: web.Request) -> bytes:
+        try:
+            return await read_body(request, self.settings.max_body_bytes, self.settings.body_timeout_s)
+        except _Refused:
+            self.counters["rejected"] += 1
+            raise
 
     async def reset(self, request: web.Request) -> web.Response:
-        if len(self.episodes) >= self.settings.concurrency:
+        s = self.settings
+        # The slot is taken before the first await: a check here and an insert after a slow
+        # body would let every request that arrived meanwhile through.
+        if len(self.episodes) + self.reserved >= s.concurrency:
             self.counters["refused"] += 1
-            return web.json_response({"error": f"at the concurrency limit of {self.settings.concurrency} episodes"}, status=429)
-        body = await request.json()
-        eid = uuid.uuid4().hex
-        self.episodes[eid] = Episode(str(body["prompt"]), str(body["answer"]), time.monotonic())
+            return web.json_response({"error": f"at the concurrency limit of {s.concurrency} episodes"}, status=429)
+        self.reserved += 1
+        try:
+            try:
+                prompt, answer = parse_reset(await self._body(request))
+            except BadRequest:
+                self.counters["rejected"] += 1
+                raise
+            eid = uuid.uuid4().hex
+            self.episodes[eid] = Episode(prompt, answer, time.monotonic())
+        finally:
+            self.reserved -= 1
         self.counters["started"] += 1
-        return web.json_response({"episode_id": eid, "observation": str(body["prompt"])})
+        answer_body = {"episode_id": eid, "observation": prompt}
+        if s.endpoint:
+            answer_body["endpoint"] = s.endpoint
+        return web.json_response(answer_body)
 
     async def step(self, request: web.Request) -> web.Response:
         eid = request.match_info["id"]
         ep = self.episodes.get(eid)
         if ep is None or ep.done:
             return web.json_response({"error": f"no open episode {eid}"}, status=404)
-        body = await request.json()
+        if ep.stepping:
+            return web.json_response({"error": f"episode {eid} has a step in progress"}, status=409)
+        ep.stepping = True
+        try:
+            return await self._step(ep, request)
+        finally:
+            ep.stepping = False
+
+    async def _step(self, ep: Episode, request: web.Request) -> web.Response:
+        try:
+            action = parse_step(await self._body(request))
+        except BadRequest:
+            self.counters["rejected"] += 1
+            raise
         s = self.settings
         delay = sample_latency(s.latency, s.latency_median_s, s.latency_tail, self.rng)
         remaining = s.episode_timeout_s - (time.monotonic() - ep.started)
-        if delay >= remaining:
-            await asyncio.sleep(max(0.0, remaining))
+        try:
+            # The injected latency and the task call together get what is left of the episode;
+            # the task runs in a thread so a slow one cannot hold the event loop (and the timer).
+            async with asyncio.timeout(max(0.0, remaining)):
+                await asyncio.sleep(delay)
+                result = await asyncio.to_thread(step_episode, s.task, ep, action)
+        except TimeoutError:
             ep.done = True
             self.counters["timed_out"] += 1
             return web.json_response({"observation": "", "reward": 0.0, "done": True, "timed_out": True})
-        await asyncio.sleep(delay)
-        result = step_episode(s.task, ep, str(body["action"]))
         ep.turn += 1
         if result.done:
             ep.done = True

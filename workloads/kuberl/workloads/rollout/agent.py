@@ -19,7 +19,7 @@ from kuberl.workloads.engines.torch_engine import TorchEngine
 from kuberl.workloads.logs import get_logger
 from kuberl.workloads.observe.rollout_metrics import RolloutMetrics
 from kuberl.workloads.policy.tiny.model import seeded_model
-from kuberl.workloads.rollout.episodes import SamplingSettings, run_group
+from kuberl.workloads.rollout.episodes import SamplingSettings, env_session_timeout, run_group
 from kuberl.workloads.weights.sync import fetch_policy, weight_store
 
 log = get_logger(__name__)
@@ -189,7 +189,7 @@ class RolloutAgent:
 
     async def run(self) -> None:
         buf = await JobBuffer.open(self.cfg.buffer.url, self.cfg.job.namespace, self.cfg.job.name, BufferConfig.from_spec(self.cfg.buffer))
-        session = aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=None)) if self.cfg.reward.type == "agentEnv" else None
+        session = aiohttp.ClientSession(timeout=env_session_timeout(self.cfg)) if self.cfg.reward.type == "agentEnv" else None
         watcher = None
         try:
             # Wait for the trainer's first version: generating with untrained weights would waste work.

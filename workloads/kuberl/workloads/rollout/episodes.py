@@ -6,6 +6,7 @@ import asyncio
 import importlib
 import time
 from dataclasses import dataclass
+from urllib.parse import urlparse
 
 import aiohttp
 import numpy as np
@@ -89,8 +90,59 @@ class EnvBusy(Exception):
     """The environment refused a new episode (429): at its concurrency limit."""
 
 
-async def _post(session: aiohttp.ClientSession, url: str, body: dict, retry_for_s: float = 120.0) -> dict:
-    """POST with retries on 429/503 and connection errors (environments restart, fill up)."""
+class StepTimedOut(Exception):
+    """An environment step sent no answer within the client's read timeout."""
+
+
+# The AgentEnv default episodeTimeoutSeconds. The agent's config names each environment's URL
+# only, not its episode timeout; a step can legitimately take up to that long (the reference
+# server answers timed_out when the episode's time runs out), so the read bound sits above it.
+ENV_EPISODE_TIMEOUT_S = 300.0
+ENV_TIMEOUT_MARGIN_S = 30.0
+ENV_CONNECT_TIMEOUT_S = 10.0
+ENV_CLOSE_TIMEOUT_S = 10.0  # ending an episode is bookkeeping: never worth a full step's wait
+
+
+def env_client_timeout(episode_timeout_s: float = ENV_EPISODE_TIMEOUT_S, margin_s: float = ENV_TIMEOUT_MARGIN_S,
+                       connect_s: float = ENV_CONNECT_TIMEOUT_S) -> aiohttp.ClientTimeout:
+    """The timeouts of a session talking to agent environments.
+
+    No total: a session lives for the whole run. A connection must open within ``connect_s``;
+    an answer (any byte of it) must come within the episode's timeout plus a margin, so a
+    hung environment costs one episode (failed, reward 0) instead of a group stuck forever.
+    """
+    return aiohttp.ClientTimeout(total=None, connect=connect_s, sock_connect=connect_s,
+                                 sock_read=episode_timeout_s + margin_s)
+
+
+def env_session_timeout(cfg: WorkloadConfig) -> aiohttp.ClientTimeout:
+    """`env_client_timeout` for a job: the longest episode timeout among its environments."""
+    return env_client_timeout(float(max(cfg.agent_env_episode_timeouts.values(), default=ENV_EPISODE_TIMEOUT_S)))
+
+
+def episode_url(base_url: str, started: dict) -> str:
+    """Where an episode's steps and DELETE go: the replica the reset answer names as its
+    ``endpoint`` (state lives in that pod), else the URL the episode was reset on."""
+    endpoint = started.get("endpoint")
+    if endpoint is None:
+        return base_url
+    if not isinstance(endpoint, str) or urlparse(endpoint).scheme not in ("http", "https") or not urlparse(endpoint).netloc:
+        raise ValueError(f"environment at {base_url} answered an endpoint {endpoint!r} that is not an http(s) URL")
+    return endpoint.rstrip("/")
+
+
+def _is_read_timeout(e: BaseException) -> bool:
+    # A connect timeout means the request was never sent: safe to retry. A read timeout means
+    # the environment may have taken the action: retrying a step would replay it.
+    return isinstance(e, asyncio.TimeoutError) and not isinstance(e, aiohttp.ConnectionTimeoutError)
+
+
+async def _post(session: aiohttp.ClientSession, url: str, body: dict, retry_for_s: float = 120.0,
+                retry_read_timeouts: bool = True) -> dict:
+    """POST with retries on 429/503 and connection errors (environments restart, fill up).
+
+    With ``retry_read_timeouts`` False, a read timeout raises StepTimedOut at once.
+    """
     deadline = time.monotonic() + retry_for_s
     delay = 0.05
     while True:
@@ -101,11 +153,21 @@ async def _post(session: aiohttp.ClientSession, url: str, body: dict, retry_for_
                 resp.raise_for_status()
                 return await resp.json()
         except (EnvBusy, aiohttp.ClientConnectionError, asyncio.TimeoutError) as e:
+            if not retry_read_timeouts and _is_read_timeout(e):
+                raise StepTimedOut(f"{url}: no answer within the read timeout") from e
             if time.monotonic() > deadline:
                 raise
             log.debug("environment retry", url=url, error=str(e))
             await asyncio.sleep(delay)
             delay = min(delay * 2, 1.0)
+
+
+async def _close(session: aiohttp.ClientSession, url: str) -> None:
+    try:
+        async with session.delete(url, timeout=aiohttp.ClientTimeout(total=ENV_CLOSE_TIMEOUT_S)):
+            pass
+    except (aiohttp.ClientError, asyncio.TimeoutError):
+        pass  # the server's reaper frees the slot of an episode nobody closed
 
 
 async def env_episode(engine: BatchingEngine | DispatchTracker, session: aiohttp.ClientSession, base_url: str, prompt: Prompt, index: int,
@@ -114,13 +176,17 @@ async def env_episode(engine: BatchingEngine | DispatchTracker, session: aiohttp
 
     Environment observations enter the token stream with loss mask 0 (not trained on);
     the trajectory is tagged with the oldest policy version that produced any of its tokens.
+    A step that times out (server-side: ``timed_out``; client-side: no answer within the
+    session's read timeout) ends the episode as failed, reward 0, like any other failure to
+    answer in time; the group goes on.
     """
     t0 = time.monotonic()
     started = await _post(session, f"{base_url}/episodes", {"prompt": prompt.data["prompt"], "answer": prompt.data["answer"]})
     episode = started["episode_id"]
+    owner = episode_url(base_url, started)
     tokens = TOKENIZER.encode(started["observation"], bos=True)
     logprobs, mask = [0.0] * len(tokens), [0] * len(tokens)
-    versions, reward, t_gen, t_env, turns = [], 0.0, 0.0, 0.0, 0
+    versions, reward, t_gen, t_env, turns, timed_out = [], 0.0, 0.0, 0.0, 0, False
     try:
         for turns in range(1, max_turns + 1):
             g0 = time.monotonic()
@@ -131,9 +197,17 @@ async def env_episode(engine: BatchingEngine | DispatchTracker, session: aiohttp
             logprobs += c.logprobs
             mask += [1] * len(c.token_ids)
             e0 = time.monotonic()
-            step = await _post(session, f"{base_url}/episodes/{episode}/step", {"action": TOKENIZER.decode(_strip_stop(c.token_ids))})
-            t_env += time.monotonic() - e0
+            try:
+                step = await _post(session, f"{owner}/episodes/{episode}/step",
+                                   {"action": TOKENIZER.decode(_strip_stop(c.token_ids))}, retry_read_timeouts=False)
+            except StepTimedOut as e:
+                log.warning("environment step timed out; episode scored 0", episode=episode, error=str(e))
+                reward, timed_out = 0.0, True
+                break
+            finally:
+                t_env += time.monotonic() - e0
             reward = float(step["reward"])
+            timed_out = bool(step.get("timed_out", False))
             if step["done"]:
                 break
             obs = TOKENIZER.encode(step["observation"])
@@ -141,13 +215,10 @@ async def env_episode(engine: BatchingEngine | DispatchTracker, session: aiohttp
             logprobs += [0.0] * len(obs)
             mask += [0] * len(obs)
     finally:
-        try:
-            async with session.delete(f"{base_url}/episodes/{episode}"):
-                pass
-        except aiohttp.ClientError:
-            pass
+        await _close(session, f"{owner}/episodes/{episode}")
+    meta = {"turns": turns, **({"timed_out": True} if timed_out else {})}
     return _trajectory(prompt, index, tokens, logprobs, mask, reward, min(versions) if versions else engine.policy_version,
-                       {"generate": t_gen, "env": t_env, "total": time.monotonic() - t0}, {"turns": turns})
+                       {"generate": t_gen, "env": t_env, "total": time.monotonic() - t0}, meta)
 
 
 async def run_group(engine: BatchingEngine | DispatchTracker, prompt: Prompt, reward: RewardSpec, sampling: SamplingSettings,

@@ -2,6 +2,13 @@
 
 A checkpoint is one ``torch.save`` blob ``step-<N>.pt``; ``latest.json`` naming it is
 written after the blob, so a crash mid-upload leaves the previous checkpoint in force.
+
+Whoever can write the checkpoint prefix must not be able to run code in the trainer: blobs
+are read with the weights-only unpickler (tensors and plain containers/scalars only), and
+the names ``latest.json`` gives are checked against the ``step-<N>.pt`` pattern before they
+are read or deleted, so the index cannot point outside the prefix. The trainer's state is
+plain already (state dicts, dicts of ints/floats/strings, the RNG byte tensor); ``save``
+refuses, before writing, a state the weights-only loader would not take back.
 """
 
 from __future__ import annotations
@@ -9,6 +16,8 @@ from __future__ import annotations
 import io
 import json
 import os
+import pickle
+import re
 from pathlib import Path
 from urllib.parse import urlparse
 
@@ -18,6 +27,39 @@ from kuberl.workloads.logs import get_logger
 
 log = get_logger(__name__)
 LATEST = "latest.json"
+_BLOB_RE = re.compile(r"step-\d{8,}\.pt")
+
+
+class UnsafeCheckpointError(RuntimeError):
+    """A checkpoint (or its index) holds something the trainer refuses to load."""
+
+
+def check_blob_name(uri: str, name: object) -> str:
+    """``name`` if it is a checkpoint blob name this store writes, else UnsafeCheckpointError.
+
+    Only ``step-<N>.pt``: no separators, so an index cannot make the trainer read or delete
+    a file outside the checkpoint prefix.
+    """
+    if not isinstance(name, str) or not _BLOB_RE.fullmatch(name):
+        raise UnsafeCheckpointError(f"checkpoint index at {uri}/{LATEST} names {name!r}, which is not a "
+                                    "checkpoint name (step-<N>.pt); refused as unsafe")
+    return name
+
+
+def refusal_reason(message: str) -> str:
+    """The line of torch's weights-only refusal that says what was refused.
+
+    Its first line advises loading with ``weights_only=False``, the very thing refused here;
+    the line naming the global or opcode is what an operator needs.
+    """
+    lines = [ln.strip() for ln in message.splitlines() if ln.strip()]
+    return next((ln for ln in lines if "GLOBAL" in ln or "Unsupported" in ln), "not a weights-only pickle")
+
+
+def unsafe_globals(blob: bytes) -> list[str]:
+    """Classes/functions a torch.save blob would make the unpickler import beyond what
+    ``weights_only=True`` allows (empty for tensors and plain containers)."""
+    return torch.serialization.get_unsafe_globals_in_checkpoint(io.BytesIO(blob))
 
 
 class CheckpointStore:
@@ -64,6 +106,12 @@ class CheckpointStore:
     def save(self, step: int, state: dict) -> str:
         buf = io.BytesIO()
         torch.save(state, buf)
+        # Refused here, not at the next start: a checkpoint the safe loader cannot read back
+        # would only be found when the trainer needs it after a crash.
+        unsafe = unsafe_globals(buf.getvalue())
+        if unsafe:
+            raise UnsafeCheckpointError(f"checkpoint state for step {step} holds {unsafe}, which weights-only "
+                                        "loading refuses; save tensors and plain types (dict, list, str, int, float)")
         name = f"step-{step:08d}.pt"
         self._put(name, buf.getvalue())
         previous = self._latest_index()
@@ -76,14 +124,23 @@ class CheckpointStore:
 
     def _latest_index(self) -> list[str]:
         raw = self._get(LATEST)
-        return json.loads(raw)["history"] if raw else []
+        return [check_blob_name(self.uri, h) for h in json.loads(raw)["history"]] if raw else []
 
     def load_latest(self) -> dict | None:
+        """The newest checkpoint's state, or None when there is none yet.
+
+        Raises UnsafeCheckpointError naming the checkpoint when its pickle asks for anything
+        beyond tensors and plain types (what a planted blob would use to run code).
+        """
         raw = self._get(LATEST)
         if raw is None:
             return None
-        name = json.loads(raw)["latest"]
+        name = check_blob_name(self.uri, json.loads(raw)["latest"])
         blob = self._get(name)
         if blob is None:
             raise RuntimeError(f"checkpoint index at {self.uri} names {name}, which is missing")
-        return torch.load(io.BytesIO(blob), weights_only=False)
+        try:
+            return torch.load(io.BytesIO(blob), weights_only=True)
+        except pickle.UnpicklingError as e:
+            raise UnsafeCheckpointError(f"checkpoint {self.uri}/{name} refused as unsafe: its pickle needs more than "
+                                        f"tensors and plain types ({refusal_reason(str(e))})") from None

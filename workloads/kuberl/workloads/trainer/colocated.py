@@ -13,7 +13,7 @@ from kuberl.workloads.engines.batching import BatchingEngine
 from kuberl.workloads.engines.torch_engine import TorchEngine
 from kuberl.workloads.policy.tiny.train import initial_model
 from kuberl.workloads.rl.sampling import has_signal
-from kuberl.workloads.rollout.episodes import run_group
+from kuberl.workloads.rollout.episodes import env_session_timeout, run_group
 from kuberl.workloads.trainer.trainer import Trainer, stats
 
 
@@ -25,7 +25,7 @@ async def run_colocated(cfg: WorkloadConfig) -> None:
     engine = TorchEngine(initial_model(cfg.model), version=tr.progress.version, seed=cfg.run_policy.seed * 1_000_003 + tr.progress.step)
     engine.load_state_dict(tr.model.state_dict(), tr.progress.version)
     batcher = BatchingEngine(engine)
-    session = aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=None)) if cfg.reward.type == "agentEnv" else None
+    session = aiohttp.ClientSession(timeout=env_session_timeout(cfg)) if cfg.reward.type == "agentEnv" else None
     tr._rl_t0 = time.monotonic()
     try:
         # The untrained policy's score: reported with the first step's row, the curve's origin.

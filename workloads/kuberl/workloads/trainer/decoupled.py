@@ -13,6 +13,7 @@ from kuberl.workloads.buffer.records import Prompt
 from kuberl.workloads.buffer.staleness import staleness_rule, staleness_weight
 from kuberl.workloads.config import WorkloadConfig
 from kuberl.workloads.logs import get_logger
+from kuberl.workloads.rollout.episodes import env_session_timeout
 from kuberl.workloads.trainer.feeder import PromptFeeder
 from kuberl.workloads.trainer.groups import GroupAssembler, in_flight_target
 from kuberl.workloads.trainer.trainer import Trainer
@@ -45,7 +46,7 @@ async def run_decoupled(cfg: WorkloadConfig) -> None:
     stale_dropped = 0
     rule = staleness_rule(cfg.algorithm.off_policy_correction.staleness)
     round_size = cfg.algorithm.rollout_batch_size
-    session = aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=None)) if cfg.reward.type == "agentEnv" and tr.evaluator.enabled else None
+    session = aiohttp.ClientSession(timeout=env_session_timeout(cfg)) if cfg.reward.type == "agentEnv" and tr.evaluator.enabled else None
     tr._rl_t0 = time.monotonic()
     waiting_since = time.monotonic()  # the trainer waits for trajectories from here to its next step
     try:

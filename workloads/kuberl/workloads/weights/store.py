@@ -11,7 +11,9 @@ A version exists for readers only once its ``manifest.json`` does: the manifest 
 after every other file has been acknowledged, so a crashed upload leaves an invisible prefix
 (pruned later), never a half-readable version. S3 PUTs are atomic per object, so readers
 either see the whole manifest or none. Fetches verify size and sha256 of every file against
-the manifest and refuse a bad one naming it.
+the manifest and refuse a bad one naming it. File names are flat and checked
+(kuberl.workloads.weights.names) when a manifest is read, before any download, and when one
+is published: a manifest naming ``../x`` cannot make a fetch write outside its directory.
 
 Transfers: files go in parallel over a thread pool, and each large file is itself split
 into parallel multipart uploads / ranged GETs by boto3's transfer manager (TransferConfig).
@@ -34,6 +36,7 @@ from typing import Any
 from boto3.s3.transfer import TransferConfig
 
 from kuberl.workloads.logs import get_logger
+from kuberl.workloads.weights.names import INDEX, escapes, first_unsafe, index_strays
 
 log = get_logger(__name__)
 
@@ -53,6 +56,29 @@ class VersionNotFoundError(WeightStoreError, LookupError):
 
 class VersionExistsError(WeightStoreError):
     pass
+
+
+class UnsafeFileNameError(WeightStoreError, ValueError):
+    """A manifest names a file that is not a flat name inside its version's directory."""
+
+    def __init__(self, version: object, name: object, reason: str):
+        super().__init__(f"weights version {version}: manifest file name {name!r} refused: {reason}")
+        self.version, self.name, self.reason = version, name, reason
+
+
+def check_file_names(version: object, names: list[object]) -> None:
+    """Raise UnsafeFileNameError naming the version and the first bad name, if any."""
+    bad = first_unsafe(names)
+    if bad is not None:
+        raise UnsafeFileNameError(version, *bad)
+
+
+def _check_confined(version: int, manifest: Manifest, dest: Path) -> None:
+    # Flat names cannot climb out, but a symlink already in dest could take one elsewhere.
+    for entry in manifest.files:
+        for name in (entry.name, f".{entry.name}.partial"):
+            if (where := escapes(dest, name)) is not None:
+                raise UnsafeFileNameError(version, entry.name, f"resolves to {where}, outside the fetch directory {dest.resolve()}")
 
 
 class ChecksumError(WeightStoreError):
@@ -88,6 +114,8 @@ class Manifest:
         d = json.loads(data)
         if d.get("format") != MANIFEST_FORMAT:
             raise WeightStoreError(f"manifest format {d.get('format')} not understood (want {MANIFEST_FORMAT})")
+        # Before anything is built from the names: every reader of a manifest goes through here.
+        check_file_names(d.get("version"), [f.get("name") if isinstance(f, dict) else f for f in d["files"]])
         d["files"] = [FileEntry(**f) for f in d["files"]]
         return cls(**d)
 
@@ -190,7 +218,10 @@ class WeightStore:
             body = self.client.get_object(Bucket=self.bucket, Key=self._key(version, MANIFEST))["Body"].read()
         except self.client.exceptions.NoSuchKey:
             raise VersionNotFoundError(f"weights version {version} has no manifest at {self.manifest_uri(version)}") from None
-        return Manifest.from_json(body)
+        try:
+            return Manifest.from_json(body)
+        except UnsafeFileNameError as e:  # named by the version asked for, not the one the manifest claims
+            raise UnsafeFileNameError(version, e.name, f"{e.reason} (in {self.manifest_uri(version)})") from None
 
     # ---- publish ----------------------------------------------------------------------
 
@@ -205,6 +236,7 @@ class WeightStore:
         files = sorted(p for p in src.iterdir() if p.is_file() and p.name != MANIFEST)
         if not files:
             raise WeightStoreError(f"nothing to publish in {src}")
+        check_file_names(version, [p.name for p in files])  # before any upload: never write a manifest readers refuse
         if not overwrite and version in self.versions():
             raise VersionExistsError(f"weights version {version} already published at {self.manifest_uri(version)}")
         if quantization is None and (src / "config.json").exists():
@@ -226,6 +258,7 @@ class WeightStore:
         return manifest
 
     def _write_manifest(self, version: int, manifest: Manifest) -> None:
+        check_file_names(version, [f.name for f in manifest.files])
         self.client.put_object(Bucket=self.bucket, Key=self._key(version, MANIFEST), Body=manifest.to_json(),
                                ContentType="application/json")
 
@@ -246,6 +279,8 @@ class WeightStore:
         dest.mkdir(parents=True, exist_ok=True)
         t0 = time.perf_counter()
 
+        _check_confined(version, manifest, dest)  # every name, before the first download
+
         def get(entry: FileEntry) -> None:
             final = dest / entry.name
             tmp = dest / f".{entry.name}.partial"
@@ -263,6 +298,9 @@ class WeightStore:
         with ThreadPoolExecutor(self.file_workers, thread_name_prefix="kuberl-get") as pool:
             for fut in [pool.submit(get, e) for e in manifest.files]:
                 fut.result()  # first failure raises; the pool finishes the rest before exiting
+        names = {e.name for e in manifest.files}
+        if INDEX in names and (strays := index_strays(json.loads((dest / INDEX).read_text()), names)):
+            raise UnsafeFileNameError(version, strays[0], f"named by {INDEX} but not a file of the version")
         (dest / MANIFEST).write_bytes(manifest.to_json())
         log.info("weights fetched", version=version, bytes=manifest.total_bytes,
                  seconds=round(time.perf_counter() - t0, 3))
