@@ -124,11 +124,14 @@ def test_every_operator_call_site_is_resolved():
     assert not unresolved, f"teach DYNAMIC_SITES which kinds these calls use: {unresolved}"
 
 
+@pytest.mark.parametrize("read_secrets", [True, False], ids=["readJobSecrets", "noSecrets"])
 @pytest.mark.parametrize("scope", ["cluster", "namespaces"])
-def test_the_chart_grants_exactly_what_the_code_uses(helm, scope):  # noqa: F811
+def test_the_chart_grants_exactly_what_the_code_uses(helm, scope, read_secrets):  # noqa: F811
     args = [] if scope == "cluster" else ["--set", "operator.watchNamespaces={team-a}"]
-    docs = render(helm, *args)
+    docs = render(helm, *args, "--set", f"rbac.readJobSecrets={str(read_secrets).lower()}")
     have = granted(docs, "ClusterRole" if scope == "cluster" else "Role")
     need = code_needs()[0] | kopf_needs(peering=True, clusterwide=scope == "cluster")
+    if not read_secrets:  # settings.read_job_secrets off: the only Secret read is skipped
+        need.discard(("", "secrets", "get"))
     assert not need - have, f"calls the chart does not allow: {sorted(need - have)}"
     assert not have - need, f"grants no code uses (remove them): {sorted(have - need)}"

@@ -142,7 +142,7 @@ def test_sglang_pool_deployment_has_engine_and_agent():
     assert engine["name"] == "engine" and engine["image"] == "lmsysorg/sglang:v0.5.23-cu129"
     assert engine["args"][:2] == ["--model-path", "Qwen/Qwen2.5-7B-Instruct"] and "--tp-size" in engine["args"]
     assert engine["resources"]["limits"]["nvidia.com/gpu"] == "2"
-    assert engine["readinessProbe"]["httpGet"]["path"] == "/health_generate"
+    assert engine["readinessProbe"]["exec"]["command"][3] == f"http://127.0.0.1:{ENGINE_PORT}/health_generate"
     assert agent["name"] == "agent" and "KUBERL_ENGINE_URL" not in env_of(agent)  # the engine URL is in the job config
     assert {"name": "kuberl-config", "configMap": {"name": "agentic-tools-config", "optional": True}} in tpl["spec"]["volumes"]
     assert tpl["spec"]["nodeSelector"] == {"kuberl.io/pool": "gpu"}
@@ -171,14 +171,17 @@ def test_sglang_pod_shares_a_scratch_dir_and_probes_the_server():
     args = engine["args"]
     assert engine["command"] == ["python3", "-m", "sglang.launch_server"]
     assert _flag(args, "--model-path") == "Qwen/Qwen2.5-7B-Instruct"
-    assert _flag(args, "--port") == str(ENGINE_PORT) and _flag(args, "--host") == "0.0.0.0"
+    assert _flag(args, "--port") == str(ENGINE_PORT) and _flag(args, "--host") == "127.0.0.1"
     assert _flag(args, "--tp-size") == str(p.spec.engine.tensor_parallel_size) == "2"
     assert _flag(args, "--mem-fraction-static") == str(p.spec.engine.mem_fraction_static)
     assert "--skip-tokenizer-init" not in args and "--device" not in args  # HF tokenizer, GPU pool
     assert "SGLANG_USE_CPU_ENGINE" not in env_of(engine) and engine["image"] == S.sglang_image
-    assert engine["readinessProbe"]["httpGet"] == {"path": "/health_generate", "port": ENGINE_PORT}
-    assert engine["livenessProbe"]["httpGet"] == {"path": "/health", "port": ENGINE_PORT}
-    assert engine["startupProbe"]["httpGet"]["path"] == "/health"
+    probes = {k: engine[k] for k in ("startupProbe", "readinessProbe", "livenessProbe")}
+    assert {k: p["exec"]["command"][3] for k, p in probes.items()} == {
+        "startupProbe": f"http://127.0.0.1:{ENGINE_PORT}/health", "readinessProbe": f"http://127.0.0.1:{ENGINE_PORT}/health_generate",
+        "livenessProbe": f"http://127.0.0.1:{ENGINE_PORT}/health"}
+    assert [(p["periodSeconds"], p.get("failureThreshold")) for p in probes.values()] == [(10, 180), (10, None), (15, 4)]
+    assert not [p for p in probes.values() if "httpGet" in p]
     assert "initContainers" not in tpl
 
 
@@ -276,7 +279,7 @@ def test_deny_egress_network_policy():
     assert np["spec"] == {"podSelector": {"matchLabels": {LABEL_ROLE: "agentenv", LABEL_ENV: "calculator"}},
                           "policyTypes": ["Egress"], "egress": []}
     kinds = [c["kind"] for c in agent_env_children(agent_env(), NS, S)]
-    assert kinds == ["Deployment", "Service", "NetworkPolicy"]
+    assert kinds == ["Deployment", "Service", "NetworkPolicy", "NetworkPolicy"]
 
 
 @pytest.mark.parametrize("file", ["colocated-math.yaml", "decoupled-agentic.yaml", "tiny-cpu.yaml"])

@@ -22,6 +22,9 @@ READ_ELSEWHERE = {
     "NPROC_PER_NODE": "torchrun", "WORLD_SIZE": "torch.distributed",
     "SGLANG_USE_CPU_ENGINE": "SGLang's CPU build", "PYTHONPATH": "the SGLang server's interpreter (sgl_kernel stand-in)",
     "PYTHONUNBUFFERED": "the Python interpreter",
+    "HOME": "Python's Path.home(): torch, triton, Hugging Face and SGLang caches (on the writable /tmp)",
+    "XDG_CACHE_HOME": "Hugging Face, flashinfer and pip caches (on the writable /tmp)",
+    "POD_IP": "the AgentEnv reference server's advertised replica address (agentenv/__main__.py reads it via env.get)",
 }
 
 

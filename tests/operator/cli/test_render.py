@@ -28,13 +28,13 @@ def test_a_decoupled_job_with_its_shared_pool_renders_every_child():
     assert [(d["kind"], d["metadata"]["name"]) for d in docs] == [
         ("ConfigMap", "agentic-tools-config"), ("Service", "agentic-tools-trainer"), ("Pod", "agentic-tools-trainer-0"),
         ("AgentEnv", "calculator"), ("Deployment", "calculator"), ("Service", "calculator"),
-        ("NetworkPolicy", "calculator-deny-egress"), ("Deployment", "shared-sglang"), ("Service", "shared-sglang"),
+        ("NetworkPolicy", "calculator-deny-egress"), ("NetworkPolicy", "calculator-ingress"), ("Deployment", "shared-sglang"), ("Service", "shared-sglang"),
     ]
     assert {d["metadata"]["namespace"] for d in docs} == {"team-a"}
     cfg = WorkloadConfig.model_validate(yaml.safe_load(docs[0]["data"]["config.yaml"]))
     assert cfg.rollout.engine == "sglang"  # from the shared pool the job names
     assert cfg.agent_envs == {"calculator": "http://calculator.team-a.svc:8080"}
-    pool_pod = docs[7]["spec"]["template"]
+    pool_pod = docs[8]["spec"]["template"]
     assert pool_pod["metadata"]["labels"]["kuberl.io/job"] == "agentic-tools"  # bound to the job that names it
 
 

@@ -1,4 +1,4 @@
-"""An AgentEnv's children: the locked-down Deployment, its Service and NetworkPolicy. Pure."""
+"""An AgentEnv's children: the locked-down Deployment, its Service and NetworkPolicies. Pure."""
 
 from __future__ import annotations
 
@@ -6,16 +6,29 @@ from typing import Any
 
 from kuberl.operator.api import AgentEnv, RLJob
 from kuberl.operator.api.agentenv import AgentEnvSpec, LatencySpec
-from kuberl.operator.api.constants import API_VERSION, LABEL_JOB, ROLE_AGENTENV
+from kuberl.operator.api.constants import (
+    API_VERSION,
+    LABEL_JOB,
+    LABEL_PART_OF,
+    LABEL_ROLE,
+    ROLE_AGENTENV,
+    ROLE_ROLLOUT,
+    ROLE_TRAINER,
+)
 from kuberl.operator.children.common import (
-    NON_ROOT_UID,
+    ROLE_ENV_DEFAULTS,
     apply_placement,
     common_labels,
     container_resources,
     deployment_manifest,
     is_paused,
     object_meta,
+    restrict_pod,
+    restricted_container_security,
+    tmp_mount,
+    tmp_volume,
     user_env,
+    writable_env,
 )
 from kuberl.operator.naming import agent_env_url, env_selector
 from kuberl.operator.settings import OperatorSettings
@@ -58,42 +71,33 @@ def agent_env_deployment(env: AgentEnv, namespace: str, settings: OperatorSettin
     selector = env_selector(name)
     labels = {**common_labels(name, ROLE_AGENTENV, settings), **selector}
     replicas = 0 if is_paused(env.metadata) else spec.replicas
+    users = user_env(spec.env)
+    # The pod's own IP: the server answers a reset with the address of the replica that
+    # holds the episode, so a client's later steps reach it past the Service's balancing.
+    pod_ip = [] if "POD_IP" in {e["name"] for e in users} else [
+        {"name": "POD_IP", "valueFrom": {"fieldRef": {"fieldPath": "status.podIP"}}}]
     container: dict[str, Any] = {
         "name": "env",
         "image": spec.image or settings.workload_image,
         "imagePullPolicy": settings.image_pull_policy,
         "command": list(spec.command) if spec.command else list(REFERENCE_SERVER),
-        "env": user_env(spec.env),
+        "env": pod_ip + writable_env(users) + users,
         "ports": [{"name": "http", "containerPort": spec.port}],
-        "resources": container_resources(spec.resources, 0),
+        "resources": container_resources(spec.resources, 0, ROLE_ENV_DEFAULTS),
         "readinessProbe": {"httpGet": {"path": "/healthz", "port": spec.port}, "periodSeconds": 5},
-        "securityContext": {
-            "allowPrivilegeEscalation": False,
-            "readOnlyRootFilesystem": sandbox.read_only_root_filesystem,
-            "capabilities": {"drop": ["ALL"]},
-            "privileged": False,
-        },
+        # spec.sandbox decides (it may relax what the trainer and rollout pods always get).
+        "securityContext": restricted_container_security(sandbox.read_only_root_filesystem),
     }
     args = agent_env_server_args(spec) + list(spec.args or [])
     if args:
         container["args"] = args
-    pod_security: dict[str, Any] = {"seccompProfile": {"type": "RuntimeDefault"}}
-    if sandbox.run_as_non_root:
-        # runAsNonRoot alone rejects images whose USER is root; give them a non-root uid.
-        pod_security.update({"runAsNonRoot": True, "runAsUser": NON_ROOT_UID, "runAsGroup": NON_ROOT_UID, "fsGroup": NON_ROOT_UID})
-    volumes = []
+    pod_spec: dict[str, Any] = {"containers": [container]}
+    # Environment code never needs the Kubernetes API; restrict_pod hands it no token.
+    restrict_pod(pod_spec, run_as_non_root=sandbox.run_as_non_root)
     if sandbox.read_only_root_filesystem:
-        container["volumeMounts"] = [{"name": "tmp", "mountPath": "/tmp"}]
-        volumes.append({"name": "tmp", "emptyDir": {"sizeLimit": "1Gi"}})
-    pod_spec: dict[str, Any] = {
-        "containers": [container],
-        "securityContext": pod_security,
-        # Environment code never needs the Kubernetes API; do not hand it a token.
-        "automountServiceAccountToken": False,
-        "enableServiceLinks": False,
-    }
-    if volumes:
-        pod_spec["volumes"] = volumes
+        # Bounded: model-written code runs here and must not fill the node's disk.
+        container["volumeMounts"] = [tmp_mount()]
+        pod_spec["volumes"] = [tmp_volume("1Gi")]
     if sandbox.runtime_class_name:
         pod_spec["runtimeClassName"] = sandbox.runtime_class_name
     apply_placement(pod_spec, spec.placement)
@@ -124,11 +128,42 @@ def agent_env_network_policy(env: AgentEnv, namespace: str, settings: OperatorSe
     }
 
 
+def agent_env_ingress_policy_name(env: str) -> str:
+    return f"{env}-ingress"
+
+
+def agent_env_ingress_policy(env: AgentEnv, namespace: str, settings: OperatorSettings) -> dict[str, Any]:
+    """Admit only kuberl's rollout and trainer pods (the trainer generates in colocated
+    mode and runs evaluation episodes) to the environment's port, nothing else in the cluster.
+
+    An AgentEnv a job declared inline carries the job's label: only that job's pods are
+    its clients. A standalone one may serve any job in its namespace: kuberl's rollout and
+    trainer pods there. (The kubelet's readiness probe comes from the node and is not
+    subject to it on the common CNIs.)"""
+    name = env.metadata["name"]
+    job = (env.metadata.get("labels") or {}).get(LABEL_JOB)
+    peer: dict[str, Any] = {"matchLabels": {LABEL_JOB: job} if job else {LABEL_PART_OF: "kuberl"},
+                            "matchExpressions": [{"key": LABEL_ROLE, "operator": "In", "values": [ROLE_ROLLOUT, ROLE_TRAINER]}]}
+    return {
+        "apiVersion": "networking.k8s.io/v1",
+        "kind": "NetworkPolicy",
+        "metadata": object_meta(agent_env_ingress_policy_name(name), namespace,
+                                {**common_labels(name, ROLE_AGENTENV, settings), **env_selector(name)}),
+        "spec": {
+            "podSelector": {"matchLabels": env_selector(name)},
+            "policyTypes": ["Ingress"],
+            # A podSelector without namespaceSelector: pods in the policy's own namespace only.
+            "ingress": [{"from": [{"podSelector": peer}], "ports": [{"protocol": "TCP", "port": env.spec.port}]}],
+        },
+    }
+
+
 def agent_env_children(env: AgentEnv, namespace: str, settings: OperatorSettings) -> list[dict[str, Any]]:
     children = [agent_env_deployment(env, namespace, settings), agent_env_service(env, namespace, settings)]
     policy = agent_env_network_policy(env, namespace, settings)
     if policy is not None:
         children.append(policy)
+    children.append(agent_env_ingress_policy(env, namespace, settings))
     return children
 
 

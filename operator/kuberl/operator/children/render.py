@@ -15,6 +15,7 @@ from typing import Any
 from kuberl.operator.api import AgentEnv, RLJob, RolloutPool
 from kuberl.operator.children.agentenv import agent_env_children, inline_agent_envs
 from kuberl.operator.children.rollout import (
+    credential_secrets,
     inline_rollout_pool,
     rollout_deployment,
     rollout_service,
@@ -41,7 +42,8 @@ def pool_children(pool: RolloutPool, settings: OperatorSettings, bound: RLJob | 
     model = bound.spec.model if bound is not None else None
     return [
         rollout_deployment(pool, namespace, settings, bound_job=bound.metadata["name"] if bound is not None else None,
-                           model_source=model.source if model else None, tokenizer=model.tokenizer if model else None),
+                           model_source=model.source if model else None, tokenizer=model.tokenizer if model else None,
+                           **credential_secrets(bound.spec.to_wire() if bound is not None else None)),
         rollout_service(pool, namespace, settings),
     ]
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from typing import Any
 
 from kuberl.operator.api import RLJob, RolloutPool
@@ -19,18 +20,31 @@ from kuberl.operator.children.common import (
     ENGINE_SCRATCH_DIR,
     ENGINE_SCRATCH_ENV,
     ENGINE_SCRATCH_VOLUME,
+    ROLE_AGENT_DEFAULTS,
+    ROLE_ENGINE_DEFAULTS,
+    ROLE_INIT_DEFAULTS,
+    ROLE_TORCH_AGENT_DEFAULTS,
     SGLANG_CPU_FLAGS,
     SGLANG_CPU_KERNELS_DIR,
     apply_placement,
     common_labels,
     config_volume,
     container_resources,
+    credential_env,
     deployment_manifest,
     downward_env,
     env_list,
     is_paused,
+    nats_credentials,
     object_meta,
+    restrict_pod,
+    restricted_container_security,
+    shm_mount,
+    shm_volume,
+    tmp_mount,
+    tmp_volume,
     user_env,
+    writable_env,
 )
 from kuberl.operator.naming import inline_pool_name, pool_selector
 from kuberl.operator.settings import OperatorSettings
@@ -97,7 +111,9 @@ def engine_server_args(spec: RolloutPoolSpec, model_path: str | None, *, skip_to
     """The SGLang server's command-line arguments for one rollout pod."""
     engine = spec.engine
     args = ["--model-path", model_path] if model_path else []
-    args += ["--host", "0.0.0.0", "--port", str(ENGINE_PORT), "--tp-size", str(engine.tensor_parallel_size),
+    # Loopback only: the agent beside it is its one client, and its admin endpoints
+    # (weight updates, abort, cache flush) must not be reachable from other pods.
+    args += ["--host", "127.0.0.1", "--port", str(ENGINE_PORT), "--tp-size", str(engine.tensor_parallel_size),
              "--mem-fraction-static", str(engine.mem_fraction_static)]
     if spec.gpus_per_replica == 0:
         args += list(SGLANG_CPU_FLAGS)
@@ -112,6 +128,35 @@ def engine_server_args(spec: RolloutPoolSpec, model_path: str | None, *, skip_to
     return args + list(engine.args or [])
 
 
+def loopback_probe(path: str, *, period: int, timeout: int = 5, failure_threshold: int | None = None) -> dict[str, Any]:
+    """A probe of the engine's ``path`` on loopback, run inside the container.
+
+    The kubelet's httpGet probes connect to the pod IP, where a server bound to 127.0.0.1
+    does not listen; an exec probe runs the image's python3 in the container's network
+    namespace instead. A non-2xx answer raises (HTTPError), a hung server times out just
+    before the kubelet's own timeout would: either way a non-zero exit fails the probe."""
+    script = "import sys, urllib.request; urllib.request.urlopen(sys.argv[1], timeout=float(sys.argv[2]))"
+    probe: dict[str, Any] = {
+        "exec": {"command": ["python3", "-c", script, f"http://127.0.0.1:{ENGINE_PORT}{path}", str(max(timeout - 1, 1))]},
+        "periodSeconds": period,
+        "timeoutSeconds": timeout,
+    }
+    if failure_threshold is not None:
+        probe["failureThreshold"] = failure_threshold
+    return probe
+
+
+def credential_secrets(job_spec: Mapping[str, Any] | None) -> dict[str, str | None]:
+    """The Secret names of a job's (wire-form) spec that its rollout agents authenticate
+    with: rollout_deployment's ``buffer_credentials_secret`` and ``weight_store_credentials_secret``."""
+    spec = job_spec or {}
+
+    def name(section: str) -> str | None:
+        return ((spec.get(section) or {}).get("credentialsSecret") or {}).get("name")
+
+    return {"buffer_credentials_secret": name("buffer"), "weight_store_credentials_secret": name("weightStore")}
+
+
 def _initial_model_container(model_source: str, image: str, settings: OperatorSettings) -> dict[str, Any]:
     """Writes a builtin:// model's initial weights (HF layout) into the scratch dir before the server starts."""
     script = ("import sys; from kuberl.workloads.spec import ModelSpec; from kuberl.workloads.policy.tiny.model import save_pretrained; "
@@ -121,8 +166,10 @@ def _initial_model_container(model_source: str, image: str, settings: OperatorSe
         "image": image,
         "imagePullPolicy": settings.image_pull_policy,
         "command": ["python", "-c", script, model_source, ENGINE_INITIAL_MODEL_DIR],
-        "resources": {"requests": {"cpu": "500m", "memory": "1Gi"}},
-        "volumeMounts": [{"name": ENGINE_SCRATCH_VOLUME, "mountPath": ENGINE_SCRATCH_DIR}],
+        "env": writable_env([]),
+        "resources": container_resources(None, 0, ROLE_INIT_DEFAULTS),
+        "securityContext": restricted_container_security(),
+        "volumeMounts": [{"name": ENGINE_SCRATCH_VOLUME, "mountPath": ENGINE_SCRATCH_DIR}, tmp_mount()],
     }
 
 
@@ -134,13 +181,19 @@ def rollout_deployment(
     bound_job: str | None = None,
     model_source: str | None = None,
     tokenizer: str | None = None,
+    buffer_credentials_secret: str | None = None,
+    weight_store_credentials_secret: str | None = None,
 ) -> dict[str, Any]:
     """Rollout pods: an SGLang server plus the kuberl agent, or the agent alone with the in-process torch engine.
 
     The agent reads the bound job's ConfigMap; a pool not yet bound waits for it (the
     mount is optional so the pod still starts and reports not-ready). With SGLang, both
     containers mount one scratch emptyDir: the agent writes each fetched weight version
-    there and the server loads it from there; the agent reaches the server on loopback.
+    there and the server loads it from there; the agent reaches the server on loopback,
+    the only address the server listens on. ``buffer_credentials_secret`` and
+    ``weight_store_credentials_secret``: the bound job's spec.buffer/spec.weightStore
+    credentialsSecret names (`credential_secrets`), given to the agent only: the engine
+    never talks to NATS or S3.
     """
     name = pool.metadata["name"]
     spec = pool.spec
@@ -154,9 +207,11 @@ def rollout_deployment(
     # Everything else the agent needs (engine, concurrency, swap policy, the engine's URL)
     # is in the bound job's config: one source, whatever pod or process reads it.
     agent_env = {CONFIG_ENV: DEFAULT_CONFIG_PATH, METRICS_PORT_ENV: str(WORKLOAD_METRICS_PORT)}
+    nats_env, nats_mounts, nats_volumes = nats_credentials(buffer_credentials_secret)
     containers = []
     init_containers = []
-    agent_mounts = [CONFIG_VOLUME_MOUNT]
+    agent_mounts = [CONFIG_VOLUME_MOUNT, tmp_mount(), *nats_mounts]
+    volumes: list[dict[str, Any]] = []
     scratch_mount = {"name": ENGINE_SCRATCH_VOLUME, "mountPath": ENGINE_SCRATCH_DIR}
     agent_image = agent.image or settings.workload_image
     if engine.type == "sglang":
@@ -170,45 +225,52 @@ def rollout_deployment(
         engine_env = {"PYTHONUNBUFFERED": "1"}
         if cpu:
             engine_env.update({"SGLANG_USE_CPU_ENGINE": "1", "PYTHONPATH": SGLANG_CPU_KERNELS_DIR})
+        engine_resources = container_resources(spec.resources, spec.gpus_per_replica, ROLE_ENGINE_DEFAULTS)
+        # No container port: the server listens on loopback only (engine_server_args).
         containers.append({
             "name": "engine",
             "image": engine.image or (settings.sglang_cpu_image if cpu else settings.sglang_image),
             "imagePullPolicy": settings.image_pull_policy,
             "command": ["python3", "-m", "sglang.launch_server"],
             "args": engine_server_args(spec, path, skip_tokenizer_init=uses_char_tokenizer(model_source, tokenizer)),
-            "env": env_list(engine_env),
-            "ports": [{"name": "engine", "containerPort": ENGINE_PORT}],
-            "resources": container_resources(spec.resources, spec.gpus_per_replica),
+            "env": env_list(engine_env) + writable_env([]),
+            "resources": engine_resources,
+            "securityContext": restricted_container_security(),
             # Loading weights takes minutes: the startup probe holds the other two off until
             # /health answers. Ready = it can generate; alive = the HTTP server answers.
-            "startupProbe": {"httpGet": {"path": "/health", "port": ENGINE_PORT}, "periodSeconds": 10, "failureThreshold": 180},
-            "readinessProbe": {"httpGet": {"path": "/health_generate", "port": ENGINE_PORT}, "periodSeconds": 10, "timeoutSeconds": 5},
-            "livenessProbe": {"httpGet": {"path": "/health", "port": ENGINE_PORT}, "periodSeconds": 15, "timeoutSeconds": 5, "failureThreshold": 4},
-            "volumeMounts": [{"name": "dshm", "mountPath": "/dev/shm"}, scratch_mount],
+            "startupProbe": loopback_probe("/health", period=10, failure_threshold=180),
+            "readinessProbe": loopback_probe("/health_generate", period=10),
+            "livenessProbe": loopback_probe("/health", period=15, failure_threshold=4),
+            # SGLang's caches (flashinfer/triton JIT, HF downloads) go under HOME on /tmp.
+            "volumeMounts": [shm_mount(), dict(scratch_mount), tmp_mount()],
         })
-        agent_resources: dict[str, Any] = {"requests": {"cpu": "500m", "memory": "1Gi"}}
+        volumes += [shm_volume(engine_resources), {"name": ENGINE_SCRATCH_VOLUME, "emptyDir": {}}]
+        # AgentSpec has no resources field: the agent beside an engine always gets the defaults.
+        agent_resources = container_resources(None, 0, ROLE_AGENT_DEFAULTS)
     else:
         # The torch engine runs inside the agent process: the agent gets the pool's resources.
-        agent_resources = container_resources(spec.resources, spec.gpus_per_replica)
+        agent_resources = container_resources(spec.resources, spec.gpus_per_replica, ROLE_TORCH_AGENT_DEFAULTS)
+    users = user_env(agent.env)
     containers.append({
         "name": "agent",
         "image": agent_image,
         "imagePullPolicy": settings.image_pull_policy,
         "command": ["python", "-m", "kuberl.workloads.rollout"],
-        "env": env_list(agent_env) + downward_env() + user_env(agent.env),
+        "env": env_list(agent_env) + downward_env() + nats_env + credential_env(weight_store_credentials_secret)
+               + writable_env(users) + users,
         "ports": [{"name": "metrics", "containerPort": WORKLOAD_METRICS_PORT}],
         "resources": agent_resources,
+        "securityContext": restricted_container_security(),
         "volumeMounts": agent_mounts,
     })
-    volumes = [config_volume(bound_job, optional=True) if bound_job else {"name": "kuberl-config", "emptyDir": {}}]
-    if engine.type == "sglang":
-        volumes.append({"name": "dshm", "emptyDir": {"medium": "Memory"}})
-        volumes.append({"name": ENGINE_SCRATCH_VOLUME, "emptyDir": {}})
+    volumes = [config_volume(bound_job, optional=True) if bound_job else {"name": "kuberl-config", "emptyDir": {}},
+               tmp_volume(), *volumes, *nats_volumes]
     pod_spec: dict[str, Any] = {"containers": containers, "volumes": volumes}
     if init_containers:
         pod_spec["initContainers"] = init_containers
     if settings.workload_service_account:
         pod_spec["serviceAccountName"] = settings.workload_service_account
+    restrict_pod(pod_spec)
     apply_placement(pod_spec, spec.placement)
     deployment = deployment_manifest(name, namespace, labels, selector, replicas, pod_spec)
     # Engines take minutes to load weights: surge new pods rather than drop capacity.
@@ -219,9 +281,9 @@ def rollout_deployment(
 def rollout_service(pool: RolloutPool, namespace: str, settings: OperatorSettings) -> dict[str, Any]:
     name = pool.metadata["name"]
     selector = pool_selector(name)
+    # The metrics port only: the SGLang server listens on the pod's loopback (its admin
+    # endpoints are for the agent beside it, not for the namespace).
     ports = [{"name": "metrics", "port": WORKLOAD_METRICS_PORT, "targetPort": WORKLOAD_METRICS_PORT}]
-    if pool.spec.engine.type == "sglang":
-        ports.insert(0, {"name": "engine", "port": ENGINE_PORT, "targetPort": ENGINE_PORT})
     return {
         "apiVersion": "v1",
         "kind": "Service",

@@ -18,13 +18,23 @@ from kuberl.operator.api.constants import (
 )
 from kuberl.operator.children.common import (
     CONFIG_VOLUME_MOUNT,
+    ROLE_TRAINER_DEFAULTS,
     apply_placement,
     common_labels,
     config_volume,
     container_resources,
+    credential_env,
     env_list,
+    nats_credentials,
     object_meta,
+    restrict_pod,
+    restricted_container_security,
+    shm_mount,
+    shm_volume,
+    tmp_mount,
+    tmp_volume,
     user_env,
+    writable_env,
 )
 from kuberl.operator.naming import (
     trainer_pod_name,
@@ -32,7 +42,7 @@ from kuberl.operator.naming import (
     trainer_service_name,
 )
 from kuberl.operator.settings import OperatorSettings
-from kuberl.workloads.config import CONFIG_ENV, DEFAULT_CONFIG_PATH, METRICS_PORT_ENV
+from kuberl.workloads.config import CONFIG_ENV, DEFAULT_CONFIG_PATH, METRICS_PORT_ENV, WorkloadConfig
 from kuberl.workloads.spec import WandbSpec
 
 
@@ -65,6 +75,12 @@ def wandb_env(wandb: WandbSpec | None) -> list[dict[str, Any]]:
     if wandb.base_url:
         env.append({"name": "WANDB_BASE_URL", "value": wandb.base_url})
     return env
+
+
+# The trainer writes metrics, plots and local checkpoints here (WorkloadConfig.output_dir's
+# default: the operator's config leaves it unset); writable with a read-only root filesystem.
+TRAINER_OUTPUT_DIR = WorkloadConfig.model_fields["output_dir"].default
+TRAINER_OUTPUT_VOLUME = "output"
 
 
 def trainer_ranks(job: RLJob) -> tuple[int, int]:
@@ -114,16 +130,23 @@ def trainer_pod(job: RLJob, namespace: str, index: int, generation: int, setting
             METRICS_PORT_ENV: str(WORKLOAD_METRICS_PORT),
         }
     ) + wandb_env(spec.observability.wandb)
+    buffer_secret = spec.buffer.credentials_secret.name if spec.buffer.credentials_secret else None
+    store_secret = spec.weight_store.credentials_secret.name if spec.weight_store.credentials_secret else None
+    nats_env, nats_mounts, nats_volumes = nats_credentials(buffer_secret)
+    users = user_env(trainer.env)
     image = trainer.image or (settings.trainer_image if trainer.backend == "megatron" else settings.workload_image)
+    resources = container_resources(trainer.resources, trainer.gpus_per_replica, ROLE_TRAINER_DEFAULTS)
     container = {
         "name": ROLE_TRAINER,
         "image": image,
         "imagePullPolicy": settings.image_pull_policy,
         "command": ["python", "-m", "kuberl.workloads.trainer"],
-        "env": env + user_env(trainer.env),
+        "env": env + nats_env + credential_env(store_secret) + writable_env(users) + users,
         "ports": [{"name": "rendezvous", "containerPort": RENDEZVOUS_PORT}, {"name": "metrics", "containerPort": WORKLOAD_METRICS_PORT}],
-        "resources": container_resources(trainer.resources, trainer.gpus_per_replica),
-        "volumeMounts": [CONFIG_VOLUME_MOUNT, {"name": "dshm", "mountPath": "/dev/shm"}],
+        "resources": resources,
+        "securityContext": restricted_container_security(),
+        "volumeMounts": [CONFIG_VOLUME_MOUNT, shm_mount(), tmp_mount(),
+                         {"name": TRAINER_OUTPUT_VOLUME, "mountPath": TRAINER_OUTPUT_DIR}, *nats_mounts],
     }
     pod_spec: dict[str, Any] = {
         "hostname": pod_name,
@@ -133,12 +156,15 @@ def trainer_pod(job: RLJob, namespace: str, index: int, generation: int, setting
         "containers": [container],
         "volumes": [
             config_volume(name),
-            # NCCL and dataloaders use shared memory; the container default (64 MiB) is too small.
-            {"name": "dshm", "emptyDir": {"medium": "Memory"}},
+            shm_volume(resources),
+            tmp_volume(),
+            {"name": TRAINER_OUTPUT_VOLUME, "emptyDir": {}},
+            *nats_volumes,
         ],
     }
     if settings.workload_service_account:
         pod_spec["serviceAccountName"] = settings.workload_service_account
+    restrict_pod(pod_spec)
     apply_placement(pod_spec, trainer.placement, scheduling.scheduler_name)
     return {"apiVersion": "v1", "kind": "Pod", "metadata": object_meta(pod_name, namespace, labels, annotations), "spec": pod_spec}
 

@@ -12,6 +12,7 @@ from kuberl.operator.api import AgentEnv
 from kuberl.operator.api.constants import GROUP, VERSION
 from kuberl.operator.children.agentenv import (
     agent_env_deployment,
+    agent_env_ingress_policy,
     agent_env_network_policy,
     agent_env_service,
 )
@@ -58,6 +59,7 @@ def _reconcile_env(fresh: dict, trigger: str) -> None:
     live = RT.kube.get("apps/v1", "Deployment", namespace, name)
     live = ensure_workload(deployment, fresh, live) or live or {}
     ensure_cached(agent_env_service(env, namespace, RT.settings), fresh, trigger)
+    ensure_cached(agent_env_ingress_policy(env, namespace, RT.settings), fresh, trigger)
     policy = agent_env_network_policy(env, namespace, RT.settings)
     policy_name = f"{name}-deny-egress"
     if policy is not None:

@@ -12,7 +12,7 @@ from kuberl.operator.adapters import metrics
 from kuberl.operator.api import RolloutPool
 from kuberl.operator.api.constants import API_VERSION, GROUP, VERSION
 from kuberl.operator.children.common import is_paused
-from kuberl.operator.children.rollout import rollout_deployment, rollout_service
+from kuberl.operator.children.rollout import credential_secrets, rollout_deployment, rollout_service
 from kuberl.operator.controllers.runtime import (
     RT,
     SETTINGS,
@@ -57,7 +57,8 @@ def _reconcile_pool(body: dict, namespace: str, name: str, trigger: str = "timer
     job_body = RT.kube.get(API_VERSION, "RLJob", namespace, bound) if bound else None
     model = ((job_body or {}).get("spec") or {}).get("model") or {}
     deployment = rollout_deployment(pool, namespace, RT.settings, bound_job=bound if job_body else None,
-                                             model_source=model.get("source"), tokenizer=model.get("tokenizer"))
+                                             model_source=model.get("source"), tokenizer=model.get("tokenizer"),
+                                             **credential_secrets((job_body or {}).get("spec")))
     live = RT.kube.get("apps/v1", "Deployment", namespace, name)
     live = ensure_workload(deployment, body, live) or live or {}
     ensure_cached(rollout_service(pool, namespace, RT.settings), body, trigger)
