@@ -101,7 +101,7 @@ def test_chart_installs_and_the_operator_deployment_becomes_available(kube: Kube
 # -- RBAC: not broader than needed ---------------------------------------------------------
 
 ALLOWED = [
-    ("create", "rljobs.kuberl.io", "{ns}"), ("patch", "rljobs.kuberl.io/status", "{ns}"),
+    ("patch", "rljobs.kuberl.io", "{ns}"), ("patch", "rljobs.kuberl.io/status", "{ns}"), ("create", "rolloutpools.kuberl.io", "{ns}"),
     ("patch", "rolloutpools.kuberl.io/status", "{ns}"), ("delete", "rljobs.kuberl.io", "{ns}"),
     ("create", "pods", "{ns}"), ("delete", "pods", "{ns}"), ("list", "pods", ""),
     # By name only: the Secrets a job names (its NATS credentials; missing ones are reported).
@@ -112,7 +112,7 @@ ALLOWED = [
     ("patch", "clusterkopfpeerings.kopf.dev/kuberl", ""), ("watch", "clusterkopfpeerings.kopf.dev", ""),
 ]
 DENIED = [
-    ("list", "secrets", ""), ("list", "secrets", "{ns}"), ("watch", "secrets", "{ns}"), ("create", "secrets", "{ns}"),
+    ("create", "rljobs.kuberl.io", "{ns}"), ("list", "secrets", ""), ("list", "secrets", "{ns}"), ("watch", "secrets", "{ns}"), ("create", "secrets", "{ns}"),
     ("update", "rolloutpools.kuberl.io/scale", "{ns}"), ("watch", "pods", ""), ("update", "deployments.apps", "{ns}"),
     ("create", "clusterrolebindings.rbac.authorization.k8s.io", ""),
     ("create", "rolebindings.rbac.authorization.k8s.io", "{ns}"), ("bind", "clusterroles.rbac.authorization.k8s.io", ""),
