@@ -27,25 +27,21 @@ import re
 from decimal import Decimal
 from typing import Any
 
-_QUANTITY = re.compile(r"^([+-]?(?:\d+(?:\.\d*)?|\.\d+))(?:([eE][+-]?\d+)|(Ki|Mi|Gi|Ti|Pi|Ei|n|u|m|k|M|G|T|P|E))?$")
-_SCALE = {"Ki": Decimal(2**10), "Mi": Decimal(2**20), "Gi": Decimal(2**30), "Ti": Decimal(2**40), "Pi": Decimal(2**50),
-          "Ei": Decimal(2**60), "n": Decimal("1e-9"), "u": Decimal("1e-6"), "m": Decimal("1e-3"), "": Decimal(1),
-          "k": Decimal(10**3), "M": Decimal(10**6), "G": Decimal(10**9), "T": Decimal(10**12), "P": Decimal(10**15),
-          "E": Decimal(10**18)}
+from kuberl.operator.children.common import quantity_value
+
 # kube-linter's env-var-secret name pattern, widened to the other usual credential names.
 SECRET_LOOKING = re.compile(r"(?i).*(secret|password|passwd|token|access_key|api_key).*")
 
 
 def quantity(value: Any) -> Decimal:
-    """A resource quantity's value (unset: 0, as resource.Quantity's zero value)."""
+    """A resource quantity's value (unset: 0, as resource.Quantity's zero value), parsed by
+    the builders' own parser."""
     if value is None:
         return Decimal(0)
-    m = _QUANTITY.match(str(value).strip())
-    if not m:
+    parsed = quantity_value(value)
+    if parsed is None:
         raise ValueError(f"not a quantity: {value!r}")
-    if m.group(2):
-        return Decimal(m.group(1)) * Decimal("1" + m.group(2))
-    return Decimal(m.group(1)) * _SCALE[m.group(3) or ""]
+    return parsed
 
 
 def pod_spec_of(obj: dict) -> dict | None:
