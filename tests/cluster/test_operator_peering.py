@@ -14,6 +14,7 @@ import yaml
 from tests.cluster.test_operator import cpu_job, create, trainer_pods
 from tests.support.fixtures_cluster import Kube, wait_until
 from tests.support.fixtures_servers import free_port
+from tests.support.operator_process import stop_process
 
 pytestmark = pytest.mark.cluster
 
@@ -53,11 +54,7 @@ def test_two_watched_namespaces_both_reconcile_with_peering(kube: Kube, namespac
         wait_until("job in the first namespace served", lambda: trainer_pods(kube, namespace, "first-ns"), timeout=60)
         wait_until("job in the second namespace served", lambda: trainer_pods(kube, second, "second-ns"), timeout=60)
     finally:
-        operator.terminate()
-        try:
-            operator.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            operator.kill()
+        stop_process(operator)
         kube.core.delete_namespace(second)
 
 
@@ -94,9 +91,4 @@ def test_two_replicas_elect_one_active(kube: Kube, namespace: str, nats_server):
         wait_until("job served by the former standby", lambda: trainer_pods(kube, namespace, "after-failover"), timeout=60)
     finally:
         for p in (leader, standby):
-            if p.poll() is None:
-                p.terminate()
-                try:
-                    p.wait(timeout=20)
-                except subprocess.TimeoutExpired:
-                    p.kill()
+            stop_process(p)

@@ -9,9 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import json
-import shutil
 import signal
-import tempfile
 from pathlib import Path
 
 import nats
@@ -29,7 +27,7 @@ from tests.cluster.test_operator import (
     trainer_pods,
 )
 from tests.support.fixtures_cluster import Kube, wait_until
-from tests.support.fixtures_servers import NatsServer, free_port
+from tests.support.fixtures_servers import free_port, running_nats
 from tests.support.operator_process import operator_process
 
 pytestmark = pytest.mark.cluster
@@ -48,14 +46,7 @@ def _needs_fake_nodes(kube: Kube):
 
 @pytest.fixture(scope="module")
 def guarded_nats():
-    root = Path(tempfile.mkdtemp(prefix="kuberl-nats-guarded-"))
-    server = NatsServer(root, auth=dict(NATS_USER))
-    server.start()
-    try:
-        yield server
-    finally:
-        server.stop(signal.SIGKILL)
-        shutil.rmtree(root, ignore_errors=True)
+    yield from running_nats(signal.SIGKILL, auth=NATS_USER)
 
 
 @pytest.fixture(scope="module")

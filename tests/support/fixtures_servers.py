@@ -35,6 +35,7 @@ __all__ = [
     "free_port",
     "fresh_nats_server",
     "nats_server",
+    "running_nats",
     "s3_bucket",
     "s3_server",
 ]
@@ -208,10 +209,11 @@ class SeaweedS3:
             self.proc = None
 
 
-def _running_nats(stop_sig: int = signal.SIGTERM):
-    """A started NatsServer in a temp dir; stopped with `stop_sig` and removed afterwards."""
+def running_nats(stop_sig: int = signal.SIGTERM, auth: dict[str, str] | None = None):
+    """A started NatsServer in a temp dir (requiring `auth` when given); stopped with
+    `stop_sig` and removed afterwards. For `yield from` in a fixture."""
     root = Path(tempfile.mkdtemp(prefix="kuberl-nats-"))
-    server = NatsServer(root)
+    server = NatsServer(root, auth=dict(auth) if auth else None)
     server.start()
     try:
         yield server
@@ -223,13 +225,13 @@ def _running_nats(stop_sig: int = signal.SIGTERM):
 @pytest.fixture(scope="session")
 def nats_server():
     """One JetStream server for the session; tests use per-test job names to stay apart."""
-    yield from _running_nats()
+    yield from running_nats()
 
 
 @pytest.fixture
 def fresh_nats_server():
     """A private server for tests that restart or kill it."""
-    yield from _running_nats(signal.SIGKILL)
+    yield from running_nats(signal.SIGKILL)
 
 
 @pytest.fixture(scope="session")

@@ -14,6 +14,16 @@ from tests.support.fixtures_cluster import Kube, wait_until
 from tests.support.fixtures_servers import free_port
 
 
+def stop_process(proc: subprocess.Popen, timeout: float = 20) -> None:
+    """SIGTERM (kopf's graceful shutdown), then SIGKILL if it does not exit within ``timeout``."""
+    if proc.poll() is None:
+        proc.terminate()
+    try:
+        proc.wait(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+
+
 @contextlib.contextmanager
 def operator_process(kube: Kube, **extra_env: str):
     """A standalone operator with 1-second reconcile and autoscaler ticks; `extra_env` adds
@@ -50,10 +60,6 @@ def operator_process(kube: Kube, **extra_env: str):
         proc.metrics_port = int(env["KUBERL_METRICS_PORT"])
         yield proc
     finally:
-        proc.terminate()
-        try:
-            proc.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            proc.kill()
+        stop_process(proc)
         if os.environ.get("KUBERL_TEST_SHOW_OPERATOR_LOG"):
             print(log_path.read_text()[-20000:])

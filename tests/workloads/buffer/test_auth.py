@@ -3,10 +3,7 @@ against a real nats-server that requires them."""
 
 from __future__ import annotations
 
-import shutil
 import signal
-import tempfile
-from pathlib import Path
 
 import nats
 import pytest
@@ -16,21 +13,14 @@ from kuberl.workloads.buffer.admin import BufferConfig, connect
 from kuberl.workloads.buffer.auth import CredentialsError, auth_options, process_auth_options, read_directory
 from kuberl.workloads.config import NATS_CREDENTIALS_DIR_ENV
 from asyncio import run
-from tests.support.fixtures_servers import NatsServer
+from tests.support.fixtures_servers import running_nats
 
 USER = {"user": "kuberl", "password": "s3cr3t-pw"}
 
 
 @pytest.fixture(scope="module")
 def guarded_nats():
-    root = Path(tempfile.mkdtemp(prefix="kuberl-nats-auth-"))
-    server = NatsServer(root, auth=dict(USER))
-    server.start()
-    try:
-        yield server
-    finally:
-        server.stop(signal.SIGKILL)
-        shutil.rmtree(root, ignore_errors=True)
+    yield from running_nats(signal.SIGKILL, auth=USER)
 
 
 def test_the_secret_forms_become_connect_options():
