@@ -30,6 +30,7 @@ from kuberl.operator.controllers.runtime import (
     timer_round,
 )
 from kuberl.operator.decisions import access
+from kuberl.operator.decisions import references as semantics
 from kuberl.operator.decisions import status as st
 from kuberl.operator.naming import agent_env_url
 from kuberl.workloads.logs import get_logger
@@ -48,7 +49,7 @@ def _reconcile_env(fresh: dict, trigger: str) -> None:
     errors = access.sandbox_errors(env.spec, "spec", access_policy())
     if errors:
         # Refused before any pod exists: a sandbox switched off against the installation's policy.
-        message = "; ".join(f"{path}: {why}" for path, why in errors)
+        message = semantics.describe(errors)
         conds = st.set_condition(old.get("conditions"), "Ready", False, st.INVALID_SPEC, message, now=time.time(),
                                  generation=fresh["metadata"].get("generation"))
         if (st.find(old.get("conditions"), "Ready") or {}).get("message") != message:

@@ -22,7 +22,7 @@ from kuberl.operator.api.constants import (
 )
 from kuberl.operator.api.rolloutpool import RolloutPoolSpec
 from kuberl.operator.children.agentenv import inline_agent_envs
-from kuberl.operator.children.rollout import inline_rollout_pool
+from kuberl.operator.children.rollout import credential_secrets, inline_rollout_pool
 from kuberl.operator.children.trainer import trainer_pod, trainer_service
 from kuberl.operator.children.workload_config import (
     job_config_map,
@@ -145,7 +145,7 @@ def _ensure_children(body: Mapping, job: RLJob, namespace: str, pools: dict, env
 
 def _buffer_auth(job: RLJob) -> dict[str, str] | None:
     ref = job.spec.buffer.credentials_secret
-    return buffer_auth(job.metadata["namespace"], {"credentialsSecret": {"name": ref.name}} if ref else None)
+    return buffer_auth(job.metadata["namespace"], ref.name if ref else None)
 
 
 def _pod_views(namespace: str, name: str) -> tuple[lifecycle.PodView, ...]:
@@ -380,7 +380,8 @@ def rljob_deleted(body: kopf.Body, spec: kopf.Spec, namespace: str, name: str, u
     buffer = spec.get("buffer") or {}
     url = buffer.get("url") or buffer_default_url()
     try:
-        deleted = RT.nats.delete_job(url, namespace, name, auth=buffer_auth(namespace, buffer))
+        auth = buffer_auth(namespace, credential_secrets(spec)["buffer_credentials_secret"])
+        deleted = RT.nats.delete_job(url, namespace, name, auth=auth)
     except Exception as e:
         where = access.redact_url(url)
         if retry + 1 >= RT.settings.finalizer_retries:

@@ -82,7 +82,7 @@ def read_signals(job_body: dict | None, namespace: str) -> autoscaler.Signals:
     url = ((job_body.get("spec") or {}).get("buffer") or {}).get("url") or buffer_default_url()
     name = job_body["metadata"]["name"]
     try:
-        auth = buffer_auth(namespace, (job_body.get("spec") or {}).get("buffer"))
+        auth = buffer_auth(namespace, credential_secrets(job_body.get("spec"))["buffer_credentials_secret"])
         backlog = RT.nats.backlog(url, namespace, name, auth=auth)
     except Exception:  # noqa: BLE001 (no signal this round: the policy then holds)
         return autoscaler.Signals()

@@ -24,6 +24,7 @@ from kuberl.operator.api.constants import (
 from kuberl.operator.children.common import is_paused
 from kuberl.operator.decisions.access import AccessPolicy
 from kuberl.operator.decisions.resync import EnsureCache
+from kuberl.operator.decisions import status as st
 from kuberl.operator.decisions.status import changed_fields
 from kuberl.operator.settings import OperatorSettings
 from kuberl.workloads.logs import get_logger
@@ -182,13 +183,13 @@ def secret_data(namespace: str, name: str) -> dict[str, str] | None:
     return data
 
 
-def buffer_auth(namespace: str, buffer: Mapping | None) -> dict[str, str] | None:
-    """The job's NATS credentials (spec.buffer.credentialsSecret), None when it names none.
-    A missing Secret gives empty credentials: the connection then fails naming the field."""
-    ref = (buffer or {}).get("credentialsSecret")
-    if not ref or not RT.settings.read_job_secrets:
+def buffer_auth(namespace: str, secret: str | None) -> dict[str, str] | None:
+    """The job's NATS credentials (the Secret its spec.buffer.credentialsSecret names), None
+    when it names none. A missing Secret gives empty credentials: the connection then fails
+    naming the field."""
+    if not secret or not RT.settings.read_job_secrets:
         return None  # the operator's own credentials, if it has any (NatsBridge)
-    return secret_data(namespace, ref["name"]) or {}
+    return secret_data(namespace, secret) or {}
 
 
 def access_policy() -> AccessPolicy:
@@ -220,8 +221,6 @@ def report_refusal(kind: str, body: Mapping, error: KubeError) -> None:
     """A child of a RolloutPool or AgentEnv was refused by the API server: say so on the
     parent (Ready False, ChildRejected, the server's words) and in a Warning Event, once per
     new message, instead of retrying the same object silently every round."""
-    from kuberl.operator.decisions import status as st
-
     meta = body["metadata"]
     old = plain(body.get("status") or {})
     message = f"the API server refused a child: {error.server_message}"

@@ -94,9 +94,10 @@ class StepTimedOut(Exception):
     """An environment step sent no answer within the client's read timeout."""
 
 
-# The AgentEnv default episodeTimeoutSeconds. The agent's config names each environment's URL
-# only, not its episode timeout; a step can legitimately take up to that long (the reference
-# server answers timed_out when the episode's time runs out), so the read bound sits above it.
+# The AgentEnv default episodeTimeoutSeconds, for a config that carries no environment's own
+# (WorkloadConfig.agent_env_episode_timeouts). A step can legitimately take up to that long
+# (the reference server answers timed_out when the episode's time runs out), so the read
+# bound sits above it.
 ENV_EPISODE_TIMEOUT_S = 300.0
 ENV_TIMEOUT_MARGIN_S = 30.0
 ENV_CONNECT_TIMEOUT_S = 10.0
