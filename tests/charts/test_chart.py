@@ -220,6 +220,13 @@ BAD_VALUES = [
     (["--set", "metrics.serviceMonitor.interval=often"], "/metrics/serviceMonitor/interval"),
     (["--set", "operatr.replicas=2"], "operatr"),  # a typo is an unknown key, not ignored
     (["--set", "ports.metrics=8081"], "ports.metrics and ports.health must differ"),
+    # The laptop stack's credentials (a NATS password starts with a letter and has at least 16 characters).
+    (["--set", "stack.credentials.nats.password=1234567890123456789"], "/stack/credentials/nats/password"),
+    (["--set", "stack.credentials.nats.password=short1A"], "/stack/credentials/nats/password"),
+    (["--set", "stack.credentials.s3.secretAccessKey=tooshort"], "/stack/credentials/s3/secretAccessKey"),
+    (["--set", "stack.credentials.namespaces={Team_A}"], "/stack/credentials/namespaces/0"),
+    (["--set", "stack.networkPolicy.enabled=maybe"], "/stack/networkPolicy/enabled"),
+    (["--set", "operator.natsUrl=nats://x:4222"], "natsUrl"),  # removed: nothing read it
 ]
 
 

@@ -32,6 +32,7 @@ from kuberl.workloads.config import (
     WorkloadConfig,
 )
 from tests.support import kube_lint
+from tests.support.label_selectors import selects
 from tests.support.objects import EXAMPLES, NS, S, example, job, pool
 
 EXAMPLE_FILES = sorted(EXAMPLES.glob("*.yaml"))
@@ -80,19 +81,6 @@ def sglang_cpu_pool() -> RolloutPool:
 def containers_of(deployment: dict) -> dict[str, dict]:
     spec = deployment["spec"]["template"]["spec"]
     return {c["name"]: c for c in all_containers(spec)}
-
-
-def selects(selector: dict, labels: dict[str, str]) -> bool:
-    """A LabelSelector's meaning (matchLabels and matchExpressions all hold)."""
-    if any(labels.get(k) != v for k, v in (selector.get("matchLabels") or {}).items()):
-        return False
-    for e in selector.get("matchExpressions") or []:
-        present, value = e["key"] in labels, labels.get(e["key"])
-        ok = {"In": present and value in e.get("values", []), "NotIn": not present or value not in e.get("values", []),
-              "Exists": present, "DoesNotExist": not present}[e["operator"]]
-        if not ok:
-            return False
-    return True
 
 
 # -- every example, through the operator's own render ----------------------------------------
