@@ -51,7 +51,8 @@ def guarded_nats():
 
 @pytest.fixture(scope="module")
 def operator(kube: Kube):
-    with operator_process(kube, KUBERL_FINALIZER_RETRIES="2") as proc:
+    # The allowlist admits the loopback servers the tests run (and nothing else).
+    with operator_process(kube, KUBERL_FINALIZER_RETRIES="2", KUBERL_ENDPOINT_ALLOWLIST="127.0.0.1") as proc:
         yield proc
 
 
@@ -156,3 +157,14 @@ def test_an_agentenv_may_not_switch_its_sandbox_off(kube, namespace, operator):
                        and c.get("reason") == "InvalidSpec" and c, timeout=60)
     assert "spec.sandbox.denyEgress" in ready["message"] and "security.allowSandboxOptOut" in ready["message"]
     assert deployment(kube, namespace, "open-env") is None
+
+
+def test_a_buffer_outside_the_endpoint_allowlist_is_refused_before_the_operator_dials_it(kube, namespace, operator):
+    create(kube, namespace, cpu_job("elsewhere", "nats://10.0.0.99:4222", replicas=1))
+    failed = wait_until("refused by the allowlist", lambda: (c := condition(job_status(kube, namespace, "elsewhere"), "Failed"))
+                        and c.get("reason") == "InvalidSpec" and c, timeout=60)
+    assert "spec.buffer.url: host '10.0.0.99' is not among the endpoints this installation allows (127.0.0.1)" in failed["message"]
+    assert not trainer_pods(kube, namespace, "elsewhere")
+    # Never dialled: no buffer condition, no connection attempt in the operator's log.
+    assert not condition(job_status(kube, namespace, "elsewhere"), "BufferReady")
+    assert "cannot connect to nats://10.0.0.99" not in Path(operator.log_path).read_text()
