@@ -242,7 +242,7 @@ def test_failed_rank_restarts_the_gang_then_backoff_limit_fails(kube, namespace,
 
     pods = wait_until("the whole gang recreated", new_gang, timeout=60)
     assert not old_uids & {p.metadata.uid for p in pods}
-    assert any(e.reason == "GangRestart" for e in events(kube, namespace, "flaky"))
+    wait_until("the GangRestart event", lambda: any(e.reason == "GangRestart" for e in events(kube, namespace, "flaky")), timeout=30)
     wait_phase(kube, namespace, "flaky", "Running", timeout=60)
 
     set_fake_phase(kube, namespace, "flaky-trainer-0", "Failed")
@@ -576,6 +576,9 @@ def test_an_evicted_rank_restarts_the_gang_without_spending_the_backoff_limit(ku
         "conditions": [{"type": "DisruptionTarget", "status": "True", "reason": "TerminationByKubelet", "lastTransitionTime": now}]}})
     status = wait_until("restart after the eviction", lambda: (s := job_status(kube, namespace, "evicted")).get("restarts") == 1 and s, timeout=60)
     assert status["disruptions"] == 1 and status["phase"] != "Failed"
-    restart = next(e for e in events(kube, namespace, "evicted") if e.reason == "GangRestart")
+    # The restart count is patched before the Event is posted (a crash in between must not
+    # restart twice), so the Event can trail the status: wait for it.
+    restart = wait_until("the GangRestart event", lambda: next(
+        (e for e in events(kube, namespace, "evicted") if e.reason == "GangRestart"), None), timeout=30)
     assert "not counted against backoffLimit" in restart.message
     wait_phase(kube, namespace, "evicted", "Running", timeout=60)
