@@ -6,3 +6,4 @@ Each fixture family lives in its own module in tests/support/; import new ones h
 """
 from tests.support.fixtures_cluster import *  # noqa: F401,F403
 from tests.support.fixtures_servers import *  # noqa: F401,F403
+from tests.support.fixtures_node import *  # noqa: F401,F403

@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Build the local control plane (kube-apiserver, kube-controller-manager, kube-scheduler,
-# kubectl, etcd, kwok, helm) from the Go module proxy into a cache outside the repo.
+# kubectl, etcd, kwok, helm) and the real node's binaries (kubelet, kube-proxy, CoreDNS and
+# the sandbox's pause program) from the Go module proxy into a cache outside the repo.
 #
 #   e2e/cluster/build.sh              build what is missing, print the bin directory
 #   e2e/cluster/build.sh --print-dir  only print the bin directory
@@ -60,7 +61,7 @@ install_built() {
 }
 
 build_kubernetes() {
-  local names=(kube-apiserver kube-controller-manager kube-scheduler kubectl)
+  local names=(kube-apiserver kube-controller-manager kube-scheduler kubectl kubelet kube-proxy)
   local n missing=0
   for n in "${names[@]}"; do up_to_date "$n" "$KUBERNETES_VERSION" || missing=1; done
   (( missing )) || return 0
@@ -139,6 +140,40 @@ go_install() {
   install_built "$tmp" "$version" "$name"
 }
 
+# CoreDNS with only the plugins the node's cluster DNS uses: its own main package links
+# every plugin (cloud SDKs included), which doubles the build for nothing.
+build_coredns() {
+  up_to_date coredns "$COREDNS_VERSION" && return 0
+  log "building CoreDNS $COREDNS_VERSION"
+  local work="$src/coredns-$COREDNS_VERSION"
+  rm -rf "$work" && mkdir -p "$work"
+  printf 'module kuberl.local/build/coredns\n\ngo 1.26\n\nrequire github.com/coredns/coredns %s\n' \
+    "$COREDNS_VERSION" > "$work/go.mod"
+  cp "$here/coredns/main.go" "$work/main.go"
+  (
+    cd "$work"
+    "${nice_cmd[@]}" "$go" mod tidy
+    mkdir -p out
+    "${nice_cmd[@]}" "$go" build -ldflags "-s -w" -o out/coredns .
+  )
+  install_built "$work/out" "$COREDNS_VERSION" coredns
+}
+
+# The sandbox ("pause") container's program, from this repository; no registry serves
+# registry.k8s.io/pause here. Stamped with its source's hash so an edit rebuilds it.
+build_pause() {
+  local version
+  version="$(sha256sum "$here/pause/main.go" | cut -c1-16)"
+  up_to_date kuberl-pause "$version" && return 0
+  log "building kuberl-pause"
+  local work="$src/pause"
+  rm -rf "$work" && mkdir -p "$work/out"
+  printf 'module kuberl.local/build/pause\n\ngo 1.26\n' > "$work/go.mod"
+  cp "$here/pause/main.go" "$work/main.go"
+  (cd "$work" && "$go" build -ldflags "-s -w" -o out/kuberl-pause .)
+  install_built "$work/out" "$version" kuberl-pause
+}
+
 start=$SECONDS
 build_kubernetes
 build_etcd
@@ -146,5 +181,7 @@ go_install kwok sigs.k8s.io/kwok/cmd/kwok "$KWOK_VERSION"
 # Without this, helm version and .Capabilities.HelmVersion say "v3.22", not the release.
 go_install helm helm.sh/helm/v3/cmd/helm "$HELM_VERSION" \
   "-X helm.sh/helm/v3/internal/version.version=$HELM_VERSION"
+build_coredns
+build_pause
 log "done in $((SECONDS - start))s; $(du -sh "$bin" | cut -f1) in $bin"
 echo "$bin"

@@ -4,6 +4,11 @@ etcd + kube-apiserver + kube-controller-manager + kube-scheduler, built by build
 kwok simulating the kubelets of fake CPU and GPU nodes. Everything listens on 127.0.0.1
 on ephemeral ports and lives in one work directory; nothing needs root or Docker.
 
+With real_node=True (root; e2e/setup.sh installs containerd, runc and the CNI plugins) a
+real kubelet node joins as well (node.py): the CPU pool where pods really run. The API
+server then serves on the node's bridge address, which pods reach through the
+kubernetes Service.
+
     python e2e/cluster/controlplane.py up     # prints the kubeconfig path
     python e2e/cluster/controlplane.py down
 
@@ -42,7 +47,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Self
 
-from e2e.cluster import pki
+from e2e.cluster import node_network, pki
 
 HERE = Path(__file__).resolve().parent
 BUILD_SCRIPT = HERE / "build.sh"
@@ -69,6 +74,10 @@ CONTROLLERS = (
     "statefulset-controller", "endpointslice-controller", "node-lifecycle-controller",
     "taint-eviction-controller", "pod-garbage-collector-controller",
     "ttl-after-finished-controller", "resourcequota-controller", "disruption-controller",
+    # Claims bind to the real node's volumes; the protection controllers remove the
+    # finalizers admission puts on claims and volumes, or namespaces never finish deleting.
+    "persistentvolume-binder-controller", "persistentvolume-protection-controller",
+    "persistentvolumeclaim-protection-controller",
 )
 
 
@@ -89,8 +98,10 @@ def bin_dir() -> Path:
 
 def ensure_built() -> Path:
     """The bin directory, running build.sh first if any binary is missing (a no-op otherwise)."""
+    from e2e.cluster.node import NODE_BINARIES
+
     d = bin_dir()
-    if not all((d / b).is_file() for b in BINARIES):
+    if not all((d / b).is_file() for b in (*BINARIES, *NODE_BINARIES)):
         subprocess.run(["bash", str(BUILD_SCRIPT)], check=True, stdout=sys.stderr)
     return d
 
@@ -246,6 +257,7 @@ class ControlPlane:
     cpu_nodes: int = 2
     gpu_nodes: int = 2
     gpus_per_node: int = 8
+    real_node: bool = False
     die_with_parent: bool = True
     bin: Path = field(default_factory=bin_dir)
     components: list[_Component] = field(default_factory=list)
@@ -273,6 +285,11 @@ class ControlPlane:
         self.workdir.mkdir(parents=True, exist_ok=True)
         atexit.register(self.stop)
         try:
+            if self.real_node:
+                from e2e.cluster.node import RealNode
+
+                self.node = RealNode(self)
+                self.node.prepare()
             try:
                 self._start(timeout)
             except RuntimeError:
@@ -293,6 +310,9 @@ class ControlPlane:
             self.components.pop().stop()
 
     def stop(self) -> None:
+        if getattr(self, "node", None) is not None:
+            self.node.stop()
+            self.node = None
         self._stop_components()
         state = self.workdir / "state.json" if self.workdir else None
         if state is not None and state.exists():
@@ -312,9 +332,13 @@ class ControlPlane:
         c = _Component(name, argv, self.workdir / f"{name}.log")
         c.start(self.die_with_parent)
         self.components.append(c)
-        (self.workdir / "state.json").write_text(json.dumps(
-            {"pids": [x.popen.pid for x in self.components], "kubeconfig": str(self.kubeconfig)}))
+        self.record_state()
         return c
+
+    def record_state(self) -> None:
+        node = getattr(self, "node", None)
+        pids = [x.popen.pid for x in [*self.components, *(node.components if node else ())]]
+        (self.workdir / "state.json").write_text(json.dumps({"pids": pids, "kubeconfig": str(self.kubeconfig)}))
 
     def _start(self, timeout: float) -> None:
         t0 = time.monotonic()
@@ -323,8 +347,11 @@ class ControlPlane:
         pkidir = w / "pki"
         pkidir.mkdir(exist_ok=True)
         ca = pki.make_ca(pkidir)
+        # With a real node the API server serves on the bridge address, where both this
+        # machine and pods (through the kubernetes Service) reach it.
+        host = node_network.GATEWAY if self.real_node else "127.0.0.1"
         serving = pki.issue(ca, pkidir, "apiserver", cn="kube-apiserver", server_sans=(
-            "IP:127.0.0.1", "IP:10.96.0.1", "DNS:localhost", "DNS:kubernetes",
+            "IP:127.0.0.1", f"IP:{node_network.GATEWAY}", "IP:10.96.0.1", "DNS:localhost", "DNS:kubernetes",
             "DNS:kubernetes.default", "DNS:kubernetes.default.svc",
             "DNS:kubernetes.default.svc.cluster.local"))
         admin = pki.issue(ca, pkidir, "admin", cn="kuberl-admin", orgs=("system:masters",))
@@ -334,7 +361,9 @@ class ControlPlane:
         sa_key, sa_pub = pki.make_service_account_keys(pkidir)
 
         etcd_port, etcd_peer, api_port, kcm_port, sched_port = (free_port() for _ in range(5))
-        server = f"https://127.0.0.1:{api_port}"
+        server = f"https://{host}:{api_port}"
+        kubelet_client = pki.issue(ca, pkidir, "apiserver-kubelet-client", cn="kube-apiserver-kubelet-client",
+                                   orgs=("system:masters",))
 
         etcd = self._spawn("etcd", [
             str(self.bin / "etcd"), "--name=kuberl", f"--data-dir={w / 'etcd'}",
@@ -351,7 +380,7 @@ class ControlPlane:
         api = self._spawn("kube-apiserver", [
             str(self.bin / "kube-apiserver"),
             f"--etcd-servers=http://127.0.0.1:{etcd_port}",
-            "--bind-address=127.0.0.1", "--advertise-address=127.0.0.1", f"--secure-port={api_port}",
+            f"--bind-address={host}", f"--advertise-address={host}", f"--secure-port={api_port}",
             f"--cert-dir={w / 'apiserver'}",
             f"--tls-cert-file={serving.cert}", f"--tls-private-key-file={serving.key}",
             f"--client-ca-file={ca.cert}",
@@ -363,6 +392,10 @@ class ControlPlane:
             f"--service-account-key-file={sa_pub}", f"--service-account-signing-key-file={sa_key}",
             "--service-cluster-ip-range=10.96.0.0/16",
             "--allow-privileged=true", "--profiling=false",
+            # logs/exec: the kubelet trusts this certificate; nodes are reached by their
+            # InternalIP, never by a name the machine's resolver would have to know.
+            f"--kubelet-client-certificate={kubelet_client.cert}", f"--kubelet-client-key={kubelet_client.key}",
+            "--kubelet-preferred-address-types=InternalIP",
         ])
         ctx = ssl.create_default_context(cafile=str(ca.cert))
         ctx.load_cert_chain(str(admin.cert), str(admin.key))
@@ -422,6 +455,8 @@ class ControlPlane:
             path = f"/api/v1/nodes/{n['metadata']['name']}"
             wait_for(f"node {n['metadata']['name']} Ready and untainted",
                      lambda path=path: _node_schedulable(self.api.request("GET", path)), remaining(), procs)
+        if self.real_node:
+            self.node.join(ca, server, lambda user, cert: _kubeconfig(server, ca.cert, user, cert), remaining)
 
 
 def _sweep_stale_workdirs() -> None:
@@ -461,17 +496,20 @@ def _alive(pids: list[int]) -> bool:
     return False
 
 
-def cli_up(dir: Path, cpu_nodes: int, gpu_nodes: int) -> None:
+def cli_up(dir: Path, cpu_nodes: int, gpu_nodes: int, real_node: bool = False) -> None:
     state = dir / "state.json"
     if state.exists() and _alive(json.loads(state.read_text())["pids"]):
         print(json.loads(state.read_text())["kubeconfig"])  # already up: idempotent
         return
     cli_down(dir)
     ensure_built()
-    cp = ControlPlane(workdir=dir, cpu_nodes=cpu_nodes, gpu_nodes=gpu_nodes, die_with_parent=False)
+    cp = ControlPlane(workdir=dir, cpu_nodes=cpu_nodes, gpu_nodes=gpu_nodes, real_node=real_node,
+                      die_with_parent=False)
     cp.start()
     atexit.unregister(cp.stop)  # the plane outlives this command; `down` stops it
     cp.components.clear()
+    if cp.real_node:
+        cp.node.components.clear()
     print(cp.kubeconfig)
 
 
@@ -480,6 +518,10 @@ def cli_down(dir: Path) -> None:
     if state.exists():
         for pid in reversed(json.loads(state.read_text())["pids"]):
             kill_group(pid)
+    if (dir / "node").is_dir():
+        from e2e.cluster import node
+
+        node.teardown_dir(dir / "node")
     shutil.rmtree(dir, ignore_errors=True)
 
 
@@ -489,9 +531,10 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--dir", type=Path, default=_default_dir(), help="work directory (default: %(default)s)")
     ap.add_argument("--cpu-nodes", type=int, default=2)
     ap.add_argument("--gpu-nodes", type=int, default=2)
+    ap.add_argument("--real-node", action="store_true", help="join a real kubelet node (root; see node.py)")
     args = ap.parse_args(argv)
     if args.action == "up":
-        cli_up(args.dir, args.cpu_nodes, args.gpu_nodes)
+        cli_up(args.dir, args.cpu_nodes, args.gpu_nodes, args.real_node)
     else:
         cli_down(args.dir)
 

@@ -1,0 +1,41 @@
+"""`node_kube` (session): a second local control plane whose CPU pool is a real kubelet
+node (e2e/cluster/node.py: containerd, runc, bridge CNI, kube-proxy, CoreDNS), with one
+kwok GPU node beside it. Every image the node runs is built here by e2e/images (e2e/setup.sh
+builds them; this fixture builds whatever is missing, a no-op otherwise) and imported into
+the node's containerd. `node_kube.images` maps each image's name to its local reference.
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import pytest
+
+from e2e.cluster import controlplane
+from e2e.images.build import Catalog
+from tests.support.fixtures_cluster import Kube
+
+__all__ = ["node_kube", "NODE_IMAGES"]
+
+# What pods on the node run; the bases are only built upon.
+NODE_IMAGES = ("operator", "workload-cpu", "nats", "seaweedfs")
+
+
+@pytest.fixture(scope="session")
+def node_kube():
+    bin_dir = controlplane.ensure_built()
+    catalog = Catalog(bin_dir)
+    refs = catalog.build_all(Path(sys.executable).parent)
+    plane = controlplane.ControlPlane(bin=bin_dir, cpu_nodes=0, gpu_nodes=1, real_node=True)
+    plane.start()
+    try:
+        for name in NODE_IMAGES:
+            plane.node.import_layout(catalog.layout(name), refs[name])
+        k = Kube(plane.kubeconfig, plane.kubectl_path)
+        k.install_crds()
+        k.images = refs
+        k.plane = plane
+        yield k
+    finally:
+        plane.stop()
