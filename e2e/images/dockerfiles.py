@@ -13,6 +13,7 @@ from pathlib import Path
 CONTEXT = ("pyproject.toml", "README.md", "operator/kuberl", "workloads/kuberl")
 CA_BUNDLE = "/etc/ssl/certs/ca-certificates.crt"
 PIP_CONF = "/etc/pip.conf"
+LINKS = Path("/run/kuberl-oci")
 
 
 def context_key(repo: Path, dockerfile: Path) -> str:
@@ -50,8 +51,15 @@ def build(storage: Path, repo: Path, dockerfile: Path, ref: str, build_args: dic
     for layout in bases.values():
         base_ref = layout_ref(layout)
         if not _has(storage, base_ref):
-            image_id = _buildah(storage, "pull", "--quiet", f"oci:{layout}").stdout.split()[-1]
+            # buildah names a pulled layout after its path, and a path with a dot-led
+            # component (~/.cache) is no valid name: pull through a plain-named link.
+            link = LINKS / layout.name
+            LINKS.mkdir(parents=True, exist_ok=True)
+            link.unlink(missing_ok=True)
+            link.symlink_to(layout)
+            image_id = _buildah(storage, "pull", "--quiet", f"oci:{link}").stdout.split()[-1]
             _buildah(storage, "tag", image_id, base_ref)
+            _buildah(storage, "rmi", f"localhost{link}")
     args = [f"--build-arg={k}={v}" for k, v in build_args.items()]
     # RUN steps see the machine's CA bundle and pip configuration (a proxy in front of
     # PyPI may need both); mounted for the build only, never part of the image.
