@@ -77,7 +77,7 @@ disabled_plugins = ["io.containerd.snapshotter.v1.aufs", "io.containerd.snapshot
 
 
 def kubelet_config(*, ca: Path, serving: pki.Cert, sock: Path, port: int, healthz_port: int,
-                   resolv_conf: Path) -> dict:
+                   resolv_conf: Path, pod_logs: Path) -> dict:
     return {
         "apiVersion": "kubelet.config.k8s.io/v1beta1", "kind": "KubeletConfiguration",
         "address": node_network.GATEWAY, "port": port, "readOnlyPort": 0,
@@ -103,6 +103,7 @@ def kubelet_config(*, ca: Path, serving: pki.Cert, sock: Path, port: int, health
         "rotateCertificates": False, "serverTLSBootstrap": False,
         "shutdownGracePeriod": "0s",
         "containerLogMaxSize": "10Mi",
+        "podLogsDir": str(pod_logs),  # not /var/log/pods: everything in the work directory
         "nodeStatusUpdateFrequency": "5s",
     }
 
@@ -148,7 +149,8 @@ class RealNode:
         resolv.write_text(f"nameserver {node_network.GATEWAY}\n")
         port, healthz = cp.free_port(), cp.free_port()
         (d / "kubelet.json").write_text(json.dumps(kubelet_config(
-            ca=ca.cert, serving=serving, sock=self.sock, port=port, healthz_port=healthz, resolv_conf=resolv)))
+            ca=ca.cert, serving=serving, sock=self.sock, port=port, healthz_port=healthz, resolv_conf=resolv,
+            pod_logs=d / "pod-logs")))
         labels = ",".join(f"{k}={v}" for k, v in NODE_LABELS.items())
         kubelet = self._spawn("kubelet", [
             str(self.plane.bin / "kubelet"), f"--config={d / 'kubelet.json'}",

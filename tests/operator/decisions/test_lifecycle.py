@@ -38,6 +38,20 @@ def test_failed_rank_restarts_the_whole_gang():
     assert plan.terminal is None and plan.create == []
 
 
+def test_a_rank_deleted_mid_run_restarts_the_whole_gang_and_counts():
+    """Seen on the real node: without this the operator recreated only the deleted rank
+    and never counted a restart (the other ranks of a real gang would have hung)."""
+    plan = decide(view([pod(0), pod(1, deleting=True)]))
+    assert plan.restarts == 1 and plan.delete == ["j-trainer-0"] and "j-trainer-1 were deleted" in plan.restarted
+    assert plan.create == [] and plan.terminal is None
+    # A finished rank being removed is no loss; the operator's own deletions are of old generations.
+    assert decide(view([pod(0), pod(1, "Succeeded", deleting=True)])).restarts == 0
+    assert decide(view([pod(0, gen=0, deleting=True)], restarts=1)).restarts == 1
+    evicted = PodView("j-trainer-1", 1, 0, "Running", True, True, disrupted=True)
+    plan = decide(view([pod(0), evicted]))
+    assert plan.restarts == 1 and plan.disruptions == 1
+
+
 def test_old_generation_is_deleted_and_names_wait_until_free():
     plan = decide(view([pod(0, gen=0), pod(1, gen=0, deleting=True)], restarts=1))
     assert plan.delete == ["j-trainer-0"] and plan.create == []

@@ -93,7 +93,12 @@ def decide(view: JobView) -> Plan:
     current = [p for p in live if p.generation == view.restarts and p.index < view.replicas]
     stale = [p for p in live if p not in current]
     plan.delete = [p.name for p in stale]
-    failed = [p for p in current if p.phase == "Failed"]
+    # A rank someone deleted mid-run (kubectl delete, a drain) is lost to the gang as surely
+    # as a failed one: the other ranks would wait on it at the next collective. It restarts
+    # the gang, counted as a Job counts a deleted pod, unless it carries DisruptionTarget.
+    deleted = [p for p in view.pods if p.deleting and p.generation == view.restarts and p.index < view.replicas
+               and p.phase != "Succeeded"]
+    failed = [p for p in current if p.phase == "Failed"] + deleted
     if failed:
         names = ", ".join(sorted(p.name for p in failed))
         if all(p.disrupted for p in failed):
@@ -109,7 +114,8 @@ def decide(view: JobView) -> Plan:
                              f"trainer pod(s) {names} failed after {view.restarts - view.disruptions} counted gang restart(s) (backoffLimit={view.backoff_limit})")
             return plan
         plan.restarts = view.restarts + 1
-        plan.restarted = (f"trainer pod(s) {names} failed; restarting the gang from the last checkpoint "
+        how = "failed" if not deleted else "were deleted" if len(deleted) == len(failed) else "failed or were deleted"
+        plan.restarted = (f"trainer pod(s) {names} {how}; restarting the gang from the last checkpoint "
                           f"({plan.restarts - view.disruptions}/{view.backoff_limit})")
         plan.delete = [p.name for p in live]
         return plan

@@ -9,6 +9,7 @@ import torch
 
 from kuberl.workloads.config import load_config
 from kuberl.workloads.logs import get_logger
+from kuberl.workloads.signals import exit_on_sigterm
 from kuberl.workloads.observe.serve import serve_metrics
 from kuberl.workloads.trainer.colocated import run_colocated
 from kuberl.workloads.trainer.decoupled import run_decoupled
@@ -18,6 +19,7 @@ log = get_logger(__name__)
 
 def main() -> None:
     torch.set_num_threads(int(os.environ.get("KUBERL_TORCH_THREADS", "1")))
+    exit_on_sigterm(log)
     cfg = load_config()
     log.info("trainer starting", job=cfg.job.name, mode=cfg.mode, max_steps=cfg.run_policy.max_steps)
     serve_metrics()
