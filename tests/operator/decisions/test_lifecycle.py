@@ -52,6 +52,14 @@ def test_a_rank_deleted_mid_run_restarts_the_whole_gang_and_counts():
     assert plan.restarts == 1 and plan.disruptions == 1
 
 
+def test_a_rank_gone_between_two_rounds_after_the_gang_was_ready_restarts_it():
+    """A deleted pod whose container stops at once (SIGTERM) can vanish before the next
+    round looks: the gang was Ready, so a missing rank was lost, not never created."""
+    plan = decide(view([pod(0)], gang_was_ready=True))
+    assert plan.restarts == 1 and plan.delete == ["j-trainer-0"] and "j-trainer-1 were deleted" in plan.restarted
+    assert decide(view([pod(0)], gang_was_ready=False)).create == [1]  # creation interrupted: just finish it
+
+
 def test_old_generation_is_deleted_and_names_wait_until_free():
     plan = decide(view([pod(0, gen=0), pod(1, gen=0, deleting=True)], restarts=1))
     assert plan.delete == ["j-trainer-0"] and plan.create == []

@@ -231,6 +231,7 @@ def _reconcile_job(body: dict, namespace: str, name: str, trigger: str = "timer"
         backoff_limit=job.spec.run_policy.backoff_limit,
         restarts=restarts,
         disruptions=int(old_status.get("disruptions", 0)),
+        gang_was_ready=st.is_true(old_status.get("conditions") or [], st.TRAINER_READY),
         suspend=job.spec.suspend,
         finished=finished,
         completion_time=st.parse_rfc3339(old_status.get("completionTime")),

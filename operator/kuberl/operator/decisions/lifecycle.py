@@ -46,6 +46,9 @@ class JobView:
     pods: tuple[PodView, ...]
     now: float
     disruptions: int = 0  # restarts so far caused by disruptions (not counted against backoffLimit)
+    # Every rank of this generation was Ready at the last status write (TrainerReady): a
+    # rank missing now was lost (deleted and gone between two rounds), not never created.
+    gang_was_ready: bool = False
 
 
 @dataclass
@@ -98,6 +101,10 @@ def decide(view: JobView) -> Plan:
     # the gang, counted as a Job counts a deleted pod, unless it carries DisruptionTarget.
     deleted = [p for p in view.pods if p.deleting and p.generation == view.restarts and p.index < view.replicas
                and p.phase != "Succeeded"]
+    if view.gang_was_ready:
+        seen = {p.index for p in current} | {p.index for p in deleted}
+        deleted += [PodView(trainer_pod_name(view.name, i), i, view.restarts, "Unknown")
+                    for i in range(view.replicas) if i not in seen]
     failed = [p for p in current if p.phase == "Failed"] + deleted
     if failed:
         names = ", ".join(sorted(p.name for p in failed))
