@@ -206,6 +206,7 @@ def _train_tiny_job(release: Kube) -> None:
     kube.custom.create_namespaced_custom_object("kuberl.io", "v1alpha1", ns, "rljobs", job)
 
     seen: list[dict] = []
+    loaded: list[int] = []  # policy versions the rollout pool's status said its pods had loaded
 
     def status() -> dict:
         st = kube.custom.get_namespaced_custom_object("kuberl.io", "v1alpha1", ns, "rljobs", name).get("status") or {}
@@ -213,6 +214,8 @@ def _train_tiny_job(release: Kube) -> None:
             raise AssertionError(f"RLJob failed: {json.dumps(st, indent=1)}")
         if st.get("step") is not None:
             seen.append(st)
+            for pool in kube.custom.list_namespaced_custom_object("kuberl.io", "v1alpha1", ns, "rolloutpools")["items"]:
+                loaded.extend((pool.get("status") or {}).get("policyVersions") or [])
         return st
 
     wait_until("training past the first checkpoints", lambda: (status().get("step") or 0) >= 45, timeout=900, interval=1)
@@ -252,5 +255,5 @@ def _train_tiny_job(release: Kube) -> None:
     header, row = table[0].split(), table[1].split()
     assert "PHASE" in header and "STEP" in header, table
     assert row[header.index("PHASE")] == "Succeeded" and int(row[header.index("STEP")]) >= MAX_STEPS, table
-    pools = kube.custom.list_namespaced_custom_object("kuberl.io", "v1alpha1", ns, "rolloutpools")["items"]
-    assert pools and any((p.get("status") or {}).get("policyVersions") for p in pools), pools
+    # The pool's status showed the policy versions its pods loaded, rising as weights synced.
+    assert len(set(loaded)) >= 3 and max(loaded) > min(loaded), loaded
