@@ -165,3 +165,9 @@ def test_refused_pods_are_a_reason_and_a_warning_once_per_message():
                               rollout=st.RolloutView(False, 0, 2, rejected="RolloutPool p: refused"), suspended=False,
                               terminal=None, now=1.0, generation=1)
     assert st.find(conds, st.ROLLOUT_READY)["reason"] == st.PODS_REJECTED
+
+
+def test_pool_policy_versions_are_what_its_ready_pods_reported():
+    reported = {"pool-a": 7, "pool-b": 9, "gone": 3, "pool-c": 9}
+    assert st.loaded_versions(reported, ["pool-a", "pool-b", "pool-c", "pool-d"]) == [7, 9]
+    assert st.loaded_versions(reported, []) == [] and st.loaded_versions({}, ["pool-a"]) == []

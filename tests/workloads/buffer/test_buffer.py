@@ -226,6 +226,24 @@ async def test_job_state_compare_and_set(nats_server):
 
 
 @pytest.mark.servers
+async def test_rollout_agents_report_their_loaded_versions_beside_the_job_state(nats_server):
+    """What RolloutPool status.policyVersions is made of: one key per agent, newest report
+    wins, and the job-state document (one key of the same bucket) is untouched."""
+    buf = await JobBuffer.open(nats_server.url, *job(), FAST, create=True)
+    try:
+        assert await buf.state.agent_versions() == {}
+        await buf.state.publish_version(4, "s3://w/job/v00000004/manifest.json")
+        await buf.state.report_agent("pool-abc-1", 3)
+        await buf.state.report_agent("pool-abc-2", 4)
+        await buf.state.report_agent("pool-abc-1", 4)
+        assert await buf.state.agent_versions() == {"pool-abc-1": 4, "pool-abc-2": 4}
+        state, _ = await buf.state.get()
+        assert state.policy_version == 4 and state.weights_manifest.endswith("v00000004/manifest.json")
+    finally:
+        await buf.close()
+
+
+@pytest.mark.servers
 async def test_following_the_job_state_sees_each_write_through_the_watch(nats_server):
     """A new version reaches a follower when it is written: the fallback read is set to a
     minute here, so only the KV watch can deliver within the test's wait."""

@@ -148,6 +148,15 @@ class NatsBridge:
 
         return self._run(go())
 
+    def agent_versions(self, url: str, namespace: str, name: str, auth: Mapping[str, str] | None = None) -> dict[str, int]:
+        """{rollout agent (pod name): the policy version it last loaded}, as the agents report them."""
+
+        async def go():
+            kv = await (await self._js(url, auth)).key_value(JobNames.for_job(namespace, name).kv_bucket)
+            return await JobStateStore(kv).agent_versions()
+
+        return self._run(go())
+
     def backlog(self, url: str, namespace: str, name: str, auth: Mapping[str, str] | None = None) -> dict[str, int]:
         """Messages not yet handed out from the job's streams (`buffer.admin.backlog`)."""
 

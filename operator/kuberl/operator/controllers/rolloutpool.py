@@ -71,7 +71,25 @@ def _reconcile_pool(body: dict, namespace: str, name: str, trigger: str = "timer
         _event(body, event.type, event.reason, event.message)
     if bound and job_body is not None:
         new["boundJob"] = bound
+        versions = _loaded_versions(job_body, namespace, name)
+        if versions is not None:
+            new["policyVersions"] = versions
     patch_status("RolloutPool", namespace, name, old, new)
+
+
+def _loaded_versions(job_body: dict, namespace: str, pool: str) -> list[int] | None:
+    """What the pool's ready pods report having loaded (rollout agents write it to the
+    bound job's KV); None when the buffer cannot be read this round (the field then keeps
+    its last value)."""
+    ready = [p["metadata"]["name"] for p in RT.kube.list("v1", "Pod", namespace, pool_selector(pool))
+             if any(c.get("type") == "Ready" and c.get("status") == "True" for c in (p.get("status") or {}).get("conditions") or [])]
+    url = ((job_body.get("spec") or {}).get("buffer") or {}).get("url") or buffer_default_url()
+    try:
+        auth = buffer_auth(namespace, credential_secrets(job_body.get("spec"))["buffer_credentials_secret"])
+        reported = RT.nats.agent_versions(url, namespace, job_body["metadata"]["name"], auth=auth)
+    except Exception:  # noqa: BLE001 (no reading this round)
+        return None
+    return st.loaded_versions(reported, ready)
 
 
 def read_signals(job_body: dict | None, namespace: str) -> autoscaler.Signals:

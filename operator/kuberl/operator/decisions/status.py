@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import datetime as dt
 from dataclasses import dataclass
+from collections.abc import Mapping
 from typing import Any
 
 from kuberl.workloads.buffer.state import JobState
@@ -362,3 +363,9 @@ def progress_events(old: dict[str, Any], new: dict[str, Any]) -> list[Event]:
     if v_new // every > v_old // every:
         events.append(Event("Normal", "WeightsPublished", f"policy version {v_new} published at step {step}"))
     return events
+
+
+def loaded_versions(reported: Mapping[str, int], ready_pods: list[str]) -> list[int]:
+    """RolloutPool status.policyVersions: the distinct versions the pool's ready pods last
+    reported loading (a pod gone, or not ready, no longer counts), ascending."""
+    return sorted({reported[p] for p in ready_pods if p in reported})

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import asyncio
+import json
+import time
 from collections.abc import AsyncIterator, Callable
 from dataclasses import replace
 
@@ -98,6 +100,29 @@ class JobStateStore:
             return replace(s, policy_version=version, weights_manifest=manifest_uri)
 
         return await self.update(bump)
+
+    # Each rollout agent's loaded policy version, one key per agent (its pod's name): the
+    # operator shows them in the RolloutPool's status.policyVersions.
+    AGENT_PREFIX = "agents."
+
+    async def report_agent(self, agent_id: str, version: int) -> None:
+        await self._kv.put(self.AGENT_PREFIX + agent_id, json.dumps({"version": version, "at": time.time()}).encode())
+
+    async def agent_versions(self) -> dict[str, int]:
+        """{agent id: loaded version} of every agent that reported (none: {})."""
+        try:
+            keys = await self._kv.keys()
+        except nats.js.errors.NoKeysError:
+            return {}
+        out = {}
+        for key in keys:
+            if key.startswith(self.AGENT_PREFIX):
+                try:
+                    entry = await self._kv.get(key)
+                except nats.js.errors.KeyNotFoundError:
+                    continue  # removed meanwhile
+                out[key[len(self.AGENT_PREFIX):]] = int(json.loads(entry.value)["version"])
+        return out
 
     async def add_counters(self, **deltas: int) -> JobState:
         def add(s: JobState) -> JobState:

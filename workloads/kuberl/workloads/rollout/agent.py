@@ -75,6 +75,7 @@ class RolloutAgent:
     def __init__(self, cfg: WorkloadConfig, agent_id: str, engine: Engine | None = None):
         self.cfg, self.agent_id = cfg, agent_id
         self.store = weight_store(cfg)
+        self.buffer: JobBuffer | None = None
         self.engine = engine if engine is not None else make_engine(cfg, agent_id)
         self.metrics = RolloutMetrics()
         self.batcher = BatchingEngine(self.engine, observer=self.metrics)
@@ -98,6 +99,11 @@ class RolloutAgent:
         self.swaps += 1
         self.metrics.swapped(version, time.perf_counter() - t0)
         log.info("weights swapped", agent=self.agent_id, version=version, policy=self.cfg.rollout.weight_swap)
+        if self.buffer is not None:
+            try:
+                await self.buffer.state.report_agent(self.agent_id, version)
+            except Exception as e:  # noqa: BLE001 (a status nicety never stops generation)
+                log.warning("loaded version not reported", agent=self.agent_id, error=str(e))
 
     async def watch_versions(self, buf: JobBuffer) -> None:
         """Follow the trainer's version in the job KV; load each newest version once the last load is done.
@@ -189,6 +195,7 @@ class RolloutAgent:
 
     async def run(self) -> None:
         buf = await JobBuffer.open(self.cfg.buffer.url, self.cfg.job.namespace, self.cfg.job.name, BufferConfig.from_spec(self.cfg.buffer))
+        self.buffer = buf  # where load_version reports the version it loaded
         session = aiohttp.ClientSession(timeout=env_session_timeout(self.cfg)) if self.cfg.reward.type == "agentEnv" else None
         watcher = None
         try:
