@@ -27,7 +27,6 @@ Stdlib only, so it runs before the project's virtualenv exists.
 
 from __future__ import annotations
 
-import argparse
 import atexit
 import base64
 import ctypes
@@ -480,12 +479,6 @@ def _http_ok(url: str, ctx: ssl.SSLContext | None = None) -> bool:
         return False
 
 
-# -- CLI ---------------------------------------------------------------------------------
-
-def _default_dir() -> Path:
-    return Path(os.environ.get("KUBERL_CACHE") or Path.home() / ".cache" / "kuberl") / "cluster"
-
-
 def _alive(pids: list[int]) -> bool:
     for pid in pids:
         try:
@@ -496,47 +489,10 @@ def _alive(pids: list[int]) -> bool:
     return False
 
 
-def cli_up(dir: Path, cpu_nodes: int, gpu_nodes: int, real_node: bool = False) -> None:
-    state = dir / "state.json"
-    if state.exists() and _alive(json.loads(state.read_text())["pids"]):
-        print(json.loads(state.read_text())["kubeconfig"])  # already up: idempotent
-        return
-    cli_down(dir)
-    ensure_built()
-    cp = ControlPlane(workdir=dir, cpu_nodes=cpu_nodes, gpu_nodes=gpu_nodes, real_node=real_node,
-                      die_with_parent=False)
-    cp.start()
-    atexit.unregister(cp.stop)  # the plane outlives this command; `down` stops it
-    cp.components.clear()
-    if cp.real_node:
-        cp.node.components.clear()
-    print(cp.kubeconfig)
-
-
-def cli_down(dir: Path) -> None:
-    state = dir / "state.json"
-    if state.exists():
-        for pid in reversed(json.loads(state.read_text())["pids"]):
-            kill_group(pid)
-    if (dir / "node").is_dir():
-        from e2e.cluster import node
-
-        node.teardown_dir(dir / "node")
-    shutil.rmtree(dir, ignore_errors=True)
-
-
 def main(argv: list[str] | None = None) -> None:
-    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("action", choices=["up", "down"])
-    ap.add_argument("--dir", type=Path, default=_default_dir(), help="work directory (default: %(default)s)")
-    ap.add_argument("--cpu-nodes", type=int, default=2)
-    ap.add_argument("--gpu-nodes", type=int, default=2)
-    ap.add_argument("--real-node", action="store_true", help="join a real kubelet node (root; see node.py)")
-    args = ap.parse_args(argv)
-    if args.action == "up":
-        cli_up(args.dir, args.cpu_nodes, args.gpu_nodes, args.real_node)
-    else:
-        cli_down(args.dir)
+    from e2e.cluster.cli import main as cli_main
+
+    cli_main(argv)
 
 
 if __name__ == "__main__":

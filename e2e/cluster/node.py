@@ -239,6 +239,16 @@ class RealNode:
         oci.stream_into_containerd(layout, ["ctr", "--address", str(self.sock), "--namespace", CONTAINERD_NAMESPACE])
 
 
+    def prune_images(self, keep: set[str]) -> list[str]:
+        """Remove the kuberl.local images not in `keep` (earlier builds): the content
+        store is cached across runs and each build of a big image would stay otherwise.
+        containerd's garbage collector then frees their layers."""
+        stale = sorted(ref for ref in self.images() if ref.startswith("kuberl.local/") and ref not in keep)
+        if stale:
+            self.ctr("images", "remove", *stale, check=False)
+        return stale
+
+
 def containerd_root() -> Path:
     cache = Path(os.environ.get("KUBERL_CACHE") or Path.home() / ".cache" / "kuberl")
     return cache / "containerd"

@@ -30,6 +30,7 @@ def node_kube():
     plane = controlplane.ControlPlane(bin=bin_dir, cpu_nodes=0, gpu_nodes=1, real_node=True)
     plane.start()
     try:
+        plane.node.prune_images({refs[name] for name in ("pause", *NODE_IMAGES)})
         for name in NODE_IMAGES:
             plane.node.import_layout(catalog.layout(name), refs[name])
         k = Kube(plane.kubeconfig, plane.kubectl_path)
