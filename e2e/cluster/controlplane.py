@@ -295,6 +295,9 @@ class ControlPlane:
                 # A component died during start-up; most likely a port free_port() handed
                 # out was taken meanwhile. Once more from scratch, with fresh ports.
                 self._stop_components()
+                if getattr(self, "node", None) is not None:
+                    self.node.stop()  # its daemons too: the retry joins a fresh node
+                    self.node.prepare()
                 shutil.rmtree(self.workdir / "etcd", ignore_errors=True)
                 self._start(timeout)
         except BaseException:

