@@ -153,7 +153,7 @@ def _pod_views(namespace: str, name: str) -> tuple[lifecycle.PodView, ...]:
     for pod in RT.kube.list("v1", "Pod", namespace, trainer_selector(name)):
         meta, status = pod["metadata"], pod.get("status") or {}
         labels = meta.get("labels") or {}
-        ready = any(c.get("type") == "Ready" and c.get("status") == "True" for c in status.get("conditions") or [])
+        ready = st.is_true(status.get("conditions"), "Ready")
         views.append(lifecycle.PodView(
             name=meta["name"],
             index=int(labels.get(LABEL_REPLICA_INDEX, -1)),

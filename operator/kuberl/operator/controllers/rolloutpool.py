@@ -82,7 +82,7 @@ def _loaded_versions(job_body: dict, namespace: str, pool: str) -> list[int] | N
     bound job's KV); None when the buffer cannot be read this round (the field then keeps
     its last value)."""
     ready = [p["metadata"]["name"] for p in RT.kube.list("v1", "Pod", namespace, pool_selector(pool))
-             if any(c.get("type") == "Ready" and c.get("status") == "True" for c in (p.get("status") or {}).get("conditions") or [])]
+             if st.is_true((p.get("status") or {}).get("conditions"), "Ready")]
     url = ((job_body.get("spec") or {}).get("buffer") or {}).get("url") or buffer_default_url()
     try:
         auth = buffer_auth(namespace, credential_secrets(job_body.get("spec"))["buffer_credentials_secret"])
