@@ -27,6 +27,7 @@ from pathlib import Path
 import pytest
 import yaml
 
+from kuberl.workloads.localproc import dies_with_parent
 from tests.support.fixtures_cluster import EXAMPLES_DIR, Kube, wait_until
 
 pytestmark = [pytest.mark.e2e, pytest.mark.cluster]
@@ -223,7 +224,7 @@ def local_operator(kube: Kube, installed: dict, tmp_path: Path):
     log = tmp_path / "operator.log"
     with open(log, "wb") as out:
         proc = subprocess.Popen(argv, env=env, cwd=tmp_path, stdout=out, stderr=subprocess.STDOUT,
-                                start_new_session=True)
+                                start_new_session=True, preexec_fn=dies_with_parent())
     try:
         wait_until("operator health endpoint",
                    lambda: proc.poll() is not None or _http_ok(f"http://127.0.0.1:{ports[1]}/healthz"), timeout=60)

@@ -37,6 +37,16 @@ nice_cmd=(nice -n 10)
 
 mkdir -p "$bin" "$src"
 
+# The Go build and module caches (~7 GB for this set) live under the cache root for the
+# build only and are removed once every binary is in place: the binaries are the cache.
+gowork="$cache/go-build-tmp"
+export GOCACHE="$gowork/cache" GOMODCACHE="$gowork/mod" GOPATH="$gowork/path"
+drop_go_caches() {
+  [[ -d "$gowork" ]] || return 0
+  chmod -R u+w "$gowork" 2>/dev/null || true  # the module cache is read-only by design
+  rm -rf "$gowork" "$src"
+}
+
 # One build at a time per cache (CI step and a test fixture may both call us): the
 # second caller waits, then finds everything up to date.
 exec 9>"$cache/.build.lock"
@@ -183,5 +193,6 @@ go_install helm helm.sh/helm/v3/cmd/helm "$HELM_VERSION" \
   "-X helm.sh/helm/v3/internal/version.version=$HELM_VERSION"
 build_coredns
 build_pause
+drop_go_caches
 log "done in $((SECONDS - start))s; $(du -sh "$bin" | cut -f1) in $bin"
 echo "$bin"

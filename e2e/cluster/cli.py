@@ -10,7 +10,7 @@ import os
 import shutil
 from pathlib import Path
 
-from e2e.cluster.controlplane import ControlPlane, _alive, ensure_built, kill_group
+from e2e.cluster.controlplane import ControlPlane, _alive, bin_dir, ensure_built, kill_group
 
 
 def _default_dir() -> Path:
@@ -42,7 +42,7 @@ def cli_down(dir: Path) -> None:
     if (dir / "node").is_dir():
         from e2e.cluster import node
 
-        node.teardown_dir(dir / "node")
+        node.teardown_dir(dir / "node", bin_dir())
     shutil.rmtree(dir, ignore_errors=True)
 
 
@@ -52,7 +52,7 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--dir", type=Path, default=_default_dir(), help="work directory (default: %(default)s)")
     ap.add_argument("--cpu-nodes", type=int, default=2)
     ap.add_argument("--gpu-nodes", type=int, default=2)
-    ap.add_argument("--real-node", action="store_true", help="join a real kubelet node (root; see node.py)")
+    ap.add_argument("--real-node", action="store_true", help="join a real kubelet node (root, inside `python -m e2e.sandbox.launch -- bash`; see node.py)")
     args = ap.parse_args(argv)
     if args.action == "up":
         cli_up(args.dir, args.cpu_nodes, args.gpu_nodes, args.real_node)

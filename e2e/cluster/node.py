@@ -9,6 +9,10 @@ containerd from OCI archives (e2e/images builds them) and pods use them by local
 containerd's content store lives in the cache, so an image imported once stays; its
 state (sockets, runc's state, pod network namespaces) lives in the plane's work directory
 and goes with it. Teardown kills every container this node started, then the daemons.
+
+A real node starts only inside a sandbox (e2e/sandbox): the kernel ends its processes,
+mounts, links and rules when the sandbox ends, however the test ends; its pods' cgroups
+live under the sandbox run's own cgroup root, which the launcher removes.
 """
 
 from __future__ import annotations
@@ -19,12 +23,12 @@ import signal
 import subprocess
 from pathlib import Path
 
-from e2e.cluster import dns, node_network, pki
+from e2e import sandbox
+from e2e.cluster import containerd, dns, node_network, pki
+from e2e.cluster.containerd import PAUSE_IMAGE
 
 NODE_NAME = "kuberl-node-0"
 NODE_LABELS = {"kuberl.io/pool": "cpu", "kuberl.io/node": "real"}
-PAUSE_IMAGE = "kuberl.local/pause:1"
-CONTAINERD_NAMESPACE = "k8s.io"
 NODE_BINARIES = ("kubelet", "kube-proxy", "coredns", "kuberl-pause")
 HOST_TOOLS = ("containerd", "containerd-shim-runc-v2", "runc", "ctr", "iptables", "ip")
 
@@ -38,46 +42,13 @@ def missing_prerequisites(bin: Path) -> list[str]:
     missing += [f"CNI plugin {p}" for p in node_network.missing_cni_plugins()]
     if os.geteuid() != 0:
         missing.append("root (the kubelet, containerd and the bridge need it)")
+    if not sandbox.inside():
+        missing.append("a sandbox that ends it with the test (run inside `python -m e2e.sandbox.launch -- ...`)")
     return missing
 
 
-def containerd_config(root: Path, state: Path, sock: Path, cni_conf: Path) -> str:
-    return f"""version = 2
-root = "{root}"
-state = "{state}"
-disabled_plugins = ["io.containerd.snapshotter.v1.aufs", "io.containerd.snapshotter.v1.btrfs",
-                    "io.containerd.snapshotter.v1.zfs", "io.containerd.snapshotter.v1.devmapper",
-                    "io.containerd.internal.v1.tracing"]
-[grpc]
-  address = "{sock}"
-[ttrpc]
-  address = "{sock}.ttrpc"
-[plugins."io.containerd.internal.v1.opt"]
-  path = "{state}/opt"
-[plugins."io.containerd.grpc.v1.cri"]
-  sandbox_image = "{PAUSE_IMAGE}"
-  # Processes here lack CAP_SYS_RESOURCE: runc cannot lower oom_score_adj, and the
-  # sandbox fails ("can't get final child's PID from pipe") unless it stops trying.
-  restrict_oom_score_adj = true
-  # Pod network namespaces under the work directory, so teardown finds every one.
-  netns_mounts_under_state_dir = true
-  disable_apparmor = true
-  [plugins."io.containerd.grpc.v1.cri".containerd]
-    snapshotter = "overlayfs"
-    default_runtime_name = "runc"
-    [plugins."io.containerd.grpc.v1.cri".containerd.runtimes.runc]
-      runtime_type = "io.containerd.runc.v2"
-      [plugins."io.containerd.grpc.v1.cri".containerd.runtimes.runc.options]
-        SystemdCgroup = false
-        Root = "{state}/runc"
-  [plugins."io.containerd.grpc.v1.cri".cni]
-    bin_dir = "{node_network.CNI_BIN_DIR}"
-    conf_dir = "{cni_conf}"
-"""
-
-
 def kubelet_config(*, ca: Path, serving: pki.Cert, sock: Path, port: int, healthz_port: int,
-                   resolv_conf: Path, pod_logs: Path) -> dict:
+                   resolv_conf: Path, pod_logs: Path, cgroup_root: str) -> dict:
     return {
         "apiVersion": "kubelet.config.k8s.io/v1beta1", "kind": "KubeletConfiguration",
         "address": node_network.GATEWAY, "port": port, "readOnlyPort": 0,
@@ -89,7 +60,10 @@ def kubelet_config(*, ca: Path, serving: pki.Cert, sock: Path, port: int, health
                            "x509": {"clientCAFile": str(ca)}},
         "authorization": {"mode": "Webhook"},
         "containerRuntimeEndpoint": f"unix://{sock}",
-        # These machines run cgroup v1 without systemd as init.
+        # These machines run cgroup v1 without systemd as init. Pods go under the sandbox
+        # run's own root (/kuberl/<run>, with memory and pids limits), never the host's
+        # /kubepods, and the kubelet's orphan clean-up sees only its own run.
+        "cgroupRoot": cgroup_root,
         "cgroupDriver": "cgroupfs", "failCgroupV1": False, "failSwapOn": False,
         "clusterDNS": [node_network.GATEWAY], "clusterDomain": dns.CLUSTER_DOMAIN,
         # Pods with dnsPolicy Default get this, not the machine's resolver.
@@ -116,6 +90,7 @@ class RealNode:
         self.plane = plane
         self.dir = plane.workdir / "node"
         self.sock = self.dir / "containerd" / "containerd.sock"
+        self.containerd = containerd.Store(self.sock)
         self.sysctls: dict[str, str] = {}
         self.components: list = []
         self.storage = None
@@ -126,7 +101,6 @@ class RealNode:
         missing = missing_prerequisites(self.plane.bin)
         if missing:
             raise RuntimeError("a real node needs: " + ", ".join(missing) + " (run e2e/setup.sh as root)")
-        sweep_stale_containers()
         self.dir.mkdir(parents=True, exist_ok=True)
         self.sysctls = node_network.up()
 
@@ -139,7 +113,7 @@ class RealNode:
         from e2e.images.build import Catalog
 
         catalog = Catalog(self.plane.bin)
-        self.import_layout(catalog.layout("pause"), catalog.pause())
+        self.containerd.import_layout(catalog.layout("pause"), catalog.pause())
 
         kubelet_client = pki.issue(ca, pkidir, "kubelet", cn=f"system:node:{NODE_NAME}", orgs=("system:nodes",))
         serving = pki.issue(ca, pkidir, "kubelet-serving", cn=NODE_NAME,
@@ -150,7 +124,7 @@ class RealNode:
         port, healthz = cp.free_port(), cp.free_port()
         (d / "kubelet.json").write_text(json.dumps(kubelet_config(
             ca=ca.cert, serving=serving, sock=self.sock, port=port, healthz_port=healthz, resolv_conf=resolv,
-            pod_logs=d / "pod-logs")))
+            pod_logs=d / "pod-logs", cgroup_root=sandbox.cgroup_root())))
         labels = ",".join(f"{k}={v}" for k, v in NODE_LABELS.items())
         kubelet = self._spawn("kubelet", [
             str(self.plane.bin / "kubelet"), f"--config={d / 'kubelet.json'}",
@@ -188,6 +162,8 @@ class RealNode:
             if c.name != "containerd":
                 c.stop()
         kill_containers(self.dir)
+        if any(c.name == "containerd" for c in self.components):
+            self.containerd.forget_containers()
         for c in self.components:
             c.stop()
         self.components.clear()
@@ -209,49 +185,11 @@ class RealNode:
     def _start_containerd(self, remaining) -> None:
         from e2e.cluster import controlplane as cp
 
-        root = containerd_root()
-        state = self.dir / "containerd" / "state"
-        for p in (root, state, self.sock.parent):
-            p.mkdir(parents=True, exist_ok=True)
-        node_network.write_cni_config(self.dir / "cni" / "net.d", self.dir / "cni" / "ipam")
-        conf = self.dir / "containerd" / "config.toml"
-        conf.write_text(containerd_config(root, state, self.sock, self.dir / "cni" / "net.d"))
+        conf, sock = containerd.write_config(self.dir)
+        assert sock == self.sock
         c = self._spawn("containerd", ["containerd", "--config", str(conf)])
-        cp.wait_for("containerd", lambda: self.ctr("version", check=False).returncode == 0, remaining(), [c])
-
-    def ctr(self, *args: str, check: bool = True, input: bytes | None = None) -> subprocess.CompletedProcess:
-        return subprocess.run(["ctr", "--address", str(self.sock), "--namespace", CONTAINERD_NAMESPACE, *args],
-                              capture_output=True, check=check, input=input)
-
-    def images(self) -> set[str]:
-        out = self.ctr("images", "list", "--quiet").stdout.decode()
-        return {line.strip() for line in out.splitlines() if line.strip()}
-
-    def import_layout(self, layout: Path, ref: str) -> None:
-        """Import an OCI layout (e2e/images) unless `ref` is already here: the content
-        store is cached, so a second run imports nothing."""
-        from e2e.images import oci
-
-        if ref in self.images():
-            return
-        if not (layout / "index.json").is_file():
-            raise FileNotFoundError(f"{layout} is missing: run e2e/setup.sh (it builds the node's images)")
-        oci.stream_into_containerd(layout, ["ctr", "--address", str(self.sock), "--namespace", CONTAINERD_NAMESPACE])
-
-
-    def prune_images(self, keep: set[str]) -> list[str]:
-        """Remove the kuberl.local images not in `keep` (earlier builds): the content
-        store is cached across runs and each build of a big image would stay otherwise.
-        containerd's garbage collector then frees their layers."""
-        stale = sorted(ref for ref in self.images() if ref.startswith("kuberl.local/") and ref not in keep)
-        if stale:
-            self.ctr("images", "remove", *stale, check=False)
-        return stale
-
-
-def containerd_root() -> Path:
-    cache = Path(os.environ.get("KUBERL_CACHE") or Path.home() / ".cache" / "kuberl")
-    return cache / "containerd"
+        cp.wait_for("containerd", self.containerd.ready, remaining(), [c])
+        self.containerd.forget_containers()  # what a killed run left in the cached root
 
 
 def kill_containers(node_dir: Path) -> None:
@@ -295,7 +233,7 @@ def unmount_under(root: Path) -> None:
 
 def teardown_dir(node_dir: Path, bin: Path) -> None:
     """What outlives the node's daemons: containers, shims, mounts, Service rules, the
-    bridge. Also run for a node whose harness died (`controlplane.py down`, the sweep)."""
+    bridge. Also run by `controlplane.py down` for a node whose harness exited."""
     kill_containers(node_dir)
     kill_shims(node_dir / "containerd" / "containerd.sock")
     unmount_under(node_dir)
@@ -303,27 +241,3 @@ def teardown_dir(node_dir: Path, bin: Path) -> None:
         # kube-proxy's nat rules outlive it; removing them is what --cleanup is for.
         subprocess.run([str(bin / "kube-proxy"), "--cleanup"], capture_output=True)
     node_network.down({})
-
-
-def sweep_stale_containers() -> None:
-    """A run that died by SIGKILL leaves containers, shims and mounts: clear them."""
-    import tempfile
-
-    from e2e.cluster.controlplane import bin_dir
-
-    for d in Path(tempfile.gettempdir()).glob("kuberl-cp-*/node"):
-        state = d.parent / "state.json"
-        try:
-            pids = json.loads(state.read_text())["pids"]
-        except (OSError, ValueError, KeyError):
-            pids = []
-        if not any(_alive(p) for p in pids):
-            teardown_dir(d, bin_dir())
-
-
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-        return True
-    except (ProcessLookupError, PermissionError):
-        return False

@@ -34,6 +34,12 @@ from e2e.images import dockerfiles, oci, rootfs
 
 REPO = Path(__file__).resolve().parents[2]
 REGISTRY = "kuberl.local"
+# What the real node runs (loaded into its containerd); the other images are bases.
+NODE_IMAGES = ("pause", "operator", "workload-cpu", "nats", "seaweedfs")
+# Where buildah and its image library write outside its --root/--runroot (blob-info
+# cache, locks) and the links dockerfiles.py pulls through: removed after a build that
+# created them.
+SYSTEM_PATHS = (Path("/var/lib/containers"), Path("/run/containers"), dockerfiles.LINKS)
 
 
 def cache_dir() -> Path:
@@ -83,7 +89,7 @@ class Catalog:
     # -- directory images ------------------------------------------------------------
 
     def pause(self) -> str:
-        from e2e.cluster.node import PAUSE_IMAGE
+        from e2e.cluster.containerd import PAUSE_IMAGE
 
         binary = self.bin / "kuberl-pause"
         key = _file_key(binary)
@@ -166,6 +172,18 @@ class Catalog:
     # -- all -------------------------------------------------------------------------
 
     def build_all(self, venv_bin: Path) -> dict[str, str]:
+        existed = {p for p in SYSTEM_PATHS if p.exists()}
+        try:
+            return self._build_all(venv_bin)
+        finally:
+            # buildah's storage only carries a base between builds: the layouts are what we
+            # keep. A second copy of the ~5 GB dependency layer is not worth a faster rebuild.
+            shutil.rmtree(self.cache / "buildah", ignore_errors=True)
+            for p in SYSTEM_PATHS:
+                if p not in existed:
+                    shutil.rmtree(p, ignore_errors=True)
+
+    def _build_all(self, venv_bin: Path) -> dict[str, str]:
         refs = {"pause": self.pause(), "debian": self.debian(), "python-deps": self.python_deps()}
         refs["nats"] = self.server("nats", venv_bin / "nats-server", ["nats-server"])
         refs["seaweedfs"] = self.server("seaweedfs", venv_bin / "weed", ["weed"])

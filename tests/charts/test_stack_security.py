@@ -38,6 +38,7 @@ from kuberl.operator.children.rollout import rollout_deployment
 from kuberl.operator.children.trainer import trainer_pod
 from kuberl.operator.decisions.access import secret_errors
 from kuberl.workloads.buffer.auth import auth_options
+from kuberl.workloads.localproc import dies_with_parent
 from kuberl.workloads.config import S3_CREDENTIAL_KEYS
 from kuberl.workloads.localproc import find_binary, free_port, http_ok, seaweed_port_pair
 from tests.charts.test_chart import CHART, STACK_VALUES, by_kind, helm, render, run_helm  # noqa: F401  (helm: the fixture)
@@ -142,7 +143,8 @@ def nats_url(docs: list[dict], tmp_path_factory) -> str:
         # Address and ports on the command line, which nats-server lets override the file.
         proc = subprocess.Popen([find_binary("nats-server"), "-c", str(root / "nats.conf"), "-a", "127.0.0.1",
                                  "-p", str(port), "-m", str(http)],
-                                env=env, stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
+                                env=env, stdout=out, stderr=subprocess.STDOUT, start_new_session=True,
+                                preexec_fn=dies_with_parent())
     _LIVE.add(proc)
     try:
         _wait_until(lambda: http_ok(f"http://127.0.0.1:{http}/healthz?js-enabled-only=true"), 30, "nats-server", proc, log)
@@ -247,7 +249,8 @@ def weed(docs: list[dict], tmp_path_factory) -> Weed:
     env = {"PATH": os.environ["PATH"], "HOME": str(root)}
     with open(log, "ab") as out:
         proc = subprocess.Popen([find_binary("weed"), *args], cwd=root, env=env,
-                                stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
+                                stdout=out, stderr=subprocess.STDOUT, start_new_session=True,
+                                preexec_fn=dies_with_parent())
     _LIVE.add(proc)
     server = Weed(ports["s3.port"], ports["master.port"])
     client = server.client()

@@ -13,7 +13,7 @@ import yaml
 
 from tests.cluster.test_operator import cpu_job, create, trainer_pods
 from tests.support.fixtures_cluster import Kube, wait_until
-from tests.support.fixtures_servers import free_port
+from tests.support.fixtures_servers import dies_with_parent, free_port
 from tests.support.operator_process import stop_process
 
 pytestmark = pytest.mark.cluster
@@ -26,7 +26,8 @@ def start_operator(kube: Kube, namespace: str | list[str], priority: int, log_pa
         scope = [arg for ns in ([namespace] if isinstance(namespace, str) else namespace) for arg in ("-n", ns)]
         return subprocess.Popen([sys.executable, "-m", "kuberl.operator.cli", "operator", *scope,
                                  "--peering", "kuberl-test", "--priority", str(priority)],
-                                env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+                                env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
+                                preexec_fn=dies_with_parent())
 
 
 def install_peering_crds(kube: Kube) -> None:

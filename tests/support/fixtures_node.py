@@ -13,13 +13,10 @@ from pathlib import Path
 import pytest
 
 from e2e.cluster import controlplane
-from e2e.images.build import Catalog
+from e2e.images.build import NODE_IMAGES, Catalog
 from tests.support.fixtures_cluster import Kube
 
-__all__ = ["node_kube", "NODE_IMAGES"]
-
-# What pods on the node run; the bases are only built upon.
-NODE_IMAGES = ("operator", "workload-cpu", "nats", "seaweedfs")
+__all__ = ["node_kube"]
 
 
 @pytest.fixture(scope="session")
@@ -30,9 +27,10 @@ def node_kube():
     plane = controlplane.ControlPlane(bin=bin_dir, cpu_nodes=0, gpu_nodes=1, real_node=True)
     plane.start()
     try:
-        plane.node.prune_images({refs[name] for name in ("pause", *NODE_IMAGES)})
+        # e2e/setup.sh loaded them already (e2e/images/load.py); a no-op then.
+        plane.node.containerd.prune_images({refs[name] for name in NODE_IMAGES})
         for name in NODE_IMAGES:
-            plane.node.import_layout(catalog.layout(name), refs[name])
+            plane.node.containerd.import_layout(catalog.layout(name), refs[name])
         k = Kube(plane.kubeconfig, plane.kubectl_path)
         k.install_crds()
         k.images = refs

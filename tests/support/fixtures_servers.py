@@ -22,6 +22,7 @@ from pathlib import Path
 import pytest
 
 from kuberl.workloads.localproc import (
+    dies_with_parent,
     find_binary,
     free_port,
     http_ok,
@@ -31,6 +32,7 @@ from kuberl.workloads.localproc import (
 __all__ = [
     "NatsServer",
     "SeaweedS3",
+    "dies_with_parent",
     "find_binary",
     "free_port",
     "fresh_nats_server",
@@ -113,7 +115,7 @@ class NatsServer:
         with open(log, "ab") as out:  # the child keeps its own copy of the fd
             self.proc = subprocess.Popen(
                 [find_binary("nats-server"), "-c", str(conf)],
-                stdout=out, stderr=subprocess.STDOUT, start_new_session=True,
+                stdout=out, stderr=subprocess.STDOUT, start_new_session=True, preexec_fn=dies_with_parent(),
             )
         _LIVE.add(self.proc)
         # /healthz answers 200 only once JetStream has recovered its streams from disk.
@@ -182,7 +184,8 @@ class SeaweedS3:
         env = dict(os.environ, AWS_ACCESS_KEY_ID=self.access_key, AWS_SECRET_ACCESS_KEY=self.secret_key)
         log = self.root / "weed.log"
         with open(log, "ab") as out:
-            self.proc = subprocess.Popen(args, stdout=out, stderr=subprocess.STDOUT, env=env, start_new_session=True)
+            self.proc = subprocess.Popen(args, stdout=out, stderr=subprocess.STDOUT, env=env, start_new_session=True,
+                                         preexec_fn=dies_with_parent())
         _LIVE.add(self.proc)
         from botocore.exceptions import BotoCoreError, ClientError
 

@@ -11,7 +11,7 @@ import urllib.request
 from pathlib import Path
 
 from tests.support.fixtures_cluster import Kube, wait_until
-from tests.support.fixtures_servers import free_port
+from tests.support.fixtures_servers import dies_with_parent, free_port
 
 
 def stop_process(proc: subprocess.Popen, timeout: float = 20) -> None:
@@ -43,7 +43,8 @@ def operator_process(kube: Kube, **extra_env: str):
     }
     with open(log_path, "w") as log:
         proc = subprocess.Popen([sys.executable, "-m", "kuberl.operator.cli", "operator", "--standalone"],
-                                env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+                                env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
+                                preexec_fn=dies_with_parent())
 
     def healthy():
         if proc.poll() is not None:

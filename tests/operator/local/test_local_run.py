@@ -25,6 +25,8 @@ from pathlib import Path
 import pytest
 import yaml
 
+from kuberl.workloads.localproc import dies_with_parent
+
 ROOT = Path(__file__).resolve().parents[3]
 pytestmark = pytest.mark.servers
 
@@ -59,7 +61,7 @@ def start_run(manifest: Path, out: Path, nats_url: str, s3, quiet: bool = True) 
     return subprocess.Popen([sys.executable, "-m", "kuberl.operator.cli", "run", str(manifest), "-o", str(out),
                              *(["-q"] if quiet else []), "--nats-url", nats_url, "--s3-endpoint", s3.endpoint],
                             cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-                            start_new_session=True)
+                            start_new_session=True, preexec_fn=dies_with_parent())
 
 
 def last_step(out: Path) -> int:

@@ -6,11 +6,30 @@ which all start nats-server, SeaweedFS or SGLang on loopback ports.
 
 from __future__ import annotations
 
+import ctypes
 import shutil
+import signal
 import socket
 import sys
+import threading
 import urllib.request
 from pathlib import Path
+from typing import Callable
+
+_PR_SET_PDEATHSIG = 1
+
+
+def _set_parent_death_signal() -> None:
+    ctypes.CDLL(None, use_errno=True).prctl(_PR_SET_PDEATHSIG, signal.SIGKILL)
+
+
+def dies_with_parent() -> Callable[[], None] | None:
+    """A `preexec_fn` for servers we start (nats-server, SeaweedFS, SGLang, operators):
+    the kernel SIGKILLs the child when its parent dies, even by SIGKILL, when no atexit
+    hook or finaliser runs. The signal is tied to the *thread* that forked, so it is set
+    only from the main thread (which lives as long as the process); children started
+    from other threads are still stopped by their owner's teardown and atexit hooks."""
+    return _set_parent_death_signal if threading.current_thread() is threading.main_thread() else None
 
 
 def free_port(below: int = 65535) -> int:

@@ -37,7 +37,8 @@ class Managed:
 
     def start(self) -> None:
         log = open(self.log_path, "ab")
-        self.proc = subprocess.Popen(self.argv, stdout=log, stderr=subprocess.STDOUT, env=self.env, start_new_session=True)
+        self.proc = subprocess.Popen(self.argv, stdout=log, stderr=subprocess.STDOUT, env=self.env,
+                                     start_new_session=True, preexec_fn=localproc.dies_with_parent())  # noqa: PLW1509
         log.close()
 
     def poll(self) -> int | None:

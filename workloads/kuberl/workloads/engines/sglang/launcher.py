@@ -38,7 +38,7 @@ from pathlib import Path
 
 import httpx
 
-from kuberl.workloads.localproc import free_port
+from kuberl.workloads.localproc import dies_with_parent, free_port
 from kuberl.workloads.logs import get_logger
 
 log = get_logger(__name__)
@@ -158,7 +158,8 @@ class SGLangServer:
         logf = open(self.log_path, "wb")  # noqa: SIM115 - lives as long as the process
         log.info("sglang starting", cmd=" ".join(self.command()), log=str(self.log_path))
         self.proc = subprocess.Popen(self.command(), env=self.config.env(), stdout=logf, stderr=subprocess.STDOUT,
-                                     stdin=subprocess.DEVNULL, start_new_session=True)
+                                     stdin=subprocess.DEVNULL, start_new_session=True,
+                                     preexec_fn=dies_with_parent())  # noqa: PLW1509
         logf.close()
         _LIVE.add(self)
         try:

@@ -1,0 +1,121 @@
+"""containerd for the real node and for loading images: its configuration, the cached root
+(content store and snapshots, kept across runs: an image imported once stays) and what
+`ctr` does with it. Every caller runs inside a sandbox (e2e/sandbox), so the mounts that
+unpacking and containers make vanish with it. Stdlib only.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+from pathlib import Path
+
+from e2e.cluster import node_network
+
+PAUSE_IMAGE = "kuberl.local/pause:1"
+NAMESPACE = "k8s.io"
+LOCAL_REGISTRY = "kuberl.local/"
+
+
+def cached_root() -> Path:
+    cache = Path(os.environ.get("KUBERL_CACHE") or Path.home() / ".cache" / "kuberl")
+    return cache / "containerd"
+
+
+def config(root: Path, state: Path, sock: Path, cni_conf: Path) -> str:
+    return f"""version = 2
+root = "{root}"
+state = "{state}"
+disabled_plugins = ["io.containerd.snapshotter.v1.aufs", "io.containerd.snapshotter.v1.btrfs",
+                    "io.containerd.snapshotter.v1.zfs", "io.containerd.snapshotter.v1.devmapper",
+                    "io.containerd.internal.v1.tracing"]
+[grpc]
+  address = "{sock}"
+[ttrpc]
+  address = "{sock}.ttrpc"
+[plugins."io.containerd.internal.v1.opt"]
+  path = "{state}/opt"
+[plugins."io.containerd.grpc.v1.cri"]
+  sandbox_image = "{PAUSE_IMAGE}"
+  # Processes here lack CAP_SYS_RESOURCE: runc cannot lower oom_score_adj, and the
+  # sandbox fails ("can't get final child's PID from pipe") unless it stops trying.
+  restrict_oom_score_adj = true
+  # Pod network namespaces under the work directory, so teardown finds every one.
+  netns_mounts_under_state_dir = true
+  disable_apparmor = true
+  [plugins."io.containerd.grpc.v1.cri".containerd]
+    snapshotter = "overlayfs"
+    default_runtime_name = "runc"
+    [plugins."io.containerd.grpc.v1.cri".containerd.runtimes.runc]
+      runtime_type = "io.containerd.runc.v2"
+      [plugins."io.containerd.grpc.v1.cri".containerd.runtimes.runc.options]
+        SystemdCgroup = false
+        Root = "{state}/runc"
+  [plugins."io.containerd.grpc.v1.cri".cni]
+    bin_dir = "{node_network.CNI_BIN_DIR}"
+    conf_dir = "{cni_conf}"
+"""
+
+
+def write_config(workdir: Path) -> tuple[Path, Path]:
+    """containerd's config under `workdir` (state, socket, CNI there; root in the cache);
+    returns (config file, socket)."""
+    root, state, sock = cached_root(), workdir / "containerd" / "state", workdir / "containerd" / "containerd.sock"
+    for p in (root, state, sock.parent):
+        p.mkdir(parents=True, exist_ok=True)
+    node_network.write_cni_config(workdir / "cni" / "net.d", workdir / "cni" / "ipam")
+    conf = workdir / "containerd" / "config.toml"
+    conf.write_text(config(root, state, sock, workdir / "cni" / "net.d"))
+    return conf, sock
+
+
+class Store:
+    """The images and container records of a running containerd, through `ctr`."""
+
+    def __init__(self, sock: Path) -> None:
+        self.sock = sock
+
+    def ctr(self, *args: str, check: bool = True, input: bytes | None = None) -> subprocess.CompletedProcess:
+        return subprocess.run(["ctr", "--address", str(self.sock), "--namespace", NAMESPACE, *args],
+                              capture_output=True, check=check, input=input)
+
+    def ready(self) -> bool:
+        return self.ctr("version", check=False).returncode == 0
+
+    def images(self) -> set[str]:
+        out = self.ctr("images", "list", "--quiet").stdout.decode()
+        return {line.strip() for line in out.splitlines() if line.strip()}
+
+    def import_layout(self, layout: Path, ref: str) -> bool:
+        """Import an OCI layout (e2e/images) unless `ref` is already here (the root is
+        cached, so a second run imports nothing). Returns whether it imported."""
+        from e2e.images import oci
+
+        if ref in self.images():
+            return False
+        if not (layout / "index.json").is_file():
+            raise FileNotFoundError(f"{layout} is missing: run e2e/setup.sh (it builds the node's images)")
+        oci.stream_into_containerd(layout, ["ctr", "--address", str(self.sock), "--namespace", NAMESPACE])
+        return True
+
+    def forget_containers(self) -> int:
+        """Delete every container record (and its rootfs snapshot) from the cached root:
+        runc kills containers, but only containerd forgets them, and a run that was killed
+        never got to. Images stay. Returns how many were deleted."""
+        out = self.ctr("containers", "list", "--quiet", check=False).stdout.decode().split()
+        if out:
+            self.ctr("containers", "delete", *out, check=False)
+        # Work directories of tasks whose shim died with a killed sandbox.
+        tasks = cached_root() / "io.containerd.runtime.v2.task" / NAMESPACE
+        for work in tasks.iterdir() if tasks.is_dir() else ():
+            subprocess.run(["rm", "-rf", str(work)], capture_output=True)
+        return len(out)
+
+    def prune_images(self, keep: set[str]) -> list[str]:
+        """Remove the kuberl.local images not in `keep` (earlier builds): the root is
+        cached across runs and each build of a big image would stay otherwise; the
+        garbage collector then frees their content and snapshots."""
+        stale = sorted(ref for ref in self.images() if ref.startswith(LOCAL_REGISTRY) and ref not in keep)
+        if stale:
+            self.ctr("images", "remove", "--sync", *stale, check=False)
+        return stale

@@ -1,0 +1,68 @@
+"""Load the node's images into containerd's cached root, inside a sandbox (e2e/setup.sh):
+
+    python3 -m e2e.sandbox.launch -- python3 -m e2e.images.load
+
+A throwaway containerd on the cached root imports what e2e/images/build.py built (a no-op
+for an image already there), removes earlier builds of kuberl.local images (so each
+rebuild replaces, never adds) and forgets container records a killed run left behind.
+Loading here, not in the first test that needs a node, lets set-up deduplicate the
+unpacked layers with the project venv (e2e/setup.sh) before any test runs.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import json
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+from e2e import sandbox
+from e2e.cluster import containerd
+from e2e.images.build import NODE_IMAGES, Catalog, built_refs
+
+
+def _die_with_parent() -> None:
+    ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
+
+
+def load(timeout: float = 60.0) -> dict:
+    if not sandbox.inside():
+        raise RuntimeError("load images inside a sandbox: python3 -m e2e.sandbox.launch -- python3 -m e2e.images.load")
+    refs = built_refs()
+    missing = [n for n in NODE_IMAGES if n not in refs]
+    if missing:
+        raise RuntimeError(f"images not built: {missing} (python3 -m e2e.images.build)")
+    catalog = Catalog(bin=Path("/nonexistent"))
+    work = Path(tempfile.mkdtemp(prefix="kuberl-load-"))
+    conf, sock = containerd.write_config(work)
+    log = open(work / "containerd.log", "wb")  # noqa: SIM115 - lives as long as the process
+    proc = subprocess.Popen(["containerd", "--config", str(conf)], stdout=log, stderr=subprocess.STDOUT,
+                            preexec_fn=_die_with_parent)  # noqa: PLW1509
+    store = containerd.Store(sock)
+    t0 = time.monotonic()
+    try:
+        while not store.ready():
+            if proc.poll() is not None or time.monotonic() - t0 > timeout:
+                raise RuntimeError(f"containerd did not start:\n{(work / 'containerd.log').read_text()[-3000:]}")
+            time.sleep(0.2)
+        forgotten = store.forget_containers()
+        pruned = store.prune_images({refs[n] for n in NODE_IMAGES})
+        imported = [n for n in NODE_IMAGES if store.import_layout(catalog.layout(n), refs[n])]
+        return {"imported": imported, "pruned": pruned, "forgotten_containers": forgotten,
+                "seconds": round(time.monotonic() - t0, 1)}
+    finally:
+        proc.terminate()
+        proc.wait(timeout=30)
+        log.close()
+
+
+def main() -> None:
+    print(json.dumps(load()), file=sys.stderr)
+
+
+if __name__ == "__main__":
+    main()
