@@ -213,6 +213,16 @@ def _packaged(paths: list[str]) -> set[str]:
     return {line.split(": ", 1)[1].strip() for line in out.splitlines() if ": " in line}
 
 
+# Kinds that only a run's own doing changes (processes come and go with other work).
+HOST_STATE = ("cgroups", "mounts", "links", "addresses", "routes", "iptables", "ip6tables", "nft", "sysctls", "files")
+
+
+def left_on_host(before: dict) -> dict[str, list[str]]:
+    """What changed since `before` on the host, processes aside (tests check theirs by pid)."""
+    found = leaks(before, snapshot())
+    return {k: v for k, v in found.items() if k in HOST_STATE and v}
+
+
 def disk_added_bytes(before: dict, after: dict) -> int:
     return before["disk"]["avail_bytes"] - after["disk"]["avail_bytes"]
 

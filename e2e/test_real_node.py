@@ -10,7 +10,6 @@ mounts, links and rules whatever ends the test. See e2e/README.md.
 
 from __future__ import annotations
 
-import os
 import select
 import signal
 import subprocess
@@ -30,7 +29,6 @@ from tests.support.fixtures_cluster import wait_until
 pytestmark = [pytest.mark.e2e, pytest.mark.cluster]
 
 REPO = Path(__file__).resolve().parents[1]
-HOST_STATE = ("cgroups", "mounts", "links", "addresses", "routes", "iptables", "ip6tables", "nft", "sysctls", "files")
 
 
 @pytest.fixture(scope="module")
@@ -41,18 +39,13 @@ def built() -> Path:
     return bin_dir
 
 
-def _left_on_host(before: dict) -> dict[str, list[str]]:
-    found = audit.leaks(before, audit.snapshot(), root_pid=os.getpid())
-    return {k: v for k, v in found.items() if k in HOST_STATE and v}
-
-
 @pytest.mark.timeout(3600)
 def test_the_real_node_suite_passes_inside_a_sandbox_and_leaves_nothing(built):
     before = audit.snapshot()
     rc = launch.run([sys.executable, "-m", "pytest", str(REPO / "e2e" / "in_sandbox"), "-p", "no:cacheprovider",
                      "-v", "-rA"])
     assert rc == 0, "the real-node suite failed inside its sandbox (its output is above)"
-    assert _left_on_host(before) == {}
+    assert audit.left_on_host(before) == {}
 
 
 HOLD_A_NODE = textwrap.dedent("""
@@ -122,7 +115,7 @@ def test_sigkill_of_the_owner_of_a_running_node_leaves_nothing_within_seconds(bu
         owner.wait(timeout=10)
         wait_until("every process of the node gone", lambda: not [p for p in members if Path(f"/proc/{p}").exists()
                                                                   and _comm(p) in names], timeout=10, interval=0.1)
-        wait_until("nothing of the node left on the host", lambda: _left_on_host(before) == {},
+        wait_until("nothing of the node left on the host", lambda: audit.left_on_host(before) == {},
                    timeout=max(1.0, 10 - (time.monotonic() - t0)), interval=0.2)
     finally:
         if owner.poll() is None:
