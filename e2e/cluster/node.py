@@ -132,6 +132,9 @@ class RealNode:
             f"--cert-dir={d / 'kubelet-pki'}", f"--node-ip={node_network.GATEWAY}",
             f"--hostname-override={NODE_NAME}", f"--node-labels={labels}", "--v=1",
         ])
+        # Pods reach the API server (through the kubernetes Service), the kubelet and DNS
+        # on the node's own addresses; nothing else that listens there.
+        node_network.guard_input([int(server.rsplit(":", 1)[1]), port])
         path = f"/api/v1/nodes/{NODE_NAME}"
         cp.wait_for(f"node {NODE_NAME} Ready and untainted",
                     lambda: self.plane.api.ok(path) and cp._node_schedulable(self.plane.api.request("GET", path)),

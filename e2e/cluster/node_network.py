@@ -20,6 +20,7 @@ POD_SUBNET = "10.88.0.0/24"  # the real node's pods (kwok's fake pods are in 10.
 GATEWAY = "10.88.0.1"
 PREFIX = 24
 EGRESS_CHAIN = "KUBERL-NODE-EGRESS"
+INPUT_CHAIN = "KUBERL-NODE-INPUT"
 
 CNI_BIN_DIR = Path("/usr/lib/cni")  # Debian's containernetworking-plugins
 
@@ -61,12 +62,29 @@ def up() -> dict[str, str]:
     return previous
 
 
+def guard_input(tcp_ports: list[int]) -> None:
+    """What pods may reach on the node itself: DNS and the given TCP ports (the API server
+    behind the kubernetes Service, the kubelet), and replies; nothing else listening on
+    the node's addresses."""
+    _iptables("-N", INPUT_CHAIN)
+    _iptables("-A", INPUT_CHAIN, "-m", "conntrack", "--ctstate", "ESTABLISHED,RELATED", "-j", "RETURN")
+    for proto in ("udp", "tcp"):
+        _iptables("-A", INPUT_CHAIN, "-p", proto, "-d", GATEWAY, "--dport", "53", "-j", "RETURN")
+    for port in tcp_ports:
+        _iptables("-A", INPUT_CHAIN, "-p", "tcp", "-d", GATEWAY, "--dport", str(port), "-j", "RETURN")
+    _iptables("-A", INPUT_CHAIN, "-j", "DROP")
+    _iptables("-I", "INPUT", "1", "-i", BRIDGE, "-j", INPUT_CHAIN)
+
+
 def down(previous: dict[str, str]) -> None:
-    """Remove the bridge and the guard, restore the sysctls. Safe to call twice."""
+    """Remove the bridge and the guards, restore the sysctls. Safe to call twice."""
     while _iptables("-D", "FORWARD", "-j", EGRESS_CHAIN, check=False).returncode == 0:
         pass
-    _iptables("-F", EGRESS_CHAIN, check=False)
-    _iptables("-X", EGRESS_CHAIN, check=False)
+    while _iptables("-D", "INPUT", "-i", BRIDGE, "-j", INPUT_CHAIN, check=False).returncode == 0:
+        pass
+    for chain in (EGRESS_CHAIN, INPUT_CHAIN):
+        _iptables("-F", chain, check=False)
+        _iptables("-X", chain, check=False)
     remove_kube_chains()
     if bridge_exists():
         _run("ip", "link", "delete", BRIDGE)

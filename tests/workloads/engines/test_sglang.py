@@ -236,6 +236,17 @@ def test_load_state_dict_swaps_in_place(engine, restore_v0):
     with torch.no_grad():
         ref = _torch_logprobs(new, PROMPT, c.token_ids)
     assert (torch.tensor(c.logprobs) - ref).abs().mean() < MISMATCH_MEAN_ABS
+    # Once loaded, older versions leave the scratch directory: one copy on disk, not one per sync.
+    engine.load_state_dict(new.state_dict(), 4)
+    assert sorted(p.name for p in engine._scratch.glob("v*")) == ["v00000004"]
+
+
+def test_a_closed_engine_removes_its_own_scratch_directory(sglang_server):  # noqa: F811
+    eng = SGLangEngine(SGLangClient(sglang_server.url), version=0)
+    scratch = eng._scratch
+    assert scratch.is_dir()
+    eng.close()
+    assert not scratch.exists()
 
 
 def _in_thread(fn):

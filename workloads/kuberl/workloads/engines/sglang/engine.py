@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import shutil
 import tempfile
 import threading
 import time
@@ -38,6 +39,7 @@ class SGLangEngine(Engine):
         self.client = client if isinstance(client, SGLangClient) else SGLangClient(client)
         self.policy_version = version
         self.swap_mode = swap_mode
+        self._owns_scratch = not scratch_dir
         self._scratch = Path(scratch_dir) if scratch_dir else Path(tempfile.mkdtemp(prefix="kuberl-sglang-weights-"))
         self._swap_lock = threading.Lock()
         self._inflight: set[str] = set()
@@ -140,6 +142,7 @@ class SGLangEngine(Engine):
         dest = Path(dest_dir) if dest_dir else self._scratch / f"v{version:08d}"
         path, _manifest = store.fetch(version, dest)
         self.load_weights_from_disk(path, version)
+        self._drop_older_versions(keep=dest)
         return version
 
     def load_state_dict(self, tensors: dict[str, torch.Tensor], version: int) -> None:
@@ -160,6 +163,16 @@ class SGLangEngine(Engine):
         if self._config_json:
             (dest / "config.json").write_text(json.dumps(self._config_json))
         self.load_weights_from_disk(dest, version)
+        self._drop_older_versions(keep=dest)
+
+    def _drop_older_versions(self, keep: Path) -> None:
+        """Once the server has loaded `keep`, the versions before it are dead weight: a
+        long job would otherwise leave one full copy of the model per sync on disk."""
+        for old in self._scratch.glob("v*"):
+            if old.is_dir() and old != keep:
+                shutil.rmtree(old, ignore_errors=True)
 
     def close(self) -> None:
         self.client.close()
+        if self._owns_scratch:
+            shutil.rmtree(self._scratch, ignore_errors=True)
