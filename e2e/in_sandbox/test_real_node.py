@@ -11,41 +11,28 @@ trains for real, and the tests watch what a user would: the job's status and eve
 from __future__ import annotations
 
 import json
-from pathlib import Path
 
 import pytest
-import yaml
 
 from e2e.cluster.node import NODE_NAME
 from e2e.cluster.node_network import POD_SUBNET
-from tests.support.fixtures_cluster import EXAMPLES_DIR, Kube, wait_until
+from e2e.in_sandbox.node_support import (
+    MAX_STEPS,
+    RELEASE,
+    RELEASE_NS,
+    _ns,
+    _pod_phase,
+    copy_stack_credentials,
+    diagnostics,
+    tiny_job_on_the_node,
+)
+from tests.support.fixtures_cluster import Kube, wait_until
 
 pytestmark = [pytest.mark.e2e, pytest.mark.cluster]
 
-REPO = Path(__file__).resolve().parents[1]
-CHART = REPO / "charts" / "kuberl"
-NODE_VALUES = REPO / "e2e" / "node-values.yaml"
-RELEASE, RELEASE_NS = "kuberl", "kuberl-system"
 RESTRICTED = {"runAsNonRoot": True, "runAsUser": 65532, "allowPrivilegeEscalation": False,
               "readOnlyRootFilesystem": True, "capabilities": {"drop": ["ALL"]},
               "seccompProfile": {"type": "RuntimeDefault"}}
-
-
-def _split(ref: str) -> tuple[str, str]:
-    repo, _, tag = ref.rpartition(":")
-    return repo, tag
-
-
-def _ns(kube: Kube, name: str) -> str:
-    kube.kubectl("create", "namespace", name, check=False)
-    wait_until(f"default service account in {name}", lambda: kube.core.list_namespaced_service_account(
-        name, field_selector="metadata.name=default").items, timeout=30)
-    return name
-
-
-def _pod_phase(kube: Kube, ns: str, name: str) -> str | None:
-    pod = kube.core.read_namespaced_pod(name, ns)
-    return pod.status.phase if pod.status.phase in ("Succeeded", "Failed") else None
 
 
 # -- the node itself ---------------------------------------------------------------------
@@ -124,39 +111,6 @@ def test_a_pod_runs_in_a_container_and_reaches_the_api_through_service_and_dns(n
 
 # -- the chart with the laptop stack, and the tiny example trained for real ---------------
 
-def diagnostics(kube: Kube, namespaces: tuple[str, ...] = (RELEASE_NS,)) -> str:
-    """What to read when something on the node does not come up: pods, events, log tails."""
-    out = [kube.kubectl("get", "pods", "-A", "-o", "wide", check=False).stdout]
-    for ns in namespaces:
-        out.append(kube.kubectl("get", "events", "-n", ns, "--sort-by=.lastTimestamp", check=False).stdout[-3000:])
-        for pod in kube.core.list_namespaced_pod(ns).items:
-            logs = kube.kubectl("logs", "-n", ns, pod.metadata.name, "--all-containers", "--tail=15", check=False)
-            out.append(f"--- {ns}/{pod.metadata.name}\n{(logs.stdout + logs.stderr)[-2500:]}")
-    return "\n".join(out)
-
-
-def _helm(kube: Kube, *args: str, timeout: float = 600) -> str:
-    import subprocess
-
-    proc = subprocess.run([str(kube.kubectl_path.with_name("helm")), "--kubeconfig", str(kube.kubeconfig), *args],
-                          capture_output=True, text=True, timeout=timeout)
-    assert proc.returncode == 0, f"helm {' '.join(args)}:\n{proc.stdout}\n{proc.stderr}\n{diagnostics(kube)}"
-    return proc.stdout
-
-
-@pytest.fixture(scope="module")
-def release(node_kube: Kube) -> Kube:
-    images = node_kube.images
-    sets = {"image.repository": _split(images["operator"])[0], "image.tag": _split(images["operator"])[1],
-            "workloads.image": images["workload-cpu"],
-            "stack.nats.image.repository": _split(images["nats"])[0], "stack.nats.image.tag": _split(images["nats"])[1],
-            "stack.s3.image.repository": _split(images["seaweedfs"])[0], "stack.s3.image.tag": _split(images["seaweedfs"])[1]}
-    _ns(node_kube, RELEASE_NS)
-    _helm(node_kube, "upgrade", "--install", RELEASE, str(CHART), "--namespace", RELEASE_NS, "-f", str(NODE_VALUES),
-          *[f"--set={k}={v}" for k, v in sets.items()], "--wait", "--timeout", "5m")
-    return node_kube
-
-
 def test_chart_runs_the_operator_and_the_stack_in_real_containers(release: Kube):
     for name in (f"deployment/{RELEASE}-operator", f"statefulset/{RELEASE}-nats", f"statefulset/{RELEASE}-s3"):
         obj = release.get_json("-n", RELEASE_NS, name)
@@ -169,25 +123,6 @@ def test_chart_runs_the_operator_and_the_stack_in_real_containers(release: Kube)
     assert lines and all(isinstance(json.loads(line), dict) for line in lines), logs[-2000:]
 
 
-MAX_STEPS = 200  # ~3 steps/s here: long enough to delete pods mid-run
-
-
-def tiny_job_on_the_node(namespace: str) -> dict:
-    """examples/tiny-cpu.yaml, pointed at the stack and sized for a 2-core node."""
-    job = yaml.safe_load((EXAMPLES_DIR / "tiny-cpu.yaml").read_text())
-    spec = job["spec"]
-    spec["buffer"] = {"credentialsSecret": {"name": "kuberl-stack-credentials"}}
-    spec["weightStore"].update(endpoint=f"http://{RELEASE}-s3.{RELEASE_NS}:8333",
-                               credentialsSecret={"name": "kuberl-stack-credentials"})
-    small = {"requests": {"cpu": "500m", "memory": "1Gi"}, "limits": {"memory": "4Gi"}}
-    spec["trainer"]["resources"] = small
-    spec["rollout"]["template"]["resources"] = small
-    spec["runPolicy"]["maxSteps"] = MAX_STEPS
-    spec["checkpoint"]["intervalSteps"] = 20
-    spec["evaluation"]["intervalSteps"] = 100
-    return job
-
-
 def test_tiny_example_trains_in_containers_and_survives_deleted_pods(release: Kube):
     try:
         _train_tiny_job(release)
@@ -198,9 +133,7 @@ def test_tiny_example_trains_in_containers_and_survives_deleted_pods(release: Ku
 def _train_tiny_job(release: Kube) -> None:
     kube = release
     ns = _ns(kube, "node-tiny")
-    stack = kube.core.read_namespaced_secret(f"{RELEASE}-stack-credentials", RELEASE_NS)
-    kube.core.create_namespaced_secret(ns, {"metadata": {"name": "kuberl-stack-credentials"},
-                                            "data": {k: v for k, v in stack.data.items() if k != "s3.json"}})
+    copy_stack_credentials(kube, ns)
     job = tiny_job_on_the_node(ns)
     name = job["metadata"]["name"]
     kube.custom.create_namespaced_custom_object("kuberl.io", "v1alpha1", ns, "rljobs", job)
