@@ -53,6 +53,6 @@ fi
 # are the same blobs by digest; their modes differ, so that pass compares content only.
 start=$SECONDS
 before=$(df --output=avail -B1M / | tail -1)
-nice -n 10 hardlink -q -t -s 1M "$cache" "$repo/.venv"
+nice -n 10 hardlink -q -t "$cache" "$repo/.venv"
 nice -n 10 hardlink -q -c -s 1M "$cache/images" "$cache/containerd/io.containerd.content.v1.content"
 echo "setup.sh: shared files linked in $((SECONDS - start))s, $(( $(df --output=avail -B1M / | tail -1) - before )) MB freed" >&2

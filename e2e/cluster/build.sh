@@ -194,5 +194,9 @@ go_install helm helm.sh/helm/v3/cmd/helm "$HELM_VERSION" \
 build_coredns
 build_pause
 drop_go_caches
+# A version bump builds into a new bin-<version>: the old one is superseded.
+for old in "$cache"/bin-*; do
+  [[ "$old" == "$bin" || ! -d "$old" ]] || { log "removing superseded $old"; rm -rf "$old"; }
+done
 log "done in $((SECONDS - start))s; $(du -sh "$bin" | cut -f1) in $bin"
 echo "$bin"
