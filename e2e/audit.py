@@ -30,7 +30,7 @@ WATCHED_DIRS = ("/tmp", "/dev/shm", "/run", "/var/lib", "/var/log", "/etc", "/op
                 "/var/lib/cni", "/var/log/containers", "/var/log/pods", "/var/lib/kubelet",
                 "/var/lib/containers", "/run/containers")
 # Kernel counters that move on their own.
-VOLATILE_SYSCTLS = re.compile(r"^(fs\.(dentry-state|file-nr|inode-nr|inode-state)|kernel\.(ns_last_pid|random\..*"
+VOLATILE_SYSCTLS = re.compile(r"^(fs\.(dentry-state|file-nr|inode-nr|inode-state|quota\..*)|kernel\.(ns_last_pid|random\..*"
                               r"|pty\.nr)|net\.netfilter\.nf_conntrack_count|.*\.stable_secret)$")
 NODE_NAMES = re.compile(r"containerd|kubelet|kube-|etcd|kwok|coredns|nats-server|weed|sglang|kuberl|pause|runc")
 
