@@ -48,11 +48,13 @@ fi
 (cd "$repo" && python3 -m e2e.images.build --venv-bin "$repo/.venv/bin" >/dev/null)
 (cd "$repo" && python3 -m e2e.sandbox.launch -- python3 -m e2e.images.load)
 
-# Identical big files become one: -t ignores timestamps (pip stamps install time), mode
-# and owner must still match. Layer tars in the layouts and in containerd's content store
-# are the same blobs by digest; their modes differ, so that pass compares content only.
+# Identical files become one: -t ignores timestamps (pip stamps install time), mode and
+# owner must still match; -O keeps the oldest copy, the cache's, so a new clone's venv
+# becomes links to it (and the clone can be deleted without touching the cache). Layer
+# tars in the layouts and in containerd's content store are the same blobs by digest;
+# their modes differ, so that pass compares content only.
 start=$SECONDS
 before=$(df --output=avail -B1M / | tail -1)
-nice -n 10 hardlink -q -t "$cache" "$repo/.venv"
+nice -n 10 hardlink -q -t -O "$cache" "$repo/.venv"
 nice -n 10 hardlink -q -c -s 1M "$cache/images" "$cache/containerd/io.containerd.content.v1.content"
 echo "setup.sh: shared files linked in $((SECONDS - start))s, $(( $(df --output=avail -B1M / | tail -1) - before )) MB freed" >&2
