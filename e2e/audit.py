@@ -171,8 +171,8 @@ def leaks(before: dict, after: dict, root_pid: int | None = None) -> dict[str, l
     tree = _descendants(after["processes"], root_pid) if root_pid else set()
     new_procs = []
     for key, p in after["processes"].items():
-        if key in before["processes"] or p["pid"] in tree or p["pid"] == os.getpid():
-            continue
+        if key in before["processes"] or p["pid"] in tree or p["pid"] == os.getpid() or p["state"] == "Z":
+            continue  # a zombie holds nothing but its pid; its parent reaps it
         suspicious = p["ppid"] == 1 or "kubepods" in p["memcg"] or "/kuberl" in p["memcg"] or NODE_NAMES.search(p["cmd"])
         if suspicious:
             new_procs.append(f"{p['pid']} {p['comm']} (ppid {p['ppid']}, {p['memcg'] or '/'}) {p['cmd'][:120]}")

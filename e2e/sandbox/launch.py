@@ -27,6 +27,9 @@ REPO = Path(__file__).resolve().parents[2]
 UNSHARE = ("unshare", "--pid", "--fork", "--kill-child", "--mount", "--propagation", "private",
            "--mount-proc", "--net", "--uts", "--ipc")
 STOP_GRACE_S = 20.0
+# Each run's reaper, to end and wait for once the launcher has cleaned up itself (an
+# orphaned reaper would be a zombie of PID 1 until it gets round to it).
+_REAPERS: dict[str, subprocess.Popen] = {}
 
 
 def _die_with_parent() -> None:
@@ -48,7 +51,7 @@ def _init_pid(unshare_pid: int) -> int | None:
 
 def start(command: list[str], run: str | None = None, **popen) -> tuple[subprocess.Popen, str]:
     """Start `command` in a new sandbox; returns its `unshare` process and the run id.
-    The caller waits on it, then calls `runs.remove(run)` (the reaper does it otherwise)."""
+    The caller waits on it, then calls `finish(run)` (the reaper cleans up otherwise)."""
     if os.geteuid() != 0:
         raise PermissionError("a sandbox needs root (namespaces, mounts, cgroups)")
     runs.sweep()
@@ -58,15 +61,29 @@ def start(command: list[str], run: str | None = None, **popen) -> tuple[subproce
     argv = [*UNSHARE, sys.executable, "-m", "e2e.sandbox.init", "--run", run, "--tmp", str(home / "tmp"),
             "--cwd", str(Path.cwd()), *keep, "--", *command]
     env = dict(popen.pop("env", None) or os.environ)
+    # The sandbox has a /tmp of its own: a TMPDIR of the host's would not exist in it, and
+    # a pytest inside keeps its own session directory there.
+    env["TMPDIR"] = "/tmp"
+    env.pop("KUBERL_SESSION_TMP", None)
     env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(REPO), env.get("PYTHONPATH", "")]))
     # preexec_fn: the parent-death signal is per thread; callers start sandboxes from the main one.
     proc = subprocess.Popen(argv, env=env, preexec_fn=_die_with_parent, **popen)  # noqa: PLW1509
     (home / "launcher.pid").write_text(f"{os.getpid()} {proc.pid}\n")
-    subprocess.Popen([sys.executable, "-m", "e2e.sandbox.runs", "reap", "--run", run,
+    _REAPERS[run] = subprocess.Popen([sys.executable, "-m", "e2e.sandbox.runs", "reap", "--run", run,
                       "--watch", str(os.getpid()), "--watch", str(proc.pid)],
                      env=env, cwd=str(REPO), start_new_session=True, stdin=subprocess.DEVNULL,
                      stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     return proc, run
+
+
+def finish(run: str) -> list[str]:
+    """Remove the run's host resources and end its reaper; returns what could not be removed."""
+    left = runs.remove(run)
+    reaper = _REAPERS.pop(run, None)
+    if reaper is not None:
+        reaper.terminate()
+        reaper.wait(timeout=10)
+    return left
 
 
 def stop(proc: subprocess.Popen, sig: int = signal.SIGTERM, grace: float = STOP_GRACE_S) -> int:
@@ -101,7 +118,7 @@ def run(command: list[str], **popen) -> int:
     finally:
         for s, h in previous.items():
             signal.signal(s, h)
-        left = runs.remove(run_id)
+        left = finish(run_id)
         if left:
             print(f"sandbox {run_id}: could not remove {left}", file=sys.stderr)
     return rc

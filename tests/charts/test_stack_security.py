@@ -38,7 +38,7 @@ from kuberl.operator.children.rollout import rollout_deployment
 from kuberl.operator.children.trainer import trainer_pod
 from kuberl.operator.decisions.access import secret_errors
 from kuberl.workloads.buffer.auth import auth_options
-from kuberl.workloads.localproc import dies_with_parent
+from kuberl.workloads.localproc import dies_with_parent, remove_weed_sockets
 from kuberl.workloads.config import S3_CREDENTIAL_KEYS
 from kuberl.workloads.localproc import find_binary, free_port, http_ok, seaweed_port_pair
 from tests.charts.test_chart import CHART, STACK_VALUES, by_kind, helm, render, run_helm  # noqa: F401  (helm: the fixture)
@@ -246,7 +246,7 @@ def weed(docs: list[dict], tmp_path_factory) -> Weed:
              "-s3.port.iceberg=0", "-s3.port.lance=0", "-master.volumeSizeLimitMB=64"]
     log = root / "weed.log"
     # No AWS_* in its environment: weed would take them as admin credentials without a config.
-    env = {"PATH": os.environ["PATH"], "HOME": str(root)}
+    env = {"PATH": os.environ["PATH"], "HOME": str(root), "TMPDIR": str(root)}  # its logs go to TMPDIR
     with open(log, "ab") as out:
         proc = subprocess.Popen([find_binary("weed"), *args], cwd=root, env=env,
                                 stdout=out, stderr=subprocess.STDOUT, start_new_session=True,
@@ -268,6 +268,7 @@ def weed(docs: list[dict], tmp_path_factory) -> Weed:
         yield server
     finally:
         _stop(proc, timeout=3)
+        remove_weed_sockets(ports.values())
 
 
 def _code(call) -> str:

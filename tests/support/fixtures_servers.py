@@ -26,6 +26,7 @@ from kuberl.workloads.localproc import (
     find_binary,
     free_port,
     http_ok,
+    remove_weed_sockets,
     seaweed_port_pair,
 )
 
@@ -144,6 +145,7 @@ class SeaweedS3:
     secret_key: str = "kuberl-secret"
     proc: subprocess.Popen | None = None
     s3_port: int = 0
+    ports: dict[str, int] = field(default_factory=dict)
 
     @property
     def endpoint(self) -> str:
@@ -170,6 +172,7 @@ class SeaweedS3:
             ports[f"{comp}.port"] = http
             ports[f"{comp}.port.grpc"] = grpc
         self.s3_port = ports["s3.port"]
+        self.ports = ports
         data = self.root / "data"
         data.mkdir(parents=True, exist_ok=True)
         args = [
@@ -210,6 +213,7 @@ class SeaweedS3:
             # weed's graceful shutdown can take ~15 s; the data is a temp dir, so don't wait long.
             _stop(self.proc, timeout=3)
             self.proc = None
+            remove_weed_sockets(self.ports.values())
 
 
 def running_nats(stop_sig: int = signal.SIGTERM, auth: dict[str, str] | None = None):

