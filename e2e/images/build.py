@@ -37,9 +37,9 @@ REGISTRY = "kuberl.local"
 # What the real node runs (loaded into its containerd); the other images are bases.
 NODE_IMAGES = ("pause", "operator", "workload-cpu", "nats", "seaweedfs")
 # Where buildah and its image library write outside its --root/--runroot (blob-info
-# cache, locks) and the links dockerfiles.py pulls through: removed after a build that
+# cache, locks, an empty CNI config dir) and the links dockerfiles.py pulls through: removed after a build that
 # created them.
-SYSTEM_PATHS = (Path("/var/lib/containers"), Path("/run/containers"), dockerfiles.LINKS)
+SYSTEM_PATHS = (Path("/var/lib/containers"), Path("/run/containers"), Path("/etc/cni"), dockerfiles.LINKS)
 
 
 def cache_dir() -> Path:
