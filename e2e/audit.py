@@ -133,10 +133,12 @@ def _disk() -> dict:
     caches = {}
     root = _cache_root()
     extra = [Path.home() / ".cache" / "go-build", Path.home() / "go", Path.home() / ".cache" / "pip"]
-    for d in [*(sorted(root.iterdir()) if root.is_dir() else []), *extra]:
-        if d.is_dir():
-            du = _run("du", "-sxb", str(d)).split()
-            caches[str(d)] = int(du[0]) if du else 0
+    dirs = [str(d) for d in [*(sorted(root.iterdir()) if root.is_dir() else []), *extra] if d.is_dir()]
+    # One du over all of them: a file hard-linked into several (set-up links identical
+    # files) counts once, in the first; the rows then add up to what the caches hold.
+    for line in _run("du", "-sxb", *dirs).splitlines() if dirs else ():
+        size, _, path = line.partition("\t")
+        caches[path] = int(size)
     return {"avail_bytes": st.f_bavail * st.f_frsize, "caches": caches}
 
 
