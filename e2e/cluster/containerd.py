@@ -57,10 +57,14 @@ disabled_plugins = ["io.containerd.snapshotter.v1.aufs", "io.containerd.snapshot
 """
 
 
+def socket_path(workdir: Path) -> Path:
+    return workdir / "containerd" / "containerd.sock"
+
+
 def write_config(workdir: Path) -> tuple[Path, Path]:
     """containerd's config under `workdir` (state, socket, CNI there; root in the cache);
     returns (config file, socket)."""
-    root, state, sock = cached_root(), workdir / "containerd" / "state", workdir / "containerd" / "containerd.sock"
+    root, state, sock = cached_root(), workdir / "containerd" / "state", socket_path(workdir)
     for p in (root, state, sock.parent):
         p.mkdir(parents=True, exist_ok=True)
     node_network.write_cni_config(workdir / "cni" / "net.d", workdir / "cni" / "ipam")
@@ -75,8 +79,11 @@ class Store:
     def __init__(self, sock: Path) -> None:
         self.sock = sock
 
+    def ctr_argv(self) -> list[str]:
+        return ["ctr", "--address", str(self.sock), "--namespace", NAMESPACE]
+
     def ctr(self, *args: str, check: bool = True, input: bytes | None = None) -> subprocess.CompletedProcess:
-        return subprocess.run(["ctr", "--address", str(self.sock), "--namespace", NAMESPACE, *args],
+        return subprocess.run([*self.ctr_argv(), *args],
                               capture_output=True, check=check, input=input)
 
     def ready(self) -> bool:
@@ -95,7 +102,7 @@ class Store:
             return False
         if not (layout / "index.json").is_file():
             raise FileNotFoundError(f"{layout} is missing: run e2e/setup.sh (it builds the node's images)")
-        oci.stream_into_containerd(layout, ["ctr", "--address", str(self.sock), "--namespace", NAMESPACE])
+        oci.stream_into_containerd(layout, self.ctr_argv())
         return True
 
     def forget_containers(self) -> int:

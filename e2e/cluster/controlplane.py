@@ -113,7 +113,7 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def _die_with_parent() -> None:
+def set_parent_death_signal() -> None:
     # PR_SET_PDEATHSIG: the kernel sends SIGKILL to this child when its parent dies,
     # including when the parent is SIGKILLed and atexit never runs.
     ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGKILL)
@@ -192,7 +192,7 @@ class _Component:
                 self.argv, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
                 start_new_session=True,  # own process group: killpg reaches any helpers
                 # preexec_fn is unsafe only with threads running; we spawn from one thread.
-                preexec_fn=_die_with_parent if die_with_parent else None,  # noqa: PLW1509
+                preexec_fn=set_parent_death_signal if die_with_parent else None,  # noqa: PLW1509
             )
 
     def raise_if_dead(self) -> None:

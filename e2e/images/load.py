@@ -11,9 +11,7 @@ unpacked layers with the project venv (e2e/setup.sh) before any test runs.
 
 from __future__ import annotations
 
-import ctypes
 import json
-import signal
 import subprocess
 import sys
 import tempfile
@@ -22,11 +20,8 @@ from pathlib import Path
 
 from e2e import sandbox
 from e2e.cluster import containerd
+from e2e.cluster.controlplane import set_parent_death_signal
 from e2e.images.build import NODE_IMAGES, Catalog, built_refs
-
-
-def _die_with_parent() -> None:
-    ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
 
 
 def load(timeout: float = 60.0) -> dict:
@@ -41,7 +36,7 @@ def load(timeout: float = 60.0) -> dict:
     conf, sock = containerd.write_config(work)
     log = open(work / "containerd.log", "wb")  # noqa: SIM115 - lives as long as the process
     proc = subprocess.Popen(["containerd", "--config", str(conf)], stdout=log, stderr=subprocess.STDOUT,
-                            preexec_fn=_die_with_parent)  # noqa: PLW1509
+                            preexec_fn=set_parent_death_signal)  # noqa: PLW1509
     store = containerd.Store(sock)
     t0 = time.monotonic()
     try:

@@ -13,7 +13,6 @@ by a reaper that outlives it for that one purpose when this process was SIGKILLe
 from __future__ import annotations
 
 import argparse
-import ctypes
 import os
 import secrets
 import signal
@@ -21,6 +20,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+from e2e.cluster.controlplane import set_parent_death_signal
 from e2e.sandbox import layout, runs
 
 REPO = Path(__file__).resolve().parents[2]
@@ -30,10 +30,6 @@ STOP_GRACE_S = 20.0
 # Each run's reaper, to end and wait for once the launcher has cleaned up itself (an
 # orphaned reaper would be a zombie of PID 1 until it gets round to it).
 _REAPERS: dict[str, subprocess.Popen] = {}
-
-
-def _die_with_parent() -> None:
-    ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
 
 
 def _keep_paths() -> list[Path]:
@@ -67,7 +63,7 @@ def start(command: list[str], run: str | None = None, **popen) -> tuple[subproce
     env.pop("KUBERL_SESSION_TMP", None)
     env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(REPO), env.get("PYTHONPATH", "")]))
     # preexec_fn: the parent-death signal is per thread; callers start sandboxes from the main one.
-    proc = subprocess.Popen(argv, env=env, preexec_fn=_die_with_parent, **popen)  # noqa: PLW1509
+    proc = subprocess.Popen(argv, env=env, preexec_fn=set_parent_death_signal, **popen)  # noqa: PLW1509
     (home / "launcher.pid").write_text(f"{os.getpid()} {proc.pid}\n")
     _REAPERS[run] = subprocess.Popen([sys.executable, "-m", "e2e.sandbox.runs", "reap", "--run", run,
                       "--watch", str(os.getpid()), "--watch", str(proc.pid)],
