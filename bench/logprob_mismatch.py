@@ -36,7 +36,8 @@ from kuberl.workloads.policy.tiny.model import (
     seeded_model,
     token_logprobs,
 )
-from kuberl.workloads.policy.tiny.tokenizer import CharTokenizer
+from kuberl.workloads.policy.sources import local_model_dir
+from kuberl.workloads.policy.tokenizer import Tokenizer
 
 HERE = Path(__file__).resolve().parent
 PROMPTS = ["12+7=", "3*(4+5)=", "what is 9-2?", "ab", "100/4="]
@@ -93,12 +94,12 @@ def entropy(model, ids: torch.Tensor) -> float:
 
 
 def measure(engine: SGLangEngine, models: dict, samples: int, max_new: int, megatron) -> dict:
-    tok = CharTokenizer()
+    tok = Tokenizer.from_pretrained(local_model_dir("builtin://tiny"))
     out = {}
     for name, model in models.items():
         engine.load_state_dict(model.state_dict(), version=len(out) + 1)
         per_prompt = max(1, samples // len(PROMPTS))
-        reqs = [GenerationRequest(tok.encode(p, bos=True), n=per_prompt, max_new_tokens=max_new, stop_ids=()) for p in PROMPTS]
+        reqs = [GenerationRequest(tok.encode_prompt({"prompt": p}), n=per_prompt, max_new_tokens=max_new, stop_ids=()) for p in PROMPTS]
         t0 = time.perf_counter()
         groups = engine.generate(reqs)
         gen_s = time.perf_counter() - t0

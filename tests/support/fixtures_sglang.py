@@ -38,11 +38,10 @@ def sglang_venv() -> Path:
 
 @pytest.fixture(scope="session")
 def sglang_model_dir(tmp_path_factory) -> Path:
-    from kuberl.workloads.policy.tiny.model import save_pretrained, seeded_model
+    from kuberl.workloads.policy.tiny.checkpoint import write_builtin_tiny
 
-    d = tmp_path_factory.mktemp("sglang-model") / "v0"
-    save_pretrained(seeded_model(SGLANG_SEED), d)
-    return d
+    # A real HF checkpoint (weights, config, tokenizer): the server loads the tokenizer.
+    return write_builtin_tiny(tmp_path_factory.mktemp("sglang-model") / "v0", seed=SGLANG_SEED)
 
 
 @pytest.fixture(scope="session")

@@ -34,7 +34,6 @@ from kuberl.operator.children.rollout import (
     inline_rollout_pool,
     rollout_deployment,
     rollout_service,
-    uses_char_tokenizer,
 )
 from kuberl.operator.children.trainer import trainer_gang, trainer_pod, trainer_service
 from kuberl.operator.children.workload_config import job_config_map, job_workload_config
@@ -185,7 +184,7 @@ def test_sglang_pod_shares_a_scratch_dir_and_probes_the_server():
     assert "initContainers" not in tpl
 
 
-def test_sglang_cpu_pool_with_the_builtin_char_tokenizer():
+def test_sglang_cpu_pool_with_the_builtin_model():
     doc = example("shared-rolloutpool.yaml", "RolloutPool")
     doc["spec"].update({"gpusPerReplica": 0, "engine": {"type": "sglang", "tensorParallelSize": 1, "memFractionStatic": 0.1}})
     p = RolloutPool.model_validate(doc)
@@ -193,7 +192,7 @@ def test_sglang_cpu_pool_with_the_builtin_char_tokenizer():
     tpl = d["spec"]["template"]["spec"]
     engine, agent = _containers(d)["engine"], _containers(d)["agent"]
     args = engine["args"]
-    assert "--skip-tokenizer-init" in args
+    assert "--skip-tokenizer-init" not in args  # builtin://tiny is a real HF checkpoint, tokenizer included
     assert _flag(args, "--device") == "cpu" and _flag(args, "--attention-backend") == "torch_native"
     assert _flag(args, "--sampling-backend") == "pytorch" and _flag(args, "--mem-fraction-static") == "0.1"
     assert env_of(engine)["SGLANG_USE_CPU_ENGINE"] == "1" and env_of(engine)["PYTHONPATH"] == SGLANG_CPU_KERNELS_DIR
@@ -204,18 +203,10 @@ def test_sglang_cpu_pool_with_the_builtin_char_tokenizer():
     assert init["image"] == S.workload_image
     assert {"name": ENGINE_SCRATCH_VOLUME, "mountPath": ENGINE_SCRATCH_DIR} in init["volumeMounts"]
     assert env_of(agent)["KUBERL_ENGINE_SCRATCH"] == ENGINE_SCRATCH_DIR
-    # An explicit builtin tokenizer with a local checkpoint also skips SGLang's tokenizer.
-    d = rollout_deployment(p, NS, S, bound_job="tiny", model_source="file:///models/tiny", tokenizer="builtin://char")
+    d = rollout_deployment(p, NS, S, bound_job="tiny", model_source="file:///models/tiny")
     engine = _containers(d)["engine"]
-    assert "--skip-tokenizer-init" in engine["args"] and _flag(engine["args"], "--model-path") == "/models/tiny"
+    assert "--skip-tokenizer-init" not in engine["args"] and _flag(engine["args"], "--model-path") == "/models/tiny"
     assert "initContainers" not in d["spec"]["template"]["spec"]
-
-
-def test_uses_char_tokenizer():
-    assert uses_char_tokenizer("builtin://tiny")
-    assert not uses_char_tokenizer("hf://Qwen/Qwen2.5-7B-Instruct")
-    assert not uses_char_tokenizer("builtin://tiny", "hf://Qwen/Qwen2.5-7B-Instruct")
-    assert uses_char_tokenizer("file:///m", "builtin://char") and not uses_char_tokenizer(None)
 
 
 def test_sglang_job_config_names_the_engine_url():

@@ -19,13 +19,14 @@ import aiohttp
 from kuberl.workloads.buffer.records import Prompt
 from kuberl.workloads.engines.base import Completion, Engine
 from kuberl.workloads.engines.batching import BatchingEngine
-from kuberl.workloads.policy.tiny.tokenizer import CharTokenizer
+from kuberl.workloads.policy.tiny.checkpoint import BOS_ID, EOS_ID
+from tests.support.tiny import tiny_tokenizer
 from kuberl.workloads.rollout.episodes import SamplingSettings, env_client_timeout, env_episode, run_group
 from kuberl.workloads.spec import RewardSpec
 from tests.support.agentenv import start_process, stats, wait_healthy
 from tests.support.round_robin import RoundRobinProxy
 
-TOK = CharTokenizer()
+TOK = tiny_tokenizer()
 REPLICAS = 3
 REWARD = RewardSpec(type="agentEnv", agent_env="calc")
 SHORT = env_client_timeout(episode_timeout_s=20, margin_s=0)  # a hang fails the test in seconds, not minutes
@@ -39,10 +40,10 @@ class ToolThenAnswer(Engine):
     def generate(self, requests):
         out = []
         for r in requests:
-            text = TOK.decode([t for t in r.prompt_ids if t not in (TOK.BOS, TOK.EOS)])
+            text = TOK.decode([t for t in r.prompt_ids if t not in (BOS_ID, EOS_ID)])
             tool = re.findall(r"=(-?\d+)\n", text)
             action = tool[-1] if tool else "c:" + text.rstrip("=")
-            ids = TOK.encode(action) + [TOK.EOS]
+            ids = TOK.encode(action) + [EOS_ID]
             out.append([Completion(ids, [-0.1] * len(ids), "stop", self.policy_version) for _ in range(r.n)])
         return out
 
@@ -82,7 +83,7 @@ async def test_multi_turn_episodes_through_a_balancing_service_reach_their_repli
     engine = BatchingEngine(ToolThenAnswer())
     try:
         async with replicas(advertise_self=True) as (proxy, urls), aiohttp.ClientSession(timeout=SHORT) as s:
-            groups = await asyncio.gather(*(run_group(engine, p, REWARD, SamplingSettings(16, 1.0), s, {"calc": proxy.url})
+            groups = await asyncio.gather(*(run_group(engine, p, REWARD, SamplingSettings(16, 1.0), TOK, s, {"calc": proxy.url})
                                             for p in _prompts(12)))
             per_replica = [stats(u) for u in urls]
             through_service = sum(proxy.sent.values())
@@ -104,7 +105,7 @@ async def test_control_without_the_endpoint_steps_get_lost_among_replicas():
     engine = BatchingEngine(ToolThenAnswer())
     try:
         async with replicas(advertise_self=False) as (proxy, urls), aiohttp.ClientSession(timeout=SHORT) as s:
-            results = await asyncio.gather(*(env_episode(engine, s, proxy.url, p, i, SamplingSettings(16, 1.0))
+            results = await asyncio.gather(*(env_episode(engine, s, proxy.url, p, i, SamplingSettings(16, 1.0), TOK)
                                              for p in _prompts(12) for i in range(p.n_samples)), return_exceptions=True)
             assert all(stats(u)["endpoint"] is None for u in urls)
     finally:

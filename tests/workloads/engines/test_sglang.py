@@ -38,7 +38,8 @@ from kuberl.workloads.policy.tiny.model import (
     seeded_model,
     token_logprobs,
 )
-from kuberl.workloads.policy.tiny.tokenizer import CharTokenizer
+from kuberl.workloads.policy.tiny.checkpoint import EOS_ID
+from tests.support.tiny import tiny_tokenizer
 from tests.support.aio_helpers import cancel_and_wait, wait_until
 from tests.support.fixtures_sglang import (  # noqa: F401  (fixtures)
     SGLANG_SEED,
@@ -47,8 +48,8 @@ from tests.support.fixtures_sglang import (  # noqa: F401  (fixtures)
     sglang_venv,
 )
 
-TOK = CharTokenizer()
-PROMPT = TOK.encode("12+7=", bos=True)
+TOK = tiny_tokenizer()
+PROMPT = TOK.encode_prompt({"prompt": "12+7="})
 MISMATCH_MEAN_ABS = 1e-3  # float32 on both sides (issue 8's target)
 
 
@@ -121,8 +122,9 @@ def test_unreachable_engine_is_reported_dead():
 def test_launcher_flags_and_env_for_cpu():
     cfg = ServerConfig(model_path="/m", port=1234, dtype="float32", weight_version="3")
     args = cfg.args()
-    for flag in ("--device", "--attention-backend", "--sampling-backend", "--skip-tokenizer-init", "--weight-version"):
+    for flag in ("--device", "--attention-backend", "--sampling-backend", "--weight-version"):
         assert flag in args
+    assert "--skip-tokenizer-init" not in args  # the server loads the model's own tokenizer
     env = cfg.env({"PYTHONPATH": "/x"})
     assert env["SGLANG_USE_CPU_ENGINE"] == "1"
     assert env["PYTHONPATH"].split(":") == [str(CPU_KERNELS_DIR), "/x"]
@@ -147,7 +149,8 @@ def _torch_logprobs(model, prompt: list[int], completion: list[int]) -> torch.Te
 
 
 def test_generate_with_logprobs(engine):
-    reqs = [GenerationRequest(PROMPT, n=3, max_new_tokens=12), GenerationRequest(TOK.encode("ab", bos=True), n=2, max_new_tokens=5)]
+    reqs = [GenerationRequest(PROMPT, n=3, max_new_tokens=12, stop_ids=TOK.stop_ids),
+            GenerationRequest(TOK.encode_prompt({"prompt": "ab"}), n=2, max_new_tokens=5, stop_ids=TOK.stop_ids)]
     groups = engine.generate(reqs)
     assert [len(g) for g in groups] == [3, 2]
     for req, group in zip(reqs, groups, strict=True):
@@ -157,7 +160,7 @@ def test_generate_with_logprobs(engine):
             assert all(lp <= 0.0 for lp in c.logprobs)
             assert all(0 <= t < TOK.vocab_size for t in c.token_ids)
             assert c.finish_reason in ("stop", "length")
-            assert c.finish_reason == "length" or c.token_ids[-1] == CharTokenizer.EOS
+            assert c.finish_reason == "length" or c.token_ids[-1] == EOS_ID
             assert c.policy_version == 0 and c.meta["weight_version"] == "0"
 
 
@@ -224,7 +227,7 @@ def test_bad_weights_path_is_refused_and_the_server_keeps_serving(engine, tmp_pa
         engine.load_weights_from_disk(tmp_path / "missing", 99)
     assert engine.policy_version == 0
     assert engine.client.health()
-    c = engine.generate([GenerationRequest(PROMPT, max_new_tokens=3)])[0][0]
+    c = engine.generate([GenerationRequest(PROMPT, max_new_tokens=3, stop_ids=TOK.stop_ids)])[0][0]
     assert c.meta["weight_version"] == "0"
 
 
@@ -266,7 +269,7 @@ def _in_thread(fn):
 def test_pause_holds_new_requests_until_continue(engine):
     engine.pause()
     try:
-        t, box = _in_thread(lambda: engine.generate([GenerationRequest(PROMPT, max_new_tokens=4)]))
+        t, box = _in_thread(lambda: engine.generate([GenerationRequest(PROMPT, max_new_tokens=4, stop_ids=TOK.stop_ids)]))
         t.join(timeout=2.0)
         assert t.is_alive(), "a request finished while the engine was paused"
     finally:
@@ -439,6 +442,8 @@ def uuid_hex() -> str:
 def test_rollout_agent_engine_follows_the_config(monkeypatch):
     from types import SimpleNamespace
 
+    from kuberl.workloads.spec import ModelSpec
+
     from kuberl.workloads.config import RolloutRuntime
     from kuberl.workloads.engines.torch_engine import TorchEngine
     from kuberl.workloads.rollout.agent import make_engine
@@ -448,7 +453,8 @@ def test_rollout_agent_engine_follows_the_config(monkeypatch):
     assert isinstance(url, SGLangEngine) and url.policy_version == -1
     assert url.client.base_url == "http://10.0.0.9:30000"
     url.close()
-    torch_engine = make_engine(SimpleNamespace(rollout=RolloutRuntime(engine="torch", **runtime)), "a0")
+    torch_engine = make_engine(SimpleNamespace(rollout=RolloutRuntime(engine="torch", **runtime),
+                                              model=ModelSpec(source="builtin://tiny"), weight_store=None), "a0")
     assert isinstance(torch_engine, TorchEngine) and torch_engine.policy_version == -1
 
 

@@ -21,7 +21,8 @@ import torch.multiprocessing as mp
 from kuberl.workloads.buffer.records import Trajectory
 from kuberl.workloads.buffer.staleness import staleness_rule
 from kuberl.workloads.policy.tiny.model import seeded_model
-from kuberl.workloads.policy.tiny.train import TinyBackend, collate, make_optimizer
+from kuberl.workloads.policy.tiny.train import TinyBackend, make_optimizer
+from kuberl.workloads.rl.batch import collate
 from kuberl.workloads.rl.advantages import group_advantages
 from kuberl.workloads.rl.losses import policy_loss
 from kuberl.workloads.rl.ppo import RolloutBatch, ppo_update

@@ -13,6 +13,7 @@ from kuberl.workloads.buffer.records import Prompt
 from kuberl.workloads.engines.batching import BatchingEngine
 from kuberl.workloads.engines.torch_engine import TorchEngine
 from kuberl.workloads.policy.tiny.model import seeded_model
+from tests.support.tiny import tiny_tokenizer
 from kuberl.workloads.rollout.episodes import SamplingSettings, _is_read_timeout, env_client_timeout, episode_url, run_group
 from kuberl.workloads.spec import RewardSpec
 from tests.support.agentenv import serving
@@ -52,7 +53,7 @@ async def test_a_step_slower_than_the_read_timeout_ends_its_episode_at_reward_ze
                 aiohttp.ClientSession(timeout=env_client_timeout(episode_timeout_s=0.3, margin_s=0.2)) as s:
             t0 = time.monotonic()
             group = await run_group(engine, Prompt("p", {"prompt": "1+2=", "answer": "3"}, n_samples=3),
-                                    RewardSpec(type="agentEnv", agent_env="slow"), SAMPLING, s, {"slow": url})
+                                    RewardSpec(type="agentEnv", agent_env="slow"), SAMPLING, tiny_tokenizer(), s, {"slow": url})
             elapsed = time.monotonic() - t0
             assert server.counters["started"] == 3 and not server.episodes  # each closed after its timeout
     finally:
@@ -70,7 +71,7 @@ async def test_an_answer_within_the_timeout_is_scored_as_usual():
         async with serving(settings) as (_, url), \
                 aiohttp.ClientSession(timeout=env_client_timeout(episode_timeout_s=1.0, margin_s=0.5)) as s:
             group = await run_group(engine, Prompt("p", {"prompt": "1+2=", "answer": "3"}, n_samples=2),
-                                    RewardSpec(type="agentEnv", agent_env="env"), SAMPLING, s, {"env": url})
+                                    RewardSpec(type="agentEnv", agent_env="env"), SAMPLING, tiny_tokenizer(), s, {"env": url})
     finally:
         await engine.stop()
     assert all("timed_out" not in t.meta and t.meta["turns"] == 1 for t in group)

@@ -16,7 +16,7 @@ from kuberl.workloads.buffer.records import Prompt
 from kuberl.workloads.buffer.stream import JobBuffer
 from kuberl.workloads.engines.batching import DispatchTracker
 from kuberl.workloads.engines.torch_engine import TorchEngine
-from kuberl.workloads.policy.tiny.model import seeded_model
+from kuberl.workloads.policy.tiny.model import TinyConfig, seeded_model
 from kuberl.workloads.rollout.agent import ABANDON_AT_MOST, RolloutAgent, TrainerClock
 from kuberl.workloads.weights.sync import publish_policy, weight_store
 from tests.support.aio_helpers import cancel_and_wait, wait_until
@@ -78,7 +78,7 @@ def job_config(nats_server, s3_server, s3_bucket, tmp_path, monkeypatch):
 async def _announce(cfg, buf: JobBuffer, version: int, manifest: str | None = None) -> None:
     """What the trainer does after a step: weights to S3, then the version into the job KV."""
     if manifest is None:
-        manifest = (await asyncio.to_thread(publish_policy, weight_store(cfg), seeded_model(version), version)).uri
+        manifest = (await asyncio.to_thread(publish_policy, weight_store(cfg), seeded_model(version).state_dict(), TinyConfig().to_hf(), version)).uri
     await buf.state.publish_version(version, manifest)
 
 

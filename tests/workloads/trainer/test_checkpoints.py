@@ -111,11 +111,11 @@ def test_the_trainers_real_state_round_trips_through_the_safe_loader(tmp_path):
     assert again.restore_or_init() == extra
     assert again.progress.step == tr.progress.step == 2 and again.progress.resumed_from == 2
     assert again.progress.curriculum.recent_pass_rates == tr.progress.curriculum.recent_pass_rates
-    for a, b in zip(tr.model.parameters(), again.model.parameters(), strict=True):
+    for a, b in zip(tr.backend.model.parameters(), again.backend.model.parameters(), strict=True):
         assert torch.equal(a, b)
-    for a, b in zip(tr.reference.parameters(), again.reference.parameters(), strict=True):
+    for a, b in zip(tr.backend.reference.model.parameters(), again.backend.reference.model.parameters(), strict=True):
         assert torch.equal(a, b)
-    saved, restored = tr.opt.state_dict(), again.opt.state_dict()
+    saved, restored = tr.backend.optimizer.state_dict(), again.backend.optimizer.state_dict()
     assert restored["param_groups"] == saved["param_groups"]
     for k, st in saved["state"].items():
         assert all(torch.equal(v, restored["state"][k][n]) for n, v in st.items() if torch.is_tensor(v))

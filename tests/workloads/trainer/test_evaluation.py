@@ -15,6 +15,7 @@ from kuberl.workloads.spec import Dataset
 from kuberl.workloads.tasks.datasets import load_dataset
 from kuberl.workloads.trainer.evaluation import Evaluator, pass_at_k, score_dataset
 from tests.support.objects import workload_config_for
+from tests.support.tiny import tiny_tokenizer
 
 torch.set_num_threads(1)
 
@@ -53,7 +54,7 @@ def _evaluator(tmp_path, **evaluation) -> Evaluator:
     }
     cfg = workload_config_for(spec, "eval", nats_url="nats://127.0.0.1:1", s3_endpoint="http://127.0.0.1:1",
                               output_dir=str(tmp_path))
-    return Evaluator(cfg)
+    return Evaluator(cfg, tiny_tokenizer())
 
 
 def test_evaluator_takes_the_first_max_prompts(tmp_path):

@@ -96,18 +96,7 @@ def _model_path(source: str | None) -> str | None:
     return source
 
 
-def uses_char_tokenizer(model_source: str | None, tokenizer: str | None = None) -> bool:
-    """Whether the job's tokenizer is kuberl's builtin char tokenizer (not an HF one).
-
-    The tokenizer defaults to the model source, so builtin://tiny brings the char
-    tokenizer; an explicit builtin:// tokenizer means it too. SGLang cannot load that
-    tokenizer, so the server runs with --skip-tokenizer-init and the agent sends token ids.
-    """
-    where = tokenizer or model_source or ""
-    return where.startswith("builtin://")
-
-
-def engine_server_args(spec: RolloutPoolSpec, model_path: str | None, *, skip_tokenizer_init: bool) -> list[str]:
+def engine_server_args(spec: RolloutPoolSpec, model_path: str | None) -> list[str]:
     """The SGLang server's command-line arguments for one rollout pod."""
     engine = spec.engine
     args = ["--model-path", model_path] if model_path else []
@@ -117,8 +106,6 @@ def engine_server_args(spec: RolloutPoolSpec, model_path: str | None, *, skip_to
              "--mem-fraction-static", str(engine.mem_fraction_static)]
     if spec.gpus_per_replica == 0:
         args += list(SGLANG_CPU_FLAGS)
-    if skip_tokenizer_init:
-        args.append("--skip-tokenizer-init")
     if engine.context_length:
         args += ["--context-length", str(engine.context_length)]
     if engine.max_running_requests:
@@ -158,14 +145,13 @@ def credential_secrets(job_spec: Mapping[str, Any] | None) -> dict[str, str | No
 
 
 def _initial_model_container(model_source: str, image: str, settings: OperatorSettings) -> dict[str, Any]:
-    """Writes a builtin:// model's initial weights (HF layout) into the scratch dir before the server starts."""
-    script = ("import sys; from kuberl.workloads.spec import ModelSpec; from kuberl.workloads.policy.tiny.model import save_pretrained; "
-              "from kuberl.workloads.policy.tiny.train import initial_model; save_pretrained(initial_model(ModelSpec(source=sys.argv[1])), sys.argv[2])")
+    """Writes a builtin:// model (weights, config, tokenizer: a real HF checkpoint) into the
+    scratch dir before the server starts; SGLang loads it like any other model."""
     return {
         "name": "initial-model",
         "image": image,
         "imagePullPolicy": settings.image_pull_policy,
-        "command": ["python", "-c", script, model_source, ENGINE_INITIAL_MODEL_DIR],
+        "command": ["python", "-m", "kuberl.workloads.policy.sources", model_source, ENGINE_INITIAL_MODEL_DIR],
         "env": writable_env([]),
         "resources": container_resources(None, 0, ROLE_INIT_DEFAULTS),
         "securityContext": restricted_container_security(),
@@ -232,7 +218,7 @@ def rollout_deployment(
             "image": engine.image or (settings.sglang_cpu_image if cpu else settings.sglang_image),
             "imagePullPolicy": settings.image_pull_policy,
             "command": ["python3", "-m", "sglang.launch_server"],
-            "args": engine_server_args(spec, path, skip_tokenizer_init=uses_char_tokenizer(model_source, tokenizer)),
+            "args": engine_server_args(spec, path),
             "env": env_list(engine_env) + writable_env([]),
             "resources": engine_resources,
             "securityContext": restricted_container_security(),

@@ -7,18 +7,17 @@ from dataclasses import dataclass, field
 
 import torch
 
-from kuberl.workloads.policy.tiny.tokenizer import CharTokenizer
-
 
 @dataclass(frozen=True)
 class GenerationRequest:
-    """Sample ``n`` continuations of one prompt."""
+    """Sample ``n`` continuations of one prompt; generation ends at any of ``stop_ids``
+    (the tokenizer's, `Tokenizer.stop_ids`) or after ``max_new_tokens``."""
 
     prompt_ids: list[int]
     n: int = 1
     max_new_tokens: int = 16
     temperature: float = 1.0
-    stop_ids: tuple[int, ...] = (CharTokenizer.EOS,)
+    stop_ids: tuple[int, ...] = ()
 
 
 @dataclass

@@ -18,7 +18,9 @@ from kuberl.workloads.engines.batching import BatchingEngine, DispatchTracker
 from kuberl.workloads.engines.torch_engine import TorchEngine
 from kuberl.workloads.logs import get_logger
 from kuberl.workloads.observe.rollout_metrics import RolloutMetrics
-from kuberl.workloads.policy.tiny.model import seeded_model
+from kuberl.workloads.policy.job_model import job_model_dir, job_tokenizer
+from kuberl.workloads.policy.tiny.model import load_pretrained
+from kuberl.workloads.policy.tokenizer import Tokenizer
 from kuberl.workloads.rollout.episodes import SamplingSettings, env_session_timeout, run_group
 from kuberl.workloads.weights.sync import fetch_policy, weight_store
 
@@ -67,13 +69,14 @@ def make_engine(cfg: WorkloadConfig, agent_id: str) -> Engine:
 
         return SGLangEngine.from_config(cfg, version=-1)
     if cfg.rollout.engine == "torch":
-        return TorchEngine(seeded_model(0), version=-1, seed=(hash(agent_id) + int(time.time())) % 2**31)
+        return TorchEngine(load_pretrained(job_model_dir(cfg)), version=-1, seed=(hash(agent_id) + int(time.time())) % 2**31)
     raise ValueError(f"unknown rollout engine {cfg.rollout.engine!r}")
 
 
 class RolloutAgent:
-    def __init__(self, cfg: WorkloadConfig, agent_id: str, engine: Engine | None = None):
+    def __init__(self, cfg: WorkloadConfig, agent_id: str, engine: Engine | None = None, tokenizer: Tokenizer | None = None):
         self.cfg, self.agent_id = cfg, agent_id
+        self.tokenizer = tokenizer if tokenizer is not None else job_tokenizer(cfg)
         self.store = weight_store(cfg)
         self.buffer: JobBuffer | None = None
         self.engine = engine if engine is not None else make_engine(cfg, agent_id)
@@ -172,7 +175,7 @@ class RolloutAgent:
         """The prompt's scored group, or None when it became untrainable before it was done."""
         p = lease.prompt
         tracker = DispatchTracker(self.batcher)
-        group = asyncio.create_task(run_group(tracker, p, self.cfg.reward, SamplingSettings.for_stage(self.cfg, p.stage), session, self.cfg.agent_envs))
+        group = asyncio.create_task(run_group(tracker, p, self.cfg.reward, SamplingSettings.for_stage(self.cfg, p.stage), self.tokenizer, session, self.cfg.agent_envs))
         if not self.cfg.rollout.abandon_stale_groups or lease.deliveries > ABANDON_AT_MOST:
             return await group
         doomed = asyncio.create_task(self.trainer.wait_until_untrainable(

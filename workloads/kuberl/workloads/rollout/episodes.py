@@ -16,14 +16,11 @@ from kuberl.workloads.config import WorkloadConfig
 from kuberl.workloads.engines.base import GenerationRequest
 from kuberl.workloads.engines.batching import BatchingEngine, DispatchTracker
 from kuberl.workloads.logs import get_logger
-from kuberl.workloads.policy.tiny.tokenizer import CharTokenizer
+from kuberl.workloads.policy.tokenizer import Tokenizer
 from kuberl.workloads.spec import RewardSpec
 from kuberl.workloads.tasks.verifiers import verifier_reward
 
 log = get_logger(__name__)
-
-
-TOKENIZER = CharTokenizer()
 
 
 @dataclass(frozen=True)
@@ -40,10 +37,6 @@ class SamplingSettings:
         if cfg.curriculum is not None and stage < len(cfg.curriculum.stages):
             length = cfg.curriculum.stages[stage].max_response_length or length
         return cls(length, cfg.algorithm.temperature)
-
-
-def _strip_stop(ids: list[int]) -> list[int]:
-    return [t for t in ids if t != TOKENIZER.EOS]
 
 
 def _python_reward(entry_point: str):
@@ -70,15 +63,17 @@ def _trajectory(prompt: Prompt, index: int, tokens: list[int], logprobs: list[fl
     )
 
 
-async def verifier_group(engine: BatchingEngine | DispatchTracker, prompt: Prompt, reward: RewardSpec, sampling: SamplingSettings) -> list[Trajectory]:
+async def verifier_group(engine: BatchingEngine | DispatchTracker, prompt: Prompt, reward: RewardSpec, sampling: SamplingSettings,
+                         tokenizer: Tokenizer) -> list[Trajectory]:
     """One generation call for the whole group, scored locally."""
     t0 = time.monotonic()
-    prompt_ids = TOKENIZER.encode(prompt.data["prompt"], bos=True)
-    completions = await engine.generate(GenerationRequest(prompt_ids, prompt.n_samples, sampling.max_new_tokens, sampling.temperature))
+    prompt_ids = tokenizer.encode_prompt(prompt.data)
+    completions = await engine.generate(GenerationRequest(prompt_ids, prompt.n_samples, sampling.max_new_tokens, sampling.temperature,
+                                                          tokenizer.stop_ids))
     t_gen = time.monotonic() - t0
     out = []
     for i, c in enumerate(completions):
-        response = TOKENIZER.decode(_strip_stop(c.token_ids))
+        response = tokenizer.decode(c.token_ids)
         r = score(reward, prompt.data, response)
         out.append(_trajectory(prompt, i, prompt_ids + c.token_ids, [0.0] * len(prompt_ids) + c.logprobs,
                                [0] * len(prompt_ids) + [1] * len(c.token_ids), r, c.policy_version,
@@ -172,7 +167,7 @@ async def _close(session: aiohttp.ClientSession, url: str) -> None:
 
 
 async def env_episode(engine: BatchingEngine | DispatchTracker, session: aiohttp.ClientSession, base_url: str, prompt: Prompt, index: int,
-                      sampling: SamplingSettings, max_turns: int = 4) -> Trajectory:
+                      sampling: SamplingSettings, tokenizer: Tokenizer, max_turns: int = 4) -> Trajectory:
     """A (multi-turn) episode: reset, then generate an action and step until the env says done.
 
     Environment observations enter the token stream with loss mask 0 (not trained on);
@@ -185,13 +180,14 @@ async def env_episode(engine: BatchingEngine | DispatchTracker, session: aiohttp
     started = await _post(session, f"{base_url}/episodes", {"prompt": prompt.data["prompt"], "answer": prompt.data["answer"]})
     episode = started["episode_id"]
     owner = episode_url(base_url, started)
-    tokens = TOKENIZER.encode(started["observation"], bos=True)
+    tokens = tokenizer.encode_prompt({"prompt": started["observation"]})
     logprobs, mask = [0.0] * len(tokens), [0] * len(tokens)
     versions, reward, t_gen, t_env, turns, timed_out = [], 0.0, 0.0, 0.0, 0, False
     try:
         for turns in range(1, max_turns + 1):
             g0 = time.monotonic()
-            (c,) = await engine.generate(GenerationRequest(list(tokens), 1, sampling.max_new_tokens, sampling.temperature))
+            (c,) = await engine.generate(GenerationRequest(list(tokens), 1, sampling.max_new_tokens, sampling.temperature,
+                                                           tokenizer.stop_ids))
             t_gen += time.monotonic() - g0
             versions.append(c.policy_version)
             tokens += c.token_ids
@@ -200,7 +196,7 @@ async def env_episode(engine: BatchingEngine | DispatchTracker, session: aiohttp
             e0 = time.monotonic()
             try:
                 step = await _post(session, f"{owner}/episodes/{episode}/step",
-                                   {"action": TOKENIZER.decode(_strip_stop(c.token_ids))}, retry_read_timeouts=False)
+                                   {"action": tokenizer.decode(c.token_ids)}, retry_read_timeouts=False)
             except StepTimedOut as e:
                 log.warning("environment step timed out; episode scored 0", episode=episode, error=str(e))
                 reward, timed_out = 0.0, True
@@ -211,7 +207,7 @@ async def env_episode(engine: BatchingEngine | DispatchTracker, session: aiohttp
             timed_out = bool(step.get("timed_out", False))
             if step["done"]:
                 break
-            obs = TOKENIZER.encode(step["observation"])
+            obs = tokenizer.encode(step["observation"])
             tokens += obs
             logprobs += [0.0] * len(obs)
             mask += [0] * len(obs)
@@ -223,11 +219,13 @@ async def env_episode(engine: BatchingEngine | DispatchTracker, session: aiohttp
 
 
 async def run_group(engine: BatchingEngine | DispatchTracker, prompt: Prompt, reward: RewardSpec, sampling: SamplingSettings,
-                    session: aiohttp.ClientSession | None = None, env_urls: dict[str, str] | None = None) -> list[Trajectory]:
-    """The scored group for one prompt, by whichever route the reward takes."""
+                    tokenizer: Tokenizer, session: aiohttp.ClientSession | None = None,
+                    env_urls: dict[str, str] | None = None) -> list[Trajectory]:
+    """The scored group for one prompt, by whichever route the reward takes (the trainer's
+    colocated engine, its evaluation and the rollout agents all call this)."""
     if reward.type != "agentEnv":
-        return await verifier_group(engine, prompt, reward, sampling)
+        return await verifier_group(engine, prompt, reward, sampling, tokenizer)
     url = (env_urls or {}).get(reward.agent_env)
     if not url or session is None:
         raise ValueError(f"reward uses agent environment {reward.agent_env!r} but no URL for it is configured")
-    return list(await asyncio.gather(*(env_episode(engine, session, url, prompt, i, sampling) for i in range(prompt.n_samples))))
+    return list(await asyncio.gather(*(env_episode(engine, session, url, prompt, i, sampling, tokenizer) for i in range(prompt.n_samples))))

@@ -11,7 +11,6 @@ import aiohttp
 from kuberl.workloads.config import WorkloadConfig
 from kuberl.workloads.engines.batching import BatchingEngine
 from kuberl.workloads.engines.torch_engine import TorchEngine
-from kuberl.workloads.policy.tiny.train import initial_model
 from kuberl.workloads.rl.sampling import has_signal
 from kuberl.workloads.rollout.episodes import env_session_timeout, run_group
 from kuberl.workloads.trainer.trainer import Trainer, stats
@@ -22,8 +21,7 @@ async def run_colocated(cfg: WorkloadConfig) -> None:
     tr.restore_or_init()
     await tr.open_buffer()
     # The sampling seed moves with the step, so a resumed run does not replay the same samples.
-    engine = TorchEngine(initial_model(cfg.model), version=tr.progress.version, seed=cfg.run_policy.seed * 1_000_003 + tr.progress.step)
-    engine.load_state_dict(tr.model.state_dict(), tr.progress.version)
+    engine = TorchEngine(tr.engine_model(), version=tr.progress.version, seed=cfg.run_policy.seed * 1_000_003 + tr.progress.step)
     batcher = BatchingEngine(engine)
     session = aiohttp.ClientSession(timeout=env_session_timeout(cfg)) if cfg.reward.type == "agentEnv" else None
     tr._rl_t0 = time.monotonic()
@@ -39,7 +37,7 @@ async def run_colocated(cfg: WorkloadConfig) -> None:
             prompts = tr.prompts.take(n_prompts, stage)
             # Generate the whole rollout batch (on-policy), then train on it.
             t0 = time.monotonic()
-            groups = await asyncio.gather(*(run_group(batcher, p, cfg.reward, tr.prompts.sampling(stage), session, cfg.agent_envs) for p in prompts))
+            groups = await asyncio.gather(*(run_group(batcher, p, cfg.reward, tr.prompts.sampling(stage), tr.tokenizer, session, cfg.agent_envs) for p in prompts))
             generate_s = time.monotonic() - t0
             all_rewards = [t.reward for g in groups for t in g]
             if cfg.algorithm.dynamic_sampling:
@@ -50,7 +48,7 @@ async def run_colocated(cfg: WorkloadConfig) -> None:
             rows = await asyncio.to_thread(tr.train_round, groups)
             # "Update engine weights in place": the trained tensors go straight into the engine.
             t0 = time.monotonic()
-            await batcher.swap({k: v.detach().clone() for k, v in tr.model.state_dict().items()}, tr.progress.version)
+            await batcher.swap(await asyncio.to_thread(tr.backend.hf_state), tr.progress.version)
             sync_s = time.monotonic() - t0
             if baseline:
                 rows[0].update(baseline)

@@ -16,6 +16,7 @@ import aiohttp
 from kuberl.workloads.buffer.records import Prompt
 from kuberl.workloads.config import WorkloadConfig
 from kuberl.workloads.engines.batching import BatchingEngine
+from kuberl.workloads.policy.tokenizer import Tokenizer
 from kuberl.workloads.rollout.episodes import SamplingSettings, run_group
 from kuberl.workloads.tasks.datasets import Problem, load_dataset
 
@@ -64,8 +65,8 @@ def score_dataset(greedy_rewards: list[float], sampled_rewards: list[list[float]
 class Evaluator:
     """The job's `evaluation` section: its held-out problems, loaded once."""
 
-    def __init__(self, cfg: WorkloadConfig):
-        self.cfg = cfg
+    def __init__(self, cfg: WorkloadConfig, tokenizer: Tokenizer):
+        self.cfg, self.tokenizer = cfg, tokenizer
         spec = cfg.evaluation
         self.problems: dict[str, list[Problem]] = (
             {ds.name: load_dataset(ds)[: spec.max_prompts] for ds in spec.datasets} if spec is not None else {})
@@ -85,8 +86,8 @@ class Evaluator:
                 return Prompt(f"eval-{tag}-{p.prompt_id}", p.to_data(), n_samples=n)
 
             greedy, sampled = await asyncio.gather(
-                asyncio.gather(*(run_group(engine, prompt(p, 1, "g"), self.cfg.reward, greedy_s, session, self.cfg.agent_envs) for p in problems)),
-                asyncio.gather(*(run_group(engine, prompt(p, k, "s"), self.cfg.reward, sampled_s, session, self.cfg.agent_envs) for p in problems)),
+                asyncio.gather(*(run_group(engine, prompt(p, 1, "g"), self.cfg.reward, greedy_s, self.tokenizer, session, self.cfg.agent_envs) for p in problems)),
+                asyncio.gather(*(run_group(engine, prompt(p, k, "s"), self.cfg.reward, sampled_s, self.tokenizer, session, self.cfg.agent_envs) for p in problems)),
             )
             score = score_dataset([g[0].reward for g in greedy], [[t.reward for t in g] for g in sampled], k)
             out.update(score.metrics(name, k))

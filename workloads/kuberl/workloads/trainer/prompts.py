@@ -10,7 +10,8 @@ from kuberl.workloads.buffer.records import Prompt
 from kuberl.workloads.config import WorkloadConfig
 from kuberl.workloads.rl.curriculum import Stage
 from kuberl.workloads.logs import get_logger
-from kuberl.workloads.rollout.episodes import TOKENIZER, SamplingSettings
+from kuberl.workloads.policy.tokenizer import Tokenizer
+from kuberl.workloads.rollout.episodes import SamplingSettings
 from kuberl.workloads.tasks.datasets import Problem, filter_problems, load_dataset
 
 log = get_logger(__name__)
@@ -27,15 +28,16 @@ class PromptSource:
     """Problems of the current curriculum stage, handed out in a shuffled cycle."""
 
     cfg: WorkloadConfig
+    tokenizer: Tokenizer
     seed: int = 0
     issued: int = 0
 
     def __post_init__(self) -> None:
         self.incarnation = uuid.uuid4().hex[:6]
         loaded = [p for ds in self.cfg.datasets for p in load_dataset(ds)]
-        # algorithm.maxPromptLength: prompts longer than this (in the job's tokens, BOS included) are skipped.
+        # algorithm.maxPromptLength: prompts longer than this (as the engines receive them: chat template, BOS) are skipped.
         limit = self.cfg.algorithm.max_prompt_length
-        self.problems: list[Problem] = [p for p in loaded if len(TOKENIZER.encode(p.prompt, bos=True)) <= limit]
+        self.problems: list[Problem] = [p for p in loaded if len(self.tokenizer.encode_prompt(p.to_data())) <= limit]
         if not self.problems:
             raise ValueError(f"every prompt of the datasets is longer than algorithm.maxPromptLength={limit} tokens; raise it")
         if len(self.problems) < len(loaded):

@@ -1,8 +1,7 @@
-"""What both modes share: model, optimizer, checkpoints, metrics and job-state reports."""
+"""What both modes share: the policy backend, tokenizer, checkpoints, metrics and job-state reports."""
 
 from __future__ import annotations
 
-import copy
 from collections import Counter
 import json
 import math
@@ -23,20 +22,17 @@ from kuberl.workloads.engines.torch_engine import TorchEngine
 from kuberl.workloads.logs import get_logger
 from kuberl.workloads.observe.run_loggers import RunLoggers
 from kuberl.workloads.observe.trainer_metrics import TrainerMetrics
-from kuberl.workloads.policy.tiny.model import TinyQwen2ForCausalLM
-from kuberl.workloads.policy.tiny.train import (
-    TinyBackend,
-    collate,
-    initial_model,
-    make_optimizer,
-    warm_start,
-)
+from kuberl.workloads.policy.backend import TrainerBackend, make_backend
+from kuberl.workloads.policy.job_model import job_model_dir, job_tokenizer
+from kuberl.workloads.policy.tiny.model import TinyQwen2ForCausalLM, load_pretrained
+from kuberl.workloads.rl.batch import collate
 from kuberl.workloads.rl.curriculum import CurriculumState, curriculum_step
 from kuberl.workloads.rl.ppo import ppo_update
 from kuberl.workloads.trainer.checkpoints import CheckpointStore
 from kuberl.workloads.trainer.evaluation import Evaluator
 from kuberl.workloads.trainer.groups import staleness_weights
 from kuberl.workloads.trainer.prompts import PromptSource, curriculum_stages
+from kuberl.workloads.trainer.warm_start import WARMUP_LR, warmup_batches
 from kuberl.workloads.weights.sync import Published, publish_policy, weight_store
 
 log = get_logger(__name__)
@@ -71,19 +67,18 @@ def stats(values: list[float]) -> tuple[float, float]:
 
 
 class Trainer:
-    """Shared by both modes: the model, optimizer, checkpoints, metrics, KV progress."""
+    """Shared by both modes: the backend (``trainer.backend``), checkpoints, metrics, KV progress."""
 
     def __init__(self, cfg: WorkloadConfig):
         self.cfg = cfg
         self.algo = cfg.algorithm
         self.seed = cfg.run_policy.seed
         torch.manual_seed(self.seed)
-        self.model: TinyQwen2ForCausalLM = initial_model(cfg.model, seed=self.seed)
-        self.opt = make_optimizer(self.model, self.algo)
-        # The frozen initial policy the KL term pulls towards; only kept when klCoef > 0.
-        self.reference: TinyQwen2ForCausalLM | None = None
-        self.prompts = PromptSource(cfg, seed=self.seed)
-        self.evaluator = Evaluator(cfg)
+        self.model_dir = job_model_dir(cfg)
+        self.tokenizer = job_tokenizer(cfg)
+        self.backend: TrainerBackend = make_backend(cfg, self.model_dir)
+        self.prompts = PromptSource(cfg, self.tokenizer, seed=self.seed)
+        self.evaluator = Evaluator(cfg, self.tokenizer)
         self.last_evaluation: dict | None = None
         self.stages = curriculum_stages(cfg)
         self.progress = Progress()
@@ -103,14 +98,10 @@ class Trainer:
         if state is None:
             self.init_fresh()
             return {}
-        self.model.load_state_dict(state["model"])
-        if self.algo.kl_coef > 0:
-            if "reference" not in state:
-                raise ValueError("algorithm.klCoef > 0 but the checkpoint holds no reference policy "
-                                 "(it was written with klCoef 0); start the job afresh to use a KL term")
-            self.reference = copy.deepcopy(self.model).eval()
-            self.reference.load_state_dict(state["reference"])
-        self.opt.load_state_dict(state["optimizer"])
+        if self.algo.kl_coef > 0 and "reference" not in state:
+            raise ValueError("algorithm.klCoef > 0 but the checkpoint holds no reference policy "
+                             "(it was written with klCoef 0); start the job afresh to use a KL term")
+        self.backend.load_checkpoint_state(state, keep_reference=self.algo.kl_coef > 0)
         p = state["progress"]
         self.progress = Progress(step=p["step"], version=p["version"], samples_trained=p["samples_trained"],
                                  tokens_trained=p.get("tokens_trained", 0),
@@ -124,27 +115,25 @@ class Trainer:
         return state.get("extra", {})
 
     def init_fresh(self) -> None:
-        """A job's first start: the warm start, a fresh optimizer, and the reference policy."""
+        """A job's first start: the warm start, a fresh optimizer, and the reference policy
+        (the policy RL starts from, after the warm start, is the one the KL term keeps close to)."""
         steps = self.cfg.model.warmup_sft_steps
         if steps:
             t0 = time.monotonic()
-            loss = warm_start(self.model, self.prompts.problems, steps, seed=self.seed)  # format of every stage's answers
+            # The format of every stage's answers.
+            batches = warmup_batches(self.prompts.problems, self.tokenizer, steps, seed=self.seed)
+            loss = self.backend.warm_start(batches, WARMUP_LR)
             log.info("warm start done", steps=steps, loss=round(loss, 3), seconds=round(time.monotonic() - t0, 2))
-        self.opt = make_optimizer(self.model, self.algo)
-        if self.algo.kl_coef > 0:
-            # The policy RL starts from (after the warm start) is the one the KL term keeps close to.
-            self.reference = copy.deepcopy(self.model).eval()
+        self.backend.fresh_start(keep_reference=self.algo.kl_coef > 0)
 
     def checkpoint(self, extra: dict | None = None) -> None:
         p = self.progress
         self.ckpt.save(p.step, {
-            "model": self.model.state_dict(),
-            "optimizer": self.opt.state_dict(),
+            **self.backend.checkpoint_state(),
             "progress": {**asdict(replace(p, resumed_from=None)), "rl_seconds": self.rl_seconds()},
             "prompts_issued": self.prompts.issued,
             "torch_rng": torch.get_rng_state(),
             "extra": extra or {},
-            **({"reference": self.reference.state_dict()} if self.reference is not None else {}),
         })
         self.loggers.flush()  # event files reach the run-files location with each checkpoint
 
@@ -169,13 +158,11 @@ class Trainer:
         trajs = [t for g in groups for t in g]
         weights = staleness_weights(trajs, start_version, self.cfg.max_off_policy_steps,
                                     staleness_rule(self.algo.off_policy_correction.staleness))
-        batch = collate(groups, weights, scale_by_std=self.algo.advantage_scaling == "groupStd")
-        backend = TinyBackend(self.model, self.opt, self.algo.grad_clip)
-        reference = TinyBackend(self.reference) if self.reference is not None else None
+        batch = collate(groups, weights, scale_by_std=self.algo.advantage_scaling == "groupStd", pad_id=self.tokenizer.pad_id)
         lags = [start_version - t.policy_version for t in trajs]
         lengths = [int(t.loss_mask.sum()) for t in trajs]  # generated tokens (tool outputs are not trained)
         rows = []
-        for result in ppo_update(backend, batch, self.algo, reference=reference,
+        for result in ppo_update(self.backend.policy, batch, self.algo, reference=self.backend.reference,
                                  max_steps=self.cfg.run_policy.max_steps - p.step):
             p.step += 1
             p.version += 1
@@ -219,10 +206,16 @@ class Trainer:
         log.info("evaluation", step=self.progress.step, seconds=round(time.monotonic() - t0, 2), **scores)
         return {**scores, "eval_step": self.progress.step, "time_eval_s": round(time.monotonic() - t0, 4)}
 
+    def engine_model(self) -> TinyQwen2ForCausalLM:
+        """The current weights in the in-process engine's model (the job's architecture)."""
+        model = load_pretrained(self.model_dir)
+        model.load_state_dict(self.backend.hf_state())
+        return model
+
     def evaluation_engine(self) -> BatchingEngine:
         """An in-process engine on a copy of the current weights (decoupled mode: the rollout
         pool's engines keep generating training data meanwhile)."""
-        return BatchingEngine(TorchEngine(copy.deepcopy(self.model), version=self.progress.version, seed=self.seed))
+        return BatchingEngine(TorchEngine(self.engine_model(), version=self.progress.version, seed=self.seed))
 
     async def report(self, row: dict) -> None:
         """One step's row: to metrics.jsonl, and its headline numbers into the job state."""
@@ -239,7 +232,8 @@ class Trainer:
 
     def publish(self) -> Published:
         """Publish the current weights as the current version."""
-        published = publish_policy(self.store, self.model, self.progress.version, self.cfg.weight_store.fp8)
+        published = publish_policy(self.store, self.backend.hf_state(), self.backend.hf_config, self.progress.version,
+                                   self.cfg.weight_store.fp8)
         self.prometheus.weight_sync(published.seconds, published.bytes)
         return published
 

@@ -15,7 +15,6 @@ from pathlib import Path
 import torch
 
 from kuberl.workloads.config import WorkloadConfig
-from kuberl.workloads.policy.tiny.model import TinyQwen2ForCausalLM
 from kuberl.workloads.weights import fp8
 from kuberl.workloads.weights.store import WeightStore, s3_client, save_sharded
 
@@ -32,11 +31,12 @@ class Published:
     seconds: float  # serialise + upload, manifest included
 
 
-def publish_policy(store: WeightStore, model: TinyQwen2ForCausalLM, version: int, use_fp8: bool = False) -> Published:
-    """Upload the model as ``version`` (overwriting a version a crashed trainer left)."""
+def publish_policy(store: WeightStore, hf_state: dict[str, torch.Tensor], hf_config: dict, version: int,
+                   use_fp8: bool = False) -> Published:
+    """Upload HF-named weights and their config as ``version`` (overwriting a version a crashed trainer left)."""
     t0 = time.monotonic()
-    state = {k: v.detach().float().contiguous() for k, v in model.state_dict().items()}
-    config = model.config.to_hf()
+    state = {k: v.detach().float().contiguous() for k, v in hf_state.items()}
+    config = dict(hf_config)
     dtype = "float32"
     if use_fp8:
         state, kept = fp8.quantize_state_dict(state)

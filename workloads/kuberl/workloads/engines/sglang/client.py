@@ -214,7 +214,8 @@ def _as_version(v: Any) -> int | None:
 
 
 def completion_from_result(result: dict[str, Any], sent_version: int) -> Completion:
-    """A `Completion` from one ``/generate`` result (server run with --skip-tokenizer-init)."""
+    """A `Completion` from one ``/generate`` result: the ids are those of the logprobs (``output_ids``
+    only comes back from a server without a tokenizer)."""
     meta = result.get("meta_info", {})
     lps = meta.get("output_token_logprobs") or []
     ids = result.get("output_ids")

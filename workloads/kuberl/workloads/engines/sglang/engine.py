@@ -25,7 +25,7 @@ log = get_logger(__name__)
 
 
 class SGLangEngine(Engine):
-    """`Engine` over one SGLang server (``--skip-tokenizer-init``: token ids in and out).
+    """`Engine` over one SGLang server (token ids in and out; the server loads the model's own tokenizer).
 
     `generate` is thread-safe: the rollout agent may run several prompt groups at once
     and SGLang batches them. A weight swap (`load_weights_from_disk`, `load_version`,

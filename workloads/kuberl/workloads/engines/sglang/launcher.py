@@ -82,7 +82,6 @@ class ServerConfig:
     max_total_tokens: int | None = 4096
     max_running_requests: int | None = None
     context_length: int | None = None
-    skip_tokenizer_init: bool = True  # kuberl sends token ids; its tokenizers are not HF's
     random_seed: int | None = None
     weight_version: str | None = None
     extra_args: list[str] = field(default_factory=list)
@@ -100,8 +99,6 @@ class ServerConfig:
             a += ["--max-running-requests", str(self.max_running_requests)]
         if self.context_length:
             a += ["--context-length", str(self.context_length)]
-        if self.skip_tokenizer_init:
-            a.append("--skip-tokenizer-init")
         if self.random_seed is not None:
             a += ["--random-seed", str(self.random_seed)]
         if self.weight_version is not None:

@@ -10,14 +10,14 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from kuberl.workloads.policy.tiny.tokenizer import CharTokenizer
+from kuberl.workloads.policy.tiny.checkpoint import BOS_ID, EOS_ID, PAD_ID, VOCAB_SIZE
 
 
 @dataclass(frozen=True)
 class TinyConfig:
     """The subset of a Hugging Face Qwen2 config the model uses (same field names)."""
 
-    vocab_size: int = CharTokenizer().vocab_size
+    vocab_size: int = VOCAB_SIZE
     hidden_size: int = 96
     intermediate_size: int = 256
     num_hidden_layers: int = 2
@@ -34,7 +34,6 @@ class TinyConfig:
 
     def to_hf(self) -> dict:
         """config.json as transformers/SGLang read it for Qwen2ForCausalLM."""
-        tok = CharTokenizer()
         return {
             "architectures": ["Qwen2ForCausalLM"],
             "model_type": "qwen2",
@@ -43,9 +42,9 @@ class TinyConfig:
             "attention_dropout": 0.0,
             "use_sliding_window": False,
             "torch_dtype": "float32",
-            "bos_token_id": tok.BOS,
-            "eos_token_id": tok.EOS,
-            "pad_token_id": tok.PAD,
+            "bos_token_id": BOS_ID,
+            "eos_token_id": EOS_ID,
+            "pad_token_id": PAD_ID,
         }
 
     @classmethod
@@ -220,7 +219,6 @@ def save_pretrained(model: TinyQwen2ForCausalLM, directory: str | Path) -> None:
     d = Path(directory)
     d.mkdir(parents=True, exist_ok=True)
     (d / "config.json").write_text(json.dumps(model.config.to_hf(), indent=2))
-    (d / "tokenizer.json").write_text(json.dumps(CharTokenizer().to_json()))
     save_file({k: v.detach().contiguous() for k, v in model.state_dict().items()}, str(d / "model.safetensors"))
 
 

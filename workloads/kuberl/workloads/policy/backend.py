@@ -1,0 +1,54 @@
+"""The trainer's model seam: one `TrainerBackend`, chosen by ``trainer.backend``.
+
+Everything the trainer process does with its policy goes through this interface: the
+update (`rl.ppo.ppo_update` drives ``policy``), the warm start, checkpoints, and the full
+HF-named weights that engines load and the weight store publishes. A backend is built
+from a local HF directory (`policy.sources`), so the builtin tiny model and a user's
+model take one path.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Protocol
+
+import torch
+
+from kuberl.workloads.config import WorkloadConfig
+from kuberl.workloads.rl.ppo import PolicyBackend
+
+SupervisedBatch = tuple[torch.Tensor, torch.Tensor, torch.Tensor]
+"""(ids [B, T], valid [B, T] bool, loss mask [B, T] float): one warm-start batch."""
+
+
+class TrainerBackend(Protocol):
+    policy: PolicyBackend
+    reference: PolicyBackend | None  # the frozen policy the KL term pulls towards (klCoef > 0)
+    hf_config: dict
+
+    def hf_state(self) -> dict[str, torch.Tensor]:
+        """The full weights with HF names, float32 on CPU (engines, publishing)."""
+
+    def warm_start(self, batches: list[SupervisedBatch], learning_rate: float) -> float:
+        """Supervised steps (token mean NLL over each batch's mask), own optimizer; the last loss."""
+
+    def fresh_start(self, keep_reference: bool) -> None:
+        """After the warm start: a fresh RL optimizer, and the reference frozen from the current weights."""
+
+    def checkpoint_state(self) -> dict:
+        """Model, optimizer and reference as one picklable dict."""
+
+    def load_checkpoint_state(self, state: dict, keep_reference: bool) -> None: ...
+
+
+def make_backend(cfg: WorkloadConfig, model_dir: Path) -> TrainerBackend:
+    """The backend ``trainer.backend`` names, holding the weights in ``model_dir``."""
+    if cfg.trainer_backend == "torch":
+        from kuberl.workloads.policy.tiny.backend import TinyTrainerBackend
+
+        return TinyTrainerBackend(model_dir, cfg.algorithm)
+    if cfg.trainer_backend == "megatron":
+        from kuberl.workloads.policy.megatron.backend import MegatronTrainerBackend
+
+        return MegatronTrainerBackend(model_dir, cfg)
+    raise ValueError(f"trainer.backend {cfg.trainer_backend!r}: use megatron or torch")
