@@ -55,3 +55,19 @@ def test_trainer_backend_field_chooses_the_backend_and_both_agree(tmp_path, mega
     # What the trainer publishes and its engines load is HF-named, whatever the backend.
     engine_model = mega.engine_model()
     assert all(torch.equal(v, moved[k]) for k, v in engine_model.state_dict().items())
+
+
+def test_megatron_refuses_a_parallelism_it_would_not_honour(tmp_path):
+    """Until the torchrun gang lands, TP/PP > 1 is refused with the field and the fix, before
+    any process group exists (never trained silently as one rank)."""
+    import torch.distributed as dist
+
+    from kuberl.workloads.policy.megatron.backend import single_rank_refusal
+
+    cfg = _tiny_trainer(tmp_path / "ok").cfg
+    assert single_rank_refusal(cfg, 1) is None and "trainer.replicas 1" in single_rank_refusal(cfg, 8)
+    with pytest.raises(ValueError, match=r"trainer.parallelism \(tensor 2, pipeline 1.*set every parallelism size to 1"):
+        _tiny_trainer(tmp_path, algorithm={"entropyCoef": 0.0},
+                      trainer={"backend": "megatron", "replicas": 1, "gpusPerReplica": 2, "parallelism": {"tensor": 2}},
+                      model={"source": "builtin://tiny", "dtype": "float32"})
+    assert not dist.is_initialized()

@@ -40,8 +40,30 @@ def init_single_rank() -> None:
     dist.init_process_group(backend, init_method=f"tcp://127.0.0.1:{port}", world_size=1, rank=0)
 
 
+def gang_ranks() -> int:
+    """The ranks the operator gave the gang (NNODES x NPROC_PER_NODE); 1 outside a cluster."""
+    return int(os.environ.get("NNODES", "1")) * int(os.environ.get("NPROC_PER_NODE", "1"))
+
+
+def single_rank_refusal(cfg: WorkloadConfig, ranks: int = 1) -> str | None:
+    """Why this job cannot run as one megatron rank (None when it can): a gang of several
+    ranks would otherwise train on one of its GPUs while the manifest asked for all."""
+    par = cfg.parallelism
+    if ranks > 1:
+        return (f"the trainer gang has {ranks} ranks (trainer.replicas x gpusPerReplica); the megatron trainer runs "
+                "one rank until the torchrun gang lands (issue 13): set trainer.replicas 1 and gpusPerReplica 0 or 1")
+    if par.tensor * par.pipeline * par.context * par.expert == 1:
+        return None
+    return (f"trainer.parallelism (tensor {par.tensor}, pipeline {par.pipeline}, context {par.context}, expert {par.expert}) "
+            "needs a multi-rank gang; the megatron trainer runs one rank until the torchrun gang lands (issue 13): "
+            "set every parallelism size to 1")
+
+
 class MegatronTrainerBackend:
     def __init__(self, model_dir: Path, cfg: WorkloadConfig):
+        refusal = single_rank_refusal(cfg, gang_ranks())
+        if refusal is not None:
+            raise ValueError(refusal)
         init_single_rank()
         self.cfg = cfg
         self.hf_config, weights = load_hf_dir(model_dir)
