@@ -3,9 +3,17 @@
 Both backends start from the same builtin://tiny HF checkpoint, give the same logprobs on
 the same tokens, and run the trainer's warm start, RL round and publish path. megatron runs
 as a one-rank gang inside the trainer process (gloo on CPU).
+
+Each test runs in its own interpreter (`python -m tests.workloads.policy.test_trainer_backends
+NAME DIR`): importing megatron-core changes process-wide torch state (it registers numpy
+types as safe globals of torch.load), which would leak into the other tests' checkpoints.
 """
 
 from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
 
 import pytest
 import torch
@@ -13,18 +21,25 @@ import torch
 from tests.workloads.trainer.test_workloads_local import _answered, _tiny_trainer
 
 
-@pytest.fixture
-def megatron_single_rank():
-    yield
-    import torch.distributed as dist
-    from megatron.core import parallel_state
-
-    parallel_state.destroy_model_parallel()
-    if dist.is_initialized():
-        dist.destroy_process_group()
+ROOT = Path(__file__).resolve().parents[3]
 
 
-def test_trainer_backend_field_chooses_the_backend_and_both_agree(tmp_path, megatron_single_rank):
+def _run_alone(name: str, tmp_path: Path) -> None:
+    done = subprocess.run([sys.executable, "-m", "tests.workloads.policy.test_trainer_backends", name, str(tmp_path)],
+                          cwd=ROOT, capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    assert done.stdout.strip().endswith(f"{name} ok")
+
+
+def test_trainer_backend_field_chooses_the_backend_and_both_agree(tmp_path):
+    _run_alone("backends_agree", tmp_path)
+
+
+def test_megatron_refuses_a_parallelism_it_would_not_honour(tmp_path):
+    _run_alone("megatron_refuses", tmp_path)
+
+
+def backends_agree(tmp_path):
     from kuberl.workloads.policy.megatron.backend import MegatronTrainerBackend
     from kuberl.workloads.policy.tiny.backend import TinyTrainerBackend
 
@@ -57,7 +72,7 @@ def test_trainer_backend_field_chooses_the_backend_and_both_agree(tmp_path, mega
     assert all(torch.equal(v, moved[k]) for k, v in engine_model.state_dict().items())
 
 
-def test_megatron_refuses_a_parallelism_it_would_not_honour(tmp_path):
+def megatron_refuses(tmp_path):
     """Until the torchrun gang lands, TP/PP > 1 is refused with the field and the fix, before
     any process group exists (never trained silently as one rank)."""
     import torch.distributed as dist
@@ -71,3 +86,11 @@ def test_megatron_refuses_a_parallelism_it_would_not_honour(tmp_path):
                       trainer={"backend": "megatron", "replicas": 1, "gpusPerReplica": 2, "parallelism": {"tensor": 2}},
                       model={"source": "builtin://tiny", "dtype": "float32"})
     assert not dist.is_initialized()
+
+
+if __name__ == "__main__":
+    import warnings
+
+    warnings.simplefilter("ignore")
+    {"backends_agree": backends_agree, "megatron_refuses": megatron_refuses}[sys.argv[1]](Path(sys.argv[2]))
+    print(f"{sys.argv[1]} ok")
