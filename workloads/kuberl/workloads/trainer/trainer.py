@@ -24,7 +24,7 @@ from kuberl.workloads.observe.run_loggers import RunLoggers
 from kuberl.workloads.observe.trainer_metrics import TrainerMetrics
 from kuberl.workloads.policy.backend import TrainerBackend, make_backend
 from kuberl.workloads.policy.job_model import job_model_dir, job_tokenizer
-from kuberl.workloads.policy.tiny.model import TinyQwen2ForCausalLM, load_pretrained
+from kuberl.workloads.policy.tiny.model import TinyConfig, TinyQwen2ForCausalLM
 from kuberl.workloads.rl.batch import collate
 from kuberl.workloads.rl.curriculum import CurriculumState, curriculum_step
 from kuberl.workloads.rl.ppo import ppo_update
@@ -74,9 +74,9 @@ class Trainer:
         self.algo = cfg.algorithm
         self.seed = cfg.run_policy.seed
         torch.manual_seed(self.seed)
-        self.model_dir = job_model_dir(cfg)
+        model_dir = job_model_dir(cfg)
         self.tokenizer = job_tokenizer(cfg)
-        self.backend: TrainerBackend = make_backend(cfg, self.model_dir)
+        self.backend: TrainerBackend = make_backend(cfg, model_dir)
         self.prompts = PromptSource(cfg, self.tokenizer, seed=self.seed)
         self.evaluator = Evaluator(cfg, self.tokenizer)
         self.last_evaluation: dict | None = None
@@ -207,8 +207,9 @@ class Trainer:
         return {**scores, "eval_step": self.progress.step, "time_eval_s": round(time.monotonic() - t0, 4)}
 
     def engine_model(self) -> TinyQwen2ForCausalLM:
-        """The current weights in the in-process engine's model (the job's architecture)."""
-        model = load_pretrained(self.model_dir)
+        """The current weights in the in-process engine's model (the job's architecture):
+        built from the backend's config, not read from disk, as its weights are replaced at once."""
+        model = TinyQwen2ForCausalLM(TinyConfig.from_hf(self.backend.hf_config))
         model.load_state_dict(self.backend.hf_state())
         return model
 
