@@ -42,7 +42,9 @@ def test_parallelism_against_gpus():
     j = job(trainer={"replicas": 2, "gpusPerReplica": 4, "parallelism": {"tensor": 8}, "placement": {}})
     assert fields(semantic_errors(j, Lookups({}, {}))) == ["spec.trainer.parallelism.tensor"]
     j = job(trainer={"replicas": 1, "gpusPerReplica": 8, "parallelism": {"tensor": 2, "expert": 3}})
-    assert fields(semantic_errors(j, Lookups({}, {}))) == ["spec.trainer.parallelism.expert"]
+    # Expert parallelism must divide the data-parallel size; and the megatron trainer does not run it.
+    errors = semantic_errors(j, Lookups({}, {}))
+    assert fields(errors) == ["spec.trainer.parallelism.expert"] * 2 and "set expert to 1" in errors[1][1]
 
 
 def test_engine_needs_its_gpus_and_foreign_inline_pool():

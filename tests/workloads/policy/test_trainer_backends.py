@@ -35,7 +35,7 @@ def test_trainer_backend_field_chooses_the_backend_and_both_agree(tmp_path):
     _run_alone("backends_agree", tmp_path)
 
 
-def test_megatron_refuses_a_parallelism_it_would_not_honour(tmp_path):
+def test_megatron_refuses_a_parallelism_it_does_not_run(tmp_path):
     _run_alone("megatron_refuses", tmp_path)
 
 
@@ -47,7 +47,7 @@ def backends_agree(tmp_path):
     tiny = _tiny_trainer(tmp_path / "t", algorithm={"entropyCoef": 0.0})
     mega = _tiny_trainer(tmp_path / "m", algorithm={"entropyCoef": 0.0}, trainer={"backend": "megatron", "replicas": 1, "gpusPerReplica": 0},
                          model={"source": "builtin://tiny", "dtype": "float32"})
-    assert isinstance(tiny.backend, TinyTrainerBackend) and isinstance(mega.backend, MegatronTrainerBackend)
+    assert isinstance(tiny.backend, TinyTrainerBackend) and isinstance(mega.backend.local, MegatronTrainerBackend)
     # One checkpoint, two libraries: the HF weights they hold are the same tensors.
     a, b = tiny.backend.hf_state(), mega.backend.hf_state()
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
@@ -73,19 +73,20 @@ def backends_agree(tmp_path):
 
 
 def megatron_refuses(tmp_path):
-    """Until the torchrun gang lands, TP/PP > 1 is refused with the field and the fix, before
-    any process group exists (never trained silently as one rank)."""
+    """Parallelism the megatron trainer does not run (context, expert) or a gang that TP x PP
+    does not divide is refused with the field and the fix, before any process group exists."""
     import torch.distributed as dist
 
-    from kuberl.workloads.policy.megatron.backend import single_rank_refusal
+    from kuberl.workloads.policy.megatron.backend import gang_refusal
 
     cfg = _tiny_trainer(tmp_path / "ok").cfg
-    assert single_rank_refusal(cfg, 1) is None and "trainer.replicas 1" in single_rank_refusal(cfg, 8)
-    with pytest.raises(ValueError, match=r"trainer.parallelism \(tensor 2, pipeline 1.*set every parallelism size to 1"):
+    assert gang_refusal(cfg, 1) is None and gang_refusal(cfg, 3) is None
+    cfg.parallelism.tensor = 2
+    assert "3 ranks, not a multiple of tensor x pipeline = 2" in gang_refusal(cfg, 3)
+    with pytest.raises(ValueError, match=r"trainer.parallelism context 2 / expert 1.*set context and expert to 1"):
         _tiny_trainer(tmp_path, algorithm={"entropyCoef": 0.0},
-                      trainer={"backend": "megatron", "replicas": 1, "gpusPerReplica": 2, "parallelism": {"tensor": 2}},
+                      trainer={"backend": "megatron", "replicas": 2, "gpusPerReplica": 0, "parallelism": {"context": 2}},
                       model={"source": "builtin://tiny", "dtype": "float32"})
-    assert not dist.is_initialized()
 
 
 if __name__ == "__main__":

@@ -78,7 +78,7 @@ def job_config(nats_server, s3_server, s3_bucket, tmp_path, monkeypatch):
 async def _announce(cfg, buf: JobBuffer, version: int, manifest: str | None = None) -> None:
     """What the trainer does after a step: weights to S3, then the version into the job KV."""
     if manifest is None:
-        manifest = (await asyncio.to_thread(publish_policy, weight_store(cfg), seeded_model(version).state_dict(), TinyConfig().to_hf(), version)).uri
+        manifest = (await asyncio.to_thread(publish_policy, weight_store(cfg), seeded_model(version).state_dict(), TinyConfig().to_hf(), version, dtype="float32")).uri
     await buf.state.publish_version(version, manifest)
 
 

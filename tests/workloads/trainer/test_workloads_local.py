@@ -156,20 +156,25 @@ def test_reward_window_and_moving_average():
 def _tiny_trainer(tmp_path, algorithm: dict | None = None, **spec_changes):
     """The trainer of examples/tiny-cpu.yaml with ``spec_changes``, mapped from the manifest as
     `kuberl run` and the operator do. No servers: S3 clients only connect when used."""
+    from kuberl.workloads.trainer.trainer import Trainer
+
+    return Trainer(_tiny_config(tmp_path, algorithm, **spec_changes))
+
+
+def _tiny_config(tmp_path, algorithm: dict | None = None, **spec_changes):
+    """The workload config of `_tiny_trainer`."""
     from pathlib import Path
 
     import yaml
 
-    from kuberl.workloads.trainer.trainer import Trainer
     from tests.support.objects import workload_config_for
 
     doc = yaml.safe_load((Path(__file__).resolve().parents[3] / "examples" / "tiny-cpu.yaml").read_text())
     spec = doc["spec"]
     spec["algorithm"].update({"globalBatchSize": 16, "rolloutBatchSize": 16, **(algorithm or {})})
     spec.update(spec_changes)
-    cfg = workload_config_for(spec, "switches", nats_url="nats://127.0.0.1:1", s3_endpoint="http://127.0.0.1:1",
-                              output_dir=str(tmp_path / "out"))
-    return Trainer(cfg)
+    return workload_config_for(spec, "switches", nats_url="nats://127.0.0.1:1", s3_endpoint="http://127.0.0.1:1",
+                               output_dir=str(tmp_path / "out"))
 
 
 def _answered(tr, prompts, pass_all: bool, response_len=lambda i: 2):

@@ -37,6 +37,7 @@ CONFIG_ENV = "KUBERL_CONFIG"
 # The Prometheus endpoint of trainer and rollout processes (observe.serve): the operator sets
 # the port it declares on the pod; `kuberl run` a free loopback port per process.
 METRICS_PORT_ENV = "KUBERL_METRICS_PORT"
+ENGINE_URL_ENV = "KUBERL_ENGINE_URL"  # a rollout agent's own SGLang server (`kuberl run`); overrides rollout.engine_url
 METRICS_ADDR_ENV = "KUBERL_METRICS_ADDR"
 DEFAULT_CONFIG_PATH = "/etc/kuberl/config.yaml"
 # Credentials reach pods from Secrets only (never the ConfigMap): the job's

@@ -7,6 +7,7 @@ which all start nats-server, SeaweedFS or SGLang on loopback ports.
 from __future__ import annotations
 
 import ctypes
+import os
 import shutil
 import signal
 import socket
@@ -21,6 +22,16 @@ _PR_SET_PDEATHSIG = 1
 
 def _set_parent_death_signal() -> None:
     ctypes.CDLL(None, use_errno=True).prctl(_PR_SET_PDEATHSIG, signal.SIGKILL)
+
+
+def die_with_parent_now() -> None:
+    """This process (from its main thread) gets SIGKILL when its parent dies, and exits now
+    if the parent is already gone: for the trainer's ranks, whose parent is torchrun's agent
+    (a rank left behind would hold its collectives and ports forever)."""
+    parent = os.getppid()
+    _set_parent_death_signal()
+    if os.getppid() != parent:
+        os._exit(1)
 
 
 def dies_with_parent() -> Callable[[], None] | None:

@@ -93,9 +93,9 @@ class Dataset(ApiModel):
     source: str = Field(
         min_length=1,
         max_length=URI_MAX,
-        description="s3://…/file.jsonl, file:///….jsonl, or builtin://arithmetic (generated problems).",
+        description="A JSONL file: file:///….jsonl, s3://bucket/….jsonl (weight store endpoint), hf://org/name[@rev]/path.jsonl (mounted hub cache); or builtin://arithmetic (generated problems).",
     )
-    prompt_field: str = Field("prompt", max_length=SHORT_STRING_MAX, description="JSONL field with the prompt text.")
+    prompt_field: str = Field("prompt", max_length=SHORT_STRING_MAX, description="JSONL field with the prompt: text, or chat turns [{role, content}] rendered with the model's chat template.")
     answer_field: str = Field("answer", max_length=SHORT_STRING_MAX, description="JSONL field with the reference answer the verifier checks.")
     difficulty_field: str | None = Field(None, max_length=SHORT_STRING_MAX, description="JSONL field with a numeric difficulty the curriculum filters on.")
     max_prompts: int | None = Field(None, ge=1, le=100_000_000, description="Use at most this many prompts.")

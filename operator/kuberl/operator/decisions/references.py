@@ -15,6 +15,7 @@ from kuberl.operator.api import RLJob
 from kuberl.operator.api.rolloutpool import RolloutPoolSpec
 from kuberl.operator.children.rollout import default_pool_spec
 from kuberl.operator.decisions.access import AccessPolicy, endpoint_errors, sandbox_errors, secret_errors
+from kuberl.operator.decisions.support import engine_errors, source_errors, trainer_errors
 from kuberl.operator.children.trainer import trainer_ranks
 from kuberl.operator.naming import pool_name_for
 
@@ -70,6 +71,7 @@ def semantic_errors(job: RLJob, lookups: Lookups, policy: AccessPolicy = AccessP
             errors.append(("spec.trainer.parallelism.expert",
                            f"expert-parallel size {par.expert} must divide the data-parallel size {data_parallel} (ranks {world} / tensor x pipeline x context {model_parallel})"))
 
+    errors += trainer_errors(job) + source_errors(job)
     pool_name = pool_name_for(job)
     if pool_name is not None:
         existing = lookups.pools.get(pool_name)
@@ -77,7 +79,8 @@ def semantic_errors(job: RLJob, lookups: Lookups, policy: AccessPolicy = AccessP
             if existing is None:
                 errors.append(("spec.rollout.poolRef", f"RolloutPool {pool_name!r} does not exist in this namespace"))
             else:
-                errors += _engine_fits(RolloutPoolSpec.model_validate(existing.spec), "spec.rollout.poolRef")
+                referenced = RolloutPoolSpec.model_validate(existing.spec)
+                errors += _engine_fits(referenced, "spec.rollout.poolRef") + engine_errors(job, referenced, "spec.rollout.poolRef")
                 busy = existing.bound_job
                 if busy and busy != name and busy in lookups.active_jobs:
                     errors.append(("spec.rollout.poolRef", f"RolloutPool {pool_name!r} is serving RLJob {busy!r}; a pool serves one job at a time"))
@@ -85,7 +88,7 @@ def semantic_errors(job: RLJob, lookups: Lookups, policy: AccessPolicy = AccessP
             if existing is not None and existing.owner_uid != uid:
                 errors.append(("spec.rollout.template", f"a RolloutPool named {pool_name!r} already exists and is not owned by this job"))
             template = spec.rollout.template if spec.rollout is not None and spec.rollout.template is not None else default_pool_spec(job)
-            errors += _engine_fits(template, "spec.rollout.template")
+            errors += _engine_fits(template, "spec.rollout.template") + engine_errors(job, template, "spec.rollout.template")
 
     for i, entry in enumerate(spec.agent_envs or []):
         existing = lookups.envs.get(entry.name)

@@ -17,15 +17,18 @@ import yaml
 from kuberl.operator.api import RLJob
 from kuberl.operator.children.agentenv import REFERENCE_SERVER, agent_env_server_args
 from kuberl.operator.children.rollout import generating_pool
+from kuberl.operator.children.trainer import trainer_ranks
 from kuberl.operator.children.workload_config import workload_config
 from kuberl.operator.decisions.lifecycle import JobView, PodView, decide
+from kuberl.operator.decisions.references import describe
+from kuberl.operator.decisions.support import unsupported
 from kuberl.operator.decisions.status import SUCCEEDED
 from kuberl.operator.local.progress import ProgressReport
 from kuberl.operator.local.report import plot_rewards, read_metrics, summarise
 from kuberl.operator.local.supervisor import Managed, RunError, _wait, find_binary
 from kuberl.operator.naming import trainer_pod_name
 from kuberl.workloads.buffer.admin import BufferConfig, create_job_streams
-from kuberl.workloads.config import CONFIG_ENV, METRICS_ADDR_ENV, METRICS_PORT_ENV
+from kuberl.workloads.config import CONFIG_ENV, ENGINE_URL_ENV, METRICS_ADDR_ENV, METRICS_PORT_ENV
 from kuberl.workloads.localproc import free_port, http_ok, remove_weed_sockets, seaweed_port_pair
 
 NAMESPACE = "default"
@@ -128,6 +131,9 @@ class LocalRun:
         job = RLJob.model_validate(self.load())
         job.metadata.setdefault("namespace", NAMESPACE)
         name, spec = job.metadata["name"], job.spec
+        refused = unsupported(job, generating_pool(job))
+        if refused:
+            raise RunError("the job cannot run as written: " + describe(refused))
         self.output = (self.output or Path("runs") / name).resolve()
         if self.output.exists() and any(self.output.iterdir()):
             # A run starts clean (restarts *within* a run resume), but only a previous run's
@@ -173,16 +179,47 @@ class LocalRun:
         env[CONFIG_ENV] = str(cfg_path)
         # Each process serves its Prometheus /metrics on a loopback port of its own.
         env[METRICS_ADDR_ENV] = "127.0.0.1"
-        trainer = self._child("trainer", [sys.executable, "-m", "kuberl.workloads.trainer"], self._with_metrics_port("trainer", env),
-                              restart="on-failure-limited")
-        if pool is not None:
-            for i in range(max(1, pool.replicas)):
-                self._child(f"rollout-{i}", [sys.executable, "-m", "kuberl.workloads.rollout"],
-                            self._with_metrics_port(f"rollout-{i}", dict(env, KUBERL_AGENT_ID=f"rollout-{i}")))
+        replicas = max(1, pool.replicas) if pool is not None else 0
+        engines = self.start_engines(job, cfg, pool, replicas, env) if pool is not None and pool.engine.type == "sglang" else []
+        trainer = self._child("trainer", [sys.executable, "-m", "kuberl.workloads.trainer"],
+                              self._with_metrics_port("trainer", dict(env, **self.gang_env(job))), restart="on-failure-limited")
+        for i in range(replicas):
+            agent_env = dict(env, KUBERL_AGENT_ID=f"rollout-{i}")
+            if engines:
+                url, server = engines[i]
+                _wait(lambda u=url: http_ok(f"{u}/health"), 900, f"SGLang server sglang-{i}", server)
+                agent_env[ENGINE_URL_ENV] = url
+            self._child(f"rollout-{i}", [sys.executable, "-m", "kuberl.workloads.rollout"], self._with_metrics_port(f"rollout-{i}", agent_env))
         (self.output / "endpoints.json").write_text(json.dumps(self.metrics_urls, indent=1))
         self._say("metrics: " + ", ".join(f"{k} {v}" for k, v in self.metrics_urls.items()))
         self._write_pids()
         return self.supervise(trainer, job)
+
+    @staticmethod
+    def gang_env(job: RLJob) -> dict[str, str]:
+        """The rendezvous env the operator renders into trainer pods, for one node: the
+        megatron trainer starts its ranks under torchrun from it (`policy.megatron.gang`)."""
+        _, world = trainer_ranks(job)
+        return {"NNODES": "1", "NODE_RANK": "0", "NPROC_PER_NODE": str(world), "MASTER_ADDR": "127.0.0.1",
+                "MASTER_PORT": str(free_port())}
+
+    def start_engines(self, job: RLJob, cfg, pool, replicas: int, env: dict[str, str]) -> list[tuple[str, Managed]]:
+        """One SGLang server per rollout agent (what each rollout pod runs beside its agent),
+        from SGLang's own venv (`e2e/sglang/setup.sh`), serving the job's model in ``model.dtype``."""
+        engine = pool.engine
+        servers = []
+        for i in range(replicas):
+            port = free_port()
+            argv = [sys.executable, "-m", "kuberl.workloads.engines.sglang.launcher", "--model-path", job.spec.model.source,
+                    "--port", str(port), "--dtype", job.spec.model.dtype, "--weight-version", "-1"]
+            if engine.max_running_requests:
+                argv += ["--max-running-requests", str(engine.max_running_requests)]
+            if engine.context_length:
+                argv += ["--context-length", str(engine.context_length)]
+            server_env = dict(env, KUBERL_MODEL_S3_ENDPOINT=cfg.weight_store.endpoint or "")
+            servers.append((f"http://127.0.0.1:{port}", self._child(f"sglang-{i}", [*argv, *(engine.args or [])], server_env)))
+        self._say(f"starting {replicas} SGLang server(s) (CPU: ~1 min)")
+        return servers
 
     def _with_metrics_port(self, name: str, env: dict[str, str]) -> dict[str, str]:
         port = free_port()

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import abc
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import torch
 
@@ -43,6 +44,16 @@ class Engine(abc.ABC):
     @abc.abstractmethod
     def load_state_dict(self, tensors: dict[str, torch.Tensor], version: int) -> None:
         """Replace the weights (HF names) and tag later generations with ``version``."""
+
+    def load_dir(self, path: Path, version: int) -> None:
+        """Replace the weights with the HF checkpoint directory ``path`` (a fetched version).
+
+        The default reads the tensors (FP8 dequantised) into `load_state_dict`; an engine
+        that reads checkpoints itself (SGLang) loads the directory as it is.
+        """
+        from kuberl.workloads.weights.sync import read_checkpoint_dir
+
+        self.load_state_dict(read_checkpoint_dir(path), version)
 
     def pause(self) -> None:
         """Stop starting new generations (in-flight ones finish)."""

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Callable
+from pathlib import Path
 from typing import Protocol
 
 from kuberl.workloads.engines.base import Completion, Engine, GenerationRequest
@@ -84,11 +85,12 @@ class BatchingEngine:
                 else:
                     self.observer.request_failed()
 
-    async def swap(self, tensors, version: int) -> None:
-        """Load new weights once the batch now running finishes (the 'pause' policy)."""
+    async def swap(self, weights, version: int) -> None:
+        """Load new weights once the batch now running finishes (the 'pause' policy):
+        HF-named tensors, or the `Path` of a fetched checkpoint directory (`Engine.load_dir`)."""
         self.start()
         fut = asyncio.get_running_loop().create_future()
-        await self._queue.put(("swap", (tensors, version), fut))
+        await self._queue.put(("swap", (weights, version), fut))
         await fut
 
     def _engine_ok(self, ok: bool) -> None:
@@ -104,9 +106,10 @@ class BatchingEngine:
             gens = [(arg, fut) for kind, arg, fut in items if kind == "generate" and not fut.done()]  # done: its waiter was cancelled
             # New weights first: requests that waited alongside a swap get the fresher policy
             # (and a group re-queued after its stale attempt is not generated stale again).
-            for (tensors, version), fut in [(arg, fut) for kind, arg, fut in items if kind == "swap"]:
+            for (weights, version), fut in [(arg, fut) for kind, arg, fut in items if kind == "swap"]:
                 try:
-                    await self._in_thread(self.engine.load_state_dict, tensors, version)
+                    load = self.engine.load_dir if isinstance(weights, Path) else self.engine.load_state_dict
+                    await self._in_thread(load, weights, version)
                     fut.set_result(None)
                 except Exception as e:
                     self._engine_ok(False)

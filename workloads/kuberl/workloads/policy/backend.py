@@ -1,7 +1,7 @@
 """The trainer's model seam: one `TrainerBackend`, chosen by ``trainer.backend``.
 
 Everything the trainer process does with its policy goes through this interface: the
-update (`rl.ppo.ppo_update` drives ``policy``), the warm start, checkpoints, and the full
+update (`rl.ppo.ppo_update` on ``policy``), the warm start, checkpoints, and the full
 HF-named weights that engines load and the weight store publishes. A backend is built
 from a local HF directory (`policy.sources`), so the builtin tiny model and a user's
 model take one path.
@@ -9,13 +9,15 @@ model take one path.
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Protocol
 
 import torch
 
 from kuberl.workloads.config import WorkloadConfig
-from kuberl.workloads.rl.ppo import PolicyBackend
+from kuberl.workloads.rl.ppo import PolicyBackend, RolloutBatch, StepResult
+from kuberl.workloads.spec import AlgorithmSpec
 
 SupervisedBatch = tuple[torch.Tensor, torch.Tensor, torch.Tensor]
 """(ids [B, T], valid [B, T] bool, loss mask [B, T] float): one warm-start batch."""
@@ -28,6 +30,9 @@ class TrainerBackend(Protocol):
 
     def hf_state(self) -> dict[str, torch.Tensor]:
         """The full weights with HF names, float32 on CPU (engines, publishing)."""
+
+    def ppo_update(self, batch: RolloutBatch, algo: AlgorithmSpec, max_steps: int | None) -> Iterator[StepResult]:
+        """`rl.ppo.ppo_update` of ``policy`` (against ``reference``), over every rank of the gang."""
 
     def warm_start(self, batches: list[SupervisedBatch], learning_rate: float) -> float:
         """Supervised steps (token mean NLL over each batch's mask), own optimizer; the last loss."""
@@ -49,6 +54,7 @@ def make_backend(cfg: WorkloadConfig, model_dir: Path) -> TrainerBackend:
         return TinyTrainerBackend(model_dir, cfg.algorithm)
     if cfg.trainer_backend == "megatron":
         from kuberl.workloads.policy.megatron.backend import MegatronTrainerBackend
+        from kuberl.workloads.policy.megatron.gang import GangDriver
 
-        return MegatronTrainerBackend(model_dir, cfg)
+        return GangDriver(MegatronTrainerBackend(model_dir, cfg))
     raise ValueError(f"trainer.backend {cfg.trainer_backend!r}: use megatron or torch")

@@ -10,8 +10,8 @@ from kuberl.workloads.policy.sources import local_model_dir
 from kuberl.workloads.policy.tokenizer import Tokenizer
 
 
-def _s3_client(cfg: WorkloadConfig, source: str):
-    """s3:// models are read with the weight store's endpoint and credentials."""
+def job_s3_client(cfg: WorkloadConfig, source: str):
+    """s3:// models and datasets are read with the weight store's endpoint and credentials."""
     if urlparse(source).scheme != "s3":
         return None
     from kuberl.workloads.weights.store import s3_client
@@ -20,9 +20,9 @@ def _s3_client(cfg: WorkloadConfig, source: str):
 
 
 def job_model_dir(cfg: WorkloadConfig) -> Path:
-    return local_model_dir(cfg.model.source, s3_client=_s3_client(cfg, cfg.model.source))
+    return local_model_dir(cfg.model.source, s3_client=job_s3_client(cfg, cfg.model.source))
 
 
 def job_tokenizer(cfg: WorkloadConfig) -> Tokenizer:
     source = cfg.model.tokenizer or cfg.model.source
-    return Tokenizer.from_pretrained(local_model_dir(source, s3_client=_s3_client(cfg, source)))
+    return Tokenizer.from_pretrained(local_model_dir(source, s3_client=job_s3_client(cfg, source)))

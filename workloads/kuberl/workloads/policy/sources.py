@@ -146,20 +146,30 @@ def hub_cache() -> Path:
     return Path(home) / "hub"
 
 
-def _from_hub_cache(name: str) -> Path:
-    repo, _, revision = name.partition("@")
+def hub_snapshot(kind: str, name: str, what: str) -> tuple[Path, str]:
+    """(snapshot directory, path inside it) of ``org/name[@revision][/path]`` in the hub cache;
+    ``kind`` is ``models`` or ``datasets``; ``what`` names the field in errors."""
+    repo_rev, _, inner = name.partition("/")
+    rest, _, inner = inner.partition("/")
+    repo_part = f"{repo_rev}/{rest}"
+    repo, _, revision = repo_part.partition("@")
     revision = revision or "main"
     if not re.fullmatch(r"[\w.-]+/[\w.-]+", repo):
-        raise ModelNotFound(f"model source hf://{name}: expected hf://org/name[@revision]")
-    root = hub_cache() / f"models--{repo.replace('/', '--')}"
+        raise ModelNotFound(f"{what} hf://{name}: expected hf://org/name[@revision]{'/path' if kind == 'datasets' else ''}")
+    root = hub_cache() / f"{kind}--{repo.replace('/', '--')}"
     commit = revision
     if not re.fullmatch(r"[0-9a-f]{40}", revision):
         ref = root / "refs" / revision
         if not ref.is_file():
-            raise ModelNotFound(f"model source hf://{name}: {ref} is absent; mount a Hugging Face cache holding the "
-                                f"model there (HF_HUB_CACHE), pre-fetched with `hf download {repo}`")
+            fetch = f"hf download {'--repo-type dataset ' if kind == 'datasets' else ''}{repo}"
+            raise ModelNotFound(f"{what} hf://{name}: {ref} is absent; mount a Hugging Face cache holding it there "
+                                f"(HF_HUB_CACHE), pre-fetched with `{fetch}`")
         commit = ref.read_text().strip()
-    snapshot = root / "snapshots" / commit
+    return root / "snapshots" / commit, inner
+
+
+def _from_hub_cache(name: str) -> Path:
+    snapshot, _ = hub_snapshot("models", name, "model source")
     if not (snapshot / "config.json").is_file():
         raise ModelNotFound(f"model source hf://{name}: no config.json in {snapshot}")
     return snapshot

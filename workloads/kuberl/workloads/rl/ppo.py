@@ -89,15 +89,28 @@ def spans(n: int, size: int | None) -> list[slice]:
     return [slice(i, min(i + size, n)) for i in range(0, n, size)]
 
 
+def data_parallel_share(mini_batch: slice, dp: int, dp_rank: int) -> list[int]:
+    """The rows of a mini-batch that data-parallel rank ``dp_rank`` of ``dp`` trains: every
+    ``dp``-th. Shares differ by at most one row (the loss is normalised by the whole
+    mini-batch's token count, so uneven shares change nothing), and may be empty."""
+    return list(range(mini_batch.start + dp_rank, mini_batch.stop, dp))
+
+
 def _no_grad_logprobs(backend: PolicyBackend, batch: RolloutBatch, micro: int | None, temperature: float) -> torch.Tensor:
     parts = [backend.logprobs(batch.ids[s], batch.valid[s], temperature) for s in spans(len(batch), micro)]
     return torch.cat(parts).detach() if parts else batch.behaviour.clone()
 
 
 def ppo_update(backend: PolicyBackend, batch: RolloutBatch, algo: AlgorithmSpec, *,
-               reference: PolicyBackend | None = None, max_steps: int | None = None) -> Iterator[StepResult]:
+               reference: PolicyBackend | None = None, max_steps: int | None = None,
+               local_rows: Callable[[slice], list[int]] | None = None) -> Iterator[StepResult]:
     """The optimizer steps of one rollout batch (see the module docstring), yielded one by
-    one after each step; at most ``max_steps`` of them."""
+    one after each step; at most ``max_steps`` of them.
+
+    Under data parallelism every rank holds the whole batch and calls this; ``local_rows``
+    picks the rows of each mini-batch this rank runs forward/backward on
+    (`data_parallel_share`), and ``backend.dp_sum`` / ``optimizer_step`` combine the ranks.
+    Step metrics are over the whole mini-batch, except the ratio extremes (this rank's)."""
     kl_on = algo.kl_coef > 0
     if kl_on and reference is None:
         raise ValueError("algorithm.klCoef > 0 needs a reference policy")
@@ -110,20 +123,21 @@ def ppo_update(backend: PolicyBackend, batch: RolloutBatch, algo: AlgorithmSpec,
         for index, mb in enumerate(spans(len(batch), algo.global_batch_size)):
             if max_steps is not None and done >= max_steps:
                 return
-            yield StepResult(epoch, index, mb, _step(backend, batch, mb, old, ref, algo, corr, micro))
+            rows = list(range(mb.start, mb.stop)) if local_rows is None else local_rows(mb)
+            yield StepResult(epoch, index, mb, _step(backend, batch, mb, rows, old, ref, algo, corr, micro))
             done += 1
 
 
-def _step(backend, batch, mb, old, ref, algo, corr, micro) -> dict[str, float]:
+def _step(backend, batch, mb, mine, old, ref, algo, corr, micro) -> dict[str, float]:
     mask = batch.mask[mb]
     # One global count for the whole optimizer batch, over every micro-batch and rank.
-    denom = backend.dp_sum(loss_denominator(mask, algo.loss_aggregation).reshape(1)).squeeze(0)
+    denom = backend.dp_sum(loss_denominator(batch.mask[mine], algo.loss_aggregation).reshape(1)).squeeze(0)
     sums: dict[str, float] = {}
     extremes: dict[str, list[float]] = {"ratio_max": [], "ratio_min": []}
     loss_total = torch.zeros((), dtype=torch.float64)
     backend.zero_grad()
-    for part in spans(mb.stop - mb.start, micro):
-        rows = slice(mb.start + part.start, mb.start + part.stop)
+    for part in spans(len(mine), micro):
+        rows = torch.tensor(mine[part], dtype=torch.long)
         b = batch.rows(rows)
 
         def loss_fn(logp: torch.Tensor, entropy: torch.Tensor | None, b=b, rows=rows) -> torch.Tensor:

@@ -4,7 +4,11 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import os
+import shutil
+import tempfile
 import time
+from pathlib import Path
 
 import aiohttp
 
@@ -22,7 +26,7 @@ from kuberl.workloads.policy.job_model import job_model_dir, job_tokenizer
 from kuberl.workloads.policy.tiny.model import load_pretrained
 from kuberl.workloads.policy.tokenizer import Tokenizer
 from kuberl.workloads.rollout.episodes import SamplingSettings, env_session_timeout, run_group
-from kuberl.workloads.weights.sync import fetch_policy, weight_store
+from kuberl.workloads.weights.sync import weight_store
 
 log = get_logger(__name__)
 
@@ -59,8 +63,9 @@ class TrainerClock:
 def make_engine(cfg: WorkloadConfig, agent_id: str) -> Engine:
     """The engine ``cfg.rollout.engine`` names, at version -1 (the first announced version loads into it).
 
-    ``sglang``: a client of the SGLang server at ``rollout.engineUrl`` / ``$KUBERL_ENGINE_URL``
-    (the pod's sidecar); ``torch``: the in-process engine (CPU jobs, ``kuberl run``).
+    ``sglang``: a client of the SGLang server at ``$KUBERL_ENGINE_URL`` (one server per agent
+    under `kuberl run`) or ``rollout.engineUrl`` (the pod's engine container); ``torch``: the
+    in-process engine (CPU jobs).
     """
     if cfg.rollout.engine == "sglang":
         from kuberl.workloads.engines.sglang.engine import (
@@ -89,15 +94,31 @@ class RolloutAgent:
         self.groups_abandoned = 0
         self.swaps = 0
         self.trainer = TrainerClock()
+        # Fetched versions land here and the engine loads them from here: a directory the
+        # SGLang container reads too (an emptyDir in the rollout pod, $KUBERL_ENGINE_SCRATCH).
+        shared = os.environ.get("KUBERL_ENGINE_SCRATCH")
+        self._owns_scratch = not shared
+        self.scratch = Path(shared or tempfile.mkdtemp(prefix="kuberl-versions-"))
+
+    def _fetch(self, version: int) -> Path:
+        path, _manifest = self.store.fetch(version, self.scratch / f"v{version:08d}")
+        return Path(path)
+
+    def _drop_versions_before(self, version: int) -> None:
+        """Once the engine holds ``version``, older fetched copies are dead weight."""
+        for old in self.scratch.glob("v*"):
+            if old.is_dir() and old.name < f"v{version:08d}":
+                shutil.rmtree(old, ignore_errors=True)
 
     async def load_version(self, version: int) -> None:
         t0 = time.perf_counter()
-        tensors = await asyncio.to_thread(fetch_policy, self.store, version)
+        path = await asyncio.to_thread(self._fetch, version)
         if self.cfg.rollout.weight_swap == "drain":
             self.accepting.clear()
             while self.active:
                 await asyncio.wait(set(self.active))
-        await self.batcher.swap(tensors, version)
+        await self.batcher.swap(path, version)
+        self._drop_versions_before(version)
         self.accepting.set()
         self.swaps += 1
         self.metrics.swapped(version, time.perf_counter() - t0)
@@ -237,3 +258,5 @@ class RolloutAgent:
             if session is not None:
                 await session.close()
             await buf.close()
+            if self._owns_scratch:
+                shutil.rmtree(self.scratch, ignore_errors=True)

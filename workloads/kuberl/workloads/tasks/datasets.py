@@ -1,4 +1,9 @@
-"""Prompt datasets: builtin generated problems and JSONL files, and curriculum filters."""
+"""Prompt datasets: builtin generated problems and JSONL files, and curriculum filters.
+
+A JSONL row's prompt (``promptField``) is plain text, or chat turns — a list of
+``{"role", "content"}`` — that the tokenizer renders with the model's chat template
+(`policy.tokenizer.Tokenizer.encode_prompt`). Files come from `tasks.dataset_files`.
+"""
 
 from __future__ import annotations
 
@@ -6,10 +11,10 @@ import itertools
 import json
 import random
 from dataclasses import dataclass
-from pathlib import Path
 from urllib.parse import parse_qs, urlparse
 
 from kuberl.workloads.spec import Dataset
+from kuberl.workloads.tasks.dataset_files import dataset_file
 
 
 @dataclass(frozen=True)
@@ -17,13 +22,15 @@ class Problem:
     """One prompt of a dataset with the answer its verifier checks."""
 
     prompt_id: str
-    prompt: str
+    prompt: str  # the text, or the last turn of a chat prompt (for logs)
     answer: str
     difficulty: float
     dataset: str
+    messages: tuple[dict, ...] | None = None  # a chat prompt's turns
 
     def to_data(self) -> dict:
-        return {"prompt": self.prompt, "answer": self.answer, "difficulty": self.difficulty, "dataset": self.dataset}
+        data = {"prompt": self.prompt, "answer": self.answer, "difficulty": self.difficulty, "dataset": self.dataset}
+        return data | ({"messages": [dict(m) for m in self.messages]} if self.messages is not None else {})
 
 
 def _apply(a: int, op: str, b: int) -> int:
@@ -55,8 +62,9 @@ def split_problems(problems: list[Problem], split: str | None) -> list[Problem]:
     return [p for i, p in enumerate(problems) if (i % HELD_OUT_EVERY == 0) == (split == "test")]
 
 
-def load_dataset(spec: Dataset) -> list[Problem]:
-    """The problems of one dataset entry: builtin:// generators (``?digits=&ops=&split=``) or a local JSONL file."""
+def load_dataset(spec: Dataset, *, s3_client=None) -> list[Problem]:
+    """The problems of one dataset entry: builtin:// generators (``?digits=&ops=&split=``) or a
+    JSONL file from file://, s3:// or hf:// (`tasks.dataset_files`)."""
     url = urlparse(spec.source)
     if url.scheme == "builtin":
         if url.netloc != "arithmetic":
@@ -65,17 +73,25 @@ def load_dataset(spec: Dataset) -> list[Problem]:
         # Ids name the generator, not the entry, so the train and test entries of one generator stay disjoint.
         problems = split_problems(arithmetic_problems("arithmetic", digits=int(q.get("digits", 1)), ops=q.get("ops", "+")), q.get("split"))
         problems = [Problem(p.prompt_id, p.prompt, p.answer, p.difficulty, spec.name) for p in problems]
-    elif url.scheme in ("file", ""):
-        problems = []
-        for i, line in enumerate(Path(url.path).read_text().splitlines()):
-            if not line.strip():
-                continue
-            row = json.loads(line)
-            diff = float(row[spec.difficulty_field]) if spec.difficulty_field else 0.0
-            problems.append(Problem(f"{spec.name}-{i}", str(row[spec.prompt_field]), str(row[spec.answer_field]), diff, spec.name))
     else:
-        raise ValueError(f"dataset {spec.name}: source {spec.source!r} is not readable by local processes (builtin:// or file://)")
+        path = dataset_file(spec.name, spec.source, s3_client=s3_client)
+        problems = [_row_problem(spec, i, json.loads(line)) for i, line in enumerate(path.read_text().splitlines()) if line.strip()]
     return problems[: spec.max_prompts] if spec.max_prompts else problems
+
+
+def _row_problem(spec: Dataset, i: int, row: dict) -> Problem:
+    where = f"dataset {spec.name} row {i + 1}"
+    for field in (spec.prompt_field, spec.answer_field):
+        if field not in row:
+            raise ValueError(f"{where}: no field {field!r} (set promptField/answerField to the row's field names)")
+    prompt = row[spec.prompt_field]
+    diff = float(row[spec.difficulty_field]) if spec.difficulty_field else 0.0
+    if isinstance(prompt, list):
+        if not all(isinstance(m, dict) and isinstance(m.get("role"), str) and isinstance(m.get("content"), str) for m in prompt):
+            raise ValueError(f"{where}: a chat prompt is a list of {{\"role\": str, \"content\": str}} turns")
+        return Problem(f"{spec.name}-{i}", prompt[-1]["content"] if prompt else "", str(row[spec.answer_field]), diff, spec.name,
+                       messages=tuple(dict(m) for m in prompt))
+    return Problem(f"{spec.name}-{i}", str(prompt), str(row[spec.answer_field]), diff, spec.name)
 
 
 def filter_problems(problems: list[Problem], datasets: list[str] | None, lo: float | None, hi: float | None) -> list[Problem]:

@@ -18,6 +18,7 @@ from kuberl.workloads.config import WorkloadConfig
 from kuberl.workloads.engines.batching import BatchingEngine
 from kuberl.workloads.policy.tokenizer import Tokenizer
 from kuberl.workloads.rollout.episodes import SamplingSettings, run_group
+from kuberl.workloads.policy.job_model import job_s3_client
 from kuberl.workloads.tasks.datasets import Problem, load_dataset
 
 PASS_REWARD = 1.0
@@ -69,7 +70,7 @@ class Evaluator:
         self.cfg, self.tokenizer = cfg, tokenizer
         spec = cfg.evaluation
         self.problems: dict[str, list[Problem]] = (
-            {ds.name: load_dataset(ds)[: spec.max_prompts] for ds in spec.datasets} if spec is not None else {})
+            {ds.name: load_dataset(ds, s3_client=job_s3_client(cfg, ds.source))[: spec.max_prompts] for ds in spec.datasets} if spec is not None else {})
 
     @property
     def enabled(self) -> bool:

@@ -12,6 +12,7 @@ from kuberl.workloads.rl.curriculum import Stage
 from kuberl.workloads.logs import get_logger
 from kuberl.workloads.policy.tokenizer import Tokenizer
 from kuberl.workloads.rollout.episodes import SamplingSettings
+from kuberl.workloads.policy.job_model import job_s3_client
 from kuberl.workloads.tasks.datasets import Problem, filter_problems, load_dataset
 
 log = get_logger(__name__)
@@ -34,7 +35,7 @@ class PromptSource:
 
     def __post_init__(self) -> None:
         self.incarnation = uuid.uuid4().hex[:6]
-        loaded = [p for ds in self.cfg.datasets for p in load_dataset(ds)]
+        loaded = [p for ds in self.cfg.datasets for p in load_dataset(ds, s3_client=job_s3_client(self.cfg, ds.source))]
         # algorithm.maxPromptLength: prompts longer than this (as the engines receive them: chat template, BOS) are skipped.
         limit = self.cfg.algorithm.max_prompt_length
         self.problems: list[Problem] = [p for p in loaded if len(self.tokenizer.encode_prompt(p.to_data())) <= limit]

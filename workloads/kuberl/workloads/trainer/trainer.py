@@ -27,7 +27,6 @@ from kuberl.workloads.policy.job_model import job_model_dir, job_tokenizer
 from kuberl.workloads.policy.tiny.model import TinyConfig, TinyQwen2ForCausalLM
 from kuberl.workloads.rl.batch import collate
 from kuberl.workloads.rl.curriculum import CurriculumState, curriculum_step
-from kuberl.workloads.rl.ppo import ppo_update
 from kuberl.workloads.trainer.checkpoints import CheckpointStore
 from kuberl.workloads.trainer.evaluation import Evaluator
 from kuberl.workloads.trainer.groups import staleness_weights
@@ -147,7 +146,7 @@ class Trainer:
     # ---- one step ---------------------------------------------------------------------
 
     def train_round(self, groups: list[list[Trajectory]]) -> list[dict]:
-        """One rollout batch → its optimizer steps (`rl.ppo.ppo_update`); one metrics row per step.
+        """One rollout batch → its optimizer steps (the backend's `ppo_update`); one metrics row per step.
 
         Each sample's staleness weight is decided here, against the version the batch is
         trained from, so it always reaches the loss of the sample it belongs to.
@@ -162,8 +161,7 @@ class Trainer:
         lags = [start_version - t.policy_version for t in trajs]
         lengths = [int(t.loss_mask.sum()) for t in trajs]  # generated tokens (tool outputs are not trained)
         rows = []
-        for result in ppo_update(self.backend.policy, batch, self.algo, reference=self.backend.reference,
-                                 max_steps=self.cfg.run_policy.max_steps - p.step):
+        for result in self.backend.ppo_update(batch, self.algo, self.cfg.run_policy.max_steps - p.step):
             p.step += 1
             p.version += 1
             rewards = batch.rewards[result.samples].tolist()
@@ -234,7 +232,7 @@ class Trainer:
     def publish(self) -> Published:
         """Publish the current weights as the current version."""
         published = publish_policy(self.store, self.backend.hf_state(), self.backend.hf_config, self.progress.version,
-                                   self.cfg.weight_store.fp8)
+                                   self.cfg.weight_store.fp8, dtype=self.cfg.model.dtype)
         self.prometheus.weight_sync(published.seconds, published.bytes)
         return published
 

@@ -13,7 +13,9 @@ values, absolute error ≤ 2⁻¹⁰·scale in the subnormal range (see :func:`e
 
 Which tensors stay in high precision is one explicit rule, :func:`keep_high_precision`:
 FP8 GEMM kernels only serve linear layers with whole 128-blocks, and the embedding,
-lm_head and norms are precision-sensitive and cheap. ``config.json`` gets
+lm_head and norms are precision-sensitive and cheap. Engines fuse ``q/k/v_proj`` and
+``gate/up_proj`` into one layer and refuse one whose shards mix precisions, so a shard
+kept in high precision keeps its whole group (:func:`fused_group`). ``config.json`` gets
 ``quantization_config`` (see :func:`quantization_config`).
 """
 
@@ -58,6 +60,16 @@ def keep_high_precision(name: str, tensor: torch.Tensor, block: int = BLOCK) -> 
     return None
 
 
+_FUSED_SHARDS = re.compile(r"^(?P<module>.*\.)(?P<shard>q_proj|k_proj|v_proj|gate_proj|up_proj)\.weight$")
+_FUSED_GROUP = {"q_proj": "qkv", "k_proj": "qkv", "v_proj": "qkv", "gate_proj": "gate_up", "up_proj": "gate_up"}
+
+
+def fused_group(name: str) -> str | None:
+    """The fused layer an HF weight is a shard of (``model.layers.0.self_attn.qkv``), or None."""
+    m = _FUSED_SHARDS.match(name)
+    return m["module"] + _FUSED_GROUP[m["shard"]] if m else None
+
+
 def quantize_blockwise(w: torch.Tensor, block: int = BLOCK) -> tuple[torch.Tensor, torch.Tensor]:
     """(fp8 weight, fp32 scale_inv per block). Ragged edge blocks are allowed here."""
     if w.ndim != 2:
@@ -98,10 +110,17 @@ def error_bound(w: torch.Tensor, scale_inv: torch.Tensor, block: int = BLOCK) ->
 def quantize_state_dict(state: Mapping[str, torch.Tensor], block: int = BLOCK
                         ) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
     """(new state dict, {name: reason} of tensors left in high precision, untouched)."""
+    reasons = {name: keep_high_precision(name, t, block) for name, t in state.items()}
+    for name, reason in list(reasons.items()):
+        group = fused_group(name)
+        if reason is not None and group is not None:
+            for other in state:
+                if other != name and fused_group(other) == group and reasons[other] is None:
+                    reasons[other] = f"fused with {name} ({reason})"
     out: dict[str, torch.Tensor] = {}
     kept: dict[str, str] = {}
     for name, t in state.items():
-        reason = keep_high_precision(name, t, block)
+        reason = reasons[name]
         if reason is not None:
             out[name] = t
             kept[name] = reason
@@ -135,7 +154,7 @@ def quantization_config(kept: Mapping[str, str] | None = None, block: int = BLOC
     ignored = sorted(
         name.removesuffix(".weight")
         for name, reason in (kept or {}).items()
-        if reason.startswith("shape") or reason == "moe router"
+        if reason.startswith(("shape", "fused")) or reason == "moe router"
     )
     if ignored:
         cfg["ignored_layers"] = ignored

@@ -1,8 +1,10 @@
 """Moving policy weights between trainer and engines through the S3 weight store.
 
-The trainer saves the state dict (HF names) as safetensors + config.json, optionally
-blockwise FP8 (kuberl.workloads.fp8), and publishes it as one version of the store; the
-rollout agent fetches a version (sha256-verified) and dequantises what was quantised.
+The trainer saves the state dict (HF names) as safetensors + config.json in the dtype the
+engines serve (``model.dtype``), optionally blockwise FP8 (`weights.fp8`), and publishes it
+as one version of the store. The rollout agent fetches a version (sha256-verified) into a
+directory its engine loads as it is: SGLang reads the files (FP8 stays FP8); the in-process
+torch engine reads them with `read_checkpoint_dir`, which dequantises.
 """
 
 from __future__ import annotations
@@ -31,16 +33,26 @@ class Published:
     seconds: float  # serialise + upload, manifest included
 
 
+DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16}
+
+
 def publish_policy(store: WeightStore, hf_state: dict[str, torch.Tensor], hf_config: dict, version: int,
-                   use_fp8: bool = False) -> Published:
-    """Upload HF-named weights and their config as ``version`` (overwriting a version a crashed trainer left)."""
+                   use_fp8: bool = False, *, dtype: str) -> Published:
+    """Upload HF-named weights and their config as ``version`` (overwriting a version a crashed trainer left).
+
+    Tensors go out in ``dtype`` (what the engines serve, ``model.dtype``); with ``use_fp8``
+    the linear layers are quantised from the trainer's full-precision weights first.
+    """
     t0 = time.monotonic()
-    state = {k: v.detach().float().contiguous() for k, v in hf_state.items()}
-    config = dict(hf_config)
-    dtype = "float32"
+    state = {k: v.detach().contiguous() for k, v in hf_state.items()}
+    config = {**hf_config, "torch_dtype": dtype}
+    kept: dict[str, str] | None = None
     if use_fp8:
-        state, kept = fp8.quantize_state_dict(state)
+        state, kept = fp8.quantize_state_dict({k: v.float() for k, v in state.items()})
         config["quantization_config"] = fp8.quantization_config(kept)
+    state = {k: v if v.dtype == fp8.FP8_DTYPE or k.endswith(fp8.SCALE_SUFFIX) else v.to(DTYPES[dtype]).contiguous()
+             for k, v in state.items()}
+    if use_fp8:
         dtype = "float8_e4m3fn"
     with tempfile.TemporaryDirectory(prefix="kuberl-weights-") as tmp:
         save_sharded(state, tmp, config=config)
@@ -48,15 +60,13 @@ def publish_policy(store: WeightStore, hf_state: dict[str, torch.Tensor], hf_con
     return Published(store.manifest_uri(version), manifest.total_bytes, time.monotonic() - t0)
 
 
-def fetch_policy(store: WeightStore, version: int) -> dict[str, torch.Tensor]:
-    """The tensors of one version, dequantised to float32 when it was published in FP8."""
+def read_checkpoint_dir(path: str | Path) -> dict[str, torch.Tensor]:
+    """The tensors of a fetched version, float32, dequantised when it was published in FP8."""
     from safetensors.torch import load_file
 
-    with tempfile.TemporaryDirectory(prefix="kuberl-fetch-") as tmp:
-        path, manifest = store.fetch(version, tmp)
-        tensors: dict[str, torch.Tensor] = {}
-        for f in sorted(Path(path).glob("*.safetensors")):
-            tensors.update(load_file(str(f)))
-    if manifest.quantization:
+    tensors: dict[str, torch.Tensor] = {}
+    for f in sorted(Path(path).glob("*.safetensors")):
+        tensors.update(load_file(str(f)))
+    if any(k.endswith(fp8.SCALE_SUFFIX) for k in tensors):
         tensors = fp8.dequantize_state_dict(tensors, dtype=torch.float32)
     return {k: v.float() for k, v in tensors.items()}

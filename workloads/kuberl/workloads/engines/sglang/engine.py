@@ -12,6 +12,7 @@ from pathlib import Path
 
 import torch
 
+from kuberl.workloads.config import ENGINE_URL_ENV
 from kuberl.workloads.engines.base import Completion, Engine, GenerationRequest
 from kuberl.workloads.engines.sglang.client import (
     SGLangClient,
@@ -51,15 +52,16 @@ class SGLangEngine(Engine):
     def from_config(cls, cfg, *, version: int = -1) -> SGLangEngine:
         """The engine a rollout agent drives for ``cfg`` (a `WorkloadConfig`).
 
-        URL: ``cfg.rollout.engine_url`` (the pod's SGLang container, on loopback). Swaps from tensors (`load_state_dict`) are written under
+        URL: ``$KUBERL_ENGINE_URL`` (a server of its own under `kuberl run`), else
+        ``cfg.rollout.engine_url`` (the pod's SGLang container, on loopback). Swaps from tensors (`load_state_dict`) are written under
         ``$KUBERL_ENGINE_SCRATCH``, which must be a directory the server reads too (an
         emptyDir mounted in both containers of a rollout pod).
         """
         import os
 
-        url = cfg.rollout.engine_url
+        url = os.environ.get(ENGINE_URL_ENV) or cfg.rollout.engine_url
         if not url:
-            raise ValueError("rollout.engine is sglang but the config names no rollout.engineUrl")
+            raise ValueError(f"rollout.engine is sglang but neither ${ENGINE_URL_ENV} nor rollout.engineUrl names its server")
         # "retract" for both swap policies: in-flight requests are requeued and their KV is
         # recomputed with the new weights, so every later token's logprob is exactly the new
         # policy's ("in_place" would decode on KV computed by the old weights, and SGLang
@@ -131,6 +133,11 @@ class SGLangEngine(Engine):
         dt = time.perf_counter() - t0
         log.info("sglang weights swapped", version=version, path=str(path), seconds=round(dt, 3))
         return dt
+
+    def load_dir(self, path: Path, version: int) -> None:
+        """The server reads the fetched checkpoint itself: BF16 as BF16, blockwise FP8 as FP8
+        (its ``quantization_config``); nothing is converted or written again."""
+        self.load_weights_from_disk(path, version)
 
     def load_version(self, store, version: int | None = None, dest_dir: str | Path | None = None) -> int:
         """Fetch ``version`` (latest when None) from a `kuberl.workloads.weights.WeightStore`

@@ -32,6 +32,7 @@ import os
 import signal
 import subprocess
 import sys
+import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -136,7 +137,11 @@ class SGLangServer:
             config.port = free_port()
         self.config = config
         self.python = python or server_python()
-        self.log_path = Path(log_path) if log_path else Path(os.environ.get("TMPDIR", "/tmp")) / f"kuberl-sglang-{config.port}.log"
+        # None: a temporary file, removed by `stop`; "-": this process's own stdout (the
+        # launcher in a pod or under `kuberl run`, whose output is already collected).
+        self._owns_log = log_path is None
+        self.log_path: Path | None = None if log_path == "-" else Path(log_path) if log_path else Path(
+            tempfile.mkstemp(prefix=f"kuberl-sglang-{config.port}-", suffix=".log")[1])
         self.proc: subprocess.Popen | None = None
         self.startup_seconds: float | None = None
 
@@ -151,13 +156,16 @@ class SGLangServer:
     def start(self, *, timeout: float = 300.0) -> SGLangServer:
         """Launch and block until ``/health_generate`` answers 200 (or raise, having stopped it)."""
         t0 = time.monotonic()
-        self.log_path.parent.mkdir(parents=True, exist_ok=True)
-        logf = open(self.log_path, "wb")  # noqa: SIM115 - lives as long as the process
-        log.info("sglang starting", cmd=" ".join(self.command()), log=str(self.log_path))
+        logf = None
+        if self.log_path is not None:
+            self.log_path.parent.mkdir(parents=True, exist_ok=True)
+            logf = open(self.log_path, "wb")  # noqa: SIM115 - lives as long as the process
+        log.info("sglang starting", cmd=" ".join(self.command()), log=str(self.log_path or "stdout"))
         self.proc = subprocess.Popen(self.command(), env=self.config.env(), stdout=logf, stderr=subprocess.STDOUT,
                                      stdin=subprocess.DEVNULL, start_new_session=True,
                                      preexec_fn=dies_with_parent())  # noqa: PLW1509
-        logf.close()
+        if logf is not None:
+            logf.close()
         _LIVE.add(self)
         try:
             self.wait_healthy(timeout=timeout)
@@ -172,6 +180,8 @@ class SGLangServer:
         return self.proc is not None and self.proc.poll() is None
 
     def log_tail(self, chars: int = 4000) -> str:
+        if self.log_path is None:
+            return "(the server wrote to the launcher's stdout)"
         try:
             return self.log_path.read_text(errors="replace")[-chars:]
         except OSError:
@@ -201,8 +211,13 @@ class SGLangServer:
         """Terminate the process group (server, scheduler, detokenizer); kill it after ``grace``."""
         proc, self.proc = self.proc, None
         _LIVE.discard(self)
-        if proc is None:
-            return
+        if proc is not None:
+            self._end(proc, grace)
+        if self._owns_log and self.log_path is not None:
+            self.log_path.unlink(missing_ok=True)
+
+    @staticmethod
+    def _end(proc: subprocess.Popen, grace: float) -> None:
         if proc.poll() is None:
             for sig, wait in ((signal.SIGTERM, grace), (signal.SIGKILL, grace)):
                 try:
@@ -235,7 +250,7 @@ def main(argv: list[str] | None = None) -> int:
 
     configure_logging()
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--model-path", required=True)
+    p.add_argument("--model-path", required=True, help="an HF directory, or a model.source URI (resolved into the model cache)")
     p.add_argument("--host", default="127.0.0.1")
     p.add_argument("--port", type=int, default=30000)
     p.add_argument("--device", default="cpu")
@@ -245,11 +260,17 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--max-total-tokens", type=int, default=4096)
     p.add_argument("--weight-version", default=None)
     p.add_argument("--startup-timeout", type=float, default=600.0)
+    p.add_argument("--log-file", default="-", help="the server's output; - (default): this process's stdout")
     args, extra = p.parse_known_args(argv)
+    model_path = args.model_path
+    if "://" in model_path:  # a model.source: builtin://, file://, s3:// ($KUBERL_MODEL_S3_ENDPOINT), hf://
+        from kuberl.workloads.policy.sources import local_model_dir
+
+        model_path = str(local_model_dir(model_path))
     server = SGLangServer(ServerConfig(
-        model_path=args.model_path, host=args.host, port=args.port, device=args.device, dtype=args.dtype,
+        model_path=model_path, host=args.host, port=args.port, device=args.device, dtype=args.dtype,
         tp_size=args.tp_size, mem_fraction_static=args.mem_fraction_static, max_total_tokens=args.max_total_tokens,
-        weight_version=args.weight_version, extra_args=extra))
+        weight_version=args.weight_version, extra_args=extra), log_path=args.log_file)
 
     def _term(signum, _frame):
         server.stop()

@@ -1,70 +1,74 @@
 """megatron-core as a `TrainerBackend` (``trainer.backend: megatron``).
 
-The trainer process holds every rank of the model-parallel group it runs; today that is a
-single-rank gang (TP = PP = 1, one replica): torch.distributed is initialised here with one
-gloo (CPU) or NCCL (GPU) rank when the process was not started by torchrun. Larger gangs
-are refused before the job starts (`kuberl.operator.decisions.support`), so nothing trains
-with a parallelism the manifest did not get.
+One instance per rank of the trainer gang (`policy.megatron.gang`): torchrun starts the
+ranks, or a one-rank gang is initialised here (gloo on CPU, NCCL on GPU). Tensor and
+pipeline parallel sizes come from ``trainer.parallelism``; the data-parallel size is what
+is left, ranks / (tensor x pipeline). Each data-parallel rank trains on its share of every
+optimizer mini-batch (`rl.ppo.data_parallel_share`); the loss is normalised by the token
+count over the whole mini-batch on all ranks, and gradients are summed over them.
 
-Checkpoints hold the HF-named weights and the optimizer state, which on one rank is the
-whole state; `MegatronPolicy.save_checkpoint` (dist_checkpointing) is for sharded gangs.
+Checkpoints hold the HF-named weights (gathered), the optimizer state of every rank and
+the reference policy; a gang of another shape cannot resume one (its optimizer shards
+would not line up), which `load_checkpoint_state` says.
 """
 
 from __future__ import annotations
 
+import functools
 import os
 import socket
+from collections.abc import Iterator
 from pathlib import Path
 
 import torch
+import torch.distributed as dist
 
 from kuberl.workloads.config import WorkloadConfig
 from kuberl.workloads.policy.backend import SupervisedBatch
+from kuberl.workloads.policy.megatron.gang import control_group
 from kuberl.workloads.policy.megatron.policy import MegatronPolicy, load_hf_dir
+from kuberl.workloads.rl.ppo import RolloutBatch, StepResult, data_parallel_share, ppo_update
+from kuberl.workloads.spec import AlgorithmSpec
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16}
 
 
-def init_single_rank() -> None:
-    """A one-rank process group on a free local port, unless torchrun already made one."""
-    import torch.distributed as dist
-
+def init_gang() -> None:
+    """The process group: torchrun's (env://) when it started us, else one rank on a free local port."""
     if dist.is_initialized():
         return
-    if int(os.environ.get("WORLD_SIZE", "1")) != 1:
-        raise RuntimeError("WORLD_SIZE > 1: start the trainer under torchrun with every rank, not as one process")
+    backend = "nccl" if torch.cuda.is_available() else "gloo"
+    if "LOCAL_RANK" in os.environ:
+        if torch.cuda.is_available():
+            torch.cuda.set_device(int(os.environ["LOCAL_RANK"]))
+        dist.init_process_group(backend, init_method="env://")
+        return
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
-    backend = "nccl" if torch.cuda.is_available() else "gloo"
     dist.init_process_group(backend, init_method=f"tcp://127.0.0.1:{port}", world_size=1, rank=0)
 
 
-def gang_ranks() -> int:
-    """The ranks the operator gave the gang (NNODES x NPROC_PER_NODE); 1 outside a cluster."""
-    return int(os.environ.get("NNODES", "1")) * int(os.environ.get("NPROC_PER_NODE", "1"))
-
-
-def single_rank_refusal(cfg: WorkloadConfig, ranks: int = 1) -> str | None:
-    """Why this job cannot run as one megatron rank (None when it can): a gang of several
-    ranks would otherwise train on one of its GPUs while the manifest asked for all."""
+def gang_refusal(cfg: WorkloadConfig, ranks: int) -> str | None:
+    """Why this gang cannot train the job (None when it can). The operator refuses the same
+    combinations up front (`decisions.support`); this is the process's own guard."""
     par = cfg.parallelism
-    if ranks > 1:
-        return (f"the trainer gang has {ranks} ranks (trainer.replicas x gpusPerReplica); the megatron trainer runs "
-                "one rank until the torchrun gang lands (issue 13): set trainer.replicas 1 and gpusPerReplica 0 or 1")
-    if par.tensor * par.pipeline * par.context * par.expert == 1:
-        return None
-    return (f"trainer.parallelism (tensor {par.tensor}, pipeline {par.pipeline}, context {par.context}, expert {par.expert}) "
-            "needs a multi-rank gang; the megatron trainer runs one rank until the torchrun gang lands (issue 13): "
-            "set every parallelism size to 1")
+    if par.context > 1 or par.expert > 1:
+        return (f"trainer.parallelism context {par.context} / expert {par.expert}: the megatron trainer runs tensor, "
+                "pipeline and data parallel; set context and expert to 1")
+    if ranks % (par.tensor * par.pipeline):
+        return (f"the trainer gang has {ranks} ranks, not a multiple of tensor x pipeline = {par.tensor * par.pipeline}: "
+                "set trainer.replicas x gpusPerReplica to a multiple of it")
+    return None
 
 
 class MegatronTrainerBackend:
     def __init__(self, model_dir: Path, cfg: WorkloadConfig):
-        refusal = single_rank_refusal(cfg, gang_ranks())
+        init_gang()
+        refusal = gang_refusal(cfg, dist.get_world_size())
         if refusal is not None:
             raise ValueError(refusal)
-        init_single_rank()
+        self.control = control_group()  # every rank creates it, in the same order
         self.cfg = cfg
         self.hf_config, weights = load_hf_dir(model_dir)
         if weights is None:
@@ -80,9 +84,18 @@ class MegatronTrainerBackend:
                               weight_decay=algo.weight_decay, grad_clip=algo.grad_clip, seed=self.cfg.run_policy.seed)
 
     def hf_state(self) -> dict[str, torch.Tensor]:
+        """A collective over the model-parallel group; every rank gets the full weights."""
         return {k: v.float().cpu() for k, v in self.policy.export_hf_state().items()}
 
+    def ppo_update(self, batch: RolloutBatch, algo: AlgorithmSpec, max_steps: int | None) -> Iterator[StepResult]:
+        """`rl.ppo.ppo_update`, each data-parallel rank on its share of every mini-batch."""
+        dp, dp_rank = self.policy.dp, self.policy.dp_rank
+        share = None if dp == 1 else functools.partial(data_parallel_share, dp=dp, dp_rank=dp_rank)
+        return ppo_update(self.policy, batch, algo, reference=self.reference, max_steps=max_steps, local_rows=share)
+
     def warm_start(self, batches: list[SupervisedBatch], learning_rate: float) -> float:
+        # Every data-parallel rank takes the same batches: the warm start is a few small
+        # steps, and identical replicas need no gradient exchange.
         opt = torch.optim.AdamW(self.policy.core.parameters(), lr=learning_rate, weight_decay=0.0)
         losses: list[float] = []
         for ids, valid, mask in batches:
@@ -108,13 +121,26 @@ class MegatronTrainerBackend:
         self.reference = self._frozen_copy() if keep_reference else None
 
     def checkpoint_state(self) -> dict:
-        return {"model": self.hf_state(), "optimizer": self.policy.optimizer.state_dict(),
-                **({"reference": {k: v.float().cpu() for k, v in self.reference.export_hf_state().items()}}
-                   if self.reference is not None else {})}
+        """A collective: the whole state on rank 0 (the other ranks get None)."""
+        model = self.hf_state()
+        reference = {k: v.float().cpu() for k, v in self.reference.export_hf_state().items()} if self.reference is not None else None
+        world, me = dist.get_world_size(), dist.get_rank()
+        optimizers = [None] * world if me == 0 else None
+        dist.gather_object(self.policy.optimizer.state_dict(), optimizers, dst=0, group=self.control)
+        if me != 0:
+            return None
+        return {"model": model, "optimizer_ranks": optimizers, **({"reference": reference} if reference is not None else {})}
 
     def load_checkpoint_state(self, state: dict, keep_reference: bool) -> None:
+        optimizers = state.get("optimizer_ranks")
+        world = dist.get_world_size()
+        if optimizers is None or len(optimizers) != world:
+            saved = "a trainer of another backend" if optimizers is None else f"a gang of {len(optimizers)} ranks"
+            raise ValueError(f"the latest checkpoint was written by {saved}; this gang has {world} "
+                             "(trainer.replicas x gpusPerReplica, trainer.parallelism): resume with the shape it was "
+                             "written with, or start afresh with a new checkpoint.uri")
         self.policy.load_hf_state(state["model"])
-        self.policy.optimizer.load_state_dict(state["optimizer"])
+        self.policy.optimizer.load_state_dict(optimizers[dist.get_rank()])
         if keep_reference:
             self.reference = self._policy()
             self.reference.load_hf_state(state["reference"])

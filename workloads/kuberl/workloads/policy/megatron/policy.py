@@ -116,6 +116,9 @@ class MegatronPolicy:
         self.pp_rank = parallel_state.get_pipeline_model_parallel_rank()
         self.pp_group = parallel_state.get_pipeline_model_parallel_group()
         self.mp_group = parallel_state.get_model_parallel_group()
+        self.dp = parallel_state.get_data_parallel_world_size()
+        self.dp_rank = parallel_state.get_data_parallel_rank()
+        self.dp_group = parallel_state.get_data_parallel_group()
         self.first_stage = parallel_state.is_pipeline_first_stage()
         self.last_stage = parallel_state.is_pipeline_last_stage()
         self.device = torch.device("cuda", torch.cuda.current_device()) if torch.cuda.is_available() else torch.device("cpu")
@@ -139,8 +142,8 @@ class MegatronPolicy:
             model = Float16Module(self.config, model)
         self.model = model
         self.grad_clip = grad_clip
-        # Plain AdamW: megatron's distributed optimizer needs CUDA; the trainer is data
-        # parallel over its own ranks only when replicas > 1 (not on CPU).
+        # Plain AdamW on every rank (megatron's distributed optimizer needs CUDA); data
+        # parallel ranks sum their gradients in `optimizer_step`.
         self.optimizer = torch.optim.AdamW(self.core.parameters(), lr=learning_rate, weight_decay=weight_decay)
 
     # ---- weights in HF layout -------------------------------------------------------
@@ -286,7 +289,7 @@ class MegatronPolicy:
     # ---- the PolicyBackend interface of rl.ppo (the update both backends share) -------
     # Sequences are right-padded, so the causal mask alone keeps padding out of every valid
     # position; ``valid`` is not needed here. No entropies (vocab-parallel entropy is not
-    # implemented): an entropy bonus is refused by the update. One data-parallel rank.
+    # implemented): an entropy bonus is refused by the update.
 
     def logprobs(self, ids: torch.Tensor, valid: torch.Tensor, temperature: float) -> torch.Tensor:
         """[B, T] per-token logprobs (position 0 holds 0), on every pipeline stage."""
@@ -313,12 +316,26 @@ class MegatronPolicy:
         self.optimizer.zero_grad(set_to_none=True)
 
     def optimizer_step(self) -> float:
+        if self.dp > 1:
+            # Each rank's loss is already divided by the whole mini-batch's token count, so
+            # the sum of the ranks' gradients is the mini-batch's gradient.
+            # A rank whose share of the mini-batch was empty has no gradients: zeros, so
+            # that every rank joins every all-reduce.
+            for p in self.core.parameters():
+                if p.requires_grad:
+                    if p.grad is None:
+                        p.grad = torch.zeros_like(p)
+                    dist.all_reduce(p.grad, group=self.dp_group)
         grad_norm = self._clip_grads()
         self.optimizer.step()
         return grad_norm
 
     def dp_sum(self, value: torch.Tensor) -> torch.Tensor:
-        return value
+        if self.dp == 1:
+            return value
+        total = value.clone()
+        dist.all_reduce(total, group=self.dp_group)
+        return total
 
     # ---- checkpoints -------------------------------------------------------------------
     def save_checkpoint(self, directory: str | Path, step: int) -> Path:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+from collections.abc import Iterator
 from pathlib import Path
 
 import torch
@@ -10,6 +11,7 @@ import torch
 from kuberl.workloads.policy.backend import SupervisedBatch
 from kuberl.workloads.policy.tiny.model import load_pretrained
 from kuberl.workloads.policy.tiny.train import TinyBackend, make_optimizer, sequence_logprobs
+from kuberl.workloads.rl.ppo import RolloutBatch, StepResult, ppo_update
 from kuberl.workloads.spec import AlgorithmSpec
 
 
@@ -24,6 +26,9 @@ class TinyTrainerBackend:
 
     def hf_state(self) -> dict[str, torch.Tensor]:
         return {k: v.detach().float().clone() for k, v in self.model.state_dict().items()}
+
+    def ppo_update(self, batch: RolloutBatch, algo: AlgorithmSpec, max_steps: int | None) -> Iterator[StepResult]:
+        return ppo_update(self.policy, batch, algo, reference=self.reference, max_steps=max_steps)
 
     def warm_start(self, batches: list[SupervisedBatch], learning_rate: float) -> float:
         opt = torch.optim.AdamW(self.model.parameters(), lr=learning_rate, weight_decay=0.0)

@@ -1,0 +1,55 @@
+"""Combinations the API allows and the processes do not run are refused with the field and the fix."""
+
+from __future__ import annotations
+
+import pytest
+
+from kuberl.operator.api.rolloutpool import RolloutPoolSpec
+from kuberl.operator.decisions.references import Lookups, semantic_errors
+from kuberl.operator.decisions.support import engine_errors, unsupported
+from kuberl.operator.local.runner import LocalRun
+from kuberl.operator.local.supervisor import RunError
+from tests.support.objects import example, job
+
+
+def test_every_example_runs_as_written():
+    for name in ("tiny-cpu.yaml", "tiny-cpu-colocated.yaml", "tiny-megatron-sglang.yaml", "colocated-math.yaml", "decoupled-agentic.yaml"):
+        assert unsupported(job(name)) == [], name
+
+
+def test_megatron_refuses_what_it_does_not_compute_or_shard():
+    doc = example("tiny-megatron-sglang.yaml", "RLJob")["spec"]
+    j = job("tiny-megatron-sglang.yaml", algorithm={**doc["algorithm"], "entropyCoef": 0.01},
+            trainer={**doc["trainer"], "parallelism": {"tensor": 1, "context": 2}})
+    errors = dict(unsupported(j))
+    assert "set entropyCoef 0, or use trainer.backend torch" in errors["spec.algorithm.entropyCoef"]
+    assert "set context to 1" in errors["spec.trainer.parallelism.context"]
+    assert set(errors) <= {p for p, _ in semantic_errors(j, Lookups({}, {}))}  # the operator's InvalidSpec says the same
+
+
+def test_sources_the_processes_cannot_read():
+    j = job("tiny-cpu.yaml", model={"source": "gs://models/tiny", "dtype": "float32"},
+            datasets=[{"name": "sums", "source": "ftp://x/train.jsonl"}])
+    errors = dict(unsupported(j))
+    assert "builtin://, file://, s3://, hf://" in errors["spec.model.source"] and "ftp://" in errors["spec.datasets[0].source"]
+
+
+def test_context_length_must_hold_prompt_and_response():
+    j = job("tiny-cpu.yaml")
+    pool = RolloutPoolSpec.model_validate({"engine": {"type": "sglang", "contextLength": 128}, "gpusPerReplica": 1})
+    assert engine_errors(j, pool, "spec.rollout.template") == []
+    j.spec.algorithm.max_response_length = 120
+    [(path, message)] = engine_errors(j, pool, "spec.rollout.template")
+    assert path == "spec.rollout.template.engine.contextLength" and "raise contextLength to at least 136" in message
+
+
+def test_kuberl_run_refuses_before_starting_anything(tmp_path):
+    import yaml
+
+    manifest = tmp_path / "job.yaml"
+    doc = example("tiny-megatron-sglang.yaml", "RLJob")
+    doc["spec"]["algorithm"]["entropyCoef"] = 0.02
+    manifest.write_text(yaml.safe_dump(doc))
+    with pytest.raises(RunError, match=r"spec.algorithm.entropyCoef: the megatron trainer computes no entropies"):
+        LocalRun(manifest, output=tmp_path / "out").run()
+    assert not (tmp_path / "out" / "servers").exists()

@@ -1,0 +1,89 @@
+"""`kuberl run` of the real path on CPU: megatron-core as a torchrun gang (tensor parallel 2,
+gloo) trains, an SGLang server (its CPU build) generates, decoupled over NATS and S3.
+
+A shortened examples/tiny-megatron-sglang.yaml must improve clearly over its start. It is
+also the gang's failure drill: torchrun's agent is SIGKILLed after a checkpoint; its ranks
+die with it (none is left holding a collective), the runner restarts the trainer, and the
+new gang resumes every rank from the checkpoint.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import time
+from pathlib import Path
+
+import psutil
+import pytest
+
+from tests.operator.local.test_local_run import (
+    IMPROVEMENT,
+    finish,
+    rows,
+    shortened,
+    start_run,
+    wait_for_step,
+    window_mean,
+)
+from tests.support.fixtures_sglang import sglang_venv  # noqa: F401  (fixture)
+
+pytestmark = pytest.mark.servers
+
+STEPS, CHECKPOINT_EVERY, KILL_GANG_AFTER = 80, 10, 25
+
+
+@pytest.fixture(scope="module")
+def real_run(tmp_path_factory, nats_server, s3_server, sglang_venv):
+    tmp = tmp_path_factory.mktemp("real-path")
+    out = tmp / "run"
+    proc = start_run(shortened("tiny-megatron-sglang.yaml", tmp, STEPS, CHECKPOINT_EVERY), out, nats_server.url, s3_server)
+    try:
+        wait_for_step(proc, out, 1, timeout=900)  # SGLang's start on two busy cores
+        killed_at = wait_for_step(proc, out, KILL_GANG_AFTER, timeout=600)
+        agent = psutil.Process(json.loads((out / "pids.json").read_text())["trainer"])
+        ranks = agent.children()
+        agent.send_signal(signal.SIGKILL)
+        output = finish(proc, timeout=900)
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGTERM)
+            proc.wait(60)
+    return out, output, killed_at, ranks
+
+
+def test_megatron_and_sglang_improve_reward(real_run):
+    out, output, _, _ = real_run
+    metrics = rows(out)
+    assert metrics[-1]["step"] == STEPS
+    start, end = window_mean(metrics[:10]), window_mean(metrics[-10:])
+    assert start <= 0.25, f"warm start should not teach the answers: start reward {start:.3f}"
+    assert end >= start + IMPROVEMENT, f"no real improvement: {start:.3f} -> {end:.3f}\n{output[-2000:]}"
+    logs = out / "logs"
+    assert "starting the trainer gang" in (logs / "trainer.log").read_text()
+    assert "trainer rank finished" in (logs / "trainer.log").read_text()  # the follower released at the end
+    assert (logs / "rollout-0.log").read_text().count("sglang weights swapped") >= STEPS // 2
+
+
+def test_a_killed_gang_leaves_no_rank_behind_and_resumes_from_its_checkpoint(real_run):
+    out, output, killed_at, ranks = real_run
+    assert len(ranks) == 2, "torchrun ran the two tensor-parallel ranks"
+    deadline = time.monotonic() + 30
+    while any(r.is_running() and r.status() != psutil.STATUS_ZOMBIE for r in ranks) and time.monotonic() < deadline:
+        time.sleep(0.2)
+    assert not any(r.is_running() and r.status() != psutil.STATUS_ZOMBIE for r in ranks)
+    metrics = rows(out)
+    resumed = sorted({r["resumed_from"] for r in metrics if r.get("resumed_from") is not None})
+    assert resumed and resumed[0] % CHECKPOINT_EVERY == 0 and resumed[0] >= 2 * CHECKPOINT_EVERY, (resumed, output[-2000:])
+    steps_after = [r["step"] for r in metrics if r.get("resumed_from") == resumed[0]]
+    assert steps_after[0] == resumed[0] + 1 and max(r["step"] for r in metrics if r.get("resumed_from") is None) >= killed_at
+    assert json.loads((out / "summary.json").read_text())["restarts"].get("trainer", 0) >= 1
+
+
+def test_the_rollout_engine_served_the_models_own_tokenizer(real_run):
+    """No --skip-tokenizer-init: SGLang loads the builtin checkpoint's tokenizer.json (its
+    output, server arguments included, is in the run's logs, not a file left in /tmp)."""
+    out, _, _, _ = real_run
+    log = (Path(out) / "logs" / "sglang-0.log").read_text()
+    assert "skip_tokenizer_init=False" in log and "builtin-tiny" in log

@@ -1,0 +1,127 @@
+"""The megatron trainer as a torchrun gang (gloo on CPU): rank 0 runs the trainer, the others follow.
+
+The same trainer round (warm start, reference policy, one rollout batch of PPO/GRPO steps
+with a KL term; mini-batches of 3 samples, so data-parallel shares are uneven) runs as one rank, as tensor parallel 2 and as data parallel 2 through the
+trainer's own backend seam (`Trainer.train_round` → `GangDriver` → every rank). The step
+metrics and the published weights agree within float32 reduction-order noise; a
+checkpoint taken mid-run and loaded back into the gang replays the next round exactly.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from kuberl.workloads.localproc import free_port
+
+ROOT = Path(__file__).resolve().parents[3]
+METRICS = ("loss", "grad_norm", "kl", "ratio_mean", "clip_frac")
+
+
+def _gang_round(out: Path, tensor: int, ranks: int) -> dict:
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONWARNINGS": "ignore"}
+    module = ["-m", "tests.workloads.policy.test_megatron_gang", str(out), str(tensor), str(ranks)]
+    if ranks == 1:
+        cmd = [sys.executable, *module]
+    else:
+        cmd = [sys.executable, "-m", "torch.distributed.run", f"--nproc-per-node={ranks}", f"--master-port={free_port()}", *module]
+    run = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=900)
+    assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-4000:]
+    result = torch.load(out / "result.pt", weights_only=True) | json.loads((out / "rows.json").read_text())
+    follower = out / "follower.json"
+    return result | {"follower_calls": json.loads(follower.read_text())["calls"] if follower.exists() else 0}
+
+
+@pytest.fixture(scope="module")
+def rounds(tmp_path_factory) -> dict[str, dict]:
+    base = tmp_path_factory.mktemp("gang")
+    return {name: _gang_round(base / name, tensor, ranks)
+            for name, tensor, ranks in (("one", 1, 1), ("tp2", 2, 2), ("dp2", 1, 2))}
+
+
+@pytest.mark.parametrize("layout", ["tp2", "dp2"])
+def test_a_gang_trains_what_one_rank_trains(rounds, layout):
+    one, gang = rounds["one"], rounds[layout]
+    assert gang["world"] == 2 and gang["follower_calls"] >= 5, "the other rank made the trainer's calls"
+    assert len(gang["rows"]) == len(one["rows"]) >= 2
+    for a, b in zip(one["rows"], gang["rows"], strict=True):
+        assert a["samples"] == b["samples"] and a["reward_mean"] == b["reward_mean"], "rows name the whole batch's samples"
+        for key in METRICS:
+            assert b[key] == pytest.approx(a[key], rel=1e-4, abs=1e-5), key
+    # Adam turns reduction-order noise in a near-zero gradient into a full-size step of
+    # either sign, so weights are compared as a whole: the gang's distance from the single
+    # rank's weights is a small fraction of how far training moved them.
+    moved = sum(float((one["weights"][k] - one["start"][k]).double().pow(2).sum()) for k in one["weights"]) ** 0.5
+    apart = sum(float((gang["weights"][k] - one["weights"][k]).double().pow(2).sum()) for k in one["weights"]) ** 0.5
+    assert moved > 1e-2 and apart < 1e-2 * moved, (apart, moved)
+
+
+@pytest.mark.parametrize("layout", ["one", "tp2", "dp2"])
+def test_a_checkpoint_loaded_back_into_the_gang_replays_the_next_round(rounds, layout):
+    r = rounds[layout]
+    assert r["replayed"] == r["second"]
+
+
+def test_a_gang_of_another_shape_cannot_resume_a_checkpoint(rounds):
+    assert "written by a gang of 2 ranks; this gang has 1" in rounds["one"]["reshape_refusal"]
+
+
+def worker(out: Path, tensor: int, ranks: int) -> None:
+    """One rank of the gang (or the single rank): rank 0 drives the trainer, the others follow."""
+    import torch.distributed as dist
+
+    from kuberl.workloads.policy.megatron.backend import MegatronTrainerBackend
+    from kuberl.workloads.policy.megatron.gang import follow, rank, release_followers
+    from kuberl.workloads.policy.job_model import job_model_dir
+    from tests.workloads.trainer.test_workloads_local import _answered, _tiny_config
+
+    out.mkdir(parents=True, exist_ok=True)
+    cfg = _tiny_config(out, algorithm={"entropyCoef": 0.0, "klCoef": 0.05, "groupSize": 3, "globalBatchSize": 3, "rolloutBatchSize": 12},
+                       trainer={"backend": "megatron", "replicas": ranks, "gpusPerReplica": 0, "parallelism": {"tensor": tensor}},
+                       model={"source": "builtin://tiny", "dtype": "float32", "warmupSftSteps": 2})
+    if rank() != 0:
+        calls = follow(MegatronTrainerBackend(job_model_dir(cfg), cfg))
+        (out / "follower.json").write_text(json.dumps({"calls": calls}))
+        return
+    from kuberl.workloads.trainer.trainer import Trainer
+
+    tr = Trainer(cfg)
+    start = tr.backend.hf_state()
+    tr.init_fresh()
+    groups = _answered(tr, tr.prompts.take(4, 0), pass_all=False, response_len=lambda i: 1 + i % 3)
+    rows = tr.train_round(groups)
+    # Pickled as the checkpoint store would: the live optimizer state keeps changing.
+    state, progress = copy.deepcopy(tr.backend.checkpoint_state()), copy.deepcopy(tr.progress)
+    later = _answered(tr, tr.prompts.take(4, 0), pass_all=False, response_len=lambda i: 2 + i % 2)
+    second = tr.train_round(later)
+    tr.backend.load_checkpoint_state(state, keep_reference=True)
+    tr.progress = progress  # what Trainer.restore_or_init restores beside the backend's state
+    replayed = tr.train_round(later)
+    refusal = ""
+    if ranks == 1:  # a refusal on a gang would stop its followers too
+        try:
+            tr.backend.load_checkpoint_state({**state, "optimizer_ranks": state["optimizer_ranks"] * 2}, keep_reference=True)
+        except ValueError as e:
+            refusal = str(e)
+    weights = tr.backend.hf_state()
+    release_followers()
+    pick = lambda rs: [{k: r[k] for k in ("samples", "reward_mean", *METRICS)} for r in rs]  # noqa: E731
+    torch.save({"weights": weights, "start": start}, out / "result.pt")
+    (out / "rows.json").write_text(json.dumps({
+        "rows": pick(rows), "second": pick(second), "replayed": pick(replayed), "world": dist.get_world_size(),
+        "reshape_refusal": refusal}))
+
+
+if __name__ == "__main__":
+    import warnings
+
+    warnings.simplefilter("ignore")
+    target = Path(sys.argv[1])
+    worker(target, int(sys.argv[2]), int(sys.argv[3]))
