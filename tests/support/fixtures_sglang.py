@@ -4,9 +4,8 @@ ONE server per test session (three processes of ~1.4 GB): the first test that as
 `sglang_server` starts it, the session's end stops its whole process group, also when
 tests fail (and `kuberl.workloads.engines.sglang.launcher` kills it at interpreter exit as a
 backstop). The server runs the tiny Qwen2 model in float32 (`--dtype float32`), so its
-logprobs can be held to the trainer backends' within 1e-3, and is started with
-`--skip-tokenizer-init`: kuberl's tokenizer is a char tokenizer, not an HF one, so
-clients send token ids.
+logprobs can be held to the trainer backends' within 1e-3; it loads the checkpoint's own
+tokenizer, and clients send token ids.
 """
 
 from __future__ import annotations

@@ -27,6 +27,11 @@ def test_megatron_refuses_what_it_does_not_compute_or_shard():
     assert set(errors) <= {p for p, _ in semantic_errors(j, Lookups({}, {}))}  # the operator's InvalidSpec says the same
 
 
+def test_the_torch_trainer_is_one_process():
+    j = job("tiny-cpu.yaml", trainer={"backend": "torch", "replicas": 1, "gpusPerReplica": 0, "parallelism": {"pipeline": 2}})
+    assert dict(unsupported(j))["spec.trainer.parallelism"].startswith("the torch trainer is one process")
+
+
 def test_sources_the_processes_cannot_read():
     j = job("tiny-cpu.yaml", model={"source": "gs://models/tiny", "dtype": "float32"},
             datasets=[{"name": "sums", "source": "ftp://x/train.jsonl"}])
@@ -48,8 +53,9 @@ def test_kuberl_run_refuses_before_starting_anything(tmp_path):
 
     manifest = tmp_path / "job.yaml"
     doc = example("tiny-megatron-sglang.yaml", "RLJob")
-    doc["spec"]["algorithm"]["entropyCoef"] = 0.02
+    doc["spec"]["rollout"]["template"]["engine"]["contextLength"] = 128
+    doc["spec"]["algorithm"]["maxResponseLength"] = 120
     manifest.write_text(yaml.safe_dump(doc))
-    with pytest.raises(RunError, match=r"spec.algorithm.entropyCoef: the megatron trainer computes no entropies"):
+    with pytest.raises(RunError, match=r"spec.rollout.template.engine.contextLength: the engine's context of 128 tokens"):
         LocalRun(manifest, output=tmp_path / "out").run()
     assert not (tmp_path / "out" / "servers").exists()

@@ -4,7 +4,9 @@ gloo) trains, an SGLang server (its CPU build) generates, decoupled over NATS an
 A shortened examples/tiny-megatron-sglang.yaml must improve clearly over its start. It is
 also the gang's failure drill: torchrun's agent is SIGKILLed after a checkpoint; its ranks
 die with it (none is left holding a collective), the runner restarts the trainer, and the
-new gang resumes every rank from the checkpoint.
+new gang resumes every rank from the checkpoint. Its colocated twin
+(examples/tiny-megatron-sglang-colocated.yaml: the SGLang server started by trainer rank 0,
+updated in place every step) must improve as well. The two run one after the other.
 """
 
 from __future__ import annotations
@@ -32,6 +34,7 @@ from tests.support.fixtures_sglang import sglang_venv  # noqa: F401  (fixture)
 pytestmark = pytest.mark.servers
 
 STEPS, CHECKPOINT_EVERY, KILL_GANG_AFTER = 80, 10, 25
+COLOCATED_STEPS = 80
 
 
 @pytest.fixture(scope="module")
@@ -51,6 +54,34 @@ def real_run(tmp_path_factory, nats_server, s3_server, sglang_venv):
             os.killpg(proc.pid, signal.SIGTERM)
             proc.wait(60)
     return out, output, killed_at, ranks
+
+
+@pytest.fixture(scope="module")
+def colocated_run(real_run, tmp_path_factory, nats_server, s3_server):
+    tmp = tmp_path_factory.mktemp("real-path-colocated")
+    out = tmp / "run"
+    proc = start_run(shortened("tiny-megatron-sglang-colocated.yaml", tmp, COLOCATED_STEPS, 50), out, nats_server.url, s3_server)
+    try:
+        output = finish(proc, timeout=1200)
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGTERM)
+            proc.wait(60)
+    return out, output
+
+
+def test_colocated_megatron_with_sglang_beside_it_improves_reward(colocated_run):
+    out, output = colocated_run
+    metrics = rows(out)
+    assert [r["step"] for r in metrics] == list(range(1, COLOCATED_STEPS + 1))
+    start, end = window_mean(metrics[:10]), window_mean(metrics[-10:])
+    assert start <= 0.25 and end >= start + IMPROVEMENT, f"{start:.3f} -> {end:.3f}\n{output[-2000:]}"
+    log = (out / "logs" / "trainer.log").read_text()
+    # One in-place update per step plus the first load, all through the server's own loader.
+    assert log.count("sglang weights swapped") == COLOCATED_STEPS + 1
+    assert "GPU memory release/resume skipped" in log and "'skip_tokenizer_init': False" in log
+    # On-policy: the engine generated with exactly the weights the trainer then trained.
+    assert max(r["behaviour_gap"] for r in metrics) < 1e-3
 
 
 def test_megatron_and_sglang_improve_reward(real_run):
@@ -86,4 +117,4 @@ def test_the_rollout_engine_served_the_models_own_tokenizer(real_run):
     output, server arguments included, is in the run's logs, not a file left in /tmp)."""
     out, _, _, _ = real_run
     log = (Path(out) / "logs" / "sglang-0.log").read_text()
-    assert "skip_tokenizer_init=False" in log and "builtin-tiny" in log
+    assert "'skip_tokenizer_init': False" in log and "'tokenizer_path': '" in log and "builtin-tiny" in log

@@ -97,3 +97,43 @@ def http_ok(url: str, timeout: float = 1.0) -> bool:
             return r.status == 200
     except OSError:
         return False
+
+
+def _shm_in_use() -> set[str]:
+    """Names under /dev/shm some process has open or mapped."""
+    used: set[str] = set()
+    for proc in Path("/proc").iterdir():
+        if not proc.name.isdigit():
+            continue
+        try:
+            for fd in (proc / "fd").iterdir():
+                target = os.readlink(fd)
+                if target.startswith("/dev/shm/"):
+                    used.add(target[len("/dev/shm/"):].split(" ")[0])
+            for line in (proc / "maps").read_text().splitlines():
+                if "/dev/shm/" in line:
+                    used.add(line.split("/dev/shm/", 1)[1].split(" ")[0])
+        except OSError:
+            continue  # gone, or not ours to read
+    return used
+
+
+def remove_orphaned_shm(prefixes: tuple[str, ...] = ("sglang_", "sem.mp-")) -> list[str]:
+    """Unlink /dev/shm entries with these prefixes that no process has open or mapped.
+
+    SGLang's servers (and Python's multiprocessing semaphores inside them) leave such
+    names behind when they are killed rather than shut down; nothing would ever reuse them.
+    """
+    shm = Path("/dev/shm")
+    if not shm.is_dir():
+        return []
+    candidates = [p for p in shm.iterdir() if p.name.startswith(prefixes)]
+    if not candidates:
+        return []
+    used = _shm_in_use()
+    removed = []
+    for p in candidates:
+        if p.name not in used:
+            p.unlink(missing_ok=True)
+            removed.append(p.name)
+    return removed

@@ -56,9 +56,15 @@ class TrainerSpec(ApiModel):
             ".parallelism",
         ),
         cel("self.backend != 'torch' || self.replicas == 1", "the torch backend is single-replica; use backend megatron for more replicas", ".replicas"),
+        cel("self.backend != 'megatron' || (self.parallelism.context == 1 && self.parallelism.expert == 1)",
+            "the megatron trainer runs tensor, pipeline and data parallel: set context and expert to 1", ".parallelism"),
     )
 
     backend: Literal["megatron", "torch"] = Field("megatron", description="megatron: megatron-core GPTModel; torch: the small pure-torch model for CPU runs.")
+    colocated_engine: Literal["torch", "sglang"] = Field(
+        "torch", description=("Colocated mode: what generates beside the trainer. torch: an in-process engine on a copy of the "
+                              "weights; sglang: an SGLang server started by trainer rank 0 on the same GPUs (memory released "
+                              "while training on GPU), updated in place after every step."))
     replicas: int = Field(1, ge=1, le=4096, description="Trainer pods (nodes) in the gang.")
     gpus_per_replica: int = Field(8, ge=0, le=16, description="nvidia.com/gpu per trainer pod; 0 runs on CPU.")
     parallelism: Parallelism = Field(default_factory=Parallelism, description="TP/PP/CP/EP sizes.")
@@ -129,6 +135,12 @@ class RLJobSpec(ApiModel):
             ".datasets",
         ),
         cel("!has(self.managedBy) || self.managedBy == oldSelf.managedBy", "managedBy is immutable", ".managedBy"),
+        cel("self.mode == 'colocated' || !has(self.trainer.colocatedEngine) || self.trainer.colocatedEngine == 'torch'",
+            "trainer.colocatedEngine is the colocated mode's engine; a decoupled job generates with its rollout pool (spec.rollout.template.engine)",
+            ".trainer.colocatedEngine"),
+        cel("self.trainer.backend != 'megatron' || self.algorithm.entropyCoef == 0.0",
+            "the megatron trainer computes no entropies (vocab-parallel entropy is not implemented): set entropyCoef 0, or use trainer.backend torch",
+            ".algorithm.entropyCoef"),
         cel("self.trainer.backend != 'torch' || self.model.dtype == 'float32'",
             "the torch backend trains in float32: set model.dtype: float32", ".model.dtype"),
     )

@@ -41,8 +41,8 @@ def workload_config(
     buffer = spec.buffer if not nats_url else spec.buffer.model_copy(update={"url": nats_url})
     store = spec.weight_store if not s3_endpoint else spec.weight_store.model_copy(update={"endpoint": s3_endpoint})
     checkpoint = spec.checkpoint.model_copy(update={"uri": spec.checkpoint_uri(namespace, name)})
-    if pool is None:  # colocated: the trainer's in-process engine generates
-        rollout = RolloutRuntime(engine="torch", concurrency=1, weight_swap="pause", abandon_stale_groups=False)
+    if pool is None:  # colocated: the trainer's own engine generates
+        rollout = RolloutRuntime(engine=spec.trainer.colocated_engine, concurrency=1, weight_swap="pause", abandon_stale_groups=False)
     else:
         agent = pool.agent
         url = None

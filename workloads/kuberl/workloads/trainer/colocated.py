@@ -9,10 +9,9 @@ import time
 import aiohttp
 
 from kuberl.workloads.config import WorkloadConfig
-from kuberl.workloads.engines.batching import BatchingEngine
-from kuberl.workloads.engines.torch_engine import TorchEngine
 from kuberl.workloads.rl.sampling import has_signal
 from kuberl.workloads.rollout.episodes import env_session_timeout, run_group
+from kuberl.workloads.trainer.colocated_engine import ColocatedEngine
 from kuberl.workloads.trainer.trainer import Trainer, stats
 
 
@@ -20,9 +19,8 @@ async def run_colocated(cfg: WorkloadConfig) -> None:
     tr = Trainer(cfg)
     tr.restore_or_init()
     await tr.open_buffer()
-    # The sampling seed moves with the step, so a resumed run does not replay the same samples.
-    engine = TorchEngine(tr.engine_model(), version=tr.progress.version, seed=cfg.run_policy.seed * 1_000_003 + tr.progress.step)
-    batcher = BatchingEngine(engine)
+    engine = await ColocatedEngine.start(cfg, tr)
+    batcher = engine.batcher
     session = aiohttp.ClientSession(timeout=env_session_timeout(cfg)) if cfg.reward.type == "agentEnv" else None
     tr._rl_t0 = time.monotonic()
     try:
@@ -45,10 +43,11 @@ async def run_colocated(cfg: WorkloadConfig) -> None:
                 # Over-sampled: train on at most one rollout batch of the groups with a signal.
                 groups = _fill(kept, cfg.algorithm.rollout_batch_size) or groups[:1]
             step_before = tr.progress.step
+            await engine.before_training()
             rows = await asyncio.to_thread(tr.train_round, groups)
             # "Update engine weights in place": the trained tensors go straight into the engine.
             t0 = time.monotonic()
-            await batcher.swap(await asyncio.to_thread(tr.backend.hf_state), tr.progress.version)
+            await engine.update(await asyncio.to_thread(tr.backend.hf_state), tr.progress.version)
             sync_s = time.monotonic() - t0
             if baseline:
                 rows[0].update(baseline)
@@ -67,7 +66,7 @@ async def run_colocated(cfg: WorkloadConfig) -> None:
         await tr.buffer.state.publish_version(tr.progress.version, published.uri)
     finally:
         tr.close()
-        await batcher.stop()
+        await engine.close()
         if session is not None:
             await session.close()
         if tr.buffer is not None:

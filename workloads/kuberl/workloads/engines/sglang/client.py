@@ -148,6 +148,13 @@ class SGLangClient:
             raise SGLangError(f"update_weights_from_disk({model_path}) failed: {out.get('message', out)}", r.status_code)
         return out
 
+    def release_memory_occupation(self) -> None:
+        """Free the server's GPU memory (weights and KV cache) while the trainer uses the GPUs."""
+        self._call("POST", "/release_memory_occupation", body={}, timeout=600.0)
+
+    def resume_memory_occupation(self) -> None:
+        self._call("POST", "/resume_memory_occupation", body={}, timeout=600.0)
+
     def pause_generation(self, mode: str = "retract") -> None:
         """``abort`` (in-flight requests end now), ``retract`` (requeued, KV recomputed after
         `continue_generation`) or ``in_place`` (kept with their KV cache)."""

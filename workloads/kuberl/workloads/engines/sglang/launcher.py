@@ -39,7 +39,7 @@ from pathlib import Path
 
 import httpx
 
-from kuberl.workloads.localproc import dies_with_parent, free_port
+from kuberl.workloads.localproc import dies_with_parent, free_port, remove_orphaned_shm
 from kuberl.workloads.logs import get_logger
 
 log = get_logger(__name__)
@@ -213,6 +213,7 @@ class SGLangServer:
         _LIVE.discard(self)
         if proc is not None:
             self._end(proc, grace)
+            remove_orphaned_shm()
         if self._owns_log and self.log_path is not None:
             self.log_path.unlink(missing_ok=True)
 
