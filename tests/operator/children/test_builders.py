@@ -203,6 +203,14 @@ def test_sglang_cpu_pool_with_the_builtin_model():
     assert init["image"] == S.workload_image
     assert {"name": ENGINE_SCRATCH_VOLUME, "mountPath": ENGINE_SCRATCH_DIR} in init["volumeMounts"]
     assert env_of(agent)["KUBERL_ENGINE_SCRATCH"] == ENGINE_SCRATCH_DIR
+    # s3:// likewise, fetched with the weight store's endpoint and Secret (as the trainer reads it).
+    d = rollout_deployment(p, NS, S, bound_job="big", model_source="s3://models/qwen/", weight_store_endpoint="http://minio:9000",
+                           weight_store_credentials_secret="s3-keys")
+    [init] = d["spec"]["template"]["spec"]["initContainers"]
+    assert init["command"][-2:] == ["s3://models/qwen/", ENGINE_INITIAL_MODEL_DIR]
+    assert env_of(init)["KUBERL_MODEL_S3_ENDPOINT"] == "http://minio:9000"
+    assert env_of(init)["KUBERL_MODEL_CACHE"].startswith(ENGINE_SCRATCH_DIR)
+    assert {"AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY"} <= {e["name"] for e in init["env"]}
     d = rollout_deployment(p, NS, S, bound_job="tiny", model_source="file:///models/tiny")
     engine = _containers(d)["engine"]
     assert "--skip-tokenizer-init" not in engine["args"] and _flag(engine["args"], "--model-path") == "/models/tiny"

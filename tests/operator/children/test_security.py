@@ -285,11 +285,12 @@ def test_without_credentials_secrets_nothing_is_mounted_or_set():
 
 
 def test_credential_secrets_reads_the_jobs_wire_spec():
-    assert credential_secrets(None) == {"buffer_credentials_secret": None, "weight_store_credentials_secret": None}
-    assert credential_secrets({"buffer": {"credentialsSecret": {"name": "n"}}, "weightStore": {}}) == {
-        "buffer_credentials_secret": "n", "weight_store_credentials_secret": None}
-    assert credential_secrets(credentialed_job().spec.to_wire()) == {
-        "buffer_credentials_secret": NATS_SECRET, "weight_store_credentials_secret": S3_SECRET}
+    assert credential_secrets(None) == {"buffer_credentials_secret": None, "weight_store_credentials_secret": None,
+                                        "weight_store_endpoint": None}
+    assert credential_secrets({"buffer": {"credentialsSecret": {"name": "n"}}, "weightStore": {"endpoint": "http://s3"}}) == {
+        "buffer_credentials_secret": "n", "weight_store_credentials_secret": None, "weight_store_endpoint": "http://s3"}
+    found = credential_secrets(credentialed_job().spec.to_wire())
+    assert (found["buffer_credentials_secret"], found["weight_store_credentials_secret"]) == (NATS_SECRET, S3_SECRET)
 
 
 # -- the SGLang server on loopback -----------------------------------------------------------

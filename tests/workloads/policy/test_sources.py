@@ -69,3 +69,29 @@ def test_missing_models_name_where_they_were_looked_for(tmp_path, monkeypatch, s
         local_model_dir("file:///nonexistent")
     with pytest.raises(ModelNotFound, match="scheme must be one of"):
         check_source("gs://bucket/model")
+
+
+def test_transformers_and_the_torch_backend_give_the_same_logprobs(model_cache):
+    """The builtin checkpoint as `transformers` runs it (Qwen2ForCausalLM, float32) and as the
+    tiny torch backend and engine run it: the same per-token logprobs on the same tokens.
+    (megatron against the torch backend: tests/workloads/policy/test_megatron.py; SGLang
+    against it: tests/workloads/engines/test_sglang.py.)"""
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    from kuberl.workloads.policy.tiny.model import token_logprobs
+
+    d = local_model_dir("builtin://tiny")
+    tok = Tokenizer.from_pretrained(d)
+    rows = [tok.encode_prompt({"prompt": p}) + tok.encode(a) for p, a in (("3+4=", "7"), ("9+9=", "18"), ("0+1=", "1 and more"))]
+    width = max(map(len, rows))
+    ids = torch.tensor([r + [tok.pad_id] * (width - len(r)) for r in rows])
+    valid = torch.tensor([[1] * len(r) + [0] * (width - len(r)) for r in rows], dtype=torch.bool)
+    ours = token_logprobs(load_pretrained(d).eval(), ids, valid)
+    hf = AutoModelForCausalLM.from_pretrained(str(d), torch_dtype=torch.float32).eval()
+    with torch.no_grad():
+        logits = hf(input_ids=ids, attention_mask=valid.long()).logits.float()
+    theirs = torch.nn.functional.pad(torch.log_softmax(logits[:, :-1], -1).gather(-1, ids[:, 1:, None]).squeeze(-1), (1, 0))
+    mask = valid.clone()
+    mask[:, 0] = False
+    assert (ours - theirs)[mask].abs().mean() < 1e-5 and (ours - theirs)[mask].abs().max() < 1e-4

@@ -134,25 +134,34 @@ def loopback_probe(path: str, *, period: int, timeout: int = 5, failure_threshol
 
 
 def credential_secrets(job_spec: Mapping[str, Any] | None) -> dict[str, str | None]:
-    """The Secret names of a job's (wire-form) spec that its rollout agents authenticate
-    with: rollout_deployment's ``buffer_credentials_secret`` and ``weight_store_credentials_secret``."""
+    """What the rollout pods of a job's (wire-form) spec reach the job's stores with:
+    rollout_deployment's ``buffer_credentials_secret``, ``weight_store_credentials_secret``
+    and ``weight_store_endpoint`` (where an s3:// model is read, as the trainer does)."""
     spec = job_spec or {}
 
     def name(section: str) -> str | None:
         return ((spec.get(section) or {}).get("credentialsSecret") or {}).get("name")
 
-    return {"buffer_credentials_secret": name("buffer"), "weight_store_credentials_secret": name("weightStore")}
+    return {"buffer_credentials_secret": name("buffer"), "weight_store_credentials_secret": name("weightStore"),
+            "weight_store_endpoint": (spec.get("weightStore") or {}).get("endpoint")}
 
 
-def _initial_model_container(model_source: str, image: str, settings: OperatorSettings) -> dict[str, Any]:
-    """Writes a builtin:// model (weights, config, tokenizer: a real HF checkpoint) into the
-    scratch dir before the server starts; SGLang loads it like any other model."""
+def _initial_model_container(model_source: str, image: str, settings: OperatorSettings,
+                             endpoint: str | None, store_secret: str | None) -> dict[str, Any]:
+    """Writes a builtin:// model (a real HF checkpoint) or an s3:// one (fetched with the weight
+    store's endpoint and credentials, like the trainer's) into the scratch dir before the
+    server starts; SGLang loads it like any other model."""
+    env = {"KUBERL_MODEL_CACHE": f"{ENGINE_SCRATCH_DIR}/.models"}  # same volume: the copy is a hard link
+    from_s3 = model_source.startswith("s3://")
+    if from_s3 and endpoint:
+        env["KUBERL_MODEL_S3_ENDPOINT"] = endpoint
     return {
         "name": "initial-model",
         "image": image,
         "imagePullPolicy": settings.image_pull_policy,
         "command": ["python", "-m", "kuberl.workloads.policy.sources", model_source, ENGINE_INITIAL_MODEL_DIR],
-        "env": writable_env([]),
+        # Store credentials only where the model is read from the store.
+        "env": env_list(env) + (credential_env(store_secret) if from_s3 else []) + writable_env([]),
         "resources": container_resources(None, 0, ROLE_INIT_DEFAULTS),
         "securityContext": restricted_container_security(),
         "volumeMounts": [{"name": ENGINE_SCRATCH_VOLUME, "mountPath": ENGINE_SCRATCH_DIR}, tmp_mount()],
@@ -169,6 +178,7 @@ def rollout_deployment(
     tokenizer: str | None = None,
     buffer_credentials_secret: str | None = None,
     weight_store_credentials_secret: str | None = None,
+    weight_store_endpoint: str | None = None,
 ) -> dict[str, Any]:
     """Rollout pods: an SGLang server plus the kuberl agent, or the agent alone with the in-process torch engine.
 
@@ -205,8 +215,9 @@ def rollout_deployment(
         agent_mounts.append(scratch_mount)
         cpu = spec.gpus_per_replica == 0
         path = _model_path(model_source)
-        if model_source and model_source.startswith("builtin://"):
-            init_containers.append(_initial_model_container(model_source, agent_image, settings))
+        if model_source and model_source.startswith(("builtin://", "s3://")):
+            init_containers.append(_initial_model_container(model_source, agent_image, settings,
+                                                            weight_store_endpoint, weight_store_credentials_secret))
             path = ENGINE_INITIAL_MODEL_DIR
         engine_env = {"PYTHONUNBUFFERED": "1"}
         if cpu:

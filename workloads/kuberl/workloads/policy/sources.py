@@ -176,13 +176,19 @@ def _from_hub_cache(name: str) -> Path:
 
 
 def copy_model(source: str, dest: str | Path) -> Path:
-    """The files of ``source`` copied into ``dest`` (symlinks of a hub snapshot resolved)."""
+    """The files of ``source`` in ``dest`` (symlinks of a hub snapshot resolved): hard links
+    when the model cache is on the same filesystem (no second copy of the weights), else copies."""
     src = local_model_dir(source)
     dest = Path(dest)
     dest.mkdir(parents=True, exist_ok=True)
     for f in src.iterdir():
         if f.is_file() and f.name != MARKER:
-            shutil.copyfile(f, dest / f.name)
+            target = dest / f.name
+            target.unlink(missing_ok=True)
+            try:
+                os.link(f.resolve(), target)
+            except OSError:
+                shutil.copyfile(f, target)
     return dest
 
 
