@@ -5,7 +5,8 @@ CPUs cannot run SGLang's FP8 kernels (no AMX), so the gap is measured with our o
 dequantised weights in the tiny torch model (float32 compute): the weight rounding is the
 whole difference between the three. A Qwen2-shaped model whose linear layers are whole
 128-blocks (hidden 256, 4 heads of 64, 2 KV heads), random weights with a sharpened output
-layer (a near-uniform model would make any gap look small), random token sequences.
+layer (a near-uniform model would make any gap look small), scored on sequences sampled from
+the float32 model itself, as rollouts are.
 
     .venv/bin/python bench/fp8_logprob_gap.py [--seeds 3]
 
@@ -21,21 +22,34 @@ from pathlib import Path
 
 import torch
 
-from kuberl.workloads.policy.tiny.model import TinyConfig, TinyQwen2ForCausalLM, token_logprobs
+from kuberl.workloads.policy.tiny.model import TinyConfig, TinyQwen2ForCausalLM, causal_mask, positions_of, token_logprobs
 from kuberl.workloads.weights import fp8
 
 SHAPE = TinyConfig(vocab_size=512, hidden_size=256, intermediate_size=512, num_attention_heads=4, num_key_value_heads=2)
 OUT = Path(__file__).resolve().parent / "results" / "fp8_logprob_gap.json"
 
 
-def measure(seed: int, batch: int = 8, length: int = 64) -> dict:
+SHARPEN = 16.0  # lm_head scale: the sampled tokens' mean probability is in the result (mean_token_prob)
+
+
+def sample(model: TinyQwen2ForCausalLM, g: torch.Generator, batch: int, length: int) -> torch.Tensor:
+    ids = torch.randint(3, SHAPE.vocab_size, (batch, 1), generator=g)
+    with torch.no_grad():
+        for _ in range(length - 1):
+            valid = torch.ones_like(ids, dtype=torch.bool)
+            logits = model(ids, positions_of(valid), causal_mask(valid))[:, -1].float()
+            ids = torch.cat([ids, torch.multinomial(logits.softmax(-1), 1, generator=g)], dim=1)
+    return ids
+
+
+def measure(seed: int, batch: int = 8, length: int = 48) -> dict:
     g = torch.Generator().manual_seed(seed)
     torch.manual_seed(seed)
     model = TinyQwen2ForCausalLM(SHAPE).eval()
     with torch.no_grad():
-        model.lm_head.weight.mul_(8.0)  # sharper next-token distributions
+        model.lm_head.weight.mul_(SHARPEN)
     state = {k: v.detach().clone() for k, v in model.state_dict().items()}
-    ids = torch.randint(3, SHAPE.vocab_size, (batch, length), generator=g)
+    ids = sample(model, g, batch, length)
     valid = torch.ones_like(ids, dtype=torch.bool)
 
     def logprobs(weights: dict[str, torch.Tensor]) -> torch.Tensor:
