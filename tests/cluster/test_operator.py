@@ -64,6 +64,7 @@ def cpu_job(name: str, nats_url: str, *, replicas: int = 2, **spec) -> dict:
     doc["spec"]["trainer"] = {"backend": "megatron", "replicas": replicas, "gpusPerReplica": 0,
                               "placement": {"nodeSelector": {"kuberl.io/pool": "cpu"}}}
     doc["spec"]["rollout"]["template"]["placement"] = {"nodeSelector": {"kuberl.io/pool": "cpu"}}
+    doc["spec"]["algorithm"]["entropyCoef"] = 0.0  # megatron computes no entropies (the API refuses a bonus)
     doc["spec"]["buffer"] = buffer_spec(nats_url)
     for key, value in spec.items():
         doc["spec"][key] = value

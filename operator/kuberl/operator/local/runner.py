@@ -56,8 +56,17 @@ class LocalRun:
     quiet: bool = False
     children: list[Managed] = field(default_factory=list)
     metrics_urls: dict[str, str] = field(default_factory=dict)
+    ports: set[int] = field(default_factory=set)
 
     # ---- setup ------------------------------------------------------------------------
+
+    def port(self) -> int:
+        """A free loopback port no process of this run was given yet: a server binds its port
+        only once it is up (SGLang after a minute), and `free_port` would hand it out again."""
+        while (port := free_port()) in self.ports:
+            pass
+        self.ports.add(port)
+        return port
 
     def load(self) -> dict:
         from kuberl.operator.schema.validation import ManifestInvalid, validate
@@ -82,7 +91,7 @@ class LocalRun:
     def start_nats(self, env: dict[str, str]) -> str:
         root = self.output / "servers" / "nats"
         root.mkdir(parents=True, exist_ok=True)
-        port, http = free_port(), free_port()
+        port, http = self.port(), self.port()
         conf = root / "nats.conf"
         conf.write_text(f'listen: "127.0.0.1:{port}"\nhttp: "127.0.0.1:{http}"\nmax_payload: 8388608\n'
                         f'jetstream {{ store_dir: "{root / "jetstream"}" }}\n')
@@ -96,9 +105,10 @@ class LocalRun:
         ports = {}
         for comp in ("master", "volume", "filer", "s3", "admin"):
             ports[f"{comp}.port"], ports[f"{comp}.port.grpc"] = seaweed_port_pair()
+            self.ports.update((ports[f"{comp}.port"], ports[f"{comp}.port.grpc"]))
         argv = [find_binary("weed"), "mini", f"-dir={data}", "-ip=127.0.0.1", "-ip.bind=127.0.0.1",
                 *(f"-{k}={v}" for k, v in ports.items()), "-admin.ui=false", "-webdav=false",
-                "-s3.port.iceberg=0", "-s3.port.lance=0", f"-debug.port={free_port()}", f"-metricsPort={free_port()}",
+                "-s3.port.iceberg=0", "-s3.port.lance=0", f"-debug.port={self.port()}", f"-metricsPort={self.port()}",
                 "-master.volumeSizeLimitMB=256"]
         m = self._child("seaweedfs", argv, env)
         self._weed_ports = list(ports.values())
@@ -162,7 +172,7 @@ class LocalRun:
         for entry in spec.agent_envs or []:
             if entry.spec is None:
                 raise RunError(f"agentEnvs[{entry.name}] refers to an existing AgentEnv; kuberl run needs it inline (spec)")
-            port = free_port()
+            port = self.port()
             args = agent_env_server_args(entry.spec, host="127.0.0.1", port=port)
             if not args:
                 raise RunError(f"agentEnvs[{entry.name}] runs its own image (task custom or command); kuberl run starts only the reference server")
@@ -195,13 +205,12 @@ class LocalRun:
         self._write_pids()
         return self.supervise(trainer, job)
 
-    @staticmethod
-    def gang_env(job: RLJob) -> dict[str, str]:
+    def gang_env(self, job: RLJob) -> dict[str, str]:
         """The rendezvous env the operator renders into trainer pods, for one node: the
         megatron trainer starts its ranks under torchrun from it (`policy.megatron.gang`)."""
         _, world = trainer_ranks(job)
         return {"NNODES": "1", "NODE_RANK": "0", "NPROC_PER_NODE": str(world), "MASTER_ADDR": "127.0.0.1",
-                "MASTER_PORT": str(free_port())}
+                "MASTER_PORT": str(self.port())}
 
     def start_engines(self, job: RLJob, cfg, pool, replicas: int, env: dict[str, str]) -> list[tuple[str, Managed]]:
         """One SGLang server per rollout agent (what each rollout pod runs beside its agent),
@@ -209,7 +218,7 @@ class LocalRun:
         engine = pool.engine
         servers = []
         for i in range(replicas):
-            port = free_port()
+            port = self.port()
             argv = [sys.executable, "-m", "kuberl.workloads.engines.sglang.launcher", "--model-path", job.spec.model.source,
                     "--port", str(port), "--dtype", job.spec.model.dtype, "--weight-version", "-1"]
             if engine.max_running_requests:
@@ -222,7 +231,7 @@ class LocalRun:
         return servers
 
     def _with_metrics_port(self, name: str, env: dict[str, str]) -> dict[str, str]:
-        port = free_port()
+        port = self.port()
         self.metrics_urls[name] = f"http://127.0.0.1:{port}/metrics"
         return dict(env, **{METRICS_PORT_ENV: str(port)})
 
