@@ -110,12 +110,12 @@ def worker(out: Path, tensor: int, ranks: int) -> None:
             tr.backend.load_checkpoint_state({**state, "optimizer_ranks": state["optimizer_ranks"] * 2}, keep_reference=True)
         except ValueError as e:
             refusal = str(e)
-    weights = tr.backend.hf_state()
-    release_followers()
+    weights, world = tr.backend.hf_state(), dist.get_world_size()
+    release_followers()  # the gang ends here: its process groups are closed
     pick = lambda rs: [{k: r[k] for k in ("samples", "reward_mean", *METRICS)} for r in rs]  # noqa: E731
     torch.save({"weights": weights, "start": start}, out / "result.pt")
     (out / "rows.json").write_text(json.dumps({
-        "rows": pick(rows), "second": pick(second), "replayed": pick(replayed), "world": dist.get_world_size(),
+        "rows": pick(rows), "second": pick(second), "replayed": pick(replayed), "world": world,
         "reshape_refusal": refusal}))
 
 

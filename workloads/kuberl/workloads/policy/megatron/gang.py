@@ -106,9 +106,8 @@ class GangDriver:
         return self._call("ppo_update", batch, algo, max_steps)
 
 
-
 def release_followers() -> None:
-    """After the trainer finished: the follower ranks return from `follow` and exit 0.
+    """After the trainer finished: the follower ranks return from `follow`, and the gang ends.
 
     Only on success: after a failure rank 0 exits and torchrun stops the gang (a follower
     may be inside a collective that an announcement would never meet).
@@ -116,6 +115,7 @@ def release_followers() -> None:
     driver, GangDriver.current = GangDriver.current, None
     if driver is not None and dist.get_world_size() > 1:
         dist.broadcast_object_list([(STOP, ())], src=0, group=driver.local.control)
+    _leave(driver.local.control if driver is not None else None)
 
 
 def follow(backend) -> int:
@@ -126,9 +126,25 @@ def follow(backend) -> int:
         dist.broadcast_object_list(box, src=0, group=backend.control)
         name, args = box[0]
         if name == STOP:
+            _leave(backend.control)
             return calls
         result = getattr(backend, name)(*args)
         if isinstance(result, Iterator):
             for _ in result:
                 pass
         calls += 1
+
+
+def _leave(control) -> None:
+    """Every rank waits for the others, then closes its process groups.
+
+    A rank that exits while a peer still holds its gloo connections can abort at
+    interpreter exit ("terminate called without an active exception", SIGABRT: seen in CI
+    when the follower left while rank 0 was still writing its results), failing a job
+    that had finished.
+    """
+    if not dist.is_initialized():
+        return
+    if control is not None and dist.get_world_size() > 1:
+        dist.barrier(group=control)
+    dist.destroy_process_group()
