@@ -1,9 +1,9 @@
 """Run under torchrun (gloo on CPU): exercises MegatronPolicy at TP x PP = world size.
 
 Writes `result-tp<T>-pp<P>.pt` into --out: logprobs before/after one training step, the loss,
-whether HF -> Megatron -> HF was bit-exact, and whether a checkpoint restored the exact
-post-step state. The pytest side (tests/test_megatron.py) compares TP=1 with TP=2 and
-with the tiny torch backend.
+whether HF -> Megatron -> HF was bit-exact, and whether a checkpoint (weights and Adam's
+state in HF layout) restored the exact post-step state. The pytest side
+(tests/workloads/policy/test_megatron.py) compares TP=1 with TP=2 and with the tiny torch backend.
 """
 
 from __future__ import annotations
@@ -84,6 +84,7 @@ def main() -> None:
     args = parser.parse_args()
     torch.set_num_threads(1)
     dist.init_process_group("gloo")
+    from kuberl.workloads.policy.megatron.optimizer_state import export_adam_state, load_adam_state
     from kuberl.workloads.policy.megatron.policy import MegatronPolicy, load_hf_dir
     from kuberl.workloads.rl.losses import policy_loss
     from kuberl.workloads.rl.ppo import ppo_update
@@ -108,9 +109,13 @@ def main() -> None:
     with torch.no_grad():
         after = policy.token_logprobs(ids)
     out = Path(args.out)
-    ckpt = policy.save_checkpoint(out / f"ckpt-tp{tp}-pp{pp}", step=1)
+    weights, adam = policy.export_hf_state(), export_adam_state(policy)  # what a checkpoint holds
     policy.train_step(ids, loss_fn)  # move away from the checkpoint...
-    step = policy.load_checkpoint(ckpt)  # ...and come back
+    policy.load_hf_state(weights)  # ...and come back
+    load_adam_state(policy, adam)
+    again = export_adam_state(policy)
+    step = again["step"]
+    adam_exact = all(torch.equal(again[m][k], adam[m][k]) for m in ("exp_avg", "exp_avg_sq") for k in adam[m])
     with torch.no_grad():
         restored = policy.token_logprobs(ids)
     exported_after_step = policy.export_hf_state()  # a collective: every rank joins
@@ -118,7 +123,7 @@ def main() -> None:
         torch.save(
             {
                 "ids": ids, "before": before, "after": after, "restored": restored, "steps": steps,
-                "round_trip_exact": round_trip_exact, "restored_step": step,
+                "round_trip_exact": round_trip_exact, "restored_step": step, "adam_round_trip_exact": adam_exact,
                 "exported_after_step": exported_after_step,
             },
             out / f"result-tp{tp}-pp{pp}.pt",
@@ -127,6 +132,6 @@ def main() -> None:
     dist.destroy_process_group()
 
 
-if __name__ == "__main__":  # dist_checkpointing's writer uses spawn: keep the guard
+if __name__ == "__main__":
     os.environ.setdefault("OMP_NUM_THREADS", "1")
     main()

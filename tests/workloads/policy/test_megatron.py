@@ -108,7 +108,8 @@ def test_tp2_logprobs_and_update_match_the_tiny_torch_backend(tiny_runs):
 def test_checkpoint_restores_the_exact_state(tiny_runs):
     _, runs = tiny_runs
     for tp in LAYOUTS:
-        assert runs[tp]["restored_step"] == 1
+        assert runs[tp]["restored_step"] == len(runs[tp]["steps"]) >= 1, "Adam's step count came back"
+        assert runs[tp]["adam_round_trip_exact"], "Adam's moments came back bit-exactly through HF layout"
         assert torch.allclose(runs[tp]["restored"], runs[tp]["after"], atol=1e-5)
 
 

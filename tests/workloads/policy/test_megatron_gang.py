@@ -4,7 +4,9 @@ The same trainer round (warm start, reference policy, one rollout batch of PPO/G
 with a KL term; mini-batches of 3 samples, so data-parallel shares are uneven) runs as one rank, as tensor parallel 2 and as data parallel 2 through the
 trainer's own backend seam (`Trainer.train_round` → `GangDriver` → every rank). The step
 metrics and the published weights agree within float32 reduction-order noise; a
-checkpoint taken mid-run and loaded back into the gang replays the next round exactly.
+checkpoint taken mid-run and loaded back into the gang replays the next round exactly, and
+a checkpoint written by a gang of another shape (through the trainer's checkpoint store)
+resumes into the same next round.
 """
 
 from __future__ import annotations
@@ -25,9 +27,9 @@ ROOT = Path(__file__).resolve().parents[3]
 METRICS = ("loss", "grad_norm", "kl", "ratio_mean", "clip_frac")
 
 
-def _gang_round(out: Path, tensor: int, ranks: int) -> dict:
+def _gang_round(out: Path, tensor: int, ranks: int, resume_from: Path | None) -> dict:
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONWARNINGS": "ignore"}
-    module = ["-m", "tests.workloads.policy.test_megatron_gang", str(out), str(tensor), str(ranks)]
+    module = ["-m", "tests.workloads.policy.test_megatron_gang", str(out), str(tensor), str(ranks), str(resume_from or "")]
     if ranks == 1:
         cmd = [sys.executable, *module]
     else:
@@ -42,8 +44,9 @@ def _gang_round(out: Path, tensor: int, ranks: int) -> dict:
 @pytest.fixture(scope="module")
 def rounds(tmp_path_factory) -> dict[str, dict]:
     base = tmp_path_factory.mktemp("gang")
-    return {name: _gang_round(base / name, tensor, ranks)
-            for name, tensor, ranks in (("one", 1, 1), ("tp2", 2, 2), ("dp2", 1, 2))}
+    # Each round also resumes the previous round's checkpoint: one's at TP=2, TP=2's at DP=2, DP=2's at one rank.
+    return {name: _gang_round(base / name, tensor, ranks, base / previous / "checkpoints" if previous else None)
+            for name, tensor, ranks, previous in (("one", 1, 1, None), ("tp2", 2, 2, "one"), ("dp2", 1, 2, "tp2"))}
 
 
 @pytest.mark.parametrize("layout", ["tp2", "dp2"])
@@ -69,17 +72,29 @@ def test_a_checkpoint_loaded_back_into_the_gang_replays_the_next_round(rounds, l
     assert r["replayed"] == r["second"]
 
 
-def test_a_gang_of_another_shape_cannot_resume_a_checkpoint(rounds):
-    assert "written by a gang of 2 ranks; this gang has 1" in rounds["one"]["reshape_refusal"]
+@pytest.mark.parametrize(("layout", "writer"), [("tp2", "one"), ("dp2", "tp2")])
+def test_a_gang_of_another_shape_resumes_a_checkpoint(rounds, layout, writer):
+    """Weights and Adam's moments travel in HF layout: the resumed round is the writer's next round."""
+    resumed, expected = rounds[layout]["resumed"], rounds[writer]["second"]
+    assert len(resumed) == len(expected) >= 2
+    for a, b in zip(expected, resumed, strict=True):
+        assert a["samples"] == b["samples"]
+        for key in METRICS:
+            assert b[key] == pytest.approx(a[key], rel=1e-4, abs=1e-5), key
 
 
-def worker(out: Path, tensor: int, ranks: int) -> None:
+def test_the_megatron_trainer_refuses_a_torch_trainer_checkpoint(rounds):
+    assert "written by the torch trainer" in rounds["one"]["refusal"]
+
+
+def worker(out: Path, tensor: int, ranks: int, resume_from: Path | None) -> None:
     """One rank of the gang (or the single rank): rank 0 drives the trainer, the others follow."""
     import torch.distributed as dist
 
     from kuberl.workloads.policy.megatron.backend import MegatronTrainerBackend
     from kuberl.workloads.policy.megatron.gang import follow, rank, release_followers
     from kuberl.workloads.policy.job_model import job_model_dir
+    from kuberl.workloads.trainer.checkpoints import CheckpointStore
     from tests.workloads.trainer.test_workloads_local import _answered, _tiny_config
 
     out.mkdir(parents=True, exist_ok=True)
@@ -102,21 +117,27 @@ def worker(out: Path, tensor: int, ranks: int) -> None:
     later = _answered(tr, tr.prompts.take(4, 0), pass_all=False, response_len=lambda i: 2 + i % 2)
     second = tr.train_round(later)
     tr.backend.load_checkpoint_state(state, keep_reference=True)
-    tr.progress = progress  # what Trainer.restore_or_init restores beside the backend's state
+    tr.progress = copy.deepcopy(progress)  # what Trainer.restore_or_init restores beside the backend's state
     replayed = tr.train_round(later)
+    weights, world = tr.backend.hf_state(), dist.get_world_size()
+    CheckpointStore(str(out / "checkpoints")).save(1, state)  # for the next round's gang of another shape
+    resumed = []
+    if resume_from is not None:
+        tr.backend.load_checkpoint_state(CheckpointStore(str(resume_from)).load_latest(), keep_reference=True)
+        tr.progress = copy.deepcopy(progress)
+        resumed = tr.train_round(later)
     refusal = ""
     if ranks == 1:  # a refusal on a gang would stop its followers too
         try:
-            tr.backend.load_checkpoint_state({**state, "optimizer_ranks": state["optimizer_ranks"] * 2}, keep_reference=True)
+            tr.backend.load_checkpoint_state({"model": state["model"], "optimizer": {}}, keep_reference=True)
         except ValueError as e:
             refusal = str(e)
-    weights, world = tr.backend.hf_state(), dist.get_world_size()
     release_followers()  # the gang ends here: its process groups are closed
     pick = lambda rs: [{k: r[k] for k in ("samples", "reward_mean", *METRICS)} for r in rs]  # noqa: E731
     torch.save({"weights": weights, "start": start}, out / "result.pt")
     (out / "rows.json").write_text(json.dumps({
         "rows": pick(rows), "second": pick(second), "replayed": pick(replayed), "world": world,
-        "reshape_refusal": refusal}))
+        "resumed": pick(resumed), "refusal": refusal}))
 
 
 if __name__ == "__main__":
@@ -124,4 +145,4 @@ if __name__ == "__main__":
 
     warnings.simplefilter("ignore")
     target = Path(sys.argv[1])
-    worker(target, int(sys.argv[2]), int(sys.argv[3]))
+    worker(target, int(sys.argv[2]), int(sys.argv[3]), Path(sys.argv[4]) if sys.argv[4] else None)

@@ -15,6 +15,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
 import torch
 
 from tests.workloads.trainer.test_workloads_local import _answered, _tiny_trainer
@@ -69,6 +70,9 @@ def backends_agree(tmp_path):
     # What the trainer publishes and its engines load is HF-named, whatever the backend.
     engine_model = mega.engine_model()
     assert all(torch.equal(v, moved[k]) for k, v in engine_model.state_dict().items())
+    # A checkpoint is one backend's: switching trainer.backend over a checkpoint.uri is refused, naming the field.
+    with pytest.raises(ValueError, match="written by the megatron trainer .trainer.backend: megatron"):
+        tiny.backend.load_checkpoint_state(mega.backend.checkpoint_state(), keep_reference=False)
 
 
 def megatron_refuses(tmp_path):

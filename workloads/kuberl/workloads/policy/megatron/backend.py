@@ -7,9 +7,8 @@ is left, ranks / (tensor x pipeline). Each data-parallel rank trains on its shar
 optimizer mini-batch (`rl.ppo.data_parallel_share`); the loss is normalised by the token
 count over the whole mini-batch on all ranks, and gradients are summed over them.
 
-Checkpoints hold the HF-named weights (gathered), the optimizer state of every rank and
-the reference policy; a gang of another shape cannot resume one (its optimizer shards
-would not line up), which `load_checkpoint_state` says.
+Checkpoints hold the weights, the optimizer's state (`optimizer_state`) and the reference
+policy, all in HF layout: a gang of any shape (tensor, pipeline, data parallel) resumes one.
 """
 
 from __future__ import annotations
@@ -26,6 +25,7 @@ import torch.distributed as dist
 from kuberl.workloads.config import WorkloadConfig
 from kuberl.workloads.policy.backend import SupervisedBatch
 from kuberl.workloads.policy.megatron.gang import control_group
+from kuberl.workloads.policy.megatron.optimizer_state import export_adam_state, load_adam_state
 from kuberl.workloads.policy.megatron.policy import MegatronPolicy, load_hf_dir
 from kuberl.workloads.rl.ppo import RolloutBatch, StepResult, data_parallel_share, ppo_update
 from kuberl.workloads.spec import AlgorithmSpec
@@ -121,26 +121,20 @@ class MegatronTrainerBackend:
         self.reference = self._frozen_copy() if keep_reference else None
 
     def checkpoint_state(self) -> dict:
-        """A collective: the whole state on rank 0 (the other ranks get None)."""
+        """A collective: the whole state in HF layout on rank 0 (the other ranks get None)."""
         model = self.hf_state()
         reference = {k: v.float().cpu() for k, v in self.reference.export_hf_state().items()} if self.reference is not None else None
-        world, me = dist.get_world_size(), dist.get_rank()
-        optimizers = [None] * world if me == 0 else None
-        dist.gather_object(self.policy.optimizer.state_dict(), optimizers, dst=0, group=self.control)
-        if me != 0:
+        optimizer = export_adam_state(self.policy)
+        if dist.get_rank() != 0:
             return None
-        return {"model": model, "optimizer_ranks": optimizers, **({"reference": reference} if reference is not None else {})}
+        return {"model": model, "optimizer_hf": optimizer, **({"reference": reference} if reference is not None else {})}
 
     def load_checkpoint_state(self, state: dict, keep_reference: bool) -> None:
-        optimizers = state.get("optimizer_ranks")
-        world = dist.get_world_size()
-        if optimizers is None or len(optimizers) != world:
-            saved = "a trainer of another backend" if optimizers is None else f"a gang of {len(optimizers)} ranks"
-            raise ValueError(f"the latest checkpoint was written by {saved}; this gang has {world} "
-                             "(trainer.replicas x gpusPerReplica, trainer.parallelism): resume with the shape it was "
-                             "written with, or start afresh with a new checkpoint.uri")
+        if "optimizer_hf" not in state:
+            raise ValueError("the latest checkpoint was written by the torch trainer (trainer.backend: torch), which "
+                             "megatron cannot resume: set trainer.backend back to torch, or start afresh with a new checkpoint.uri")
         self.policy.load_hf_state(state["model"])
-        self.policy.optimizer.load_state_dict(optimizers[dist.get_rank()])
+        load_adam_state(self.policy, state["optimizer_hf"])
         if keep_reference:
             self.reference = self._policy()
             self.reference.load_hf_state(state["reference"])

@@ -2,7 +2,7 @@
 
 megatron-core assumes CUDA in a few places that matter for us:
 * `torch.cuda.current_device()` is called while building layers and RNG trackers;
-* `torch.cuda.synchronize()` is called by dist_checkpointing around saves;
+* `torch.cuda.synchronize()` is called by megatron's utilities (timers, checkpointing);
 * the tensor-parallel RNG tracker forks CUDA RNG state unless asked for the inference
   tracker (`model_parallel_cuda_manual_seed(..., inference_rng_tracker=True)`);
 * the pipeline schedules allocate their token counter with `device="cuda"`.

@@ -147,9 +147,13 @@ class MegatronPolicy:
         self.optimizer = torch.optim.AdamW(self.core.parameters(), lr=learning_rate, weight_decay=weight_decay)
 
     # ---- weights in HF layout -------------------------------------------------------
+    def slice_hf(self, hf: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        """This rank's slice of a full HF-layout state (weights, or anything shaped like them)."""
+        return hf_to_megatron(hf, self.shape, tp=self.tp, tp_rank=self.tp_rank, pp=self.pp, pp_rank=self.pp_rank)
+
     def load_hf_state(self, hf_state: dict[str, torch.Tensor]) -> None:
         """Load full HF parameters; each rank keeps its own slice."""
-        mine = hf_to_megatron(hf_state, self.shape, tp=self.tp, tp_rank=self.tp_rank, pp=self.pp, pp_rank=self.pp_rank)
+        mine = self.slice_hf(hf_state)
         own = self.core.state_dict()
         missing = [k for k in own if not k.endswith("_extra_state") and k not in mine]
         if missing:
@@ -163,7 +167,11 @@ class MegatronPolicy:
 
         A collective: every rank of the model-parallel group must call it.
         """
-        local = {k: v.detach() for k, v in self.core.state_dict().items() if not k.endswith("_extra_state")}
+        return self.gather_hf({k: v.detach() for k, v in self.core.state_dict().items() if not k.endswith("_extra_state")})
+
+    def gather_hf(self, local: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        """Full HF layout of a state shaped like this rank's parameters (megatron names), e.g.
+        the parameters themselves or an optimizer moment. A collective over the model-parallel group."""
         stage: list[dict[str, torch.Tensor]] = [{} for _ in range(self.tp)]
         for name, tensor in local.items():
             parts = [torch.empty_like(tensor) for _ in range(self.tp)]
@@ -173,7 +181,7 @@ class MegatronPolicy:
         stages: list[list[dict[str, torch.Tensor]]] = [stage]
         if self.pp > 1:
             # Stages hold different parameter names, so tensors travel as objects here
-            # (export is once per weight sync, not per step).
+            # (export is once per weight sync or checkpoint, not per step).
             stages = [None] * self.pp  # type: ignore[list-item]
             dist.all_gather_object(stages, [{k: v.cpu() for k, v in r.items()} for r in stage], group=self.pp_group)
         return megatron_to_hf(stages, self.shape)
@@ -336,34 +344,3 @@ class MegatronPolicy:
         total = value.clone()
         dist.all_reduce(total, group=self.dp_group)
         return total
-
-    # ---- checkpoints -------------------------------------------------------------------
-    def save_checkpoint(self, directory: str | Path, step: int) -> Path:
-        """Model via dist_checkpointing (resharding-friendly), optimizer per rank, step last."""
-        from megatron.core import dist_checkpointing
-
-        path = Path(directory) / f"step-{step:08d}"
-        path.mkdir(parents=True, exist_ok=True)
-        dist_checkpointing.save(self.core.sharded_state_dict(), str(path))
-        torch.save(self.optimizer.state_dict(), path / f"optimizer-rank{dist.get_rank():05d}.pt")
-        dist.barrier()
-        if dist.get_rank() == 0:
-            (path / "kuberl.json").write_text(json.dumps({"step": step, "hf_config": self.hf_config}))
-        dist.barrier()
-        return path
-
-    @staticmethod
-    def latest_checkpoint(directory: str | Path) -> Path | None:
-        """Newest complete checkpoint (the marker file is written last)."""
-        done = sorted(p.parent for p in Path(directory).glob("step-*/kuberl.json"))
-        return done[-1] if done else None
-
-    def load_checkpoint(self, path: str | Path) -> int:
-        """Restore model and optimizer; returns the step the checkpoint was taken at."""
-        from megatron.core import dist_checkpointing
-
-        path = Path(path)
-        state = dist_checkpointing.load(self.core.sharded_state_dict(), str(path))
-        self.core.load_state_dict(state, strict=False)
-        self.optimizer.load_state_dict(torch.load(path / f"optimizer-rank{dist.get_rank():05d}.pt", weights_only=True))
-        return int(json.loads((path / "kuberl.json").read_text())["step"])
