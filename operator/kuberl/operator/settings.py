@@ -12,6 +12,8 @@ from dataclasses import dataclass, field
 DEFAULT_WORKLOAD_IMAGE = "ghcr.io/kuberl/kuberl:0.1.0"
 DEFAULT_TRAINER_IMAGE = "ghcr.io/kuberl/kuberl-trainer:0.1.0"
 DEFAULT_SGLANG_IMAGE = "lmsysorg/sglang:v0.5.23-cu129"
+# The SGLang image plus megatron-core and kuberl (workloads/Dockerfile.colocated): colocated jobs with colocatedEngine sglang.
+DEFAULT_COLOCATED_IMAGE = "ghcr.io/kuberl/kuberl-colocated:0.1.0"
 # SGLang's CPU build plus kuberl's sgl_kernel stand-in (builders.SGLANG_CPU_KERNELS_DIR), for pools with gpusPerReplica 0.
 DEFAULT_SGLANG_CPU_IMAGE = "ghcr.io/kuberl/kuberl-sglang-cpu:0.1.0"
 
@@ -33,6 +35,7 @@ class OperatorSettings:
 
     workload_image: str = DEFAULT_WORKLOAD_IMAGE  # rollout agent, torch trainer, reference envs
     trainer_image: str = DEFAULT_TRAINER_IMAGE  # megatron-core trainer
+    colocated_image: str = DEFAULT_COLOCATED_IMAGE  # megatron-core trainer with SGLang beside it
     sglang_image: str = DEFAULT_SGLANG_IMAGE
     sglang_cpu_image: str = DEFAULT_SGLANG_CPU_IMAGE
     image_pull_policy: str = "IfNotPresent"
@@ -67,6 +70,7 @@ class OperatorSettings:
         return cls(
             workload_image=os.environ.get("KUBERL_WORKLOAD_IMAGE", d.workload_image),
             trainer_image=os.environ.get("KUBERL_TRAINER_IMAGE", d.trainer_image),
+            colocated_image=os.environ.get("KUBERL_COLOCATED_IMAGE", d.colocated_image),
             sglang_image=os.environ.get("KUBERL_SGLANG_IMAGE", d.sglang_image),
             sglang_cpu_image=os.environ.get("KUBERL_SGLANG_CPU_IMAGE", d.sglang_cpu_image),
             image_pull_policy=os.environ.get("KUBERL_IMAGE_PULL_POLICY", d.image_pull_policy),

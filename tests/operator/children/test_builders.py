@@ -44,7 +44,7 @@ from kuberl.operator.naming import (
     selector_string,
 )
 from kuberl.workloads.config import WorkloadConfig
-from tests.support.objects import NS, S, example, job, pool
+from tests.support.objects import NS, S, example, job, pool, example_spec
 
 
 def env_of(container: dict) -> dict[str, str]:
@@ -88,7 +88,10 @@ def test_trainer_gang_has_one_indexed_pod_per_replica_with_rendezvous_env():
 def test_trainer_generation_label_and_image_by_backend():
     pod = trainer_pod(job(), NS, 0, 3, S)
     assert pod["metadata"]["labels"][LABEL_GANG_GENERATION] == "3"
-    assert pod["spec"]["containers"][0]["image"] == S.trainer_image
+    # colocated-math generates with SGLang beside the trainer: the image with both.
+    assert pod["spec"]["containers"][0]["image"] == S.colocated_image
+    in_process = job(trainer={**example_spec("colocated-math.yaml")["trainer"], "colocatedEngine": "torch"})
+    assert trainer_pod(in_process, NS, 0, 0, S)["spec"]["containers"][0]["image"] == S.trainer_image
     tiny = job("tiny-cpu.yaml")
     c = trainer_pod(tiny, NS, 0, 0, S)["spec"]["containers"][0]
     assert c["image"] == S.workload_image and "nvidia.com/gpu" not in c.get("resources", {}).get("limits", {})

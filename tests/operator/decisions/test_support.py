@@ -39,6 +39,15 @@ def test_sources_the_processes_cannot_read():
     assert "builtin://, file://, s3://, hf://" in errors["spec.model.source"] and "ftp://" in errors["spec.datasets[0].source"]
 
 
+def test_colocated_sglang_on_cpu_runs_locally_not_in_a_cluster():
+    """`kuberl run` starts SGLang's CPU build from its venv; the cluster's colocated image is SGLang's CUDA build."""
+    j = job("tiny-megatron-sglang-colocated.yaml")
+    assert j.spec.trainer.gpus_per_replica == 0 and unsupported(j) == []
+    errors = dict(semantic_errors(j, Lookups({}, {})))
+    assert "with gpusPerReplica 0 set colocatedEngine torch" in errors["spec.trainer.colocatedEngine"]
+    assert "spec.trainer.colocatedEngine" not in dict(semantic_errors(job(), Lookups({}, {})))  # colocated-math: GPUs
+
+
 def test_context_length_must_hold_prompt_and_response():
     j = job("tiny-cpu.yaml")
     pool = RolloutPoolSpec.model_validate({"engine": {"type": "sglang", "contextLength": 128}, "gpusPerReplica": 1})

@@ -89,6 +89,17 @@ def trainer_ranks(job: RLJob) -> tuple[int, int]:
     return per_pod, per_pod * job.spec.trainer.replicas
 
 
+def trainer_image(job: RLJob, settings: OperatorSettings) -> str:
+    """The job's own image, else the installation's for what the trainer pod runs: SGLang
+    beside the trainer (colocatedEngine sglang), megatron-core, or the CPU workload image."""
+    trainer = job.spec.trainer
+    if trainer.image:
+        return trainer.image
+    if job.spec.mode == "colocated" and trainer.colocated_engine == "sglang":
+        return settings.colocated_image
+    return settings.trainer_image if trainer.backend == "megatron" else settings.workload_image
+
+
 def trainer_pod(job: RLJob, namespace: str, index: int, generation: int, settings: OperatorSettings) -> dict[str, Any]:
     """Rank `index` of the trainer gang; `generation` (= restarts so far) tells gangs apart."""
     name = job.metadata["name"]
@@ -134,7 +145,7 @@ def trainer_pod(job: RLJob, namespace: str, index: int, generation: int, setting
     store_secret = spec.weight_store.credentials_secret.name if spec.weight_store.credentials_secret else None
     nats_env, nats_mounts, nats_volumes = nats_credentials(buffer_secret)
     users = user_env(trainer.env)
-    image = trainer.image or (settings.trainer_image if trainer.backend == "megatron" else settings.workload_image)
+    image = trainer_image(job, settings)
     resources = container_resources(trainer.resources, trainer.gpus_per_replica, ROLE_TRAINER_DEFAULTS)
     container = {
         "name": ROLE_TRAINER,

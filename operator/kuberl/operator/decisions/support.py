@@ -52,6 +52,16 @@ def source_errors(job: RLJob) -> list[tuple[str, str]]:
     return errors
 
 
+def cluster_errors(job: RLJob) -> list[tuple[str, str]]:
+    """What runs under `kuberl run` (the machine's venvs) but not in a cluster's pods."""
+    trainer = job.spec.trainer
+    if job.spec.mode == "colocated" and trainer.colocated_engine == "sglang" and trainer.gpus_per_replica == 0:
+        return [("spec.trainer.colocatedEngine",
+                 "SGLang beside the trainer runs on GPU trainer pods (the colocated image carries SGLang's CUDA build); "
+                 "with gpusPerReplica 0 set colocatedEngine torch, or run the job on one machine with `kuberl run`")]
+    return []
+
+
 def longest_response(job: RLJob) -> int:
     stages = job.spec.curriculum.stages if job.spec.curriculum is not None else []
     return max([job.spec.algorithm.max_response_length, *(s.max_response_length or 0 for s in stages)])
