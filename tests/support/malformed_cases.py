@@ -109,6 +109,8 @@ MALFORMED_CASES: list[Case] = [
     Case("stage-without-until", _set(COLO, "spec.curriculum.stages.0.until", None), "spec.curriculum.stages", "every stage but the last needs an until condition"),
     Case("stage-switch-both", _set(COLO, "spec.curriculum.stages.0.until", {"steps": 10, "passRate": 0.5}), "spec.curriculum.stages[0].until", "set exactly one of steps or passRate"),
     Case("tp-does-not-divide-ranks", _set(COLO, "spec.trainer.parallelism.tensor", 3), "spec.trainer.parallelism", "must divide the number of trainer ranks"),
+    Case("hub-cache-subpath-escapes", _set(COLO, "spec.model.hubCache", {"claimName": "hf-models", "subPath": "hub/../../etc"}),
+         "spec.model.hubCache.subPath", "should match"),
     Case("megatron-context-parallel", _set(COLO, "spec.trainer.parallelism.context", 2), "spec.trainer.parallelism", "the megatron trainer runs tensor, pipeline and data parallel"),
     Case("megatron-entropy-bonus", _set(COLO, "spec.algorithm.entropyCoef", 0.01), "spec.algorithm.entropyCoef", "the megatron trainer computes no entropies"),
     Case("colocated-engine-in-decoupled-mode", _set(JOB, "spec.trainer.colocatedEngine", "sglang"), "spec.trainer.colocatedEngine", "trainer.colocatedEngine is the colocated mode's engine"),

@@ -314,3 +314,27 @@ def test_the_wandb_key_reaches_the_trainer_from_its_secret_never_as_a_literal():
     cfg = job_workload_config(j)
     assert cfg.observability.wandb.project == "p" and "WANDB_API_KEY" not in cfg.dump()
     assert not [e for e in trainer_pod(job(), NS, 0, 0, S)["spec"]["containers"][0]["env"] if e["name"].startswith("WANDB_")]
+
+
+def test_the_hub_cache_claim_reaches_every_container_that_reads_hf_sources():
+    """model.hubCache: the trainer and rollout pods mount the claim read-only where HF_HUB_CACHE points."""
+    from kuberl.operator.children.render import pool_children
+    from kuberl.operator.children.common import HUB_CACHE_DIR
+
+    spec = example_spec("tiny-megatron-sglang.yaml")
+    cached = job("tiny-megatron-sglang.yaml", model={**spec["model"], "source": "hf://Qwen/Qwen2.5-0.5B-Instruct",
+                                                    "hubCache": {"claimName": "hf-models", "subPath": "hub"}})
+    trainer = trainer_pod(cached, NS, 0, 0, S)["spec"]
+    deployment = next(c for c in pool_children(pool("shared-rolloutpool.yaml"), S, cached) if c["kind"] == "Deployment")
+    rollout = deployment["spec"]["template"]["spec"]
+    for pod in (trainer, rollout):
+        assert {"name": "hf-hub-cache", "persistentVolumeClaim": {"claimName": "hf-models", "readOnly": True}} in pod["volumes"]
+        containers = [*pod.get("initContainers", []), *pod["containers"]]
+        assert len(containers) >= (1 if pod is trainer else 2)
+        for c in containers:
+            assert {"name": "hf-hub-cache", "mountPath": HUB_CACHE_DIR, "readOnly": True, "subPath": "hub"} in c["volumeMounts"]
+            assert env_of(c)["HF_HUB_CACHE"] == HUB_CACHE_DIR and env_of(c)["HF_HUB_OFFLINE"] == "1"
+    engine = next(c for c in rollout["containers"] if c["name"] != "agent")
+    assert engine["args"][engine["args"].index("--model-path") + 1] == "Qwen/Qwen2.5-0.5B-Instruct"  # resolved in the cache
+    plain = trainer_pod(job("tiny-megatron-sglang.yaml"), NS, 0, 0, S)["spec"]
+    assert all(v["name"] != "hf-hub-cache" for v in plain["volumes"])

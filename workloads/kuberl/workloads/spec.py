@@ -73,6 +73,15 @@ class SecretRef(ApiModel):
     name: Name = Field(description="Name of the Secret.")
 
 
+class HubCache(ApiModel):
+    """A Hugging Face hub cache on a PersistentVolumeClaim (its ``models--org--name`` and
+    ``datasets--org--name`` folders, as ``huggingface-cli download`` writes them)."""
+
+    claim_name: Name = Field(description="PersistentVolumeClaim in the job's namespace holding the cache; mounted read-only.")
+    sub_path: str | None = Field(None, max_length=SHORT_STRING_MAX, pattern=r"^[A-Za-z0-9_][-._A-Za-z0-9]*(/[A-Za-z0-9_][-._A-Za-z0-9]*)*$",
+                                 description="Folder within the claim that is the hub cache; default: the claim's root.")
+
+
 class ModelSpec(ApiModel):
     """Where the initial policy and its tokenizer come from."""
 
@@ -84,6 +93,9 @@ class ModelSpec(ApiModel):
     tokenizer: str | None = Field(None, max_length=URI_MAX, description="Tokenizer location; defaults to the model source.")
     dtype: Literal["bfloat16", "float32"] = Field("bfloat16", description="Training precision of the master weights' compute.")
     warmup_sft_steps: int = Field(0, ge=0, le=100000, description="Supervised warm-start steps on the dataset's reference answers before RL (tiny CPU models).")
+    hub_cache: HubCache | None = Field(None, description=(
+        "Where the job's pods read hf:// model, tokenizer and dataset sources: mounted read-only in the trainer and rollout "
+        "pods at /var/cache/huggingface/hub (HF_HUB_CACHE, offline). Without it hf:// resolves from a cache in the image."))
 
 
 class Dataset(ApiModel):

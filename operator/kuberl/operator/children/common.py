@@ -176,6 +176,25 @@ def shm_mount() -> dict[str, Any]:
     return {"name": "dshm", "mountPath": "/dev/shm"}
 
 
+HUB_CACHE_VOLUME = "hf-hub-cache"
+HUB_CACHE_DIR = "/var/cache/huggingface/hub"
+
+
+def mount_hub_cache(pod_spec: dict[str, Any], hub_cache) -> None:
+    """Give every container of ``pod_spec`` the job's Hugging Face hub cache (``model.hubCache``),
+    read-only, where hf:// sources resolve (HF_HUB_CACHE; offline: pods have no hub to ask)."""
+    if hub_cache is None:
+        return
+    pod_spec["volumes"].append({"name": HUB_CACHE_VOLUME,
+                                "persistentVolumeClaim": {"claimName": hub_cache.claim_name, "readOnly": True}})
+    mount = {"name": HUB_CACHE_VOLUME, "mountPath": HUB_CACHE_DIR, "readOnly": True,
+             **({"subPath": hub_cache.sub_path} if hub_cache.sub_path else {})}
+    for container in [*pod_spec.get("initContainers", []), *pod_spec["containers"]]:
+        container.setdefault("volumeMounts", []).append(dict(mount))
+        container.setdefault("env", []).extend([{"name": "HF_HUB_CACHE", "value": HUB_CACHE_DIR},
+                                                {"name": "HF_HUB_OFFLINE", "value": "1"}])
+
+
 # -- security ----------------------------------------------------------------------------
 
 # Every process writes only here (the root filesystem is read-only): temporary files,

@@ -43,6 +43,7 @@ def pool_children(pool: RolloutPool, settings: OperatorSettings, bound: RLJob | 
     return [
         rollout_deployment(pool, namespace, settings, bound_job=bound.metadata["name"] if bound is not None else None,
                            model_source=model.source if model else None, tokenizer=model.tokenizer if model else None,
+                           hub_cache=model.hub_cache if model else None,
                            **credential_secrets(bound.spec.to_wire() if bound is not None else None)),
         rollout_service(pool, namespace, settings),
     ]

@@ -45,6 +45,7 @@ from kuberl.operator.children.common import (
     tmp_volume,
     user_env,
     writable_env,
+    mount_hub_cache,
 )
 from kuberl.operator.naming import inline_pool_name, pool_selector
 from kuberl.operator.settings import OperatorSettings
@@ -179,6 +180,7 @@ def rollout_deployment(
     buffer_credentials_secret: str | None = None,
     weight_store_credentials_secret: str | None = None,
     weight_store_endpoint: str | None = None,
+    hub_cache=None,
 ) -> dict[str, Any]:
     """Rollout pods: an SGLang server plus the kuberl agent, or the agent alone with the in-process torch engine.
 
@@ -265,6 +267,7 @@ def rollout_deployment(
     pod_spec: dict[str, Any] = {"containers": containers, "volumes": volumes}
     if init_containers:
         pod_spec["initContainers"] = init_containers
+    mount_hub_cache(pod_spec, hub_cache)
     if settings.workload_service_account:
         pod_spec["serviceAccountName"] = settings.workload_service_account
     restrict_pod(pod_spec)

@@ -20,6 +20,7 @@ from kuberl.operator.children.common import (
     CONFIG_VOLUME_MOUNT,
     ROLE_TRAINER_DEFAULTS,
     apply_placement,
+    mount_hub_cache,
     common_labels,
     config_volume,
     container_resources,
@@ -173,6 +174,7 @@ def trainer_pod(job: RLJob, namespace: str, index: int, generation: int, setting
             *nats_volumes,
         ],
     }
+    mount_hub_cache(pod_spec, spec.model.hub_cache)
     if settings.workload_service_account:
         pod_spec["serviceAccountName"] = settings.workload_service_account
     restrict_pod(pod_spec)

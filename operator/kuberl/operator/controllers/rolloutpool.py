@@ -30,6 +30,7 @@ from kuberl.operator.decisions import autoscaler
 from kuberl.operator.decisions import status as st
 from kuberl.operator.naming import pool_selector, selector_string
 from kuberl.workloads.logs import get_logger
+from kuberl.workloads.spec import HubCache
 
 log = get_logger(__name__)
 
@@ -58,6 +59,7 @@ def _reconcile_pool(body: dict, namespace: str, name: str, trigger: str = "timer
     model = ((job_body or {}).get("spec") or {}).get("model") or {}
     deployment = rollout_deployment(pool, namespace, RT.settings, bound_job=bound if job_body else None,
                                              model_source=model.get("source"), tokenizer=model.get("tokenizer"),
+                                             hub_cache=HubCache.model_validate(model["hubCache"]) if model.get("hubCache") else None,
                                              **credential_secrets((job_body or {}).get("spec")))
     live = RT.kube.get("apps/v1", "Deployment", namespace, name)
     live = ensure_workload(deployment, body, live) or live or {}
