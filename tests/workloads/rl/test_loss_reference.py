@@ -55,6 +55,8 @@ def ref_loss(lp, old, beh, ref, mask, adv, weights, *, eps_low, eps_high, method
             if kl_coef:
                 d = ref[i][t] - logp
                 value += kl_coef * (math.exp(d) - d - 1)
+            if method == "mask" and not low <= rb <= high:
+                value = 0.0  # a masked token is out of the loss, its KL term included
             values.append(value * weights[i])
         per_row.append(values)
     if aggregation == "token":

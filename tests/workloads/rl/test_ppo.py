@@ -97,9 +97,43 @@ def test_kl_coef_changes_the_loss_parameters_and_reported_kl():
 def test_flat_groups_get_exactly_zero_advantage(dtype):
     for value, size in ((0.9, 3), (2.3, 16), (0.1, 2), (1000.3, 5)):
         adv = group_advantages(torch.full((size,), value, dtype=dtype), group_size=size)
-        assert torch.equal(adv, torch.zeros(size)), (value, size, adv)
+        assert adv.dtype == dtype and torch.equal(adv, torch.zeros(size, dtype=dtype)), (value, size, adv)
     mixed = group_advantages(torch.tensor([0.9, 0.9, 0.9, 0.0, 1.0, 1.0], dtype=dtype), group_size=3)
-    assert torch.equal(mixed[:3], torch.zeros(3)) and (mixed[3:] != 0).all()
+    assert torch.equal(mixed[:3], torch.zeros(3, dtype=dtype)) and (mixed[3:] != 0).all()
+
+
+def test_advantages_keep_float64_and_integer_rewards_give_float32():
+    rewards = torch.tensor([0.1, 0.2, 0.3, 0.7], dtype=torch.float64)
+    adv = group_advantages(rewards, group_size=4)
+    assert adv.dtype == torch.float64
+    centred = rewards - rewards.mean()
+    assert torch.equal(adv, centred / (centred.std() + 1e-6))  # exact in float64, no float32 round trip
+    assert group_advantages(torch.tensor([0, 1, 1, 0]), group_size=4).dtype == torch.float32
+
+
+@pytest.mark.parametrize("span", [0.0, 1e-9, 5e-7, 1e-6, 1.1e-6, 1e-4, 1.0])
+def test_dynamic_sampling_keeps_exactly_the_groups_with_nonzero_advantages(span):
+    from kuberl.workloads.rl.sampling import has_signal
+
+    rewards = [0.5, 0.5 + span, 0.5]
+    adv = group_advantages(torch.tensor(rewards, dtype=torch.float64), group_size=3)
+    assert has_signal(rewards) == bool((adv != 0).any()), (span, adv)
+
+
+def test_masked_tokens_get_no_gradient_from_the_kl_term_either():
+    g = torch.Generator().manual_seed(3)
+    logp = (-torch.rand(2, 6, generator=g, dtype=torch.float64)).requires_grad_()
+    old = logp.detach().clone()
+    behaviour = old.clone()
+    behaviour[0, :3] -= 5.0  # ratio π_old/π_behaviour = e^5: outside the band, masked
+    out = policy_loss(logp, torch.tensor([1.0, -1.0], dtype=torch.float64), torch.ones(2, 6, dtype=torch.float64),
+                      old_logprobs=old, behaviour_logprobs=behaviour, correction="mask",
+                      correction_low=0.5, correction_high=2.0,
+                      ref_logprobs=old - 0.3, kl_coef=0.5, kl_estimator="k3")
+    out.loss.backward()
+    assert out.sums["is_masked"] == 3
+    assert torch.equal(logp.grad[0, :3], torch.zeros(3, dtype=torch.float64))
+    assert (logp.grad[0, 3:] != 0).all() and (logp.grad[1] != 0).all()
 
 
 def test_dr_grpo_scaling_leaves_centred_rewards():
@@ -172,7 +206,8 @@ def _dp_worker(rank: int, world: int, port: int, out: str, aggregation: str) -> 
     backend = TinyBackend(model, make_optimizer(model, settings), settings.grad_clip, dp_group=dist.group.WORLD)
     steps = [r.metrics for r in ppo_update(backend, mine, settings)]
     if rank == 0:
-        torch.save({"params": params(model), "losses": [s["loss"] for s in steps]}, out)
+        torch.save({"params": params(model), "losses": [s["loss"] for s in steps],
+                    "extremes": [(s["ratio_min"], s["ratio_max"]) for s in steps]}, out)
     dist.barrier()
     dist.destroy_process_group()
 
@@ -188,3 +223,9 @@ def test_two_data_parallel_ranks_give_the_one_rank_update(tmp_path, aggregation)
     assert len(got["losses"]) == len(steps) == 2
     assert max(abs(a - s["loss"]) for a, s in zip(got["losses"], steps, strict=True)) < 1e-12
     assert (got["params"] - params(single)).abs().max() < 1e-12
+    # The ratio extremes are the whole mini-batch's, not rank 0's half: the second step's
+    # ratios moved, and they differ between the ranks' halves.
+    want = [(s["ratio_min"], s["ratio_max"]) for s in steps]
+    assert want[1][0] < want[1][1]
+    flat = lambda pairs: [x for pair in pairs for x in pair]  # noqa: E731
+    assert flat(got["extremes"]) == pytest.approx(flat(want), rel=0, abs=1e-12)

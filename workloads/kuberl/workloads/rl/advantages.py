@@ -13,7 +13,9 @@ from collections.abc import Hashable, Sequence
 import torch
 
 FLAT_TOLERANCE = 1e-6
-"""Groups whose max − min reward is at most this are flat (no learning signal)."""
+"""Groups whose max − min reward is at most this are flat (no learning signal). Dynamic
+sampling (`rl.sampling.has_signal`) drops exactly these groups, so a kept group never trains
+on all-zero advantages."""
 
 
 def group_index(n: int, group_ids: Sequence[Hashable] | torch.Tensor | None, group_size: int | None,
@@ -36,7 +38,8 @@ def group_index(n: int, group_ids: Sequence[Hashable] | torch.Tensor | None, gro
 def group_advantages(rewards: torch.Tensor, group_ids: Sequence[Hashable] | torch.Tensor | None = None, *,
                      group_size: int | None = None, scale_by_std: bool = True, eps: float = 1e-6,
                      flat_tolerance: float = FLAT_TOLERANCE) -> torch.Tensor:
-    """GRPO advantages ``(r − mean_g) / (std_g + eps)`` within each group, as float32.
+    """GRPO advantages ``(r − mean_g) / (std_g + eps)`` within each group, in the rewards'
+    floating dtype (float32 for integer rewards; the statistics are float64 either way).
 
     The std is the unbiased sample std (divisor n − 1), what GRPO's reference
     implementations compute (``torch.std``), so learning rates tuned there carry over.
@@ -57,4 +60,5 @@ def group_advantages(rewards: torch.Tensor, group_ids: Sequence[Hashable] | torc
     if scale_by_std:
         var = r.new_zeros(n_groups).index_add(0, idx, centred**2) / (count - 1).clamp(min=1)
         centred = centred / (var.sqrt()[idx] + eps)
-    return torch.where(flat[idx], torch.zeros_like(centred), centred).to(torch.float32)
+    out_dtype = rewards.dtype if rewards.dtype.is_floating_point else torch.float32
+    return torch.where(flat[idx], torch.zeros_like(centred), centred).to(out_dtype)

@@ -119,8 +119,9 @@ def policy_loss(
     it — the value of PPO's ``−min(ratio·A, clip(ratio)·A)``, written so that the two
     branches never tie: at ``clipEpsLow = 0`` and ratio 1 the min form split the gradient
     between a live and a dead branch and halved it. Then times the importance weight of
-    ``correction`` (behaviour → old), plus ``kl_coef · KL`` to the reference, times the
-    per-sample ``sample_weights`` (staleness), aggregated by :func:`aggregate`.
+    ``correction`` (behaviour → old), plus ``kl_coef · KL`` to the reference (a token that
+    ``mask`` drops loses both terms: no gradient at all), times the per-sample
+    ``sample_weights`` (staleness), aggregated by :func:`aggregate`.
 
     ``old_logprobs`` are the proximal policy's: the trainer's, computed once per rollout
     batch before its first update, so the ratio moves (and the clip acts) from the second
@@ -146,6 +147,11 @@ def policy_loss(
         kl = kl_penalty(logprobs, ref_logprobs.detach(), kl_estimator)
         per_token = per_token + kl_coef * kl
         sums["kl"] = float((kl.detach() * m).sum())
+    if behaviour_logprobs is not None and correction == "mask":
+        # A masked token is out of the loss altogether, its KL term included: the behaviour
+        # policy's sample of it is not one the trainer's policy would make, so it says nothing
+        # about π either. It still counts in the denominator (its share is 0, not excluded).
+        per_token = torch.where(w == 0, torch.zeros_like(per_token), per_token)
     if sample_weights is not None:
         per_token = per_token * sample_weights.to(per_token.dtype).unsqueeze(-1)
     loss = aggregate(per_token, mask, aggregation, denominator)

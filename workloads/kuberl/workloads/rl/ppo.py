@@ -19,6 +19,8 @@ forward+backward, and the optimizer step (:class:`PolicyBackend`).
 
 from __future__ import annotations
 
+import math
+
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Protocol
@@ -49,6 +51,9 @@ class PolicyBackend(Protocol):
 
     def dp_sum(self, value: torch.Tensor) -> torch.Tensor:
         """``value`` summed over the data-parallel ranks (itself on one rank)."""
+
+    def dp_max(self, value: torch.Tensor) -> torch.Tensor:
+        """``value``'s elementwise maximum over the data-parallel ranks (itself on one rank)."""
 
 
 @dataclass
@@ -110,7 +115,7 @@ def ppo_update(backend: PolicyBackend, batch: RolloutBatch, algo: AlgorithmSpec,
     Under data parallelism every rank holds the whole batch and calls this; ``local_rows``
     picks the rows of each mini-batch this rank runs forward/backward on
     (`data_parallel_share`), and ``backend.dp_sum`` / ``optimizer_step`` combine the ranks.
-    Step metrics are over the whole mini-batch, except the ratio extremes (this rank's)."""
+    Step metrics, the ratio extremes included, are over the whole mini-batch."""
     kl_on = algo.kl_coef > 0
     if kl_on and reference is None:
         raise ValueError("algorithm.klCoef > 0 needs a reference policy")
@@ -182,7 +187,10 @@ def _step(backend, batch, mb, mine, old, ref, algo, corr, micro) -> dict[str, fl
         "weight_mean": float(batch.weights[mb].double().mean()) if mb.stop > mb.start else 1.0,
         **{TOKEN_MEANS[k]: v / tokens for k, v in summed.items()},
     }
-    for key, values in extremes.items():
-        if values:
-            metrics[key] = max(values) if key == "ratio_max" else min(values)
+    # Extremes over every rank's share (a rank with no valid token contributes −inf); every
+    # rank makes the call, so none waits on a collective another skipped.
+    local = [max(extremes["ratio_max"], default=-math.inf), -min(extremes["ratio_min"], default=math.inf)]
+    high, neg_low = backend.dp_max(torch.tensor(local, dtype=torch.float64)).tolist()
+    if math.isfinite(high):
+        metrics["ratio_max"], metrics["ratio_min"] = high, -neg_low
     return metrics

@@ -4,7 +4,10 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
+from kuberl.workloads.rl.advantages import FLAT_TOLERANCE
 
-def has_signal(rewards: Sequence[float], tol: float = 1e-8) -> bool:
-    """A group teaches something only if its rewards differ (else every advantage is 0)."""
+
+def has_signal(rewards: Sequence[float], tol: float = FLAT_TOLERANCE) -> bool:
+    """A group teaches something only if its advantages are not all 0: at least two rewards
+    spanning more than the tolerance `group_advantages` calls flat."""
     return len(rewards) > 1 and max(rewards) - min(rewards) > tol

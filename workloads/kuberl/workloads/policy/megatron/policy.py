@@ -344,3 +344,10 @@ class MegatronPolicy:
         total = value.clone()
         dist.all_reduce(total, group=self.dp_group)
         return total
+
+    def dp_max(self, value: torch.Tensor) -> torch.Tensor:
+        if self.dp == 1:
+            return value
+        highest = value.clone()
+        dist.all_reduce(highest, op=dist.ReduceOp.MAX, group=self.dp_group)
+        return highest

@@ -65,6 +65,15 @@ class TinyBackend:
         dist.all_reduce(value, group=self.dp_group)
         return value
 
+    def dp_max(self, value: torch.Tensor) -> torch.Tensor:
+        if self.dp_group is None:
+            return value
+        import torch.distributed as dist
+
+        value = value.clone()
+        dist.all_reduce(value, op=dist.ReduceOp.MAX, group=self.dp_group)
+        return value
+
 
 def make_optimizer(model: TinyQwen2ForCausalLM, algo: AlgorithmSpec) -> torch.optim.Optimizer:
     return torch.optim.AdamW(model.parameters(), lr=algo.learning_rate, weight_decay=algo.weight_decay)
