@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import copy
+import json
 import time
 import urllib.request
 
@@ -288,6 +289,32 @@ def test_failed_rollout_pod_is_replaced_and_the_job_keeps_running(kube, namespac
     status = job_status(kube, namespace, "steady")
     assert status.get("restarts", 0) == 0 and condition(status, "Failed")["status"] == "False"
     assert {p.metadata.uid for p in trainer_pods(kube, namespace, "steady")} == trainers  # the gang is not touched
+
+
+def test_kubectl_scale_of_a_pool_the_job_sets_is_undone_with_a_warning_on_both(kube, namespace, operator, nats_server):
+    """Autoscaling off: the job's spec.rollout.template.replicas is the count (as a Deployment's
+    is its ReplicaSet's). `kubectl scale` of the owned pool is undone, and the job and the pool
+    each get a Warning Event naming the field to change; a template change goes through."""
+    doc = cpu_job("handscaled", nats_server.url, replicas=1)
+    doc["spec"]["rollout"]["template"].update({"replicas": 1, "minReplicas": 1, "autoscaling": {"enabled": False}})
+    create(kube, namespace, doc)
+    pool = "handscaled-rollout"
+    wait_until("pool carries its template count", lambda: ((get(kube, namespace, "rolloutpools", pool) or {}).get("metadata", {})
+                                                           .get("annotations", {}).get("kuberl.io/template-replicas") == "1"), timeout=60)
+    out = kube.kubectl("scale", "-n", namespace, f"rolloutpools.kuberl.io/{pool}", "--replicas=3")
+    assert "scaled" in out.stdout
+    wait_until("the scale undone", lambda: get(kube, namespace, "rolloutpools", pool)["spec"]["replicas"] == 1, timeout=30)
+    for name in ("handscaled", pool):
+        warned = wait_until(f"a warning on {name}", lambda n=name: [e for e in events(kube, namespace, n) if e.reason == "ReplicasSetByJob"],
+                            timeout=30)
+        assert warned[0].type == "Warning" and "spec.rollout.template.replicas" in warned[0].message
+        assert "scale to 3 is undone" in warned[0].message
+    # The job's own template count is carried over, with no new warning.
+    kube.kubectl("patch", "-n", namespace, "rljob/handscaled", "--type=merge", "-p",
+                 json.dumps({"spec": {"rollout": {"template": {"replicas": 2}}}}))
+    wait_until("the template count carried over", lambda: get(kube, namespace, "rolloutpools", pool)["spec"]["replicas"] == 2, timeout=30)
+    time.sleep(2)
+    assert len([e for e in events(kube, namespace, "handscaled") if e.reason == "ReplicasSetByJob"]) == 1
 
 
 def test_unreachable_buffer_is_a_condition_and_a_warning_event(kube, namespace, operator, nats_server):

@@ -40,6 +40,9 @@ POD_GROUP_SIZE_ANNOTATION = "kuberl.io/pod-group-size"
 # Set by an owning RLJob on its pool and envs while it is suspended or finished: the
 # Deployment then runs zero pods, and the user's replica count is left untouched.
 PAUSED_ANNOTATION = "kuberl.io/paused"
+# On a job's own RolloutPool: its template's replica count as last carried over. A pool whose
+# replicas differ from it (autoscaling off) was scaled by hand, which the job undoes, saying so.
+TEMPLATE_REPLICAS_ANNOTATION = "kuberl.io/template-replicas"
 # The hash of a Deployment's pod template as last written: a changed hash replaces the template.
 SPEC_HASH_ANNOTATION = "kuberl.io/template-hash"
 

@@ -12,6 +12,7 @@ from kuberl.operator.api.constants import (
     ENGINE_PORT,
     LABEL_JOB,
     ROLE_ROLLOUT,
+    TEMPLATE_REPLICAS_ANNOTATION,
 )
 from kuberl.operator.api.rolloutpool import RolloutPoolSpec
 from kuberl.operator.children.common import (
@@ -83,7 +84,9 @@ def inline_rollout_pool(job: RLJob, namespace: str, settings: OperatorSettings) 
         return None
     name = job.metadata["name"]
     labels = {**common_labels(name, ROLE_ROLLOUT, settings), LABEL_JOB: name}
-    return {"apiVersion": API_VERSION, "kind": "RolloutPool", "metadata": object_meta(inline_pool_name(name), namespace, labels), "spec": spec.to_wire()}
+    meta = object_meta(inline_pool_name(name), namespace, labels)
+    meta["annotations"] = {**meta.get("annotations", {}), TEMPLATE_REPLICAS_ANNOTATION: str(spec.replicas)}
+    return {"apiVersion": API_VERSION, "kind": "RolloutPool", "metadata": meta, "spec": spec.to_wire()}
 
 
 def _model_path(source: str | None) -> str | None:

@@ -51,6 +51,7 @@ from kuberl.operator.controllers.runtime import (
 from kuberl.operator.decisions import access, lifecycle
 from kuberl.operator.decisions import references as semantics
 from kuberl.operator.decisions import status as st
+from kuberl.operator.decisions.owned_pool import SCALE_UNDONE, owned_pool_update
 from kuberl.operator.naming import pool_name_for, trainer_selector
 from kuberl.workloads.buffer.admin import BufferConfig
 from kuberl.workloads.logs import get_logger
@@ -115,12 +116,17 @@ def _ensure_children(body: Mapping, job: RLJob, namespace: str, pools: dict, env
         created = False
         if obj is None:
             obj, created = ensure(inline_pool, body)
-        if not created and obj.get("spec") != inline_pool["spec"] and _controller_uid(obj) == job.metadata.get("uid"):
-            # The job's template changed: carry it over, keeping the replica count the autoscaler chose.
-            spec = dict(inline_pool["spec"])
-            if (obj.get("spec") or {}).get("autoscaling", {}).get("enabled", True):
-                spec["replicas"] = obj["spec"].get("replicas", spec.get("replicas"))
-            RT.kube.patch(API_VERSION, "RolloutPool", namespace, inline_pool["metadata"]["name"], {"spec": spec})
+        if not created and _controller_uid(obj) == job.metadata.get("uid"):
+            # Carry the job's template over (decisions.owned_pool: who owns the replica count).
+            update = owned_pool_update(obj, inline_pool, name)
+            patch = {**({"spec": update.spec} if update.spec else {}),
+                     **({"metadata": {"annotations": update.annotations}} if update.annotations else {})}
+            if patch:
+                obj = RT.kube.patch(API_VERSION, "RolloutPool", namespace, inline_pool["metadata"]["name"], patch) or obj
+            if update.warning:
+                _event(body, "Warning", SCALE_UNDONE, update.warning)
+                _event(obj, "Warning", SCALE_UNDONE, update.warning)
+                log.warning("hand-made scale of an owned pool undone", namespace=namespace, job=name, pool=inline_pool["metadata"]["name"])
         pools[inline_pool["metadata"]["name"]] = obj
     for env in inline_agent_envs(job, namespace, settings):
         obj = envs.get(env["metadata"]["name"])
