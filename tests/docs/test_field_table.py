@@ -47,7 +47,6 @@ EFFECT_WITHOUT_TEST = frozenset({
     "RLJob spec.reward.type",
     "RLJob spec.reward.verifier.name",
     "RLJob spec.reward.agentEnv",
-    "RLJob spec.reward.python.entryPoint",
     "RLJob spec.algorithm.entropyCoef",
     "RLJob spec.algorithm.learningRate",
     "RLJob spec.algorithm.weightDecay",

@@ -48,6 +48,16 @@ def test_colocated_sglang_on_cpu_runs_locally_not_in_a_cluster():
     assert "spec.trainer.colocatedEngine" not in dict(semantic_errors(job(), Lookups({}, {})))  # colocated-math: GPUs
 
 
+@pytest.mark.parametrize("entry_point", ["os:system", "builtins:eval", "subprocess:check_output"])
+def test_standard_library_rewards_are_refused_by_the_operator_and_kuberl_run(entry_point):
+    j = job("tiny-cpu.yaml", reward={"type": "python", "python": {"entryPoint": entry_point}})
+    message = dict(unsupported(j))["spec.reward.python.entryPoint"]
+    assert "standard library" in message and "your own module" in message
+    assert dict(semantic_errors(j, Lookups({}, {})))["spec.reward.python.entryPoint"] == message
+    ok = job("tiny-cpu.yaml", reward={"type": "python", "python": {"entryPoint": "my_rewards:score"}})
+    assert "spec.reward.python.entryPoint" not in dict(unsupported(ok))
+
+
 def test_context_length_must_hold_prompt_and_response():
     j = job("tiny-cpu.yaml")
     pool = RolloutPoolSpec.model_validate({"engine": {"type": "sglang", "contextLength": 128}, "gpusPerReplica": 1})

@@ -6,6 +6,9 @@ drill: the rollout agent is SIGKILLed mid-run (the runner restarts it, the job f
 and so is the trainer after a checkpoint (the runner restarts it and it resumes from the
 last checkpoint it wrote).
 
+The decoupled drill's reward is a python entry point that raises on 10 % of calls and hangs
+on 1 %: those samples are masked and counted, and the job still learns.
+
 For CI time, both runs go at once against the session's nats-server and SeaweedFS
 (`kuberl run --nats-url/--s3-endpoint`, each job in its own bucket); every assertion is
 about steps, not wall time, so sharing the CPU does not change what is checked.
@@ -40,10 +43,19 @@ KILL_AGENT_AT, KILL_TRAINER_AFTER = 8, 25
 WANDB = {"project": "kuberl-tests", "entity": "kuberl-ci", "mode": "offline", "group": "local-run", "tags": ["ci", "colocated"]}
 
 
-def shortened(example: str, tmp: Path, max_steps: int, checkpoint_every: int, observability: dict | None = None) -> Path:
+# The decoupled drill's reward: the arithmetic verifier, except that 10 % of calls raise and
+# 1 % hang (each abandoned after FLAKY_TIMEOUT_S). Those samples must be masked and counted,
+# and the job must still finish and learn.
+FLAKY_REWARD = {"type": "python", "python": {"entryPoint": "tests.support.rewards:flaky_arithmetic", "timeoutSeconds": 0.5}}
+
+
+def shortened(example: str, tmp: Path, max_steps: int, checkpoint_every: int, observability: dict | None = None,
+              reward: dict | None = None) -> Path:
     doc = yaml.safe_load((ROOT / "examples" / example).read_text())
     if observability:
         doc["spec"]["observability"] = observability
+    if reward:
+        doc["spec"]["reward"] = reward
     doc["spec"]["runPolicy"]["maxSteps"] = max_steps
     doc["spec"]["checkpoint"]["intervalSteps"] = checkpoint_every
     # Shared S3: a bucket of its own, so no run ever sees another's weights or checkpoints.
@@ -111,7 +123,8 @@ def runs(tmp_path_factory, nats_server, s3_server):
     col = start_run(shortened("tiny-cpu-colocated.yaml", tmp, COLOCATED_STEPS, 50, {"wandb": WANDB}), col_out,
                     nats_server.url, s3_server, quiet=False)
     col_t0 = time.monotonic()
-    dec = start_run(shortened("tiny-cpu.yaml", tmp, DECOUPLED_STEPS, CHECKPOINT_EVERY), dec_out, nats_server.url, s3_server)
+    dec = start_run(shortened("tiny-cpu.yaml", tmp, DECOUPLED_STEPS, CHECKPOINT_EVERY, reward=FLAKY_REWARD), dec_out,
+                    nats_server.url, s3_server)
     try:
         wait_for_step(dec, dec_out, KILL_AGENT_AT)
         scraped = {name: scrape(url) for name, url in json.loads((dec_out / "endpoints.json").read_text()).items()}
@@ -185,6 +198,23 @@ def test_decoupled_run_improves_reward(runs):
     assert end >= start + IMPROVEMENT, f"no real improvement: {start:.3f} -> {end:.3f}"
     # Off-policy samples stay within the bound (maxOffPolicySteps: 1).
     assert max(r["staleness_mean"] for r in metrics) <= 1.0
+
+
+def test_decoupled_run_masks_and_counts_the_samples_its_reward_could_not_score(runs):
+    """11 % of reward calls raise or hang: those samples are masked out of the loss, counted
+    per step and in total (across the trainer's restart, from its checkpoint), and left out of
+    the reward statistics; the job still learns (test_decoupled_run_improves_reward)."""
+    out, _, _ = runs["decoupled"]
+    metrics = rows(out)
+    total = metrics[-1]["infra_failed_total"]
+    trained = metrics[-1]["samples_trained"]
+    assert 0.06 * trained < total < 0.16 * trained, (total, trained)
+    assert all(0 < r["infra_failed"] < r["samples"] for r in metrics)
+    # Counted in order, the restarted trainer continuing from its checkpoint's count.
+    resumed = [r for r in metrics if r.get("resumed_from") is not None]
+    assert resumed and resumed[0]["infra_failed_total"] > resumed[0]["infra_failed"]
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["steps"] == DECOUPLED_STEPS and summary["infra_failed_samples"] == total
 
 
 def test_killed_rollout_agent_is_restarted_and_job_finishes(runs):

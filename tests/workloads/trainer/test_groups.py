@@ -10,7 +10,7 @@ from kuberl.workloads.trainer.groups import GroupAssembler, in_flight_target
 
 def sample(prompt: str, index: int, reward: float, size: int = 2, version: int = 0):
     return SimpleNamespace(prompt_id=prompt, group_id=f"{prompt}#0", sample_id=f"{prompt}#0/{index}", reward=reward,
-                           policy_version=version, meta={"group_size": size})
+                           policy_version=version, meta={"group_size": size}, failure=None)
 
 
 def test_dynamic_sampling_drops_flat_groups_and_counts_the_keep_rate():

@@ -54,7 +54,7 @@ async def test_a_trainer_step_reaches_status_reward_and_the_trainer_idle_autosca
     await tr.open_buffer()
     try:
         row = {"step": 3, "policy_version": 3, "reward_mean": 0.625, "reward_std": 0.25, "pass_rate": 0.5, "samples_trained": 384,
-               "samples_per_s": 12.5, "stage": 0, "trainer_idle_percent": 80.0}
+               "samples_per_s": 12.5, "stage": 0, "trainer_idle_percent": 80.0, "infra_failed_total": 7}
         await tr.report(row)
     finally:
         await tr.buffer.close()
@@ -62,6 +62,7 @@ async def test_a_trainer_step_reaches_status_reward_and_the_trainer_idle_autosca
     state = bridge.job_state(tr.cfg.buffer.url, "default", name)  # what the operator reads
     out, _ = st.progress(state, max_steps=10, previous=None, now=time.time())
     assert out["step"] == 3 and out["reward"] == {"mean": "0.625", "std": "0.25", "passRate": "0.5"}
+    assert out["infraFailedSamples"] == 7  # samples masked because they could not be scored
 
     job_body = {"metadata": {"name": name}, "spec": {"buffer": {"url": tr.cfg.buffer.url}}}
     try:

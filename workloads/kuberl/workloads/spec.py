@@ -8,6 +8,7 @@ dependency points the allowed way (operator -> workloads, never back).
 
 from __future__ import annotations
 
+import sys
 from typing import Annotated, Any, ClassVar, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, GetJsonSchemaHandler
@@ -170,13 +171,31 @@ class VerifierReward(ApiModel):
     name: Literal["arithmetic", "math-boxed", "exact-match"] = Field(description="Which built-in verifier scores responses against the reference answer.")
 
 
+def python_entry_point_problem(entry_point: str) -> str | None:
+    """Why ``entry_point`` may not be a reward, or None. The standard library and builtins are
+    refused: `os:system`, `builtins:eval` and their like would run the model's output as a
+    command or code in the agent; a reward is the user's own module in the workload image."""
+    module = entry_point.partition(":")[0]
+    top = module.split(".")[0]
+    if top in sys.stdlib_module_names or top in sys.builtin_module_names or top == "__main__":
+        return (f"{entry_point!r} is in Python's standard library ({top}); a reward must be a function of "
+                "your own module (module.path:function), shipped in the workload image")
+    return None
+
+
 class PythonReward(ApiModel):
     """A custom reward function shipped in the workload image."""
 
     entry_point: str = Field(
         max_length=SHORT_STRING_MAX,
         pattern=r"^[A-Za-z_][\w.]*:[A-Za-z_]\w*$",
-        description="module.path:function taking (prompt, response, sample) and returning a float.",
+        description="module.path:function taking (prompt, response, sample) and returning a float; "
+                    "it runs in a child process of the rollout agent and may not be in the standard library.",
+    )
+    timeout_seconds: float = Field(
+        10.0, ge=0.1, le=3600.0,
+        description="A call that has not returned after this long is abandoned (its process killed): "
+                    "the sample is an infrastructure failure, masked out of the loss and counted.",
     )
 
 

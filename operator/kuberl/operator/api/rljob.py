@@ -248,6 +248,9 @@ class RLJobStatus(ApiModel):
     reward: RewardStats | None = Field(None, description="Reward statistics of the latest step.")
     evaluation: EvaluationStatus | None = Field(None, description="The latest held-out evaluation (spec.evaluation).")
     samples_per_second: str | None = Field(None, max_length=32, description="Trained samples per second (recent average).")
+    infra_failed_samples: int | None = Field(
+        None, ge=0, description="Samples masked out of the loss because they could not be scored: the reward function raised or "
+                                "timed out, or the agent environment was unreachable or failed (never trained as a reward of 0).")
     estimated_seconds_remaining: int | None = Field(None, ge=0, description="Time left at the current rate.")
     rollout: RolloutCounts | None = Field(None, description="Rollout pods ready/desired.")
     last_checkpoint: CheckpointStatus | None = Field(None, description="Newest checkpoint.")

@@ -15,7 +15,7 @@ from kuberl.operator.api import RLJob
 from kuberl.operator.api.rolloutpool import RolloutPoolSpec
 from kuberl.operator.children.rollout import default_pool_spec
 from kuberl.operator.decisions.access import AccessPolicy, endpoint_errors, sandbox_errors, secret_errors
-from kuberl.operator.decisions.support import cluster_errors, engine_errors, source_errors, trainer_errors
+from kuberl.operator.decisions.support import cluster_errors, engine_errors, reward_errors, source_errors, trainer_errors
 from kuberl.operator.children.trainer import trainer_ranks
 from kuberl.operator.naming import pool_name_for
 
@@ -71,7 +71,7 @@ def semantic_errors(job: RLJob, lookups: Lookups, policy: AccessPolicy = AccessP
             errors.append(("spec.trainer.parallelism.expert",
                            f"expert-parallel size {par.expert} must divide the data-parallel size {data_parallel} (ranks {world} / tensor x pipeline x context {model_parallel})"))
 
-    errors += trainer_errors(job) + source_errors(job) + cluster_errors(job)
+    errors += trainer_errors(job) + source_errors(job) + reward_errors(job) + cluster_errors(job)
     pool_name = pool_name_for(job)
     if pool_name is not None:
         existing = lookups.pools.get(pool_name)

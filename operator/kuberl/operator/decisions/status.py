@@ -318,6 +318,8 @@ def progress(
     out["step"] = step
     out["progressPercent"] = min(100, int(100 * step / max_steps)) if max_steps else 0
     out["policyVersion"] = int(state.policy_version)
+    if "infra_failed" in state.counters:
+        out["infraFailedSamples"] = int(state.counters["infra_failed"])
     index = int(state.curriculum_stage)
     out["curriculumStage"] = stage_names[index] if 0 <= index < len(stage_names) else str(index)
     m = state.metrics

@@ -12,6 +12,7 @@ from urllib.parse import urlparse
 
 from kuberl.operator.api import RLJob
 from kuberl.operator.api.rolloutpool import RolloutPoolSpec
+from kuberl.workloads.spec import python_entry_point_problem
 
 MODEL_SCHEMES = ("builtin", "file", "s3", "hf")
 DATASET_SCHEMES = ("builtin", "file", "s3", "hf")
@@ -52,6 +53,16 @@ def source_errors(job: RLJob) -> list[tuple[str, str]]:
     return errors
 
 
+def reward_errors(job: RLJob) -> list[tuple[str, str]]:
+    """Reward plug-ins the rollout agent would refuse to call."""
+    reward = job.spec.reward
+    if reward.type == "python" and reward.python is not None:
+        problem = python_entry_point_problem(reward.python.entry_point)
+        if problem:
+            return [("spec.reward.python.entryPoint", problem)]
+    return []
+
+
 def cluster_errors(job: RLJob) -> list[tuple[str, str]]:
     """What runs under `kuberl run` (the machine's venvs) but not in a cluster's pods."""
     trainer = job.spec.trainer
@@ -82,4 +93,4 @@ def engine_errors(job: RLJob, pool: RolloutPoolSpec, where: str) -> list[tuple[s
 
 def unsupported(job: RLJob, pool: RolloutPoolSpec | None = None, where: str = "spec.rollout.template") -> list[tuple[str, str]]:
     """Every combination of ``job`` (and the pool it generates with) that would not run as written."""
-    return trainer_errors(job) + source_errors(job) + (engine_errors(job, pool, where) if pool is not None else [])
+    return trainer_errors(job) + source_errors(job) + reward_errors(job) + (engine_errors(job, pool, where) if pool is not None else [])

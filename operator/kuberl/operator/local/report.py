@@ -55,6 +55,7 @@ def summarise(rows: list[dict], window: int | None = None) -> dict:
         "reward_window_steps": window,
         "reward_max": max(r["reward_mean"] for r in steps),
         "samples_trained": steps[-1]["samples_trained"],
+        "infra_failed_samples": steps[-1].get("infra_failed_total", 0),  # masked: their reward or environment failed
         "samples_per_s": steps[-1]["samples_per_s"],
         "rl_seconds": steps[-1]["elapsed_s"],
         "mode": steps[-1].get("mode"),

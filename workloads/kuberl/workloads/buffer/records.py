@@ -28,6 +28,10 @@ class CodecError(BufferError):
     """A message that is not a valid kuberl trajectory/prompt."""
 
 
+INFRA_FAILED = "infra_failed"
+"""`Trajectory.meta` key: why the sample is an infrastructure failure (see `Trajectory.failure`)."""
+
+
 @dataclass
 class Trajectory:
     """One sampled episode, as the trainer needs it.
@@ -63,6 +67,14 @@ class Trajectory:
 
     def __len__(self) -> int:
         return int(self.tokens.shape[0])
+
+    @property
+    def failure(self) -> str | None:
+        """Why the sample could not be scored (its reward raised or timed out, its environment
+        was unreachable or answered 5xx), else None. Such a sample is an infrastructure
+        failure: masked out of the loss and out of its group's statistics, and counted —
+        never trained as a reward of 0."""
+        return self.meta.get(INFRA_FAILED)
 
 
 _TRAJ_MAGIC = b"KRT1"

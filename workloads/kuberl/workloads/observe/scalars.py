@@ -10,7 +10,7 @@ from __future__ import annotations
 from typing import Any
 
 GROUPS: dict[str, tuple[str, ...]] = {
-    "reward": ("reward_mean", "reward_std", "pass_rate", "rollout_reward_mean"),
+    "reward": ("reward_mean", "reward_std", "pass_rate", "rollout_reward_mean", "infra_failed", "infra_failed_total"),
     "loss": ("loss", "kl", "entropy", "grad_norm"),
     "ppo": ("clip_frac", "ratio_mean", "ratio_dev_mean", "ratio_min", "ratio_max", "behaviour_gap"),
     "off_policy": ("weight_mean", "is_weight_mean", "is_masked_frac", "staleness_mean", "staleness_max", "stale_dropped"),

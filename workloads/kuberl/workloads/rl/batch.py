@@ -24,12 +24,15 @@ def collate(groups: list[list[Trajectory]], weights: dict[str, float] | None = N
     """
     trajs = [t for g in groups for t in g]
     rewards = torch.tensor([t.reward for t in trajs], dtype=torch.float64)
+    # An infrastructure failure has no reward: its loss mask is all 0 and it sits in a group
+    # of its own (advantage 0), so its group's statistics are those of the samples scored.
+    group_ids = [t.group_id if t.failure is None else ("failed", t.sample_id) for t in trajs]
     return RolloutBatch(
         ids=pad_rows([t.tokens.tolist() for t in trajs], pad_id),
         valid=pad_rows([[1] * len(t) for t in trajs]).bool(),
-        mask=pad_rows([t.loss_mask.tolist() for t in trajs]).float(),
+        mask=pad_rows([t.loss_mask.tolist() if t.failure is None else [0] * len(t) for t in trajs]).float(),
         behaviour=pad_rows([t.logprobs.tolist() for t in trajs], 0).float(),
-        advantages=group_advantages(rewards, [t.group_id for t in trajs], scale_by_std=scale_by_std),
+        advantages=group_advantages(rewards, group_ids, scale_by_std=scale_by_std).float(),  # as the logprobs
         weights=torch.tensor([(weights or {}).get(t.sample_id, 1.0) for t in trajs], dtype=torch.float32),
         rewards=rewards,
     )

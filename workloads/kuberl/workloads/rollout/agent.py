@@ -26,6 +26,7 @@ from kuberl.workloads.policy.job_model import job_model_dir, job_tokenizer
 from kuberl.workloads.policy.tiny.model import load_pretrained
 from kuberl.workloads.policy.tokenizer import Tokenizer
 from kuberl.workloads.rollout.episodes import SamplingSettings, env_session_timeout, run_group
+from kuberl.workloads.rollout.rewards import python_runner
 from kuberl.workloads.weights.sync import weight_store
 
 log = get_logger(__name__)
@@ -230,6 +231,9 @@ class RolloutAgent:
                     break
                 await asyncio.sleep(0.2)
             await self.load_version(state.policy_version)
+            if self.cfg.reward.type == "python":
+                # A reward that cannot be imported is the job's spec, not a sample: stop here, saying why.
+                await python_runner(self.cfg.reward.python).ready()
             watcher = asyncio.create_task(self.watch_versions(buf))
             prompts = await buf.prompt_consumer()
             concurrency = self.cfg.rollout.concurrency

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import importlib
 import time
 from dataclasses import dataclass
 from urllib.parse import urlparse
@@ -11,14 +10,14 @@ from urllib.parse import urlparse
 import aiohttp
 import numpy as np
 
-from kuberl.workloads.buffer.records import Prompt, Trajectory
+from kuberl.workloads.buffer.records import INFRA_FAILED, Prompt, Trajectory
 from kuberl.workloads.config import WorkloadConfig
 from kuberl.workloads.engines.base import GenerationRequest
 from kuberl.workloads.engines.batching import BatchingEngine, DispatchTracker
 from kuberl.workloads.logs import get_logger
 from kuberl.workloads.policy.tokenizer import Tokenizer
 from kuberl.workloads.spec import RewardSpec
-from kuberl.workloads.tasks.verifiers import verifier_reward
+from kuberl.workloads.rollout.rewards import score
 
 log = get_logger(__name__)
 
@@ -37,20 +36,6 @@ class SamplingSettings:
         if cfg.curriculum is not None and stage < len(cfg.curriculum.stages):
             length = cfg.curriculum.stages[stage].max_response_length or length
         return cls(length, cfg.algorithm.temperature)
-
-
-def _python_reward(entry_point: str):
-    module, func = entry_point.split(":")
-    return getattr(importlib.import_module(module), func)
-
-
-def score(reward: RewardSpec, prompt: dict, response: str) -> float:
-    """Reward of a single-turn response (verifier or python entry point)."""
-    if reward.type == "verifier":
-        return verifier_reward(reward.verifier.name, response, str(prompt["answer"]))
-    if reward.type == "python":
-        return float(_python_reward(reward.python.entry_point)(prompt["prompt"], response, prompt))
-    raise ValueError(f"reward type {reward.type!r} is scored by its environment, not locally")
 
 
 def _trajectory(prompt: Prompt, index: int, tokens: list[int], logprobs: list[float], mask: list[int], reward: float,
@@ -74,10 +59,11 @@ async def verifier_group(engine: BatchingEngine | DispatchTracker, prompt: Promp
     out = []
     for i, c in enumerate(completions):
         response = tokenizer.decode(c.token_ids)
-        r = score(reward, prompt.data, response)
+        scored = await score(reward, prompt.data, response)
+        meta = {"response": response, **({INFRA_FAILED: scored.failure} if scored.failure else {})}
         out.append(_trajectory(prompt, i, prompt_ids + c.token_ids, [0.0] * len(prompt_ids) + c.logprobs,
-                               [0] * len(prompt_ids) + [1] * len(c.token_ids), r, c.policy_version,
-                               {"generate": t_gen}, {"response": response}))
+                               [0] * len(prompt_ids) + [1] * len(c.token_ids), scored.value, c.policy_version,
+                               {"generate": t_gen}, meta))
     return out
 
 
@@ -166,15 +152,36 @@ async def _close(session: aiohttp.ClientSession, url: str) -> None:
         pass  # the server's reaper frees the slot of an episode nobody closed
 
 
+# What an environment that is down or broken raises (after `_post`'s retries): the episode
+# is an infrastructure failure, not a reward of 0 for what the policy did.
+ENV_INFRA_ERRORS = (aiohttp.ClientError, asyncio.TimeoutError, EnvBusy, KeyError, TypeError, ValueError)
+
+
 async def env_episode(engine: BatchingEngine | DispatchTracker, session: aiohttp.ClientSession, base_url: str, prompt: Prompt, index: int,
                       sampling: SamplingSettings, tokenizer: Tokenizer, max_turns: int = 4) -> Trajectory:
+    """`_env_episode`, or, when the environment cannot be reached, answers 5xx (or 4xx: a
+    request of ours it cannot serve), or sends an answer without its fields, a trajectory of
+    the prompt alone marked as an infrastructure failure: its group goes on without it."""
+    t0 = time.monotonic()
+    try:
+        return await _env_episode(engine, session, base_url, prompt, index, sampling, tokenizer, max_turns)
+    except ENV_INFRA_ERRORS as e:
+        failure = f"environment {base_url}: {type(e).__name__}: {e}"[:500]
+        log.warning("environment episode failed; the sample is masked", error=failure)
+        tokens = tokenizer.encode_prompt({"prompt": prompt.data["prompt"]})
+        return _trajectory(prompt, index, tokens, [0.0] * len(tokens), [0] * len(tokens), 0.0, engine.policy_version,
+                           {"total": time.monotonic() - t0}, {"turns": 0, INFRA_FAILED: failure})
+
+
+async def _env_episode(engine: BatchingEngine | DispatchTracker, session: aiohttp.ClientSession, base_url: str, prompt: Prompt, index: int,
+                       sampling: SamplingSettings, tokenizer: Tokenizer, max_turns: int = 4) -> Trajectory:
     """A (multi-turn) episode: reset, then generate an action and step until the env says done.
 
     Environment observations enter the token stream with loss mask 0 (not trained on);
     the trajectory is tagged with the oldest policy version that produced any of its tokens.
-    A step that times out (server-side: ``timed_out``; client-side: no answer within the
-    session's read timeout) ends the episode as failed, reward 0, like any other failure to
-    answer in time; the group goes on.
+    A step the environment ends as ``timed_out`` (the episode's own time ran out) scores what
+    the environment says (0); a step with no answer at all within the session's read
+    timeout ends the episode as an infrastructure failure (masked, counted).
     """
     t0 = time.monotonic()
     started = await _post(session, f"{base_url}/episodes", {"prompt": prompt.data["prompt"], "answer": prompt.data["answer"]})
@@ -182,7 +189,7 @@ async def env_episode(engine: BatchingEngine | DispatchTracker, session: aiohttp
     owner = episode_url(base_url, started)
     tokens = tokenizer.encode_prompt({"prompt": started["observation"]})
     logprobs, mask = [0.0] * len(tokens), [0] * len(tokens)
-    versions, reward, t_gen, t_env, turns, timed_out = [], 0.0, 0.0, 0.0, 0, False
+    versions, reward, t_gen, t_env, turns, timed_out, failure = [], 0.0, 0.0, 0.0, 0, False, None
     try:
         for turns in range(1, max_turns + 1):
             g0 = time.monotonic()
@@ -198,8 +205,8 @@ async def env_episode(engine: BatchingEngine | DispatchTracker, session: aiohttp
                 step = await _post(session, f"{owner}/episodes/{episode}/step",
                                    {"action": tokenizer.decode(c.token_ids)}, retry_read_timeouts=False)
             except StepTimedOut as e:
-                log.warning("environment step timed out; episode scored 0", episode=episode, error=str(e))
-                reward, timed_out = 0.0, True
+                log.warning("environment step timed out; the sample is masked", episode=episode, error=str(e))
+                reward, timed_out, failure = 0.0, True, str(e)
                 break
             finally:
                 t_env += time.monotonic() - e0
@@ -213,7 +220,7 @@ async def env_episode(engine: BatchingEngine | DispatchTracker, session: aiohttp
             mask += [0] * len(obs)
     finally:
         await _close(session, f"{owner}/episodes/{episode}")
-    meta = {"turns": turns, **({"timed_out": True} if timed_out else {})}
+    meta = {"turns": turns, **({"timed_out": True} if timed_out else {}), **({INFRA_FAILED: failure} if failure else {})}
     return _trajectory(prompt, index, tokens, logprobs, mask, reward, min(versions) if versions else engine.policy_version,
                        {"generate": t_gen, "env": t_env, "total": time.monotonic() - t0}, meta)
 

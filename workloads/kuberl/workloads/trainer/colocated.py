@@ -9,7 +9,7 @@ import time
 import aiohttp
 
 from kuberl.workloads.config import WorkloadConfig
-from kuberl.workloads.rl.sampling import has_signal
+from kuberl.workloads.rl.sampling import group_has_signal
 from kuberl.workloads.rollout.episodes import env_session_timeout, run_group
 from kuberl.workloads.trainer.colocated_engine import ColocatedEngine
 from kuberl.workloads.trainer.trainer import Trainer, stats
@@ -39,7 +39,7 @@ async def run_colocated(cfg: WorkloadConfig) -> None:
             generate_s = time.monotonic() - t0
             all_rewards = [t.reward for g in groups for t in g]
             if cfg.algorithm.dynamic_sampling:
-                kept = [g for g in groups if has_signal([t.reward for t in g])]
+                kept = [g for g in groups if group_has_signal(g)]
                 # Over-sampled: train on at most one rollout batch of the groups with a signal.
                 groups = _fill(kept, cfg.algorithm.rollout_batch_size) or groups[:1]
             step_before = tr.progress.step

@@ -92,4 +92,7 @@ class Evaluator:
             )
             score = score_dataset([g[0].reward for g in greedy], [[t.reward for t in g] for g in sampled], k)
             out.update(score.metrics(name, k))
+            # A held-out sample that could not be scored counts as not passed (the scores stay
+            # comparable across evaluations, never inflated by dropping hard cases); how many is said.
+            out[f"eval/{name}/infra_failed"] = sum(t.failure is not None for g in (*greedy, *sampled) for t in g)
         return out

@@ -8,7 +8,7 @@ from dataclasses import dataclass, field
 from kuberl.workloads.buffer.records import Trajectory
 from kuberl.workloads.buffer.staleness import staleness_weight
 from kuberl.workloads.config import WorkloadConfig
-from kuberl.workloads.rl.sampling import has_signal
+from kuberl.workloads.rl.sampling import group_has_signal
 
 
 @dataclass
@@ -34,7 +34,7 @@ class GroupAssembler:
             return None
         del self.partial[t.group_id]
         self.answered.add(t.prompt_id)
-        if self.dynamic_sampling and not has_signal([s.reward for s in group]):
+        if self.dynamic_sampling and not group_has_signal(group):
             self.dropped += 1
         else:
             self.kept += 1

@@ -43,6 +43,7 @@ class Progress:
     version: int = 0
     samples_trained: int = 0
     tokens_trained: int = 0
+    infra_failed: int = 0  # samples masked because they could not be scored (Trajectory.failure)
     rl_seconds: float = 0.0  # wall time spent in RL so far, across restarts
     curriculum: CurriculumState = field(default_factory=CurriculumState)
     resumed_from: int | None = None
@@ -103,7 +104,7 @@ class Trainer:
         self.backend.load_checkpoint_state(state, keep_reference=self.algo.kl_coef > 0)
         p = state["progress"]
         self.progress = Progress(step=p["step"], version=p["version"], samples_trained=p["samples_trained"],
-                                 tokens_trained=p.get("tokens_trained", 0),
+                                 tokens_trained=p.get("tokens_trained", 0), infra_failed=p.get("infra_failed", 0),
                                  rl_seconds=p["rl_seconds"], curriculum=CurriculumState(
                                      p["curriculum"]["stage"], p["curriculum"]["stage_start_step"],
                                      tuple(p["curriculum"]["recent_pass_rates"])),
@@ -160,13 +161,17 @@ class Trainer:
         batch = collate(groups, weights, scale_by_std=self.algo.advantage_scaling == "groupStd", pad_id=self.tokenizer.pad_id)
         lags = [start_version - t.policy_version for t in trajs]
         lengths = [int(t.loss_mask.sum()) for t in trajs]  # generated tokens (tool outputs are not trained)
+        failed = [t.failure is not None for t in trajs]
         rows = []
         for result in self.backend.ppo_update(batch, self.algo, self.cfg.run_policy.max_steps - p.step):
             p.step += 1
             p.version += 1
-            rewards = batch.rewards[result.samples].tolist()
-            p.samples_trained += len(rewards)
-            pass_rate = sum(1 for r in rewards if r >= 1.0) / len(rewards)
+            step_failed = failed[result.samples]
+            p.samples_trained += len(step_failed)
+            p.infra_failed += sum(step_failed)
+            # Reward statistics are over the samples that were scored: a failure has no reward.
+            rewards = [r for r, f in zip(batch.rewards[result.samples].tolist(), step_failed, strict=True) if not f]
+            pass_rate = sum(1 for r in rewards if r >= 1.0) / max(len(rewards), 1)
             before = p.curriculum.stage
             p.curriculum = curriculum_step(self.stages, p.curriculum, p.step, pass_rate)
             if p.curriculum.stage != before:
@@ -178,7 +183,8 @@ class Trainer:
             p.tokens_trained += sum(step_lengths)
             rows.append({
                 "step": p.step, "policy_version": p.version, "reward_mean": round(mean, 4), "reward_std": round(std, 4),
-                "pass_rate": round(pass_rate, 4), "samples": len(rewards), "samples_trained": p.samples_trained,
+                "pass_rate": round(pass_rate, 4), "samples": len(step_failed), "samples_trained": p.samples_trained,
+                "infra_failed": sum(step_failed), "infra_failed_total": p.infra_failed,
                 "samples_per_s": round(p.samples_trained / max(elapsed, 1e-9), 3), "elapsed_s": round(elapsed, 2),
                 "train_s": round(time.monotonic() - t0, 4), "stage": p.curriculum.stage, "stage_name": self.stages[p.curriculum.stage].name,
                 "tokens": sum(step_lengths), "tokens_per_s": round(p.tokens_trained / max(elapsed, 1e-9), 3),
@@ -223,7 +229,8 @@ class Trainer:
         self.prometheus.observe_row(row)
         if self.buffer is not None:
             await self.buffer.state.update(lambda s: replace(
-                s, curriculum_stage=row["stage"], counters={**s.counters, "steps": row["step"], "samples": row["samples_trained"]},
+                s, curriculum_stage=row["stage"], counters={**s.counters, "steps": row["step"], "samples": row["samples_trained"],
+                                                              "infra_failed": row["infra_failed_total"]},
                 metrics=JobMetrics(reward_mean=row["reward_mean"], reward_std=row["reward_std"], pass_rate=row["pass_rate"],
                                    samples_per_s=row["samples_per_s"], trainer_idle_percent=row.get("trainer_idle_percent")),
                 evaluation=self.last_evaluation or s.evaluation))
