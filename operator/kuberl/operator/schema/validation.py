@@ -10,24 +10,20 @@ Transition rules (those that read `oldSelf`) only apply to updates and are skipp
 from __future__ import annotations
 
 import copy
+import json
 import re
-from dataclasses import dataclass
 from functools import lru_cache
 from typing import Any
 
 from kuberl.operator.api import API_VERSION
 from kuberl.operator.schema.crdgen import all_crds
+from kuberl.operator.schema.errors import FieldError
+from kuberl.operator.schema.object_meta import decode_errors, meta_errors, name_of
 
+__all__ = ["FieldError", "ManifestInvalid", "apply_defaults", "validate", "validation_errors"]
 
-@dataclass(frozen=True)
-class FieldError:
-    """One rejected field."""
-
-    path: str
-    message: str
-
-    def __str__(self) -> str:
-        return f"{self.path}: {self.message}"
+# The fields a custom resource has besides its schema's: the API server decodes them itself.
+OBJECT_FIELDS = ("apiVersion", "kind", "metadata")
 
 
 class ManifestInvalid(ValueError):
@@ -114,14 +110,15 @@ def _structural_errors(value: Any, schema: dict[str, Any], path: str) -> list[Fi
         if len(value) < schema.get("minItems", 0):
             errors.append(FieldError(path, f"Invalid value: {len(value)}: should have at least {schema['minItems']} items"))
         keys = schema.get("x-kubernetes-list-map-keys")
-        seen: set[tuple] = set()
+        seen: set[str] = set()
         for i, item in enumerate(value):
             errors += _structural_errors(item, schema.get("items", {}), f"{path}[{i}]")
             if keys and isinstance(item, dict):
                 key = tuple(item.get(k) for k in keys)
-                if key in seen:
+                hashable = json.dumps(key, sort_keys=True, default=str)  # a key of the wrong type may be a dict
+                if hashable in seen:
                     errors.append(FieldError(f"{path}[{i}]", f"Duplicate value: {dict(zip(keys, key))}"))
-                seen.add(key)
+                seen.add(hashable)
     if isinstance(value, dict):
         props = schema.get("properties")
         for name in schema.get("required", []):
@@ -171,9 +168,17 @@ def _cel_errors(value: Any, schema: dict[str, Any], path: str) -> list[FieldErro
         if "oldSelf" in rule["rule"]:
             continue  # transition rule: only evaluated on update
         activation = {"self": celpy.json_to_cel(_as_cel_input(value, schema))}
-        result = _program(rule["rule"]).evaluate(activation)
-        if result is not True and not (isinstance(result, celpy.celtypes.BoolType) and bool(result)):
-            where = path + rule.get("fieldPath", "") if rule.get("fieldPath") else path
+        where = path + rule.get("fieldPath", "") if rule.get("fieldPath") else path
+        try:
+            result = _program(rule["rule"]).evaluate(activation)
+        except celpy.CELEvalError as e:
+            result = e
+        if isinstance(result, celpy.CELEvalError):
+            # The server refuses an object a rule cannot be evaluated on (a missing key), at the
+            # rule's own place and without its fieldPath.
+            errors.append(FieldError(path or "<root>", f"Invalid value: {result.args[0] if result.args else result} "
+                                                        f"evaluating rule: {rule['message']}"))
+        elif result is not True and not (isinstance(result, celpy.celtypes.BoolType) and bool(result)):
             errors.append(FieldError(where or "<root>", f"Invalid value: {rule['message']}"))
     if isinstance(value, dict):
         for name, prop in schema.get("properties", {}).items():
@@ -185,6 +190,19 @@ def _cel_errors(value: Any, schema: dict[str, Any], path: str) -> list[FieldErro
     return errors
 
 
+def drop_nulls(value: Any, schema: dict[str, Any]) -> Any:
+    """The API server prunes null object fields that are not `nullable` before it validates
+    (and defaults them): a `field: null` in YAML is the field left out."""
+    if isinstance(value, dict):
+        props = schema.get("properties") or {}
+        extra = schema.get("additionalProperties") if isinstance(schema.get("additionalProperties"), dict) else {}
+        return {k: drop_nulls(v, props.get(k, extra)) for k, v in value.items()
+                if v is not None or props.get(k, extra).get("nullable")}
+    if isinstance(value, list):
+        return [drop_nulls(v, schema.get("items", {})) for v in value]
+    return value
+
+
 def validation_errors(manifest: dict[str, Any]) -> list[FieldError]:
     """Every reason the API server would refuse to create `manifest` (empty when valid)."""
     if not isinstance(manifest, dict):
@@ -193,11 +211,22 @@ def validation_errors(manifest: dict[str, Any]) -> list[FieldError]:
     schemas = _schemas()
     if manifest.get("apiVersion") != API_VERSION or kind not in schemas:
         return [FieldError("apiVersion/kind", f"expected apiVersion {API_VERSION} and kind one of {sorted(schemas)}, got {manifest.get('apiVersion')}/{kind}")]
-    if not isinstance(manifest.get("metadata", {}).get("name"), str):
-        return [FieldError("metadata.name", "Required value")]
     schema = schemas[kind]
-    body = {k: v for k, v in manifest.items() if k != "status"}
+    # Decoding comes first (fieldValidation=Strict): unknown fields anywhere, a metadata that
+    # is no ObjectMeta. The server refuses those before it looks at anything else.
+    declared = set(schema["properties"]) | set(OBJECT_FIELDS)
+    unknown = [FieldError(k, f'unknown field "{k}"') for k in manifest if k not in declared]
+    decoding = unknown + decode_errors(manifest.get("metadata"))
+    body = drop_nulls({k: v for k, v in manifest.items() if k in declared and k != "status"}, schema)
+    metadata = dict(body.get("metadata") or {}) if isinstance(body.get("metadata"), dict) else {}
+    if name_of(metadata) and not metadata.get("name"):
+        metadata["name"] = name_of(metadata)
+    body["metadata"] = metadata
     errors = _structural_errors(body, {**schema, "properties": {k: v for k, v in schema["properties"].items() if k != "status"}}, "")
+    unknown_fields = [e for e in errors if e.message == "field not declared in schema"]
+    if decoding or unknown_fields:
+        return decoding + unknown_fields
+    errors = meta_errors(metadata) + errors
     if errors:
         return errors  # the API server stops before CEL when the structure is wrong
     return _cel_errors(apply_defaults(body, schema), schema, "")
