@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import argparse
 import sys
-from pathlib import Path
 
 import yaml
 
@@ -24,22 +23,33 @@ class _PlainDumper(yaml.SafeDumper):
 
 def cmd_render(args: argparse.Namespace) -> int:
     from kuberl.operator.children.render import RenderError, render
+    from kuberl.operator.cli.manifest_files import ManifestFileError, load_documents
     from kuberl.operator.schema.validation import ManifestInvalid, validate
     from kuberl.operator.settings import OperatorSettings
 
     docs = []
+    seen: dict[tuple, str] = {}
     for name in args.files:
         try:
-            loaded = [d for d in yaml.safe_load_all(Path(name).read_text()) if d]
-        except (OSError, yaml.YAMLError) as e:
-            print(f"kuberl render: cannot read {name}: {e}", file=sys.stderr)
+            loaded = load_documents(name)
+        except ManifestFileError as e:
+            print(f"kuberl render: {e}", file=sys.stderr)
             return 1
         for doc in loaded:
             try:
-                docs.append(validate(doc))
+                valid = validate(doc.body)
             except ManifestInvalid as e:
-                print(f"kuberl render: {name}: {e}", file=sys.stderr)
+                print(f"kuberl render: {doc.where}: {e}", file=sys.stderr)
                 return 1
+            key = (valid["kind"], valid["metadata"].get("namespace") or args.namespace, valid["metadata"]["name"])
+            if key in seen:
+                # The API server keeps one object per kind, namespace and name: applying both
+                # files would silently replace the first with the second.
+                print(f"kuberl render: {key[0]} {key[1]}/{key[2]} is defined twice: in {seen[key]} and in {doc.where}",
+                      file=sys.stderr)
+                return 1
+            seen[key] = doc.where
+            docs.append(valid)
     try:
         children = render(docs, OperatorSettings.from_env(), namespace=args.namespace)
     except RenderError as e:

@@ -4,21 +4,26 @@ from __future__ import annotations
 
 import argparse
 import sys
-from pathlib import Path
-
-import yaml
 
 
 def cmd_validate(args: argparse.Namespace) -> int:
+    from kuberl.operator.cli.manifest_files import ManifestFileError, load_documents
     from kuberl.operator.schema.validation import validation_errors
 
     failed = 0
     for name in args.files:
-        for doc in yaml.safe_load_all(Path(name).read_text()):
-            if doc is None:
-                continue
-            errors = validation_errors(doc)
-            label = f"{name}: {doc.get('kind')}/{doc.get('metadata', {}).get('name')}"
+        try:
+            docs = load_documents(name)
+        except ManifestFileError as e:
+            failed += 1
+            print(f"kuberl validate: {e}", file=sys.stderr)
+            continue
+        for doc in docs:
+            body = doc.body
+            errors = validation_errors(body)
+            meta = body.get("metadata") if isinstance(body, dict) else None
+            label = (f"{doc.where}: {body.get('kind')}/{meta.get('name') if isinstance(meta, dict) else None}"
+                     if isinstance(body, dict) else doc.where)
             if errors:
                 failed += 1
                 print(f"{label}: invalid", file=sys.stderr)

@@ -12,8 +12,6 @@ import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import yaml
-
 from kuberl.operator.api import RLJob
 from kuberl.operator.children.agentenv import REFERENCE_SERVER, agent_env_server_args
 from kuberl.operator.children.rollout import generating_pool
@@ -69,14 +67,16 @@ class LocalRun:
         return port
 
     def load(self) -> dict:
+        from kuberl.operator.cli.manifest_files import ManifestFileError, load_documents
         from kuberl.operator.schema.validation import ManifestInvalid, validate
 
         try:
-            doc = yaml.safe_load(self.manifest.read_text())
-        except OSError as e:
-            raise RunError(f"cannot read {self.manifest}: {e}") from None
+            docs = load_documents(self.manifest)
+        except ManifestFileError as e:
+            raise RunError(str(e)) from None
+        doc = docs[0].body if len(docs) == 1 else None
         if not isinstance(doc, dict) or doc.get("kind") != "RLJob":
-            raise RunError(f"{self.manifest} is not an RLJob manifest")
+            raise RunError(f"{self.manifest} is not an RLJob manifest (one document, kind RLJob)")
         try:
             return validate(doc)
         except ManifestInvalid as e:
