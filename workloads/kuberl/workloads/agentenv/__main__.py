@@ -7,6 +7,7 @@ import os
 
 from aiohttp import web
 
+from kuberl.workloads.agentenv.faults import Faults
 from kuberl.workloads.agentenv.protocol import MAX_BODY_BYTES, advertised_endpoint
 from kuberl.workloads.agentenv.server import EnvServer, EnvSettings, serving_options
 from kuberl.workloads.logs import get_logger
@@ -32,13 +33,17 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--body-timeout", type=float, default=10.0, help="seconds a request body may take to arrive (then 408)")
     p.add_argument("--idle-timeout", type=float, default=75.0,
                    help="seconds a connection may stay without a complete request (idle, or headers still arriving)")
+    p.add_argument("--fault-drop", type=float, default=0.0,
+                   help="fraction of episode requests whose connection is dropped without an answer (rehearsing failures)")
+    p.add_argument("--fault-error", type=float, default=0.0, help="fraction of episode requests answered 500 (rehearsing failures)")
     return p.parse_args(argv)
 
 
 def settings_from(a: argparse.Namespace, env: dict[str, str]) -> EnvSettings:
     return EnvSettings(a.task, a.concurrency, a.episode_timeout, a.latency, a.latency_median, a.latency_tail, a.seed,
                        endpoint=advertised_endpoint(a.advertise_url, env.get(POD_IP_ENV), a.port),
-                       max_body_bytes=a.max_body_bytes, body_timeout_s=a.body_timeout, idle_timeout_s=a.idle_timeout)
+                       max_body_bytes=a.max_body_bytes, body_timeout_s=a.body_timeout, idle_timeout_s=a.idle_timeout,
+                       faults=Faults(a.fault_drop, a.fault_error))
 
 
 def main(argv: list[str] | None = None) -> None:

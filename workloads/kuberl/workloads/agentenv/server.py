@@ -38,6 +38,7 @@ from typing import Any
 
 from aiohttp import web
 
+from kuberl.workloads.agentenv.faults import Faults, fault_middleware
 from kuberl.workloads.agentenv.protocol import MAX_BODY_BYTES, BadRequest, parse_reset, parse_step
 from kuberl.workloads.logs import get_logger
 from kuberl.workloads.tasks.calculator import StepResult, calculator_step
@@ -86,6 +87,7 @@ class EnvSettings:
     # slow-loris header drip) is closed after this; longer than aiohttp clients' 15 s
     # keep-alive, so clients close idle connections first and never reuse one being closed.
     idle_timeout_s: float = 75.0
+    faults: Faults = Faults()  # injected drops and errors (agentenv.faults), off by default
 
 
 # After an answer that did not read the whole body (408, 413), aiohttp reads and drops the rest
@@ -156,7 +158,10 @@ class EnvServer:
 
     def app(self) -> web.Application:
         # client_max_size also bounds what request.read() buffers for chunked bodies.
-        app = web.Application(client_max_size=self.settings.max_body_bytes, middlewares=[_errors])
+        middlewares = [_errors]
+        if self.settings.faults.any:
+            middlewares.insert(0, fault_middleware(self.settings.faults, random.Random(self.settings.seed), self.counters))
+        app = web.Application(client_max_size=self.settings.max_body_bytes, middlewares=middlewares)
         app.add_routes([
             web.get("/healthz", self.healthz),
             web.get("/stats", self.stats),

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import time
 from dataclasses import dataclass
+from typing import Any
 from urllib.parse import urlparse
 
 import aiohttp
@@ -67,6 +68,19 @@ async def verifier_group(engine: BatchingEngine | DispatchTracker, prompt: Promp
     return out
 
 
+class EnvAnswerInvalid(ValueError):
+    """The environment answered, but not as the protocol says (not JSON, a field missing or mistyped)."""
+
+
+def answer_field(answer: Any, name: str, kinds: type | tuple[type, ...]) -> Any:
+    """``answer[name]`` when it is of one of ``kinds``, else EnvAnswerInvalid naming the field."""
+    value = answer.get(name) if isinstance(answer, dict) else None
+    allowed = kinds if isinstance(kinds, tuple) else (kinds,)
+    if not isinstance(value, allowed) or (isinstance(value, bool) and bool not in allowed):  # JSON true is no number
+        raise EnvAnswerInvalid(f"the answer's {name!r} is {value!r}, not {' or '.join(k.__name__ for k in allowed)}")
+    return value
+
+
 class EnvBusy(Exception):
     """The environment refused a new episode (429): at its concurrency limit."""
 
@@ -109,7 +123,7 @@ def episode_url(base_url: str, started: dict) -> str:
     if endpoint is None:
         return base_url
     if not isinstance(endpoint, str) or urlparse(endpoint).scheme not in ("http", "https") or not urlparse(endpoint).netloc:
-        raise ValueError(f"environment at {base_url} answered an endpoint {endpoint!r} that is not an http(s) URL")
+        raise EnvAnswerInvalid(f"environment at {base_url} answered an endpoint {endpoint!r} that is not an http(s) URL")
     return endpoint.rstrip("/")
 
 
@@ -133,7 +147,10 @@ async def _post(session: aiohttp.ClientSession, url: str, body: dict, retry_for_
                 if resp.status in (429, 503):
                     raise EnvBusy(f"{url}: {resp.status}")
                 resp.raise_for_status()
-                return await resp.json()
+                try:
+                    return await resp.json()
+                except ValueError as e:  # not JSON (aiohttp's own content-type error is a ClientError)
+                    raise EnvAnswerInvalid(f"{url}: the answer is not JSON: {e}") from e
         except (EnvBusy, aiohttp.ClientConnectionError, asyncio.TimeoutError) as e:
             if not retry_read_timeouts and _is_read_timeout(e):
                 raise StepTimedOut(f"{url}: no answer within the read timeout") from e
@@ -154,7 +171,7 @@ async def _close(session: aiohttp.ClientSession, url: str) -> None:
 
 # What an environment that is down or broken raises (after `_post`'s retries): the episode
 # is an infrastructure failure, not a reward of 0 for what the policy did.
-ENV_INFRA_ERRORS = (aiohttp.ClientError, asyncio.TimeoutError, EnvBusy, KeyError, TypeError, ValueError)
+ENV_INFRA_ERRORS = (aiohttp.ClientError, asyncio.TimeoutError, EnvBusy, EnvAnswerInvalid)
 
 
 async def env_episode(engine: BatchingEngine | DispatchTracker, session: aiohttp.ClientSession, base_url: str, prompt: Prompt, index: int,
@@ -185,9 +202,9 @@ async def _env_episode(engine: BatchingEngine | DispatchTracker, session: aiohtt
     """
     t0 = time.monotonic()
     started = await _post(session, f"{base_url}/episodes", {"prompt": prompt.data["prompt"], "answer": prompt.data["answer"]})
-    episode = started["episode_id"]
+    episode = answer_field(started, "episode_id", str)
     owner = episode_url(base_url, started)
-    tokens = tokenizer.encode_prompt({"prompt": started["observation"]})
+    tokens = tokenizer.encode_prompt({"prompt": answer_field(started, "observation", str)})
     logprobs, mask = [0.0] * len(tokens), [0] * len(tokens)
     versions, reward, t_gen, t_env, turns, timed_out, failure = [], 0.0, 0.0, 0.0, 0, False, None
     try:
@@ -210,11 +227,11 @@ async def _env_episode(engine: BatchingEngine | DispatchTracker, session: aiohtt
                 break
             finally:
                 t_env += time.monotonic() - e0
-            reward = float(step["reward"])
+            reward = float(answer_field(step, "reward", (int, float)))
             timed_out = bool(step.get("timed_out", False))
-            if step["done"]:
+            if answer_field(step, "done", bool):
                 break
-            obs = tokenizer.encode(step["observation"])
+            obs = tokenizer.encode(answer_field(step, "observation", str))
             tokens += obs
             logprobs += [0.0] * len(obs)
             mask += [0] * len(obs)
