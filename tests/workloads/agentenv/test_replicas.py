@@ -110,5 +110,6 @@ async def test_control_without_the_endpoint_steps_get_lost_among_replicas():
             assert all(stats(u)["endpoint"] is None for u in urls)
     finally:
         await engine.stop()
-    not_found = [r for r in results if isinstance(r, aiohttp.ClientResponseError) and r.status == 404]
-    assert len(not_found) > len(results) // 2, results
+    # A step the replica cannot serve is an infrastructure failure of its sample (masked), not an error of the group.
+    not_found = [r for r in results if r.failure and "404" in r.failure]
+    assert len(not_found) > len(results) // 2, [r.failure for r in results]
