@@ -23,12 +23,12 @@ class _PlainDumper(yaml.SafeDumper):
 
 def cmd_render(args: argparse.Namespace) -> int:
     from kuberl.operator.children.render import RenderError, render
-    from kuberl.operator.cli.manifest_files import ManifestFileError, load_documents
-    from kuberl.operator.schema.validation import ManifestInvalid, validate
+    from kuberl.operator.cli.manifest_files import ManifestFileError, clip, load_documents
+    from kuberl.operator.schema.validation import ManifestInvalid, validate, validation_errors
     from kuberl.operator.settings import OperatorSettings
 
     docs = []
-    seen: dict[tuple, str] = {}
+    seen: dict[tuple[str, str, str], str] = {}  # kind, namespace, name -> where it was defined
     for name in args.files:
         try:
             loaded = load_documents(name)
@@ -36,12 +36,21 @@ def cmd_render(args: argparse.Namespace) -> int:
             print(f"kuberl render: {e}", file=sys.stderr)
             return 1
         for doc in loaded:
+            if not isinstance(doc.body, dict):
+                print(f"kuberl render: {doc.where}: {validation_errors(doc.body)[0].message}", file=sys.stderr)
+                return 1
             try:
                 valid = validate(doc.body)
             except ManifestInvalid as e:
-                print(f"kuberl render: {doc.where}: {e}", file=sys.stderr)
+                print("\n".join(clip(line) for line in f"kuberl render: {doc.where}: {e}".splitlines()), file=sys.stderr)
                 return 1
-            key = (valid["kind"], valid["metadata"].get("namespace") or args.namespace, valid["metadata"]["name"])
+            meta = valid["metadata"]
+            if not meta.get("name"):
+                print(f"kuberl render: {doc.where}: {valid['kind']} with generateName {meta.get('generateName')!r} "
+                      "cannot be rendered: its name is only chosen when the API server creates it; set metadata.name",
+                      file=sys.stderr)
+                return 1
+            key = (valid["kind"], meta.get("namespace") or args.namespace, meta["name"])
             if key in seen:
                 # The API server keeps one object per kind, namespace and name: applying both
                 # files would silently replace the first with the second.

@@ -7,7 +7,7 @@ import sys
 
 
 def cmd_validate(args: argparse.Namespace) -> int:
-    from kuberl.operator.cli.manifest_files import ManifestFileError, load_documents
+    from kuberl.operator.cli.manifest_files import ManifestFileError, clip, load_documents
     from kuberl.operator.schema.validation import validation_errors
 
     failed = 0
@@ -26,9 +26,9 @@ def cmd_validate(args: argparse.Namespace) -> int:
                      if isinstance(body, dict) else doc.where)
             if errors:
                 failed += 1
-                print(f"{label}: invalid", file=sys.stderr)
+                print(f"{clip(label)}: invalid", file=sys.stderr)
                 for e in errors:
-                    print(f"  {e}", file=sys.stderr)
+                    print(f"  {clip(str(e))}", file=sys.stderr)
             else:
-                print(f"{label}: valid")
+                print(f"{clip(label)}: valid")
     return 1 if failed else 0

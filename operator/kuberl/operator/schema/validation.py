@@ -160,17 +160,20 @@ def _program(rule: str):
     return env.program(env.compile(rule))
 
 
-def _cel_errors(value: Any, schema: dict[str, Any], path: str) -> list[FieldError]:
+def _cel_errors(value: Any, schema: dict[str, Any], path: str, cel: Any = None) -> list[FieldError]:
+    """`cel` is `value` already converted for CEL (a part of its parent's conversion), or None:
+    each subtree is converted at most once, however many rules above it read it; converting
+    per rule made a large `x-kubernetes-preserve-unknown-fields` value cost a walk per rule."""
     import celpy
 
     errors: list[FieldError] = []
-    for rule in schema.get("x-kubernetes-validations", []):
-        if "oldSelf" in rule["rule"]:
-            continue  # transition rule: only evaluated on update
-        activation = {"self": celpy.json_to_cel(_as_cel_input(value, schema))}
+    rules = [r for r in schema.get("x-kubernetes-validations", []) if "oldSelf" not in r["rule"]]  # oldSelf: update only
+    if rules and cel is None:
+        cel = celpy.json_to_cel(_as_cel_input(value, schema))
+    for rule in rules:
         where = path + rule.get("fieldPath", "") if rule.get("fieldPath") else path
         try:
-            result = _program(rule["rule"]).evaluate(activation)
+            result = _program(rule["rule"]).evaluate({"self": cel})
         except celpy.CELEvalError as e:
             result = e
         if isinstance(result, celpy.CELEvalError):
@@ -183,10 +186,11 @@ def _cel_errors(value: Any, schema: dict[str, Any], path: str) -> list[FieldErro
     if isinstance(value, dict):
         for name, prop in schema.get("properties", {}).items():
             if name in value:
-                errors += _cel_errors(value[name], prop, _join(path, name))
+                sub = None if cel is None else cel[celpy.celtypes.StringType(name)]
+                errors += _cel_errors(value[name], prop, _join(path, name), sub)
     if isinstance(value, list) and "items" in schema:
         for i, item in enumerate(value):
-            errors += _cel_errors(item, schema["items"], f"{path}[{i}]")
+            errors += _cel_errors(item, schema["items"], f"{path}[{i}]", None if cel is None else cel[i])
     return errors
 
 
@@ -206,7 +210,8 @@ def drop_nulls(value: Any, schema: dict[str, Any]) -> Any:
 def validation_errors(manifest: dict[str, Any]) -> list[FieldError]:
     """Every reason the API server would refuse to create `manifest` (empty when valid)."""
     if not isinstance(manifest, dict):
-        return [FieldError("<root>", "a manifest must be a mapping")]
+        return [FieldError("<root>", f"a manifest must be a mapping (apiVersion, kind, metadata, spec), "
+                                     f"not {'null' if manifest is None else type(manifest).__name__}")]
     kind = manifest.get("kind")
     schemas = _schemas()
     if manifest.get("apiVersion") != API_VERSION or kind not in schemas:
@@ -236,5 +241,7 @@ def validate(manifest: dict[str, Any]) -> dict[str, Any]:
     """Return `manifest` with schema defaults applied, or raise ManifestInvalid."""
     errors = validation_errors(manifest)
     if errors:
-        raise ManifestInvalid(str(manifest.get("kind")), str(manifest.get("metadata", {}).get("name")), errors)
+        meta = manifest.get("metadata") if isinstance(manifest, dict) else None
+        raise ManifestInvalid(str(manifest.get("kind") if isinstance(manifest, dict) else None),
+                              str(meta.get("name") or meta.get("generateName") if isinstance(meta, dict) else None), errors)
     return apply_defaults(manifest, _schemas()[manifest["kind"]])
