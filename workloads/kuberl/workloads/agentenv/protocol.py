@@ -10,10 +10,15 @@ from __future__ import annotations
 
 import ipaddress
 import json
+import math
 from urllib.parse import urlparse
 
 MiB = 1024 * 1024
 MAX_BODY_BYTES = 1 * MiB  # prompts and actions are text; a megabyte is far beyond either
+# A number literal's length is checked before it is converted: int() of a long literal is
+# quadratic (Python stops at 4,300 digits with a ValueError, or never where that limit is
+# lifted). Answers sent as numbers are a dataset's; longer ones can travel as strings.
+MAX_NUMBER_CHARS = 1000
 
 
 class BadRequest(ValueError):
@@ -27,10 +32,37 @@ class BadRequest(ValueError):
         return {"error": str(self), "field": self.field}
 
 
+def _literal(text: str) -> str:
+    return text if len(text) <= 20 else f"{text[:10]}…({len(text)} characters)"
+
+
+def _int(text: str) -> int:
+    if len(text) > MAX_NUMBER_CHARS:
+        raise BadRequest("body", f"the number {_literal(text)} is longer than {MAX_NUMBER_CHARS} characters")
+    return int(text)
+
+
+def _float(text: str) -> float:
+    if len(text) > MAX_NUMBER_CHARS:
+        raise BadRequest("body", f"the number {_literal(text)} is longer than {MAX_NUMBER_CHARS} characters")
+    value = float(text)
+    if not math.isfinite(value):  # 1e400 parses as inf, which is no answer to anything
+        raise BadRequest("body", f"the number {_literal(text)} is out of range")
+    return value
+
+
+def _constant(text: str) -> None:
+    raise BadRequest("body", f"{text} is not JSON (numbers must be finite)")
+
+
 def _object(raw: bytes) -> dict:
     try:
-        body = json.loads(raw)
-    except (UnicodeDecodeError, ValueError):
+        body = json.loads(raw, parse_int=_int, parse_float=_float, parse_constant=_constant)
+    except BadRequest:
+        raise
+    except RecursionError:  # json's scanner recurses once per level: [[[[… a few KiB deep is enough
+        raise BadRequest("body", "the body is nested too deeply") from None
+    except ValueError:  # UnicodeDecodeError among them
         raise BadRequest("body", "the body is not JSON") from None
     if not isinstance(body, dict):
         raise BadRequest("body", f"the body must be a JSON object, not {type(body).__name__}")

@@ -21,8 +21,11 @@ The protocol, JSON over HTTP:
     liveness; counters (open, reserved, started, refused, finished, timed_out, …).
 
 Errors answer ``{"error": str, "field"?: str}``: ``400`` for a body that is not a JSON object
-or misses/mistypes a field (``field`` names it), ``413`` for a body over the limit (1 MiB),
-``408`` for a body that does not arrive within the body timeout. A reset holds its slot from
+(not UTF-8/16/32 JSON, nested too deeply, NaN or Infinity, a number out of range or over 1000
+characters, a Content-Encoding it does not decode with) or misses/mistypes a field (``field``
+names it), ``413`` for a body over the limit (1 MiB), ``408`` for a body that does not arrive
+within the body timeout, ``404``/``405`` for an unknown path or method. No request body
+answers 5xx (tests/workloads/agentenv/test_server_fuzz.py). A reset holds its slot from
 before its body is read, so slow bodies cannot admit more than ``concurrency`` episodes.
 """
 
@@ -122,6 +125,17 @@ async def _errors(request: web.Request, handler) -> web.StreamResponse:
         if e.close:
             resp.force_close()  # the rest of the body is not worth waiting for
         return resp
+    except web.HTTPException as e:
+        if e.status < 400:
+            raise
+        # The router's 404 and 405 (and aiohttp's own 4xx), as JSON like every other error.
+        if isinstance(e, web.HTTPMethodNotAllowed):
+            message = f"{request.method} is not allowed on {request.path[:200]} (allowed: {', '.join(sorted(e.allowed_methods))})"
+        elif isinstance(e, web.HTTPNotFound):
+            message = f"no route {request.path[:200]}"
+        else:
+            message = e.reason
+        return web.json_response({"error": message}, status=e.status, headers={k: v for k, v in e.headers.items() if k == "Allow"})
 
 
 async def read_body(request: web.Request, limit: int, timeout_s: float) -> bytes:
@@ -135,6 +149,12 @@ async def read_body(request: web.Request, limit: int, timeout_s: float) -> bytes
         raise _Refused(408, f"request body did not arrive within {timeout_s:g} s", close=True) from None
     except web.HTTPRequestEntityTooLarge:  # chunked bodies have no length to check up front
         raise _Refused(413, f"request body is over the limit of {limit} bytes", close=True) from None
+    except web.RequestPayloadError as e:  # e.g. Content-Encoding: gzip on bytes that are not gzip
+        detail = getattr(e.__cause__, "message", None) or str(e)
+        # The parser has given up on this body; marked ended, aiohttp's read of the rest after
+        # the answer does not raise the error again (logged as an "Unhandled exception").
+        request.content.feed_eof()
+        raise _Refused(400, f"request body could not be decoded: {detail}", close=True) from None
 
 
 def step_episode(task: str, ep: Episode, action: str) -> StepResult:
@@ -170,7 +190,11 @@ class EnvServer:
             web.delete("/episodes/{id}", self.close),
         ])
         app.on_startup.append(self._start_reaper)
+        app.on_shutdown.append(self._log_counters)
         return app
+
+    async def _log_counters(self, app: web.Application) -> None:
+        log.info("agentenv stopping", open=len(self.episodes), **self.counters)
 
     async def _start_reaper(self, app: web.Application) -> None:
         async def reap() -> None:

@@ -10,7 +10,17 @@ from kuberl.workloads.tasks.verifiers import arithmetic_reward
 
 TOOL_PREFIX = "c:"
 MAX_TOOL_TURNS = 3
+MAX_OPERAND = 10**9
 _EXPR = re.compile(r"^\s*(-?\d+)\s*([-+*])\s*(-?\d+)\s*$")
+
+
+def _operand(digits: str) -> int | None:
+    # Counted before int(): a policy's 5000-digit operand is its mistake ("error"), and int()
+    # of it would raise (Python's 4300-digit limit) or take quadratic time.
+    if len(digits.lstrip("-").lstrip("0")) > len(str(MAX_OPERAND)):
+        return None
+    value = int(digits)
+    return value if abs(value) <= MAX_OPERAND else None
 
 
 def calculate(expr: str) -> str:
@@ -18,8 +28,8 @@ def calculate(expr: str) -> str:
     m = _EXPR.match(expr)
     if not m:
         return "error"
-    a, op, b = int(m.group(1)), m.group(2), int(m.group(3))
-    if abs(a) > 10**9 or abs(b) > 10**9:
+    a, op, b = _operand(m.group(1)), m.group(2), _operand(m.group(3))
+    if a is None or b is None:
         return "error"
     return str(_apply(a, op, b))
 
