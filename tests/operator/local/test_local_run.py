@@ -7,7 +7,9 @@ and so is the trainer after a checkpoint (the runner restarts it and it resumes 
 last checkpoint it wrote).
 
 The decoupled drill's reward is a python entry point that raises on 10 % of calls and hangs
-on 1 %: those samples are masked and counted, and the job still learns.
+on 1 %; the colocated run's comes from an AgentEnv that drops 10 % of its connections and
+answers 2 % of requests with 500. Those samples are masked and counted, and both jobs still
+learn.
 
 For CI time, both runs go at once against the session's nats-server and SeaweedFS
 (`kuberl run --nats-url/--s3-endpoint`, each job in its own bucket); every assertion is
@@ -49,13 +51,22 @@ WANDB = {"project": "kuberl-tests", "entity": "kuberl-ci", "mode": "offline", "g
 FLAKY_REWARD = {"type": "python", "python": {"entryPoint": "tests.support.rewards:flaky_arithmetic", "timeoutSeconds": 0.5}}
 
 
+# The colocated run's reward: an AgentEnv (the reference server, arithmetic task) that drops
+# 10 % of episode connections and answers 2 % of episode requests with 500. Drops are
+# retried (the request never reached the task); a 500 masks its sample.
+FLAKY_ENV = {"name": "sums", "spec": {"task": "arithmetic", "replicas": 1, "concurrencyPerReplica": 256, "episodeTimeoutSeconds": 60,
+                                      "args": ["--fault-drop", "0.1", "--fault-error", "0.02", "--seed", "3"]}}
+
+
 def shortened(example: str, tmp: Path, max_steps: int, checkpoint_every: int, observability: dict | None = None,
-              reward: dict | None = None) -> Path:
+              reward: dict | None = None, agent_envs: list | None = None) -> Path:
     doc = yaml.safe_load((ROOT / "examples" / example).read_text())
     if observability:
         doc["spec"]["observability"] = observability
     if reward:
         doc["spec"]["reward"] = reward
+    if agent_envs:
+        doc["spec"]["agentEnvs"] = agent_envs
     doc["spec"]["runPolicy"]["maxSteps"] = max_steps
     doc["spec"]["checkpoint"]["intervalSteps"] = checkpoint_every
     # Shared S3: a bucket of its own, so no run ever sees another's weights or checkpoints.
@@ -120,7 +131,8 @@ def runs(tmp_path_factory, nats_server, s3_server):
     """The shortened colocated run and the decoupled drill, side by side; returns both outputs."""
     tmp = tmp_path_factory.mktemp("local-run")
     col_out, dec_out = tmp / "colocated", tmp / "decoupled"
-    col = start_run(shortened("tiny-cpu-colocated.yaml", tmp, COLOCATED_STEPS, 50, {"wandb": WANDB}), col_out,
+    col = start_run(shortened("tiny-cpu-colocated.yaml", tmp, COLOCATED_STEPS, 50, {"wandb": WANDB},
+                              reward={"type": "agentEnv", "agentEnv": "sums"}, agent_envs=[FLAKY_ENV]), col_out,
                     nats_server.url, s3_server, quiet=False)
     col_t0 = time.monotonic()
     dec = start_run(shortened("tiny-cpu.yaml", tmp, DECOUPLED_STEPS, CHECKPOINT_EVERY, reward=FLAKY_REWARD), dec_out,
@@ -169,6 +181,23 @@ def test_colocated_run_improves_reward(runs):
     assert (out / "reward_curve.png").stat().st_size > 0
     summary = json.loads((out / "summary.json").read_text())
     assert summary["mode"] == "colocated" and summary["steps"] == COLOCATED_STEPS
+
+
+def test_colocated_run_with_a_flaky_environment_masks_and_counts_what_it_could_not_score(runs):
+    """Its reward comes from an environment that drops connections and answers some requests
+    with 500: the run still learns (test_colocated_run_improves_reward); failed samples are
+    masked, counted per step and in total, and in summary.json."""
+    out, _ = runs["colocated"]
+    metrics = rows(out)
+    total, trained = metrics[-1]["infra_failed_total"], metrics[-1]["samples_trained"]
+    # Two episode requests each (reset, step; the DELETE is bookkeeping): a 500 on either
+    # fails the sample, about 4 % of them. Dropped connections are retried and cost nothing.
+    assert 0.01 * trained < total < 0.10 * trained, (total, trained)
+    assert json.loads((out / "summary.json").read_text())["infra_failed_samples"] == total
+    # The environment did misbehave: its counters, logged as it stopped.
+    [stopping] = [json.loads(line) for line in (out / "logs" / "agentenv-sums.log").read_text().splitlines()
+                  if line.startswith("{") and '"agentenv stopping"' in line]
+    assert stopping["fault_dropped"] > 0.05 * stopping["started"] and stopping["fault_errors"] > 0
 
 
 def test_colocated_run_evaluates_held_out_prompts(runs):
