@@ -24,6 +24,9 @@ __all__ = ["FieldError", "ManifestInvalid", "apply_defaults", "validate", "valid
 
 # The fields a custom resource has besides its schema's: the API server decodes them itself.
 OBJECT_FIELDS = ("apiVersion", "kind", "metadata")
+# What a field the schema does not declare gets: with fieldValidation=Strict the server
+# refuses those while decoding, before any other check.
+UNDECLARED = "field not declared in schema"
 
 
 class ManifestInvalid(ValueError):
@@ -131,7 +134,7 @@ def _structural_errors(value: Any, schema: dict[str, Any], path: str) -> list[Fi
             elif isinstance(schema.get("additionalProperties"), dict):
                 errors += _structural_errors(item, schema["additionalProperties"], sub)
             elif props is not None and not schema.get("x-kubernetes-preserve-unknown-fields") and path:
-                errors.append(FieldError(sub, "field not declared in schema"))
+                errors.append(FieldError(sub, UNDECLARED))
     return errors
 
 
@@ -228,7 +231,7 @@ def validation_errors(manifest: dict[str, Any]) -> list[FieldError]:
         metadata["name"] = name_of(metadata)
     body["metadata"] = metadata
     errors = _structural_errors(body, {**schema, "properties": {k: v for k, v in schema["properties"].items() if k != "status"}}, "")
-    unknown_fields = [e for e in errors if e.message == "field not declared in schema"]
+    unknown_fields = [e for e in errors if e.message == UNDECLARED]
     if decoding or unknown_fields:
         return decoding + unknown_fields
     errors = meta_errors(metadata) + errors

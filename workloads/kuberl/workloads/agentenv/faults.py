@@ -13,10 +13,6 @@ from dataclasses import dataclass
 
 from aiohttp import web
 
-from kuberl.workloads.logs import get_logger
-
-log = get_logger(__name__)
-
 
 @dataclass(frozen=True)
 class Faults:

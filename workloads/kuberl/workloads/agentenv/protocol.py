@@ -36,16 +36,18 @@ def _literal(text: str) -> str:
     return text if len(text) <= 20 else f"{text[:10]}…({len(text)} characters)"
 
 
-def _int(text: str) -> int:
+def _short_number(text: str) -> str:
     if len(text) > MAX_NUMBER_CHARS:
         raise BadRequest("body", f"the number {_literal(text)} is longer than {MAX_NUMBER_CHARS} characters")
-    return int(text)
+    return text
+
+
+def _int(text: str) -> int:
+    return int(_short_number(text))
 
 
 def _float(text: str) -> float:
-    if len(text) > MAX_NUMBER_CHARS:
-        raise BadRequest("body", f"the number {_literal(text)} is longer than {MAX_NUMBER_CHARS} characters")
-    value = float(text)
+    value = float(_short_number(text))
     if not math.isfinite(value):  # 1e400 parses as inf, which is no answer to anything
         raise BadRequest("body", f"the number {_literal(text)} is out of range")
     return value

@@ -1,8 +1,8 @@
 """Scoring a single-turn response: built-in verifiers in process, custom functions in a child.
 
 A custom reward (`reward.python.entryPoint`) is the user's code, called with the model's
-output. It runs in a child process of the agent (`reward_worker`), one call at a time:
-one that raises, returns a non-number, hangs past `reward.python.timeoutSeconds` or kills
+output. It runs in child processes of the agent (`reward_worker`), each serving one call at
+a time: a call that raises, returns a non-number, hangs past `reward.python.timeoutSeconds` or kills
 its interpreter costs only the sample it was scoring, which comes back as a failure (an
 infrastructure failure: masked and counted by the trainer), never the agent or the group.
 After a timeout the child is killed and the next call starts a fresh one. An entry point
@@ -96,9 +96,7 @@ class PythonRewardRunner:
                 self._idle.append(proc)
             else:
                 self.restarts += 1
-                await _kill(proc)  # waits for it: the exit code is known after
-                if scored.failure == _EXITED:
-                    scored = Scored(failure=f"reward process exited (code {proc.returncode})")
+                await _kill(proc)
             return scored
 
     async def _call(self, proc: asyncio.subprocess.Process, prompt: str, response: str, sample: dict) -> tuple[Scored, bool]:
@@ -112,7 +110,8 @@ class PythonRewardRunner:
         except (ConnectionError, ValueError) as e:  # a pipe the child broke, or an answer line over the limit
             return Scored(failure=f"reward process failed: {type(e).__name__}: {e}"), False
         if not line:
-            return Scored(failure=_EXITED), False
+            await proc.wait()  # its stdout closed: the exit code follows
+            return Scored(failure=f"reward process exited (code {proc.returncode})"), False
         answer = json.loads(line)
         if "error" in answer:
             return Scored(failure=f"reward raised {answer['error']}"), True
@@ -126,9 +125,6 @@ class PythonRewardRunner:
         for proc in [*self._idle, *self._busy]:
             await _kill(proc)
         self._idle.clear()
-
-
-_EXITED = "exited"
 
 
 async def _kill(proc: asyncio.subprocess.Process) -> None:
