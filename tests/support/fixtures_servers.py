@@ -135,6 +135,26 @@ class NatsServer:
         time.sleep(down_for)
         self.start()
 
+    def snapshot(self, dest: Path) -> Path:
+        """A crash-consistent copy of the store as it is now: the server is frozen (SIGSTOP)
+        while its files are copied, so the copy is what a power cut at this instant leaves
+        on disk (what the server wrote, not what it only acknowledged)."""
+        os.kill(self.proc.pid, signal.SIGSTOP)
+        try:
+            shutil.copytree(self.store_dir, dest)
+        finally:
+            os.kill(self.proc.pid, signal.SIGCONT)
+        return dest
+
+    def roll_back(self, snapshot: Path, down_for: float = 1.0) -> None:
+        """SIGKILL the server and start it on ``snapshot``'s store: every message and ack
+        written since the snapshot vanishes, as after an OS crash before JetStream's fsync."""
+        self.stop(sig=signal.SIGKILL)
+        shutil.rmtree(self.store_dir)
+        shutil.copytree(snapshot, self.store_dir)
+        time.sleep(down_for)
+        self.start()
+
 
 @dataclass
 class SeaweedS3:

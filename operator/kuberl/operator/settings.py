@@ -47,6 +47,9 @@ class OperatorSettings:
     metrics_port: int = 9090  # 0 disables the Prometheus endpoint
     health_port: int = 8081  # 0 disables the liveness endpoint
     executor_threads: int = 16  # kopf runs our (synchronous) handlers in this many threads
+    # A standby replica takes over this long after the leader's last keep-alive (kopf's
+    # default is 60 s; keep-alives go every lifetime minus 5-10 s).
+    peering_lifetime_s: int = 20
     # The RLJob finaliser retries deleting the job's streams this often, 5 s apart, then lets
     # the job go with a Warning: a NATS outage must not block namespace deletion.
     finalizer_retries: int = 12
@@ -82,6 +85,7 @@ class OperatorSettings:
             metrics_port=_env_int("KUBERL_METRICS_PORT", d.metrics_port),
             health_port=_env_int("KUBERL_HEALTH_PORT", d.health_port),
             executor_threads=_env_int("KUBERL_EXECUTOR_THREADS", d.executor_threads),
+            peering_lifetime_s=_env_int("KUBERL_PEERING_LIFETIME", d.peering_lifetime_s),
             finalizer_retries=_env_int("KUBERL_FINALIZER_RETRIES", d.finalizer_retries),
             allow_sandbox_opt_out=os.environ.get("KUBERL_ALLOW_SANDBOX_OPT_OUT", "").lower() in ("1", "true", "yes"),
             read_job_secrets=os.environ.get("KUBERL_READ_JOB_SECRETS", "true").lower() not in ("0", "false", "no"),

@@ -271,6 +271,20 @@ def test_killed_trainer_resumes_from_its_last_checkpoint(runs):
     assert json.loads((out / "summary.json").read_text())["restarts"].get("trainer", 0) >= 1
 
 
+def test_the_drill_loses_no_prompt_and_trains_none_twice(runs):
+    """The trainer's ledger, replayed (`kuberl.operator.local.audit`): across the agent's and
+    the trainer's SIGKILL, every prompt slot issued was trained, dropped for a reason, or is
+    in flight at the end; none trained twice; steps 1..N each committed once; every version
+    an agent loaded was published whole."""
+    from kuberl.operator.local.audit import audit_run
+
+    out, output, _ = runs["decoupled"]
+    audit = audit_run(out)
+    assert audit.finished and audit.steps == DECOUPLED_STEPS and audit.restarts >= 1, output[-2000:]
+    assert audit.zeros() == dict.fromkeys(audit.zeros(), 0), audit
+    assert audit.reissued > 0 and audit.versions_loaded > 0  # the restored trainer re-issued its in-flight prompts
+
+
 # -- what users watch: run loggers, Prometheus, progress outside a terminal ----------------
 
 

@@ -29,6 +29,7 @@ def configure(settings: kopf.OperatorSettings, **_: Any) -> None:
     settings.posting.level = 20  # INFO: our Events, not kopf's per-handler chatter
     settings.posting.loggers = False
     settings.execution.max_workers = RT.settings.executor_threads
+    settings.peering.lifetime = RT.settings.peering_lifetime_s
     # On deletion kopf stops an object's timers before it removes the finalizer, and by
     # default looks again only every 60 s: a deleted job would linger a minute after its
     # finaliser ran. Our timers finish a round in well under a second.

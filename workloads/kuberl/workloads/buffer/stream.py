@@ -186,6 +186,15 @@ class JobBuffer:
                                            stream=self.names.prompts_stream, config=cc)
         return PromptConsumer(sub)
 
+    async def prompts_last_seq(self) -> int | None:
+        """The prompts stream's last sequence number (None when the broker cannot say now)."""
+        try:
+            info = await self.js.stream_info(self.names.prompts_stream)
+        except (*_RETRYABLE, nats.js.errors.NotFoundError) as e:
+            log.warning("prompts stream not readable", error=type(e).__name__)
+            return None
+        return info.state.last_seq
+
     async def backlog(self) -> dict[str, int]:
         """Messages not yet handed out, per stream (what the autoscaler reads; `admin.backlog`)."""
         return await backlog(self.js, self.names)

@@ -101,9 +101,9 @@ class RolloutAgent:
         self._owns_scratch = not shared
         self.scratch = Path(shared or tempfile.mkdtemp(prefix="kuberl-versions-"))
 
-    def _fetch(self, version: int) -> Path:
-        path, _manifest = self.store.fetch(version, self.scratch / f"v{version:08d}")
-        return Path(path)
+    def _fetch(self, version: int) -> tuple[Path, str]:
+        path, manifest = self.store.fetch(version, self.scratch / f"v{version:08d}")
+        return Path(path), manifest.digest
 
     def _drop_versions_before(self, version: int) -> None:
         """Once the engine holds ``version``, older fetched copies are dead weight."""
@@ -113,7 +113,7 @@ class RolloutAgent:
 
     async def load_version(self, version: int) -> None:
         t0 = time.perf_counter()
-        path = await asyncio.to_thread(self._fetch, version)
+        path, digest = await asyncio.to_thread(self._fetch, version)
         if self.cfg.rollout.weight_swap == "drain":
             self.accepting.clear()
             while self.active:
@@ -123,12 +123,25 @@ class RolloutAgent:
         self.accepting.set()
         self.swaps += 1
         self.metrics.swapped(version, time.perf_counter() - t0)
-        log.info("weights swapped", agent=self.agent_id, version=version, policy=self.cfg.rollout.weight_swap)
+        log.info("weights swapped", agent=self.agent_id, version=version, digest=digest, policy=self.cfg.rollout.weight_swap)
         if self.buffer is not None:
             try:
                 await self.buffer.state.report_agent(self.agent_id, version)
             except Exception as e:  # noqa: BLE001 (a status nicety never stops generation)
                 log.warning("loaded version not reported", agent=self.agent_id, error=str(e))
+
+    async def _first_load(self, buf: JobBuffer, version: int) -> None:
+        """Load the announced version, retrying (the newest announced) while the store is away:
+        an agent restarted during an S3 outage waits for it instead of exiting in a loop."""
+        delay = 0.5
+        while True:
+            try:
+                return await self.load_version(version)
+            except Exception as e:  # noqa: BLE001 (a pruned version or an outage: read the state again)
+                log.warning("first weight load failed; retrying", version=version, retry_in_s=delay, error=str(e)[:200])
+            await asyncio.sleep(delay)
+            delay = min(delay * 2, 10.0)
+            version = (await buf.state.get())[0].policy_version
 
     async def watch_versions(self, buf: JobBuffer) -> None:
         """Follow the trainer's version in the job KV; load each newest version once the last load is done.
@@ -230,7 +243,7 @@ class RolloutAgent:
                 if state.weights_manifest:
                     break
                 await asyncio.sleep(0.2)
-            await self.load_version(state.policy_version)
+            await self._first_load(buf, state.policy_version)
             if self.cfg.reward.type == "python":
                 # A reward that cannot be imported is the job's spec, not a sample: stop here, saying why.
                 await python_runner(self.cfg.reward.python).ready()

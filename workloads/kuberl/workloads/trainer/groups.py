@@ -21,9 +21,11 @@ class GroupAssembler:
     answered: set[str] = field(default_factory=set)
     kept: int = 0
     dropped: int = 0
+    last_dropped: bool = False
 
     def add(self, t: Trajectory) -> str | None:
-        """Returns the prompt id when ``t`` completes its group."""
+        """Returns the prompt id when ``t`` completes its group (`last_dropped` says whether
+        dynamic sampling dropped it)."""
         if t.prompt_id in self.answered:
             return None
         group = self.partial.setdefault(t.group_id, [])
@@ -34,7 +36,8 @@ class GroupAssembler:
             return None
         del self.partial[t.group_id]
         self.answered.add(t.prompt_id)
-        if self.dynamic_sampling and not group_has_signal(group):
+        self.last_dropped = self.dynamic_sampling and not group_has_signal(group)
+        if self.last_dropped:
             self.dropped += 1
         else:
             self.kept += 1
@@ -44,15 +47,15 @@ class GroupAssembler:
     def ready_samples(self) -> int:
         return sum(len(g) for g in self.ready)
 
-    def drop_untrainable(self, current_version: int, max_off_policy_steps: int, rule: dict | None = None) -> int:
-        """Evict ready groups that aged past the staleness bound while waiting; returns the samples dropped.
+    def drop_untrainable(self, current_version: int, max_off_policy_steps: int, rule: dict | None = None) -> list[list[Trajectory]]:
+        """Evict ready groups that aged past the staleness bound while waiting; returns them.
 
         Done before the batch is counted, so a step always trains a full batch of groups
         it can use (their prompts are answered already: the feeder replaces them).
         """
         keep = [g for g in self.ready
                 if staleness_weight(min(t.policy_version for t in g), current_version, max_off_policy_steps, **(rule or {})) is not None]
-        dropped = sum(len(g) for g in self.ready) - sum(len(g) for g in keep)
+        dropped = [g for g in self.ready if not any(g is k for k in keep)]
         self.ready = keep
         return dropped
 

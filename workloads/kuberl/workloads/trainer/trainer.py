@@ -30,8 +30,10 @@ from kuberl.workloads.rl.curriculum import CurriculumState, curriculum_step
 from kuberl.workloads.trainer.checkpoints import CheckpointStore
 from kuberl.workloads.trainer.evaluation import Evaluator
 from kuberl.workloads.trainer.groups import staleness_weights
+from kuberl.workloads.trainer.ledger import Ledger
 from kuberl.workloads.trainer.prompts import PromptSource, curriculum_stages
 from kuberl.workloads.trainer.warm_start import WARMUP_LR, warmup_batches
+from kuberl.workloads.weights.outage import through_outage
 from kuberl.workloads.weights.sync import Published, publish_policy, weight_store
 
 log = get_logger(__name__)
@@ -88,13 +90,15 @@ class Trainer:
         self.prometheus = TrainerMetrics()
         self.store = weight_store(cfg)
         self.buffer: JobBuffer | None = None
+        self.ledger = Ledger(cfg.output_dir, self.prompts.incarnation)
+        self.last_published: Published | None = None
         self._rl_t0 = time.monotonic()
 
     # ---- lifecycle --------------------------------------------------------------------
 
     def restore_or_init(self, extra_state: dict | None = None) -> dict:
         """Resume from the latest checkpoint, or warm-start a fresh model; returns the checkpoint's extras."""
-        state = self.ckpt.load_latest()
+        state = through_outage(self.ckpt.load_latest, "checkpoint read")
         if state is None:
             self.init_fresh()
             return {}
@@ -128,13 +132,15 @@ class Trainer:
 
     def checkpoint(self, extra: dict | None = None) -> None:
         p = self.progress
-        self.ckpt.save(p.step, {
+        state = {
             **self.backend.checkpoint_state(),
             "progress": {**asdict(replace(p, resumed_from=None)), "rl_seconds": self.rl_seconds()},
             "prompts_issued": self.prompts.issued,
             "torch_rng": torch.get_rng_state(),
             "extra": extra or {},
-        })
+        }
+        through_outage(lambda: self.ckpt.save(p.step, state), f"checkpoint of step {p.step}")
+        self.ledger.record("checkpoint", step=p.step)
         self.loggers.flush()  # event files reach the run-files location with each checkpoint
 
     def rl_seconds(self) -> float:
@@ -228,20 +234,42 @@ class Trainer:
         self.loggers.log(row)
         self.prometheus.observe_row(row)
         if self.buffer is not None:
+            # Absolute values from the trainer's own (checkpointed) progress, and the version it
+            # published last: a broker that lost writes gets the state back at the next step.
+            published = self.last_published
             await self.buffer.state.update(lambda s: replace(
-                s, curriculum_stage=row["stage"], counters={**s.counters, "steps": row["step"], "samples": row["samples_trained"],
+                s, curriculum_stage=row["stage"],
+                **({"policy_version": published.version, "weights_manifest": published.uri}
+                   if published is not None and published.version > s.policy_version else {}), counters={**s.counters, "steps": row["step"], "samples": row["samples_trained"],
                                                               "infra_failed": row["infra_failed_total"]},
                 metrics=JobMetrics(reward_mean=row["reward_mean"], reward_std=row["reward_std"], pass_rate=row["pass_rate"],
                                    samples_per_s=row["samples_per_s"], trainer_idle_percent=row.get("trainer_idle_percent")),
                 evaluation=self.last_evaluation or s.evaluation))
         log.info("step", **{k: row[k] for k in ("step", "reward_mean", "samples_per_s", "policy_version", "stage")})
 
+    async def reassert_state(self) -> None:
+        """Write the version published last back into the job state (the broker lost it)."""
+        if self.buffer is not None and self.last_published is not None:
+            await self.buffer.state.publish_version(self.last_published.version, self.last_published.uri)
+
     def publish(self) -> Published:
-        """Publish the current weights as the current version."""
-        published = publish_policy(self.store, self.backend.hf_state(), self.backend.hf_config, self.progress.version,
-                                   self.cfg.weight_store.fp8, dtype=self.cfg.model.dtype)
+        """Publish the current weights as the current version (retried through an S3 outage)."""
+        state, version = self.backend.hf_state(), self.progress.version
+        published = through_outage(lambda: publish_policy(self.store, state, self.backend.hf_config, version,
+                                                          self.cfg.weight_store.fp8, dtype=self.cfg.model.dtype),
+                                   f"weights version {version}")
         self.prometheus.weight_sync(published.seconds, published.bytes)
+        self.ledger.record("published", version=version, digest=published.digest)
+        self.last_published = published
         return published
+
+    def prune_versions(self) -> None:
+        """Delete weight versions beyond ``weightStore.keepVersions``. Housekeeping: a store that
+        is away now is pruned at the next sync, never a reason to stop training."""
+        try:
+            self.store.prune(self.cfg.weight_store.keep_versions)
+        except Exception as e:  # noqa: BLE001
+            log.warning("weight versions not pruned; retried at the next sync", error=str(e)[:200])
 
     def close(self) -> None:
         """End of the trainer process: the run loggers finish (and copy their files out)."""

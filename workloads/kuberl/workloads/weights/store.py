@@ -123,6 +123,12 @@ class Manifest:
     def total_bytes(self) -> int:
         return sum(f.size for f in self.files)
 
+    @property
+    def digest(self) -> str:
+        """What the version holds, in 16 hex digits: the sha256 of its files' names and digests."""
+        listing = "\n".join(f"{f.name} {f.sha256}" for f in sorted(self.files, key=lambda f: f.name))
+        return hashlib.sha256(listing.encode()).hexdigest()[:16]
+
 
 def sha256_file(path: str | os.PathLike, chunk: int = 8 * MiB) -> str:
     # hashlib releases the GIL on large updates, so several files hash in parallel threads.

@@ -31,6 +31,8 @@ class Published:
     uri: str  # of the version's manifest
     bytes: int  # of the version's files
     seconds: float  # serialise + upload, manifest included
+    version: int = 0
+    digest: str = ""  # Manifest.digest: what an agent that loads this version logs
 
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16}
@@ -57,7 +59,7 @@ def publish_policy(store: WeightStore, hf_state: dict[str, torch.Tensor], hf_con
     with tempfile.TemporaryDirectory(prefix="kuberl-weights-") as tmp:
         save_sharded(state, tmp, config=config)
         manifest = store.publish(version, tmp, dtype=dtype, overwrite=True)
-    return Published(store.manifest_uri(version), manifest.total_bytes, time.monotonic() - t0)
+    return Published(store.manifest_uri(version), manifest.total_bytes, time.monotonic() - t0, version, manifest.digest)
 
 
 def read_checkpoint_dir(path: str | Path) -> dict[str, torch.Tensor]:
