@@ -209,6 +209,51 @@ async def test_prompt_backpressure_bounds_in_flight(nats_server):
         await buf.close()
 
 
+def test_a_trainable_answered_prompt_stays_in_the_checkpointed_set_until_its_step():
+    """Answered, its group waiting to be trained: a crash now must re-issue it (its
+    trajectories are acked), so it is in `snapshot` until `settle`; a dropped one is not."""
+    feeder = PromptFeeder(None, max_in_flight=4)
+    for pid in ("kept", "dropped"):
+        feeder.in_flight.issue(Prompt(pid, {"text": pid}), 0.0)
+    assert feeder.complete("kept") and feeder.complete("dropped", trainable=False)
+    assert "kept" not in feeder and feeder.capacity() == 4  # its slot is free for a new prompt
+    assert [p.prompt_id for p in feeder.snapshot()] == ["kept"]
+    feeder.settle(["kept"])
+    assert feeder.snapshot() == []
+
+
+@pytest.mark.servers
+async def test_the_feeder_sees_a_broker_that_lost_acknowledged_prompts(fresh_nats_server, tmp_path):
+    """nats-server SIGKILLed and restarted on an earlier copy of its store (an OS crash
+    before fsync): the feeder notices, on its next publish (a sequence number acknowledged
+    twice) or by reading the stream (it ends below what was acknowledged), and re-issues
+    every prompt in flight at once."""
+    server = fresh_nats_server
+    buf = await JobBuffer.open(server.url, "test-ns", "rollback", FAST, create=True)
+    try:
+        feeder = PromptFeeder(buf, max_in_flight=20, reissue_after_s=3600, broker_check_s=3600)
+        await feeder.feed(Prompt(f"early{i}", {"text": "q"}) for i in range(3))
+        snapshot = await asyncio.to_thread(server.snapshot, tmp_path / "snap")
+        await feeder.feed(Prompt(f"late{i}", {"text": "q"}) for i in range(5))  # acked, then lost
+        await asyncio.to_thread(server.roll_back, snapshot)
+        assert await feeder.check_broker() == []  # not seen yet: nothing published, the stream not read
+        await feeder.feed([Prompt("after", {"text": "q"})])  # acked with a sequence handed out before
+        again = await feeder.check_broker()
+        assert sorted(p.prompt_id for p in again) == sorted([*(f"early{i}" for i in range(3)), *(f"late{i}" for i in range(5)), "after"])
+        assert all(p.attempt == 1 for p in again) and feeder.rollbacks == 1
+        assert await feeder.check_broker() == []  # once
+
+        # Nothing published after the rollback: the stream's last sequence gives it away.
+        snapshot2 = await asyncio.to_thread(server.snapshot, tmp_path / "snap2")
+        await feeder.feed(Prompt(f"later{i}", {"text": "q"}) for i in range(3))
+        await asyncio.to_thread(server.roll_back, snapshot2)
+        feeder.broker_check_s = 0
+        again = await feeder.check_broker()
+        assert len(again) == 12 and all(p.attempt >= 1 for p in again) and feeder.rollbacks == 2
+    finally:
+        await buf.close()
+
+
 @pytest.mark.servers
 async def test_job_state_compare_and_set(nats_server):
     buf = await JobBuffer.open(nats_server.url, *job(), FAST, create=True)
