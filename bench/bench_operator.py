@@ -50,6 +50,7 @@ def job_manifest(name: str, namespace: str, nats_url: str, replicas: int = 2) ->
     doc["spec"]["trainer"] = {"backend": "megatron", "replicas": replicas, "gpusPerReplica": 0,
                               "placement": {"nodeSelector": {"kuberl.io/pool": "cpu"}}}
     doc["spec"]["rollout"]["template"]["placement"] = {"nodeSelector": {"kuberl.io/pool": "cpu"}}
+    doc["spec"]["algorithm"]["entropyCoef"] = 0.0  # the megatron trainer computes no entropies
     # JetStream reserves maxStreamBytes per stream up front; 100 jobs x the 8 GiB default
     # exceed the bench server's disk ("insufficient storage resources").
     doc["spec"]["buffer"] = {"url": nats_url, "maxStreamBytes": 64 * 1024**2}
