@@ -129,6 +129,16 @@ class Sampler(threading.Thread):
                 "rss_mib_peak": round(max(s[2] for s in inside) / 2**20, 1), "rss_mib_end": round(inside[-1][2] / 2**20, 1)}
 
 
+def stop_operator(proc: subprocess.Popen) -> None:
+    """SIGTERM (kopf's graceful stop), SIGKILL after 20 s."""
+    if proc.poll() is None:
+        proc.terminate()
+        try:
+            proc.wait(timeout=20)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+
+
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--jobs", type=int, default=100)
@@ -228,11 +238,7 @@ def main() -> None:
         print(write_result("bench_operator", result))
     finally:
         if proc is not None:
-            proc.terminate()
-            try:
-                proc.wait(timeout=20)
-            except subprocess.TimeoutExpired:
-                proc.kill()
+            stop_operator(proc)
         nats_server.stop()
         plane.stop()
 

@@ -32,7 +32,7 @@ from pathlib import Path
 import kubernetes
 import yaml
 from _common import HERE, NatsServer, write_result
-from bench_operator import API, Sampler, wait
+from bench_operator import API, Sampler, stop_operator, wait
 
 from e2e.cluster import controlplane
 from kuberl.operator.adapters.kube import Kube
@@ -259,12 +259,7 @@ def main() -> None:
         print(yaml.safe_dump(result, sort_keys=False))
     finally:
         for p in procs:
-            if p.poll() is None:
-                p.terminate()
-                try:
-                    p.wait(timeout=20)
-                except subprocess.TimeoutExpired:
-                    p.kill()
+            stop_operator(p)
         nats.stop()
         plane.stop()
         shutil.rmtree(tmp, ignore_errors=True)
