@@ -283,6 +283,8 @@ def test_the_drill_loses_no_prompt_and_trains_none_twice(runs):
     assert audit.finished and audit.steps == DECOUPLED_STEPS and audit.restarts >= 1, output[-2000:]
     assert audit.zeros() == dict.fromkeys(audit.zeros(), 0), audit
     assert audit.reissued > 0 and audit.versions_loaded > 0  # the restored trainer re-issued its in-flight prompts
+    # The SIGKILLed agent's fetched versions were in the run's scratch, which the run removed.
+    assert not (out / "scratch").exists()
 
 
 # -- what users watch: run loggers, Prometheus, progress outside a terminal ----------------

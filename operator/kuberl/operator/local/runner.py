@@ -14,6 +14,7 @@ from pathlib import Path
 
 from kuberl.operator.api import RLJob
 from kuberl.operator.children.agentenv import REFERENCE_SERVER, agent_env_server_args
+from kuberl.operator.children.common import ENGINE_SCRATCH_ENV
 from kuberl.operator.children.rollout import generating_pool
 from kuberl.operator.children.trainer import trainer_ranks
 from kuberl.operator.children.workload_config import workload_config
@@ -106,7 +107,8 @@ class LocalRun:
         for comp in ("master", "volume", "filer", "s3", "admin"):
             ports[f"{comp}.port"], ports[f"{comp}.port.grpc"] = seaweed_port_pair()
             self.ports.update((ports[f"{comp}.port"], ports[f"{comp}.port.grpc"]))
-        argv = [find_binary("weed"), "mini", f"-dir={data}", "-ip=127.0.0.1", "-ip.bind=127.0.0.1",
+        # -logdir: weed's own log files go with the run, not into $TMPDIR.
+        argv = [find_binary("weed"), f"-logdir={data}", "mini", f"-dir={data}", "-ip=127.0.0.1", "-ip.bind=127.0.0.1",
                 *(f"-{k}={v}" for k, v in ports.items()), "-admin.ui=false", "-webdav=false",
                 "-s3.port.iceberg=0", "-s3.port.lance=0", f"-debug.port={self.port()}", f"-metricsPort={self.port()}",
                 "-master.volumeSizeLimitMB=256"]
@@ -194,7 +196,11 @@ class LocalRun:
         trainer = self._child("trainer", [sys.executable, "-m", "kuberl.workloads.trainer"],
                               self._with_metrics_port("trainer", dict(env, **self.gang_env(job))), restart="on-failure-limited")
         for i in range(replicas):
-            agent_env = dict(env, KUBERL_AGENT_ID=f"rollout-{i}")
+            # Fetched weight versions in the run's directory (a pod's emptyDir): an agent
+            # SIGKILLed cannot clean up after itself, the run's shutdown does.
+            scratch = self.output / "scratch" / f"rollout-{i}"
+            scratch.mkdir(parents=True, exist_ok=True)
+            agent_env = dict(env, KUBERL_AGENT_ID=f"rollout-{i}", **{ENGINE_SCRATCH_ENV: str(scratch)})
             if engines:
                 url, server = engines[i]
                 _wait(lambda u=url: http_ok(f"{u}/health"), 900, f"SGLang server sglang-{i}", server)
@@ -294,6 +300,8 @@ class LocalRun:
         for m in sorted(self.children, key=lambda m: m.name in ("nats-server", "seaweedfs")):
             m.stop()
         remove_weed_sockets(getattr(self, "_weed_ports", ()))
+        if self.output is not None:
+            shutil.rmtree(self.output / "scratch", ignore_errors=True)
 
     def _say(self, text: str) -> None:
         print(text, file=sys.stderr, flush=True)
