@@ -82,9 +82,9 @@ async def run_decoupled(cfg: WorkloadConfig) -> None:
                     orphans += not stale
                     continue
                 if stale:
-                    # The prompt's group is lost for training: count it answered so a fresh prompt replaces it.
+                    # The prompt's group is lost for training: out of the feeder's set, so a fresh
+                    # prompt takes its slot and its later samples are ignored as orphans.
                     feeder.complete(t.prompt_id, trainable=False)
-                    assembler.answered.add(t.prompt_id)
                     ledger.record("dropped", prompt=t.prompt_id, why="stale")
                     continue
                 done = assembler.add(t)
