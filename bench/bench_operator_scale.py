@@ -2,16 +2,18 @@
 
 Each RLJob brings a trainer gang, an inline rollout pool and an inline AgentEnv (by default
 4 + 4 + 2 = 10 pods). Two operator replicas run with kopf peering (priorities 200 and 100),
-each pinned to one CPU core (taskset). The jobs are POSTed one after another; when
-``--kill-at`` of them are in, the leader is SIGKILLed and the standby has to take over.
+each pinned to one CPU core (taskset). The jobs are POSTed at ``--rate`` per second. When
+``--kill-at`` of them are in and served (the leader then reconciles them all: the load), the
+leader is SIGKILLed and the rest are POSTed at the same rate; the standby has to take over.
 
 Measured: apply → children (every trainer pod, the pool's and the env's Deployments seen by
-a watch) per job, p50/p99, for the jobs the leader handled and for all; the failover time
-(the leader's SIGKILL → the first child of a job submitted after it); children duplicated
-(more pods or Deployments for a job than its spec asks for); jobs Running; the operators'
-CPU and memory; API requests per reconcile (the standby's Prometheus counters).
+a watch) per job, p50/p99, for the jobs the leader served and for those submitted after the
+kill (these include the failover); the failover time (the leader's SIGKILL → the first child
+of a job submitted after it); children duplicated (more pods or Deployments for a job than
+its spec asks for); jobs Running; the operators' CPU and memory; API requests per reconcile
+(the standby's Prometheus counters).
 
-    .venv/bin/python bench/bench_operator_scale.py [--jobs 500] [--kill-at 0.5]
+    .venv/bin/python bench/bench_operator_scale.py [--jobs 500] [--rate 5] [--kill-at 0.5]
 """
 
 from __future__ import annotations
@@ -138,6 +140,7 @@ def main() -> None:
     ap.add_argument("--rollout", type=int, default=4)
     ap.add_argument("--envs", type=int, default=2)
     ap.add_argument("--kill-at", type=float, default=0.5, help="share of the jobs submitted when the leader is SIGKILLed")
+    ap.add_argument("--rate", type=float, default=5.0, help="jobs POSTed per second (0: as fast as the API server takes them)")
     ap.add_argument("--steady-seconds", type=float, default=60)
     ap.add_argument("--core", type=int, default=1, help="the CPU core each operator replica is pinned to")
     ap.add_argument("--result", default="bench_operator_scale")
@@ -185,26 +188,35 @@ def main() -> None:
         kill_index = int(args.jobs * args.kill_at)
         killed_at = None
         t0 = time.monotonic()
-        for i in range(args.jobs):
-            if i == kill_index:
-                leader.send_signal(signal.SIGKILL)
-                killed_at = time.perf_counter()
-                print(f"leader SIGKILLed after {i} jobs", flush=True)
-            name = f"job-{i:03d}"
-            kube.create(job_manifest(name, nats.url, args.trainer, args.rollout, args.envs))
-            submitted[name] = time.perf_counter()
+
+        def submit(indices: range) -> None:
+            start = time.perf_counter()
+            for n, i in enumerate(indices):
+                if args.rate > 0:
+                    time.sleep(max(0.0, start + n / args.rate - time.perf_counter()))
+                name = f"job-{i:03d}"
+                kube.create(job_manifest(name, nats.url, args.trainer, args.rollout, args.envs))
+                submitted[name] = time.perf_counter()
+
+        def served(names) -> bool:
+            return all(watch.complete_at(n, args.trainer) is not None for n in names)
+
+        submit(range(kill_index))
+        wait(lambda: served(list(submitted)), timeout=1800, interval=1)
+        print(f"leader served {kill_index} jobs after {time.monotonic() - t0:.0f}s", flush=True)
+        if kill_index < args.jobs:
+            leader.send_signal(signal.SIGKILL)
+            killed_at = time.perf_counter()
+            print(f"leader SIGKILLed after {kill_index} jobs", flush=True)
+        submit(range(kill_index, args.jobs))
         submit_s = time.monotonic() - t0
-
-        def all_complete() -> bool:
-            return all(watch.complete_at(n, args.trainer) is not None for n in submitted)
-
-        wait(all_complete, timeout=1800, interval=2)
+        wait(lambda: served(list(submitted)), timeout=1800, interval=2)
         children_s = time.monotonic() - t0
         latency = {n: watch.complete_at(n, args.trainer) - t for n, t in submitted.items()}
         before = [latency[f"job-{i:03d}"] for i in range(kill_index)]
-        after_kill = sorted(latency[f"job-{i:03d}"] + submitted[f"job-{i:03d}"] for i in range(kill_index, args.jobs))
+        after = [latency[f"job-{i:03d}"] for i in range(kill_index, args.jobs)]
         failover_s = round(min(watch.complete_at(f"job-{i:03d}", args.trainer) for i in range(kill_index, args.jobs)) - killed_at, 2) \
-            if killed_at is not None and after_kill else None
+            if killed_at is not None and after else None
         print(f"children of {args.jobs} jobs after {children_s:.0f}s; failover {failover_s}s", flush=True)
 
         def running() -> int:
@@ -238,7 +250,9 @@ def main() -> None:
             "jobs": args.jobs, "pods_per_job": pods_per_job, "pods": len(pods), "kwok_nodes": nodes,
             "submit_s": round(submit_s, 1), "all_children_s": round(children_s, 1),
             "jobs_running": running(), "all_running_s": round(running_s, 1),
+            "submit_rate_per_s": args.rate,
             "apply_to_children_s": {"p50_leader": percentile(before, 0.5), "p99_leader": percentile(before, 0.99),
+                                    "p50_after_kill": percentile(after, 0.5), "p99_after_kill": percentile(after, 0.99),
                                     "p50_all": percentile(list(latency.values()), 0.5), "p99_all": percentile(list(latency.values()), 0.99)},
             "failover_s": failover_s, "peering_lifetime_s": 20, "leader_killed_after_jobs": kill_index,
             "children_duplicated": duplicated,

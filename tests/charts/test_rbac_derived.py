@@ -18,6 +18,7 @@ from pathlib import Path
 import pytest
 
 from kuberl.operator.adapters.kube import _PLURALS
+from kuberl.operator.adapters.watch_cache import INDEX_IDS
 from kuberl.operator.api.constants import API_VERSION
 from kuberl.operator.children.render import render as render_children
 from kuberl.operator.settings import OperatorSettings
@@ -43,7 +44,9 @@ DYNAMIC_SITES = {
     "ensure": lambda: child_kinds(),
     "ensure_workload": lambda: {("apps/v1", "Deployment")},
     "_set_paused": lambda: {(API_VERSION, "RolloutPool"), (API_VERSION, "AgentEnv")},
-    "reconcile_fresh": lambda: {(API_VERSION, k) for k in CR_KINDS},
+    "current": lambda: {(API_VERSION, k) for k in CR_KINDS},
+    # the children asserted whole (and patched with their manifest digest)
+    "ensure_asserted": lambda: {("v1", "ConfigMap"), ("v1", "Service"), ("networking.k8s.io/v1", "NetworkPolicy")},
     "patch_status": lambda: {(API_VERSION, k) for k in CR_KINDS},
     "report_refusal": lambda: {(API_VERSION, k) for k in CR_KINDS},
 }
@@ -101,6 +104,8 @@ def kopf_needs(peering: bool, clusterwide: bool) -> set[tuple[str, str, str]]:
     (our start-up code creates it: `adapters.peering.ensure_peering_object`)."""
     needs = {("kuberl.io", plural, verb) for plural in ("rljobs", "rolloutpools", "agentenvs") for verb in ("list", "watch", "patch")}
     needs.add(("", "events", "create"))
+    # The watches behind the operator's reads (controllers/watched.py).
+    needs |= {(_resource(api_version, kind, None)) + (verb,) for api_version, kind in INDEX_IDS for verb in ("list", "watch")}
     # Children carry blockOwnerDeletion owner references: the API server then checks update on the owner's finalizers.
     needs |= {("kuberl.io", f"{plural}/finalizers", "update") for plural in ("rljobs", "rolloutpools", "agentenvs")}
     if peering:

@@ -6,12 +6,13 @@ import os
 import subprocess
 import sys
 import tempfile
+import time
 from pathlib import Path
 
 import pytest
 import yaml
 
-from tests.cluster.test_operator import cpu_job, create, trainer_pods
+from tests.cluster.test_operator import cpu_job, create, operator_counter, trainer_pods
 from tests.support.fixtures_cluster import Kube, wait_until
 from tests.support.fixtures_servers import dies_with_parent, free_port
 from tests.support.operator_process import stop_process
@@ -20,14 +21,18 @@ pytestmark = pytest.mark.cluster
 
 
 def start_operator(kube: Kube, namespace: str | list[str], priority: int, log_path: Path) -> subprocess.Popen:
+    """An operator replica; its Prometheus port is `proc.metrics_port`."""
+    metrics_port = free_port()
     env = {**os.environ, "KUBECONFIG": str(kube.kubeconfig), "KUBERL_RECONCILE_INTERVAL": "1", "KUBERL_AUTOSCALER_TICK": "1",
-           "KUBERL_METRICS_PORT": str(free_port()), "KUBERL_HEALTH_PORT": str(free_port()), "KUBERL_LOG_FORMAT": "json"}
+           "KUBERL_METRICS_PORT": str(metrics_port), "KUBERL_HEALTH_PORT": str(free_port()), "KUBERL_LOG_FORMAT": "json"}
     with open(log_path, "w") as log:
         scope = [arg for ns in ([namespace] if isinstance(namespace, str) else namespace) for arg in ("-n", ns)]
-        return subprocess.Popen([sys.executable, "-m", "kuberl.operator.cli", "operator", *scope,
+        proc = subprocess.Popen([sys.executable, "-m", "kuberl.operator.cli", "operator", *scope,
                                  "--peering", "kuberl-test", "--priority", str(priority)],
                                 env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
                                 preexec_fn=dies_with_parent())
+    proc.metrics_port = metrics_port
+    return proc
 
 
 def install_peering_crds(kube: Kube) -> None:
@@ -84,10 +89,27 @@ def test_two_replicas_elect_one_active(kube: Kube, namespace: str, nats_server):
         create(kube, namespace, cpu_job("elected", nats_server.url, replicas=1))
         wait_until("job served", lambda: trainer_pods(kube, namespace, "elected"), timeout=60)
         assert standby_paused(), "the standby resumed while the leader was alive"
+        # The job's first rounds re-assert the ConfigMap once its pool and env exist (the
+        # config names them): let the leader finish that before it goes.
+        posts = 'kuberl_api_requests_total{verb="POST"}'
+
+        def leader_settled():
+            before = operator_counter(leader, posts)
+            time.sleep(3)
+            return operator_counter(leader, posts) == before
+
+        wait_until("the leader sends no more POSTs", leader_settled, timeout=60)
+        standby_posts = operator_counter(standby, posts)  # its start-up: the peering object's create-or-get
         leader.terminate()
         leader.wait(timeout=30)
         wait_until("standby resumes when the leader is gone",
                    lambda: "Resuming operations" in (logs / "standby.log").read_text(), timeout=120)
+        # The takeover sends nothing for the job the leader served: the children are read
+        # from the standby's watches and carry the digest of the manifest asserted last.
+        rounds = "kuberl_reconcile_total{"
+        wait_until("the standby reconciles the job a few times", lambda: operator_counter(standby, rounds) >= 5, timeout=60)
+        assert operator_counter(standby, posts) == standby_posts
+        assert operator_counter(standby, "kuberl_children_created_total") == 0
         create(kube, namespace, cpu_job("after-failover", nats_server.url, replicas=1))
         wait_until("job served by the former standby", lambda: trainer_pods(kube, namespace, "after-failover"), timeout=60)
     finally:

@@ -35,7 +35,6 @@ def operator_process(kube: Kube, **extra_env: str):
         "KUBECONFIG": str(kube.kubeconfig),
         "KUBERL_RECONCILE_INTERVAL": "1",
         "KUBERL_AUTOSCALER_TICK": "1",
-        "KUBERL_RESYNC_PERIOD": "5",
         "KUBERL_METRICS_PORT": str(free_port()),
         "KUBERL_HEALTH_PORT": str(health),
         "KUBERL_LOG_FORMAT": "json",

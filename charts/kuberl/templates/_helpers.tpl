@@ -161,16 +161,17 @@ grant to the operator. No pods/exec, no nodes, no RBAC objects.
 - apiGroups: [kuberl.io]
   resources: [rljobs/finalizers, rolloutpools/finalizers, agentenvs/finalizers]
   verbs: [update]
-# Trainer pods: created, listed by the job's selector, deleted on a gang restart.
+# Children are read from the operator's own watches (list, watch; adapters/watch_cache.py).
+# Trainer pods: created, deleted on a gang restart.
 - apiGroups: [""]
   resources: [pods]
-  verbs: [get, list, create, delete]
+  verbs: [get, list, watch, create, delete]
 - apiGroups: [""]
   resources: [services]
-  verbs: [get, create]
+  verbs: [get, list, watch, create, patch]
 - apiGroups: [""]
   resources: [configmaps]
-  verbs: [get, create, patch]
+  verbs: [get, list, watch, create, patch]
 {{- if .Values.rbac.readJobSecrets }}
 # The Secrets a job names (its NATS credentials; existence and keys of the others) are
 # read, by name, to authenticate to the job's buffer and to say which one is missing.
@@ -180,10 +181,10 @@ grant to the operator. No pods/exec, no nodes, no RBAC objects.
 {{- end }}
 - apiGroups: [apps]
   resources: [deployments]
-  verbs: [get, create, patch]
+  verbs: [get, list, watch, create, patch]
 - apiGroups: [networking.k8s.io]
   resources: [networkpolicies]
-  verbs: [get, create, delete]
+  verbs: [get, list, watch, create, patch, delete]
 - apiGroups: [""]
   resources: [events]
   verbs: [create]

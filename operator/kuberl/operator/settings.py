@@ -41,7 +41,6 @@ class OperatorSettings:
     image_pull_policy: str = "IfNotPresent"
     workload_service_account: str | None = None  # None: the namespace's default account
     reconcile_interval_s: float = 10.0  # status aggregation, gang supervision, deadlines, TTL
-    resync_period_s: float = 60.0  # timer rounds re-assert unchanged children (create-or-get) at most this often
     autoscaler_tick_s: float = 5.0  # how often pools are looked at; each pool's own intervalSeconds gates decisions
     nats_timeout_s: float = 3.0  # connect/request timeout towards a job's NATS server
     metrics_port: int = 9090  # 0 disables the Prometheus endpoint
@@ -79,7 +78,6 @@ class OperatorSettings:
             image_pull_policy=os.environ.get("KUBERL_IMAGE_PULL_POLICY", d.image_pull_policy),
             workload_service_account=os.environ.get("KUBERL_WORKLOAD_SERVICE_ACCOUNT") or None,
             reconcile_interval_s=_env_float("KUBERL_RECONCILE_INTERVAL", d.reconcile_interval_s),
-            resync_period_s=_env_float("KUBERL_RESYNC_PERIOD", d.resync_period_s),
             autoscaler_tick_s=_env_float("KUBERL_AUTOSCALER_TICK", d.autoscaler_tick_s),
             nats_timeout_s=_env_float("KUBERL_NATS_TIMEOUT", d.nats_timeout_s),
             metrics_port=_env_int("KUBERL_METRICS_PORT", d.metrics_port),

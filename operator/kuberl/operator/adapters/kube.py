@@ -48,6 +48,10 @@ class KubeError(Exception):
         return self.status in (400, 403, 422)
 
 
+def plural(api_version: str, kind: str) -> str:
+    return _PLURALS[(api_version, kind)]
+
+
 def collection_path(api_version: str, kind: str, namespace: str) -> str:
     plural = _PLURALS[(api_version, kind)]
     base = "/api/v1" if api_version == "v1" else f"/apis/{api_version}"

@@ -25,6 +25,7 @@ LABEL_INSTANCE = "app.kubernetes.io/instance"
 LABEL_COMPONENT = "app.kubernetes.io/component"
 LABEL_PART_OF = "app.kubernetes.io/part-of"
 LABEL_MANAGED_BY = "app.kubernetes.io/managed-by"
+MANAGED_BY_LABEL_VALUE = "kuberl-operator"  # on every child: the operator's watches keep only these
 LABEL_JOB = "kuberl.io/job"
 LABEL_ROLE = "kuberl.io/role"
 LABEL_POOL = "kuberl.io/rollout-pool"
@@ -45,6 +46,9 @@ PAUSED_ANNOTATION = "kuberl.io/paused"
 TEMPLATE_REPLICAS_ANNOTATION = "kuberl.io/template-replicas"
 # The hash of a Deployment's pod template as last written: a changed hash replaces the template.
 SPEC_HASH_ANNOTATION = "kuberl.io/template-hash"
+# On children the operator creates whole (ConfigMap, Services, NetworkPolicies): the digest of the
+# manifest last asserted, so a round (or a standby taking over) skips a child that still carries it.
+MANIFEST_HASH_ANNOTATION = "kuberl.io/manifest-hash"
 
 # Values of the role label.
 ROLE_TRAINER = "trainer"

@@ -14,6 +14,7 @@ from kuberl.operator.api.constants import (
     LABEL_MANAGED_BY,
     LABEL_NAME,
     LABEL_PART_OF,
+    MANAGED_BY_LABEL_VALUE,
     PAUSED_ANNOTATION,
 )
 from kuberl.operator.naming import config_map_name
@@ -48,8 +49,9 @@ def common_labels(instance: str, component: str, settings: OperatorSettings) -> 
         LABEL_INSTANCE: instance,
         LABEL_COMPONENT: component,
         LABEL_PART_OF: "kuberl",
-        LABEL_MANAGED_BY: "kuberl-operator",
         **settings.extra_labels,
+        # Last: the operator's watches keep only objects carrying it (controllers.watched).
+        LABEL_MANAGED_BY: MANAGED_BY_LABEL_VALUE,
     }
 
 

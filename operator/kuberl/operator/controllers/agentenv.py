@@ -20,11 +20,11 @@ from kuberl.operator.controllers.runtime import (
     RT,
     SETTINGS,
     _event,
-    _hash,
     access_policy,
-    ensure_cached,
+    ensure_asserted,
     ensure_workload,
     guarded,
+    jittered,
     patch_status,
     reconcile_fresh,
     timer_round,
@@ -39,11 +39,11 @@ log = get_logger(__name__)
 
 
 def reconcile_env(body: Mapping, trigger: str) -> None:
-    reconcile_fresh("AgentEnv", body, trigger, guarded("AgentEnv", lambda fresh: _reconcile_env(fresh, trigger)))
+    reconcile_fresh("AgentEnv", body, trigger, guarded("AgentEnv", _reconcile_env))
 
 
-def _reconcile_env(fresh: dict, trigger: str) -> None:
-    namespace, name, uid = fresh["metadata"]["namespace"], fresh["metadata"]["name"], fresh["metadata"]["uid"]
+def _reconcile_env(fresh: dict) -> None:
+    namespace, name = fresh["metadata"]["namespace"], fresh["metadata"]["name"]
     env = AgentEnv.model_validate({"metadata": fresh["metadata"], "spec": fresh.get("spec") or {}})
     old = fresh.get("status") or {}
     errors = access.sandbox_errors(env.spec, "spec", access_policy())
@@ -57,19 +57,16 @@ def _reconcile_env(fresh: dict, trigger: str) -> None:
         patch_status("AgentEnv", namespace, name, old, {"conditions": conds, "observedGeneration": fresh["metadata"].get("generation")})
         return
     deployment = agent_env_deployment(env, namespace, RT.settings)
-    live = RT.kube.get("apps/v1", "Deployment", namespace, name)
+    live = RT.watched.get("apps/v1", "Deployment", namespace, name)
     live = ensure_workload(deployment, fresh, live) or live or {}
-    ensure_cached(agent_env_service(env, namespace, RT.settings), fresh, trigger)
-    ensure_cached(agent_env_ingress_policy(env, namespace, RT.settings), fresh, trigger)
+    ensure_asserted(agent_env_service(env, namespace, RT.settings), fresh)
+    ensure_asserted(agent_env_ingress_policy(env, namespace, RT.settings), fresh)
     policy = agent_env_network_policy(env, namespace, RT.settings)
     policy_name = f"{name}-deny-egress"
     if policy is not None:
-        ensure_cached(policy, fresh, trigger)
-    else:
-        key = f"NetworkPolicy/{policy_name}"  # asserted absent, with the same resync rule
-        if not (trigger == "timer" and RT.ensured.fresh(uid, key, _hash(None), time.monotonic())):
-            RT.kube.delete("networking.k8s.io/v1", "NetworkPolicy", namespace, policy_name)
-            RT.ensured.asserted(uid, key, _hash(None), time.monotonic())
+        ensure_asserted(policy, fresh)
+    elif RT.watched.get("networking.k8s.io/v1", "NetworkPolicy", namespace, policy_name) is not None:
+        RT.kube.delete("networking.k8s.io/v1", "NetworkPolicy", namespace, policy_name)
     desired = deployment["spec"]["replicas"]
     new = st.workload_status(old, live.get("status") or {}, desired, what="pods", reasons=("PodsReady", "NoPodReady"),
                              ready_if_empty=desired == 0, now=time.time(), generation=fresh["metadata"].get("generation"))
@@ -80,7 +77,6 @@ def _reconcile_env(fresh: dict, trigger: str) -> None:
 
 
 @kopf.on.create(GROUP, VERSION, "agentenvs")
-@kopf.on.resume(GROUP, VERSION, "agentenvs")
 def env_created(body: kopf.Body, **_: Any) -> None:
     reconcile_env(body, "create")
 
@@ -90,6 +86,6 @@ def env_changed(body: kopf.Body, **_: Any) -> None:
     reconcile_env(body, "update")
 
 
-@kopf.timer(GROUP, VERSION, "agentenvs", interval=SETTINGS.reconcile_interval_s)
+@kopf.timer(GROUP, VERSION, "agentenvs", interval=SETTINGS.reconcile_interval_s, initial_delay=jittered(SETTINGS.reconcile_interval_s))
 def env_timer(body: kopf.Body, **_: Any) -> None:
     timer_round("AgentEnv", body, lambda: reconcile_env(body, "timer"))

@@ -40,7 +40,8 @@ from kuberl.operator.controllers.runtime import (
     buffer_auth,
     buffer_default_url,
     ensure,
-    ensure_cached,
+    ensure_asserted,
+    jittered,
     managed_by_us,
     patch_status,
     plain,
@@ -68,13 +69,13 @@ def _parse_job(body: Mapping) -> RLJob:
 
 def _lookups(job: RLJob, namespace: str) -> tuple[semantics.Lookups, dict[str, dict | None], dict[str, dict | None]]:
     pool_names, env_names = semantics.referenced_names(job)
-    pools = {n: RT.kube.get(API_VERSION, "RolloutPool", namespace, n) for n in pool_names}
-    envs = {n: RT.kube.get(API_VERSION, "AgentEnv", namespace, n) for n in env_names}
+    pools = {n: RT.watched.get(API_VERSION, "RolloutPool", namespace, n) for n in pool_names}
+    envs = {n: RT.watched.get(API_VERSION, "AgentEnv", namespace, n) for n in env_names}
     active: frozenset[str] = frozenset()
     busy = [p.get("status", {}).get("boundJob") for p in pools.values() if p]
     busy = [b for b in busy if b and b != job.metadata["name"]]
     if busy:
-        active = frozenset(b for b in busy if (other := RT.kube.get(API_VERSION, "RLJob", namespace, b))
+        active = frozenset(b for b in busy if (other := RT.watched.get(API_VERSION, "RLJob", namespace, b))
                            and not st.is_finished((other.get("status") or {}).get("conditions")))
 
     def existing(obj: dict | None) -> semantics.Existing | None:
@@ -93,12 +94,12 @@ def _lookups(job: RLJob, namespace: str) -> tuple[semantics.Lookups, dict[str, d
     return lookups, pools, envs
 
 
-def _ensure_children(body: Mapping, job: RLJob, namespace: str, pools: dict, envs: dict, trigger: str = "timer") -> tuple[bool, str, str]:
+def _ensure_children(body: Mapping, job: RLJob, namespace: str, pools: dict, envs: dict) -> tuple[bool, str, str]:
     """ConfigMap, rendezvous Service, owned pool and envs, streams; (ok, reason, message) for Created.
 
     The pool and envs were read this round (`_lookups`): only missing ones are created.
-    The ConfigMap and Service are asserted on change events, when their manifest changes,
-    and once per resync period otherwise (`ensure_cached`)."""
+    The ConfigMap and Service are asserted when their manifest changes or they are gone
+    (`ensure_asserted`)."""
     name = job.metadata["name"]
     settings = RT.settings
     pool_name = pool_name_for(job)
@@ -106,10 +107,8 @@ def _ensure_children(body: Mapping, job: RLJob, namespace: str, pools: dict, env
     referenced = RolloutPoolSpec.model_validate(pool["spec"]) if pool is not None and pool.get("spec") is not None else None
     env_specs = {n: AgentEnvSpec.model_validate(o["spec"]) if o is not None and o.get("spec") is not None else None for n, o in envs.items()}
     config_map = job_config_map(job, settings, job_workload_config(job, referenced_pool=referenced, referenced_envs=env_specs))
-    existing, created = ensure_cached(config_map, body, trigger)
-    if existing is not None and not created and existing.get("data") != config_map["data"]:
-        RT.kube.patch("v1", "ConfigMap", namespace, config_map["metadata"]["name"], {"data": config_map["data"]})
-    ensure_cached(trainer_service(job, namespace, settings), body, trigger)
+    ensure_asserted(config_map, body, refresh=("data",))
+    ensure_asserted(trainer_service(job, namespace, settings), body)
     inline_pool = inline_rollout_pool(job, namespace, settings)
     if inline_pool is not None:
         obj = pools.get(inline_pool["metadata"]["name"])
@@ -156,7 +155,7 @@ def _buffer_auth(job: RLJob) -> dict[str, str] | None:
 
 def _pod_views(namespace: str, name: str) -> tuple[lifecycle.PodView, ...]:
     views = []
-    for pod in RT.kube.list("v1", "Pod", namespace, trainer_selector(name)):
+    for pod in RT.watched.list("v1", "Pod", namespace, trainer_selector(name)):
         meta, status = pod["metadata"], pod.get("status") or {}
         labels = meta.get("labels") or {}
         ready = st.is_true(status.get("conditions"), "Ready")
@@ -185,11 +184,10 @@ def _rollout_view(job: RLJob, pools: dict) -> st.RolloutView:
 
 
 def reconcile_job(body: Mapping, trigger: str) -> None:
-    reconcile_fresh("RLJob", body, trigger,
-                    lambda fresh: _reconcile_job(fresh, fresh["metadata"]["namespace"], fresh["metadata"]["name"], trigger))
+    reconcile_fresh("RLJob", body, trigger, lambda fresh: _reconcile_job(fresh, fresh["metadata"]["namespace"], fresh["metadata"]["name"]))
 
 
-def _reconcile_job(body: dict, namespace: str, name: str, trigger: str = "timer") -> None:
+def _reconcile_job(body: dict, namespace: str, name: str) -> None:
     now = time.time()
     job = _parse_job(body)
     old_status = copy.deepcopy(body.get("status") or {})
@@ -221,7 +219,7 @@ def _reconcile_job(body: dict, namespace: str, name: str, trigger: str = "timer"
     created = (True, "ChildrenCreated", "")
     if not finished:
         try:
-            created = _ensure_children(body, job, namespace, pools, envs, trigger)
+            created = _ensure_children(body, job, namespace, pools, envs)
         except KubeError as e:
             if not e.is_refusal:
                 raise
@@ -359,17 +357,13 @@ def rljob_created(body: kopf.Body, **_: Any) -> None:
     reconcile_job(body, "create")
 
 
-@kopf.on.resume(GROUP, VERSION, "rljobs", when=managed_by_us)
-def rljob_resumed(body: kopf.Body, **_: Any) -> None:
-    reconcile_job(body, "resume")
-
-
 @kopf.on.update(GROUP, VERSION, "rljobs", field="spec", when=managed_by_us)
 def rljob_spec_changed(body: kopf.Body, **_: Any) -> None:
     reconcile_job(body, "update")
 
 
-@kopf.timer(GROUP, VERSION, "rljobs", interval=SETTINGS.reconcile_interval_s, when=managed_by_us)
+@kopf.timer(GROUP, VERSION, "rljobs", interval=SETTINGS.reconcile_interval_s, initial_delay=jittered(SETTINGS.reconcile_interval_s),
+            when=managed_by_us)
 def rljob_timer(body: kopf.Body, **_: Any) -> None:
     timer_round("RLJob", body, lambda: reconcile_job(body, "timer"))
 

@@ -19,9 +19,10 @@ from kuberl.operator.controllers.runtime import (
     _event,
     buffer_auth,
     buffer_default_url,
-    ensure_cached,
+    ensure_asserted,
     ensure_workload,
     guarded,
+    jittered,
     patch_status,
     reconcile_fresh,
     timer_round,
@@ -47,23 +48,23 @@ def reconcile_pool(body: Mapping, trigger: str, autoscale: bool = False) -> None
         namespace, name = fresh["metadata"]["namespace"], fresh["metadata"]["name"]
         if autoscale:
             fresh = _autoscale(fresh, namespace, name) or fresh
-        _reconcile_pool(fresh, namespace, name, trigger)
+        _reconcile_pool(fresh, namespace, name)
 
     reconcile_fresh("RolloutPool", body, trigger, guarded("RolloutPool", round_))
 
 
-def _reconcile_pool(body: dict, namespace: str, name: str, trigger: str = "timer") -> None:
+def _reconcile_pool(body: dict, namespace: str, name: str) -> None:
     pool = RolloutPool.model_validate({"metadata": body["metadata"], "spec": body.get("spec") or {}})
     bound = _bound_job(body)
-    job_body = RT.kube.get(API_VERSION, "RLJob", namespace, bound) if bound else None
+    job_body = RT.watched.get(API_VERSION, "RLJob", namespace, bound) if bound else None
     model = ((job_body or {}).get("spec") or {}).get("model") or {}
     deployment = rollout_deployment(pool, namespace, RT.settings, bound_job=bound if job_body else None,
                                              model_source=model.get("source"), tokenizer=model.get("tokenizer"),
                                              hub_cache=HubCache.model_validate(model["hubCache"]) if model.get("hubCache") else None,
                                              **credential_secrets((job_body or {}).get("spec")))
-    live = RT.kube.get("apps/v1", "Deployment", namespace, name)
+    live = RT.watched.get("apps/v1", "Deployment", namespace, name)
     live = ensure_workload(deployment, body, live) or live or {}
-    ensure_cached(rollout_service(pool, namespace, RT.settings), body, trigger)
+    ensure_asserted(rollout_service(pool, namespace, RT.settings), body)
     old = body.get("status") or {}
     new = st.workload_status(old, live.get("status") or {}, deployment["spec"]["replicas"], what="rollout pods",
                              reasons=("EnginesReady", "NoEngineReady"), ready_if_empty=pool.spec.replicas == 0,
@@ -83,7 +84,7 @@ def _loaded_versions(job_body: dict, namespace: str, pool: str) -> list[int] | N
     """What the pool's ready pods report having loaded (rollout agents write it to the
     bound job's KV); None when the buffer cannot be read this round (the field then keeps
     its last value)."""
-    ready = [p["metadata"]["name"] for p in RT.kube.list("v1", "Pod", namespace, pool_selector(pool))
+    ready = [p["metadata"]["name"] for p in RT.watched.list("v1", "Pod", namespace, pool_selector(pool))
              if st.is_true((p.get("status") or {}).get("conditions"), "Ready")]
     url = ((job_body.get("spec") or {}).get("buffer") or {}).get("url") or buffer_default_url()
     try:
@@ -127,7 +128,7 @@ def _autoscale(body: dict, namespace: str, name: str) -> dict | None:
         return None
     RT.last_autoscale_eval[uid] = now
     bound = _bound_job(body)
-    job_body = RT.kube.get(API_VERSION, "RLJob", namespace, bound) if bound else None
+    job_body = RT.watched.get(API_VERSION, "RLJob", namespace, bound) if bound else None
     if job_body is not None and st.is_finished((job_body.get("status") or {}).get("conditions")):
         return None
     pool = RolloutPool.model_validate({"metadata": body["metadata"], "spec": spec})
@@ -146,7 +147,6 @@ def _autoscale(body: dict, namespace: str, name: str) -> dict | None:
 
 
 @kopf.on.create(GROUP, VERSION, "rolloutpools")
-@kopf.on.resume(GROUP, VERSION, "rolloutpools")
 def pool_created(body: kopf.Body, **_: Any) -> None:
     reconcile_pool(body, "create")
 
@@ -156,6 +156,6 @@ def pool_changed(body: kopf.Body, **_: Any) -> None:
     reconcile_pool(body, "update")
 
 
-@kopf.timer(GROUP, VERSION, "rolloutpools", interval=SETTINGS.autoscaler_tick_s)
+@kopf.timer(GROUP, VERSION, "rolloutpools", interval=SETTINGS.autoscaler_tick_s, initial_delay=jittered(SETTINGS.autoscaler_tick_s))
 def pool_timer(body: kopf.Body, **_: Any) -> None:
     timer_round("RolloutPool", body, lambda: reconcile_pool(body, "timer", autoscale=True))

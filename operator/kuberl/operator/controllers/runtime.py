@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import base64
+import copy
 import hashlib
 import json
+import random
 import threading
 import time
 from collections.abc import Callable, Mapping
@@ -15,15 +17,16 @@ import kopf
 from kuberl.operator.adapters import metrics
 from kuberl.operator.adapters.kube import Kube, KubeError, api_client_from_environment
 from kuberl.operator.adapters.nats import NatsBridge
+from kuberl.operator.adapters.watch_cache import WatchCache
 from kuberl.operator.api.constants import (
     API_VERSION,
     MANAGED_BY,
+    MANIFEST_HASH_ANNOTATION,
     PAUSED_ANNOTATION,
     SPEC_HASH_ANNOTATION,
 )
 from kuberl.operator.children.common import is_paused
 from kuberl.operator.decisions.access import AccessPolicy
-from kuberl.operator.decisions.resync import EnsureCache
 from kuberl.operator.decisions import status as st
 from kuberl.operator.decisions.status import changed_fields
 from kuberl.operator.settings import OperatorSettings
@@ -47,7 +50,10 @@ class Runtime:
         self.rate_samples: dict[str, tuple[float, int]] = {}
         self.streams_ready: set[tuple[str, str]] = set()  # (uid, url)
         self.last_autoscale_eval: dict[str, float] = {}
-        self.ensured = EnsureCache(settings.resync_period_s)
+        self.watched = WatchCache()
+        # uid -> the resourceVersion this process last knew to be the object's current one
+        # (read or written by it): a watched copy at that version needs no GET.
+        self.current_version: dict[str, str] = {}
         self.secrets: dict[tuple[str, str], tuple[float, dict[str, str] | None]] = {}
 
     @property
@@ -72,7 +78,7 @@ class Runtime:
         self.rate_samples.pop(uid, None)
         self.last_autoscale_eval.pop(uid, None)
         self.streams_ready = {k for k in self.streams_ready if k[0] != uid}
-        self.ensured.invalidate(uid)
+        self.current_version.pop(uid, None)
         self.phases.forget(uid)
 
 
@@ -117,18 +123,26 @@ def ensure(child: dict[str, Any], owner: Mapping) -> tuple[dict[str, Any], bool]
     return obj, created
 
 
-def ensure_cached(child: dict[str, Any], owner: Mapping, trigger: str, digest_of: Any = None) -> tuple[dict[str, Any] | None, bool]:
-    """`ensure`, skipped on timer rounds while the child was asserted unchanged recently
-    (see `resync`): (object or None when skipped, created)."""
-    owner_uid = owner["metadata"]["uid"]
-    key = f"{child['kind']}/{child['metadata']['name']}"
-    digest = _hash(child if digest_of is None else digest_of)
-    now = time.monotonic()
-    if trigger == "timer" and RT.ensured.fresh(owner_uid, key, digest, now):
+def ensure_asserted(child: dict[str, Any], owner: Mapping, refresh: tuple[str, ...] = ()) -> tuple[dict[str, Any] | None, bool]:
+    """`ensure`, skipped while the watched child carries the digest of this very manifest
+    (the annotation this call writes): (object or None when skipped, created).
+
+    The digest lives on the child, not in this process, so a standby that takes over finds
+    every unchanged child asserted and sends nothing; a child deleted behind the operator's
+    back is gone from the watch and created again on the next round. `refresh` names the
+    top-level fields brought to the desired value on an existing child we own (a
+    ConfigMap's data); other fields of an existing child are left as they are."""
+    meta = child["metadata"]
+    digest = _hash(child)
+    meta.setdefault("annotations", {})[MANIFEST_HASH_ANNOTATION] = digest
+    seen = RT.watched.get(child["apiVersion"], child["kind"], meta["namespace"], meta["name"])
+    if seen is not None and (seen["metadata"].get("annotations") or {}).get(MANIFEST_HASH_ANNOTATION) == digest:
         return None, False
     obj, created = ensure(child, owner)
-    if obj is not child:  # `create` hands the manifest back when the object vanished mid-call: not asserted
-        RT.ensured.asserted(owner_uid, key, digest, now)
+    if not created and obj is not child and _controller_uid(obj) == owner["metadata"]["uid"] \
+            and (obj["metadata"].get("annotations") or {}).get(MANIFEST_HASH_ANNOTATION) != digest:
+        patch = {"metadata": {"annotations": {MANIFEST_HASH_ANNOTATION: digest}}, **{f: child[f] for f in refresh}}
+        obj = RT.kube.patch(child["apiVersion"], child["kind"], meta["namespace"], meta["name"], patch) or obj
     return obj, created
 
 
@@ -211,10 +225,28 @@ def reconcile_fresh(kind: str, body: Mapping, trigger: str, reconcile: Callable[
     if meta.get("deletionTimestamp"):
         return
     with RT.lock(meta["uid"]), metrics.reconciling(kind, trigger):
-        fresh = RT.kube.get(API_VERSION, kind, meta["namespace"], meta["name"])
+        fresh = current(kind, meta["namespace"], meta["name"], meta["uid"])
         if fresh is None or fresh["metadata"].get("uid") != meta["uid"]:
             return
         reconcile(fresh)
+
+
+def current(kind: str, namespace: str, name: str, uid: str) -> dict[str, Any] | None:
+    """The object as the API server has it now: the watched copy when it is at the version
+    this process last knew current (no request), else a GET (which then becomes that version)."""
+    seen = RT.watched.get(API_VERSION, kind, namespace, name)
+    meta = (seen or {}).get("metadata") or {}
+    if meta.get("uid") == uid and meta.get("resourceVersion") == RT.current_version.get(uid):
+        return copy.deepcopy(seen)
+    fresh = RT.kube.get(API_VERSION, kind, namespace, name)
+    _note_current(fresh)
+    return fresh
+
+
+def _note_current(obj: Mapping | None) -> None:
+    meta = (obj or {}).get("metadata") or {}
+    if meta.get("uid") and meta.get("resourceVersion"):
+        RT.current_version[meta["uid"]] = meta["resourceVersion"]
 
 
 def report_refusal(kind: str, body: Mapping, error: KubeError) -> None:
@@ -245,6 +277,12 @@ def guarded(kind: str, reconcile: Callable[[dict[str, Any]], None]) -> Callable[
     return run
 
 
+def jittered(interval_s: float) -> Callable[..., float]:
+    """A timer's first delay, uniform in [0, interval): objects seen at once (a standby
+    taking over 500 jobs) then tick spread over the interval, not in lockstep."""
+    return lambda **_: random.uniform(0.0, interval_s)
+
+
 def timer_round(kind: str, body: Mapping, run: Callable[[], None]) -> None:
     """A timer's round: a failure is logged (and counted by `metrics.reconciling`); the next tick tries again."""
     try:
@@ -257,4 +295,4 @@ def patch_status(kind: str, namespace: str, name: str, old: dict[str, Any], new:
     """Write the status fields that changed, and nothing when none did."""
     changed = changed_fields(old, new)
     if changed:
-        RT.kube.patch(API_VERSION, kind, namespace, name, {"status": changed}, subresource="status")
+        _note_current(RT.kube.patch(API_VERSION, kind, namespace, name, {"status": changed}, subresource="status"))

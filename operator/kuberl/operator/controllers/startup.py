@@ -19,7 +19,10 @@ log = get_logger(__name__)
 
 
 @kopf.on.startup()
-def configure(settings: kopf.OperatorSettings, **_: Any) -> None:
+def configure(settings: kopf.OperatorSettings, **kwargs: Any) -> None:
+    # kopf hands start-up handlers every index (empty now, filled before any resource
+    # handler runs): reconciles read pods, Deployments and the rest from them.
+    RT.watched.bind(kwargs)
     # Progress and diff-base in annotations under our own prefix: our CRDs' status schema
     # is structural, so kopf's default status.kopf field would be pruned by the server.
     settings.persistence.progress_storage = kopf.AnnotationsProgressStorage(prefix=KOPF_ANNOTATION_PREFIX)
