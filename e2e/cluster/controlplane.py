@@ -435,6 +435,11 @@ class ControlPlane:
             str(self.bin / "kwok"), f"--kubeconfig={w / 'kwok.kubeconfig'}",
             f"--config={KWOK_STAGES}",
             "--manage-all-nodes=false",
+            # Leases, renewed by kwok's lease controller, are the nodes' heartbeat; without
+            # them (kwok's default) nothing refreshes node status, the node-lifecycle
+            # controller finds every node Unknown after its grace period and marks every pod
+            # on it NotReady for good (no stage sets Ready back).
+            "--node-lease-duration-seconds=40",
             f"--manage-nodes-with-annotation-selector={'='.join(FAKE_NODE_ANNOTATION)}",
             "--cidr=10.244.0.0/16", "--node-ip=10.240.0.1",
         ])

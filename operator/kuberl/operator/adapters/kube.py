@@ -8,6 +8,7 @@ classes to convert to and from on every reconcile of every job.
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from typing import Any
 from urllib.parse import quote, urlencode
 
@@ -78,9 +79,12 @@ def api_client_from_environment(pool_size: int = 32) -> kubernetes.client.ApiCli
 
 
 class Kube:
-    def __init__(self, api_client: kubernetes.client.ApiClient, timeout: float = 30.0):
+    def __init__(self, api_client: kubernetes.client.ApiClient, timeout: float = 30.0,
+                 observe: Callable[[dict[str, Any]], None] | None = None):
+        """`observe` sees every object a get, create or patch answers with (as the server has it then)."""
         self.api = api_client
         self.timeout = timeout
+        self.observe = observe or (lambda obj: None)
 
     def request(self, method: str, path: str, body: Any = None, *, content_type: str = "application/json",
                 query: dict[str, str] | None = None) -> tuple[int, dict[str, Any] | None]:
@@ -100,7 +104,10 @@ class Kube:
 
     def get(self, api_version: str, kind: str, namespace: str, name: str) -> dict[str, Any] | None:
         status, obj = self.request("GET", object_path(api_version, kind, namespace, name))
-        return None if status == 404 else obj
+        if status == 404:
+            return None
+        self.observe(obj)
+        return obj
 
     def list(self, api_version: str, kind: str, namespace: str, selector: dict[str, str] | None = None) -> list[dict[str, Any]]:
         query = {"labelSelector": ",".join(f"{k}={v}" for k, v in selector.items())} if selector else None
@@ -117,6 +124,7 @@ class Kube:
             if existing is None:  # deleted between the two calls; the next round creates it
                 return obj, False
             return existing, False
+        self.observe(created)
         return created, True
 
     def patch(self, api_version: str, kind: str, namespace: str, name: str, patch: dict[str, Any], *,
@@ -125,7 +133,10 @@ class Kube:
         status, obj = self.request("PATCH", path, patch, content_type=MERGE_PATCH)
         if status == 409:
             raise KubeError(status, "PATCH", path, json.dumps(obj))
-        return None if status == 404 else obj
+        if status == 404:
+            return None
+        self.observe(obj)
+        return obj
 
     def delete(self, api_version: str, kind: str, namespace: str, name: str, *, grace_seconds: int | None = None,
                propagation: str | None = None) -> bool:

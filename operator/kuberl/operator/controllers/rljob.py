@@ -135,7 +135,9 @@ def _ensure_children(body: Mapping, job: RLJob, namespace: str, pools: dict, env
         if not created and obj.get("spec") != env["spec"] and _controller_uid(obj) == job.metadata.get("uid"):
             RT.kube.patch(API_VERSION, "AgentEnv", namespace, env["metadata"]["name"], {"spec": env["spec"]})
         envs[env["metadata"]["name"]] = obj
-    if pool_name and pools.get(pool_name) is not None and (pools[pool_name].get("status") or {}).get("boundJob") != name:
+    # A shared pool is bound here; the job's own pool binds itself (its owner reference names the job).
+    if pool_name and pools.get(pool_name) is not None and _controller_uid(pools[pool_name]) != job.metadata.get("uid") \
+            and (pools[pool_name].get("status") or {}).get("boundJob") != name:
         RT.kube.patch(API_VERSION, "RolloutPool", namespace, pool_name, {"status": {"boundJob": name}}, subresource="status")
     url = job.spec.buffer.url
     key = (job.metadata.get("uid") or name, url)
@@ -153,9 +155,20 @@ def _buffer_auth(job: RLJob) -> dict[str, str] | None:
     return buffer_auth(job.metadata["namespace"], ref.name if ref else None)
 
 
-def _pod_views(namespace: str, name: str) -> tuple[lifecycle.PodView, ...]:
+def _trainer_pods(namespace: str, name: str, replicas: int) -> list[dict]:
+    """The gang's pods from the watch; from the API server when the watch shows fewer than
+    the gang has: a gang that is starting or lost a pod, or a watch still listing after a
+    standby took over (kopf gates handlers on its indices only once per process). The
+    decisions that follow (create pods, restart the gang) must not rest on a partial list."""
+    pods = RT.watched.list("v1", "Pod", namespace, trainer_selector(name))
+    if len(pods) < replicas:
+        pods = RT.kube.list("v1", "Pod", namespace, trainer_selector(name))
+    return pods
+
+
+def _pod_views(namespace: str, name: str, replicas: int) -> tuple[lifecycle.PodView, ...]:
     views = []
-    for pod in RT.watched.list("v1", "Pod", namespace, trainer_selector(name)):
+    for pod in _trainer_pods(namespace, name, replicas):
         meta, status = pod["metadata"], pod.get("status") or {}
         labels = meta.get("labels") or {}
         ready = st.is_true(status.get("conditions"), "Ready")
@@ -242,7 +255,7 @@ def _reconcile_job(body: dict, namespace: str, name: str) -> None:
         start_time=st.parse_rfc3339(old_status.get("startTime")),
         active_deadline_s=job.spec.run_policy.active_deadline_seconds,
         ttl_after_finished_s=job.spec.run_policy.ttl_seconds_after_finished,
-        pods=_pod_views(namespace, name),
+        pods=_pod_views(namespace, name, job.spec.trainer.replicas),
         now=now,
     )
     plan = lifecycle.decide(view)

@@ -59,7 +59,7 @@ class Runtime:
     @property
     def kube(self) -> Kube:
         if self._kube is None:
-            self._kube = Kube(api_client_from_environment(pool_size=self.settings.executor_threads + 8))
+            self._kube = Kube(api_client_from_environment(pool_size=self.settings.executor_threads + 8), observe=_note_current)
         return self._kube
 
     @property
@@ -232,20 +232,25 @@ def reconcile_fresh(kind: str, body: Mapping, trigger: str, reconcile: Callable[
 
 
 def current(kind: str, namespace: str, name: str, uid: str) -> dict[str, Any] | None:
-    """The object as the API server has it now: the watched copy when it is at the version
-    this process last knew current (no request), else a GET (which then becomes that version)."""
+    """The object as the API server has it now, without a request where that is safe.
+
+    The watched copy lags only behind writes: one this process has not written to yet is
+    as current as the watch; after a write, the watched copy is current once it reaches the
+    resourceVersion this process last knew current (written or read). Otherwise a GET,
+    whose version then becomes the known one."""
     seen = RT.watched.get(API_VERSION, kind, namespace, name)
     meta = (seen or {}).get("metadata") or {}
-    if meta.get("uid") == uid and meta.get("resourceVersion") == RT.current_version.get(uid):
+    known = RT.current_version.get(uid)
+    if meta.get("uid") == uid and (known is None or meta.get("resourceVersion") == known):
+        RT.current_version[uid] = meta["resourceVersion"]
         return copy.deepcopy(seen)
-    fresh = RT.kube.get(API_VERSION, kind, namespace, name)
-    _note_current(fresh)
-    return fresh
+    return RT.kube.get(API_VERSION, kind, namespace, name)  # noted by `_note_current`
 
 
 def _note_current(obj: Mapping | None) -> None:
+    """Every custom object the API server answers a read or write with is, at that moment, current."""
     meta = (obj or {}).get("metadata") or {}
-    if meta.get("uid") and meta.get("resourceVersion"):
+    if (obj or {}).get("apiVersion") == API_VERSION and meta.get("uid") and meta.get("resourceVersion"):
         RT.current_version[meta["uid"]] = meta["resourceVersion"]
 
 
@@ -295,4 +300,4 @@ def patch_status(kind: str, namespace: str, name: str, old: dict[str, Any], new:
     """Write the status fields that changed, and nothing when none did."""
     changed = changed_fields(old, new)
     if changed:
-        _note_current(RT.kube.patch(API_VERSION, kind, namespace, name, {"status": changed}, subresource="status"))
+        RT.kube.patch(API_VERSION, kind, namespace, name, {"status": changed}, subresource="status")
