@@ -282,6 +282,8 @@ async def test_rollout_agents_report_their_loaded_versions_beside_the_job_state(
         await buf.state.report_agent("pool-abc-2", 4)
         await buf.state.report_agent("pool-abc-1", 4)
         assert await buf.state.agent_versions() == {"pool-abc-1": 4, "pool-abc-2": 4}
+        # By name (what the operator asks for: the pool's ready pods), an agent that never reported left out.
+        assert await buf.state.agent_versions(["pool-abc-2", "pool-abc-9"]) == {"pool-abc-2": 4}
         state, _ = await buf.state.get()
         assert state.policy_version == 4 and state.weights_manifest.endswith("v00000004/manifest.json")
     finally:

@@ -73,6 +73,7 @@ class NatsBridge:
         self._thread = threading.Thread(target=self._loop.run_forever, name="kuberl-nats", daemon=True)
         self._thread.start()
         self._conns: dict[str, Any] = {}
+        self._kvs: dict[tuple[str, str], tuple[Any, Any]] = {}  # (connection key, bucket) -> (connection, bound bucket)
         self._down_until: dict[str, float] = {}
         self._lock = asyncio.Lock()
         self._closed = False
@@ -124,6 +125,17 @@ class NatsBridge:
         self._conns[key] = nc
         return nc.jetstream(timeout=self.timeout_s)
 
+    async def _kv(self, url: str, auth: Mapping[str, str] | None, bucket: str):
+        """A job's KV bucket, bound once per connection: binding asks the server for the
+        stream's info, a JetStream API call that every status round would otherwise repeat."""
+        js = await self._js(url, auth)
+        key = (_connection_key(url, auth), bucket)
+        nc = self._conns.get(key[0])
+        bound = self._kvs.get(key)
+        if bound is None or bound[0] is not nc:
+            bound = self._kvs[key] = (nc, await js.key_value(bucket))
+        return bound[1]
+
     # -- what the handlers need ----------------------------------------------------------
 
     def ensure_job(self, url: str, namespace: str, name: str, cfg: BufferConfig, auth: Mapping[str, str] | None = None) -> None:
@@ -134,7 +146,9 @@ class NatsBridge:
 
     def delete_job(self, url: str, namespace: str, name: str, auth: Mapping[str, str] | None = None) -> list[str]:
         async def go():
-            return await delete_streams(await self._js(url, auth), JobNames.for_job(namespace, name))
+            names = JobNames.for_job(namespace, name)
+            self._kvs.pop((_connection_key(url, auth), names.kv_bucket), None)
+            return await delete_streams(await self._js(url, auth), names)
 
         return self._run(go())
 
@@ -142,18 +156,19 @@ class NatsBridge:
         """The job-state document the trainer keeps in KV; None before it is written."""
 
         async def go():
-            kv = await (await self._js(url, auth)).key_value(JobNames.for_job(namespace, name).kv_bucket)
+            kv = await self._kv(url, auth, JobNames.for_job(namespace, name).kv_bucket)
             state, revision = await JobStateStore(kv).get()
             return state if revision else None
 
         return self._run(go())
 
-    def agent_versions(self, url: str, namespace: str, name: str, auth: Mapping[str, str] | None = None) -> dict[str, int]:
-        """{rollout agent (pod name): the policy version it last loaded}, as the agents report them."""
+    def agent_versions(self, url: str, namespace: str, name: str, agents: list[str],
+                       auth: Mapping[str, str] | None = None) -> dict[str, int]:
+        """{rollout agent (pod name): the policy version it last loaded} of `agents`, as they report them."""
 
         async def go():
-            kv = await (await self._js(url, auth)).key_value(JobNames.for_job(namespace, name).kv_bucket)
-            return await JobStateStore(kv).agent_versions()
+            kv = await self._kv(url, auth, JobNames.for_job(namespace, name).kv_bucket)
+            return await JobStateStore(kv).agent_versions(agents)
 
         return self._run(go())
 

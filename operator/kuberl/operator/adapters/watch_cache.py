@@ -18,19 +18,15 @@ from __future__ import annotations
 from collections.abc import Iterable, Mapping
 from typing import Any
 
+from kuberl.operator.adapters.kube import plural
 from kuberl.operator.api.constants import API_VERSION, LABEL_ENV, LABEL_JOB, LABEL_POOL
 
-# (apiVersion, kind) -> kopf index id; the kinds the operator reads and writes.
-INDEX_IDS: dict[tuple[str, str], str] = {
-    ("v1", "Pod"): "watched_pods",
-    ("v1", "Service"): "watched_services",
-    ("v1", "ConfigMap"): "watched_configmaps",
-    ("apps/v1", "Deployment"): "watched_deployments",
-    ("networking.k8s.io/v1", "NetworkPolicy"): "watched_networkpolicies",
-    (API_VERSION, "RLJob"): "watched_rljobs",
-    (API_VERSION, "RolloutPool"): "watched_rolloutpools",
-    (API_VERSION, "AgentEnv"): "watched_agentenvs",
-}
+# The kinds the operator reads and writes; each is one kopf index, named after its plural.
+WATCHED_KINDS: tuple[tuple[str, str], ...] = (
+    ("v1", "Pod"), ("v1", "Service"), ("v1", "ConfigMap"), ("apps/v1", "Deployment"),
+    ("networking.k8s.io/v1", "NetworkPolicy"), (API_VERSION, "RLJob"), (API_VERSION, "RolloutPool"), (API_VERSION, "AgentEnv"),
+)
+INDEX_IDS: dict[tuple[str, str], str] = {kind: f"watched_{plural(*kind)}" for kind in WATCHED_KINDS}
 # Pods are listed by one of these labels (naming.trainer_selector, pool_selector, env_selector).
 SELECTOR_LABELS = (LABEL_JOB, LABEL_POOL, LABEL_ENV)
 
@@ -38,11 +34,12 @@ _KEPT_METADATA = ("name", "namespace", "uid", "resourceVersion", "generation", "
                   "ownerReferences", "deletionTimestamp")
 
 
-def _plain(obj: Any) -> Any:
+def plain(obj: Any) -> Any:
+    """A kopf body (mapping views) as plain dicts and lists, safe to keep and mutate."""
     if isinstance(obj, Mapping):
-        return {k: _plain(v) for k, v in obj.items()}
+        return {k: plain(v) for k, v in obj.items()}
     if isinstance(obj, list | tuple):
-        return [_plain(v) for v in obj]
+        return [plain(v) for v in obj]
     return obj
 
 
@@ -53,15 +50,15 @@ def slim(kind: str, body: Mapping) -> dict[str, Any]:
     its replica count and status; a Pod its phase, conditions and message; the rest only
     their metadata (enough to tell whether the manifest asserted last is still there)."""
     if kind in ("RLJob", "RolloutPool", "AgentEnv"):
-        return _plain(body)
+        return plain(body)
     meta = body.get("metadata") or {}
-    kept: dict[str, Any] = {"metadata": {k: _plain(meta[k]) for k in _KEPT_METADATA if k in meta}}
+    kept: dict[str, Any] = {"metadata": {k: plain(meta[k]) for k in _KEPT_METADATA if k in meta}}
     if kind == "Deployment":
         kept["spec"] = {"replicas": (body.get("spec") or {}).get("replicas")}
-        kept["status"] = _plain(body.get("status") or {})
+        kept["status"] = plain(body.get("status") or {})
     elif kind == "Pod":
         status = body.get("status") or {}
-        kept["status"] = {k: _plain(status[k]) for k in ("phase", "conditions", "message") if k in status}
+        kept["status"] = {k: plain(status[k]) for k in ("phase", "conditions", "message") if k in status}
     return kept
 
 

@@ -89,7 +89,7 @@ def _loaded_versions(job_body: dict, namespace: str, pool: str) -> list[int] | N
     url = ((job_body.get("spec") or {}).get("buffer") or {}).get("url") or buffer_default_url()
     try:
         auth = buffer_auth(namespace, credential_secrets(job_body.get("spec"))["buffer_credentials_secret"])
-        reported = RT.nats.agent_versions(url, namespace, job_body["metadata"]["name"], auth=auth)
+        reported = RT.nats.agent_versions(url, namespace, job_body["metadata"]["name"], ready, auth=auth) if ready else {}
     except Exception:  # noqa: BLE001 (no reading this round)
         return None
     return st.loaded_versions(reported, ready)
@@ -133,6 +133,8 @@ def _autoscale(body: dict, namespace: str, name: str) -> dict | None:
         return None
     pool = RolloutPool.model_validate({"metadata": body["metadata"], "spec": spec})
     current = pool.spec.replicas
+    if pool.spec.min_replicas == pool.spec.max_replicas == current:
+        return None  # pinned: no signal could move it, so none is read from the buffer
     decision = autoscaler.decide(current, read_signals(job_body, namespace), autoscaler.Policy.from_spec(pool.spec),
                                  last_scale_time=st.parse_rfc3339((body.get("status") or {}).get("lastScaleTime")), now=now)
     metrics.AUTOSCALER_DECISIONS.labels(decision.reason).inc()

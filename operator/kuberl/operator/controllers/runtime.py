@@ -17,7 +17,7 @@ import kopf
 from kuberl.operator.adapters import metrics
 from kuberl.operator.adapters.kube import Kube, KubeError, api_client_from_environment
 from kuberl.operator.adapters.nats import NatsBridge
-from kuberl.operator.adapters.watch_cache import WatchCache
+from kuberl.operator.adapters.watch_cache import WatchCache, plain
 from kuberl.operator.api.constants import (
     API_VERSION,
     MANAGED_BY,
@@ -83,15 +83,6 @@ class Runtime:
 
 
 RT = Runtime(SETTINGS)
-
-
-def plain(obj: Any) -> Any:
-    """A kopf body (mapping views) as plain dicts and lists, safe to keep and mutate."""
-    if isinstance(obj, Mapping):
-        return {k: plain(v) for k, v in obj.items()}
-    if isinstance(obj, list | tuple):
-        return [plain(v) for v in obj]
-    return obj
 
 
 def managed_by_us(spec: Mapping, **_: Any) -> bool:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import json
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Iterable
 from dataclasses import replace
 
 import nats
@@ -108,20 +108,22 @@ class JobStateStore:
     async def report_agent(self, agent_id: str, version: int) -> None:
         await self._kv.put(self.AGENT_PREFIX + agent_id, json.dumps({"version": version, "at": time.time()}).encode())
 
-    async def agent_versions(self) -> dict[str, int]:
-        """{agent id: loaded version} of every agent that reported (none: {})."""
-        try:
-            keys = await self._kv.keys()
-        except nats.js.errors.NoKeysError:
-            return {}
+    async def agent_versions(self, agents: Iterable[str] | None = None) -> dict[str, int]:
+        """{agent id: loaded version} of the given agents that reported, or of every agent
+        that did (none: {}). Naming the agents reads one key each; listing every key costs
+        the server an ephemeral consumer, which an operator polling 500 pools cannot afford."""
+        if agents is None:
+            try:
+                agents = [k[len(self.AGENT_PREFIX):] for k in await self._kv.keys() if k.startswith(self.AGENT_PREFIX)]
+            except nats.js.errors.NoKeysError:
+                return {}
         out = {}
-        for key in keys:
-            if key.startswith(self.AGENT_PREFIX):
-                try:
-                    entry = await self._kv.get(key)
-                except nats.js.errors.KeyNotFoundError:
-                    continue  # removed meanwhile
-                out[key[len(self.AGENT_PREFIX):]] = int(json.loads(entry.value)["version"])
+        for agent in agents:
+            try:
+                entry = await self._kv.get(self.AGENT_PREFIX + agent)
+            except nats.js.errors.KeyNotFoundError:
+                continue  # never reported, or removed meanwhile
+            out[agent] = int(json.loads(entry.value)["version"])
         return out
 
     async def add_counters(self, **deltas: int) -> JobState:
