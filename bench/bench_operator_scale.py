@@ -175,7 +175,19 @@ def main() -> None:
              timeout=60, interval=0.5)
 
         leader, leader_port = start_operator(tmp, plane.kubeconfig, 200, args.core)
+
+        def peers() -> int:
+            _, body = kube.request("GET", f"/apis/kopf.dev/v1/namespaces/{NS}/kopfpeerings/kuberl")
+            return len(((body or {}).get("status") or {}))
+
+        # The standby joins a running leader, as after a rolling restart: it then stays paused
+        # until the take-over, and kopf holds its handlers until its watches have listed.
+        # (Two replicas started at the same instant both act for a moment; kopf gates
+        # handlers on its indices only once per process, so a standby that did starts
+        # its take-over before its watches have listed; see the closing note of issue 16.)
+        wait(lambda: peers() >= 1, timeout=60, interval=0.5)
         standby, standby_port = start_operator(tmp, plane.kubeconfig, 100, args.core)
+        wait(lambda: peers() >= 2, timeout=60, interval=0.5)
         procs += [leader, standby]
         samplers = {name: Sampler(p.pid) for name, p in (("leader", leader), ("standby", standby))}
         for s in samplers.values():
