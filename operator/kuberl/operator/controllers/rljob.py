@@ -155,20 +155,21 @@ def _buffer_auth(job: RLJob) -> dict[str, str] | None:
     return buffer_auth(job.metadata["namespace"], ref.name if ref else None)
 
 
-def _trainer_pods(namespace: str, name: str, replicas: int) -> list[dict]:
+def _trainer_pods(namespace: str, name: str, replicas: int, finished: bool) -> list[dict]:
     """The gang's pods from the watch; from the API server when the watch shows fewer than
     the gang has: a gang that is starting or lost a pod, or a watch still listing after a
     standby took over (kopf gates handlers on its indices only once per process). The
-    decisions that follow (create pods, restart the gang) must not rest on a partial list."""
+    decisions that follow (create pods, restart the gang) must not rest on a partial list;
+    a finished job takes none, so its (possibly deleted) pods are not asked for again."""
     pods = RT.watched.list("v1", "Pod", namespace, trainer_selector(name))
-    if len(pods) < replicas:
+    if len(pods) < replicas and not finished:
         pods = RT.kube.list("v1", "Pod", namespace, trainer_selector(name))
     return pods
 
 
-def _pod_views(namespace: str, name: str, replicas: int) -> tuple[lifecycle.PodView, ...]:
+def _pod_views(namespace: str, name: str, replicas: int, finished: bool) -> tuple[lifecycle.PodView, ...]:
     views = []
-    for pod in _trainer_pods(namespace, name, replicas):
+    for pod in _trainer_pods(namespace, name, replicas, finished):
         meta, status = pod["metadata"], pod.get("status") or {}
         labels = meta.get("labels") or {}
         ready = st.is_true(status.get("conditions"), "Ready")
@@ -255,7 +256,7 @@ def _reconcile_job(body: dict, namespace: str, name: str) -> None:
         start_time=st.parse_rfc3339(old_status.get("startTime")),
         active_deadline_s=job.spec.run_policy.active_deadline_seconds,
         ttl_after_finished_s=job.spec.run_policy.ttl_seconds_after_finished,
-        pods=_pod_views(namespace, name, job.spec.trainer.replicas),
+        pods=_pod_views(namespace, name, job.spec.trainer.replicas, finished),
         now=now,
     )
     plan = lifecycle.decide(view)
