@@ -54,9 +54,8 @@ def plural(api_version: str, kind: str) -> str:
 
 
 def collection_path(api_version: str, kind: str, namespace: str) -> str:
-    plural = _PLURALS[(api_version, kind)]
     base = "/api/v1" if api_version == "v1" else f"/apis/{api_version}"
-    return f"{base}/namespaces/{quote(namespace)}/{plural}"
+    return f"{base}/namespaces/{quote(namespace)}/{plural(api_version, kind)}"
 
 
 def object_path(api_version: str, kind: str, namespace: str, name: str) -> str:

@@ -10,7 +10,7 @@ and updates the index on every event; this class answers reads from those indice
 What is read here may be milliseconds behind the API server. Every decision taken on it is
 idempotent (create-or-get, deleting a pod already gone, a status patch of changed fields);
 the one read that must not be behind, the object being reconciled, is checked against the
-resourceVersion this process last saw (`runtime.reconcile_fresh`).
+resourceVersion this process last saw (`runtime.current`).
 """
 
 from __future__ import annotations

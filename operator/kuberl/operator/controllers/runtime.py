@@ -114,9 +114,9 @@ def ensure(child: dict[str, Any], owner: Mapping) -> tuple[dict[str, Any], bool]
     return obj, created
 
 
-def ensure_asserted(child: dict[str, Any], owner: Mapping, refresh: tuple[str, ...] = ()) -> tuple[dict[str, Any] | None, bool]:
+def ensure_asserted(child: dict[str, Any], owner: Mapping, refresh: tuple[str, ...] = ()) -> None:
     """`ensure`, skipped while the watched child carries the digest of this very manifest
-    (the annotation this call writes): (object or None when skipped, created).
+    (the annotation this call writes).
 
     The digest lives on the child, not in this process, so a standby that takes over finds
     every unchanged child asserted and sends nothing; a child deleted behind the operator's
@@ -128,13 +128,12 @@ def ensure_asserted(child: dict[str, Any], owner: Mapping, refresh: tuple[str, .
     meta.setdefault("annotations", {})[MANIFEST_HASH_ANNOTATION] = digest
     seen = RT.watched.get(child["apiVersion"], child["kind"], meta["namespace"], meta["name"])
     if seen is not None and (seen["metadata"].get("annotations") or {}).get(MANIFEST_HASH_ANNOTATION) == digest:
-        return None, False
+        return
     obj, created = ensure(child, owner)
     if not created and obj is not child and _controller_uid(obj) == owner["metadata"]["uid"] \
             and (obj["metadata"].get("annotations") or {}).get(MANIFEST_HASH_ANNOTATION) != digest:
         patch = {"metadata": {"annotations": {MANIFEST_HASH_ANNOTATION: digest}}, **{f: child[f] for f in refresh}}
-        obj = RT.kube.patch(child["apiVersion"], child["kind"], meta["namespace"], meta["name"], patch) or obj
-    return obj, created
+        RT.kube.patch(child["apiVersion"], child["kind"], meta["namespace"], meta["name"], patch)
 
 
 def ensure_workload(child: dict[str, Any], owner: Mapping, live: dict[str, Any] | None = None) -> dict[str, Any] | None:
