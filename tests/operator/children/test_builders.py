@@ -61,6 +61,21 @@ def test_config_map_holds_the_rendered_workload_config():
     assert cm["metadata"]["labels"][LABEL_JOB] == "agentic-tools"
 
 
+def test_config_map_rendering_follows_the_config_not_a_stale_memo():
+    # Rendered once per distinct config (children.workload_config._rendered): a job built
+    # anew from the same spec gets the same text, a changed spec its own.
+    j = job("decoupled-agentic.yaml")
+    first = job_config_map(j, S, job_workload_config(j))["data"]["config.yaml"]
+    assert first == job_workload_config(j).dump()
+    again = job("decoupled-agentic.yaml")
+    assert job_config_map(again, S, job_workload_config(again))["data"]["config.yaml"] == first
+    changed = job("decoupled-agentic.yaml")
+    changed.spec.run_policy.max_steps += 1
+    text = job_config_map(changed, S, job_workload_config(changed))["data"]["config.yaml"]
+    assert text != first and text == job_workload_config(changed).dump()
+    assert WorkloadConfig.model_validate(yaml.safe_load(text)).run_policy.max_steps == j.spec.run_policy.max_steps + 1
+
+
 def test_trainer_gang_has_one_indexed_pod_per_replica_with_rendezvous_env():
     j = job()
     pods = trainer_gang(j, NS, generation=0, settings=S)

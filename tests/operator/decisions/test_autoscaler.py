@@ -5,7 +5,8 @@ from __future__ import annotations
 from hypothesis import given
 from hypothesis import strategies as s
 
-from kuberl.operator.decisions.autoscaler import Policy, Signals, decide, max_scale_down
+from kuberl.operator.api.rolloutpool import RolloutPoolSpec
+from kuberl.operator.decisions.autoscaler import Policy, Signals, decide, evaluation_due, max_scale_down, round_due
 
 P = Policy(min_replicas=1, max_replicas=12, target=8, cooldown_s=60, max_scale_up_step=4, max_scale_down_percent=25)
 
@@ -62,3 +63,21 @@ def test_guards_hold_for_any_input(current, pending, lo, span, up, down):
     if p.min_replicas <= current <= p.max_replicas:
         assert d.replicas - current <= up
         assert current - d.replicas <= max_scale_down(current, down)
+
+
+def _pool(**spec) -> RolloutPoolSpec:
+    return RolloutPoolSpec.model_validate(spec)
+
+
+def test_evaluation_is_due_once_per_interval_and_never_for_a_pinned_off_or_paused_pool():
+    elastic = _pool(replicas=2, minReplicas=1, maxReplicas=8, autoscaling={"intervalSeconds": 15})
+    assert evaluation_due(elastic, False, None, now=100)
+    assert not evaluation_due(elastic, False, 90, now=100)
+    assert evaluation_due(elastic, False, 85.01, now=100)  # a tick a hair early still counts
+    assert not evaluation_due(elastic, True, None, now=100)
+    assert not evaluation_due(_pool(replicas=4, minReplicas=4, maxReplicas=4), False, None, now=100)
+    assert not evaluation_due(_pool(replicas=2, minReplicas=1, maxReplicas=8, autoscaling={"enabled": False}), False, None, now=100)
+
+
+def test_a_round_is_due_when_never_done_or_after_its_interval():
+    assert round_due(None, 5, 10) and round_due(0, 9.96, 10) and not round_due(0, 9.9, 10)

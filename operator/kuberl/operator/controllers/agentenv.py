@@ -89,3 +89,10 @@ def env_changed(body: kopf.Body, **_: Any) -> None:
 @kopf.timer(GROUP, VERSION, "agentenvs", interval=SETTINGS.reconcile_interval_s, initial_delay=jittered(SETTINGS.reconcile_interval_s))
 def env_timer(body: kopf.Body, **_: Any) -> None:
     timer_round("AgentEnv", body, lambda: reconcile_env(body, "timer"))
+
+
+@kopf.on.event(GROUP, VERSION, "agentenvs")
+async def env_gone(type: str, uid: str, **_: Any) -> None:  # noqa: A002 (kopf's keyword)
+    """Drop what this process kept about a deleted env (it has no finaliser to do that)."""
+    if type == "DELETED":
+        RT.forget(uid)

@@ -50,6 +50,7 @@ class Runtime:
         self.rate_samples: dict[str, tuple[float, int]] = {}
         self.streams_ready: set[tuple[str, str]] = set()  # (uid, url)
         self.last_autoscale_eval: dict[str, float] = {}
+        self.last_pool_round: dict[str, float] = {}  # uid -> when a pool's children and status were last brought up to date
         self.watched = WatchCache()
         # uid -> the resourceVersion this process last knew to be the object's current one
         # (read or written by it): a watched copy at that version needs no GET.
@@ -77,6 +78,7 @@ class Runtime:
             self._locks.pop(uid, None)
         self.rate_samples.pop(uid, None)
         self.last_autoscale_eval.pop(uid, None)
+        self.last_pool_round.pop(uid, None)
         self.streams_ready = {k for k in self.streams_ready if k[0] != uid}
         self.current_version.pop(uid, None)
         self.phases.forget(uid)

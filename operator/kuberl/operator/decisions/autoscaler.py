@@ -112,3 +112,21 @@ def decide(current: int, signals: Signals, policy: Policy, *, last_scale_time: f
         left = policy.cooldown_s - (now - last_scale_time)
         return Decision(current, "Cooldown", f"would scale {current} -> {desired} but cooling down for {left:.0f}s more; " + "; ".join(notes))
     return Decision(desired, "ScaledUp" if desired > current else "ScaledDown", f"{current} -> {desired}: " + "; ".join(notes))
+
+
+def evaluation_due(spec, paused: bool, last_eval: float | None, now: float) -> bool:
+    """Whether a pool's autoscaler looks at its signals this tick (`spec`: a RolloutPoolSpec).
+    Not when autoscaling is off or the pool is paused; never for a pinned pool (min = max =
+    replicas: no signal could move it, so none is read from the buffer); otherwise once per
+    autoscaling.intervalSeconds."""
+    if not spec.autoscaling.enabled or paused:
+        return False
+    if spec.min_replicas == spec.max_replicas == spec.replicas:
+        return False
+    return round_due(last_eval, now, spec.autoscaling.interval_seconds)
+
+
+def round_due(last: float | None, now: float, interval_s: float) -> bool:
+    """Whether a periodic look is due: never done, or `interval_s` passed since the last one
+    (a timer tick a few milliseconds early still counts)."""
+    return last is None or now - last >= interval_s - 0.05

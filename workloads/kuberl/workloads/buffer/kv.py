@@ -117,14 +117,18 @@ class JobStateStore:
                 agents = [k[len(self.AGENT_PREFIX):] for k in await self._kv.keys() if k.startswith(self.AGENT_PREFIX)]
             except nats.js.errors.NoKeysError:
                 return {}
-        out = {}
-        for agent in agents:
+
+        async def loaded(agent: str) -> int | None:
             try:
                 entry = await self._kv.get(self.AGENT_PREFIX + agent)
             except nats.js.errors.KeyNotFoundError:
-                continue  # never reported, or removed meanwhile
-            out[agent] = int(json.loads(entry.value)["version"])
-        return out
+                return None  # never reported, or removed meanwhile
+            return int(json.loads(entry.value)["version"])
+
+        # All at once: one round trip's wait, not one per agent.
+        agents = list(agents)
+        versions = await asyncio.gather(*(loaded(a) for a in agents))
+        return {a: v for a, v in zip(agents, versions, strict=True) if v is not None}
 
     async def add_counters(self, **deltas: int) -> JobState:
         def add(s: JobState) -> JobState:
