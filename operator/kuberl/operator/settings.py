@@ -45,7 +45,10 @@ class OperatorSettings:
     nats_timeout_s: float = 3.0  # connect/request timeout towards a job's NATS server
     metrics_port: int = 9090  # 0 disables the Prometheus endpoint
     health_port: int = 8081  # 0 disables the liveness endpoint
-    executor_threads: int = 16  # kopf runs our (synchronous) handlers in this many threads
+    executor_threads: int = 16  # kopf runs our (synchronous) event handlers in this many threads
+    # Timer rounds run on threads of their own (controllers.runtime.timer_round), so the
+    # handlers of create and update events never queue behind them.
+    timer_threads: int = 16
     # A standby replica takes over this long after the leader's last keep-alive (kopf's
     # default is 60 s; keep-alives go every lifetime minus 5-10 s).
     peering_lifetime_s: int = 20
@@ -83,6 +86,7 @@ class OperatorSettings:
             metrics_port=_env_int("KUBERL_METRICS_PORT", d.metrics_port),
             health_port=_env_int("KUBERL_HEALTH_PORT", d.health_port),
             executor_threads=_env_int("KUBERL_EXECUTOR_THREADS", d.executor_threads),
+            timer_threads=_env_int("KUBERL_TIMER_THREADS", d.timer_threads),
             peering_lifetime_s=_env_int("KUBERL_PEERING_LIFETIME", d.peering_lifetime_s),
             finalizer_retries=_env_int("KUBERL_FINALIZER_RETRIES", d.finalizer_retries),
             allow_sandbox_opt_out=os.environ.get("KUBERL_ALLOW_SANDBOX_OPT_OUT", "").lower() in ("1", "true", "yes"),

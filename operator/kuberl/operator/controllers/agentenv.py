@@ -87,8 +87,8 @@ def env_changed(body: kopf.Body, **_: Any) -> None:
 
 
 @kopf.timer(GROUP, VERSION, "agentenvs", interval=SETTINGS.reconcile_interval_s, initial_delay=jittered(SETTINGS.reconcile_interval_s))
-def env_timer(body: kopf.Body, **_: Any) -> None:
-    timer_round("AgentEnv", body, lambda: reconcile_env(body, "timer"))
+async def env_timer(body: kopf.Body, **_: Any) -> None:
+    await timer_round("AgentEnv", body, lambda: reconcile_env(body, "timer"))
 
 
 @kopf.on.event(GROUP, VERSION, "agentenvs")

@@ -378,8 +378,8 @@ def rljob_spec_changed(body: kopf.Body, **_: Any) -> None:
 
 @kopf.timer(GROUP, VERSION, "rljobs", interval=SETTINGS.reconcile_interval_s, initial_delay=jittered(SETTINGS.reconcile_interval_s),
             when=managed_by_us)
-def rljob_timer(body: kopf.Body, **_: Any) -> None:
-    timer_round("RLJob", body, lambda: reconcile_job(body, "timer"))
+async def rljob_timer(body: kopf.Body, **_: Any) -> None:
+    await timer_round("RLJob", body, lambda: reconcile_job(body, "timer"))
 
 
 @kopf.on.delete(GROUP, VERSION, "rljobs", when=managed_by_us)

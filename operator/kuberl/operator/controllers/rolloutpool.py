@@ -162,7 +162,7 @@ def pool_changed(body: kopf.Body, **_: Any) -> None:
 
 
 @kopf.timer(GROUP, VERSION, "rolloutpools", interval=SETTINGS.autoscaler_tick_s, initial_delay=jittered(SETTINGS.autoscaler_tick_s))
-def pool_timer(body: kopf.Body, **_: Any) -> None:
+async def pool_timer(body: kopf.Body, **_: Any) -> None:
     """Ticks at the autoscaler's pace; the rest of the round (Deployment, Service, status
     and the versions the pods loaded, read from the buffer) only once per reconcile
     interval, as for jobs and envs. A pool whose autoscaler is not due and whose round is
@@ -172,7 +172,7 @@ def pool_timer(body: kopf.Body, **_: Any) -> None:
     full = autoscaler.round_due(RT.last_pool_round.get(uid), now, RT.settings.reconcile_interval_s)
     if not full and not autoscaler.evaluation_due(spec, is_paused(body["metadata"]), RT.last_autoscale_eval.get(uid), now):
         return
-    timer_round("RolloutPool", body, lambda: reconcile_pool(body, "timer", autoscale=True, full=full))
+    await timer_round("RolloutPool", body, lambda: reconcile_pool(body, "timer", autoscale=True, full=full))
 
 
 @kopf.on.event(GROUP, VERSION, "rolloutpools")

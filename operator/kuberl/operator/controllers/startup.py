@@ -12,7 +12,7 @@ from kuberl.operator.api.constants import (
     KOPF_ANNOTATION_PREFIX,
     KOPF_DIFFBASE_KEY,
 )
-from kuberl.operator.controllers.runtime import RT
+from kuberl.operator.controllers.runtime import RT, stop_timer_threads
 from kuberl.workloads.logs import get_logger
 
 log = get_logger(__name__)
@@ -45,5 +45,6 @@ def configure(settings: kopf.OperatorSettings, **kwargs: Any) -> None:
 
 @kopf.on.cleanup()
 def shutdown(**_: Any) -> None:
+    stop_timer_threads()
     if RT._nats is not None:
         RT._nats.close()
