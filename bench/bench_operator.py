@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -144,7 +145,8 @@ def main() -> None:
     ap.add_argument("--jobs", type=int, default=100)
     ap.add_argument("--rounds", type=int, default=10)
     ap.add_argument("--steady-seconds", type=float, default=60)
-    ap.add_argument("--log-level", default="WARNING", help="operator log level (its log is kept in the temp dir)")
+    ap.add_argument("--log-level", default="WARNING", help="operator log level")
+    ap.add_argument("--keep-logs", action="store_true", help="keep the temp dir with the operator's and nats-server's logs")
     args = ap.parse_args()
 
     tmp = Path(tempfile.mkdtemp(prefix="kuberl-bench-op-"))
@@ -241,6 +243,10 @@ def main() -> None:
             stop_operator(proc)
         nats_server.stop()
         plane.stop()
+        if args.keep_logs:
+            print(f"operator and nats-server logs kept in {tmp}")
+        else:
+            shutil.rmtree(tmp, ignore_errors=True)
 
 
 if __name__ == "__main__":
