@@ -46,7 +46,18 @@ mkdir -p "$cache"
 exec 9>"$cache/.megatron-setup.lock"
 if command -v flock >/dev/null; then flock 9; fi
 
+# torch (imported by megatron-core) makes $TMPDIR/torchinductor_$USER at import: a file
+# outside the cache that outlives every test. A .pth line runs at each interpreter start
+# in this venv (set-up's check, tests, trainers under `kuberl run`) and points it into the
+# cache; written on every run, so a venv set up before this line gets it too.
+inductor_pth() {
+  local site
+  site="$("$venv/bin/python" -c 'import sysconfig; print(sysconfig.get_paths()["purelib"])')"
+  printf 'import os; os.environ.setdefault("TORCHINDUCTOR_CACHE_DIR", %s)\n' "'$cache/torchinductor'" > "$site/kuberl-torchinductor.pth"
+}
+
 if [[ -f "$stamp" && "$(cat "$stamp")" == "$want" && -x "$venv/bin/python" ]]; then
+  inductor_pth
   log "up to date: $venv"
   echo "$venv"
   exit 0
@@ -56,6 +67,7 @@ start=$(date +%s)
 log "installing into $venv ($python)"
 rm -rf "$venv"
 "$python" -m venv "$venv"
+inductor_pth
 nice -n 10 "$venv/bin/python" -m pip install --quiet --no-cache-dir --prefer-binary -r "$reqs"
 { nice -n 10 "$venv/bin/python" -W ignore - <<'PY'
 import megatron.core, torch

@@ -100,13 +100,14 @@ def test_two_replicas_elect_one_active(kube: Kube, namespace: str, nats_server):
 
         wait_until("the leader sends no more POSTs", leader_settled, timeout=60)
         standby_posts = operator_counter(standby, posts)  # its start-up: the peering object's create-or-get
+        rounds = "kuberl_reconcile_total{"
+        assert operator_counter(standby, rounds) == 0, "the standby ran rounds while the leader served"
         leader.terminate()
         leader.wait(timeout=30)
         wait_until("standby resumes when the leader is gone",
                    lambda: "Resuming operations" in (logs / "standby.log").read_text(), timeout=120)
         # The takeover sends nothing for the job the leader served: the children are read
         # from the standby's watches and carry the digest of the manifest asserted last.
-        rounds = "kuberl_reconcile_total{"
         wait_until("the standby reconciles the job a few times", lambda: operator_counter(standby, rounds) >= 5, timeout=60)
         assert operator_counter(standby, posts) == standby_posts
         assert operator_counter(standby, "kuberl_children_created_total") == 0

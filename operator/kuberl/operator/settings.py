@@ -46,7 +46,7 @@ class OperatorSettings:
     metrics_port: int = 9090  # 0 disables the Prometheus endpoint
     health_port: int = 8081  # 0 disables the liveness endpoint
     executor_threads: int = 16  # kopf runs our (synchronous) event handlers in this many threads
-    # Timer rounds run on threads of their own (controllers.runtime.timer_round), so the
+    # Periodic rounds (controllers.sweeper) run on threads of their own, so the
     # handlers of create and update events never queue behind them.
     timer_threads: int = 16
     # A standby replica takes over this long after the leader's last keep-alive (kopf's

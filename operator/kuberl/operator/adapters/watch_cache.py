@@ -2,7 +2,7 @@
 GET or LIST per reconcile round.
 
 At 500 jobs a round that reads its pool, env, Deployment and pods from the API server costs
-four to five requests, and the timers want a round per object every few seconds: several
+four to five requests, and the sweeper runs a round per object every few seconds: several
 hundred requests a second for nothing, and a takeover by a standby that re-asserts every
 child. kopf keeps one watch per kind (`controllers.watched` registers an index per kind)
 and updates the index on every event; this class answers reads from those indices.
@@ -95,6 +95,12 @@ class WatchCache:
         """The object as last watched, None when the watch has not seen it (or saw it deleted)."""
         store = self._index(api_version, kind).get(("name", namespace, name))
         return next(iter(store), None) if store else None
+
+    def all(self, api_version: str, kind: str) -> list[dict[str, Any]]:
+        """Every object of a kind the watch holds (meant for the custom kinds: the sweeper's
+        rounds; pods are read by label, never all at once)."""
+        index = self._index(api_version, kind)
+        return [obj for key in list(index) if key[0] == "name" for obj in index.get(key) or ()]
 
     def list(self, api_version: str, kind: str, namespace: str, selector: Mapping[str, str]) -> list[dict[str, Any]]:
         """Objects matching every label of `selector`; it must name one of SELECTOR_LABELS."""

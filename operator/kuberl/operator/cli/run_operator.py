@@ -58,9 +58,10 @@ def cmd_operator(args: argparse.Namespace) -> int:
             ensure_peering_object(RT.kube, args.peering, namespace)
     log.info("starting operator", namespaces=namespaces or "*", peering=None if args.standalone else args.peering,
              priority=priority, liveness=liveness, pid=os.getpid())
-    from kuberl.operator.adapters import kopf_gate
+    from kuberl.operator.adapters import kopf_gate, kopf_reactor
 
     kopf_gate.install()
+    kopf_reactor.install()
     kopf.run(
         clusterwide=clusterwide,
         namespaces=namespaces,

@@ -24,10 +24,8 @@ from kuberl.operator.controllers.runtime import (
     ensure_asserted,
     ensure_workload,
     guarded,
-    jittered,
     patch_status,
     reconcile_fresh,
-    timer_round,
 )
 from kuberl.operator.decisions import access
 from kuberl.operator.decisions import references as semantics
@@ -86,13 +84,6 @@ def env_changed(body: kopf.Body, **_: Any) -> None:
     reconcile_env(body, "update")
 
 
-@kopf.timer(GROUP, VERSION, "agentenvs", interval=SETTINGS.reconcile_interval_s, initial_delay=jittered(SETTINGS.reconcile_interval_s))
-async def env_timer(body: kopf.Body, **_: Any) -> None:
-    await timer_round("AgentEnv", body, lambda: reconcile_env(body, "timer"))
-
-
-@kopf.on.event(GROUP, VERSION, "agentenvs")
-async def env_gone(type: str, uid: str, **_: Any) -> None:  # noqa: A002 (kopf's keyword)
-    """Drop what this process kept about a deleted env (it has no finaliser to do that)."""
-    if type == "DELETED":
-        RT.forget(uid)
+def env_round(body: Mapping) -> None:
+    """The periodic round the sweeper runs (controllers.sweeper)."""
+    reconcile_env(body, "timer")

@@ -41,13 +41,11 @@ from kuberl.operator.controllers.runtime import (
     buffer_default_url,
     ensure,
     ensure_asserted,
-    jittered,
     managed_by_us,
     patch_status,
     plain,
     reconcile_fresh,
     secret_data,
-    timer_round,
 )
 from kuberl.operator.decisions import access, lifecycle
 from kuberl.operator.decisions import references as semantics
@@ -285,7 +283,7 @@ def _reconcile_job(body: dict, namespace: str, name: str) -> None:
     pool_name = pool_name_for(job)
     # A pause only changes an annotation (the children's spec handlers do not fire), so
     # the child is reconciled here at once: its Deployment scales now, not on its next
-    # timer, and the pool status read below is one taken after the change.
+    # periodic round, and the pool status read below is one taken after the change.
     if pool_name and pools.get(pool_name) is not None and _controller_uid(pools[pool_name]) == body["metadata"]["uid"]:
         if _set_paused(API_VERSION, "RolloutPool", namespace, pools[pool_name], plan.pause_children):
             reconcile_pool(pools[pool_name], "paused" if plan.pause_children else "unpaused")
@@ -376,10 +374,9 @@ def rljob_spec_changed(body: kopf.Body, **_: Any) -> None:
     reconcile_job(body, "update")
 
 
-@kopf.timer(GROUP, VERSION, "rljobs", interval=SETTINGS.reconcile_interval_s, initial_delay=jittered(SETTINGS.reconcile_interval_s),
-            when=managed_by_us)
-async def rljob_timer(body: kopf.Body, **_: Any) -> None:
-    await timer_round("RLJob", body, lambda: reconcile_job(body, "timer"))
+def job_round(body: Mapping) -> None:
+    """The periodic round the sweeper runs (controllers.sweeper) on jobs `managed_by_us`."""
+    reconcile_job(body, "timer")
 
 
 @kopf.on.delete(GROUP, VERSION, "rljobs", when=managed_by_us)

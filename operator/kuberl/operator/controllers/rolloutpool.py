@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import Any
 
 import kopf
@@ -23,11 +23,9 @@ from kuberl.operator.controllers.runtime import (
     ensure_asserted,
     ensure_workload,
     guarded,
-    jittered,
     patch_status,
     plain,
     reconcile_fresh,
-    timer_round,
 )
 from kuberl.operator.decisions import autoscaler
 from kuberl.operator.decisions import status as st
@@ -48,7 +46,7 @@ def _bound_job(pool: dict) -> str | None:
 def reconcile_pool(body: Mapping, trigger: str, autoscale: bool = False, full: bool = True) -> None:
     """One round on a pool. `autoscale`: evaluate the autoscaler first (when due); `full`:
     bring the children and status up to date even when the autoscaler changed nothing
-    (a timer tick does that only once per reconcile interval: `pool_timer`)."""
+    (the sweeper does that only once per reconcile interval: `pool_tick`)."""
     def round_(fresh: dict) -> None:
         namespace, name = fresh["metadata"]["namespace"], fresh["metadata"]["name"]
         if autoscale:
@@ -125,12 +123,17 @@ def read_signals(job_body: dict | None, namespace: str) -> autoscaler.Signals:
     return autoscaler.Signals(pending_prompts=backlog.get("prompts"), trajectory_backlog=backlog.get("trajectories"), trainer_idle_percent=idle)
 
 
+def _autoscaler_due(body: Mapping, now: float, spec: RolloutPoolSpec | None = None) -> bool:
+    spec = spec or RolloutPoolSpec.model_validate(plain(body.get("spec") or {}))
+    return autoscaler.evaluation_due(spec, is_paused(body["metadata"]), RT.last_autoscale_eval.get(body["metadata"]["uid"]), now)
+
+
 def _autoscale(body: dict, namespace: str, name: str) -> dict | None:
     """One autoscaler evaluation when due; returns the patched pool when replicas changed."""
     pool = RolloutPool.model_validate({"metadata": body["metadata"], "spec": body.get("spec") or {}})
     uid = body["metadata"]["uid"]
     now = time.time()
-    if not autoscaler.evaluation_due(pool.spec, is_paused(body["metadata"]), RT.last_autoscale_eval.get(uid), now):
+    if not _autoscaler_due(body, now, pool.spec):
         return None
     RT.last_autoscale_eval[uid] = now
     bound = _bound_job(body)
@@ -161,22 +164,15 @@ def pool_changed(body: kopf.Body, **_: Any) -> None:
     reconcile_pool(body, "update")
 
 
-@kopf.timer(GROUP, VERSION, "rolloutpools", interval=SETTINGS.autoscaler_tick_s, initial_delay=jittered(SETTINGS.autoscaler_tick_s))
-async def pool_timer(body: kopf.Body, **_: Any) -> None:
-    """Ticks at the autoscaler's pace; the rest of the round (Deployment, Service, status
-    and the versions the pods loaded, read from the buffer) only once per reconcile
-    interval, as for jobs and envs. A pool whose autoscaler is not due and whose round is
-    not due costs no work at all: at 500 pools that halved the buffer reads per second."""
+def pool_tick(body: Mapping) -> Callable[[], None] | None:
+    """The sweeper's look at a pool (controllers.sweeper), at the autoscaler's pace: the
+    round to run on a thread, or None. The rest of the round (Deployment, Service, status
+    and the versions the pods loaded, read from the buffer) runs only once per reconcile
+    interval, as for jobs and envs; a pool whose autoscaler is not due and whose round is
+    not due costs no thread at all (at 500 pools that halved the buffer reads per second).
+    Runs on the event loop: a dictionary lookup and the spec's few fields."""
     uid, now = body["metadata"]["uid"], time.time()
-    spec = RolloutPoolSpec.model_validate(plain(body.get("spec") or {}))
     full = autoscaler.round_due(RT.last_pool_round.get(uid), now, RT.settings.reconcile_interval_s)
-    if not full and not autoscaler.evaluation_due(spec, is_paused(body["metadata"]), RT.last_autoscale_eval.get(uid), now):
-        return
-    await timer_round("RolloutPool", body, lambda: reconcile_pool(body, "timer", autoscale=True, full=full))
-
-
-@kopf.on.event(GROUP, VERSION, "rolloutpools")
-async def pool_gone(type: str, uid: str, **_: Any) -> None:  # noqa: A002 (kopf's keyword)
-    """Drop what this process kept about a deleted pool (it has no finaliser to do that)."""
-    if type == "DELETED":
-        RT.forget(uid)
+    if not full and not _autoscaler_due(body, now):
+        return None
+    return lambda: reconcile_pool(body, "timer", autoscale=True, full=full)

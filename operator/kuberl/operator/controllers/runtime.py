@@ -8,7 +8,6 @@ import contextvars
 import copy
 import hashlib
 import json
-import random
 import threading
 import time
 from collections.abc import Callable, Mapping
@@ -54,6 +53,7 @@ class Runtime:
         self.streams_ready: set[tuple[str, str]] = set()  # (uid, url)
         self.last_autoscale_eval: dict[str, float] = {}
         self.last_pool_round: dict[str, float] = {}  # uid -> when a pool's children and status were last brought up to date
+        self.last_watched: dict[str, float] = {}  # uid -> when (monotonic) a watch event last showed the custom object
         self.watched = WatchCache()
         # uid -> the resourceVersion this process last knew to be the object's current one
         # (read or written by it): a watched copy at that version needs no GET.
@@ -82,6 +82,7 @@ class Runtime:
         self.rate_samples.pop(uid, None)
         self.last_autoscale_eval.pop(uid, None)
         self.last_pool_round.pop(uid, None)
+        self.last_watched.pop(uid, None)
         self.streams_ready = {k for k in self.streams_ready if k[0] != uid}
         self.current_version.pop(uid, None)
         self.phases.forget(uid)
@@ -213,7 +214,7 @@ def buffer_default_url() -> str:
 
 def reconcile_fresh(kind: str, body: Mapping, trigger: str, reconcile: Callable[[dict[str, Any]], None]) -> None:
     """The guard every reconcile runs under: objects being deleted are left to their
-    finaliser; one round at a time per object (event handlers and timers share the lock);
+    finaliser; one round at a time per object (event handlers and the sweeper share the lock);
     on the object as the API server has it now (the body kopf holds may be a few events
     old), skipped when it vanished or was re-created under the same name meanwhile."""
     meta = body["metadata"]
@@ -277,20 +278,14 @@ def guarded(kind: str, reconcile: Callable[[dict[str, Any]], None]) -> Callable[
     return run
 
 
-def jittered(interval_s: float) -> Callable[..., float]:
-    """A timer's first delay, uniform in [0, interval): objects seen at once (a standby
-    taking over 500 jobs) then tick spread over the interval, not in lockstep."""
-    return lambda **_: random.uniform(0.0, interval_s)
-
-
 _TIMER_THREADS = ThreadPoolExecutor(max_workers=SETTINGS.timer_threads, thread_name_prefix="kuberl-timer")
 
 
 async def timer_round(kind: str, body: Mapping, run: Callable[[], None]) -> None:
-    """A timer's round, on the timers' own threads: kopf runs every synchronous handler in
-    one pool, where a job created while 1,500 objects tick (a standby taking over 500 jobs)
-    waited behind their rounds. A failure is logged (and counted by `metrics.reconciling`);
-    the next tick tries again."""
+    """A periodic round (controllers.sweeper), on threads of its own: kopf runs every
+    synchronous handler in one pool, where a job created while 1,500 objects had their
+    rounds (a standby taking over 500 jobs) waited behind them. A failure is logged (and
+    counted by `metrics.reconciling`); the next round tries again."""
     context = contextvars.copy_context()  # kopf.event and kopf's loggers read it, as in kopf's own pool
     await asyncio.get_running_loop().run_in_executor(_TIMER_THREADS, context.run, _logged_round, kind, body, run)
 

@@ -33,10 +33,6 @@ def configure(settings: kopf.OperatorSettings, **kwargs: Any) -> None:
     settings.posting.loggers = False
     settings.execution.max_workers = RT.settings.executor_threads
     settings.peering.lifetime = RT.settings.peering_lifetime_s
-    # On deletion kopf stops an object's timers before it removes the finalizer, and by
-    # default looks again only every 60 s: a deleted job would linger a minute after its
-    # finaliser ran. Our timers finish a round in well under a second.
-    settings.background.cancellation_polling = 1.0
     settings.networking.connect_timeout = 10
     settings.watching.server_timeout = 300
     metrics.serve(RT.settings.metrics_port)

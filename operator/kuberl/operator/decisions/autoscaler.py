@@ -128,5 +128,5 @@ def evaluation_due(spec, paused: bool, last_eval: float | None, now: float) -> b
 
 def round_due(last: float | None, now: float, interval_s: float) -> bool:
     """Whether a periodic look is due: never done, or `interval_s` passed since the last one
-    (a timer tick a few milliseconds early still counts)."""
+    (a sweeper tick a few milliseconds early still counts)."""
     return last is None or now - last >= interval_s - 0.05

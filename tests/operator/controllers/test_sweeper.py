@@ -1,0 +1,108 @@
+"""The sweeper runs each watched object's round once per interval, on the timer threads, only
+while this replica serves, and only on objects the watch showed since it began serving."""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+import time
+
+import pytest
+from kopf._cogs.aiokits import aiotoggles
+
+from kuberl.operator.adapters import kopf_reactor
+from kuberl.operator.adapters.watch_cache import INDEX_IDS, WatchCache, index_keys
+from kuberl.operator.api.constants import API_VERSION
+from kuberl.operator.controllers import sweeper
+from kuberl.operator.controllers.runtime import RT
+
+
+def job(name: str, deleting: bool = False) -> dict:
+    meta = {"name": name, "namespace": "ns", "uid": f"u-{name}", "resourceVersion": "1"}
+    if deleting:
+        meta["deletionTimestamp"] = "2026-12-06T00:00:00Z"
+    return {"apiVersion": API_VERSION, "kind": "RLJob", "metadata": meta, "spec": {}}
+
+
+@pytest.fixture
+def watched(monkeypatch):
+    """RT's watch cache holding the given jobs, each stamped as watched now."""
+    monkeypatch.setattr(RT, "watched", WatchCache())
+    monkeypatch.setattr(RT, "last_watched", {})
+    monkeypatch.setattr(kopf_reactor, "_event_queue", (object(), None))  # rounds here post no Event
+    monkeypatch.setattr(kopf_reactor, "_paused", None)
+
+    def show(*jobs: dict) -> None:
+        index: dict = {}
+        for body in jobs:
+            for key, value in index_keys("RLJob", body).items():
+                index.setdefault(key, []).append(value)
+            RT.last_watched[body["metadata"]["uid"]] = time.monotonic()
+        RT.watched.bind({index_id: index if kind == "RLJob" else {} for (_, kind), index_id in INDEX_IDS.items()})
+
+    return show
+
+
+def recording_sweep(interval_s: float) -> tuple[sweeper.Sweep, dict[str, int], set[str]]:
+    rounds: dict[str, int] = {}
+    threads: set[str] = set()
+    lock = threading.Lock()
+
+    def round_for(body):
+        def run():
+            with lock:
+                rounds[body["metadata"]["name"]] = rounds.get(body["metadata"]["name"], 0) + 1
+                threads.add(threading.current_thread().name)
+        return run
+
+    return sweeper.Sweep("RLJob", interval_s, round_for), rounds, threads
+
+
+async def sweep_for(sweep: sweeper.Sweep, seconds: float, during=None) -> None:
+    task = asyncio.create_task(sweeper.sweep_forever([sweep]))
+    try:
+        if during is not None:
+            await during()
+        await asyncio.sleep(seconds)
+    finally:
+        task.cancel()
+        await asyncio.gather(task, return_exceptions=True)
+
+
+def test_each_object_gets_a_round_per_interval_on_the_timer_threads_deleting_ones_none(watched):
+    sweep, rounds, threads = recording_sweep(interval_s=0.2)
+    watched(job("a"), job("b"), job("doomed", deleting=True))
+    asyncio.run(sweep_for(sweep, 1.1))
+    # First rounds spread over the first 0.2 s, then one every 0.2 s: 5 or 6 in 1.1 s.
+    assert set(rounds) == {"a", "b"} and all(4 <= n <= 7 for n in rounds.values()), rounds
+    assert threads and all(name.startswith("kuberl-timer") for name in threads)
+
+
+def test_a_paused_replica_runs_no_round_and_after_resuming_only_objects_watched_since(watched, monkeypatch):
+    sweep, rounds, _ = recording_sweep(interval_s=0.1)
+
+    async def drill():
+        paused = aiotoggles.ToggleSet(any)
+        peering = await paused.make_toggle(True, name="another replica leads")
+        monkeypatch.setattr(kopf_reactor, "_paused", paused)
+        watched(job("stale"))  # shown before this replica took over
+        task = asyncio.create_task(sweeper.sweep_forever([sweep]))
+        await asyncio.sleep(0.5)
+        assert rounds == {}, "a standby ran rounds"
+        await peering.turn_to(False)  # the leader is gone
+        await asyncio.sleep(0.05)
+        watched(job("live"))  # the take-over's re-listing shows only what still exists
+        await asyncio.sleep(0.6)
+        task.cancel()
+        await asyncio.gather(task, return_exceptions=True)
+
+    asyncio.run(drill())
+    assert set(rounds) == {"live"} and rounds["live"] >= 3, rounds
+
+
+def test_no_round_before_kopf_handed_over_its_event_queue(watched, monkeypatch):
+    sweep, rounds, _ = recording_sweep(interval_s=0.1)
+    watched(job("a"))
+    monkeypatch.setattr(kopf_reactor, "_event_queue", None)
+    asyncio.run(sweep_for(sweep, 0.4))
+    assert rounds == {}
