@@ -31,6 +31,7 @@ def watched(monkeypatch):
     monkeypatch.setattr(RT, "last_watched", {})
     monkeypatch.setattr(kopf_reactor, "_event_queue", (object(), None))  # rounds here post no Event
     monkeypatch.setattr(kopf_reactor, "_paused", None)
+    monkeypatch.setattr(kopf_reactor, "_indexed", None)
 
     def show(*jobs: dict) -> None:
         index: dict = {}
@@ -100,9 +101,60 @@ def test_a_paused_replica_runs_no_round_and_after_resuming_only_objects_watched_
     assert set(rounds) == {"live"} and rounds["live"] >= 3, rounds
 
 
+def test_no_round_while_the_first_listing_is_under_way_then_on_everything_it_listed(watched, monkeypatch):
+    sweep, rounds, _ = recording_sweep(interval_s=0.1)
+
+    async def drill():
+        indexed = aiotoggles.ToggleSet(all)
+        listing = await indexed.make_toggle(False, name="pods@ns")
+        monkeypatch.setattr(kopf_reactor, "_indexed", indexed)
+        watched(job("early"))  # jobs are listed, pods still listing: children would look missing
+        task = asyncio.create_task(sweeper.sweep_forever([sweep]))
+        await asyncio.sleep(0.4)
+        assert rounds == {}, "rounds ran on a half-listed cache"
+        await listing.turn_to(True)
+        await asyncio.sleep(0.5)
+        task.cancel()
+        await asyncio.gather(task, return_exceptions=True)
+
+    asyncio.run(drill())
+    assert set(rounds) == {"early"} and rounds["early"] >= 3, rounds
+
+
 def test_no_round_before_kopf_handed_over_its_event_queue(watched, monkeypatch):
     sweep, rounds, _ = recording_sweep(interval_s=0.1)
     watched(job("a"))
     monkeypatch.setattr(kopf_reactor, "_event_queue", None)
     asyncio.run(sweep_for(sweep, 0.4))
     assert rounds == {}
+
+
+def test_an_object_created_after_the_listing_gets_its_first_round_one_interval_later(watched):
+    sweep, rounds, _ = recording_sweep(interval_s=0.3)
+
+    async def drill():
+        watched(job("listed"))
+        task = asyncio.create_task(sweeper.sweep_forever([sweep]))
+        await asyncio.sleep(0.45)  # past the first interval: what is new now was created, not listed
+        watched(job("listed"), job("created"))
+        await asyncio.sleep(0.2)
+        assert "created" not in rounds, "a new object's round ran beside its create handler"
+        await asyncio.sleep(0.35)
+        task.cancel()
+        await asyncio.gather(task, return_exceptions=True)
+
+    asyncio.run(drill())
+    assert rounds.get("created") == 1 and rounds["listed"] >= 2, rounds
+
+
+def test_a_periodic_round_skips_an_object_a_handler_is_reconciling(watched):
+    from kuberl.operator.controllers.runtime import PERIODIC, reconcile_fresh
+
+    body = job("busy")
+    watched(body)
+    seen = []
+    with RT.lock(body["metadata"]["uid"]):  # a create handler holds it
+        reconcile_fresh("RLJob", body, PERIODIC, seen.append)
+    assert seen == []
+    reconcile_fresh("RLJob", body, PERIODIC, seen.append)
+    assert [b["metadata"]["name"] for b in seen] == ["busy"]

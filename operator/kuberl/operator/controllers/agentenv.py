@@ -17,6 +17,7 @@ from kuberl.operator.children.agentenv import (
     agent_env_service,
 )
 from kuberl.operator.controllers.runtime import (
+    PERIODIC,
     RT,
     SETTINGS,
     _event,
@@ -86,4 +87,4 @@ def env_changed(body: kopf.Body, **_: Any) -> None:
 
 def env_round(body: Mapping) -> None:
     """The periodic round the sweeper runs (controllers.sweeper)."""
-    reconcile_env(body, "timer")
+    reconcile_env(body, PERIODIC)

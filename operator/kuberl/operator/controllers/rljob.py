@@ -31,6 +31,7 @@ from kuberl.operator.children.workload_config import (
 from kuberl.operator.controllers.agentenv import reconcile_env
 from kuberl.operator.controllers.rolloutpool import reconcile_pool
 from kuberl.operator.controllers.runtime import (
+    PERIODIC,
     RT,
     SETTINGS,
     _controller_uid,
@@ -376,7 +377,7 @@ def rljob_spec_changed(body: kopf.Body, **_: Any) -> None:
 
 def job_round(body: Mapping) -> None:
     """The periodic round the sweeper runs (controllers.sweeper) on jobs `managed_by_us`."""
-    reconcile_job(body, "timer")
+    reconcile_job(body, PERIODIC)
 
 
 @kopf.on.delete(GROUP, VERSION, "rljobs", when=managed_by_us)

@@ -15,6 +15,7 @@ from kuberl.operator.api.constants import API_VERSION, GROUP, VERSION
 from kuberl.operator.children.common import is_paused
 from kuberl.operator.children.rollout import credential_secrets, rollout_deployment, rollout_service
 from kuberl.operator.controllers.runtime import (
+    PERIODIC,
     RT,
     SETTINGS,
     _event,
@@ -175,4 +176,4 @@ def pool_tick(body: Mapping) -> Callable[[], None] | None:
     full = autoscaler.round_due(RT.last_pool_round.get(uid), now, RT.settings.reconcile_interval_s)
     if not full and not _autoscaler_due(body, now):
         return None
-    return lambda: reconcile_pool(body, "timer", autoscale=True, full=full)
+    return lambda: reconcile_pool(body, PERIODIC, autoscale=True, full=full)

@@ -212,6 +212,9 @@ def buffer_default_url() -> str:
     return BufferSpec().url
 
 
+PERIODIC = "timer"  # the trigger of the sweeper's rounds (controllers.sweeper), as metrics label it
+
+
 def reconcile_fresh(kind: str, body: Mapping, trigger: str, reconcile: Callable[[dict[str, Any]], None]) -> None:
     """The guard every reconcile runs under: objects being deleted are left to their
     finaliser; one round at a time per object (event handlers and the sweeper share the lock);
@@ -220,11 +223,20 @@ def reconcile_fresh(kind: str, body: Mapping, trigger: str, reconcile: Callable[
     meta = body["metadata"]
     if meta.get("deletionTimestamp"):
         return
-    with RT.lock(meta["uid"]), metrics.reconciling(kind, trigger):
-        fresh = current(kind, meta["namespace"], meta["name"], meta["uid"])
-        if fresh is None or fresh["metadata"].get("uid") != meta["uid"]:
-            return
-        reconcile(fresh)
+    lock = RT.lock(meta["uid"])
+    # A periodic round finding the object's lock held skips it: a handler is bringing the
+    # object up to date right now (a new job's create handler, taking seconds on a busy API
+    # server), and the round would only wait on a thread and then repeat that work.
+    if not lock.acquire(blocking=trigger != PERIODIC):
+        return
+    try:
+        with metrics.reconciling(kind, trigger):
+            fresh = current(kind, meta["namespace"], meta["name"], meta["uid"])
+            if fresh is None or fresh["metadata"].get("uid") != meta["uid"]:
+                return
+            reconcile(fresh)
+    finally:
+        lock.release()
 
 
 def current(kind: str, namespace: str, name: str, uid: str) -> dict[str, Any] | None:

@@ -9,7 +9,8 @@ standing lag of about 40 s for jobs applied after the take-over (bench_operator_
 
 The sweeper is one task. Each tick it reads the custom objects from the watch cache, asks
 the schedule (decisions.sweep) which rounds are due and starts those on the timer threads
-(runtime.timer_round). It follows kopf's peering: a standby runs no round, and after a
+(runtime.timer_round). It follows kopf's peering and readiness gate (adapters.kopf_reactor): a
+standby runs no round, nor does a replica whose watches are still listing; after a
 take-over an object gets rounds only once kopf's re-listing has shown it to this replica,
 so an object deleted while it stood by is never reconciled from a stale copy.
 """
@@ -70,31 +71,42 @@ async def sweep_forever(kinds: list[Sweep]) -> None:
     period = tick_period(s.interval_s for s in kinds)
     tasks: set[asyncio.Task] = set()  # strong references: the loop keeps only weak ones
     serving_since = 0.0  # serving from the start, unless kopf starts paused (a standby)
+    ready_at: float | None = None  # when rounds began: after start-up's or a take-over's listing
     while True:
         if not kopf_reactor.serving():
             await kopf_reactor.until_serving()  # a standby runs no round
             serving_since = time.monotonic()  # a take-over: only what its re-listing shows, on a fresh schedule
+            ready_at = None
             for s in kinds:
                 s.next_due.clear()
+        if not kopf_reactor.indexed():
+            await kopf_reactor.until_indexed()  # nor does a replica whose first listing is under way
+            continue  # (it may have been paused meanwhile)
         # Rounds post Events through kopf's queue, which the first watch event hands over.
         if kopf_reactor.restore_event_queue():
+            now = time.monotonic()
+            ready_at = now if ready_at is None else ready_at
             for s in kinds:
                 try:
-                    tasks.update(_tick(s, serving_since))
+                    tasks.update(_tick(s, serving_since, listed=now - ready_at < s.interval_s))
                 except Exception:  # noqa: BLE001 (a bug in one tick must not end every later round)
                     log.exception("sweeper tick failed", kind=s.kind)
             tasks = {t for t in tasks if not t.done()}
         await asyncio.sleep(period)
 
 
-def _tick(s: Sweep, serving_since: float) -> list[asyncio.Task]:
+def _tick(s: Sweep, serving_since: float, listed: bool) -> list[asyncio.Task]:
+    """`listed`: within the first interval of rounds, when what is new to the schedule is
+    what the listing found (their first rounds spread over the interval); after it, a new
+    object is a new one, which its create handler has just reconciled (first round one
+    interval later)."""
     try:
         objects = eligible(RT.watched.all(API_VERSION, s.kind), serving_since)
     except RuntimeError:  # the watch cache is bound by the start-up handler: not yet
         return []
     by_uid = {obj["metadata"]["uid"]: obj for obj in objects}
     plan = plan_tick(s.next_due, by_uid, s.running, time.monotonic(), s.interval_s,
-                     capacity=2 * RT.settings.timer_threads - len(s.running), first_offset=random.random)
+                     capacity=2 * RT.settings.timer_threads - len(s.running), first_offset=random.random if listed else _one)
     s.next_due = plan.next_due
     started = []
     for uid in plan.start:
@@ -105,6 +117,10 @@ def _tick(s: Sweep, serving_since: float) -> list[asyncio.Task]:
         s.running.add(uid)
         started.append(asyncio.create_task(_run(s, uid, body, round_), name=f"kuberl {s.kind} round"))
     return started
+
+
+def _one() -> float:
+    return 1.0
 
 
 async def _run(s: Sweep, uid: str, body: Mapping, round_: Callable[[], None]) -> None:

@@ -23,9 +23,10 @@ def plan_tick(next_due: Mapping[str, float], present: Iterable[str], running: It
               interval_s: float, capacity: int, first_offset: Callable[[], float]) -> Tick:
     """One tick of a kind's schedule.
 
-    * An object seen for the first time is due after `first_offset()` (a fraction of the
-      interval, in [0, 1)): objects seen at once (a take-over listing 500 jobs) spread their
-      rounds over one interval instead of starting together.
+    * An object seen for the first time is due after `first_offset()` intervals (in [0, 1]):
+      random for what a listing found (a take-over listing 500 jobs spreads their rounds
+      over one interval instead of starting them together), 1 for an object created since
+      (its create handler has just reconciled it).
     * An object gone from `present` leaves the schedule.
     * A due object whose round is still `running` waits: one round per object at a time.
     * At most `capacity` rounds start, the most overdue first; the rest stay due and start
