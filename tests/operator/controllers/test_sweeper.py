@@ -12,13 +12,14 @@ from kopf._cogs.aiokits import aiotoggles
 
 from kuberl.operator.adapters import kopf_reactor
 from kuberl.operator.adapters.watch_cache import INDEX_IDS, WatchCache, index_keys
-from kuberl.operator.api.constants import API_VERSION
+from kuberl.operator.api.constants import API_VERSION, KOPF_DIFFBASE_ANNOTATION
 from kuberl.operator.controllers import sweeper
 from kuberl.operator.controllers.runtime import RT
 
 
-def job(name: str, deleting: bool = False) -> dict:
-    meta = {"name": name, "namespace": "ns", "uid": f"u-{name}", "resourceVersion": "1"}
+def job(name: str, deleting: bool = False, handled: bool = True) -> dict:
+    meta = {"name": name, "namespace": "ns", "uid": f"u-{name}", "resourceVersion": "1",
+            "annotations": {KOPF_DIFFBASE_ANNOTATION: "{}"} if handled else {}}
     if deleting:
         meta["deletionTimestamp"] = "2026-12-06T00:00:00Z"
     return {"apiVersion": API_VERSION, "kind": "RLJob", "metadata": meta, "spec": {}}
@@ -70,9 +71,9 @@ async def sweep_for(sweep: sweeper.Sweep, seconds: float, during=None) -> None:
         await asyncio.gather(task, return_exceptions=True)
 
 
-def test_each_object_gets_a_round_per_interval_on_the_timer_threads_deleting_ones_none(watched):
+def test_each_object_gets_a_round_per_interval_on_the_timer_threads_deleting_and_unhandled_ones_none(watched):
     sweep, rounds, threads = recording_sweep(interval_s=0.2)
-    watched(job("a"), job("b"), job("doomed", deleting=True))
+    watched(job("a"), job("b"), job("doomed", deleting=True), job("unhandled", handled=False))
     asyncio.run(sweep_for(sweep, 1.1))
     # First rounds spread over the first 0.2 s, then one every 0.2 s: 5 or 6 in 1.1 s.
     assert set(rounds) == {"a", "b"} and all(4 <= n <= 7 for n in rounds.values()), rounds

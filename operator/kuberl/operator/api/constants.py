@@ -17,6 +17,8 @@ MANAGED_BY = "kuberl.io/operator"
 # default status.kopf field would be pruned by the API server.
 KOPF_ANNOTATION_PREFIX = "kuberl.io"
 KOPF_DIFFBASE_KEY = "last-handled-configuration"
+# kopf writes it once an object's create (or update) handlers have all succeeded.
+KOPF_DIFFBASE_ANNOTATION = f"{KOPF_ANNOTATION_PREFIX}/{KOPF_DIFFBASE_KEY}"
 FINALIZER = "kuberl.io/finalizer"
 
 # Label keys. app.kubernetes.io/* for tools that know them; kuberl.io/* for our selectors.

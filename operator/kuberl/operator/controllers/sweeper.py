@@ -27,7 +27,7 @@ from typing import Any
 import kopf
 
 from kuberl.operator.adapters import kopf_reactor
-from kuberl.operator.api.constants import API_VERSION
+from kuberl.operator.api.constants import API_VERSION, KOPF_DIFFBASE_ANNOTATION
 from kuberl.operator.controllers.agentenv import env_round
 from kuberl.operator.controllers.rljob import job_round
 from kuberl.operator.controllers.rolloutpool import pool_tick
@@ -61,10 +61,16 @@ def sweeps() -> list[Sweep]:
 
 
 def eligible(objects: list[dict[str, Any]], serving_since: float) -> list[dict[str, Any]]:
-    """The objects a round may run on: not being deleted (their finaliser handles them),
-    and shown by the watch since this replica last began serving (`RT.last_watched`)."""
+    """The objects a round may run on:
+    * handled by their create handler (kopf's diff-base annotation is written once it
+      succeeded): before that, a round would create the same children beside the handler,
+      each a request the API server refuses as a duplicate (at a take-over, the jobs applied
+      while no replica served doubled the requests of the busiest minute);
+    * not being deleted (their finaliser handles them);
+    * shown by the watch since this replica last began serving (`RT.last_watched`)."""
     return [obj for obj in objects
-            if not obj["metadata"].get("deletionTimestamp") and RT.last_watched.get(obj["metadata"]["uid"], -1.0) >= serving_since]
+            if KOPF_DIFFBASE_ANNOTATION in (obj["metadata"].get("annotations") or {})
+            and not obj["metadata"].get("deletionTimestamp") and RT.last_watched.get(obj["metadata"]["uid"], -1.0) >= serving_since]
 
 
 async def sweep_forever(kinds: list[Sweep]) -> None:
