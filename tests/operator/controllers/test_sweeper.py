@@ -159,3 +159,18 @@ def test_a_periodic_round_skips_an_object_a_handler_is_reconciling(watched):
     assert seen == []
     reconcile_fresh("RLJob", body, PERIODIC, seen.append)
     assert [b["metadata"]["name"] for b in seen] == ["busy"]
+
+
+def test_a_failing_handler_comes_back_to_kopf_as_a_temporary_error_retried_soon():
+    import kopf
+
+    from kuberl.operator.controllers.runtime import handled
+
+    def busy_api_server():
+        raise RuntimeError("429 Too Many Requests")
+
+    with pytest.raises(kopf.TemporaryError, match="429 Too Many Requests") as raised:
+        handled("RLJob", 2, busy_api_server)
+    assert raised.value.delay == 4
+    with pytest.raises(kopf.PermanentError):
+        handled("RLJob", 0, lambda: (_ for _ in ()).throw(kopf.PermanentError("no")))

@@ -40,6 +40,7 @@ COLOCATED_STEPS = 100
 DECOUPLED_STEPS = 120
 CHECKPOINT_EVERY = 10  # decoupled; the trainer is killed after its second checkpoint
 KILL_AGENT_AT, KILL_TRAINER_AFTER = 8, 25
+FULL_VERSION_EVERY = 4  # decoupled: weight versions between whole ones go as deltas
 
 
 WANDB = {"project": "kuberl-tests", "entity": "kuberl-ci", "mode": "offline", "group": "local-run", "tags": ["ci", "colocated"]}
@@ -59,8 +60,9 @@ FLAKY_ENV = {"name": "sums", "spec": {"task": "arithmetic", "replicas": 1, "conc
 
 
 def shortened(example: str, tmp: Path, max_steps: int, checkpoint_every: int, observability: dict | None = None,
-              reward: dict | None = None, agent_envs: list | None = None) -> Path:
+              reward: dict | None = None, agent_envs: list | None = None, weight_store: dict | None = None) -> Path:
     doc = yaml.safe_load((ROOT / "examples" / example).read_text())
+    doc["spec"]["weightStore"].update(weight_store or {})
     if observability:
         doc["spec"]["observability"] = observability
     if reward:
@@ -135,7 +137,8 @@ def runs(tmp_path_factory, nats_server, s3_server):
                               reward={"type": "agentEnv", "agentEnv": "sums"}, agent_envs=[FLAKY_ENV]), col_out,
                     nats_server.url, s3_server, quiet=False)
     col_t0 = time.monotonic()
-    dec = start_run(shortened("tiny-cpu.yaml", tmp, DECOUPLED_STEPS, CHECKPOINT_EVERY, reward=FLAKY_REWARD), dec_out,
+    dec = start_run(shortened("tiny-cpu.yaml", tmp, DECOUPLED_STEPS, CHECKPOINT_EVERY, reward=FLAKY_REWARD,
+                              weight_store={"fullVersionEvery": FULL_VERSION_EVERY}), dec_out,
                     nats_server.url, s3_server)
     try:
         wait_for_step(dec, dec_out, KILL_AGENT_AT)
@@ -285,6 +288,28 @@ def test_the_drill_loses_no_prompt_and_trains_none_twice(runs):
     assert audit.reissued > 0 and audit.versions_loaded > 0  # the restored trainer re-issued its in-flight prompts
     # The SIGKILLed agent's fetched versions were in the run's scratch, which the run removed.
     assert not (out / "scratch").exists()
+
+
+def test_the_drill_synced_delta_versions_and_a_restarted_trainer_began_whole(runs):
+    """weightStore.fullVersionEvery in the drill: the versions between whole ones went over
+    the wire as deltas, a fraction of the version's bytes, a whole one at least every N; a
+    restarted trainer (its local copy gone with the process) publishes whole first. The
+    agents rebuilt each delta (the killed one with nothing local: from the store's chain),
+    and the audit above checks every version an agent loaded by the digest of its files."""
+    from kuberl.workloads.trainer.ledger import read_ledger
+
+    out, output, _ = runs["decoupled"]
+    events = read_ledger(out / "ledger.jsonl")
+    published = [e for e in events if e["event"] == "published"]
+    deltas = [e for e in published if e.get("parent") is not None]
+    assert len(deltas) >= len(published) // 2, output[-2000:]
+    assert all(e["parent"] == e["version"] - 1 and e["stored_bytes"] < e["bytes"] for e in deltas)
+    run = 0
+    for e in published:
+        run = run + 1 if e.get("parent") is not None else 0
+        assert run < FULL_VERSION_EVERY, published
+    for incarnation in {e["incarnation"] for e in published}:
+        assert next(e for e in published if e["incarnation"] == incarnation).get("parent") is None
 
 
 # -- what users watch: run loggers, Prometheus, progress outside a terminal ----------------

@@ -18,6 +18,7 @@ from kuberl.operator.children.agentenv import (
 )
 from kuberl.operator.controllers.runtime import (
     PERIODIC,
+    handled,
     RT,
     SETTINGS,
     _event,
@@ -76,13 +77,13 @@ def _reconcile_env(fresh: dict) -> None:
 
 
 @kopf.on.create(GROUP, VERSION, "agentenvs")
-def env_created(body: kopf.Body, **_: Any) -> None:
-    reconcile_env(body, "create")
+def env_created(body: kopf.Body, retry: int, **_: Any) -> None:
+    handled("AgentEnv", retry, lambda: reconcile_env(body, "create"))
 
 
 @kopf.on.update(GROUP, VERSION, "agentenvs", field="spec")
-def env_changed(body: kopf.Body, **_: Any) -> None:
-    reconcile_env(body, "update")
+def env_changed(body: kopf.Body, retry: int, **_: Any) -> None:
+    handled("AgentEnv", retry, lambda: reconcile_env(body, "update"))
 
 
 def env_round(body: Mapping) -> None:

@@ -32,6 +32,7 @@ from kuberl.operator.controllers.agentenv import reconcile_env
 from kuberl.operator.controllers.rolloutpool import reconcile_pool
 from kuberl.operator.controllers.runtime import (
     PERIODIC,
+    handled,
     RT,
     SETTINGS,
     _controller_uid,
@@ -366,13 +367,13 @@ def _release_shared_pool(job_body: Mapping | None, namespace: str, job: str, poo
 
 
 @kopf.on.create(GROUP, VERSION, "rljobs", when=managed_by_us)
-def rljob_created(body: kopf.Body, **_: Any) -> None:
-    reconcile_job(body, "create")
+def rljob_created(body: kopf.Body, retry: int, **_: Any) -> None:
+    handled("RLJob", retry, lambda: reconcile_job(body, "create"))
 
 
 @kopf.on.update(GROUP, VERSION, "rljobs", field="spec", when=managed_by_us)
-def rljob_spec_changed(body: kopf.Body, **_: Any) -> None:
-    reconcile_job(body, "update")
+def rljob_spec_changed(body: kopf.Body, retry: int, **_: Any) -> None:
+    handled("RLJob", retry, lambda: reconcile_job(body, "update"))
 
 
 def job_round(body: Mapping) -> None:

@@ -16,6 +16,7 @@ from kuberl.operator.children.common import is_paused
 from kuberl.operator.children.rollout import credential_secrets, rollout_deployment, rollout_service
 from kuberl.operator.controllers.runtime import (
     PERIODIC,
+    handled,
     RT,
     SETTINGS,
     _event,
@@ -156,13 +157,13 @@ def _autoscale(body: dict, namespace: str, name: str) -> dict | None:
 
 
 @kopf.on.create(GROUP, VERSION, "rolloutpools")
-def pool_created(body: kopf.Body, **_: Any) -> None:
-    reconcile_pool(body, "create")
+def pool_created(body: kopf.Body, retry: int, **_: Any) -> None:
+    handled("RolloutPool", retry, lambda: reconcile_pool(body, "create"))
 
 
 @kopf.on.update(GROUP, VERSION, "rolloutpools", field="spec")
-def pool_changed(body: kopf.Body, **_: Any) -> None:
-    reconcile_pool(body, "update")
+def pool_changed(body: kopf.Body, retry: int, **_: Any) -> None:
+    handled("RolloutPool", retry, lambda: reconcile_pool(body, "update"))
 
 
 def pool_tick(body: Mapping) -> Callable[[], None] | None:

@@ -29,6 +29,7 @@ from kuberl.operator.api.constants import (
 )
 from kuberl.operator.children.common import is_paused
 from kuberl.operator.decisions.access import AccessPolicy
+from kuberl.operator.decisions.backoff import retry_delay
 from kuberl.operator.decisions import status as st
 from kuberl.operator.decisions.status import changed_fields
 from kuberl.operator.settings import OperatorSettings
@@ -237,6 +238,21 @@ def reconcile_fresh(kind: str, body: Mapping, trigger: str, reconcile: Callable[
             reconcile(fresh)
     finally:
         lock.release()
+
+
+def handled(kind: str, retry: int, run: Callable[[], None]) -> None:
+    """A create or update handler's round. A failure (the API server busy or away, NATS
+    down) comes back to kopf as a temporary error with a short, growing delay
+    (`decisions.backoff`): kopf's default is a minute, and periodic rounds leave an object
+    whose create handler has not succeeded to that handler."""
+    try:
+        run()
+    except kopf.PermanentError:
+        raise
+    except Exception as e:  # noqa: BLE001
+        delay = retry_delay(retry)
+        raise kopf.TemporaryError(f"{kind} reconcile failed ({type(e).__name__}: {str(e)[:300]}); retrying in {delay:.0f} s",
+                                  delay=delay) from e
 
 
 def current(kind: str, namespace: str, name: str, uid: str) -> dict[str, Any] | None:
