@@ -468,3 +468,34 @@ def test_engine_from_workload_config(monkeypatch):
     eng = SGLangEngine.from_config(cfg)
     assert eng.client.base_url == "http://127.0.0.1:30000" and eng.policy_version == -1 and eng.swap_mode == "retract"
     eng.close()
+
+
+@pytest.mark.servers
+def test_a_delta_version_rebuilt_against_the_served_one_computes_as_a_whole_load(engine, s3_server, s3_bucket, tmp_path,
+                                                                                  restore_v0):
+    """weightStore.fullVersionEvery: the server holds version 1 (fetched into its scratch);
+    version 2, stored as deltas against 1, is rebuilt there and SGLang computes with it as
+    with the trained weights themselves."""
+    from kuberl.workloads.weights.manifest import local_version
+    from kuberl.workloads.weights.store import WeightStore
+
+    store = WeightStore(s3_server.client(), s3_bucket, "tests/sglang/deltas")
+    base = seeded_model(SGLANG_SEED + 3).eval()
+    save_pretrained(base, tmp_path / "v1")
+    store.publish(1, tmp_path / "v1")
+    assert engine.load_version(store, 1) == 1
+    stepped = seeded_model(SGLANG_SEED + 3).eval()
+    g = torch.Generator().manual_seed(5)
+    with torch.no_grad():  # an optimizer step's worth: 3 % of each weight moved
+        for p in stepped.parameters():
+            moved = torch.rand(p.shape, generator=g) < 0.03
+            p.copy_(torch.where(moved, p * (1 + 0.05 * torch.randn(p.shape, generator=g)), p))
+    save_pretrained(stepped, tmp_path / "v2")
+    manifest = store.publish(2, tmp_path / "v2", parent=local_version(tmp_path / "v1"))
+    assert manifest.parent == 1 and manifest.stored_bytes < manifest.total_bytes / 2
+
+    assert engine.load_version(store, 2) == 2 and engine.client.weight_version() == "2"
+    sampled = engine.generate([GenerationRequest(PROMPT, max_new_tokens=10, stop_ids=())])[0][0]
+    with torch.no_grad():
+        ref = _torch_logprobs(stepped, PROMPT, sampled.token_ids)
+    assert (torch.tensor(sampled.logprobs) - ref).abs().mean() < MISMATCH_MEAN_ABS

@@ -9,7 +9,8 @@ import pytest
 from botocore.exceptions import ClientError
 
 from kuberl.workloads.weights.names import unsafe_name_reason
-from kuberl.workloads.weights.store import MANIFEST, UnsafeFileNameError, WeightStore
+from kuberl.workloads.weights.manifest import MANIFEST, UnsafeFileNameError
+from kuberl.workloads.weights.store import WeightStore
 from tests.workloads.weights.test_weights import write_checkpoint
 
 BAD_NAMES = ["../evil", "/tmp/kuberl-abs-evil", "..\\evil", "sub//evil", "sub/evil", "..", ".", "", "manifest.json", "a\x00b"]

@@ -8,15 +8,14 @@ import os
 import pytest
 import torch
 
-from kuberl.workloads.weights.store import (
+from kuberl.workloads.weights.manifest import (
     MANIFEST,
     ChecksumError,
     VersionExistsError,
     VersionNotFoundError,
-    WeightStore,
     plan_prune,
-    save_sharded,
 )
+from kuberl.workloads.weights.store import WeightStore, save_sharded
 
 pytestmark = pytest.mark.servers
 

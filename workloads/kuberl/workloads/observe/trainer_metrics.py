@@ -26,6 +26,8 @@ STAGE = Gauge("kuberl_trainer_curriculum_stage", "Index of the current curriculu
 WEIGHT_SYNC_SECONDS = Histogram("kuberl_trainer_weight_sync_seconds", "Time to publish one policy version to the weight store.",
                                 buckets=(0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300))
 WEIGHT_SYNC_BYTES = Counter("kuberl_trainer_weight_sync_bytes", "Bytes of policy versions published.")
+WEIGHT_SYNC_STORED_BYTES = Counter("kuberl_trainer_weight_sync_stored_bytes",
+                                   "Bytes uploaded for policy versions (below the version's bytes when stored as deltas).")
 EVAL = Gauge("kuberl_trainer_eval_score", "Latest held-out evaluation, by dataset and score (greedy, pass@1, pass@k).", ["dataset", "score"])
 
 PHASES = {"generation": "time_generate_s", "training": "train_s", "weight_sync": "time_weight_sync_s",
@@ -76,6 +78,7 @@ class TrainerMetrics:
                 EVAL.labels(parts[1], parts[2]).set(value)
 
     @staticmethod
-    def weight_sync(seconds: float, nbytes: int) -> None:
+    def weight_sync(seconds: float, nbytes: int, stored_bytes: int) -> None:
         WEIGHT_SYNC_SECONDS.observe(seconds)
         WEIGHT_SYNC_BYTES.inc(nbytes)
+        WEIGHT_SYNC_STORED_BYTES.inc(stored_bytes)

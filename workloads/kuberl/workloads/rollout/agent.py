@@ -27,6 +27,7 @@ from kuberl.workloads.policy.tiny.model import load_pretrained
 from kuberl.workloads.policy.tokenizer import Tokenizer
 from kuberl.workloads.rollout.episodes import SamplingSettings, env_session_timeout, run_group
 from kuberl.workloads.rollout.rewards import python_runner
+from kuberl.workloads.weights.manifest import local_versions
 from kuberl.workloads.weights.sync import weight_store
 
 log = get_logger(__name__)
@@ -101,9 +102,13 @@ class RolloutAgent:
         self._owns_scratch = not shared
         self.scratch = Path(shared or tempfile.mkdtemp(prefix="kuberl-versions-"))
 
-    def _fetch(self, version: int) -> tuple[Path, str]:
-        path, manifest = self.store.fetch(version, self.scratch / f"v{version:08d}")
-        return Path(path), manifest.digest
+    def _fetch(self, version: int) -> tuple[Path, str, int]:
+        """The version's files (rebuilt against the version the engine holds when stored as
+        deltas), their digest, and the version they are: an older whole one when the store
+        lost a parent of ``version`` (`WeightStore.fetch`'s fallback)."""
+        path, manifest = self.store.fetch(version, self.scratch / f"v{version:08d}", have=local_versions(self.scratch),
+                                          whole_if_parent_missing=True)
+        return Path(path), manifest.digest, manifest.version
 
     def _drop_versions_before(self, version: int) -> None:
         """Once the engine holds ``version``, older fetched copies are dead weight."""
@@ -111,9 +116,13 @@ class RolloutAgent:
             if old.is_dir() and old.name < f"v{version:08d}":
                 shutil.rmtree(old, ignore_errors=True)
 
-    async def load_version(self, version: int) -> None:
+    async def load_version(self, version: int) -> int:
+        """Fetch and swap to ``version``; returns the version the engine holds after (an
+        older whole one when ``version`` could not be rebuilt: see `_fetch`)."""
         t0 = time.perf_counter()
-        path, digest = await asyncio.to_thread(self._fetch, version)
+        path, digest, version = await asyncio.to_thread(self._fetch, version)
+        if version == self.engine.policy_version:
+            return version  # the fallback is what the engine serves already
         if self.cfg.rollout.weight_swap == "drain":
             self.accepting.clear()
             while self.active:
@@ -129,6 +138,7 @@ class RolloutAgent:
                 await self.buffer.state.report_agent(self.agent_id, version)
             except Exception as e:  # noqa: BLE001 (a status nicety never stops generation)
                 log.warning("loaded version not reported", agent=self.agent_id, error=str(e))
+        return version
 
     async def _first_load(self, buf: JobBuffer, version: int) -> None:
         """Load the announced version, retrying (the newest announced) while the store is away:
@@ -170,9 +180,11 @@ class RolloutAgent:
         while self.trainer.version > self.engine.policy_version:
             version = self.trainer.version
             try:
-                await self.load_version(version)
+                loaded = await self.load_version(version)
             except Exception as e:  # a pruned or half-visible version: the next state read retries
                 log.warning("weight swap failed", version=version, error=str(e))
+                return
+            if loaded < version:  # fell back to an older whole version: wait for the next one announced
                 return
 
     async def work(self, buf: JobBuffer, lease: PromptLease, session: aiohttp.ClientSession | None) -> None:

@@ -5,6 +5,8 @@ from __future__ import annotations
 from collections import Counter
 import json
 import math
+import shutil
+import tempfile
 import time
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
@@ -92,6 +94,10 @@ class Trainer:
         self.buffer: JobBuffer | None = None
         self.ledger = Ledger(cfg.output_dir, self.prompts.incarnation)
         self.last_published: Published | None = None
+        # The version published last stays here (weightStore.fullVersionEvery > 1): the next
+        # is stored as deltas against it. On /tmp, the pod's emptyDir; gone with a restart,
+        # after which the first version published is whole.
+        self.published_dir = Path(tempfile.mkdtemp(prefix="kuberl-published-")) if cfg.weight_store.full_version_every > 1 else None
         self._rl_t0 = time.monotonic()
 
     # ---- lifecycle --------------------------------------------------------------------
@@ -255,11 +261,15 @@ class Trainer:
     def publish(self) -> Published:
         """Publish the current weights as the current version (retried through an S3 outage)."""
         state, version = self.backend.hf_state(), self.progress.version
+        last = self.last_published.local if self.last_published is not None else None
         published = through_outage(lambda: publish_policy(self.store, state, self.backend.hf_config, version,
-                                                          self.cfg.weight_store.fp8, dtype=self.cfg.model.dtype),
+                                                          self.cfg.weight_store.fp8, dtype=self.cfg.model.dtype,
+                                                          keep_in=self.published_dir, last=last,
+                                                          full_every=self.cfg.weight_store.full_version_every),
                                    f"weights version {version}")
-        self.prometheus.weight_sync(published.seconds, published.bytes)
-        self.ledger.record("published", version=version, digest=published.digest)
+        self.prometheus.weight_sync(published.seconds, published.bytes, published.stored_bytes)
+        self.ledger.record("published", version=version, digest=published.digest, parent=published.parent,
+                           bytes=published.bytes, stored_bytes=published.stored_bytes)
         self.last_published = published
         return published
 
@@ -274,4 +284,6 @@ class Trainer:
     def close(self) -> None:
         """End of the trainer process: the run loggers finish (and copy their files out)."""
         self.loggers.close()
+        if self.published_dir is not None:
+            shutil.rmtree(self.published_dir, ignore_errors=True)
 

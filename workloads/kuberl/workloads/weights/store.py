@@ -6,6 +6,7 @@ Layout under ``s3://<bucket>/<prefix>/``::
     v00000042/model.safetensors.index.json       HF weight_map, so loaders find the shards
     v00000042/config.json                        HF config (+ quantization_config for FP8)
     v00000042/manifest.json                      written LAST: files, sizes, sha256, dtype, quantisation
+    v00000043/model.safetensors.xor.z            a delta version's file: deflate(file XOR v42's), `weights.delta`
 
 A version exists for readers only once its ``manifest.json`` does: the manifest is uploaded
 after every other file has been acknowledged, so a crashed upload leaves an invisible prefix
@@ -23,120 +24,50 @@ The client's connection pool should hold ``file_workers * max_concurrency`` conn
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import re
+import shutil
+import tempfile
 import time
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
 from boto3.s3.transfer import TransferConfig
 
 from kuberl.workloads.logs import get_logger
-from kuberl.workloads.weights.names import INDEX, escapes, first_unsafe, index_strays
+from kuberl.workloads.weights import delta
+from kuberl.workloads.weights.manifest import (
+    MANIFEST,
+    ChecksumError,
+    FileEntry,
+    LocalVersion,
+    Manifest,
+    MiB,
+    ParentMissingError,
+    UnsafeFileNameError,
+    VersionExistsError,
+    VersionNotFoundError,
+    WeightStoreError,
+    check_file_names,
+    plan_prune,
+    sha256_file,
+    version_name,
+)
+from kuberl.workloads.weights.names import INDEX, escapes, index_strays
 
 log = get_logger(__name__)
 
-MANIFEST = "manifest.json"
-MANIFEST_FORMAT = 1
 _VERSION_RE = re.compile(r"v(\d{8,})/manifest\.json$")
-MiB = 1024 * 1024
-
-
-class WeightStoreError(Exception):
-    pass
-
-
-class VersionNotFoundError(WeightStoreError, LookupError):
-    pass
-
-
-class VersionExistsError(WeightStoreError):
-    pass
-
-
-class UnsafeFileNameError(WeightStoreError, ValueError):
-    """A manifest names a file that is not a flat name inside its version's directory."""
-
-    def __init__(self, version: object, name: object, reason: str):
-        super().__init__(f"weights version {version}: manifest file name {name!r} refused: {reason}")
-        self.version, self.name, self.reason = version, name, reason
-
-
-def check_file_names(version: object, names: list[object]) -> None:
-    """Raise UnsafeFileNameError naming the version and the first bad name, if any."""
-    bad = first_unsafe(names)
-    if bad is not None:
-        raise UnsafeFileNameError(version, *bad)
 
 
 def _check_confined(version: int, manifest: Manifest, dest: Path) -> None:
     # Flat names cannot climb out, but a symlink already in dest could take one elsewhere.
     for entry in manifest.files:
-        for name in (entry.name, f".{entry.name}.partial"):
+        for name in (entry.name, f".{entry.name}.partial", f".{entry.stored_name}.partial"):
             if (where := escapes(dest, name)) is not None:
                 raise UnsafeFileNameError(version, entry.name, f"resolves to {where}, outside the fetch directory {dest.resolve()}")
-
-
-class ChecksumError(WeightStoreError):
-    """A fetched file does not match the manifest; ``.file`` names it."""
-
-    def __init__(self, file: str, message: str):
-        super().__init__(f"{file}: {message}")
-        self.file = file
-
-
-@dataclass(frozen=True)
-class FileEntry:
-    name: str
-    size: int
-    sha256: str
-
-
-@dataclass
-class Manifest:
-    version: int
-    files: list[FileEntry]
-    dtype: str  # dtype of the high-precision tensors, e.g. "bfloat16"
-    quantization: dict[str, Any] | None = None  # config.json's quantization_config, or None
-    created_at: float = field(default_factory=time.time)
-    format: int = MANIFEST_FORMAT
-    meta: dict[str, Any] = field(default_factory=dict)  # step, trainer run id, …
-
-    def to_json(self) -> bytes:
-        return json.dumps(asdict(self), indent=1, sort_keys=True).encode()
-
-    @classmethod
-    def from_json(cls, data: bytes) -> Manifest:
-        d = json.loads(data)
-        if d.get("format") != MANIFEST_FORMAT:
-            raise WeightStoreError(f"manifest format {d.get('format')} not understood (want {MANIFEST_FORMAT})")
-        # Before anything is built from the names: every reader of a manifest goes through here.
-        check_file_names(d.get("version"), [f.get("name") if isinstance(f, dict) else f for f in d["files"]])
-        d["files"] = [FileEntry(**f) for f in d["files"]]
-        return cls(**d)
-
-    @property
-    def total_bytes(self) -> int:
-        return sum(f.size for f in self.files)
-
-    @property
-    def digest(self) -> str:
-        """What the version holds, in 16 hex digits: the sha256 of its files' names and digests."""
-        listing = "\n".join(f"{f.name} {f.sha256}" for f in sorted(self.files, key=lambda f: f.name))
-        return hashlib.sha256(listing.encode()).hexdigest()[:16]
-
-
-def sha256_file(path: str | os.PathLike, chunk: int = 8 * MiB) -> str:
-    # hashlib releases the GIL on large updates, so several files hash in parallel threads.
-    h = hashlib.sha256()
-    with open(path, "rb", buffering=0) as f:
-        while block := f.read(chunk):
-            h.update(block)
-    return h.hexdigest()
 
 
 def default_transfer_config() -> TransferConfig:
@@ -152,26 +83,6 @@ def s3_client(endpoint_url: str | None = None, *, pool: int = 64, **kwargs):
     cfg = Config(max_pool_connections=pool, retries={"max_attempts": 5, "mode": "standard"},
                  s3={"addressing_style": "path"})
     return boto3.client("s3", endpoint_url=endpoint_url, config=cfg, **kwargs)
-
-
-def version_name(version: int) -> str:
-    # Zero-padded so that S3's lexical listing order is version order.
-    if version < 0:
-        raise ValueError(f"version must be >= 0, got {version}")
-    return f"v{version:08d}"
-
-
-def plan_prune(complete: list[int], incomplete: list[int], keep: int) -> list[int]:
-    """Versions to delete: all complete ones but the newest ``keep``, and incomplete ones older
-    than the oldest kept (abandoned uploads; newer ones may still be uploading)."""
-    if keep < 1:
-        raise ValueError("keep must be >= 1")
-    ordered = sorted(complete)
-    kept = ordered[-keep:]
-    drop = ordered[:-keep]
-    floor = kept[0] if kept else None
-    drop += [v for v in incomplete if floor is not None and v < floor]
-    return sorted(drop)
 
 
 class WeightStore:
@@ -233,9 +144,13 @@ class WeightStore:
 
     def publish(self, version: int, src_dir: str | os.PathLike, *, dtype: str = "bfloat16",
                 quantization: dict[str, Any] | None = None, meta: dict[str, Any] | None = None,
-                overwrite: bool = False) -> Manifest:
-        """Upload every file of ``src_dir`` (flat) as ``version``, then its manifest.
+                overwrite: bool = False, parent: LocalVersion | None = None) -> Manifest:
+        """Upload every file of ``src_dir`` (flat) as ``version``, then its manifest (also
+        written to ``src_dir``, which then is a `LocalVersion` the next publish can use).
 
+        With ``parent`` (the version published before, its files local), a file of the same
+        name and size is stored as a delta against the parent's when that saves at least a
+        tenth of its bytes (weights.delta); the rest go whole.
         ``quantization`` defaults to the ``quantization_config`` of ``src_dir/config.json``.
         """
         src = Path(src_dir)
@@ -248,19 +163,34 @@ class WeightStore:
         if quantization is None and (src / "config.json").exists():
             quantization = json.loads((src / "config.json").read_text()).get("quantization_config")
         t0 = time.perf_counter()
+        staging = Path(tempfile.mkdtemp(prefix=".kuberl-delta-", dir=src.parent))  # beside src: the same disk
 
         def put(path: Path) -> FileEntry:
-            entry = FileEntry(path.name, path.stat().st_size, sha256_file(path))
+            size, digest = path.stat().st_size, sha256_file(path)
+            if parent is not None and delta.pairable(path, parent.path / path.name):
+                encoded = staging / (path.name + delta.SUFFIX)
+                stored = delta.encode(path, parent.path / path.name, encoded)
+                if stored <= 0.9 * size:
+                    self.client.upload_file(str(encoded), self.bucket, self._key(version, encoded.name), Config=self.transfer)
+                    encoded.unlink()
+                    return FileEntry(path.name, size, digest, encoding=delta.ENCODING, stored_size=stored)
+                encoded.unlink()
             self.client.upload_file(str(path), self.bucket, self._key(version, path.name), Config=self.transfer)
-            return entry
+            return FileEntry(path.name, size, digest)
 
-        with ThreadPoolExecutor(self.file_workers, thread_name_prefix="kuberl-put") as pool:
-            entries = list(pool.map(put, files))
-        manifest = Manifest(version=version, files=entries, dtype=dtype, quantization=quantization, meta=meta or {})
+        try:
+            with ThreadPoolExecutor(self.file_workers, thread_name_prefix="kuberl-put") as pool:
+                entries = list(pool.map(put, files))
+        finally:
+            shutil.rmtree(staging, ignore_errors=True)
+        deltas = any(e.encoding != "raw" for e in entries)
+        manifest = Manifest(version=version, files=entries, dtype=dtype, quantization=quantization, meta=meta or {},
+                            parent=parent.version if deltas else None, depth=parent.manifest.depth + 1 if deltas else 0)
         self._write_manifest(version, manifest)  # last: the version becomes visible here
+        (src / MANIFEST).write_bytes(manifest.to_json())
         dt = time.perf_counter() - t0
         log.info("weights published", version=version, files=len(entries), bytes=manifest.total_bytes,
-                 seconds=round(dt, 3), uri=self.manifest_uri(version))
+                 stored_bytes=manifest.stored_bytes, parent=manifest.parent, seconds=round(dt, 3), uri=self.manifest_uri(version))
         return manifest
 
     def _write_manifest(self, version: int, manifest: Manifest) -> None:
@@ -270,11 +200,47 @@ class WeightStore:
 
     # ---- fetch ------------------------------------------------------------------------
 
-    def fetch(self, version: int | None, dest_dir: str | os.PathLike) -> tuple[Path, Manifest]:
+    def fetch(self, version: int | None, dest_dir: str | os.PathLike, have: list[LocalVersion] | tuple = (),
+              whole_if_parent_missing: bool = False) -> tuple[Path, Manifest]:
+        """`_fetch`; with ``whole_if_parent_missing``, a version whose delta chain the store
+        broke (a parent deleted by hand, or by a pruning older than chains) gives way to the
+        newest whole version before it, taken from ``have`` when it is there: the caller
+        learns which from the manifest it gets back."""
+        try:
+            return self._fetch(version, dest_dir, have)
+        except ParentMissingError as e:
+            if not whole_if_parent_missing:
+                raise
+            whole = self.latest_whole(at_most=e.version)
+            if whole is None:
+                raise
+            log.warning("weights version cannot be rebuilt; falling back to the newest whole version", version=e.version,
+                        missing_parent=e.parent, whole=whole)
+            dest = Path(dest_dir)
+            if dest.is_dir() and not (dest / MANIFEST).exists():
+                shutil.rmtree(dest, ignore_errors=True)
+            local = next((h for h in have if h.version == whole), None)
+            if local is not None:
+                return local.path, local.manifest
+            return self._fetch(whole, dest.parent / version_name(whole), have)
+
+    def latest_whole(self, at_most: int) -> int | None:
+        """The newest complete version up to ``at_most`` that is stored whole (no parent)."""
+        for v in reversed([v for v in self.versions() if v <= at_most]):
+            if self.manifest(v).parent is None:
+                return v
+        return None
+
+    def _fetch(self, version: int | None, dest_dir: str | os.PathLike, have: list[LocalVersion] | tuple = ()) -> tuple[Path, Manifest]:
         """Download a complete version (latest when None) into ``dest_dir``, verified.
 
         Each file lands under a temporary name and is renamed only after its size and
         sha256 match the manifest; a mismatch deletes it and raises :class:`ChecksumError`.
+        A delta file is rebuilt against its parent version's file: from ``have`` (versions
+        already local, e.g. the one the engine serves) when it holds the parent, else the
+        parent is fetched first (and its own parent, back to a whole version) into a
+        directory beside ``dest_dir`` that is removed afterwards. A parent the store no
+        longer has raises :class:`ParentMissingError`.
         """
         if version is None:
             version = self.latest()
@@ -286,11 +252,19 @@ class WeightStore:
         t0 = time.perf_counter()
 
         _check_confined(version, manifest, dest)  # every name, before the first download
+        parent, fetched_parent = None, None
+        if manifest.parent is not None:
+            parent = next((h for h in have if h.version == manifest.parent), None)
+            if parent is None:
+                where = dest.parent / f".{dest.name}.parent-v{manifest.parent:08d}"
+                try:
+                    fetched_parent = LocalVersion(*self._fetch(manifest.parent, where, have))
+                except VersionNotFoundError as e:
+                    shutil.rmtree(where, ignore_errors=True)
+                    raise ParentMissingError(version, manifest.parent, str(e)) from None
+                parent = fetched_parent
 
-        def get(entry: FileEntry) -> None:
-            final = dest / entry.name
-            tmp = dest / f".{entry.name}.partial"
-            self.client.download_file(self.bucket, self._key(version, entry.name), str(tmp), Config=self.transfer)
+        def check(entry: FileEntry, tmp: Path) -> None:
             size = tmp.stat().st_size
             if size != entry.size:
                 tmp.unlink(missing_ok=True)
@@ -299,16 +273,39 @@ class WeightStore:
             if digest != entry.sha256:
                 tmp.unlink(missing_ok=True)
                 raise ChecksumError(entry.name, f"sha256 {digest} != manifest {entry.sha256} (version {version})")
-            os.replace(tmp, final)
 
-        with ThreadPoolExecutor(self.file_workers, thread_name_prefix="kuberl-get") as pool:
-            for fut in [pool.submit(get, e) for e in manifest.files]:
-                fut.result()  # first failure raises; the pool finishes the rest before exiting
+        def get(entry: FileEntry) -> None:
+            tmp = dest / f".{entry.name}.partial"
+            if entry.encoding == "raw":
+                self.client.download_file(self.bucket, self._key(version, entry.name), str(tmp), Config=self.transfer)
+            elif entry.encoding == delta.ENCODING:
+                encoded = dest / f".{entry.stored_name}.partial"
+                self.client.download_file(self.bucket, self._key(version, entry.stored_name), str(encoded), Config=self.transfer)
+                try:
+                    delta.decode(encoded, parent.path / entry.name, tmp)
+                except (OSError, ValueError) as e:
+                    tmp.unlink(missing_ok=True)
+                    raise ChecksumError(entry.name, f"delta against version {manifest.parent} does not decode: {e}") from None
+                finally:
+                    encoded.unlink(missing_ok=True)
+            else:
+                raise WeightStoreError(f"weights version {version}: {entry.name} has encoding {entry.encoding!r}, not understood")
+            check(entry, tmp)
+            os.replace(tmp, dest / entry.name)
+
+        try:
+            with ThreadPoolExecutor(self.file_workers, thread_name_prefix="kuberl-get") as pool:
+                for fut in [pool.submit(get, e) for e in manifest.files]:
+                    fut.result()  # first failure raises; the pool finishes the rest before exiting
+        finally:
+            if fetched_parent is not None:
+                shutil.rmtree(fetched_parent.path, ignore_errors=True)
         names = {e.name for e in manifest.files}
         if INDEX in names and (strays := index_strays(json.loads((dest / INDEX).read_text()), names)):
             raise UnsafeFileNameError(version, strays[0], f"named by {INDEX} but not a file of the version")
         (dest / MANIFEST).write_bytes(manifest.to_json())
-        log.info("weights fetched", version=version, bytes=manifest.total_bytes,
+        log.info("weights fetched", version=version, bytes=manifest.total_bytes, stored_bytes=manifest.stored_bytes,
+                 parent=manifest.parent, parent_local=fetched_parent is None and parent is not None,
                  seconds=round(time.perf_counter() - t0, 3))
         return dest, manifest
 
@@ -320,7 +317,14 @@ class WeightStore:
         The manifest goes first, so a version disappears for readers before its shards do.
         """
         complete, incomplete = self._scan()
-        doomed = plan_prune(complete, incomplete, keep)
+        parent_of: dict[int, int | None] = {}
+        for v in sorted(complete)[-keep:]:  # the kept versions' chains, back to a whole version
+            while v in complete and v not in parent_of:
+                parent_of[v] = self.manifest(v).parent
+                if parent_of[v] is None:
+                    break
+                v = parent_of[v]
+        doomed = plan_prune(complete, incomplete, keep, parent_of)
         for v in doomed:
             if v in complete:
                 self.client.delete_object(Bucket=self.bucket, Key=self._key(v, MANIFEST))

@@ -5,10 +5,15 @@ engines serve (``model.dtype``), optionally blockwise FP8 (`weights.fp8`), and p
 as one version of the store. The rollout agent fetches a version (sha256-verified) into a
 directory its engine loads as it is: SGLang reads the files (FP8 stays FP8); the in-process
 torch engine reads them with `read_checkpoint_dir`, which dequantises.
+
+With ``weightStore.fullVersionEvery`` above 1 the trainer keeps the version it published
+last on local disk, and the next is stored as deltas against it (`weights.delta`), a whole
+version every N; the fetchers rebuild them against the version they already hold.
 """
 
 from __future__ import annotations
 
+import shutil
 import tempfile
 import time
 from dataclasses import dataclass
@@ -18,6 +23,7 @@ import torch
 
 from kuberl.workloads.config import WorkloadConfig
 from kuberl.workloads.weights import fp8
+from kuberl.workloads.weights.manifest import LocalVersion, delta_allowed, version_name
 from kuberl.workloads.weights.store import WeightStore, s3_client, save_sharded
 
 
@@ -33,17 +39,25 @@ class Published:
     seconds: float  # serialise + upload, manifest included
     version: int = 0
     digest: str = ""  # Manifest.digest: what an agent that loads this version logs
+    stored_bytes: int = 0  # what went over the wire (less than `bytes` for a delta version)
+    parent: int | None = None  # the version its deltas are against; None when whole
+    local: LocalVersion | None = None  # its files, kept for the next publish's deltas
 
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16}
 
 
 def publish_policy(store: WeightStore, hf_state: dict[str, torch.Tensor], hf_config: dict, version: int,
-                   use_fp8: bool = False, *, dtype: str) -> Published:
+                   use_fp8: bool = False, *, dtype: str, keep_in: Path | None = None,
+                   last: LocalVersion | None = None, full_every: int = 1) -> Published:
     """Upload HF-named weights and their config as ``version`` (overwriting a version a crashed trainer left).
 
     Tensors go out in ``dtype`` (what the engines serve, ``model.dtype``); with ``use_fp8``
     the linear layers are quantised from the trainer's full-precision weights first.
+    ``keep_in``: a directory where the version's files stay after the upload (the previous
+    version's are removed), so the next publish can store deltas against them: against
+    ``last``, when ``full_every`` allows (`manifest.delta_allowed`). Without it the files go
+    through a temporary directory and every version is whole.
     """
     t0 = time.monotonic()
     state = {k: v.detach().contiguous() for k, v in hf_state.items()}
@@ -56,10 +70,26 @@ def publish_policy(store: WeightStore, hf_state: dict[str, torch.Tensor], hf_con
              for k, v in state.items()}
     if use_fp8:
         dtype = "float8_e4m3fn"
-    with tempfile.TemporaryDirectory(prefix="kuberl-weights-") as tmp:
-        save_sharded(state, tmp, config=config)
-        manifest = store.publish(version, tmp, dtype=dtype, overwrite=True)
-    return Published(store.manifest_uri(version), manifest.total_bytes, time.monotonic() - t0, version, manifest.digest)
+    parent = last if (keep_in is not None and last is not None and last.version != version
+                      and delta_allowed(last.manifest, full_every)) else None
+    where = Path(tempfile.mkdtemp(prefix="kuberl-weights-")) if keep_in is None else Path(keep_in) / version_name(version)
+    shutil.rmtree(where, ignore_errors=True)  # a version a crashed trainer left half-written
+    try:
+        save_sharded(state, where, config=config)
+        manifest = store.publish(version, where, dtype=dtype, overwrite=True, parent=parent)
+    except BaseException:
+        shutil.rmtree(where, ignore_errors=True)
+        raise
+    local = None
+    if keep_in is None:
+        shutil.rmtree(where, ignore_errors=True)
+    else:
+        local = LocalVersion(where, manifest)
+        for old in Path(keep_in).glob("v*"):
+            if old != where:
+                shutil.rmtree(old, ignore_errors=True)
+    return Published(store.manifest_uri(version), manifest.total_bytes, time.monotonic() - t0, version, manifest.digest,
+                     stored_bytes=manifest.stored_bytes, parent=manifest.parent, local=local)
 
 
 def read_checkpoint_dir(path: str | Path) -> dict[str, torch.Tensor]:

@@ -21,6 +21,7 @@ from kuberl.workloads.engines.sglang.client import (
     sampling_params_for,
 )
 from kuberl.workloads.logs import get_logger
+from kuberl.workloads.weights.manifest import local_versions
 
 log = get_logger(__name__)
 
@@ -147,9 +148,10 @@ class SGLangEngine(Engine):
             if version is None:
                 raise LookupError("no weights published yet")
         dest = Path(dest_dir) if dest_dir else self._scratch / f"v{version:08d}"
-        path, _manifest = store.fetch(version, dest)
+        # A delta version is rebuilt against the one this server holds (it stays in scratch).
+        path, _manifest = store.fetch(version, dest, have=local_versions(self._scratch))
         self.load_weights_from_disk(path, version)
-        self._drop_older_versions(keep=dest)
+        self._drop_older_versions(keep=Path(path))
         return version
 
     def load_state_dict(self, tensors: dict[str, torch.Tensor], version: int) -> None:
