@@ -71,6 +71,15 @@ async def sweep_for(sweep: sweeper.Sweep, seconds: float, during=None) -> None:
         await asyncio.gather(task, return_exceptions=True)
 
 
+async def held_shut(monkeypatch, attribute: str, combine, name: str) -> aiotoggles.Toggle:
+    """kopf's toggle set kopf_reactor keeps as `attribute` (paused: any, indexed: all), held
+    shut by one toggle; the toggle is returned to open it."""
+    toggles = aiotoggles.ToggleSet(combine)
+    toggle = await toggles.make_toggle(combine is any, name=name)  # paused while on; not indexed while off
+    monkeypatch.setattr(kopf_reactor, attribute, toggles)
+    return toggle
+
+
 def test_each_object_gets_a_round_per_interval_on_the_timer_threads_deleting_and_unhandled_ones_none(watched):
     sweep, rounds, threads = recording_sweep(interval_s=0.2)
     watched(job("a"), job("b"), job("doomed", deleting=True), job("unhandled", handled=False))
@@ -84,19 +93,17 @@ def test_a_paused_replica_runs_no_round_and_after_resuming_only_objects_watched_
     sweep, rounds, _ = recording_sweep(interval_s=0.1)
 
     async def drill():
-        paused = aiotoggles.ToggleSet(any)
-        peering = await paused.make_toggle(True, name="another replica leads")
-        monkeypatch.setattr(kopf_reactor, "_paused", paused)
+        peering = await held_shut(monkeypatch, "_paused", any, "another replica leads")
         watched(job("stale"))  # shown before this replica took over
-        task = asyncio.create_task(sweeper.sweep_forever([sweep]))
-        await asyncio.sleep(0.5)
-        assert rounds == {}, "a standby ran rounds"
-        await peering.turn_to(False)  # the leader is gone
-        await asyncio.sleep(0.05)
-        watched(job("live"))  # the take-over's re-listing shows only what still exists
-        await asyncio.sleep(0.6)
-        task.cancel()
-        await asyncio.gather(task, return_exceptions=True)
+
+        async def take_over():
+            await asyncio.sleep(0.5)
+            assert rounds == {}, "a standby ran rounds"
+            await peering.turn_to(False)  # the leader is gone
+            await asyncio.sleep(0.05)
+            watched(job("live"))  # the take-over's re-listing shows only what still exists
+
+        await sweep_for(sweep, 0.6, during=take_over)
 
     asyncio.run(drill())
     assert set(rounds) == {"live"} and rounds["live"] >= 3, rounds
@@ -106,17 +113,15 @@ def test_no_round_while_the_first_listing_is_under_way_then_on_everything_it_lis
     sweep, rounds, _ = recording_sweep(interval_s=0.1)
 
     async def drill():
-        indexed = aiotoggles.ToggleSet(all)
-        listing = await indexed.make_toggle(False, name="pods@ns")
-        monkeypatch.setattr(kopf_reactor, "_indexed", indexed)
+        listing = await held_shut(monkeypatch, "_indexed", all, "pods@ns")
         watched(job("early"))  # jobs are listed, pods still listing: children would look missing
-        task = asyncio.create_task(sweeper.sweep_forever([sweep]))
-        await asyncio.sleep(0.4)
-        assert rounds == {}, "rounds ran on a half-listed cache"
-        await listing.turn_to(True)
-        await asyncio.sleep(0.5)
-        task.cancel()
-        await asyncio.gather(task, return_exceptions=True)
+
+        async def listed():
+            await asyncio.sleep(0.4)
+            assert rounds == {}, "rounds ran on a half-listed cache"
+            await listing.turn_to(True)
+
+        await sweep_for(sweep, 0.5, during=listed)
 
     asyncio.run(drill())
     assert set(rounds) == {"early"} and rounds["early"] >= 3, rounds
@@ -133,18 +138,14 @@ def test_no_round_before_kopf_handed_over_its_event_queue(watched, monkeypatch):
 def test_an_object_created_after_the_listing_gets_its_first_round_one_interval_later(watched):
     sweep, rounds, _ = recording_sweep(interval_s=0.3)
 
-    async def drill():
-        watched(job("listed"))
-        task = asyncio.create_task(sweeper.sweep_forever([sweep]))
+    async def created():
         await asyncio.sleep(0.45)  # past the first interval: what is new now was created, not listed
         watched(job("listed"), job("created"))
         await asyncio.sleep(0.2)
         assert "created" not in rounds, "a new object's round ran beside its create handler"
-        await asyncio.sleep(0.35)
-        task.cancel()
-        await asyncio.gather(task, return_exceptions=True)
 
-    asyncio.run(drill())
+    watched(job("listed"))
+    asyncio.run(sweep_for(sweep, 0.35, during=created))
     assert rounds.get("created") == 1 and rounds["listed"] >= 2, rounds
 
 

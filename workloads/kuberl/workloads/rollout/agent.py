@@ -121,8 +121,9 @@ class RolloutAgent:
         older whole one when ``version`` could not be rebuilt: see `_fetch`)."""
         t0 = time.perf_counter()
         path, digest, version = await asyncio.to_thread(self._fetch, version)
-        if version == self.engine.policy_version:
-            return version  # the fallback is what the engine serves already
+        if version <= self.engine.policy_version:
+            # The fallback is what the engine serves already, or older: never swap backwards.
+            return self.engine.policy_version
         if self.cfg.rollout.weight_swap == "drain":
             self.accepting.clear()
             while self.active:

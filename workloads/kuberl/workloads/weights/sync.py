@@ -72,8 +72,11 @@ def publish_policy(store: WeightStore, hf_state: dict[str, torch.Tensor], hf_con
         dtype = "float8_e4m3fn"
     parent = last if (keep_in is not None and last is not None and last.version != version
                       and delta_allowed(last.manifest, full_every)) else None
-    where = Path(tempfile.mkdtemp(prefix="kuberl-weights-")) if keep_in is None else Path(keep_in) / version_name(version)
-    shutil.rmtree(where, ignore_errors=True)  # a version a crashed trainer left half-written
+    if keep_in is None:
+        where = Path(tempfile.mkdtemp(prefix="kuberl-weights-"))
+    else:
+        where = Path(keep_in) / version_name(version)
+        shutil.rmtree(where, ignore_errors=True)  # a version a crashed publish left half-written
     try:
         save_sharded(state, where, config=config)
         manifest = store.publish(version, where, dtype=dtype, overwrite=True, parent=parent)
