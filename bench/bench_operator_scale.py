@@ -81,16 +81,30 @@ class ChildWatch(threading.Thread):
             t.join()
 
     def _follow(self, kind: str, list_fn) -> None:
+        """Re-opened from the last resourceVersion it saw: a watch opened without one first
+        replays every object as ADDED, and replaying 5,000 pods every minute put this
+        thread a minute or more behind the operator (the stalls that showed as after-kill
+        latency in earlier runs). Events stay plain JSON: building client models for them
+        cost more than the operator's own work."""
+        version: str | None = None
         while not self.stop_flag.is_set():
             try:
-                for event in kubernetes.watch.Watch().stream(list_fn, NS, timeout_seconds=60, _request_timeout=90):
+                for event in kubernetes.watch.Watch().stream(list_fn, NS, timeout_seconds=60, _request_timeout=90, deserialize=False,
+                                                             allow_watch_bookmarks=True, resource_version=version):
+                    if event["type"] == "ERROR":
+                        version = None if (event.get("object") or {}).get("code") == 410 else version
+                        break
+                    meta = event["object"]["metadata"]
+                    version = meta.get("resourceVersion") or version
                     if event["type"] != "ADDED":
                         continue
-                    meta = event["object"].metadata
-                    labels = meta.labels or {}
+                    labels = meta.get("labels") or {}
                     with self.lock:
-                        self.seen.setdefault((kind, meta.name), (time.perf_counter(), labels.get(LABEL_JOB, ""), labels.get(LABEL_ROLE, "")))
-            except Exception:  # noqa: BLE001, S110 (a dropped watch is re-opened; ADDED replays are ignored)
+                        self.seen.setdefault((kind, meta["name"]), (time.perf_counter(), labels.get(LABEL_JOB, ""), labels.get(LABEL_ROLE, "")))
+            except kubernetes.client.ApiException as e:  # 410 Gone: the version is too old to resume from; list again
+                version = None if e.status == 410 else version
+                time.sleep(0.5)
+            except Exception:  # noqa: BLE001, S110 (a dropped watch is re-opened where it stopped)
                 time.sleep(0.5)
 
     def complete_at(self, job: str, trainer: int, envs_deployment: bool = True) -> float | None:
@@ -122,10 +136,13 @@ def scrape(port: int) -> dict[str, float]:
     return totals
 
 
-def start_operator(tmp: Path, kubeconfig: Path, priority: int, core: int) -> tuple[subprocess.Popen, int]:
+def start_operator(tmp: Path, kubeconfig: Path, priority: int, core: int, log_level: str = "WARNING") -> tuple[subprocess.Popen, int]:
     metrics_port = free_port()
     env = {**os.environ, "KUBECONFIG": str(kubeconfig), "KUBERL_METRICS_PORT": str(metrics_port),
-           "KUBERL_HEALTH_PORT": str(free_port()), "KUBERL_LOG_LEVEL": "WARNING"}
+           "KUBERL_HEALTH_PORT": str(free_port()), "KUBERL_LOG_LEVEL": log_level,
+           # The client writes the kubeconfig's certificates to temp files it removes at exit,
+           # which a SIGKILLed leader never reaches: they go with the run's temp dir.
+           "TMPDIR": str(tmp)}
     log = open(tmp / f"operator-{priority}.log", "w")  # noqa: SIM115 (the child keeps the fd)
     argv = ["taskset", "-c", str(core), sys.executable, "-m", "kuberl.operator.cli", "operator", "-n", NS,
             "--peering", "kuberl", "--priority", str(priority)]
@@ -144,6 +161,8 @@ def main() -> None:
     ap.add_argument("--steady-seconds", type=float, default=60)
     ap.add_argument("--core", type=int, default=1, help="the CPU core each operator replica is pinned to")
     ap.add_argument("--result", default="bench_operator_scale")
+    ap.add_argument("--log-level", default="WARNING", help="the operators' (INFO logs every handler and round: it costs CPU)")
+    ap.add_argument("--logs", type=Path, help="copy both replicas' logs here (they are deleted with the run's temp dir otherwise)")
     args = ap.parse_args()
     pods_per_job = args.trainer + args.rollout + args.envs
 
@@ -174,7 +193,7 @@ def main() -> None:
         wait(lambda: all(kube.request("GET", f"/apis/{API}/{p}")[0] == 200 for p in ("rljobs", "rolloutpools", "agentenvs")),
              timeout=60, interval=0.5)
 
-        leader, leader_port = start_operator(tmp, plane.kubeconfig, 200, args.core)
+        leader, leader_port = start_operator(tmp, plane.kubeconfig, 200, args.core, args.log_level)
 
         def peers() -> int:
             _, body = kube.request("GET", f"/apis/kopf.dev/v1/namespaces/{NS}/kopfpeerings/kuberl")
@@ -186,7 +205,7 @@ def main() -> None:
         # handlers on its indices only once per process, so a standby that did starts
         # its take-over before its watches have listed; see the closing note of issue 16.)
         wait(lambda: peers() >= 1, timeout=60, interval=0.5)
-        standby, standby_port = start_operator(tmp, plane.kubeconfig, 100, args.core)
+        standby, standby_port = start_operator(tmp, plane.kubeconfig, 100, args.core, args.log_level)
         wait(lambda: peers() >= 2, timeout=60, interval=0.5)
         procs += [leader, standby]
         samplers = {name: Sampler(p.pid) for name, p in (("leader", leader), ("standby", standby))}
@@ -268,6 +287,9 @@ def main() -> None:
                                     "p50_all": percentile(list(latency.values()), 0.5), "p99_all": percentile(list(latency.values()), 0.99)},
             "failover_s": failover_s, "peering_lifetime_s": 20, "leader_killed_after_jobs": kill_index,
             "children_duplicated": duplicated,
+            # Every 10th job applied after the kill: (seconds after the kill it was applied, apply → children).
+            "after_kill_timeline": [[round(submitted[f"job-{i:03d}"] - killed_at, 1), round(latency[f"job-{i:03d}"], 2)]
+                                    for i in range(kill_index, args.jobs, 10)] if killed_at is not None else [],
             "operator_cpu_mem": {"leader_until_killed": samplers["leader"].window(t0 - 10, time.monotonic()),
                                  "standby_rollout": samplers["standby"].window(t0, t1),
                                  "standby_steady": {"seconds": args.steady_seconds, **samplers["standby"].window(t1, t2)}},
@@ -288,6 +310,10 @@ def main() -> None:
             stop_operator(p)
         nats.stop()
         plane.stop()
+        if args.logs:
+            args.logs.mkdir(parents=True, exist_ok=True)
+            for f in tmp.glob("operator-*.log"):
+                shutil.copy(f, args.logs / f.name)
         shutil.rmtree(tmp, ignore_errors=True)
 
 

@@ -4,8 +4,9 @@ timer per object.
 Rounds bring status up to date, supervise gangs, enforce deadlines and TTLs, re-assert
 children deleted behind the operator's back and run the autoscaler. With a kopf timer per
 object, 500 jobs meant 1,500 timer tasks and about 200 handler invocations a second, each
-through kopf's machinery on its one event loop; a standby that took over 500 jobs kept a
-standing lag of about 40 s for jobs applied after the take-over (bench_operator_scale).
+through kopf's machinery on its one event loop: a leader of 500 jobs spent a third of its
+core on them in steady state and held 368 MiB; with the sweeper, 14 % and 288 MiB
+(bench_operator_scale).
 
 The sweeper is one task. Each tick it reads the custom objects from the watch cache, asks
 the schedule (decisions.sweep) which rounds are due and starts those on the timer threads
