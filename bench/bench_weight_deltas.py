@@ -1,4 +1,4 @@
-"""Delta versions (weights.delta): bytes stored and encode/decode speed against a whole copy.
+"""Delta versions (weights.delta, changed 16-bit words and their bitmap): bytes stored and encode/decode speed against a whole copy.
 
 A BF16 file of `--mib` MiB (normal weights) and the same file after an optimizer-like step
 that moves `share` of the weights by about 5 % (most moves round away in BF16: the bytes
@@ -65,7 +65,7 @@ def main() -> None:
         shutil.rmtree(tmp, ignore_errors=True)
     out = write_result("bench_weight_deltas", {"file_mib": args.mib, "encoding": delta.ENCODING, "level": delta.LEVEL,
                                                "copy_mb_s": round(size / copy_s / 1e6), "rows": rows,
-                                               "note": "one core of the 2-core machine; deflate, one stream per file"})
+                                               "note": "one core of the 2-core machine, one file"})
     print(out)
 
 

@@ -85,6 +85,32 @@ def test_encoding_is_exact_on_odd_sizes_and_refuses_a_parent_of_another_size(tmp
         delta.decode(tmp_path / "d", tmp_path / "short", tmp_path / "r2")
 
 
+def test_a_delta_spans_blocks_and_a_corrupt_or_hostile_one_is_refused(tmp_path, monkeypatch):
+    monkeypatch.setattr(delta, "BLOCK", 4096)  # several blocks, the last one short and odd
+    parent = bytes(range(256)) * 40 + b"q"
+    new = bytearray(parent)
+    for i in (0, 4095, 4096, 9000, len(new) - 1):
+        new[i] ^= 0x5A
+    (tmp_path / "p").write_bytes(parent)
+    (tmp_path / "n").write_bytes(bytes(new))
+    delta.encode(tmp_path / "n", tmp_path / "p", tmp_path / "d")
+    delta.decode(tmp_path / "d", tmp_path / "p", tmp_path / "r")
+    assert (tmp_path / "r").read_bytes() == bytes(new)
+    good = (tmp_path / "d").read_bytes()
+    hostile = {
+        "truncated": good[:-1],
+        "bitmap cut": good[:20],
+        "huge block": delta._HEADER.pack(2**31, 8, 0) + good[12:],
+        "more words than the block": delta._HEADER.pack(4096, 8, 4000) + good[12:],
+        "count off by one": good[:8] + (int.from_bytes(good[8:12], "little") + 1).to_bytes(4, "little") + good[12:],
+    }
+    for why, data in hostile.items():
+        (tmp_path / "bad").write_bytes(data)
+        with pytest.raises(ValueError, match="truncated|corrupt"):
+            delta.decode(tmp_path / "bad", tmp_path / "p", tmp_path / "r2")
+            raise AssertionError(why)
+
+
 def test_a_delta_version_moves_a_fraction_of_the_bytes_and_rebuilds_bit_exactly(store, tmp_path):
     first, second = weights(), None
     save_sharded({k: v.bfloat16() for k, v in first.items()}, tmp_path / "v1", config=CONFIG)

@@ -348,7 +348,7 @@ class WeightStoreSpec(ApiModel):
     fp8: bool = Field(False, description="Publish blockwise FP8 weights (128x128, e4m3, per-block scale) for the rollout engines.")
     sync_interval_steps: int = Field(1, ge=1, le=100000, description="Publish new weights every N optimizer steps.")
     keep_versions: int = Field(3, ge=1, le=1000, description="Weight versions kept; older ones are pruned (but never a version a kept one is stored against).")
-    full_version_every: int = Field(1, ge=1, le=1000, description="Store every Nth weight version whole and those between as deltas against the version before (byte-wise XOR, deflate-compressed; rebuilt and sha256-checked by the fetcher, which needs at most one whole version and N-1 deltas). The trainer keeps the version it published last on local disk for this. 1: every version whole.")
+    full_version_every: int = Field(1, ge=1, le=1000, description="Store every Nth weight version whole and those between as deltas against the version before (the 16-bit words that changed and a bitmap of where; rebuilt and sha256-checked by the fetcher, which needs at most one whole version and N-1 deltas). The trainer keeps the version it published last on local disk for this. 1: every version whole.")
 
 
 class CheckpointSpec(ApiModel):

@@ -75,7 +75,7 @@ class FileEntry:
     name: str
     size: int  # of the file as loaded
     sha256: str  # of the file as loaded (a delta's result is checked against it)
-    encoding: str = "raw"  # or delta.ENCODING: stored as zstd(file XOR the parent's file of this name)
+    encoding: str = "raw"  # or delta.ENCODING: stored as its changed words against the parent's file of this name
     stored_size: int | None = None  # bytes in the store when not raw
 
     @property

@@ -6,7 +6,7 @@ Layout under ``s3://<bucket>/<prefix>/``::
     v00000042/model.safetensors.index.json       HF weight_map, so loaders find the shards
     v00000042/config.json                        HF config (+ quantization_config for FP8)
     v00000042/manifest.json                      written LAST: files, sizes, sha256, dtype, quantisation
-    v00000043/model.safetensors.xor.z            a delta version's file: deflate(file XOR v42's), `weights.delta`
+    v00000043/model.safetensors.xor16            a delta version's file: the words that differ from v42's, `weights.delta`
 
 A version exists for readers only once its ``manifest.json`` does: the manifest is uploaded
 after every other file has been acknowledged, so a crashed upload leaves an invisible prefix
