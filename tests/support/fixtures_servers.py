@@ -196,7 +196,8 @@ class SeaweedS3:
         data = self.root / "data"
         data.mkdir(parents=True, exist_ok=True)
         args = [
-            find_binary("weed"), "mini", f"-dir={data}",
+            # glog's files go beside the data, not to $TMPDIR (a bench run has no scratch TMPDIR).
+            find_binary("weed"), f"-logdir={self.root}", "mini", f"-dir={data}",
             "-ip=127.0.0.1", "-ip.bind=127.0.0.1",
             *(f"-{k}={v}" for k, v in ports.items()),
             # Everything we do not need is off or on its own free port, so parallel runs never collide.

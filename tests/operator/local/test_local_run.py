@@ -310,6 +310,16 @@ def test_the_drill_synced_delta_versions_and_a_restarted_trainer_began_whole(run
         assert run < FULL_VERSION_EVERY, published
     for incarnation in {e["incarnation"] for e in published}:
         assert next(e for e in published if e["incarnation"] == incarnation).get("parent") is None
+    # Each version's stages (weights.stages), recorded by the trainer that published it.
+    for e in published:
+        expected = {"quantise", "serialise", "checksum", "upload", "manifest"} | ({"encode"} if e.get("parent") is not None else set())
+        assert expected <= set(e["stages"]) and all(v >= 0 for v in e["stages"].values()), e
+        assert sum(e["stages"][k] for k in ("quantise", "serialise", "manifest")) <= e["seconds"] + 0.01, e
+    # ... and each load's, logged by the agent that loaded it: delta versions were rebuilt.
+    swaps = [json.loads(line) for path in sorted((out / "logs").glob("rollout-*.log"))
+             for line in path.read_text(errors="replace").splitlines() if '"weights swapped"' in line]
+    assert swaps and all({"download", "verify", "engine_load"} <= set(s["stages"]) for s in swaps), swaps[:3]
+    assert any("reconstruct" in s["stages"] for s in swaps), swaps[:3]
 
 
 # -- what users watch: run loggers, Prometheus, progress outside a terminal ----------------

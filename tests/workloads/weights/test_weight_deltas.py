@@ -85,6 +85,25 @@ def test_encoding_is_exact_on_odd_sizes_and_refuses_a_parent_of_another_size(tmp
         delta.decode(tmp_path / "d", tmp_path / "short", tmp_path / "r2")
 
 
+def test_a_sync_reports_the_seconds_of_each_stage(store, tmp_path):
+    """weights.stages: a delta version's publish and fetch each fill their stages, and
+    publish_policy adds the trainer's own (quantise, serialise)."""
+    from kuberl.workloads.weights.stages import StageClock
+
+    save_sharded({k: v.bfloat16() for k, v in weights().items()}, tmp_path / "v1", config=CONFIG)
+    store.publish(1, tmp_path / "v1")
+    save_sharded({k: v.bfloat16() for k, v in stepped(weights(), share=0.03, seed=1).items()}, tmp_path / "v2", config=CONFIG)
+    published, fetched = StageClock(), StageClock()
+    store.publish(2, tmp_path / "v2", parent=local_version(tmp_path / "v1"), clock=published)
+    store.fetch(2, tmp_path / "got", have=[local_version(tmp_path / "v1")], clock=fetched)
+    assert set(published.seconds()) == {"checksum", "encode", "upload", "manifest"}
+    assert set(fetched.seconds()) == {"download", "reconstruct", "verify"}
+    assert all(v >= 0 for v in [*published.seconds().values(), *fetched.seconds().values()])
+    whole = publish_policy(store, weights(), CONFIG, 3, dtype="bfloat16")
+    assert set(whole.stages) == {"quantise", "serialise", "checksum", "upload", "manifest"}
+    assert whole.stages["quantise"] + whole.stages["serialise"] + whole.stages["manifest"] <= whole.seconds
+
+
 def test_a_delta_spans_blocks_and_a_corrupt_or_hostile_one_is_refused(tmp_path, monkeypatch):
     monkeypatch.setattr(delta, "BLOCK", 4096)  # several blocks, the last one short and odd
     parent = bytes(range(256)) * 40 + b"q"

@@ -15,6 +15,10 @@ GROUPS = Counter("kuberl_rollout_groups", "Prompt groups finished, by outcome (p
 SWAPS = Counter("kuberl_rollout_weight_swaps", "Policy versions loaded into the engine.")
 SWAP_SECONDS = Histogram("kuberl_rollout_weight_swap_seconds", "Fetch + load time of one policy version.",
                          buckets=(0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300))
+SWAP_STAGE_SECONDS = Histogram("kuberl_rollout_weight_swap_stage_seconds",
+                               "Seconds one policy version spent in each load stage (weights.stages: download, reconstruct, "
+                               "verify, engine_load; per-file stages summed over file threads).", ["stage"],
+                               buckets=(0.01, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300))
 ENGINE_VERSION = Gauge("kuberl_rollout_policy_version", "Policy version the engine serves.")
 TRAINER_VERSION = Gauge("kuberl_rollout_trainer_version", "Newest policy version the trainer announced.")
 ENGINE_HEALTHY = Gauge("kuberl_rollout_engine_healthy", "1 when the engine's last call succeeded, 0 when it failed.")
@@ -58,9 +62,11 @@ class RolloutMetrics:
         GROUPS_IN_FLIGHT.set(n)
 
     @staticmethod
-    def swapped(version: int, seconds: float) -> None:
+    def swapped(version: int, seconds: float, stages: dict[str, float] | None = None) -> None:
         SWAPS.inc()
         SWAP_SECONDS.observe(seconds)
+        for stage, stage_seconds in (stages or {}).items():
+            SWAP_STAGE_SECONDS.labels(stage).observe(stage_seconds)
         ENGINE_VERSION.set(version)
 
     @staticmethod

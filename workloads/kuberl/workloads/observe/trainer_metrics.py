@@ -28,6 +28,10 @@ WEIGHT_SYNC_SECONDS = Histogram("kuberl_trainer_weight_sync_seconds", "Time to p
 WEIGHT_SYNC_BYTES = Counter("kuberl_trainer_weight_sync_bytes", "Bytes of policy versions published.")
 WEIGHT_SYNC_STORED_BYTES = Counter("kuberl_trainer_weight_sync_stored_bytes",
                                    "Bytes uploaded for policy versions (below the version's bytes when stored as deltas).")
+WEIGHT_SYNC_STAGE_SECONDS = Histogram("kuberl_trainer_weight_sync_stage_seconds",
+                                      "Seconds one policy version spent in each publish stage (weights.stages: quantise, serialise, "
+                                      "checksum, encode, upload, manifest; per-file stages summed over file threads).", ["stage"],
+                                      buckets=(0.01, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300))
 EVAL = Gauge("kuberl_trainer_eval_score", "Latest held-out evaluation, by dataset and score (greedy, pass@1, pass@k).", ["dataset", "score"])
 
 PHASES = {"generation": "time_generate_s", "training": "train_s", "weight_sync": "time_weight_sync_s",
@@ -78,7 +82,9 @@ class TrainerMetrics:
                 EVAL.labels(parts[1], parts[2]).set(value)
 
     @staticmethod
-    def weight_sync(seconds: float, nbytes: int, stored_bytes: int) -> None:
+    def weight_sync(seconds: float, nbytes: int, stored_bytes: int, stages: dict[str, float] | None = None) -> None:
         WEIGHT_SYNC_SECONDS.observe(seconds)
+        for stage, stage_seconds in (stages or {}).items():
+            WEIGHT_SYNC_STAGE_SECONDS.labels(stage).observe(stage_seconds)
         WEIGHT_SYNC_BYTES.inc(nbytes)
         WEIGHT_SYNC_STORED_BYTES.inc(stored_bytes)

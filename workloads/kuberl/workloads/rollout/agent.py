@@ -28,6 +28,7 @@ from kuberl.workloads.policy.tokenizer import Tokenizer
 from kuberl.workloads.rollout.episodes import SamplingSettings, env_session_timeout, run_group
 from kuberl.workloads.rollout.rewards import python_runner
 from kuberl.workloads.weights.manifest import local_versions
+from kuberl.workloads.weights.stages import StageClock
 from kuberl.workloads.weights.sync import weight_store
 
 log = get_logger(__name__)
@@ -102,12 +103,12 @@ class RolloutAgent:
         self._owns_scratch = not shared
         self.scratch = Path(shared or tempfile.mkdtemp(prefix="kuberl-versions-"))
 
-    def _fetch(self, version: int) -> tuple[Path, str, int]:
+    def _fetch(self, version: int, clock: StageClock) -> tuple[Path, str, int]:
         """The version's files (rebuilt against the version the engine holds when stored as
         deltas), their digest, and the version they are: an older whole one when the store
         lost a parent of ``version`` (`WeightStore.fetch`'s fallback)."""
         path, manifest = self.store.fetch(version, self.scratch / f"v{version:08d}", have=local_versions(self.scratch),
-                                          whole_if_parent_missing=True)
+                                          whole_if_parent_missing=True, clock=clock)
         return Path(path), manifest.digest, manifest.version
 
     def _drop_versions_before(self, version: int) -> None:
@@ -119,8 +120,8 @@ class RolloutAgent:
     async def load_version(self, version: int) -> int:
         """Fetch and swap to ``version``; returns the version the engine holds after (an
         older whole one when ``version`` could not be rebuilt: see `_fetch`)."""
-        t0 = time.perf_counter()
-        path, digest, version = await asyncio.to_thread(self._fetch, version)
+        t0, clock = time.perf_counter(), StageClock()
+        path, digest, version = await asyncio.to_thread(self._fetch, version, clock)
         if version <= self.engine.policy_version:
             # The fallback is what the engine serves already, or older: never swap backwards.
             return self.engine.policy_version
@@ -128,12 +129,15 @@ class RolloutAgent:
             self.accepting.clear()
             while self.active:
                 await asyncio.wait(set(self.active))
-        await self.batcher.swap(path, version)
+        with clock.stage("engine_load"):  # the running batch finishing, then the engine's load (pause → resume)
+            await self.batcher.swap(path, version)
         self._drop_versions_before(version)
         self.accepting.set()
         self.swaps += 1
-        self.metrics.swapped(version, time.perf_counter() - t0)
-        log.info("weights swapped", agent=self.agent_id, version=version, digest=digest, policy=self.cfg.rollout.weight_swap)
+        seconds = time.perf_counter() - t0
+        self.metrics.swapped(version, seconds, clock.seconds())
+        log.info("weights swapped", agent=self.agent_id, version=version, digest=digest, policy=self.cfg.rollout.weight_swap,
+                 seconds=round(seconds, 3), stages=clock.seconds())
         if self.buffer is not None:
             try:
                 await self.buffer.state.report_agent(self.agent_id, version)

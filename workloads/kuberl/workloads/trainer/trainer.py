@@ -267,9 +267,10 @@ class Trainer:
                                                           keep_in=self.published_dir, last=last,
                                                           full_every=self.cfg.weight_store.full_version_every),
                                    f"weights version {version}")
-        self.prometheus.weight_sync(published.seconds, published.bytes, published.stored_bytes)
+        self.prometheus.weight_sync(published.seconds, published.bytes, published.stored_bytes, published.stages)
         self.ledger.record("published", version=version, digest=published.digest, parent=published.parent,
-                           bytes=published.bytes, stored_bytes=published.stored_bytes)
+                           bytes=published.bytes, stored_bytes=published.stored_bytes, seconds=round(published.seconds, 3),
+                           stages=published.stages)
         self.last_published = published
         return published
 

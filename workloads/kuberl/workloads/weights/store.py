@@ -56,6 +56,7 @@ from kuberl.workloads.weights.manifest import (
     version_name,
 )
 from kuberl.workloads.weights.names import INDEX, escapes, index_strays
+from kuberl.workloads.weights.stages import StageClock
 
 log = get_logger(__name__)
 
@@ -144,7 +145,7 @@ class WeightStore:
 
     def publish(self, version: int, src_dir: str | os.PathLike, *, dtype: str = "bfloat16",
                 quantization: dict[str, Any] | None = None, meta: dict[str, Any] | None = None,
-                overwrite: bool = False, parent: LocalVersion | None = None) -> Manifest:
+                overwrite: bool = False, parent: LocalVersion | None = None, clock: StageClock | None = None) -> Manifest:
         """Upload every file of ``src_dir`` (flat) as ``version``, then its manifest (also
         written to ``src_dir``, which then is a `LocalVersion` the next publish can use).
 
@@ -152,7 +153,9 @@ class WeightStore:
         name and size is stored as a delta against the parent's when that saves at least a
         tenth of its bytes (weights.delta); the rest go whole.
         ``quantization`` defaults to the ``quantization_config`` of ``src_dir/config.json``.
+        ``clock`` gets the seconds of its stages (checksum, encode, upload, manifest).
         """
+        clock = clock or StageClock()
         src = Path(src_dir)
         files = sorted(p for p in src.iterdir() if p.is_file() and p.name != MANIFEST)
         if not files:
@@ -166,16 +169,20 @@ class WeightStore:
         staging = Path(tempfile.mkdtemp(prefix=".kuberl-delta-", dir=src.parent))  # beside src: the same disk
 
         def put(path: Path) -> FileEntry:
-            size, digest = path.stat().st_size, sha256_file(path)
+            with clock.stage("checksum"):
+                size, digest = path.stat().st_size, sha256_file(path)
             if parent is not None and delta.pairable(path, parent.path / path.name):
                 encoded = staging / (path.name + delta.SUFFIX)
-                stored = delta.encode(path, parent.path / path.name, encoded)
+                with clock.stage("encode"):
+                    stored = delta.encode(path, parent.path / path.name, encoded)
                 if stored <= 0.9 * size:
-                    self.client.upload_file(str(encoded), self.bucket, self._key(version, encoded.name), Config=self.transfer)
+                    with clock.stage("upload"):
+                        self.client.upload_file(str(encoded), self.bucket, self._key(version, encoded.name), Config=self.transfer)
                     encoded.unlink()
                     return FileEntry(path.name, size, digest, encoding=delta.ENCODING, stored_size=stored)
                 encoded.unlink()
-            self.client.upload_file(str(path), self.bucket, self._key(version, path.name), Config=self.transfer)
+            with clock.stage("upload"):
+                self.client.upload_file(str(path), self.bucket, self._key(version, path.name), Config=self.transfer)
             return FileEntry(path.name, size, digest)
 
         try:
@@ -186,11 +193,13 @@ class WeightStore:
         deltas = any(e.encoding != "raw" for e in entries)
         manifest = Manifest(version=version, files=entries, dtype=dtype, quantization=quantization, meta=meta or {},
                             parent=parent.version if deltas else None, depth=parent.manifest.depth + 1 if deltas else 0)
-        self._write_manifest(version, manifest)  # last: the version becomes visible here
+        with clock.stage("manifest"):
+            self._write_manifest(version, manifest)  # last: the version becomes visible here
         (src / MANIFEST).write_bytes(manifest.to_json())
         dt = time.perf_counter() - t0
         log.info("weights published", version=version, files=len(entries), bytes=manifest.total_bytes,
-                 stored_bytes=manifest.stored_bytes, parent=manifest.parent, seconds=round(dt, 3), uri=self.manifest_uri(version))
+                 stored_bytes=manifest.stored_bytes, parent=manifest.parent, seconds=round(dt, 3), stages=clock.seconds(),
+                 uri=self.manifest_uri(version))
         return manifest
 
     def _write_manifest(self, version: int, manifest: Manifest) -> None:
@@ -201,13 +210,15 @@ class WeightStore:
     # ---- fetch ------------------------------------------------------------------------
 
     def fetch(self, version: int | None, dest_dir: str | os.PathLike, have: list[LocalVersion] | tuple = (),
-              whole_if_parent_missing: bool = False) -> tuple[Path, Manifest]:
+              whole_if_parent_missing: bool = False, clock: StageClock | None = None) -> tuple[Path, Manifest]:
         """`_fetch`; with ``whole_if_parent_missing``, a version whose delta chain the store
         broke (a parent deleted by hand, or by a pruning older than chains) gives way to the
         newest whole version before it, taken from ``have`` when it is there: the caller
-        learns which from the manifest it gets back."""
+        learns which from the manifest it gets back. ``clock`` gets the seconds of its stages
+        (download, reconstruct, verify)."""
+        clock = clock or StageClock()
         try:
-            return self._fetch(version, dest_dir, have)
+            return self._fetch(version, dest_dir, have, clock)
         except ParentMissingError as e:
             if not whole_if_parent_missing:
                 raise
@@ -222,7 +233,7 @@ class WeightStore:
             local = next((h for h in have if h.version == whole), None)
             if local is not None:
                 return local.path, local.manifest
-            return self._fetch(whole, dest.parent / version_name(whole), have)
+            return self._fetch(whole, dest.parent / version_name(whole), have, clock)
 
     def latest_whole(self, at_most: int) -> int | None:
         """The newest complete version up to ``at_most`` that is stored whole (no parent)."""
@@ -231,7 +242,8 @@ class WeightStore:
                 return v
         return None
 
-    def _fetch(self, version: int | None, dest_dir: str | os.PathLike, have: list[LocalVersion] | tuple = ()) -> tuple[Path, Manifest]:
+    def _fetch(self, version: int | None, dest_dir: str | os.PathLike, have: list[LocalVersion] | tuple = (),
+               clock: StageClock | None = None) -> tuple[Path, Manifest]:
         """Download a complete version (latest when None) into ``dest_dir``, verified.
 
         Each file lands under a temporary name and is renamed only after its size and
@@ -242,6 +254,7 @@ class WeightStore:
         directory beside ``dest_dir`` that is removed afterwards. A parent the store no
         longer has raises :class:`ParentMissingError`.
         """
+        clock = clock or StageClock()
         if version is None:
             version = self.latest()
             if version is None:
@@ -258,7 +271,7 @@ class WeightStore:
             if parent is None:
                 where = dest.parent / f".{dest.name}.parent-v{manifest.parent:08d}"
                 try:
-                    fetched_parent = LocalVersion(*self._fetch(manifest.parent, where, have))
+                    fetched_parent = LocalVersion(*self._fetch(manifest.parent, where, have, clock))
                 except VersionNotFoundError as e:
                     shutil.rmtree(where, ignore_errors=True)
                     raise ParentMissingError(version, manifest.parent, str(e)) from None
@@ -269,7 +282,8 @@ class WeightStore:
             if size != entry.size:
                 tmp.unlink(missing_ok=True)
                 raise ChecksumError(entry.name, f"size {size} != manifest {entry.size} (version {version})")
-            digest = sha256_file(tmp)
+            with clock.stage("verify"):
+                digest = sha256_file(tmp)
             if digest != entry.sha256:
                 tmp.unlink(missing_ok=True)
                 raise ChecksumError(entry.name, f"sha256 {digest} != manifest {entry.sha256} (version {version})")
@@ -277,12 +291,15 @@ class WeightStore:
         def get(entry: FileEntry) -> None:
             tmp = dest / f".{entry.name}.partial"
             if entry.encoding == "raw":
-                self.client.download_file(self.bucket, self._key(version, entry.name), str(tmp), Config=self.transfer)
+                with clock.stage("download"):
+                    self.client.download_file(self.bucket, self._key(version, entry.name), str(tmp), Config=self.transfer)
             elif entry.encoding == delta.ENCODING:
                 encoded = dest / f".{entry.stored_name}.partial"
-                self.client.download_file(self.bucket, self._key(version, entry.stored_name), str(encoded), Config=self.transfer)
+                with clock.stage("download"):
+                    self.client.download_file(self.bucket, self._key(version, entry.stored_name), str(encoded), Config=self.transfer)
                 try:
-                    delta.decode(encoded, parent.path / entry.name, tmp)
+                    with clock.stage("reconstruct"):
+                        delta.decode(encoded, parent.path / entry.name, tmp)
                 except (OSError, ValueError) as e:
                     tmp.unlink(missing_ok=True)
                     raise ChecksumError(entry.name, f"delta against version {manifest.parent} does not decode: {e}") from None
@@ -306,7 +323,7 @@ class WeightStore:
         (dest / MANIFEST).write_bytes(manifest.to_json())
         log.info("weights fetched", version=version, bytes=manifest.total_bytes, stored_bytes=manifest.stored_bytes,
                  parent=manifest.parent, parent_local=fetched_parent is None and parent is not None,
-                 seconds=round(time.perf_counter() - t0, 3))
+                 seconds=round(time.perf_counter() - t0, 3), stages=clock.seconds())
         return dest, manifest
 
     # ---- prune ------------------------------------------------------------------------

@@ -16,7 +16,7 @@ from __future__ import annotations
 import shutil
 import tempfile
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
@@ -24,6 +24,7 @@ import torch
 from kuberl.workloads.config import WorkloadConfig
 from kuberl.workloads.weights import fp8
 from kuberl.workloads.weights.manifest import LocalVersion, delta_allowed, version_name
+from kuberl.workloads.weights.stages import StageClock
 from kuberl.workloads.weights.store import WeightStore, s3_client, save_sharded
 
 
@@ -42,6 +43,7 @@ class Published:
     stored_bytes: int = 0  # what went over the wire (less than `bytes` for a delta version)
     parent: int | None = None  # the version its deltas are against; None when whole
     local: LocalVersion | None = None  # its files, kept for the next publish's deltas
+    stages: dict[str, float] = field(default_factory=dict)  # seconds per stage (weights.stages.PUBLISH_STAGES)
 
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16}
@@ -60,14 +62,16 @@ def publish_policy(store: WeightStore, hf_state: dict[str, torch.Tensor], hf_con
     through a temporary directory and every version is whole.
     """
     t0 = time.monotonic()
-    state = {k: v.detach().contiguous() for k, v in hf_state.items()}
+    clock = StageClock()
     config = {**hf_config, "torch_dtype": dtype}
     kept: dict[str, str] | None = None
-    if use_fp8:
-        state, kept = fp8.quantize_state_dict({k: v.float() for k, v in state.items()})
-        config["quantization_config"] = fp8.quantization_config(kept)
-    state = {k: v if v.dtype == fp8.FP8_DTYPE or k.endswith(fp8.SCALE_SUFFIX) else v.to(DTYPES[dtype]).contiguous()
-             for k, v in state.items()}
+    with clock.stage("quantise"):  # to FP8 blocks, or to the engines' dtype
+        state = {k: v.detach().contiguous() for k, v in hf_state.items()}
+        if use_fp8:
+            state, kept = fp8.quantize_state_dict({k: v.float() for k, v in state.items()})
+            config["quantization_config"] = fp8.quantization_config(kept)
+        state = {k: v if v.dtype == fp8.FP8_DTYPE or k.endswith(fp8.SCALE_SUFFIX) else v.to(DTYPES[dtype]).contiguous()
+                 for k, v in state.items()}
     if use_fp8:
         dtype = "float8_e4m3fn"
     parent = last if (keep_in is not None and last is not None and last.version != version
@@ -78,8 +82,9 @@ def publish_policy(store: WeightStore, hf_state: dict[str, torch.Tensor], hf_con
         where = Path(keep_in) / version_name(version)
         shutil.rmtree(where, ignore_errors=True)  # a version a crashed publish left half-written
     try:
-        save_sharded(state, where, config=config)
-        manifest = store.publish(version, where, dtype=dtype, overwrite=True, parent=parent)
+        with clock.stage("serialise"):
+            save_sharded(state, where, config=config)
+        manifest = store.publish(version, where, dtype=dtype, overwrite=True, parent=parent, clock=clock)
     except BaseException:
         shutil.rmtree(where, ignore_errors=True)
         raise
@@ -92,7 +97,7 @@ def publish_policy(store: WeightStore, hf_state: dict[str, torch.Tensor], hf_con
             if old != where:
                 shutil.rmtree(old, ignore_errors=True)
     return Published(store.manifest_uri(version), manifest.total_bytes, time.monotonic() - t0, version, manifest.digest,
-                     stored_bytes=manifest.stored_bytes, parent=manifest.parent, local=local)
+                     stored_bytes=manifest.stored_bytes, parent=manifest.parent, local=local, stages=clock.seconds())
 
 
 def read_checkpoint_dir(path: str | Path) -> dict[str, torch.Tensor]:
