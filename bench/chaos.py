@@ -11,6 +11,9 @@ whole. The same job runs undisturbed first (``--baseline``), for the final rewar
 time it is compared with.
 
     .venv/bin/python bench/chaos.py --minutes 10 --kill-every 20 --seed 1 --max-steps 1000
+
+``--cluster`` runs the same drill on the real node, the job's containers SIGKILLed in
+place, and audits from the store (bench/chaos_cluster.py; root, as the real-node suite).
 """
 
 from __future__ import annotations
@@ -26,10 +29,13 @@ import tempfile
 import time
 from pathlib import Path
 
+import chaos_cluster
 import yaml
 from _common import HERE, write_result
 
+from e2e.sandbox import inside
 from kuberl.operator.local.audit import audit_run
+from kuberl.workloads.trainer.ledger import committed_rewards, read_ledger
 from kuberl.workloads.localproc import dies_with_parent
 
 ROOT = HERE.parent
@@ -71,22 +77,24 @@ def kind_of(name: str) -> str:
     return {"rollout": "rollout agent", "agentenv": "env server", "sglang": "SGLang server"}.get(name.split("-")[0], name)
 
 
-def committed_rows(out: Path) -> list[dict]:
-    """metrics.jsonl, the last row written for each step (steps redone after a restart repeat)."""
-    rows: dict[int, dict] = {}
-    for line in (out / "metrics.jsonl").read_text().splitlines():
+def current_step(out: Path) -> int:
+    """The step of metrics.jsonl's last row (the trainer's step now, before a restart rolls it back)."""
+    try:
+        lines = (out / "metrics.jsonl").read_text().splitlines()
+    except OSError:
+        return 0
+    for line in reversed(lines):
         try:
-            row = json.loads(line)
-        except ValueError:
+            return int(json.loads(line)["step"])
+        except (ValueError, KeyError):
             continue
-        if "step" in row:
-            rows[row["step"]] = row
-    return [rows[s] for s in sorted(rows)]
+    return 0
 
 
 def final_reward(out: Path) -> float:
-    rows = committed_rows(out)[-FINAL_WINDOW:]
-    return round(sum(r["reward_mean"] for r in rows) / len(rows), 4)
+    """The mean reward of the last committed steps (steps redone after a restart count once)."""
+    rewards = committed_rewards(read_ledger(out))[-FINAL_WINDOW:]
+    return round(sum(rewards) / max(len(rewards), 1), 4)
 
 
 def run(path: Path, out: Path, minutes: float, kill_every: float, rng: random.Random | None) -> dict:
@@ -115,7 +123,7 @@ def run(path: Path, out: Path, minutes: float, kill_every: float, rng: random.Ra
                 os.kill(pids[name], signal.SIGKILL)
             except ProcessLookupError:
                 continue  # exited meanwhile (being restarted): not a kill
-            step = committed_rows(out)[-1]["step"] if (out / "metrics.jsonl").exists() else 0
+            step = current_step(out)
             kills.append({"t": round(now - t0, 1), "process": name, "kind": kind_of(name), "step": step})
             print(f"[{now - t0:6.0f}s] SIGKILL {name} at step {step}", flush=True)
     finally:
@@ -141,12 +149,29 @@ def main() -> None:
     ap.add_argument("--max-steps", type=int, default=1000)
     ap.add_argument("--checkpoint-every", type=int, default=5)
     ap.add_argument("--no-baseline", action="store_true", help="skip the undisturbed run")
-    ap.add_argument("--result", default="chaos", help="name of the result file in bench/results/")
+    ap.add_argument("--cluster", action="store_true", help="on the real node, in a sandbox (root)")
+    ap.add_argument("--result", default=None, help="name of the result file in bench/results/ (chaos, chaos_cluster)")
     args = ap.parse_args()
+    args.result = args.result or ("chaos_cluster" if args.cluster else "chaos")
+    if args.cluster and not inside():
+        sys.exit(chaos_cluster.relaunch_in_sandbox(sys.argv[1:]))
+    if args.cluster:
+        runs = chaos_cluster.in_sandbox(args)
+        baseline, chaos = runs["undisturbed"], runs["chaos"]
+    else:
+        baseline, chaos = local_runs(args)
+    report(args, baseline, chaos)
+
+
+def local_runs(args) -> tuple[dict | None, dict]:
     with tempfile.TemporaryDirectory(prefix="kuberl-chaos-") as tmp:
         path = manifest(Path(tmp), args.max_steps, args.checkpoint_every)
         baseline = None if args.no_baseline else run(path, Path(tmp) / "undisturbed", 0, args.kill_every, None)
         chaos = run(path, Path(tmp) / "chaos", args.minutes, args.kill_every, random.Random(args.seed))
+    return baseline, chaos
+
+
+def report(args, baseline: dict | None, chaos: dict) -> None:
     result = {"settings": vars(args), "chaos": chaos, "undisturbed": baseline}
     if baseline is not None:
         result["final_reward_ratio"] = round(chaos["final_reward"] / max(baseline["final_reward"], 1e-9), 3)

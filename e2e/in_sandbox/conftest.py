@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import pytest
 
-from e2e.in_sandbox.node_support import CHART, NODE_VALUES, RELEASE, RELEASE_NS, _helm, _ns, _split
+from e2e.in_sandbox.node_support import install_release
 from tests.support.fixtures_cluster import Kube
 
 
@@ -23,12 +23,4 @@ def pytest_collection_modifyitems(session, config, items):
 
 @pytest.fixture(scope="session")
 def release(node_kube: Kube) -> Kube:
-    images = node_kube.images
-    sets = {"image.repository": _split(images["operator"])[0], "image.tag": _split(images["operator"])[1],
-            "workloads.image": images["workload-cpu"],
-            "stack.nats.image.repository": _split(images["nats"])[0], "stack.nats.image.tag": _split(images["nats"])[1],
-            "stack.s3.image.repository": _split(images["seaweedfs"])[0], "stack.s3.image.tag": _split(images["seaweedfs"])[1]}
-    _ns(node_kube, RELEASE_NS)
-    _helm(node_kube, "upgrade", "--install", RELEASE, str(CHART), "--namespace", RELEASE_NS, "-f", str(NODE_VALUES),
-          *[f"--set={k}={v}" for k, v in sets.items()], "--wait", "--timeout", "5m")
-    return node_kube
+    return install_release(node_kube)

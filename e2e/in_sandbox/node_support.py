@@ -1,6 +1,6 @@
 """Plain helpers of the real-node suite (e2e/in_sandbox): the chart release's names,
 namespaces, diagnostics, helm, and the tiny example adapted to the node. The `release`
-fixture that installs the chart is in conftest.py, shared by every module of the suite.
+fixture (conftest.py, shared by every module of the suite) calls `install_release`.
 """
 
 from __future__ import annotations
@@ -53,6 +53,19 @@ def _helm(kube: Kube, *args: str, timeout: float = 600) -> str:
                           capture_output=True, text=True, timeout=timeout)
     assert proc.returncode == 0, f"helm {' '.join(args)}:\n{proc.stdout}\n{proc.stderr}\n{diagnostics(kube)}"
     return proc.stdout
+
+
+def install_release(kube: Kube) -> Kube:
+    """The chart with the laptop stack, from the images built here (node-values.yaml)."""
+    images = kube.images
+    sets = {"image.repository": _split(images["operator"])[0], "image.tag": _split(images["operator"])[1],
+            "workloads.image": images["workload-cpu"],
+            "stack.nats.image.repository": _split(images["nats"])[0], "stack.nats.image.tag": _split(images["nats"])[1],
+            "stack.s3.image.repository": _split(images["seaweedfs"])[0], "stack.s3.image.tag": _split(images["seaweedfs"])[1]}
+    _ns(kube, RELEASE_NS)
+    _helm(kube, "upgrade", "--install", RELEASE, str(CHART), "--namespace", RELEASE_NS, "-f", str(NODE_VALUES),
+          *[f"--set={k}={v}" for k, v in sets.items()], "--wait", "--timeout", "5m")
+    return kube
 
 
 def copy_stack_credentials(kube: Kube, ns: str) -> None:

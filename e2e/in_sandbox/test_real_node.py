@@ -16,6 +16,7 @@ import pytest
 
 from e2e.cluster.node import NODE_NAME
 from e2e.cluster.node_network import POD_SUBNET
+from e2e.in_sandbox.node_chaos import audit_job
 from e2e.in_sandbox.node_support import (
     MAX_STEPS,
     RELEASE,
@@ -168,6 +169,11 @@ def _train_tiny_job(release: Kube) -> None:
 
     final = wait_until("RLJob Succeeded", lambda: (st := status()).get("phase") == "Succeeded" and st,
                        timeout=1500, interval=3)
+    # The ledger of both trainer pods and the loads of both agent pods, read from the store
+    # after the pods are gone: the deletions lost no prompt and trained none twice.
+    audit, _ = audit_job(kube, ns, job)
+    assert audit.finished and audit.restarts >= 1 and audit.steps == MAX_STEPS, audit
+    assert audit.zeros() == dict.fromkeys(audit.zeros(), 0), audit
     steps = [s["step"] for s in seen]
     assert final["step"] >= MAX_STEPS and max(steps) >= MAX_STEPS
     rewards = [float(s["reward"]["mean"]) for s in seen if (s.get("reward") or {}).get("mean") is not None]

@@ -8,6 +8,8 @@ the node's containerd. `node_kube.images` maps each image's name to its local re
 from __future__ import annotations
 
 import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
@@ -16,11 +18,13 @@ from e2e.cluster import controlplane
 from e2e.images.build import NODE_IMAGES, Catalog
 from tests.support.fixtures_cluster import Kube
 
-__all__ = ["node_kube"]
+__all__ = ["node_kube", "real_node_plane"]
 
 
-@pytest.fixture(scope="session")
-def node_kube():
+@contextmanager
+def real_node_plane() -> Iterator[Kube]:
+    """The plane with the real node, its images imported and the CRDs installed; stopped after.
+    Inside a sandbox only (e2e/sandbox): the node changes the network namespace's settings."""
     bin_dir = controlplane.ensure_built()
     catalog = Catalog(bin_dir)
     refs = catalog.build_all(Path(sys.executable).parent)
@@ -38,3 +42,9 @@ def node_kube():
         yield k
     finally:
         plane.stop()
+
+
+@pytest.fixture(scope="session")
+def node_kube():
+    with real_node_plane() as k:
+        yield k

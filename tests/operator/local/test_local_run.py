@@ -299,7 +299,7 @@ def test_the_drill_synced_delta_versions_and_a_restarted_trainer_began_whole(run
     from kuberl.workloads.trainer.ledger import read_ledger
 
     out, output, _ = runs["decoupled"]
-    events = read_ledger(out / "ledger.jsonl")
+    events = read_ledger(out)
     published = [e for e in events if e["event"] == "published"]
     deltas = [e for e in published if e.get("parent") is not None]
     assert len(deltas) >= len(published) // 2, output[-2000:]

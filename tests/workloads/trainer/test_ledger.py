@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import time
+
+from kuberl.workloads.observe.uploads import RunFiles
 from kuberl.workloads.trainer.ledger import Ledger, audit, prompt_slot, read_ledger
 
 
@@ -79,11 +82,54 @@ def test_a_version_loaded_that_the_trainer_never_published_whole_is_counted():
     assert audit(clean_run(), loads=[(1, "d1"), (2, "other")]).partial_versions_loaded == 1
 
 
-def test_the_ledger_file_round_trips_and_skips_a_torn_last_line(tmp_path):
-    ledger = Ledger(str(tmp_path), "inc")
-    ledger.record("issued", prompts=[pid(9)])
-    with ledger.path.open("a") as f:
+def test_each_incarnation_writes_a_segment_and_the_ledger_reads_them_in_start_order(tmp_path):
+    """A torn last line (its writer SIGKILLed mid-write) is skipped; the next incarnation's
+    segment is a file of its own, so its first event is never glued to the torn one."""
+    first = Ledger(tmp_path, "inc")
+    first.record("issued", prompts=[pid(9)])
+    with first.path.open("a") as f:
         f.write('{"event": "step", "st')
-    assert read_ledger(ledger.path) == [{"event": "issued", "incarnation": "inc", "prompts": [pid(9)]}]
+    time.sleep(0.002)  # segments are named by their start in milliseconds
+    second = Ledger(tmp_path, "next")
+    second.record("start", restored_step=0)
+    assert first.path != second.path and first.path.parent == tmp_path / "ledger"
+    assert read_ledger(tmp_path) == [{"event": "issued", "incarnation": "inc", "prompts": [pid(9)]},
+                                     {"event": "start", "incarnation": "next", "restored_step": 0}]
     assert prompt_slot(pid(9)) == 9
-    Ledger(None, "x").record("start")  # no directory: nothing written, no error
+
+
+def test_a_segment_is_mirrored_to_the_run_files_location_and_read_back_from_there(tmp_path):
+    """In a cluster the output directory is an emptyDir: the segment goes to the store."""
+    store = RunFiles(f"file://{tmp_path / 'store' / 'run'}")
+    ledger = Ledger(tmp_path / "pod", "inc", mirror=store)
+    ledger.record("start", restored_step=0)
+    ledger.mirror()
+    ledger.record("step", step=1, prompts=[])  # after the last mirror: not in the store yet
+    assert [e["event"] for e in read_ledger(store)] == ["start"]
+    ledger.mirror()
+    assert [e["event"] for e in read_ledger(store)] == ["start", "step"]
+    assert read_ledger(tmp_path / "elsewhere") == []
+
+
+def test_a_version_published_after_the_segments_last_copy_still_counts_as_published(tmp_path):
+    """A trainer pod killed after publishing v2 but before its next checkpoint: its segment's
+    copy ends before v2, an agent loaded v2, and the restarted trainer publishes another v2.
+    The per-version record copied out before the announcement keeps the load accounted for."""
+    store = RunFiles(str(tmp_path / "store"))
+    killed = Ledger(tmp_path / "pod-1", "a", mirror=store)
+    killed.record("start", restored_step=0)
+    killed.mirror_published(killed.record("published", version=1, digest="d1"))
+    killed.record("checkpoint", step=1)
+    killed.mirror()
+    killed.mirror_published(killed.record("published", version=2, digest="d2-killed"))  # never in the segment's copy
+    time.sleep(0.002)
+    resumed = Ledger(tmp_path / "pod-2", "b", mirror=store)
+    resumed.record("start", restored_step=1)
+    resumed.mirror_published(resumed.record("published", version=2, digest="d2"))
+    resumed.record("end", step=1, in_flight=[])
+    resumed.mirror()
+    events = read_ledger(store)
+    assert sum(e["event"] == "published" for e in events) == 3  # each once: the copies are not doubled
+    loads = [(1, "d1"), (2, "d2-killed"), (2, "d2")]
+    assert audit(events, loads).partial_versions_loaded == 0
+    assert audit(events, [(2, "never")]).partial_versions_loaded == 1

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import sys
 
+from kuberl.operator.cli.audit import add_audit_command
 from kuberl.operator.cli.crds import cmd_crds
 from kuberl.operator.cli.render import add_render_command
 from kuberl.operator.cli.run import add_run_command
@@ -26,6 +27,7 @@ def build_parser() -> argparse.ArgumentParser:
     validate.set_defaults(func=cmd_validate)
     add_run_command(sub)
     add_render_command(sub)
+    add_audit_command(sub)
     register_operator_command(sub)
     return parser
 

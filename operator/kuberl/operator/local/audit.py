@@ -1,28 +1,26 @@
-"""The audit of a `kuberl run` output directory: the trainer's ledger plus the agents' weight loads."""
+"""The audit of a job's records: the trainer's ledger against the rollout agents' weight loads.
+
+Both live in the job's run-files location (`observe.uploads.RunFiles`): a `kuberl run`
+output directory, or ``<checkpoint uri>/run`` on the store for a job in a cluster.
+"""
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
-from kuberl.workloads.trainer.ledger import LEDGER_FILE, Audit, audit, read_ledger
+from kuberl.workloads.observe.uploads import RunFiles
+from kuberl.workloads.rollout.load_records import read_loads
+from kuberl.workloads.trainer.ledger import Audit, audit, read_ledger
 
 
-def weight_loads(logs_dir: Path) -> list[tuple[int, str]]:
-    """(version, manifest digest) of every "weights swapped" line in the rollout agents' JSON logs."""
-    loads = []
-    for path in sorted(logs_dir.glob("rollout-*.log")):
-        for line in path.read_text(errors="replace").splitlines():
-            if '"weights swapped"' not in line:
-                continue
-            try:
-                entry = json.loads(line)
-            except ValueError:
-                continue
-            loads.append((int(entry["version"]), str(entry.get("digest", ""))))
-    return loads
+def audit_files(files: RunFiles) -> Audit:
+    """Replay the ledger under ``files`` against the versions its agents loaded (`trainer.ledger.audit`)."""
+    events = read_ledger(files)
+    if not events:
+        raise LookupError(f"no ledger under {files.uri}/ledger/ (a decoupled job writes one; is this its run-files location?)")
+    return audit(events, read_loads(files))
 
 
 def audit_run(output: Path) -> Audit:
-    """Replay ``output``'s ledger against the versions its agents loaded (`trainer.ledger.audit`)."""
-    return audit(read_ledger(output / LEDGER_FILE), weight_loads(output / "logs"))
+    """The audit of a `kuberl run` output directory."""
+    return audit_files(RunFiles(str(output)))

@@ -22,10 +22,12 @@ from kuberl.workloads.engines.batching import BatchingEngine, DispatchTracker
 from kuberl.workloads.engines.torch_engine import TorchEngine
 from kuberl.workloads.logs import get_logger
 from kuberl.workloads.observe.rollout_metrics import RolloutMetrics
+from kuberl.workloads.observe.uploads import run_files
 from kuberl.workloads.policy.job_model import job_model_dir, job_tokenizer
 from kuberl.workloads.policy.tiny.model import load_pretrained
 from kuberl.workloads.policy.tokenizer import Tokenizer
 from kuberl.workloads.rollout.episodes import SamplingSettings, env_session_timeout, run_group
+from kuberl.workloads.rollout.load_records import LoadRecords
 from kuberl.workloads.rollout.rewards import python_runner
 from kuberl.workloads.weights.manifest import local_versions
 from kuberl.workloads.weights.stages import StageClock
@@ -96,6 +98,8 @@ class RolloutAgent:
         self.groups_done = 0
         self.groups_abandoned = 0
         self.swaps = 0
+        self.load_records = LoadRecords(run_files(cfg), agent_id)
+        self._background: set[asyncio.Task] = set()
         self.trainer = TrainerClock()
         # Fetched versions land here and the engine loads them from here: a directory the
         # SGLang container reads too (an emptyDir in the rollout pod, $KUBERL_ENGINE_SCRATCH).
@@ -135,9 +139,14 @@ class RolloutAgent:
         self.accepting.set()
         self.swaps += 1
         seconds = time.perf_counter() - t0
-        self.metrics.swapped(version, seconds, clock.seconds())
+        stages = clock.seconds()
+        self.metrics.swapped(version, seconds, stages)
         log.info("weights swapped", agent=self.agent_id, version=version, digest=digest, policy=self.cfg.rollout.weight_swap,
-                 seconds=round(seconds, 3), stages=clock.seconds())
+                 seconds=round(seconds, 3), stages=stages)
+        # Off the swap's path: a slow store delays the record, never the next swap.
+        record = asyncio.create_task(asyncio.to_thread(self.load_records.loaded, version, digest))
+        self._background.add(record)
+        record.add_done_callback(self._background.discard)
         if self.buffer is not None:
             try:
                 await self.buffer.state.report_agent(self.agent_id, version)

@@ -109,7 +109,8 @@ async def run_decoupled(cfg: WorkloadConfig) -> None:
             trained = [g[0].prompt_id for g in groups]
             feeder.settle(trained)
             for row in rows:  # the round's groups are recorded with its last step
-                ledger.record("step", step=row["step"], prompts=trained if row is rows[-1] else [])
+                ledger.record("step", step=row["step"], prompts=trained if row is rows[-1] else [],
+                              reward_mean=row["reward_mean"])
             for row in rows:
                 row["stale_dropped"] = stale_dropped
                 row["in_flight"] = len(feeder)
@@ -143,6 +144,7 @@ async def run_decoupled(cfg: WorkloadConfig) -> None:
                 row["time_weight_sync_s"] = round(sync_s / len(rows), 4)
                 await tr.report(row)
         ledger.record("end", step=tr.progress.step, in_flight=[p.prompt_id for p in feeder.snapshot()])
+        await asyncio.to_thread(tr.mirror_ledger)
     finally:
         tr.close()
         if session is not None:

@@ -1,7 +1,12 @@
 """The trainer's ledger: what it issued, trained, dropped, published and committed, and its audit.
 
-Decoupled mode writes one JSON line per event to ``<output_dir>/ledger.jsonl``, appended
-across restarts. A checkpoint commits everything since the previous one; a restart rolls
+Decoupled mode writes one JSON line per event. Each trainer process (an *incarnation*)
+writes a segment of its own, ``<output_dir>/ledger/<start ms>-<incarnation>.jsonl``; the
+ledger is the segments in order. In a cluster the output directory is the pod's emptyDir,
+so the trainer copies its segment to the run-files location (`observe.uploads.RunFiles`,
+``<checkpoint uri>/run/ledger/``) before every checkpoint and at the end: what a killed
+pod's segment lacks is what came after its last checkpoint, which a restart rolls back
+anyway. A checkpoint commits everything since the previous one; a restart rolls
 back what came after the checkpoint it resumed from (the prompt counter, the optimizer
 steps, the answered prompts are all restored from it). `audit` replays the ledger with that
 rule and says whether the committed history holds the guarantees the job promises:
@@ -19,11 +24,17 @@ its id with a higher attempt, so slots are what must be accounted for.
 from __future__ import annotations
 
 import json
+import time
 from collections import Counter
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-LEDGER_FILE = "ledger.jsonl"
+from kuberl.workloads.observe.uploads import RunFiles
+
+LEDGER_DIR = "ledger"
+# One object per version published, copied out before the version is announced: agents may
+# load a version published after the segment's last copy, by a trainer killed before the next.
+PUBLISHED_DIR = f"{LEDGER_DIR}/published"
 
 
 def prompt_slot(prompt_id: str) -> int:
@@ -31,28 +42,60 @@ def prompt_slot(prompt_id: str) -> int:
     return int(prompt_id.rsplit(".", 1)[1])
 
 
+def segment_name(incarnation: str, started: float) -> str:
+    """A segment's file name: sorting the names puts the incarnations in the order they started."""
+    return f"{int(started * 1000):013d}-{incarnation}.jsonl"
+
+
 class Ledger:
-    """Appends events; a no-op without a directory (pods without a local output dir)."""
+    """Appends this incarnation's events to its segment; `mirror` copies the segment out."""
 
-    def __init__(self, directory: str | None, incarnation: str):
-        self.path = Path(directory) / LEDGER_FILE if directory else None
+    def __init__(self, directory: str | Path, incarnation: str, mirror: RunFiles | None = None):
         self.incarnation = incarnation
+        self.path = Path(directory) / LEDGER_DIR / segment_name(incarnation, time.time())
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self._mirror = mirror
 
-    def record(self, event: str, **fields) -> None:
-        if self.path is None:
-            return
+    def record(self, event: str, **fields) -> dict:
+        entry = {"event": event, "incarnation": self.incarnation, **fields}
         with self.path.open("a") as f:
-            f.write(json.dumps({"event": event, "incarnation": self.incarnation, **fields}) + "\n")
+            f.write(json.dumps(entry) + "\n")
+        return entry
+
+    def mirror_published(self, entry: dict) -> None:
+        """Copy one "published" event out on its own (raises on failure: callers retry)."""
+        if self._mirror is not None:
+            name = f"{PUBLISHED_DIR}/{self.path.stem}-{entry['version']:010d}.json"
+            self._mirror.put_bytes(name, json.dumps(entry).encode())
+
+    def mirror(self) -> None:
+        """Copy the segment to the run-files location (raises on failure: callers retry)."""
+        if self._mirror is not None and self.path.exists():
+            self._mirror.put_file(self.path, f"{LEDGER_DIR}/{self.path.name}")
 
 
-def read_ledger(path: str | Path) -> list[dict]:
-    """The events of a ledger file; a torn last line (the writer was killed mid-write) is skipped."""
+def parse_segment(text: str) -> list[dict]:
+    """The events of one segment; a torn last line (the writer was killed mid-write) is skipped."""
     events = []
-    for line in Path(path).read_text().splitlines():
+    for line in text.splitlines():
         try:
             events.append(json.loads(line))
         except ValueError:
             continue
+    return events
+
+
+def read_ledger(location: RunFiles | str | Path) -> list[dict]:
+    """Every segment's events, in the order the incarnations started; then the "published"
+    events copied out on their own that their segment's copy lacks (the audit reads those
+    only as the set of versions published whole, so where they stand does not matter)."""
+    files = location if isinstance(location, RunFiles) else RunFiles(str(location))
+    events = [e for name in files.list(LEDGER_DIR) if name.endswith(".jsonl")
+              for e in parse_segment(files.read(name).decode(errors="replace"))]
+    seen = {(e["incarnation"], e["version"]) for e in events if e["event"] == "published"}
+    for name in files.list(PUBLISHED_DIR):
+        extra = parse_segment(files.read(name).decode(errors="replace"))
+        events += [e for e in extra if (e.get("incarnation"), e.get("version")) not in seen]
     return events
 
 
@@ -153,3 +196,9 @@ def audit(events: list[dict], loads: list[tuple[int, str]] = ()) -> Audit:
     a.slots_in_flight_at_end = len(in_flight)
     a.slots_lost = len(issued - set(trained) - set(dropped) - in_flight)
     return a
+
+
+def committed_rewards(events: list[dict]) -> list[float]:
+    """The mean reward of each committed step, in step order (what a chaos run's final reward is read from)."""
+    steps = {e["step"]: e["reward_mean"] for e in committed_events(events, Audit()) if e["event"] == "step" and "reward_mean" in e}
+    return [steps[s] for s in sorted(steps)]

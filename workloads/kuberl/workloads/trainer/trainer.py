@@ -23,6 +23,7 @@ from kuberl.workloads.engines.batching import BatchingEngine
 from kuberl.workloads.engines.torch_engine import TorchEngine
 from kuberl.workloads.logs import get_logger
 from kuberl.workloads.observe.run_loggers import RunLoggers
+from kuberl.workloads.observe.uploads import RunFiles
 from kuberl.workloads.observe.trainer_metrics import TrainerMetrics
 from kuberl.workloads.policy.backend import TrainerBackend, make_backend
 from kuberl.workloads.policy.job_model import job_model_dir, job_tokenizer
@@ -92,7 +93,10 @@ class Trainer:
         self.prometheus = TrainerMetrics()
         self.store = weight_store(cfg)
         self.buffer: JobBuffer | None = None
-        self.ledger = Ledger(cfg.output_dir, self.prompts.incarnation)
+        # In a cluster the ledger's segment is copied out with every checkpoint (the output
+        # directory is the pod's emptyDir); under kuberl run it is in the run's directory already.
+        mirror = RunFiles(cfg.run_files_uri, cfg.weight_store.endpoint, cfg.weight_store.region) if cfg.run_files_uri else None
+        self.ledger = Ledger(cfg.output_dir, self.prompts.incarnation, mirror)
         self.last_published: Published | None = None
         # The version published last stays here (weightStore.fullVersionEvery > 1): the next
         # is stored as deltas against it. On /tmp, the pod's emptyDir; gone with a restart,
@@ -145,9 +149,16 @@ class Trainer:
             "torch_rng": torch.get_rng_state(),
             "extra": extra or {},
         }
+        # The ledger first: a checkpoint in the store whose lead-up is not is what the audit
+        # could not tell from lost steps; the other way round, a restart rolls it back.
+        self.mirror_ledger()
         through_outage(lambda: self.ckpt.save(p.step, state), f"checkpoint of step {p.step}")
         self.ledger.record("checkpoint", step=p.step)
         self.loggers.flush()  # event files reach the run-files location with each checkpoint
+
+    def mirror_ledger(self) -> None:
+        """The ledger's segment to the run-files location, retried through a store outage."""
+        through_outage(self.ledger.mirror, "ledger copy")
 
     def rl_seconds(self) -> float:
         return self.progress.rl_seconds + (time.monotonic() - self._rl_t0)
@@ -268,9 +279,12 @@ class Trainer:
                                                           full_every=self.cfg.weight_store.full_version_every),
                                    f"weights version {version}")
         self.prometheus.weight_sync(published.seconds, published.bytes, published.stored_bytes, published.stages)
-        self.ledger.record("published", version=version, digest=published.digest, parent=published.parent,
-                           bytes=published.bytes, stored_bytes=published.stored_bytes, seconds=round(published.seconds, 3),
-                           stages=published.stages)
+        entry = self.ledger.record("published", version=version, digest=published.digest, parent=published.parent,
+                                   bytes=published.bytes, stored_bytes=published.stored_bytes,
+                                   seconds=round(published.seconds, 3), stages=published.stages)
+        # Out before the version is announced: an agent may load it and this process die
+        # before the segment's next copy.
+        through_outage(lambda: self.ledger.mirror_published(entry), f"ledger record of version {version}")
         self.last_published = published
         return published
 
@@ -283,8 +297,13 @@ class Trainer:
             log.warning("weight versions not pruned; retried at the next sync", error=str(e)[:200])
 
     def close(self) -> None:
-        """End of the trainer process: the run loggers finish (and copy their files out)."""
+        """End of the trainer process: the run loggers finish (and copy their files out), and
+        so does the ledger's segment, once (an end on a failure must not wait on the store)."""
         self.loggers.close()
+        try:
+            self.ledger.mirror()
+        except Exception as e:  # noqa: BLE001
+            log.warning("ledger segment not copied at exit", error=str(e)[:200])
         if self.published_dir is not None:
             shutil.rmtree(self.published_dir, ignore_errors=True)
 

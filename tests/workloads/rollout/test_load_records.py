@@ -1,0 +1,74 @@
+"""The agents' weight-load records and the audit that reads them back, on a directory and on
+real SeaweedFS (where a job in a cluster keeps them), and `kuberl audit` on both."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from kuberl.operator.cli.main import main as kuberl
+from kuberl.operator.local.audit import audit_files
+from kuberl.workloads.observe.uploads import RunFiles
+from kuberl.workloads.rollout.load_records import LoadRecords, read_loads
+from kuberl.workloads.trainer.ledger import Ledger
+
+
+def _a_finished_job(files: RunFiles, tmp_path, *, loaded_digest: str) -> None:
+    """A trainer that published v1 whole and finished; one agent restarted between its loads."""
+    ledger = Ledger(tmp_path / "trainer-pod", "inc", mirror=files)
+    for event, fields in [("start", {"restored_step": 0}), ("published", {"version": 1, "digest": "d1"}),
+                          ("issued", {"prompts": ["p@inc.0"]}), ("step", {"step": 1, "prompts": ["p@inc.0"]}),
+                          ("checkpoint", {"step": 1}), ("end", {"step": 1, "in_flight": []})]:
+        ledger.record(event, **fields)
+    ledger.mirror()
+    assert LoadRecords(files, "agent-0", started=1.0).loaded(1, "d1")
+    again = LoadRecords(files, "agent-0", started=2.0)  # the restarted container: a file of its own
+    assert again.loaded(1, loaded_digest)
+
+
+def test_loads_of_every_agent_process_are_read_back_from_a_directory(tmp_path):
+    files = RunFiles(str(tmp_path / "run"))
+    records = LoadRecords(files, "rollout-0")
+    records.loaded(3, "a")
+    records.loaded(4, "b")  # the file is rewritten whole: both loads are in it
+    LoadRecords(files, "rollout-1").loaded(4, "b")
+    assert sorted(read_loads(files)) == [(3, "a"), (4, "b"), (4, "b")]
+
+
+def test_a_store_that_is_away_loses_the_write_not_the_load(tmp_path):
+    blocked = tmp_path / "blocked"
+    blocked.write_text("a file where the directory should be")
+    records = LoadRecords(RunFiles(str(blocked)), "rollout-0")
+    assert not records.loaded(1, "a")  # logged, not raised: the agent keeps serving
+    blocked.unlink()
+    assert records.loaded(2, "b") and read_loads(RunFiles(str(blocked))) == [(1, "a"), (2, "b")]
+
+
+@pytest.fixture
+def store_env(s3_server, monkeypatch):
+    monkeypatch.setenv("AWS_ACCESS_KEY_ID", s3_server.access_key)
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", s3_server.secret_key)
+    return s3_server
+
+
+def test_the_audit_reads_a_cluster_job_from_the_store(store_env, s3_bucket, tmp_path, capsys):
+    """What a job in a cluster leaves: the ledger's segments and the agents' loads under
+    <checkpoint uri>/run on the store, read back by `kuberl audit` after every pod is gone."""
+    uri = f"s3://{s3_bucket}/kuberl/ns/job/checkpoints/run"
+    files = RunFiles(uri, store_env.endpoint)
+    _a_finished_job(files, tmp_path, loaded_digest="d1")
+    report = audit_files(files)
+    assert report.finished and report.steps == 1 and report.versions_loaded == 1
+    assert report.zeros() == dict.fromkeys(report.zeros(), 0)
+    assert kuberl(["audit", uri, "--endpoint", store_env.endpoint]) == 0
+    assert json.loads(capsys.readouterr().out)["slots_trained"] == 1
+
+
+def test_kuberl_audit_fails_on_a_version_loaded_that_was_never_published_whole(tmp_path, capsys):
+    files = RunFiles(str(tmp_path / "run"))
+    _a_finished_job(files, tmp_path, loaded_digest="half-written")
+    assert kuberl(["audit", str(tmp_path / "run")]) == 1
+    assert "partial_versions_loaded" in capsys.readouterr().err
+    assert kuberl(["audit", str(tmp_path / "nothing-here")]) == 2
+    assert "no ledger under" in capsys.readouterr().err

@@ -1,0 +1,56 @@
+"""The weight versions each rollout agent loaded, kept where the audit reads them later.
+
+The audit (`trainer.ledger.audit`) checks every version an agent loaded against the
+versions the trainer published whole, by the digest of the files. An agent's logs do not
+outlive its pod, and a restarted container keeps only the previous one's, so each agent
+process writes its loads to the run-files location (`observe.uploads.RunFiles`: the
+store's ``<checkpoint uri>/run/loads/`` in a cluster, the run's directory under `kuberl run`),
+one file per process, rewritten after every swap. Best effort: a store that is away loses
+nothing of the serving, and the file is written again, whole, at the next swap.
+"""
+
+from __future__ import annotations
+
+import json
+import threading
+import time
+
+from kuberl.workloads.logs import get_logger
+from kuberl.workloads.observe.uploads import RunFiles
+
+log = get_logger(__name__)
+
+LOADS_DIR = "loads"
+
+
+class LoadRecords:
+    def __init__(self, files: RunFiles, agent_id: str, started: float | None = None):
+        self.files = files
+        self.name = f"{LOADS_DIR}/{agent_id}-{int((started or time.time()) * 1000):013d}.jsonl"
+        self.lines: list[str] = []
+        self._lock = threading.Lock()  # writes overlap when the store is slow: the last holds every line
+
+    def loaded(self, version: int, digest: str) -> bool:
+        """Record a load; returns whether the file reached the location this time."""
+        line = json.dumps({"version": version, "digest": digest, "time": round(time.time(), 3)})
+        try:
+            with self._lock:
+                self.lines.append(line)
+                self.files.put_bytes(self.name, ("\n".join(self.lines) + "\n").encode())
+        except Exception as e:  # noqa: BLE001 (written whole again at the next swap)
+            log.warning("weight-load record not written; rewritten at the next swap", file=self.name, error=str(e)[:200])
+            return False
+        return True
+
+
+def read_loads(files: RunFiles) -> list[tuple[int, str]]:
+    """(version, manifest digest) of every load any agent recorded."""
+    loads = []
+    for name in files.list(LOADS_DIR):
+        for line in files.read(name).decode(errors="replace").splitlines():
+            try:
+                entry = json.loads(line)
+                loads.append((int(entry["version"]), str(entry["digest"])))
+            except (ValueError, KeyError, TypeError):
+                continue
+    return loads
