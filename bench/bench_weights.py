@@ -27,6 +27,7 @@ from pathlib import Path
 
 import numpy as np
 from _common import SeaweedS3, median, write_result
+from bench_weight_deltas import bf16_bytes
 
 from kuberl.workloads.weights.manifest import local_version
 from kuberl.workloads.weights.store import (
@@ -43,10 +44,6 @@ def make_files(src: Path, shards: int, shard_mib: int) -> None:
     for i in range(shards):
         (src / f"model-{i + 1:05d}-of-{shards:05d}.safetensors").write_bytes(os.urandom(shard_mib * MiB))
     (src / "config.json").write_text('{"architectures": ["LlamaForCausalLM"]}')
-
-
-def bf16_bytes(weights: np.ndarray) -> bytes:
-    return (weights.view(np.uint32) >> 16).astype(np.uint16).tobytes()
 
 
 def make_step_pair(before: Path, after: Path, shards: int, shard_mib: int, share: float, seed: int) -> float:

@@ -22,9 +22,8 @@ FINAL_WINDOW = 50  # steps whose mean reward is the run's final reward
 
 
 def run_job(kube, ns: str, args, chaos: bool) -> dict:
-    from e2e.in_sandbox.node_chaos import GROUP, VERSION, Chaos, audit_job
+    from e2e.in_sandbox.node_chaos import GROUP, VERSION, Chaos, audit_job, chaos_job_on_the_node
     from e2e.in_sandbox.node_support import _ns, copy_stack_credentials
-    from e2e.in_sandbox.test_chaos_on_node import chaos_job_on_the_node
 
     _ns(kube, ns)
     copy_stack_credentials(kube, ns)

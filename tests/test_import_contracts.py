@@ -24,8 +24,9 @@ OPERATOR_MAY_IMPORT = {
     "kuberl.workloads.buffer.kv",
     # The shape of a NATS credentials Secret, read the same way by the operator and the pods.
     "kuberl.workloads.buffer.auth",
-    # The trainer's ledger format, replayed by the audit of a `kuberl run` output (`local.audit`).
-    "kuberl.workloads.trainer.ledger",
+    # The audit's inputs (`local.audit`, `kuberl audit`): the trainer's ledger, the agents'
+    # weight-load records, and the run-files location (s3:// or a directory) they are in.
+    "kuberl.workloads.trainer.ledger", "kuberl.workloads.rollout.load_records", "kuberl.workloads.observe.uploads",
 }
 PURE = ["kuberl.operator.api", "kuberl.operator.naming", "kuberl.operator.children", "kuberl.operator.decisions",
         "kuberl.operator.schema", "kuberl.workloads.rl", "kuberl.workloads.spec", "kuberl.workloads.buffer.names",

@@ -118,11 +118,21 @@ class Store:
             subprocess.run(["rm", "-rf", str(work)], capture_output=True)
         return len(out)
 
+    def image_targets(self) -> dict[str, str]:
+        """Every image record: its name → the digest of the manifest it points at."""
+        lines = self.ctr("images", "list").stdout.decode().splitlines()[1:]
+        return {cols[0]: cols[2] for cols in (line.split() for line in lines) if len(cols) >= 3}
+
     def prune_images(self, keep: set[str]) -> list[str]:
-        """Remove the kuberl.local images not in `keep` (earlier builds): the root is
-        cached across runs and each build of a big image would stay otherwise; the
-        garbage collector then frees their content and snapshots."""
-        stale = sorted(ref for ref in self.images() if ref.startswith(LOCAL_REGISTRY) and ref not in keep)
+        """Remove the image records that point at none of `keep`'s manifests: earlier builds
+        of kuberl.local images, and the records the CRI plugin adds for every image it ran,
+        named by its config digest (``sha256:…``), which kept each earlier build's layers
+        (1.2 GB a workload image) in the cached root. The garbage collector then frees their
+        content and snapshots; the CRI plugin names a kept image again when it runs it."""
+        targets = self.image_targets()
+        kept = {targets[ref] for ref in keep if ref in targets}
+        stale = sorted(ref for ref, digest in targets.items() if ref not in keep and digest not in kept
+                       and (ref.startswith(LOCAL_REGISTRY) or ref.startswith("sha256:")))
         if stale:
             self.ctr("images", "remove", "--sync", *stale, check=False)
         return stale

@@ -24,7 +24,7 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from e2e.in_sandbox.node_support import RELEASE_NS, STACK_CREDENTIALS
+from e2e.in_sandbox.node_support import RELEASE_NS, STACK_CREDENTIALS, tiny_job_on_the_node
 from kuberl.operator.api.constants import LABEL_ROLE, ROLE_AGENTENV, ROLE_ROLLOUT, ROLE_TRAINER
 from kuberl.operator.api.rljob import RLJob
 from kuberl.operator.local.audit import audit_files
@@ -34,6 +34,21 @@ from tests.support.fixtures_cluster import Kube
 
 GROUP, VERSION = "kuberl.io", "v1alpha1"
 S3_PORT = 8333
+
+
+def chaos_job_on_the_node(namespace: str, steps: int = 150, checkpoint_every: int = 10) -> dict:
+    """The node's tiny job, scored by an inline arithmetic AgentEnv, restarted as often as it is killed."""
+    job = tiny_job_on_the_node(namespace)
+    job["metadata"]["name"] = "tiny-chaos"
+    spec = job["spec"]
+    spec["reward"] = {"type": "agentEnv", "agentEnv": "sums"}
+    spec["agentEnvs"] = [{"name": "sums", "spec": {
+        "task": "arithmetic", "replicas": 1, "concurrencyPerReplica": 256, "episodeTimeoutSeconds": 60,
+        "resources": {"requests": {"cpu": "100m", "memory": "256Mi"}, "limits": {"memory": "1Gi"}}}}]
+    spec["runPolicy"].update(maxSteps=steps, backoffLimit=1000)
+    spec["checkpoint"]["intervalSteps"] = checkpoint_every
+    spec["evaluation"]["intervalSteps"] = steps
+    return job
 
 
 def kind_of(role: str, container: str) -> str | None:

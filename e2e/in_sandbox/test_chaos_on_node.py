@@ -15,38 +15,22 @@ import json
 
 import pytest
 
-from e2e.in_sandbox.node_chaos import GROUP, VERSION, Chaos, audit_job
-from e2e.in_sandbox.node_support import RELEASE_NS, _ns, copy_stack_credentials, diagnostics, tiny_job_on_the_node
+from e2e.in_sandbox.node_chaos import GROUP, VERSION, Chaos, audit_job, chaos_job_on_the_node
+from e2e.in_sandbox.node_support import RELEASE_NS, _ns, copy_stack_credentials, diagnostics
 from tests.support.fixtures_cluster import Kube, wait_until
 
 pytestmark = [pytest.mark.e2e, pytest.mark.cluster]
 
 STEPS = 150
-CHECKPOINT_EVERY = 10
 KILL_ORDER = ("env server", "rollout agent", "trainer")
 KILL_STEPS = (20, 40, 60)  # each kill once the job's status has passed this step
-
-
-def chaos_job_on_the_node(namespace: str, steps: int = STEPS, checkpoint_every: int = CHECKPOINT_EVERY) -> dict:
-    """The node's tiny job, scored by an inline arithmetic AgentEnv, restarted as often as it is killed."""
-    job = tiny_job_on_the_node(namespace)
-    job["metadata"]["name"] = "tiny-chaos"
-    spec = job["spec"]
-    spec["reward"] = {"type": "agentEnv", "agentEnv": "sums"}
-    spec["agentEnvs"] = [{"name": "sums", "spec": {
-        "task": "arithmetic", "replicas": 1, "concurrencyPerReplica": 256, "episodeTimeoutSeconds": 60,
-        "resources": {"requests": {"cpu": "100m", "memory": "256Mi"}, "limits": {"memory": "1Gi"}}}}]
-    spec["runPolicy"].update(maxSteps=steps, backoffLimit=1000)
-    spec["checkpoint"]["intervalSteps"] = checkpoint_every
-    spec["evaluation"]["intervalSteps"] = steps
-    return job
 
 
 def test_sigkilled_trainer_agent_and_env_server_lose_nothing_and_train_nothing_twice(release: Kube):
     kube = release
     ns = _ns(kube, "node-chaos")
     copy_stack_credentials(kube, ns)
-    job = chaos_job_on_the_node(ns)
+    job = chaos_job_on_the_node(ns, steps=STEPS)
     name = job["metadata"]["name"]
     kube.custom.create_namespaced_custom_object(GROUP, VERSION, ns, "rljobs", job)
     chaos = Chaos(kube, ns, name, every=0)

@@ -70,6 +70,19 @@ def test_a_real_node_stops_without_leaving_anything_behind():
     assert not workdir.exists()
 
 
+def test_the_cached_containerd_root_keeps_only_this_builds_images(node_kube: Kube):
+    """The node's containerd root is cached across runs (~/.cache/kuberl/containerd). At a
+    node's start every image record that points at none of this build's images is removed,
+    the CRI plugin's ``sha256:`` records of earlier builds included (they kept 1.2 GB of
+    layers per workload-image build), so the garbage collector frees what they held."""
+    from e2e.images.build import NODE_IMAGES
+
+    store = node_kube.plane.node.containerd
+    targets = store.image_targets()
+    ours = {targets[node_kube.images[name]] for name in NODE_IMAGES}
+    assert set(targets.values()) <= ours, {ref: d for ref, d in targets.items() if d not in ours}
+
+
 PROBE = """
 import json, socket, ssl, urllib.request
 host = "kubernetes.default.svc.cluster.local"

@@ -27,8 +27,8 @@ ROOT = Path(__file__).resolve().parents[3]
 METRICS = ("loss", "grad_norm", "kl", "ratio_mean", "clip_frac")
 
 
-def _gang_round(out: Path, tensor: int, ranks: int, resume_from: Path | None) -> dict:
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONWARNINGS": "ignore"}
+def _gang_round(out: Path, tensor: int, ranks: int, resume_from: Path | None, store: dict) -> dict:
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONWARNINGS": "ignore", **store}
     module = ["-m", "tests.workloads.policy.test_megatron_gang", str(out), str(tensor), str(ranks), str(resume_from or "")]
     if ranks == 1:
         cmd = [sys.executable, *module]
@@ -42,11 +42,29 @@ def _gang_round(out: Path, tensor: int, ranks: int, resume_from: Path | None) ->
 
 
 @pytest.fixture(scope="module")
-def rounds(tmp_path_factory) -> dict[str, dict]:
+def rounds(tmp_path_factory, s3_server) -> dict[str, dict]:
     base = tmp_path_factory.mktemp("gang")
+    bucket = f"gang-{os.getpid()}"
+    s3_server.client().create_bucket(Bucket=bucket)
+    store = {"KUBERL_TEST_S3": s3_server.endpoint, "KUBERL_TEST_BUCKET": bucket, "AWS_ACCESS_KEY_ID": s3_server.access_key,
+             "AWS_SECRET_ACCESS_KEY": s3_server.secret_key, "AWS_DEFAULT_REGION": "us-east-1"}
     # Each round also resumes the previous round's checkpoint: one's at TP=2, TP=2's at DP=2, DP=2's at one rank.
-    return {name: _gang_round(base / name, tensor, ranks, base / previous / "checkpoints" if previous else None)
+    return {name: _gang_round(base / name, tensor, ranks, base / previous / "checkpoints" if previous else None, store)
             for name, tensor, ranks, previous in (("one", 1, 1, None), ("tp2", 2, 2, "one"), ("dp2", 1, 2, "tp2"))}
+
+
+@pytest.mark.parametrize("layout", ["one", "tp2", "dp2"])
+def test_the_gang_publishes_its_weights_in_parts_that_fetch_bit_exactly(rounds, layout):
+    """`Trainer.publish` on the gang (`weights.shards`): each owning rank uploads the HF
+    tensors of the parameters it owns, a file per tensor-parallel rank (data-parallel
+    replicas add none), rank 0 the manifest; the fetched version is the gang's weights, bit
+    for bit; the next version (weightStore.fullVersionEvery 4) goes as deltas against each
+    rank's previous part and rebuilds exactly."""
+    r = rounds[layout]
+    parts = {"one": 1, "tp2": 2, "dp2": 1}[layout]
+    assert r["model_files"] == [f"model-{i + 1:05d}-of-{parts:05d}.safetensors" for i in range(parts)], r["model_files"]
+    assert r["published_exact"] and r["delta_exact"] and r["delta_moved"], layout
+    assert r["delta_parent"] == r["first_version"] and r["delta_stored"] < r["delta_bytes"]
 
 
 @pytest.mark.parametrize("layout", ["tp2", "dp2"])
@@ -101,6 +119,8 @@ def worker(out: Path, tensor: int, ranks: int, resume_from: Path | None) -> None
     cfg = _tiny_config(out, algorithm={"entropyCoef": 0.0, "klCoef": 0.05, "groupSize": 3, "globalBatchSize": 3, "rolloutBatchSize": 12},
                        trainer={"backend": "megatron", "replicas": ranks, "gpusPerReplica": 0, "parallelism": {"tensor": tensor}},
                        model={"source": "builtin://tiny", "dtype": "float32", "warmupSftSteps": 2})
+    cfg = cfg.model_copy(update={"weight_store": cfg.weight_store.model_copy(update={
+        "endpoint": os.environ["KUBERL_TEST_S3"], "bucket": os.environ["KUBERL_TEST_BUCKET"], "full_version_every": 4})})
     if rank() != 0:
         calls = follow(MegatronTrainerBackend(job_model_dir(cfg), cfg))
         (out / "follower.json").write_text(json.dumps({"calls": calls}))
@@ -132,12 +152,43 @@ def worker(out: Path, tensor: int, ranks: int, resume_from: Path | None) -> None
             tr.backend.load_checkpoint_state({"model": state["model"], "optimizer": {}}, keep_reference=True)
         except ValueError as e:
             refusal = str(e)
+    published = _publish_twice(tr, out, first=1000 + 10 * tensor + ranks)  # a version per layout: one bucket
     release_followers()  # the gang ends here: its process groups are closed
     pick = lambda rs: [{k: r[k] for k in ("samples", "reward_mean", *METRICS)} for r in rs]  # noqa: E731
     torch.save({"weights": weights, "start": start}, out / "result.pt")
     (out / "rows.json").write_text(json.dumps({
         "rows": pick(rows), "second": pick(second), "replayed": pick(replayed), "world": world,
-        "resumed": pick(resumed), "refusal": refusal}))
+        "resumed": pick(resumed), "refusal": refusal, **published}))
+
+
+def _publish_twice(tr, out: Path, first: int) -> dict:
+    """Two versions through `Trainer.publish` (the gang's sharded path), each fetched back
+    and compared with the gang's weights; the second is stored as deltas against the first."""
+    from kuberl.workloads.trainer.warm_start import warmup_batches
+    from kuberl.workloads.weights.manifest import local_version
+    from kuberl.workloads.weights.sync import read_checkpoint_dir, weight_store
+
+    store = weight_store(tr.cfg)
+    tr.progress.version = first
+    found, found_weights = {}, {}
+    for label in ("published", "delta"):
+        if label == "delta":  # the weights move a little, as between two syncs: one supervised step at a small rate
+            tr.backend.warm_start(warmup_batches(tr.prompts.problems, tr.tokenizer, 1, seed=1), 1e-6)
+            tr.progress.version += 1
+        weights = tr.backend.hf_state()
+        published = tr.publish()
+        have = [v for v in [local_version(out / "fetched" / "first")] if v is not None]
+        path, manifest = store.fetch(published.version, out / "fetched" / ("first" if label == "published" else "second"), have=have)
+        got = read_checkpoint_dir(path)
+        found[f"{label}_exact"] = sorted(got) == sorted(weights) and all(torch.equal(got[k], weights[k]) for k in weights)
+        found[f"{label}_moved"] = label == "published" or not all(torch.equal(weights[k], found_weights[k]) for k in weights)
+        found_weights = weights
+        if label == "published":
+            found["model_files"] = sorted(f.name for f in manifest.files if f.name.endswith(".safetensors"))
+        else:
+            found |= {"delta_parent": manifest.parent, "delta_stored": manifest.stored_bytes, "delta_bytes": manifest.total_bytes}
+    found["first_version"] = first
+    return found
 
 
 if __name__ == "__main__":

@@ -6,6 +6,8 @@ import time
 
 from prometheus_client import Counter, Gauge, Histogram
 
+from kuberl.workloads.weights.stages import LOAD_STAGES
+
 REQUESTS_IN_FLIGHT = Gauge("kuberl_rollout_requests_in_flight", "Generation requests queued or running on the engine.")
 GROUPS_IN_FLIGHT = Gauge("kuberl_rollout_groups_in_flight", "Prompt groups being generated.")
 REQUEST_SECONDS = Histogram("kuberl_rollout_generation_seconds", "Latency of one generation request (queue + engine batch).",
@@ -16,9 +18,11 @@ SWAPS = Counter("kuberl_rollout_weight_swaps", "Policy versions loaded into the 
 SWAP_SECONDS = Histogram("kuberl_rollout_weight_swap_seconds", "Fetch + load time of one policy version.",
                          buckets=(0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300))
 SWAP_STAGE_SECONDS = Histogram("kuberl_rollout_weight_swap_stage_seconds",
-                               "Seconds one policy version spent in each load stage (weights.stages: download, reconstruct, "
-                               "verify, engine_load; per-file stages summed over file threads).", ["stage"],
+                               f"Seconds one policy version spent in each load stage (weights.stages: {', '.join(LOAD_STAGES)}; "
+                               "per-file stages summed over file threads).", ["stage"],
                                buckets=(0.01, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300))
+for _stage in LOAD_STAGES:  # every stage's series from the start (see trainer_metrics)
+    SWAP_STAGE_SECONDS.labels(_stage)
 ENGINE_VERSION = Gauge("kuberl_rollout_policy_version", "Policy version the engine serves.")
 TRAINER_VERSION = Gauge("kuberl_rollout_trainer_version", "Newest policy version the trainer announced.")
 ENGINE_HEALTHY = Gauge("kuberl_rollout_engine_healthy", "1 when the engine's last call succeeded, 0 when it failed.")

@@ -6,6 +6,8 @@ from typing import Any
 
 from prometheus_client import Counter, Gauge, Histogram
 
+from kuberl.workloads.weights.stages import PUBLISH_STAGES
+
 STEP = Gauge("kuberl_trainer_step", "Optimizer steps completed.")
 POLICY_VERSION = Gauge("kuberl_trainer_policy_version", "Policy version of the trainer's weights.")
 SAMPLES = Counter("kuberl_trainer_samples", "Samples trained on.")
@@ -29,9 +31,11 @@ WEIGHT_SYNC_BYTES = Counter("kuberl_trainer_weight_sync_bytes", "Bytes of policy
 WEIGHT_SYNC_STORED_BYTES = Counter("kuberl_trainer_weight_sync_stored_bytes",
                                    "Bytes uploaded for policy versions (below the version's bytes when stored as deltas).")
 WEIGHT_SYNC_STAGE_SECONDS = Histogram("kuberl_trainer_weight_sync_stage_seconds",
-                                      "Seconds one policy version spent in each publish stage (weights.stages: quantise, serialise, "
-                                      "checksum, encode, upload, manifest; per-file stages summed over file threads).", ["stage"],
+                                      f"Seconds one policy version spent in each publish stage (weights.stages: {', '.join(PUBLISH_STAGES)}; "
+                                      "per-file stages summed over file threads).", ["stage"],
                                       buckets=(0.01, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300))
+for _stage in PUBLISH_STAGES:  # every stage's series from the start: a stage that never ran shows 0, not "no data"
+    WEIGHT_SYNC_STAGE_SECONDS.labels(_stage)
 EVAL = Gauge("kuberl_trainer_eval_score", "Latest held-out evaluation, by dataset and score (greedy, pass@1, pass@k).", ["dataset", "score"])
 
 PHASES = {"generation": "time_generate_s", "training": "train_s", "weight_sync": "time_weight_sync_s",

@@ -28,7 +28,7 @@ class RunFiles:
         url = urlparse(self.uri)
         self._client = None
         if url.scheme == "s3":
-            from kuberl.workloads.weights.store import s3_client
+            from kuberl.workloads.weights.s3 import s3_client
 
             self._client = s3_client(endpoint, region_name=region or "us-east-1")
             self._bucket, self._prefix = url.netloc, url.path.strip("/")

@@ -14,7 +14,7 @@ def job_s3_client(cfg: WorkloadConfig, source: str):
     """s3:// models and datasets are read with the weight store's endpoint and credentials."""
     if urlparse(source).scheme != "s3":
         return None
-    from kuberl.workloads.weights.store import s3_client
+    from kuberl.workloads.weights.s3 import s3_client
 
     return s3_client(cfg.weight_store.endpoint, region_name=cfg.weight_store.region or "us-east-1")
 

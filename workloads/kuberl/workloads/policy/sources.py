@@ -112,7 +112,7 @@ def _verified(directory: Path) -> bool:
 
 def _from_s3(bucket: str, prefix: str, client) -> Path:
     if client is None:
-        from kuberl.workloads.weights.store import s3_client
+        from kuberl.workloads.weights.s3 import s3_client
 
         client = s3_client(os.environ.get("KUBERL_MODEL_S3_ENDPOINT") or os.environ.get("AWS_ENDPOINT_URL"))
     prefix = prefix if not prefix or prefix.endswith("/") else prefix + "/"

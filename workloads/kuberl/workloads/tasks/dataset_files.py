@@ -50,7 +50,7 @@ def dataset_file(name: str, source: str, *, s3_client=None) -> Path:
 
 def _from_s3(name: str, bucket: str, key: str, client) -> Path:
     if client is None:
-        from kuberl.workloads.weights.store import s3_client
+        from kuberl.workloads.weights.s3 import s3_client
 
         client = s3_client(os.environ.get("AWS_ENDPOINT_URL"))
     try:

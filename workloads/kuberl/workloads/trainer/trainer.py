@@ -36,6 +36,7 @@ from kuberl.workloads.trainer.groups import staleness_weights
 from kuberl.workloads.trainer.ledger import Ledger
 from kuberl.workloads.trainer.prompts import PromptSource, curriculum_stages
 from kuberl.workloads.trainer.warm_start import WARMUP_LR, warmup_batches
+from kuberl.workloads.weights.manifest import delta_allowed
 from kuberl.workloads.weights.outage import through_outage
 from kuberl.workloads.weights.sync import Published, publish_policy, weight_store
 
@@ -270,14 +271,24 @@ class Trainer:
             await self.buffer.state.publish_version(self.last_published.version, self.last_published.uri)
 
     def publish(self) -> Published:
-        """Publish the current weights as the current version (retried through an S3 outage)."""
-        state, version = self.backend.hf_state(), self.progress.version
-        last = self.last_published.local if self.last_published is not None else None
-        published = through_outage(lambda: publish_policy(self.store, state, self.backend.hf_config, version,
-                                                          self.cfg.weight_store.fp8, dtype=self.cfg.model.dtype,
-                                                          keep_in=self.published_dir, last=last,
-                                                          full_every=self.cfg.weight_store.full_version_every),
-                                   f"weights version {version}")
+        """Publish the current weights as the current version (retried through an S3 outage).
+
+        A backend that holds the model in slices (the megatron gang: `publish_shards`)
+        publishes in parts, each rank its own share; the others hand this process the whole
+        state, which it publishes alone."""
+        version, store_spec = self.progress.version, self.cfg.weight_store
+        if (shards := getattr(self.backend, "publish_shards", None)) is not None:
+            last = self.last_published.manifest if self.last_published is not None else None
+            parent = (last.version, last.depth) if delta_allowed(last, store_spec.full_version_every) else None
+            published = shards(version, self.cfg.model.dtype, store_spec.fp8, parent, store_spec.full_version_every > 1)
+        else:
+            state = self.backend.hf_state()
+            last_local = self.last_published.local if self.last_published is not None else None
+            published = through_outage(lambda: publish_policy(self.store, state, self.backend.hf_config, version,
+                                                              store_spec.fp8, dtype=self.cfg.model.dtype,
+                                                              keep_in=self.published_dir, last=last_local,
+                                                              full_every=store_spec.full_version_every),
+                                       f"weights version {version}")
         self.prometheus.weight_sync(published.seconds, published.bytes, published.stored_bytes, published.stages)
         entry = self.ledger.record("published", version=version, digest=published.digest, parent=published.parent,
                                    bytes=published.bytes, stored_bytes=published.stored_bytes,

@@ -1,6 +1,6 @@
 """Riding out an S3 outage: retry what failed for a transient reason, with backoff, for a long window.
 
-The S3 client retries a request a few times within seconds (`store.s3_client`); a store that
+The S3 client retries a request a few times within seconds (`weights.s3.s3_client`); a store that
 is down for a minute (a restart, a network partition) outlasts that. The trainer then waits,
 retrying, rather than crash into a restart loop that needs the same store to resume from:
 a weight version stays invisible until its manifest lands (written last), and a checkpoint

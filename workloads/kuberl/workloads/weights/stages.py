@@ -16,6 +16,7 @@ from contextlib import contextmanager
 
 PUBLISH_STAGES = ("quantise", "serialise", "checksum", "encode", "upload", "manifest")
 LOAD_STAGES = ("download", "reconstruct", "verify", "engine_load")
+STAGES = PUBLISH_STAGES + LOAD_STAGES
 
 
 class StageClock:
@@ -34,6 +35,8 @@ class StageClock:
             self.add(name, time.perf_counter() - started)
 
     def add(self, name: str, seconds: float) -> None:
+        if name not in STAGES:  # the metrics' label values and the dashboard's series are these names
+            raise ValueError(f"unknown weight-sync stage {name!r}; one of {STAGES}")
         with self._lock:
             self._seconds[name] = self._seconds.get(name, 0.0) + seconds
 

@@ -19,7 +19,7 @@ is published: a manifest naming ``../x`` cannot make a fetch write outside its d
 Transfers: files go in parallel over a thread pool, and each large file is itself split
 into parallel multipart uploads / ranged GETs by boto3's transfer manager (TransferConfig).
 The client's connection pool should hold ``file_workers * max_concurrency`` connections
-(:func:`s3_client` sizes it).
+(`weights.s3.s3_client` sizes it).
 """
 
 from __future__ import annotations
@@ -74,16 +74,6 @@ def _check_confined(version: int, manifest: Manifest, dest: Path) -> None:
 def default_transfer_config() -> TransferConfig:
     return TransferConfig(multipart_threshold=16 * MiB, multipart_chunksize=16 * MiB, max_concurrency=8,
                           use_threads=True)
-
-
-def s3_client(endpoint_url: str | None = None, *, pool: int = 64, **kwargs):
-    """A boto3 S3 client whose connection pool fits parallel multipart transfers."""
-    import boto3
-    from botocore.config import Config
-
-    cfg = Config(max_pool_connections=pool, retries={"max_attempts": 5, "mode": "standard"},
-                 s3={"addressing_style": "path"})
-    return boto3.client("s3", endpoint_url=endpoint_url, config=cfg, **kwargs)
 
 
 class WeightStore:
@@ -157,24 +147,35 @@ class WeightStore:
         """
         clock = clock or StageClock()
         src = Path(src_dir)
-        files = sorted(p for p in src.iterdir() if p.is_file() and p.name != MANIFEST)
-        if not files:
-            raise WeightStoreError(f"nothing to publish in {src}")
-        check_file_names(version, [p.name for p in files])  # before any upload: never write a manifest readers refuse
         if not overwrite and version in self.versions():
             raise VersionExistsError(f"weights version {version} already published at {self.manifest_uri(version)}")
         if quantization is None and (src / "config.json").exists():
             quantization = json.loads((src / "config.json").read_text()).get("quantization_config")
-        t0 = time.perf_counter()
+        entries = self.upload_files(version, src, parent.path if parent is not None else None, clock)
+        deltas = any(e.encoding != "raw" for e in entries)
+        return self.commit(version, entries, dtype=dtype, quantization=quantization, meta=meta,
+                           parent=(parent.version, parent.manifest.depth) if deltas else None, clock=clock, local=src)
+
+    def upload_files(self, version: int, src_dir: str | os.PathLike, parent_dir: Path | None = None,
+                     clock: StageClock | None = None) -> list[FileEntry]:
+        """Upload every file of ``src_dir`` (flat) under ``version``, no manifest: one part of
+        a version several processes publish (`weights.shards`), or the body of `publish`.
+        A file of the same name and size in ``parent_dir`` pairs it for a delta."""
+        clock = clock or StageClock()
+        src = Path(src_dir)
+        files = sorted(p for p in src.iterdir() if p.is_file() and p.name != MANIFEST)
+        if not files:
+            raise WeightStoreError(f"nothing to publish in {src}")
+        check_file_names(version, [p.name for p in files])  # before any upload: never write a manifest readers refuse
         staging = Path(tempfile.mkdtemp(prefix=".kuberl-delta-", dir=src.parent))  # beside src: the same disk
 
         def put(path: Path) -> FileEntry:
             with clock.stage("checksum"):
                 size, digest = path.stat().st_size, sha256_file(path)
-            if parent is not None and delta.pairable(path, parent.path / path.name):
+            if parent_dir is not None and delta.pairable(path, parent_dir / path.name):
                 encoded = staging / (path.name + delta.SUFFIX)
                 with clock.stage("encode"):
-                    stored = delta.encode(path, parent.path / path.name, encoded)
+                    stored = delta.encode(path, parent_dir / path.name, encoded)
                 if stored <= 0.9 * size:
                     with clock.stage("upload"):
                         self.client.upload_file(str(encoded), self.bucket, self._key(version, encoded.name), Config=self.transfer)
@@ -187,18 +188,31 @@ class WeightStore:
 
         try:
             with ThreadPoolExecutor(self.file_workers, thread_name_prefix="kuberl-put") as pool:
-                entries = list(pool.map(put, files))
+                return list(pool.map(put, files))
         finally:
             shutil.rmtree(staging, ignore_errors=True)
-        deltas = any(e.encoding != "raw" for e in entries)
+
+    def commit(self, version: int, entries: list[FileEntry], *, dtype: str, quantization: dict[str, Any] | None = None,
+               meta: dict[str, Any] | None = None, parent: tuple[int, int] | None = None, clock: StageClock | None = None,
+               local: Path | None = None) -> Manifest:
+        """Write the manifest of ``version`` over files already uploaded (``entries``): the
+        version becomes visible here, whole. ``parent``: (version, its depth) when any entry
+        is a delta. ``local``: a directory that gets a copy of the manifest (a `LocalVersion`)."""
+        clock = clock or StageClock()
+        entries = sorted(entries, key=lambda e: e.name)
+        check_file_names(version, [e.name for e in entries])
+        if len({e.name for e in entries}) != len(entries):
+            raise WeightStoreError(f"weights version {version}: two parts uploaded a file of the same name")
+        if any(e.encoding != "raw" for e in entries) and parent is None:
+            raise WeightStoreError(f"weights version {version}: delta files but no parent version")
         manifest = Manifest(version=version, files=entries, dtype=dtype, quantization=quantization, meta=meta or {},
-                            parent=parent.version if deltas else None, depth=parent.manifest.depth + 1 if deltas else 0)
+                            parent=parent[0] if parent else None, depth=parent[1] + 1 if parent else 0)
         with clock.stage("manifest"):
             self._write_manifest(version, manifest)  # last: the version becomes visible here
-        (src / MANIFEST).write_bytes(manifest.to_json())
-        dt = time.perf_counter() - t0
+        if local is not None:
+            (local / MANIFEST).write_bytes(manifest.to_json())
         log.info("weights published", version=version, files=len(entries), bytes=manifest.total_bytes,
-                 stored_bytes=manifest.stored_bytes, parent=manifest.parent, seconds=round(dt, 3), stages=clock.seconds(),
+                 stored_bytes=manifest.stored_bytes, parent=manifest.parent, stages=clock.seconds(),
                  uri=self.manifest_uri(version))
         return manifest
 

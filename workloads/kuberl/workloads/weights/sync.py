@@ -23,9 +23,10 @@ import torch
 
 from kuberl.workloads.config import WorkloadConfig
 from kuberl.workloads.weights import fp8
-from kuberl.workloads.weights.manifest import LocalVersion, delta_allowed, version_name
+from kuberl.workloads.weights.manifest import LocalVersion, Manifest, delta_allowed, version_name
 from kuberl.workloads.weights.stages import StageClock
-from kuberl.workloads.weights.store import WeightStore, s3_client, save_sharded
+from kuberl.workloads.weights.s3 import s3_client
+from kuberl.workloads.weights.store import WeightStore, save_sharded
 
 
 def weight_store(cfg: WorkloadConfig) -> WeightStore:
@@ -44,9 +45,24 @@ class Published:
     parent: int | None = None  # the version its deltas are against; None when whole
     local: LocalVersion | None = None  # its files, kept for the next publish's deltas
     stages: dict[str, float] = field(default_factory=dict)  # seconds per stage (weights.stages.PUBLISH_STAGES)
+    manifest: Manifest | None = None  # what the next publish decides a delta parent by (`manifest.delta_allowed`)
 
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16}
+FP8_WIRE_DTYPE = "float8_e4m3fn"  # a manifest's dtype when the linear layers went out as FP8 blocks
+
+
+def engine_state(hf_state: dict[str, torch.Tensor], dtype: str, use_fp8: bool) -> tuple[dict[str, torch.Tensor], dict[str, str] | None]:
+    """The tensors as the engines load them: in ``dtype`` (``model.dtype``), or with ``use_fp8``
+    the linear layers quantised to FP8 blocks from the full-precision weights; and, for FP8,
+    the tensors kept in high precision with why (`fp8.quantize_state_dict`)."""
+    kept: dict[str, str] | None = None
+    state = {k: v.detach().contiguous() for k, v in hf_state.items()}
+    if use_fp8:
+        state, kept = fp8.quantize_state_dict({k: v.float() for k, v in state.items()})
+    state = {k: v if v.dtype == fp8.FP8_DTYPE or k.endswith(fp8.SCALE_SUFFIX) else v.to(DTYPES[dtype]).contiguous()
+             for k, v in state.items()}
+    return state, kept
 
 
 def publish_policy(store: WeightStore, hf_state: dict[str, torch.Tensor], hf_config: dict, version: int,
@@ -64,16 +80,11 @@ def publish_policy(store: WeightStore, hf_state: dict[str, torch.Tensor], hf_con
     t0 = time.monotonic()
     clock = StageClock()
     config = {**hf_config, "torch_dtype": dtype}
-    kept: dict[str, str] | None = None
-    with clock.stage("quantise"):  # to FP8 blocks, or to the engines' dtype
-        state = {k: v.detach().contiguous() for k, v in hf_state.items()}
-        if use_fp8:
-            state, kept = fp8.quantize_state_dict({k: v.float() for k, v in state.items()})
-            config["quantization_config"] = fp8.quantization_config(kept)
-        state = {k: v if v.dtype == fp8.FP8_DTYPE or k.endswith(fp8.SCALE_SUFFIX) else v.to(DTYPES[dtype]).contiguous()
-                 for k, v in state.items()}
+    with clock.stage("quantise"):
+        state, kept = engine_state(hf_state, dtype, use_fp8)
     if use_fp8:
-        dtype = "float8_e4m3fn"
+        config["quantization_config"] = fp8.quantization_config(kept)
+        dtype = FP8_WIRE_DTYPE
     parent = last if (keep_in is not None and last is not None and last.version != version
                       and delta_allowed(last.manifest, full_every)) else None
     if keep_in is None:
@@ -81,23 +92,23 @@ def publish_policy(store: WeightStore, hf_state: dict[str, torch.Tensor], hf_con
     else:
         where = Path(keep_in) / version_name(version)
         shutil.rmtree(where, ignore_errors=True)  # a version a crashed publish left half-written
+    manifest = None
     try:
         with clock.stage("serialise"):
             save_sharded(state, where, config=config)
         manifest = store.publish(version, where, dtype=dtype, overwrite=True, parent=parent, clock=clock)
-    except BaseException:
-        shutil.rmtree(where, ignore_errors=True)
-        raise
+    finally:
+        if manifest is None or keep_in is None:  # failed, or nothing to keep
+            shutil.rmtree(where, ignore_errors=True)
     local = None
-    if keep_in is None:
-        shutil.rmtree(where, ignore_errors=True)
-    else:
+    if keep_in is not None:
         local = LocalVersion(where, manifest)
         for old in Path(keep_in).glob("v*"):
             if old != where:
                 shutil.rmtree(old, ignore_errors=True)
     return Published(store.manifest_uri(version), manifest.total_bytes, time.monotonic() - t0, version, manifest.digest,
-                     stored_bytes=manifest.stored_bytes, parent=manifest.parent, local=local, stages=clock.seconds())
+                     stored_bytes=manifest.stored_bytes, parent=manifest.parent, local=local, stages=clock.seconds(),
+                     manifest=manifest)
 
 
 def read_checkpoint_dir(path: str | Path) -> dict[str, torch.Tensor]:

@@ -13,9 +13,13 @@ policy, all in HF layout: a gang of any shape (tensor, pipeline, data parallel) 
 
 from __future__ import annotations
 
+import atexit
 import functools
 import os
+import shutil
 import socket
+import tempfile
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -29,6 +33,11 @@ from kuberl.workloads.policy.megatron.optimizer_state import export_adam_state, 
 from kuberl.workloads.policy.megatron.policy import MegatronPolicy, load_hf_dir
 from kuberl.workloads.rl.ppo import RolloutBatch, StepResult, data_parallel_share, ppo_update
 from kuberl.workloads.spec import AlgorithmSpec
+from kuberl.workloads.weights.manifest import version_name
+from kuberl.workloads.weights.outage import through_outage
+from kuberl.workloads.weights.shards import commit_parts, publish_part
+from kuberl.workloads.weights.stages import StageClock
+from kuberl.workloads.weights.sync import Published, engine_state, weight_store
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16}
 
@@ -76,6 +85,11 @@ class MegatronTrainerBackend:
         self.policy = self._policy()
         self.policy.load_hf_state(weights)
         self.reference: MegatronPolicy | None = None
+        self.store = weight_store(cfg)  # every owning rank uploads its part of each version
+        # This rank's part of the version published last, for the next one's delta; on the
+        # pod's emptyDir, gone with a restart (the first version after one is whole).
+        self.parts_dir = Path(tempfile.mkdtemp(prefix="kuberl-parts-"))
+        atexit.register(shutil.rmtree, self.parts_dir, True)
 
     def _policy(self) -> MegatronPolicy:
         algo, par = self.cfg.algorithm, self.cfg.parallelism
@@ -86,6 +100,41 @@ class MegatronTrainerBackend:
     def hf_state(self) -> dict[str, torch.Tensor]:
         """A collective over the model-parallel group; every rank gets the full weights."""
         return {k: v.float().cpu() for k, v in self.policy.export_hf_state().items()}
+
+    def publish_shards(self, version: int, dtype: str, use_fp8: bool, parent: tuple[int, int] | None,
+                       keep: bool) -> Published | None:
+        """A weight sync in parts (`weights.shards`), a collective over the gang: each rank
+        that owns parameters uploads their HF tensors, rank 0 writes the manifest last and
+        gets the `Published` (the others None). ``parent``: (version, depth) to store deltas
+        against; ``keep``: each rank keeps its file for the next version's delta."""
+        t0, clock = time.monotonic(), StageClock()
+        owned = self.policy.owned_hf_state()  # a collective over the tensor-parallel group
+        part = None
+        if owned:
+            with clock.stage("quantise"):
+                state, kept = engine_state(owned, dtype, use_fp8)
+            index, parts = self.policy.pp_rank * self.policy.tp + self.policy.tp_rank, self.policy.tp * self.policy.pp
+            part = through_outage(lambda: publish_part(self.store, state, version, index, parts, keep_dir=self.parts_dir,
+                                                       parent=parent[0] if parent else None, kept=kept, clock=clock),
+                                  f"weights version {version}, part {index + 1} of {parts}")
+            if not keep:
+                shutil.rmtree(self.parts_dir / version_name(version), ignore_errors=True)
+        gathered = [None] * dist.get_world_size() if dist.get_rank() == 0 else None
+        dist.gather_object(part, gathered, dst=0, group=self.control)
+        if dist.get_rank() != 0:
+            return None
+        parts_done = [p for p in gathered if p is not None]
+        commit = StageClock()
+        manifest = through_outage(lambda: commit_parts(self.store, version, parts_done, self.hf_config, dtype=dtype,
+                                                       use_fp8=use_fp8, parent=parent, clock=commit),
+                                  f"weights version {version}, manifest")
+        stages: dict[str, float] = dict(commit.seconds())
+        for p in parts_done:  # per-rank stages add up, as per-file stages do over threads
+            for name, seconds in p.stages.items():
+                stages[name] = round(stages.get(name, 0.0) + seconds, 3)
+        return Published(self.store.manifest_uri(version), manifest.total_bytes, time.monotonic() - t0, version,
+                         manifest.digest, stored_bytes=manifest.stored_bytes, parent=manifest.parent, stages=stages,
+                         manifest=manifest)
 
     def ppo_update(self, batch: RolloutBatch, algo: AlgorithmSpec, max_steps: int | None) -> Iterator[StepResult]:
         """`rl.ppo.ppo_update`, each data-parallel rank on its share of every mini-batch."""

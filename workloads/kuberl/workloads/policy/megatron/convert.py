@@ -140,35 +140,49 @@ def hf_to_megatron(hf: dict[str, Tensor], shape: HFShape, *, tp: int = 1, tp_ran
     return out
 
 
+def param_to_hf(name: str, slices: list[Tensor], shape: HFShape, *, pp: int = 1, pp_rank: int = 0) -> dict[str, Tensor]:
+    """The HF tensors of one megatron parameter of stage ``pp_rank``, from its slices on every
+    tensor-parallel rank (in rank order). A stage that is not the one an HF tensor is taken
+    from gives nothing for it (a tied embedding on the last stage: the first stage's is it)."""
+    def cat0() -> Tensor:
+        return torch.cat(slices, dim=0)
+
+    def cat1() -> Tensor:
+        return torch.cat(slices, dim=1)
+
+    if name == "embedding.word_embeddings.weight":
+        return {"model.embed_tokens.weight": cat0()[: shape.vocab_size].clone()} if pp_rank == 0 else {}
+    if name == "decoder.final_layernorm.weight":
+        return {"model.norm.weight": slices[0].clone()}
+    if name == "output_layer.weight":
+        return {"lm_head.weight": cat0()[: shape.vocab_size].clone()}
+    if not name.startswith("decoder.layers."):
+        raise KeyError(f"no HF tensor for megatron parameter {name}")
+    local, rest = name[len("decoder.layers."):].split(".", 1)
+    dst = f"model.layers.{_layer_range(shape, pp, pp_rank)[int(local)]}."
+    if rest == "input_layernorm.weight":
+        return {dst + "input_layernorm.weight": slices[0].clone()}
+    if rest == "pre_mlp_layernorm.weight":
+        return {dst + "post_attention_layernorm.weight": slices[0].clone()}
+    if rest in ("self_attention.linear_qkv.weight", "self_attention.linear_qkv.bias"):
+        kind = rest.rsplit(".", 1)[1]
+        q, k, v = _split_qkv(cat0(), shape)
+        return {f"{dst}self_attn.q_proj.{kind}": q, f"{dst}self_attn.k_proj.{kind}": k, f"{dst}self_attn.v_proj.{kind}": v}
+    if rest == "self_attention.linear_proj.weight":
+        return {dst + "self_attn.o_proj.weight": cat1()}
+    if rest == "mlp.linear_fc1.weight":
+        halves = [t.chunk(2, dim=0) for t in slices]  # each rank holds [its gate; its up]
+        return {dst + "mlp.gate_proj.weight": torch.cat([g for g, _ in halves], dim=0),
+                dst + "mlp.up_proj.weight": torch.cat([u for _, u in halves], dim=0)}
+    if rest == "mlp.linear_fc2.weight":
+        return {dst + "mlp.down_proj.weight": cat1()}
+    raise KeyError(f"no HF tensor for megatron parameter {name}")
+
+
 def megatron_to_hf(ranks: list[list[dict[str, Tensor]]], shape: HFShape) -> dict[str, Tensor]:
     """Reassemble HF parameters from every rank's megatron state: `ranks[pp_rank][tp_rank]`."""
-    pp = len(ranks)
     hf: dict[str, Tensor] = {}
-
-    def cat0(name: str, stage: list[dict[str, Tensor]]) -> Tensor:
-        return torch.cat([r[name] for r in stage], dim=0)
-
-    def cat1(name: str, stage: list[dict[str, Tensor]]) -> Tensor:
-        return torch.cat([r[name] for r in stage], dim=1)
-
-    first, last = ranks[0], ranks[-1]
-    hf["model.embed_tokens.weight"] = cat0("embedding.word_embeddings.weight", first)[: shape.vocab_size].clone()
-    hf["model.norm.weight"] = last[0]["decoder.final_layernorm.weight"].clone()
-    if not shape.tied_embeddings:
-        hf["lm_head.weight"] = cat0("output_layer.weight", last)[: shape.vocab_size].clone()
     for pp_rank, stage in enumerate(ranks):
-        for local, layer in enumerate(_layer_range(shape, pp, pp_rank)):
-            src, dst = f"decoder.layers.{local}.", f"model.layers.{layer}."
-            hf[dst + "input_layernorm.weight"] = stage[0][src + "input_layernorm.weight"].clone()
-            hf[dst + "post_attention_layernorm.weight"] = stage[0][src + "pre_mlp_layernorm.weight"].clone()
-            q, k, v = _split_qkv(cat0(src + "self_attention.linear_qkv.weight", stage), shape)
-            hf[dst + "self_attn.q_proj.weight"], hf[dst + "self_attn.k_proj.weight"], hf[dst + "self_attn.v_proj.weight"] = q, k, v
-            if shape.qkv_bias:
-                qb, kb, vb = _split_qkv(cat0(src + "self_attention.linear_qkv.bias", stage), shape)
-                hf[dst + "self_attn.q_proj.bias"], hf[dst + "self_attn.k_proj.bias"], hf[dst + "self_attn.v_proj.bias"] = qb, kb, vb
-            hf[dst + "self_attn.o_proj.weight"] = cat1(src + "self_attention.linear_proj.weight", stage)
-            fc1 = [r[src + "mlp.linear_fc1.weight"].chunk(2, dim=0) for r in stage]
-            hf[dst + "mlp.gate_proj.weight"] = torch.cat([g for g, _ in fc1], dim=0)
-            hf[dst + "mlp.up_proj.weight"] = torch.cat([u for _, u in fc1], dim=0)
-            hf[dst + "mlp.down_proj.weight"] = cat1(src + "mlp.linear_fc2.weight", stage)
+        for name in stage[0]:
+            hf.update(param_to_hf(name, [r[name] for r in stage], shape, pp=len(ranks), pp_rank=pp_rank))
     return hf

@@ -22,6 +22,7 @@ from kuberl.workloads.policy.megatron.convert import (
     hf_to_megatron,
     megatron_to_hf,
     padded_vocab,
+    param_to_hf,
 )
 from kuberl.workloads.policy.megatron.cpu_shims import (
     install_cpu_shims,
@@ -185,6 +186,39 @@ class MegatronPolicy:
             stages = [None] * self.pp  # type: ignore[list-item]
             dist.all_gather_object(stages, [{k: v.cpu() for k, v in r.items()} for r in stage], group=self.pp_group)
         return megatron_to_hf(stages, self.shape)
+
+    def owners(self) -> dict[str, int]:
+        """Which tensor-parallel rank of this stage converts and publishes each parameter:
+        largest first, to the rank holding the fewest bytes so far (every rank computes the
+        same map: names and slice shapes are the same on every rank of a stage)."""
+        sizes = {k: v.numel() * v.element_size() for k, v in self.core.state_dict().items() if not k.endswith("_extra_state")}
+        load, owner = [0] * self.tp, {}
+        for name in sorted(sizes, key=lambda k: (-sizes[k], k)):
+            rank = load.index(min(load))
+            owner[name] = rank
+            load[rank] += sizes[name]
+        return owner
+
+    def owned_hf_state(self) -> dict[str, torch.Tensor]:
+        """The HF tensors this rank publishes (a sharded weight sync): whole tensors of the
+        parameters it owns (`owners`), their slices gathered from the other tensor-parallel
+        ranks to it alone. No rank holds more than its share; data-parallel replicas other
+        than the first hold nothing. A collective over the tensor-parallel group."""
+        if self.dp_rank != 0:
+            return {}
+        ranks = dist.get_process_group_ranks(self.tp_group)
+        out: dict[str, torch.Tensor] = {}
+        state = self.core.state_dict()
+        for name, owner in sorted(self.owners().items()):
+            tensor = state[name].detach().contiguous()
+            parts = [torch.empty_like(tensor) for _ in range(self.tp)] if owner == self.tp_rank else None
+            if self.tp > 1:
+                dist.gather(tensor, parts, dst=ranks[owner], group=self.tp_group)
+            elif parts is not None:
+                parts[0] = tensor
+            if parts is not None:
+                out.update(param_to_hf(name, [t.cpu() for t in parts], self.shape, pp=self.pp, pp_rank=self.pp_rank))
+        return out
 
     # ---- forward ----------------------------------------------------------------------
     def _mask_padded_vocab(self, logits: torch.Tensor) -> torch.Tensor:
