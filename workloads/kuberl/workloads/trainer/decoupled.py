@@ -29,6 +29,8 @@ async def run_decoupled(cfg: WorkloadConfig) -> None:
     extra = tr.restore_or_init()
     ledger = tr.ledger
     ledger.record("start", restored_step=tr.progress.step)
+    # Out at once: an incarnation killed before its first checkpoint still counts as a restart.
+    await asyncio.to_thread(tr.mirror_ledger)
     await tr.open_buffer()
     buf = tr.buffer
     # Versions only move forward: after a crash, agents may hold weights newer than the checkpoint.
