@@ -4,9 +4,9 @@ Decoupled mode writes one JSON line per event. Each trainer process (an *incarna
 writes a segment of its own, ``<output_dir>/ledger/<start ms>-<incarnation>.jsonl``; the
 ledger is the segments in order. In a cluster the output directory is the pod's emptyDir,
 so the trainer copies its segment to the run-files location (`observe.uploads.RunFiles`,
-``<checkpoint uri>/run/ledger/``) before every checkpoint and at the end: what a killed
-pod's segment lacks is what came after its last checkpoint, which a restart rolls back
-anyway. A checkpoint commits everything since the previous one; a restart rolls
+``<checkpoint uri>/run/ledger/``) right after its start, before every checkpoint and at
+the end: what a killed pod's segment lacks is what came after its last checkpoint, which a
+restart rolls back anyway. A checkpoint commits everything since the previous one; a restart rolls
 back what came after the checkpoint it resumed from (the prompt counter, the optimizer
 steps, the answered prompts are all restored from it). `audit` replays the ledger with that
 rule and says whether the committed history holds the guarantees the job promises:

@@ -16,7 +16,6 @@ gets there (rank 0 waits on it in a collective, and torchrun ends the gang).
 
 from __future__ import annotations
 
-import json
 import shutil
 import tempfile
 from dataclasses import dataclass, field
@@ -27,23 +26,15 @@ import torch
 from kuberl.workloads.weights import fp8
 from kuberl.workloads.weights.manifest import FileEntry, Manifest, version_name
 from kuberl.workloads.weights.stages import StageClock
-from kuberl.workloads.weights.names import INDEX
-from kuberl.workloads.weights.store import WeightStore
+from kuberl.workloads.weights.store import WeightStore, shard_file, write_index
 from kuberl.workloads.weights.sync import FP8_WIRE_DTYPE
-
-CONFIG = "config.json"
-
-
-def part_file(part: int, parts: int) -> str:
-    return f"model-{part + 1:05d}-of-{parts:05d}.safetensors"
-
 
 @dataclass
 class Part:
     """What one rank uploaded for a version: its file entries and the tensors in its file."""
 
     part: int
-    file: str  # `part_file`
+    file: str  # `store.shard_file`
     entries: list[FileEntry]
     tensors: list[str]
     total_bytes: int  # of its tensors, for the index's total_size
@@ -63,7 +54,7 @@ def publish_part(store: WeightStore, state: dict[str, torch.Tensor], version: in
     where = keep_dir / version_name(version)
     shutil.rmtree(where, ignore_errors=True)  # a part a crashed publish left half-written
     where.mkdir(parents=True)
-    name = part_file(part, parts)
+    name = shard_file(part, parts)
     with clock.stage("serialise"):
         save_file({k: v.contiguous() for k, v in state.items()}, str(where / name), metadata={"format": "pt"})
     parent_dir = keep_dir / version_name(parent) if parent is not None else None
@@ -95,9 +86,7 @@ def commit_parts(store: WeightStore, version: int, parts: list[Part], hf_config:
         config["quantization_config"] = fp8.quantization_config({k: v for p in parts for k, v in (p.kept or {}).items()})
     side = Path(tempfile.mkdtemp(prefix="kuberl-parts-"))
     try:
-        (side / CONFIG).write_text(json.dumps(config, indent=1, sort_keys=True))
-        (side / INDEX).write_text(json.dumps({"metadata": {"total_size": sum(p.total_bytes for p in parts)},
-                                              "weight_map": weight_map}, indent=1, sort_keys=True))
+        write_index(side, weight_map, sum(p.total_bytes for p in parts), config)
         entries = [e for p in parts for e in p.entries] + store.upload_files(version, side, clock=clock)
     finally:
         shutil.rmtree(side, ignore_errors=True)

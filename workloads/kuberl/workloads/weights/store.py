@@ -391,15 +391,22 @@ def save_sharded(tensors: dict[str, Any], out_dir: str | os.PathLike, *, max_sha
         groups[-1][name] = t.contiguous()
         size += nbytes
     n = len(groups)
-    names = [f"model-{i + 1:05d}-of-{n:05d}.safetensors" if n > 1 else "model.safetensors" for i in range(n)]
+    names = [shard_file(i, n) if n > 1 else "model.safetensors" for i in range(n)]
     weight_map = {}
     for fname, group in zip(names, groups, strict=True):
         save_file(group, str(out / fname), metadata={"format": "pt"})
         weight_map.update(dict.fromkeys(group, fname))
-    total = sum(t.numel() * t.element_size() for t in tensors.values())
-    (out / "model.safetensors.index.json").write_text(
-        json.dumps({"metadata": {"total_size": total}, "weight_map": weight_map}, indent=1, sort_keys=True)
-    )
+    write_index(out, weight_map, sum(t.numel() * t.element_size() for t in tensors.values()), config)
+    return names
+
+
+def shard_file(i: int, n: int) -> str:
+    """The HF name of shard ``i`` (from 0) of ``n``."""
+    return f"model-{i + 1:05d}-of-{n:05d}.safetensors"
+
+
+def write_index(out: Path, weight_map: dict[str, str], total_size: int, config: dict[str, Any] | None = None) -> None:
+    """The safetensors index (which file holds each tensor) and, given one, config.json."""
+    (out / INDEX).write_text(json.dumps({"metadata": {"total_size": total_size}, "weight_map": weight_map}, indent=1, sort_keys=True))
     if config is not None:
         (out / "config.json").write_text(json.dumps(config, indent=1, sort_keys=True))
-    return names
