@@ -29,7 +29,7 @@ from _common import write_result
 
 from kuberl.workloads.weights import delta, fp8
 from kuberl.workloads.weights.manifest import sha256_file
-from kuberl.workloads.weights.store import save_sharded
+from kuberl.workloads.weights.hf_files import save_sharded
 
 GB = 1e9
 

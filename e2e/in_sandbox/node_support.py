@@ -87,7 +87,10 @@ def tiny_job_on_the_node(namespace: str) -> dict:
                                credentialsSecret={"name": STACK_CREDENTIALS})
     small = {"requests": {"cpu": "500m", "memory": "1Gi"}, "limits": {"memory": "4Gi"}}
     spec["trainer"]["resources"] = small
-    spec["rollout"]["template"]["resources"] = small
+    # Two agents on the one node: one downloads each version, the other copies it from it
+    # (weightFetch perNode); their quarter cores fit beside the trainer and the stack.
+    spec["rollout"]["template"].update(replicas=2, minReplicas=2, maxReplicas=2,
+                                       resources={"requests": {"cpu": "250m", "memory": "1Gi"}, "limits": {"memory": "4Gi"}})
     spec["runPolicy"]["maxSteps"] = MAX_STEPS
     spec["checkpoint"]["intervalSteps"] = 20
     spec["evaluation"]["intervalSteps"] = 100

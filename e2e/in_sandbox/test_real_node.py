@@ -16,7 +16,7 @@ import pytest
 
 from e2e.cluster.node import NODE_NAME
 from e2e.cluster.node_network import POD_SUBNET
-from e2e.in_sandbox.node_chaos import audit_job
+from e2e.in_sandbox.node_chaos import audit_job, job_run_files
 from e2e.in_sandbox.node_support import (
     MAX_STEPS,
     RELEASE,
@@ -27,6 +27,7 @@ from e2e.in_sandbox.node_support import (
     diagnostics,
     tiny_job_on_the_node,
 )
+from kuberl.workloads.rollout.load_records import load_sources
 from tests.support.fixtures_cluster import Kube, wait_until
 
 pytestmark = [pytest.mark.e2e, pytest.mark.cluster]
@@ -186,6 +187,10 @@ def _train_tiny_job(release: Kube) -> None:
     # after the pods are gone: the deletions lost no prompt and trained none twice.
     audit, _ = audit_job(kube, ns, job)
     assert audit.finished and audit.restarts >= 1 and audit.steps == MAX_STEPS, audit
+    # The two agents on the node downloaded each version once between them: one from the
+    # store for the node, the other a copy from it (weightFetch perNode).
+    sources = load_sources(job_run_files(kube, ns, job))
+    assert sources.get("store-claimed", 0) >= 3 and sources.get("relay", 0) >= 3, sources
     assert audit.zeros() == dict.fromkeys(audit.zeros(), 0), audit
     steps = [s["step"] for s in seen]
     assert final["step"] >= MAX_STEPS and max(steps) >= MAX_STEPS

@@ -259,6 +259,23 @@ def test_torch_pool_is_agent_only_and_pause_zeroes_replicas():
     assert [x["name"] for x in svc["spec"]["ports"]] == ["metrics"]
 
 
+def test_agents_learn_their_node_and_address_and_serve_weights_only_when_they_share_them():
+    """weightFetch perNode (the default): the agent knows its node and pod address (downward
+    API) and declares the port it serves the node's downloads on; perAgent: none of it."""
+    agent = _containers(rollout_deployment(pool(), NS, S, bound_job="agentic-tools"))["agent"]
+    refs = {e["name"]: e["valueFrom"]["fieldRef"]["fieldPath"] for e in agent["env"] if "fieldRef" in e.get("valueFrom", {})}
+    assert refs["NODE_NAME"] == "spec.nodeName" and refs["POD_IP"] == "status.podIP"
+    assert env_of(agent)["KUBERL_WEIGHT_RELAY_PORT"] == "9410"
+    assert {"name": "weights", "containerPort": 9410} in agent["ports"]
+    p = pool()
+    p.spec.agent.weight_fetch = "perAgent"
+    unshared = _containers(rollout_deployment(p, NS, S, bound_job="agentic-tools"))["agent"]
+    assert "NODE_NAME" not in env_of(unshared) and "KUBERL_WEIGHT_RELAY_PORT" not in env_of(unshared)
+    assert [x["name"] for x in unshared["ports"]] == ["metrics"]
+    cfg = job_workload_config(job("decoupled-agentic.yaml"), referenced_pool=p.spec)
+    assert cfg.rollout.weight_fetch == "perAgent"
+
+
 def test_selector_string_matches_deployment_selector():
     assert selector_string(pool_selector("p")) == "kuberl.io/role=rollout,kuberl.io/rollout-pool=p"
 

@@ -72,3 +72,15 @@ def test_kuberl_audit_fails_on_a_version_loaded_that_was_never_published_whole(t
     assert "partial_versions_loaded" in capsys.readouterr().err
     assert kuberl(["audit", str(tmp_path / "nothing-here")]) == 2
     assert "no ledger under" in capsys.readouterr().err
+
+
+def test_each_load_says_where_its_files_came_from(tmp_path):
+    from kuberl.workloads.rollout.load_records import load_sources
+
+    files = RunFiles(str(tmp_path))
+    records = LoadRecords(files, "agent-0", started=1.0)
+    records.loaded(1, "a", "store-claimed")
+    records.loaded(2, "b", "relay")
+    LoadRecords(files, "agent-1", started=1.0).loaded(2, "b", "relay")
+    assert load_sources(files) == {"store-claimed": 1, "relay": 2}
+    assert read_loads(files) == [(1, "a"), (2, "b"), (2, "b")]

@@ -93,12 +93,26 @@ async def _one_group(buf: JobBuffer, timeout: float = 60):
     raise AssertionError("no trajectories arrived")
 
 
+class SlowLoadingEngine(SlowEngine):
+    """Each weight load takes ``load_s``; records (version, started, ended) of every load."""
+
+    def __init__(self):
+        super().__init__(delay_s=0.0)
+        self.load_s, self.loads, self.loading = 0.0, [], None
+
+    def load_dir(self, path, version):
+        started, self.loading = time.monotonic(), version
+        time.sleep(self.load_s)
+        super().load_dir(path, version)
+        self.loads.append((version, started, time.monotonic()))
+
+
 @contextlib.asynccontextmanager
-async def agent_on_version_0(cfg, delay_s: float):
+async def agent_on_version_0(cfg, delay_s: float, engine: SlowEngine | None = None):
     """A rollout agent on a slow engine, running against the job's buffer with version 0 loaded."""
     await create_job_streams(cfg.buffer.url, cfg.job.namespace, cfg.job.name, BufferConfig.from_spec(cfg.buffer))  # the operator's part
     buf = await JobBuffer.open(cfg.buffer.url, cfg.job.namespace, cfg.job.name, BufferConfig.from_spec(cfg.buffer))
-    engine = SlowEngine(delay_s=delay_s)
+    engine = engine or SlowEngine(delay_s=delay_s)
     agent = RolloutAgent(cfg, "agent-0", engine=engine)
     running = asyncio.create_task(agent.run())
     try:
@@ -156,3 +170,28 @@ async def test_a_prompt_is_abandoned_a_bounded_number_of_times_then_runs_to_the_
         group = await _one_group(buf)
         assert agent.groups_abandoned == ABANDON_AT_MOST
         assert {t.policy_version for t in group} == {0} and len(group) == 2
+
+
+@pytest.mark.servers
+async def test_the_next_version_downloads_while_the_engine_loads_the_last(job_config):
+    """A version announced while the engine loads the one before is fetched meanwhile, not
+    after: its download overlaps the load (issue 15, part 3)."""
+    store = weight_store(job_config)
+    manifests = {v: (await asyncio.to_thread(publish_policy, store, seeded_model(v).state_dict(), TinyConfig().to_hf(), v,
+                                             dtype="float32")).uri for v in (1, 2)}
+    async with agent_on_version_0(job_config, delay_s=0.0, engine=SlowLoadingEngine()) as (buf, agent, engine):
+        fetches = {}
+        fetch_version = agent.fetch_version
+
+        async def recorded(version):
+            fetches[version] = time.monotonic()
+            return await fetch_version(version)
+
+        agent.fetch_version = recorded
+        engine.load_s = 3.0
+        await _announce(job_config, buf, 1, manifests[1])
+        await wait_until("version 1 loading", lambda: engine.loading == 1)
+        await _announce(job_config, buf, 2, manifests[2])
+        await wait_until("version 2 loaded", lambda: engine.policy_version == 2)
+    [(_, load_1_started, load_1_ended)] = [load for load in engine.loads if load[0] == 1]
+    assert load_1_started < fetches[2] < load_1_ended, (fetches, engine.loads)

@@ -19,7 +19,8 @@ from kuberl.workloads.weights.manifest import (
     local_versions,
     plan_prune,
 )
-from kuberl.workloads.weights.store import WeightStore, save_sharded
+from kuberl.workloads.weights.hf_files import save_sharded
+from kuberl.workloads.weights.store import WeightStore
 from kuberl.workloads.weights.sync import publish_policy
 
 pytestmark = pytest.mark.servers

@@ -15,7 +15,8 @@ from kuberl.workloads.weights.manifest import (
     VersionNotFoundError,
     plan_prune,
 )
-from kuberl.workloads.weights.store import WeightStore, save_sharded
+from kuberl.workloads.weights.hf_files import save_sharded
+from kuberl.workloads.weights.store import WeightStore
 
 pytestmark = pytest.mark.servers
 

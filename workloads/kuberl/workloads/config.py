@@ -39,6 +39,12 @@ CONFIG_ENV = "KUBERL_CONFIG"
 METRICS_PORT_ENV = "KUBERL_METRICS_PORT"
 ENGINE_URL_ENV = "KUBERL_ENGINE_URL"  # a rollout agent's own SGLang server (`kuberl run`); overrides rollout.engine_url
 METRICS_ADDR_ENV = "KUBERL_METRICS_ADDR"
+# Where a rollout agent serves its weight versions to the other agents of its node
+# (rollout.node_share): the node's name and the pod's address from the downward API, the
+# port the operator declares. A local process uses this host's name, loopback, a free port.
+NODE_NAME_ENV = "NODE_NAME"
+POD_IP_ENV = "POD_IP"
+WEIGHT_RELAY_PORT_ENV = "KUBERL_WEIGHT_RELAY_PORT"
 DEFAULT_CONFIG_PATH = "/etc/kuberl/config.yaml"
 # Credentials reach pods from Secrets only (never the ConfigMap): the job's
 # spec.buffer.credentialsSecret is mounted at NATS_CREDENTIALS_MOUNT (keys: `creds`, a NATS
@@ -67,6 +73,8 @@ class RolloutRuntime(ApiModel):
     concurrency: int = Field(ge=1, description="Prompt groups generated at the same time.")
     weight_swap: Literal["pause", "drain"] = Field(description="What happens to in-flight requests on a new policy version.")
     abandon_stale_groups: bool = Field(description="Stop groups the trainer could no longer use and hand their prompts back.")
+    weight_fetch: Literal["perNode", "perAgent"] = Field(
+        "perNode", description="perNode: one agent of a node downloads each version and the node's others copy it from that agent.")
 
 
 class WorkloadConfig(ApiModel):

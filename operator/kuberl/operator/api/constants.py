@@ -61,3 +61,5 @@ ROLE_AGENTENV = "agentenv"
 RENDEZVOUS_PORT = 29500
 ENGINE_PORT = 30000
 WORKLOAD_METRICS_PORT = 9400
+# A rollout agent serves the weight versions it downloaded to the other agents of its node (weightFetch perNode).
+WEIGHT_RELAY_PORT = 9410

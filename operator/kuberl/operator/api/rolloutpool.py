@@ -51,6 +51,12 @@ class AgentSpec(ApiModel):
         description=("Stop a group the moment the trainer has moved more than maxOffPolicySteps past the version it was generated "
                      "with (the trainer would drop it) and hand its prompt back for a fresh attempt on current weights."),
     )
+    weight_fetch: Literal["perNode", "perAgent"] = Field(
+        "perNode",
+        description=("Where a policy version's files come from: perNode (one agent per node downloads it from the weight store; "
+                     "the node's other agents copy it from that agent over the pod network, every file checked against the "
+                     "store's manifest, and download it themselves when the copy fails) or perAgent (every agent downloads it)."),
+    )
     env: list[EnvVar] | None = Field(None, max_length=LIST_MAX, json_schema_extra=list_map("name"), description="Extra environment variables.")
 
 

@@ -8,6 +8,7 @@ from typing import Any
 from kuberl.operator.api import RLJob, RolloutPool
 from kuberl.operator.api.constants import (
     WORKLOAD_METRICS_PORT,
+    WEIGHT_RELAY_PORT,
     API_VERSION,
     ENGINE_PORT,
     LABEL_JOB,
@@ -50,7 +51,14 @@ from kuberl.operator.children.common import (
 )
 from kuberl.operator.naming import inline_pool_name, pool_selector
 from kuberl.operator.settings import OperatorSettings
-from kuberl.workloads.config import CONFIG_ENV, DEFAULT_CONFIG_PATH, METRICS_PORT_ENV
+from kuberl.workloads.config import (
+    CONFIG_ENV,
+    DEFAULT_CONFIG_PATH,
+    METRICS_PORT_ENV,
+    NODE_NAME_ENV,
+    POD_IP_ENV,
+    WEIGHT_RELAY_PORT_ENV,
+)
 
 
 def default_pool_spec(job: RLJob) -> RolloutPoolSpec:
@@ -253,14 +261,25 @@ def rollout_deployment(
         # The torch engine runs inside the agent process: the agent gets the pool's resources.
         agent_resources = container_resources(spec.resources, spec.gpus_per_replica, ROLE_TORCH_AGENT_DEFAULTS)
     users = user_env(agent.env)
+    ports = [{"name": "metrics", "containerPort": WORKLOAD_METRICS_PORT}]
+    if agent.weight_fetch == "perNode":
+        # Which node it is on and the address its neighbours reach it at: the agents of a
+        # node download each version once and copy it from one another (rollout.node_share).
+        agent_env[WEIGHT_RELAY_PORT_ENV] = str(WEIGHT_RELAY_PORT)
+        ports.append({"name": "weights", "containerPort": WEIGHT_RELAY_PORT})
+        users_first = {e["name"] for e in users}
+        node_env = [{"name": name, "valueFrom": {"fieldRef": {"fieldPath": path}}}
+                    for name, path in ((NODE_NAME_ENV, "spec.nodeName"), (POD_IP_ENV, "status.podIP")) if name not in users_first]
+    else:
+        node_env = []
     containers.append({
         "name": "agent",
         "image": agent_image,
         "imagePullPolicy": settings.image_pull_policy,
         "command": ["python", "-m", "kuberl.workloads.rollout"],
-        "env": env_list(agent_env) + downward_env() + nats_env + credential_env(weight_store_credentials_secret)
+        "env": env_list(agent_env) + downward_env() + node_env + nats_env + credential_env(weight_store_credentials_secret)
                + writable_env(users) + users,
-        "ports": [{"name": "metrics", "containerPort": WORKLOAD_METRICS_PORT}],
+        "ports": ports,
         "resources": agent_resources,
         "securityContext": restricted_container_security(),
         "volumeMounts": agent_mounts,

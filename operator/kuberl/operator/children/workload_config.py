@@ -51,7 +51,8 @@ def workload_config(
             # Every rollout pod runs its own server next to the agent: loopback is the same URL in all of them.
             url = engine_url_override or engine_url()
         rollout = RolloutRuntime(engine=pool.engine.type, engine_url=url, concurrency=agent.concurrency,
-                                 weight_swap=agent.weight_swap, abandon_stale_groups=agent.abandon_stale_groups)
+                                 weight_swap=agent.weight_swap, abandon_stale_groups=agent.abandon_stale_groups,
+                                 weight_fetch=agent.weight_fetch)
     # Run files (TensorBoard, W&B offline) outlive a pod only on the store; a local run
     # already has them in its output directory.
     extra = {"output_dir": output_dir} if output_dir else {"run_files_uri": f"{checkpoint.uri.rstrip('/')}/run"}

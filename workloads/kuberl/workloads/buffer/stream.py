@@ -13,6 +13,7 @@ from nats.js import api
 
 from kuberl.workloads.buffer.admin import BufferConfig, backlog, connect, ensure_job
 from kuberl.workloads.buffer.consumers import PromptConsumer, TrajectoryConsumer
+from kuberl.workloads.buffer.fetch_claims import FetchClaims
 from kuberl.workloads.buffer.kv import JobStateStore
 from kuberl.workloads.buffer.names import JobNames
 from kuberl.workloads.buffer.records import (
@@ -52,6 +53,7 @@ class JobBuffer:
     def __init__(self, nc, names: JobNames, cfg: BufferConfig, kv):
         self.nc, self.js, self.names, self.cfg = nc, nc.jetstream(), names, cfg
         self.state = JobStateStore(kv)
+        self.fetch_claims = FetchClaims(kv)  # which agent of a node downloads a weight version (rollout.node_share)
 
     @classmethod
     async def open(cls, servers: str | Sequence[str], namespace: str, name: str,

@@ -23,6 +23,9 @@ SWAP_STAGE_SECONDS = Histogram("kuberl_rollout_weight_swap_stage_seconds",
                                buckets=(0.01, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300))
 for _stage in LOAD_STAGES:  # every stage's series from the start (see trainer_metrics)
     SWAP_STAGE_SECONDS.labels(_stage)
+FETCHES = Counter("kuberl_rollout_weight_fetches", "Policy versions fetched, by where from: store (downloaded), store-claimed "
+                  "(downloaded for the agents of this node), relay (copied from the node's download).", ["source"])
+FETCH_SOURCES = ("store", "store-claimed", "relay")
 ENGINE_VERSION = Gauge("kuberl_rollout_policy_version", "Policy version the engine serves.")
 TRAINER_VERSION = Gauge("kuberl_rollout_trainer_version", "Newest policy version the trainer announced.")
 ENGINE_HEALTHY = Gauge("kuberl_rollout_engine_healthy", "1 when the engine's last call succeeded, 0 when it failed.")
@@ -36,6 +39,8 @@ class RolloutMetrics:
     def __init__(self) -> None:
         for outcome in OUTCOMES:
             GROUPS.labels(outcome)
+        for source in FETCH_SOURCES:
+            FETCHES.labels(source)
         ENGINE_HEALTHY.set(1)
 
     # ---- BatchingEngine observer --------------------------------------------------------
@@ -72,6 +77,10 @@ class RolloutMetrics:
         for stage, stage_seconds in (stages or {}).items():
             SWAP_STAGE_SECONDS.labels(stage).observe(stage_seconds)
         ENGINE_VERSION.set(version)
+
+    @staticmethod
+    def fetched(source: str) -> None:
+        FETCHES.labels(source).inc()
 
     @staticmethod
     def trainer_version(version: int) -> None:

@@ -8,6 +8,7 @@ import os
 import shutil
 import tempfile
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 import aiohttp
@@ -28,6 +29,7 @@ from kuberl.workloads.policy.tiny.model import load_pretrained
 from kuberl.workloads.policy.tokenizer import Tokenizer
 from kuberl.workloads.rollout.episodes import SamplingSettings, env_session_timeout, run_group
 from kuberl.workloads.rollout.load_records import LoadRecords
+from kuberl.workloads.rollout.node_share import NodeShare, Peer
 from kuberl.workloads.rollout.rewards import python_runner
 from kuberl.workloads.weights.manifest import local_versions
 from kuberl.workloads.weights.stages import StageClock
@@ -53,6 +55,11 @@ class TrainerClock:
             async with self._moved:
                 self.version = version
                 self._moved.notify_all()
+
+    async def wait_beyond(self, version: int) -> None:
+        """Returns once a version newer than ``version`` is announced."""
+        async with self._moved:
+            await self._moved.wait_for(lambda: self.version > version)
 
     async def wait_until_untrainable(self, group: DispatchTracker, max_off_policy_steps: int, rule: dict | None = None) -> None:
         """Returns once the group's samples are too stale for the trainer to use.
@@ -83,6 +90,19 @@ def make_engine(cfg: WorkloadConfig, agent_id: str) -> Engine:
     raise ValueError(f"unknown rollout engine {cfg.rollout.engine!r}")
 
 
+@dataclass(frozen=True)
+class Fetched:
+    """A version's files, fetched and checked, not yet in the engine."""
+
+    path: Path
+    digest: str
+    version: int  # what the files are: older than `asked` when the store could not rebuild it
+    asked: int
+    source: str  # store, store-claimed (downloaded for the node) or relay (copied from the node's download)
+    clock: StageClock
+    started: float  # perf_counter at the fetch's start
+
+
 class RolloutAgent:
     def __init__(self, cfg: WorkloadConfig, agent_id: str, engine: Engine | None = None, tokenizer: Tokenizer | None = None):
         self.cfg, self.agent_id = cfg, agent_id
@@ -99,6 +119,7 @@ class RolloutAgent:
         self.groups_abandoned = 0
         self.swaps = 0
         self.load_records = LoadRecords(run_files(cfg), agent_id)
+        self.share: NodeShare | None = None  # weightFetch perNode, once the buffer (its claims) is open
         self._background: set[asyncio.Task] = set()
         self.trainer = TrainerClock()
         # Fetched versions land here and the engine loads them from here: a directory the
@@ -107,13 +128,26 @@ class RolloutAgent:
         self._owns_scratch = not shared
         self.scratch = Path(shared or tempfile.mkdtemp(prefix="kuberl-versions-"))
 
-    def _fetch(self, version: int, clock: StageClock) -> tuple[Path, str, int]:
+    def _fetch(self, version: int, clock: StageClock, peer: Peer | None = None) -> Fetched:
         """The version's files (rebuilt against the version the engine holds when stored as
-        deltas), their digest, and the version they are: an older whole one when the store
-        lost a parent of ``version`` (`WeightStore.fetch`'s fallback)."""
+        deltas; copied whole from ``peer``, the node's download, when given), checked
+        against the store's manifest; an older whole version when the store lost a parent of
+        ``version`` (`WeightStore.fetch`'s fallback)."""
+        started = time.perf_counter()
         path, manifest = self.store.fetch(version, self.scratch / f"v{version:08d}", have=local_versions(self.scratch),
-                                          whole_if_parent_missing=True, clock=clock)
-        return Path(path), manifest.digest, manifest.version
+                                          whole_if_parent_missing=True, clock=clock, peer=peer)
+        return Fetched(Path(path), manifest.digest, manifest.version, version, "relay" if peer else "store", clock, started)
+
+    async def fetch_version(self, version: int) -> Fetched:
+        """`_fetch` in a thread: with weightFetch perNode, once per node (`NodeShare`)."""
+        clock, started = StageClock(), time.perf_counter()
+        if self.share is None:
+            fetched = await asyncio.to_thread(self._fetch, version, clock)
+        else:
+            fetched, source = await self.share.fetch(version, lambda peer: self._fetch(version, clock, peer), lambda f: f.version)
+            fetched = Fetched(fetched.path, fetched.digest, fetched.version, version, source, clock, started)
+        self.metrics.fetched(fetched.source)
+        return fetched
 
     def _drop_versions_before(self, version: int) -> None:
         """Once the engine holds ``version``, older fetched copies are dead weight."""
@@ -124,8 +158,11 @@ class RolloutAgent:
     async def load_version(self, version: int) -> int:
         """Fetch and swap to ``version``; returns the version the engine holds after (an
         older whole one when ``version`` could not be rebuilt: see `_fetch`)."""
-        t0, clock = time.perf_counter(), StageClock()
-        path, digest, version = await asyncio.to_thread(self._fetch, version, clock)
+        return await self.swap_to(await self.fetch_version(version))
+
+    async def swap_to(self, fetched: Fetched) -> int:
+        """Load fetched files into the engine; returns the version the engine holds after."""
+        version, clock = fetched.version, fetched.clock
         if version <= self.engine.policy_version:
             # The fallback is what the engine serves already, or older: never swap backwards.
             return self.engine.policy_version
@@ -134,17 +171,19 @@ class RolloutAgent:
             while self.active:
                 await asyncio.wait(set(self.active))
         with clock.stage("engine_load"):  # the running batch finishing, then the engine's load (pause → resume)
-            await self.batcher.swap(path, version)
+            await self.batcher.swap(fetched.path, version)
         self._drop_versions_before(version)
+        if self.share is not None:
+            await self.share.forget_before(version)
         self.accepting.set()
         self.swaps += 1
-        seconds = time.perf_counter() - t0
+        seconds = time.perf_counter() - fetched.started
         stages = clock.seconds()
         self.metrics.swapped(version, seconds, stages)
-        log.info("weights swapped", agent=self.agent_id, version=version, digest=digest, policy=self.cfg.rollout.weight_swap,
-                 seconds=round(seconds, 3), stages=stages)
+        log.info("weights swapped", agent=self.agent_id, version=version, digest=fetched.digest, source=fetched.source,
+                 policy=self.cfg.rollout.weight_swap, seconds=round(seconds, 3), stages=stages)
         # Off the swap's path: a slow store delays the record, never the next swap.
-        record = asyncio.create_task(asyncio.to_thread(self.load_records.loaded, version, digest))
+        record = asyncio.create_task(asyncio.to_thread(self.load_records.loaded, version, fetched.digest, fetched.source))
         self._background.add(record)
         record.add_done_callback(self._background.discard)
         if self.buffer is not None:
@@ -190,16 +229,35 @@ class RolloutAgent:
                 loading.cancel()
 
     async def _load_latest(self) -> None:
-        """Load the newest announced version, again until none newer was announced meanwhile."""
-        while self.trainer.version > self.engine.policy_version:
-            version = self.trainer.version
-            try:
-                loaded = await self.load_version(version)
-            except Exception as e:  # a pruned or half-visible version: the next state read retries
-                log.warning("weight swap failed", version=version, error=str(e))
-                return
-            if loaded < version:  # fell back to an older whole version: wait for the next one announced
-                return
+        """Load the newest announced version, again until none newer was announced meanwhile.
+        A version announced while the engine loads the last one is downloaded meanwhile."""
+        upcoming: asyncio.Task | None = None
+        try:
+            while self.trainer.version > self.engine.policy_version:
+                upcoming = upcoming or asyncio.create_task(self.fetch_version(self.trainer.version))
+                try:
+                    fetched = await upcoming
+                except Exception as e:  # a pruned or half-visible version: the next state read retries
+                    log.warning("weight fetch failed", version=self.trainer.version, error=str(e))
+                    return
+                finally:
+                    upcoming = None
+                swap = asyncio.create_task(self.swap_to(fetched))
+                newer = asyncio.create_task(self.trainer.wait_beyond(fetched.asked))
+                await asyncio.wait({swap, newer}, return_when=asyncio.FIRST_COMPLETED)
+                if newer.done():  # the next version's download overlaps this one's load
+                    upcoming = asyncio.create_task(self.fetch_version(self.trainer.version))
+                newer.cancel()
+                try:
+                    await swap
+                except Exception as e:
+                    log.warning("weight swap failed", version=fetched.version, error=str(e))
+                    return
+                if fetched.version < fetched.asked:  # fell back to an older whole version: wait for the next one announced
+                    return
+        finally:
+            if upcoming is not None:
+                upcoming.cancel()
 
     async def work(self, buf: JobBuffer, lease: PromptLease, session: aiohttp.ClientSession | None) -> None:
         async def keepalive() -> None:
@@ -260,6 +318,9 @@ class RolloutAgent:
     async def run(self) -> None:
         buf = await JobBuffer.open(self.cfg.buffer.url, self.cfg.job.namespace, self.cfg.job.name, BufferConfig.from_spec(self.cfg.buffer))
         self.buffer = buf  # where load_version reports the version it loaded
+        if self.cfg.rollout.weight_fetch == "perNode":
+            self.share = NodeShare(buf.fetch_claims, self.scratch, self.agent_id)
+            await self.share.start()
         session = aiohttp.ClientSession(timeout=env_session_timeout(self.cfg)) if self.cfg.reward.type == "agentEnv" else None
         watcher = None
         try:
@@ -295,6 +356,8 @@ class RolloutAgent:
             if watcher is not None:
                 watcher.cancel()
             await self.batcher.stop()
+            if self.share is not None:
+                await self.share.stop()
             close = getattr(self.engine, "close", None)
             if close is not None:
                 close()

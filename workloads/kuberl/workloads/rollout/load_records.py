@@ -30,9 +30,13 @@ class LoadRecords:
         self.lines: list[str] = []
         self._lock = threading.Lock()  # writes overlap when the store is slow: the last holds every line
 
-    def loaded(self, version: int, digest: str) -> bool:
-        """Record a load; returns whether the file reached the location this time."""
-        line = json.dumps({"version": version, "digest": digest, "time": round(time.time(), 3)})
+    def loaded(self, version: int, digest: str, source: str | None = None) -> bool:
+        """Record a load (``source``: where its files came from, `agent.Fetched`); returns
+        whether the file reached the location this time."""
+        record = {"version": version, "digest": digest, "time": round(time.time(), 3)}
+        if source is not None:
+            record["source"] = source
+        line = json.dumps(record)
         try:
             with self._lock:
                 self.lines.append(line)
@@ -43,14 +47,36 @@ class LoadRecords:
         return True
 
 
-def read_loads(files: RunFiles) -> list[tuple[int, str]]:
-    """(version, manifest digest) of every load any agent recorded."""
-    loads = []
+def _records(files: RunFiles) -> list[dict]:
+    """Every load record any agent wrote (a torn last line skipped)."""
+    records = []
     for name in files.list(LOADS_DIR):
         for line in files.read(name).decode(errors="replace").splitlines():
             try:
                 entry = json.loads(line)
-                loads.append((int(entry["version"]), str(entry["digest"])))
-            except (ValueError, KeyError, TypeError):
+            except ValueError:
                 continue
+            if isinstance(entry, dict):
+                records.append(entry)
+    return records
+
+
+def read_loads(files: RunFiles) -> list[tuple[int, str]]:
+    """(version, manifest digest) of every load any agent recorded."""
+    loads = []
+    for entry in _records(files):
+        try:
+            loads.append((int(entry["version"]), str(entry["digest"])))
+        except (ValueError, KeyError, TypeError):
+            continue
     return loads
+
+
+def load_sources(files: RunFiles) -> dict[str, int]:
+    """How many loads took their files from where (`agent.Fetched.source`): store,
+    store-claimed (downloaded for the node), relay (copied from the node's download)."""
+    counts: dict[str, int] = {}
+    for entry in _records(files):
+        source = str(entry.get("source", "unrecorded"))
+        counts[source] = counts.get(source, 0) + 1
+    return counts

@@ -26,7 +26,8 @@ import torch
 from kuberl.workloads.weights import fp8
 from kuberl.workloads.weights.manifest import FileEntry, Manifest, version_name
 from kuberl.workloads.weights.stages import StageClock
-from kuberl.workloads.weights.store import WeightStore, shard_file, write_index
+from kuberl.workloads.weights.hf_files import shard_file, write_index
+from kuberl.workloads.weights.store import WeightStore
 from kuberl.workloads.weights.sync import FP8_WIRE_DTYPE
 
 @dataclass
@@ -34,7 +35,7 @@ class Part:
     """What one rank uploaded for a version: its file entries and the tensors in its file."""
 
     part: int
-    file: str  # `store.shard_file`
+    file: str  # `hf_files.shard_file`
     entries: list[FileEntry]
     tensors: list[str]
     total_bytes: int  # of its tensors, for the index's total_size

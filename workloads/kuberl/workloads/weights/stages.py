@@ -1,7 +1,8 @@
 """Where a weight sync's time goes: seconds per stage, for the logs, the ledger and Prometheus.
 
 A sync is trainer side quantise → serialise → checksum → encode (delta files) → upload →
-manifest, and engine side download → reconstruct (delta files) → verify → engine load. The
+manifest, and engine side download (or relay: a copy from the agent on the node that downloaded it) →
+reconstruct (delta files) → verify → engine load. The
 per-file stages run on several file threads at once; their seconds are added up over the
 threads, so on a sync of many files they can sum to more than its wall time. The wall time
 of the whole is reported beside them (`Published.seconds`, the swap's seconds).
@@ -15,7 +16,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 
 PUBLISH_STAGES = ("quantise", "serialise", "checksum", "encode", "upload", "manifest")
-LOAD_STAGES = ("download", "reconstruct", "verify", "engine_load")
+LOAD_STAGES = ("download", "relay", "reconstruct", "verify", "engine_load")
 STAGES = PUBLISH_STAGES + LOAD_STAGES
 
 

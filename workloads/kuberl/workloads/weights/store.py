@@ -37,7 +37,7 @@ from typing import Any
 from boto3.s3.transfer import TransferConfig
 
 from kuberl.workloads.logs import get_logger
-from kuberl.workloads.weights import delta
+from kuberl.workloads.weights import delta, relay
 from kuberl.workloads.weights.manifest import (
     MANIFEST,
     ChecksumError,
@@ -224,15 +224,18 @@ class WeightStore:
     # ---- fetch ------------------------------------------------------------------------
 
     def fetch(self, version: int | None, dest_dir: str | os.PathLike, have: list[LocalVersion] | tuple = (),
-              whole_if_parent_missing: bool = False, clock: StageClock | None = None) -> tuple[Path, Manifest]:
+              whole_if_parent_missing: bool = False, clock: StageClock | None = None,
+              peer: tuple[str, str] | None = None) -> tuple[Path, Manifest]:
         """`_fetch`; with ``whole_if_parent_missing``, a version whose delta chain the store
         broke (a parent deleted by hand, or by a pruning older than chains) gives way to the
         newest whole version before it, taken from ``have`` when it is there: the caller
         learns which from the manifest it gets back. ``clock`` gets the seconds of its stages
-        (download, reconstruct, verify)."""
+        (download, reconstruct, verify). ``peer``: (url, token) of another agent's relay that
+        holds ``version`` whole (`weights.relay`): the files are copied from it, not the store,
+        and checked against the store's manifest all the same."""
         clock = clock or StageClock()
         try:
-            return self._fetch(version, dest_dir, have, clock)
+            return self._fetch(version, dest_dir, have, clock, peer)
         except ParentMissingError as e:
             if not whole_if_parent_missing:
                 raise
@@ -257,7 +260,7 @@ class WeightStore:
         return None
 
     def _fetch(self, version: int | None, dest_dir: str | os.PathLike, have: list[LocalVersion] | tuple = (),
-               clock: StageClock | None = None) -> tuple[Path, Manifest]:
+               clock: StageClock | None = None, peer: tuple[str, str] | None = None) -> tuple[Path, Manifest]:
         """Download a complete version (latest when None) into ``dest_dir``, verified.
 
         Each file lands under a temporary name and is renamed only after its size and
@@ -280,7 +283,7 @@ class WeightStore:
 
         _check_confined(version, manifest, dest)  # every name, before the first download
         parent, fetched_parent = None, None
-        if manifest.parent is not None:
+        if manifest.parent is not None and peer is None:  # a peer serves the version whole
             parent = next((h for h in have if h.version == manifest.parent), None)
             if parent is None:
                 where = dest.parent / f".{dest.name}.parent-v{manifest.parent:08d}"
@@ -304,7 +307,10 @@ class WeightStore:
 
         def get(entry: FileEntry) -> None:
             tmp = dest / f".{entry.name}.partial"
-            if entry.encoding == "raw":
+            if peer is not None:
+                with clock.stage("relay"):
+                    relay.copy_file(*peer, version, entry.name, tmp)
+            elif entry.encoding == "raw":
                 with clock.stage("download"):
                     self.client.download_file(self.bucket, self._key(version, entry.name), str(tmp), Config=self.transfer)
             elif entry.encoding == delta.ENCODING:
@@ -336,7 +342,7 @@ class WeightStore:
             raise UnsafeFileNameError(version, strays[0], f"named by {INDEX} but not a file of the version")
         (dest / MANIFEST).write_bytes(manifest.to_json())
         log.info("weights fetched", version=version, bytes=manifest.total_bytes, stored_bytes=manifest.stored_bytes,
-                 parent=manifest.parent, parent_local=fetched_parent is None and parent is not None,
+                 parent=manifest.parent, parent_local=fetched_parent is None and parent is not None, relay=peer[0] if peer else None,
                  seconds=round(time.perf_counter() - t0, 3), stages=clock.seconds())
         return dest, manifest
 
@@ -367,46 +373,3 @@ class WeightStore:
         if doomed:
             log.info("weights pruned", deleted=doomed, kept=[v for v in complete if v not in doomed])
         return doomed
-
-
-def save_sharded(tensors: dict[str, Any], out_dir: str | os.PathLike, *, max_shard_bytes: int = 4 * 1024 * MiB,
-                 config: dict[str, Any] | None = None) -> list[str]:
-    """Write a state dict as HF-style safetensors shards + index (+ config.json).
-
-    Names are kept as given (HF parameter names). Shards are filled in name order up to
-    ``max_shard_bytes``. Returns the shard file names.
-    """
-    from safetensors.torch import save_file  # torch only where tensors are written
-
-    out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    groups: list[dict[str, Any]] = [{}]
-    size = 0
-    for name in sorted(tensors):
-        t = tensors[name]
-        nbytes = t.numel() * t.element_size()
-        if groups[-1] and size + nbytes > max_shard_bytes:
-            groups.append({})
-            size = 0
-        groups[-1][name] = t.contiguous()
-        size += nbytes
-    n = len(groups)
-    names = [shard_file(i, n) if n > 1 else "model.safetensors" for i in range(n)]
-    weight_map = {}
-    for fname, group in zip(names, groups, strict=True):
-        save_file(group, str(out / fname), metadata={"format": "pt"})
-        weight_map.update(dict.fromkeys(group, fname))
-    write_index(out, weight_map, sum(t.numel() * t.element_size() for t in tensors.values()), config)
-    return names
-
-
-def shard_file(i: int, n: int) -> str:
-    """The HF name of shard ``i`` (from 0) of ``n``."""
-    return f"model-{i + 1:05d}-of-{n:05d}.safetensors"
-
-
-def write_index(out: Path, weight_map: dict[str, str], total_size: int, config: dict[str, Any] | None = None) -> None:
-    """The safetensors index (which file holds each tensor) and, given one, config.json."""
-    (out / INDEX).write_text(json.dumps({"metadata": {"total_size": total_size}, "weight_map": weight_map}, indent=1, sort_keys=True))
-    if config is not None:
-        (out / "config.json").write_text(json.dumps(config, indent=1, sort_keys=True))

@@ -26,7 +26,8 @@ from kuberl.workloads.weights import fp8
 from kuberl.workloads.weights.manifest import LocalVersion, Manifest, delta_allowed, version_name
 from kuberl.workloads.weights.stages import StageClock
 from kuberl.workloads.weights.s3 import s3_client
-from kuberl.workloads.weights.store import WeightStore, save_sharded
+from kuberl.workloads.weights.hf_files import save_sharded
+from kuberl.workloads.weights.store import WeightStore
 
 
 def weight_store(cfg: WorkloadConfig) -> WeightStore:
