@@ -30,11 +30,8 @@ from _common import SeaweedS3, median, write_result
 from bench_weight_deltas import bf16_bytes
 
 from kuberl.workloads.weights.manifest import local_version
-from kuberl.workloads.weights.store import (
-    WeightStore,
-    default_transfer_config,
-    s3_client,
-)
+from kuberl.workloads.weights.s3 import s3_client
+from kuberl.workloads.weights.store import WeightStore, default_transfer_config
 
 MiB = 1024 * 1024
 

@@ -320,6 +320,8 @@ def test_the_drill_synced_delta_versions_and_a_restarted_trainer_began_whole(run
              for line in path.read_text(errors="replace").splitlines() if '"weights swapped"' in line]
     assert swaps and all({"download", "verify", "engine_load"} <= set(s["stages"]) for s in swaps), swaps[:3]
     assert any("reconstruct" in s["stages"] for s in swaps), swaps[:3]
+    # weightFetch perNode: the agent claimed each version for its host and downloaded it.
+    assert {s["source"] for s in swaps} <= {"store-claimed", "store", "relay"} and any(s["source"] == "store-claimed" for s in swaps)
 
 
 # -- what users watch: run loggers, Prometheus, progress outside a terminal ----------------
