@@ -12,8 +12,8 @@ the job's KV, which only the job's processes read), and only files of complete v
 
 from __future__ import annotations
 
+import hashlib
 import hmac
-import shutil
 import urllib.request
 from pathlib import Path
 
@@ -71,9 +71,14 @@ class RelayServer:
         return web.FileResponse(folder / name)
 
 
-def copy_file(url: str, token: str, version: int, name: str, dest: Path) -> None:
-    """Copy one file of ``version`` from the relay at ``url`` to ``dest`` (unchecked: the
-    caller verifies it against the store's manifest)."""
+def copy_file(url: str, token: str, version: int, name: str, dest: Path) -> str:
+    """Copy one file of ``version`` from the relay at ``url`` to ``dest``; returns the sha256
+    of what arrived, taken as it streamed by (the caller checks it against the store's
+    manifest without reading the file again)."""
     request = urllib.request.Request(url + file_path(version, name), headers={"Authorization": f"Bearer {token}"})
+    digest = hashlib.sha256()
     with urllib.request.urlopen(request, timeout=COPY_TIMEOUT_S) as response, dest.open("wb") as out:  # noqa: S310 (http to a peer)
-        shutil.copyfileobj(response, out, CHUNK)
+        while block := response.read(CHUNK):
+            digest.update(block)
+            out.write(block)
+    return digest.hexdigest()

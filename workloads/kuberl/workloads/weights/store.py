@@ -294,22 +294,23 @@ class WeightStore:
                     raise ParentMissingError(version, manifest.parent, str(e)) from None
                 parent = fetched_parent
 
-        def check(entry: FileEntry, tmp: Path) -> None:
+        def check(entry: FileEntry, tmp: Path, streamed: str | None = None) -> None:
             size = tmp.stat().st_size
             if size != entry.size:
                 tmp.unlink(missing_ok=True)
                 raise ChecksumError(entry.name, f"size {size} != manifest {entry.size} (version {version})")
             with clock.stage("verify"):
-                digest = sha256_file(tmp)
+                digest = streamed or sha256_file(tmp)  # streamed: taken while the bytes arrived
             if digest != entry.sha256:
                 tmp.unlink(missing_ok=True)
                 raise ChecksumError(entry.name, f"sha256 {digest} != manifest {entry.sha256} (version {version})")
 
         def get(entry: FileEntry) -> None:
             tmp = dest / f".{entry.name}.partial"
+            streamed = None
             if peer is not None:
                 with clock.stage("relay"):
-                    relay.copy_file(*peer, version, entry.name, tmp)
+                    streamed = relay.copy_file(*peer, version, entry.name, tmp)
             elif entry.encoding == "raw":
                 with clock.stage("download"):
                     self.client.download_file(self.bucket, self._key(version, entry.name), str(tmp), Config=self.transfer)
@@ -327,7 +328,7 @@ class WeightStore:
                     encoded.unlink(missing_ok=True)
             else:
                 raise WeightStoreError(f"weights version {version}: {entry.name} has encoding {entry.encoding!r}, not understood")
-            check(entry, tmp)
+            check(entry, tmp, streamed)
             os.replace(tmp, dest / entry.name)
 
         try:
