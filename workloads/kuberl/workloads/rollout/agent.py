@@ -238,7 +238,7 @@ class RolloutAgent:
                 try:
                     fetched = await upcoming
                 except Exception as e:  # a pruned or half-visible version: the next state read retries
-                    log.warning("weight fetch failed", version=self.trainer.version, error=str(e))
+                    log.warning("weight swap failed", stage="fetch", version=self.trainer.version, error=str(e))
                     return
                 finally:
                     upcoming = None
@@ -251,7 +251,7 @@ class RolloutAgent:
                 try:
                     await swap
                 except Exception as e:
-                    log.warning("weight swap failed", version=fetched.version, error=str(e))
+                    log.warning("weight swap failed", stage="load", version=fetched.version, error=str(e))
                     return
                 if fetched.version < fetched.asked:  # fell back to an older whole version: wait for the next one announced
                     return
