@@ -26,8 +26,12 @@ import os
 import struct
 import zlib
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
+
+if TYPE_CHECKING:
+    from hashlib import _Hash as Hash
 
 BLOCK = 16 * 1024 * 1024  # even: blocks split files on word boundaries
 ENCODING = "xor-sparse16"
@@ -49,12 +53,16 @@ def pairable(new: str | os.PathLike, parent: str | os.PathLike) -> bool:
     return p.is_file() and p.stat().st_size == Path(new).stat().st_size
 
 
-def encode(new: str | os.PathLike, parent: str | os.PathLike, out: str | os.PathLike, level: int = LEVEL) -> int:
-    """Write the delta of `new` against `parent` to `out`; returns its size in bytes."""
+def encode(new: str | os.PathLike, parent: str | os.PathLike, out: str | os.PathLike, level: int = LEVEL,
+           digest: Hash | None = None) -> int:
+    """Write the delta of `new` against `parent` to `out`; returns its size in bytes.
+    ``digest`` (a hashlib object) is fed `new` as it is read: its checksum without a second read."""
     if not pairable(new, parent):
         raise ValueError(f"{new} and {parent} differ in size: store it whole")
     with open(new, "rb") as a, open(parent, "rb") as b, open(out, "wb") as sink:
         while block := a.read(BLOCK):
+            if digest is not None:
+                digest.update(block)
             xor = np.bitwise_xor(_words(block), _words(b.read(len(block))))
             changed = xor != 0
             bitmap = zlib.compress(np.packbits(changed).tobytes(), level)
@@ -72,12 +80,16 @@ def _read(f, n: int, delta: str | os.PathLike) -> bytes:
     return data
 
 
-def decode(delta: str | os.PathLike, parent: str | os.PathLike, out: str | os.PathLike) -> int:
+def decode(delta: str | os.PathLike, parent: str | os.PathLike, out: str | os.PathLike, digest: Hash | None = None) -> int:
     """Write `parent` with the changed words of `delta` applied to `out` (the file `encode`
     was given); returns its size. Lengths a delta claims are checked against the block size
     and each other before anything is allocated for them: a corrupt or hostile delta raises
-    ValueError."""
-    with open(delta, "rb") as d, open(parent, "rb") as b, open(out, "wb") as sink:
+    ValueError. ``digest`` (a hashlib object) is fed the result as it is written.
+
+    Each parent block is read into one reused buffer and patched there in place: the
+    unchanged words, nearly all of them, are never copied again."""
+    buffer = bytearray(BLOCK + 2)
+    with open(delta, "rb") as d, open(parent, "rb", buffering=0) as b, open(out, "wb") as sink:
         while header := d.read(_HEADER.size):
             if len(header) != _HEADER.size:
                 raise ValueError(f"{delta} is truncated")
@@ -92,12 +104,23 @@ def decode(delta: str | os.PathLike, parent: str | os.PathLike, out: str | os.Pa
             changed = np.unpackbits(np.frombuffer(packed, np.uint8), count=words).view(bool)
             if int(np.count_nonzero(changed)) != count:
                 raise ValueError(f"{delta} is corrupt: a block's bitmap does not match its count")
-            base = b.read(size)
-            if len(base) != size:
+            block = memoryview(buffer)[:size]
+            if _read_into(b, block) != size:
                 raise ValueError(f"{delta} is longer than its parent {parent}")
-            result = _words(base).copy()
+            buffer[size] = 0  # an odd last byte's pad, as `_words` pads it
+            result = np.frombuffer(buffer, "<u2", count=words)
             result[changed] ^= np.frombuffer(_read(d, 2 * count, delta), "<u2")
-            sink.write(result.tobytes()[:size])
+            if digest is not None:
+                digest.update(block)
+            sink.write(block)
         if b.read(1):
             raise ValueError(f"{delta} is shorter than its parent {parent}")
     return Path(out).stat().st_size
+
+
+def _read_into(f, view: memoryview) -> int:
+    """Fill ``view`` from ``f`` (short reads repeated); the bytes read, fewer only at its end."""
+    got = 0
+    while got < len(view) and (n := f.readinto(view[got:])):
+        got += n
+    return got

@@ -24,6 +24,7 @@ The client's connection pool should hold ``file_workers * max_concurrency`` conn
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import re
@@ -170,18 +171,21 @@ class WeightStore:
         staging = Path(tempfile.mkdtemp(prefix=".kuberl-delta-", dir=src.parent))  # beside src: the same disk
 
         def put(path: Path) -> FileEntry:
-            with clock.stage("checksum"):
-                size, digest = path.stat().st_size, sha256_file(path)
+            size = path.stat().st_size
             if parent_dir is not None and delta.pairable(path, parent_dir / path.name):
-                encoded = staging / (path.name + delta.SUFFIX)
-                with clock.stage("encode"):
-                    stored = delta.encode(path, parent_dir / path.name, encoded)
+                encoded, hashed = staging / (path.name + delta.SUFFIX), hashlib.sha256()
+                with clock.stage("encode"):  # the file's checksum too, taken as the encoder reads it
+                    stored = delta.encode(path, parent_dir / path.name, encoded, digest=hashed)
+                digest = hashed.hexdigest()
                 if stored <= 0.9 * size:
                     with clock.stage("upload"):
                         self.client.upload_file(str(encoded), self.bucket, self._key(version, encoded.name), Config=self.transfer)
                     encoded.unlink()
                     return FileEntry(path.name, size, digest, encoding=delta.ENCODING, stored_size=stored)
                 encoded.unlink()
+            else:
+                with clock.stage("checksum"):
+                    digest = sha256_file(path)
             with clock.stage("upload"):
                 self.client.upload_file(str(path), self.bucket, self._key(version, path.name), Config=self.transfer)
             return FileEntry(path.name, size, digest)
@@ -318,14 +322,16 @@ class WeightStore:
                 encoded = dest / f".{entry.stored_name}.partial"
                 with clock.stage("download"):
                     self.client.download_file(self.bucket, self._key(version, entry.stored_name), str(encoded), Config=self.transfer)
+                hashed = hashlib.sha256()
                 try:
-                    with clock.stage("reconstruct"):
-                        delta.decode(encoded, parent.path / entry.name, tmp)
+                    with clock.stage("reconstruct"):  # the result's checksum too, taken as it is written
+                        delta.decode(encoded, parent.path / entry.name, tmp, digest=hashed)
                 except (OSError, ValueError) as e:
                     tmp.unlink(missing_ok=True)
                     raise ChecksumError(entry.name, f"delta against version {manifest.parent} does not decode: {e}") from None
                 finally:
                     encoded.unlink(missing_ok=True)
+                streamed = hashed.hexdigest()
             else:
                 raise WeightStoreError(f"weights version {version}: {entry.name} has encoding {entry.encoding!r}, not understood")
             check(entry, tmp, streamed)
