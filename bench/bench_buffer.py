@@ -19,7 +19,7 @@ import numpy as np
 from _common import NatsServer, median, write_result
 from nats.js import api
 
-from kuberl.workloads.buffer.admin import BufferConfig
+from kuberl.workloads.buffer.admin import BufferConfig, create_job_streams
 from kuberl.workloads.buffer.records import Trajectory, encode_trajectory
 from kuberl.workloads.buffer.stream import JobBuffer
 
@@ -60,6 +60,8 @@ async def run_raw(url: str, payload: bytes, n: int, batch: int, round_: int) -> 
 
 
 async def run_ours(url: str, trajs: list[Trajectory], batch: int, round_: int) -> tuple[float, float]:
+    # The operator's part, untimed: processes never create the streams (JobBuffer.open waits for them).
+    await create_job_streams(url, "bench", f"ours-{round_}", BufferConfig())
     buf = await JobBuffer.open(url, "bench", f"ours-{round_}", BufferConfig())
     t0 = time.perf_counter()
     await buf.publish_trajectories(trajs)  # one pipeline, as the raw side does

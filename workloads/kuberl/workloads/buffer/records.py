@@ -95,9 +95,9 @@ def encode_trajectory(t: Trajectory) -> bytes:
         separators=(",", ":"),
     ).encode()
     header += b" " * (-(len(header) + _HEADER.size) % 4)  # keeps the int32/float32 arrays aligned
-    return b"".join(
-        (_HEADER.pack(_TRAJ_MAGIC, len(header)), header, t.tokens.tobytes(), t.logprobs.tobytes(), t.loss_mask.tobytes())
-    )
+    # The arrays' own buffers go into the join: each byte is copied once, into the payload.
+    arrays = (memoryview(np.ascontiguousarray(a)).cast("B") for a in (t.tokens, t.logprobs, t.loss_mask))
+    return b"".join((_HEADER.pack(_TRAJ_MAGIC, len(header)), header, *arrays))
 
 
 def decode_trajectory(data: bytes) -> Trajectory:
