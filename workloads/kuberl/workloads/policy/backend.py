@@ -10,6 +10,7 @@ model take one path.
 from __future__ import annotations
 
 from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol
 
@@ -18,9 +19,22 @@ import torch
 from kuberl.workloads.config import WorkloadConfig
 from kuberl.workloads.rl.ppo import PolicyBackend, RolloutBatch, StepResult
 from kuberl.workloads.spec import AlgorithmSpec
+from kuberl.workloads.weights.sync import Published, weight_store
 
 SupervisedBatch = tuple[torch.Tensor, torch.Tensor, torch.Tensor]
 """(ids [B, T], valid [B, T] bool, loss mask [B, T] float): one warm-start batch."""
+
+
+@dataclass(frozen=True)
+class PublishRequest:
+    """One weight sync as the trainer asks for it; each backend publishes its own way."""
+
+    version: int
+    dtype: str  # what the engines serve (model.dtype)
+    fp8: bool  # weightStore.fp8: linear layers as blockwise FP8
+    full_every: int  # weightStore.fullVersionEvery: deltas against the last version in between
+    last: Published | None  # the version this process published before (its manifest, its files when kept)
+    keep_in: Path | None  # where a one-process backend keeps the version's files for the next delta
 
 
 class TrainerBackend(Protocol):
@@ -29,7 +43,13 @@ class TrainerBackend(Protocol):
     hf_config: dict
 
     def hf_state(self) -> dict[str, torch.Tensor]:
-        """The full weights with HF names, float32 on CPU (engines, publishing)."""
+        """The full weights with HF names, float32 on CPU (engines, evaluation)."""
+
+    def publish(self, request: PublishRequest) -> Published | None:
+        """The current weights to the weight store as ``request.version``, retried through an
+        outage: one process publishes them whole (the tiny model), a gang in parts, each rank
+        its own share (`weights.shards`). The `Published` on the process that runs the
+        trainer's loop; None on the gang's other ranks."""
 
     def ppo_update(self, batch: RolloutBatch, algo: AlgorithmSpec, max_steps: int | None) -> Iterator[StepResult]:
         """`rl.ppo.ppo_update` of ``policy`` (against ``reference``), over every rank of the gang."""
@@ -51,7 +71,7 @@ def make_backend(cfg: WorkloadConfig, model_dir: Path) -> TrainerBackend:
     if cfg.trainer_backend == "torch":
         from kuberl.workloads.policy.tiny.backend import TinyTrainerBackend
 
-        return TinyTrainerBackend(model_dir, cfg.algorithm)
+        return TinyTrainerBackend(model_dir, cfg.algorithm, weight_store(cfg))
     if cfg.trainer_backend == "megatron":
         from kuberl.workloads.policy.megatron.backend import MegatronTrainerBackend
         from kuberl.workloads.policy.megatron.gang import GangDriver

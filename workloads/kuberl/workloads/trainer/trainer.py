@@ -25,7 +25,7 @@ from kuberl.workloads.logs import get_logger
 from kuberl.workloads.observe.run_loggers import RunLoggers
 from kuberl.workloads.observe.uploads import RunFiles
 from kuberl.workloads.observe.trainer_metrics import TrainerMetrics
-from kuberl.workloads.policy.backend import TrainerBackend, make_backend
+from kuberl.workloads.policy.backend import PublishRequest, TrainerBackend, make_backend
 from kuberl.workloads.policy.job_model import job_model_dir, job_tokenizer
 from kuberl.workloads.policy.tiny.model import TinyConfig, TinyQwen2ForCausalLM
 from kuberl.workloads.rl.batch import collate
@@ -36,9 +36,8 @@ from kuberl.workloads.trainer.groups import staleness_weights
 from kuberl.workloads.trainer.ledger import Ledger
 from kuberl.workloads.trainer.prompts import PromptSource, curriculum_stages
 from kuberl.workloads.trainer.warm_start import WARMUP_LR, warmup_batches
-from kuberl.workloads.weights.manifest import delta_allowed
 from kuberl.workloads.weights.outage import through_outage
-from kuberl.workloads.weights.sync import Published, publish_policy, weight_store
+from kuberl.workloads.weights.sync import Published, weight_store
 
 log = get_logger(__name__)
 
@@ -271,24 +270,11 @@ class Trainer:
             await self.buffer.state.publish_version(self.last_published.version, self.last_published.uri)
 
     def publish(self) -> Published:
-        """Publish the current weights as the current version (retried through an S3 outage).
-
-        A backend that holds the model in slices (the megatron gang: `publish_shards`)
-        publishes in parts, each rank its own share; the others hand this process the whole
-        state, which it publishes alone."""
+        """Publish the current weights as the current version (retried through an S3 outage):
+        the backend's way, whole from this process or in parts from the gang."""
         version, store_spec = self.progress.version, self.cfg.weight_store
-        if (shards := getattr(self.backend, "publish_shards", None)) is not None:
-            last = self.last_published.manifest if self.last_published is not None else None
-            parent = (last.version, last.depth) if delta_allowed(last, store_spec.full_version_every) else None
-            published = shards(version, self.cfg.model.dtype, store_spec.fp8, parent, store_spec.full_version_every > 1)
-        else:
-            state = self.backend.hf_state()
-            last_local = self.last_published.local if self.last_published is not None else None
-            published = through_outage(lambda: publish_policy(self.store, state, self.backend.hf_config, version,
-                                                              store_spec.fp8, dtype=self.cfg.model.dtype,
-                                                              keep_in=self.published_dir, last=last_local,
-                                                              full_every=store_spec.full_version_every),
-                                       f"weights version {version}")
+        published = self.backend.publish(PublishRequest(version, self.cfg.model.dtype, store_spec.fp8, store_spec.full_version_every,
+                                                        self.last_published, self.published_dir))
         self.prometheus.weight_sync(published.seconds, published.bytes, published.stored_bytes, published.stages)
         entry = self.ledger.record("published", version=version, digest=published.digest, parent=published.parent,
                                    bytes=published.bytes, stored_bytes=published.stored_bytes,

@@ -27,13 +27,13 @@ import torch
 import torch.distributed as dist
 
 from kuberl.workloads.config import WorkloadConfig
-from kuberl.workloads.policy.backend import SupervisedBatch
+from kuberl.workloads.policy.backend import PublishRequest, SupervisedBatch
 from kuberl.workloads.policy.megatron.gang import control_group
 from kuberl.workloads.policy.megatron.optimizer_state import export_adam_state, load_adam_state
 from kuberl.workloads.policy.megatron.policy import MegatronPolicy, load_hf_dir
 from kuberl.workloads.rl.ppo import RolloutBatch, StepResult, data_parallel_share, ppo_update
 from kuberl.workloads.spec import AlgorithmSpec
-from kuberl.workloads.weights.manifest import version_name
+from kuberl.workloads.weights.manifest import delta_allowed, version_name
 from kuberl.workloads.weights.outage import through_outage
 from kuberl.workloads.weights.shards import commit_parts, publish_part
 from kuberl.workloads.weights.stages import StageClock
@@ -101,12 +101,15 @@ class MegatronTrainerBackend:
         """A collective over the model-parallel group; every rank gets the full weights."""
         return {k: v.float().cpu() for k, v in self.policy.export_hf_state().items()}
 
-    def publish_shards(self, version: int, dtype: str, use_fp8: bool, parent: tuple[int, int] | None,
-                       keep: bool) -> Published | None:
+    def publish(self, request: PublishRequest) -> Published | None:
         """A weight sync in parts (`weights.shards`), a collective over the gang: each rank
         that owns parameters uploads their HF tensors, rank 0 writes the manifest last and
-        gets the `Published` (the others None). ``parent``: (version, depth) to store deltas
-        against; ``keep``: each rank keeps its file for the next version's delta."""
+        gets the `Published` (the others None). Between whole versions (fullVersionEvery)
+        each part is stored as deltas against the rank's own file of the last version."""
+        version, dtype, use_fp8 = request.version, request.dtype, request.fp8
+        last = request.last.manifest if request.last is not None else None
+        parent = (last.version, last.depth) if delta_allowed(last, request.full_every) else None
+        keep = request.full_every > 1
         t0, clock = time.monotonic(), StageClock()
         owned = self.policy.owned_hf_state()  # a collective over the tensor-parallel group
         part = None

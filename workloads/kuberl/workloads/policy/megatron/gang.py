@@ -90,8 +90,8 @@ class GangDriver:
     def hf_state(self):
         return self._call("hf_state")
 
-    def publish_shards(self, version, dtype, use_fp8, parent, keep):
-        return self._call("publish_shards", version, dtype, use_fp8, parent, keep)
+    def publish(self, request):
+        return self._call("publish", request)
 
     def warm_start(self, batches, learning_rate):
         return self._call("warm_start", batches, learning_rate)

@@ -8,16 +8,19 @@ from pathlib import Path
 
 import torch
 
-from kuberl.workloads.policy.backend import SupervisedBatch
+from kuberl.workloads.policy.backend import PublishRequest, SupervisedBatch
 from kuberl.workloads.policy.tiny.model import load_pretrained
 from kuberl.workloads.policy.tiny.train import TinyBackend, make_optimizer, sequence_logprobs
 from kuberl.workloads.rl.ppo import RolloutBatch, StepResult, ppo_update
 from kuberl.workloads.spec import AlgorithmSpec
+from kuberl.workloads.weights.outage import through_outage
+from kuberl.workloads.weights.store import WeightStore
+from kuberl.workloads.weights.sync import Published, publish_policy
 
 
 class TinyTrainerBackend:
-    def __init__(self, model_dir: Path, algo: AlgorithmSpec):
-        self.algo = algo
+    def __init__(self, model_dir: Path, algo: AlgorithmSpec, store: WeightStore):
+        self.algo, self.store = algo, store
         self.model = load_pretrained(model_dir)
         self.hf_config = self.model.config.to_hf()
         self.optimizer = make_optimizer(self.model, algo)
@@ -26,6 +29,14 @@ class TinyTrainerBackend:
 
     def hf_state(self) -> dict[str, torch.Tensor]:
         return {k: v.detach().float().clone() for k, v in self.model.state_dict().items()}
+
+    def publish(self, request: PublishRequest) -> Published:
+        """The whole state from this one process (`publish_policy`)."""
+        state, last = self.hf_state(), request.last.local if request.last is not None else None
+        return through_outage(lambda: publish_policy(self.store, state, self.hf_config, request.version, request.fp8,
+                                                     dtype=request.dtype, keep_in=request.keep_in, last=last,
+                                                     full_every=request.full_every),
+                              f"weights version {request.version}")
 
     def ppo_update(self, batch: RolloutBatch, algo: AlgorithmSpec, max_steps: int | None) -> Iterator[StepResult]:
         return ppo_update(self.policy, batch, algo, reference=self.reference, max_steps=max_steps)
