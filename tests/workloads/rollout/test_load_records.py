@@ -84,3 +84,25 @@ def test_each_load_says_where_its_files_came_from(tmp_path):
     LoadRecords(files, "agent-1", started=1.0).loaded(2, "b", "relay")
     assert load_sources(files) == {"store-claimed": 1, "relay": 2}
     assert read_loads(files) == [(1, "a"), (2, "b"), (2, "b")]
+
+
+def test_a_long_run_writes_its_loads_in_bounded_parts(tmp_path, monkeypatch):
+    """A swap rewrites one part of bounded size, never the whole history; a part whose
+    write failed is written again at the next swap."""
+    from kuberl.workloads.rollout import load_records
+
+    monkeypatch.setattr(load_records, "RECORDS_PER_FILE", 3)
+    files = RunFiles(str(tmp_path / "run"))
+    records = LoadRecords(files, "rollout-0", started=1.0)
+    written = []
+    put = files.put_bytes
+    monkeypatch.setattr(files, "put_bytes", lambda name, data: (written.append((name, len(data.splitlines()))), put(name, data)))
+    for v in range(1, 8):
+        assert records.loaded(v, f"d{v}")
+    assert max(n for _, n in written) == 3 and len({name for name, _ in written}) == 3
+    assert read_loads(files) == [(v, f"d{v}") for v in range(1, 8)]
+    monkeypatch.setattr(files, "put_bytes", lambda name, data: (_ for _ in ()).throw(OSError("store away")))
+    assert not records.loaded(8, "d8") and not records.loaded(9, "d9")  # the third part fills, the fourth begins, unwritten
+    monkeypatch.setattr(files, "put_bytes", put)
+    assert records.loaded(10, "d10")
+    assert read_loads(files) == [(v, f"d{v}") for v in range(1, 11)]
