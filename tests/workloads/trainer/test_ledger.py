@@ -133,3 +133,24 @@ def test_a_version_published_after_the_segments_last_copy_still_counts_as_publis
     loads = [(1, "d1"), (2, "d2-killed"), (2, "d2")]
     assert audit(events, loads).partial_versions_loaded == 0
     assert audit(events, [(2, "never")]).partial_versions_loaded == 1
+
+
+def test_a_segment_is_copied_in_parts_so_a_long_run_never_copies_its_history_again(tmp_path, monkeypatch):
+    from kuberl.workloads.trainer import ledger as ledger_module
+
+    monkeypatch.setattr(ledger_module, "EVENTS_PER_PART", 4)
+    store = RunFiles(str(tmp_path / "store"))
+    copied: list[str] = []
+    put = store.put_file
+    monkeypatch.setattr(store, "put_file", lambda path, name: (copied.append(name), put(path, name)))
+    ledger = Ledger(tmp_path / "pod", "inc", mirror=store)
+    ledger.record("start", restored_step=0)
+    for step in range(1, 10):
+        ledger.record("step", step=step, prompts=[])
+        if step % 3 == 0:
+            ledger.mirror()  # a checkpoint's copy: the parts with new events only
+    ledger.record("end", step=9, in_flight=[])
+    ledger.mirror()
+    # Events 0-3 in part 0, 4-7 in part 1, 8-10 in part 2; each copy sends only the parts it changed.
+    assert copied == [f"ledger/{ledger.part_name(p)}" for p in (0, 1, 1, 2, 2)]
+    assert [e.get("step") for e in read_ledger(store)] == [None, *range(1, 10), 9]

@@ -1,8 +1,8 @@
 """The trainer's ledger: what it issued, trained, dropped, published and committed, and its audit.
 
 Decoupled mode writes one JSON line per event. Each trainer process (an *incarnation*)
-writes a segment of its own, ``<output_dir>/ledger/<start ms>-<incarnation>.jsonl``; the
-ledger is the segments in order. In a cluster the output directory is the pod's emptyDir,
+writes a segment of its own, ``<output_dir>/ledger/<start ms>-<incarnation>-<part>.jsonl``
+(parts of `EVENTS_PER_PART` events); the ledger is the segments in order. In a cluster the output directory is the pod's emptyDir,
 so the trainer copies its segment to the run-files location (`observe.uploads.RunFiles`,
 ``<checkpoint uri>/run/ledger/``) right after its start, before every checkpoint and at
 the end: what a killed pod's segment lacks is what came after its last checkpoint, which a
@@ -42,36 +42,61 @@ def prompt_slot(prompt_id: str) -> int:
     return int(prompt_id.rsplit(".", 1)[1])
 
 
+EVENTS_PER_PART = 1000  # a segment is kept in parts of this many events: a copy rewrites only the newest
+
+
 def segment_name(incarnation: str, started: float) -> str:
-    """A segment's file name: sorting the names puts the incarnations in the order they started."""
-    return f"{int(started * 1000):013d}-{incarnation}.jsonl"
+    """A segment's name: sorting the names puts the incarnations in the order they started
+    (and a segment's parts, ``<name>-<part>.jsonl``, in the order they were written)."""
+    return f"{int(started * 1000):013d}-{incarnation}"
 
 
 class Ledger:
-    """Appends this incarnation's events to its segment; `mirror` copies the segment out."""
+    """Appends this incarnation's events to its segment; `mirror` copies the segment out.
+
+    The segment is written in parts of `EVENTS_PER_PART` events, so a copy sends the part
+    being written (and any part not yet copied since its last event), never the whole run's
+    history again: a long run's copies add up to its ledger's size, not its square."""
 
     def __init__(self, directory: str | Path, incarnation: str, mirror: RunFiles | None = None):
         self.incarnation = incarnation
-        self.path = Path(directory) / LEDGER_DIR / segment_name(incarnation, time.time())
-        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self.segment = segment_name(incarnation, time.time())
+        self.directory = Path(directory) / LEDGER_DIR
+        self.directory.mkdir(parents=True, exist_ok=True)
         self._mirror = mirror
+        self._events = 0
+        self._uncopied: set[int] = set()  # parts with events the location does not have yet
+
+    def part_name(self, part: int) -> str:
+        return f"{self.segment}-{part:05d}.jsonl"
+
+    @property
+    def path(self) -> Path:
+        """The part being written."""
+        return self.directory / self.part_name(self._events // EVENTS_PER_PART)
 
     def record(self, event: str, **fields) -> dict:
         entry = {"event": event, "incarnation": self.incarnation, **fields}
         with self.path.open("a") as f:
             f.write(json.dumps(entry) + "\n")
+        self._uncopied.add(self._events // EVENTS_PER_PART)
+        self._events += 1
         return entry
 
     def mirror_published(self, entry: dict) -> None:
         """Copy one "published" event out on its own (raises on failure: callers retry)."""
         if self._mirror is not None:
-            name = f"{PUBLISHED_DIR}/{self.path.stem}-{entry['version']:010d}.json"
+            name = f"{PUBLISHED_DIR}/{self.segment}-{entry['version']:010d}.json"
             self._mirror.put_bytes(name, json.dumps(entry).encode())
 
     def mirror(self) -> None:
-        """Copy the segment to the run-files location (raises on failure: callers retry)."""
-        if self._mirror is not None and self.path.exists():
-            self._mirror.put_file(self.path, f"{LEDGER_DIR}/{self.path.name}")
+        """Copy the segment's parts with new events to the run-files location (raises on
+        failure: callers retry, and the parts not copied stay due)."""
+        if self._mirror is None:
+            return
+        for part in sorted(self._uncopied):
+            self._mirror.put_file(self.directory / self.part_name(part), f"{LEDGER_DIR}/{self.part_name(part)}")
+            self._uncopied.discard(part)
 
 
 def parse_segment(text: str) -> list[dict]:
