@@ -50,7 +50,8 @@ class NodeShare:
         self._led: set[int] = set()  # versions this agent claimed: it removes their claims when it drops them
 
     async def start(self) -> None:
-        self.url = await self.server.start("0.0.0.0", self._port, self._address)  # noqa: S104 (the node's other pods)
+        # The address the node's other agents use and nothing else: the pod's, or loopback for a local run.
+        self.url = await self.server.start(self._address, self._port, self._address)
         log.info("weight relay serving", agent=self.agent_id, node=self.node, url=self.url)
 
     async def stop(self) -> None:
