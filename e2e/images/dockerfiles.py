@@ -7,6 +7,7 @@ import hashlib
 import json
 import shutil
 import subprocess
+import sys
 from pathlib import Path
 
 # What the Dockerfiles COPY (.dockerignore admits no more); their content keys the image.
@@ -26,6 +27,15 @@ def context_key(repo: Path, dockerfile: Path) -> str:
                 continue
             h.update(str(f.relative_to(repo)).encode() + b"\0" + f.read_bytes())
     return h.hexdigest()[:16]
+
+
+# Failures of the build machinery, not of the Dockerfile, that a second try gets past:
+# runc (under buildah's chroot runner) sealing its memfd copy while the kernel still holds it.
+TRANSIENT_FAILURES = ("sealing memfd copy: Device or resource busy",)
+
+
+def is_transient(output: str) -> bool:
+    return any(marker in output for marker in TRANSIENT_FAILURES)
 
 
 def _buildah(storage: Path, *args: str) -> subprocess.CompletedProcess:
@@ -67,8 +77,15 @@ def build(storage: Path, repo: Path, dockerfile: Path, ref: str, build_args: dic
         if Path(path).is_file():
             args.append(f"--volume={path}:{path}:ro")
     # chroot isolation shares the machine's network: RUN steps reach PyPI as pip would here.
-    _buildah(storage, "bud", "--isolation", "chroot", "--pull-never", "--layers=false",
-             "-f", str(dockerfile), "-t", ref, *args, str(repo))
+    for attempt in (1, 2):
+        try:
+            _buildah(storage, "bud", "--isolation", "chroot", "--pull-never", "--layers=false",
+                     "-f", str(dockerfile), "-t", ref, *args, str(repo))
+            break
+        except RuntimeError as e:
+            if attempt == 2 or not is_transient(str(e)):
+                raise
+            print(f"images: {ref}: buildah failed on a known transient; building once more", file=sys.stderr)
     shutil.rmtree(out, ignore_errors=True)
     _buildah(storage, "push", "--quiet", "--disable-compression", ref, f"oci:{out}:{ref}")
     # containerd names an imported image by this annotation (buildah writes only ref.name).
