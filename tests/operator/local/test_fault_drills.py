@@ -163,7 +163,12 @@ def test_an_agent_whose_download_is_cut_keeps_serving_and_loads_later(drills):
     assert "GET" in download.request
     agent = log_events(out, "rollout-0")
     failed = [e for e in agent if e.get("event") == "weight swap failed"]
-    assert failed, "the cut download did not fail a swap"
-    after = [e for e in agent if e.get("event") == "weights swapped" and e["timestamp"] > failed[-1]["timestamp"]]
-    assert after, "the agent never loaded a version after the outage"
+    swapped = [e for e in agent if e.get("event") == "weights swapped"]
+    if failed:
+        after = [e for e in swapped if e["timestamp"] > failed[-1]["timestamp"]]
+        assert after, "the agent never loaded a version after the outage"
+    else:
+        # The S3 client's own retries (five attempts with random backoff, then the transfer
+        # manager's) can outlast the outage: the cut then delays that swap instead of failing it.
+        assert any(e["seconds"] >= OUTAGE_S / 2 for e in swapped), "the cut download neither failed a swap nor delayed one"
     assert json.loads((out / "summary.json").read_text())["restarts"].get("rollout-0", 0) == 0
