@@ -306,11 +306,16 @@ def user_env(env) -> list[dict[str, Any]]:
     return [e.to_wire() for e in env or []]
 
 
-def writable_env(user: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    """HOME and XDG_CACHE_HOME on the writable /tmp, unless the user's env sets them
-    (theirs win; a duplicate name would make the API server warn)."""
+def unless_user_set(entries: list[dict[str, Any]], user: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """``entries`` without those the user's env names (theirs win; a duplicate name would
+    make the API server warn)."""
     given = {e["name"] for e in user}
-    return env_list({k: v for k, v in WRITABLE_ENV.items() if k not in given})
+    return [e for e in entries if e["name"] not in given]
+
+
+def writable_env(user: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """HOME and XDG_CACHE_HOME on the writable /tmp, unless the user's env sets them."""
+    return unless_user_set(env_list(WRITABLE_ENV), user)
 
 
 def config_volume(job: str, optional: bool = False) -> dict[str, Any]:

@@ -45,6 +45,7 @@ from kuberl.operator.children.common import (
     shm_volume,
     tmp_mount,
     tmp_volume,
+    unless_user_set,
     user_env,
     writable_env,
     mount_hub_cache,
@@ -267,9 +268,8 @@ def rollout_deployment(
         # node download each version once and copy it from one another (rollout.node_share).
         agent_env[WEIGHT_RELAY_PORT_ENV] = str(WEIGHT_RELAY_PORT)
         ports.append({"name": "weights", "containerPort": WEIGHT_RELAY_PORT})
-        users_first = {e["name"] for e in users}
-        node_env = [{"name": name, "valueFrom": {"fieldRef": {"fieldPath": path}}}
-                    for name, path in ((NODE_NAME_ENV, "spec.nodeName"), (POD_IP_ENV, "status.podIP")) if name not in users_first]
+        node_env = unless_user_set([{"name": name, "valueFrom": {"fieldRef": {"fieldPath": path}}}
+                                    for name, path in ((NODE_NAME_ENV, "spec.nodeName"), (POD_IP_ENV, "status.podIP"))], users)
     else:
         node_env = []
     containers.append({

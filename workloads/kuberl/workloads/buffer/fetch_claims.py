@@ -13,7 +13,7 @@ import asyncio
 import json
 import re
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 
 import nats.js.errors
 
@@ -89,7 +89,7 @@ class FetchClaims:
         return Claim.from_json(entry.value), entry.revision
 
     async def mark(self, node: str, version: int, claim: Claim, state: str) -> None:
-        await self._kv.put(claim_key(node, version), Claim(claim.agent, claim.url, claim.token, state, time.time()).to_json())
+        await self._kv.put(claim_key(node, version), replace(claim, state=state, at=time.time()).to_json())
 
     async def heartbeat(self, node: str, version: int, claim: Claim) -> None:
         """Refresh the claim every `HEARTBEAT_S` until cancelled (the download is over)."""

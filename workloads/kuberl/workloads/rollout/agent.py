@@ -31,7 +31,7 @@ from kuberl.workloads.rollout.episodes import SamplingSettings, env_session_time
 from kuberl.workloads.rollout.load_records import LoadRecords
 from kuberl.workloads.rollout.node_share import NodeShare, Peer
 from kuberl.workloads.rollout.rewards import python_runner
-from kuberl.workloads.weights.manifest import local_versions
+from kuberl.workloads.weights.manifest import Manifest, local_versions
 from kuberl.workloads.weights.stages import StageClock
 from kuberl.workloads.weights.sync import weight_store
 
@@ -128,26 +128,25 @@ class RolloutAgent:
         self._owns_scratch = not shared
         self.scratch = Path(shared or tempfile.mkdtemp(prefix="kuberl-versions-"))
 
-    def _fetch(self, version: int, clock: StageClock, peer: Peer | None = None) -> Fetched:
+    def _fetch(self, version: int, clock: StageClock, peer: Peer | None = None) -> tuple[Path, Manifest]:
         """The version's files (rebuilt against the version the engine holds when stored as
         deltas; copied whole from ``peer``, the node's download, when given), checked
         against the store's manifest; an older whole version when the store lost a parent of
         ``version`` (`WeightStore.fetch`'s fallback)."""
-        started = time.perf_counter()
         path, manifest = self.store.fetch(version, self.scratch / f"v{version:08d}", have=local_versions(self.scratch),
                                           whole_if_parent_missing=True, clock=clock, peer=peer)
-        return Fetched(Path(path), manifest.digest, manifest.version, version, "relay" if peer else "store", clock, started)
+        return Path(path), manifest
 
     async def fetch_version(self, version: int) -> Fetched:
         """`_fetch` in a thread: with weightFetch perNode, once per node (`NodeShare`)."""
         clock, started = StageClock(), time.perf_counter()
         if self.share is None:
-            fetched = await asyncio.to_thread(self._fetch, version, clock)
+            (path, manifest), source = await asyncio.to_thread(self._fetch, version, clock), "store"
         else:
-            fetched, source = await self.share.fetch(version, lambda peer: self._fetch(version, clock, peer), lambda f: f.version)
-            fetched = Fetched(fetched.path, fetched.digest, fetched.version, version, source, clock, started)
-        self.metrics.fetched(fetched.source)
-        return fetched
+            (path, manifest), source = await self.share.fetch(version, lambda peer: self._fetch(version, clock, peer),
+                                                              lambda got: got[1].version)
+        self.metrics.fetched(source)
+        return Fetched(path, manifest.digest, manifest.version, version, source, clock, started)
 
     def _drop_versions_before(self, version: int) -> None:
         """Once the engine holds ``version``, older fetched copies are dead weight."""

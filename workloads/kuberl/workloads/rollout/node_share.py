@@ -27,7 +27,7 @@ from kuberl.workloads.weights.relay import RelayServer
 
 log = get_logger(__name__)
 
-Fetched = TypeVar("Fetched")
+Result = TypeVar("Result")
 Peer = tuple[str, str]  # (relay url, token)
 
 
@@ -51,13 +51,13 @@ class NodeShare:
 
     async def start(self) -> None:
         # The address the node's other agents use and nothing else: the pod's, or loopback for a local run.
-        self.url = await self.server.start(self._address, self._port, self._address)
+        self.url = await self.server.start(self._address, self._port)
         log.info("weight relay serving", agent=self.agent_id, node=self.node, url=self.url)
 
     async def stop(self) -> None:
         await self.server.stop()
 
-    async def fetch(self, version: int, fetch: Callable[[Peer | None], Fetched], got: Callable[[Fetched], int]) -> tuple[Fetched, str]:
+    async def fetch(self, version: int, fetch: Callable[[Peer | None], Result], got: Callable[[Result], int]) -> tuple[Result, str]:
         """``fetch(peer)`` once, in a thread: from the store (peer None) when this agent
         claims ``version``, else from the claimant's relay, else (the copy failed) from the
         store after all. ``got(result)``: the version ``result`` holds (an older whole one
@@ -84,8 +84,8 @@ class NodeShare:
                             relay=ready.url, claimant=ready.agent, error=str(e)[:300])
         return await asyncio.to_thread(fetch, None), "store"
 
-    async def _download_for_the_node(self, version: int, mine: Claim, fetch: Callable[[Peer | None], Fetched],
-                                     got: Callable[[Fetched], int]) -> Fetched:
+    async def _download_for_the_node(self, version: int, mine: Claim, fetch: Callable[[Peer | None], Result],
+                                     got: Callable[[Result], int]) -> Result:
         self._led.add(version)
         beat = asyncio.create_task(self.claims.heartbeat(self.node, version, mine))
         outcome = FAILED

@@ -19,10 +19,7 @@ from pathlib import Path
 
 from aiohttp import web
 
-from kuberl.workloads.logs import get_logger
 from kuberl.workloads.weights.manifest import local_version, version_name
-
-log = get_logger(__name__)
 
 COPY_TIMEOUT_S = 30.0  # per read of the socket, not per file: a stalled relay gives way to the store
 CHUNK = 8 * 1024 * 1024
@@ -40,16 +37,17 @@ class RelayServer:
         self._runner: web.AppRunner | None = None
         self.served = 0  # files handed to other agents
 
-    async def start(self, host: str, port: int, advertise: str) -> str:
-        """Listen on ``host:port`` (0: any free port); returns the URL others reach it by."""
+    async def start(self, address: str, port: int) -> str:
+        """Listen on ``address:port`` (0: any free port), the address the others reach it
+        by and no other; returns its URL."""
         app = web.Application()
         app.router.add_get("/weights/{version}/{name}", self._get)
         self._runner = web.AppRunner(app, access_log=None)
         await self._runner.setup()
-        site = web.TCPSite(self._runner, host, port)
+        site = web.TCPSite(self._runner, address, port)
         await site.start()
         bound = self._runner.addresses[0][1]
-        return f"http://{advertise}:{bound}"
+        return f"http://{address}:{bound}"
 
     async def stop(self) -> None:
         if self._runner is not None:
