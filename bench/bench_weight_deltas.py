@@ -63,7 +63,7 @@ def main() -> None:
             print(rows[-1])
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
-    out = write_result("bench_weight_deltas", {"file_mib": args.mib, "encoding": delta.ENCODING, "level": delta.LEVEL,
+    out = write_result("bench_weight_deltas", {"file_mib": args.mib, "encoding": delta.ENCODING, "block_bytes": delta.BLOCK,
                                                "copy_mb_s": round(size / copy_s / 1e6), "rows": rows,
                                                "note": "one core of the 2-core machine, one file"})
     print(out)

@@ -12,7 +12,12 @@ same shards after an optimizer-like step that moves `--delta-share` of the weigh
 first. Targets (issue 15): the delta moves ≤ 10 % of the whole version's bytes and takes
 ≤ 0.3× its sync time.
 
-    .venv/bin/python bench/bench_weights.py [--shards 4] [--shard-mib 64] [--rounds 3] [--delta-share 0.03]
+FP8 versions (weightStore.fp8): a Llama-shaped float32 state dict (`--fp8-layers` layers of
+hidden `--fp8-hidden`) published by the trainer's own path (`publish_policy`: cast or blockwise-FP8
+quantise on the CPU, serialise, upload) and fetched, in BF16 and in FP8, alternating which
+goes first. Target (issue 15): the FP8 sync takes ≤ 0.6× the BF16 sync's time.
+
+    .venv/bin/python bench/bench_weights.py [--shards 4] [--shard-mib 64] [--rounds 3] [--delta-share 0.03] [--fp8-layers 2] [--fp8-hidden 2048]
 """
 
 from __future__ import annotations
@@ -29,9 +34,12 @@ import numpy as np
 from _common import SeaweedS3, median, write_result
 from bench_weight_deltas import bf16_bytes
 
+import torch
+
 from kuberl.workloads.weights.manifest import local_version
 from kuberl.workloads.weights.s3 import s3_client
 from kuberl.workloads.weights.store import WeightStore, default_transfer_config
+from kuberl.workloads.weights.sync import publish_policy
 
 MiB = 1024 * 1024
 
@@ -78,6 +86,31 @@ def run_step_sync(store: WeightStore, parent_dir: Path, new_dir: Path, dst: Path
     return t1 - t0, t2 - t1, manifest.stored_bytes
 
 
+def llama_state(layers: int, hidden: int = 2048, vocab: int = 1024) -> dict[str, torch.Tensor]:
+    """A Llama-shaped float32 state dict (HF names): what the trainer hands `publish_policy`. The
+    vocabulary is small so that, as in a 7 B model, about 4 % of the weights stay BF16 under FP8."""
+    gen = torch.Generator().manual_seed(0)
+    intermediate = int(2.75 * hidden) // 128 * 128  # Llama's ratio, in whole FP8 blocks
+    shapes = {"model.embed_tokens.weight": (vocab, hidden), "model.norm.weight": (hidden,), "lm_head.weight": (vocab, hidden)}
+    for i in range(layers):
+        p = f"model.layers.{i}."
+        shapes |= {p + "input_layernorm.weight": (hidden,), p + "post_attention_layernorm.weight": (hidden,)}
+        shapes |= {p + f"self_attn.{n}.weight": (hidden, hidden) for n in ("q_proj", "k_proj", "v_proj", "o_proj")}
+        shapes |= {p + "mlp.gate_proj.weight": (intermediate, hidden), p + "mlp.up_proj.weight": (intermediate, hidden),
+                   p + "mlp.down_proj.weight": (hidden, intermediate)}
+    return {name: 0.02 * torch.randn(shape, generator=gen) for name, shape in shapes.items()}
+
+
+def run_policy_sync(store: WeightStore, state: dict[str, torch.Tensor], dst: Path, version: int, use_fp8: bool) -> tuple[float, float, int]:
+    """The trainer's publish (cast or quantise, serialise, upload) and a fetch: (publish s, fetch s, bytes)."""
+    config = {"architectures": ["LlamaForCausalLM"], "model_type": "llama"}
+    t0 = time.perf_counter()
+    published = publish_policy(store, state, config, version, use_fp8, dtype="bfloat16")
+    t1 = time.perf_counter()
+    store.fetch(version, dst)
+    return t1 - t0, time.perf_counter() - t1, published.bytes
+
+
 def run_raw(client, bucket: str, src: Path, dst: Path, round_: int, workers: int) -> tuple[float, float]:
     cfg = default_transfer_config()
     files = sorted(src.iterdir())
@@ -109,10 +142,12 @@ def main() -> None:
     ap.add_argument("--rounds", type=int, default=3)
     ap.add_argument("--workers", type=int, default=4, help="files in parallel (both sides)")
     ap.add_argument("--delta-share", type=float, default=0.03, help="share of the weights one step moves")
+    ap.add_argument("--fp8-layers", type=int, default=2, help="layers of the Llama-shaped model synced in BF16 and FP8")
+    ap.add_argument("--fp8-hidden", type=int, default=2048, help="its hidden size (a multiple of 128)")
     args = ap.parse_args()
 
     root = Path(tempfile.mkdtemp(prefix="kuberl-bench-weights-"))
-    server = SeaweedS3(root / "weed")
+    server = SeaweedS3(root / "weed", volume_size_mb=2048)  # no volume growth inside a timed round (256 MB: about one in two)
     server.start()
     try:
         client = s3_client(server.endpoint, pool=64, aws_access_key_id=server.access_key,
@@ -145,6 +180,15 @@ def main() -> None:
                 version = 1001 + 2 * r + (name == "delta")
                 acc.append(run_step_sync(store, before, after, dst, version, parent=1000 if name == "delta" else None))
                 shutil.rmtree(dst)
+        # FP8 versions against BF16 ones, from the same float32 weights, alternating.
+        state = llama_state(args.fp8_layers, args.fp8_hidden)
+        bf16, fp8 = [], []
+        for r in range(args.rounds):
+            order = [("bf16", bf16), ("fp8", fp8)] if r % 2 else [("fp8", fp8), ("bf16", bf16)]
+            for name, acc in order:
+                dst = root / f"dst-{name}-{r}"
+                acc.append(run_policy_sync(store, state, dst, 2001 + 2 * r + (name == "fp8"), use_fp8=name == "fp8"))
+                shutil.rmtree(dst)
     finally:
         server.stop()
         shutil.rmtree(root, ignore_errors=True)
@@ -172,6 +216,15 @@ def main() -> None:
     res["delta"]["time_ratio"] = round(sync_s(deltas) / sync_s(whole), 3)
     res["delta"]["targets"] = {"bytes_ratio": 0.10, "time_ratio": 0.30}
     res["delta"]["pass"] = res["delta"]["bytes_ratio"] <= 0.10 and res["delta"]["time_ratio"] <= 0.30
+    res["fp8"] = {
+        "params": sum(t.numel() for t in state.values()),
+        "bf16": {"rounds_s": [[p, f] for p, f, _ in bf16], "sync_s": round(sync_s(bf16), 3), "bytes": bf16[0][2]},
+        "fp8": {"rounds_s": [[p, f] for p, f, _ in fp8], "sync_s": round(sync_s(fp8), 3), "bytes": fp8[0][2]},
+    }
+    res["fp8"]["bytes_ratio"] = round(fp8[0][2] / bf16[0][2], 4)
+    res["fp8"]["time_ratio"] = round(sync_s(fp8) / sync_s(bf16), 3)
+    res["fp8"]["target"] = {"time_ratio": 0.6}
+    res["fp8"]["pass"] = res["fp8"]["time_ratio"] <= 0.6
     out = write_result("bench_weights", res)
     print(f"{args.shards} shards x {args.shard_mib} MiB (+config.json), {args.rounds} rounds")
     for k in ("raw", "ours"):
@@ -182,7 +235,10 @@ def main() -> None:
     d = res["delta"]
     print(f"  a step moving {args.delta_share:.0%} of the weights ({d['bytes_changed']:.1%} of bytes): whole sync {d['whole']['sync_s']:.2f} s, "
           f"delta {d['delta']['sync_s']:.2f} s ({d['time_ratio']:.2f}x, target <= 0.3), stored {d['bytes_ratio']:.1%} of the whole "
-          f"(target <= 10 %) -> {out}")
+          f"(target <= 10 %)")
+    f = res["fp8"]
+    print(f"  {f['params'] / 1e6:.0f} M parameters published and fetched: BF16 {f['bf16']['sync_s']:.2f} s, FP8 {f['fp8']['sync_s']:.2f} s "
+          f"({f['time_ratio']:.2f}x, target <= 0.6), {f['bytes_ratio']:.1%} of the bytes -> {out}")
 
 
 if __name__ == "__main__":

@@ -17,7 +17,8 @@ BENCH = Path(__file__).resolve().parents[2] / "bench"
 # script, toy-size arguments, keys its result must hold
 QUICK = [
     ("bench_buffer.py", ["--messages", "40", "--tokens", "64", "--batch", "16", "--rounds", "1"], ["ratio", "raw", "ours"]),
-    ("bench_weights.py", ["--shards", "1", "--shard-mib", "2", "--rounds", "1"], ["ratio", "delta"]),
+    ("bench_weights.py", ["--shards", "1", "--shard-mib", "2", "--rounds", "1", "--fp8-layers", "1", "--fp8-hidden", "256"],
+     ["ratio", "delta", "fp8"]),
     ("bench_weight_deltas.py", ["--mib", "1", "--shares", "0.03"], ["rows", "copy_mb_s"]),
     ("bench_node_fetch.py", ["--agents", "2", "--shards", "1", "--shard-mib", "1", "--rounds", "1"],
      ["store_bytes_ratio", "wall_ratio"]),

@@ -166,6 +166,9 @@ class SeaweedS3:
     proc: subprocess.Popen | None = None
     s3_port: int = 0
     ports: dict[str, int] = field(default_factory=dict)
+    # Small volumes keep a test's disk small; each fills after this many MB and the master
+    # grows new ones, a pause of up to a second that a throughput bench would time.
+    volume_size_mb: int = 256
 
     @property
     def endpoint(self) -> str:
@@ -203,7 +206,7 @@ class SeaweedS3:
             # Everything we do not need is off or on its own free port, so parallel runs never collide.
             "-admin.ui=false", "-webdav=false", "-s3.port.iceberg=0", "-s3.port.lance=0",
             f"-debug.port={free_port()}", f"-metricsPort={free_port()}",
-            "-master.volumeSizeLimitMB=256",
+            f"-master.volumeSizeLimitMB={self.volume_size_mb}",
         ]
         env = dict(os.environ, AWS_ACCESS_KEY_ID=self.access_key, AWS_SECRET_ACCESS_KEY=self.secret_key)
         log = self.root / "weed.log"

@@ -17,6 +17,7 @@ import pytest
 import torch
 
 from kuberl.workloads.localproc import free_port
+from kuberl.workloads.weights import delta
 
 ROOT = Path(__file__).resolve().parents[3]
 CONFIG = {"model_type": "qwen2", "architectures": ["Qwen2ForCausalLM"], "hidden_size": 64}
@@ -69,7 +70,7 @@ def test_two_ranks_publish_one_version_that_fetches_bit_exactly_and_deltas_rebui
         if path is None:  # the second version: deltas, rebuilt against the first one held here
             path, manifest = store.fetch(2, tmp_path / "fetched" / "v2", have=[local_version(first)])
             assert manifest.parent == 1 and manifest.stored_bytes < 0.5 * manifest.total_bytes, manifest
-            assert {f.encoding for f in manifest.files if f.name.endswith(".safetensors")} == {"xor-sparse16"}
+            assert {f.encoding for f in manifest.files if f.name.endswith(".safetensors")} == {delta.ENCODING}
         expected, _ = engine_state(reference_state(step), "bfloat16", False)
         got = read_checkpoint_dir(path)
         assert sorted(got) == sorted(expected)

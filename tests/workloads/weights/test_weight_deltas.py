@@ -125,12 +125,18 @@ def test_a_delta_spans_blocks_and_a_corrupt_or_hostile_one_is_refused(tmp_path, 
         "huge block": delta._HEADER.pack(2**31, 8, 0) + good[12:],
         "more words than the block": delta._HEADER.pack(4096, 8, 4000) + good[12:],
         "count off by one": good[:8] + (int.from_bytes(good[8:12], "little") + 1).to_bytes(4, "little") + good[12:],
+        "kept bytes off by one": good[:4] + (int.from_bytes(good[4:8], "little") + 1).to_bytes(4, "little") + good[8:],
     }
     for why, data in hostile.items():
         (tmp_path / "bad").write_bytes(data)
         with pytest.raises(ValueError, match="truncated|corrupt"):
             delta.decode(tmp_path / "bad", tmp_path / "p", tmp_path / "r2")
             raise AssertionError(why)
+    # One word, and a bitmap whose second bit (a word past the block's end) is set.
+    (tmp_path / "p1").write_bytes(b"ab")
+    (tmp_path / "bad").write_bytes(delta._HEADER.pack(2, 1, 1) + bytes([0x80, 0x40]) + b"zz")
+    with pytest.raises(ValueError, match="corrupt"):
+        delta.decode(tmp_path / "bad", tmp_path / "p1", tmp_path / "r3")
 
 
 def test_a_delta_version_moves_a_fraction_of_the_bytes_and_rebuilds_bit_exactly(store, tmp_path):

@@ -1,12 +1,13 @@
 """Where a weight sync's time goes: seconds per stage, for the logs, the ledger and Prometheus.
 
-A sync is trainer side quantise → serialise → checksum (whole files) or encode (delta
-files, hashed as they are read) → upload → manifest, and engine side download (or relay: a
-copy from the node's agent that downloaded it) → reconstruct (delta files, hashed as they
-are written) → verify (a second read only for files downloaded whole) → engine load. The
-per-file stages run on several file threads at once; their seconds are added up over the
-threads, so on a sync of many files they can sum to more than its wall time. The wall time
-of the whole is reported beside them (`Published.seconds`, the swap's seconds).
+A sync is trainer side quantise → serialise → checksum (whole files, hashed while they
+upload) or encode (delta files, hashed as they are read) → upload → manifest, and engine
+side download (or relay: a copy from the node's agent that downloaded it) → reconstruct
+(delta files, hashed as they are written) → verify (a second read only for files
+downloaded whole) → engine load. The per-file stages run on several file threads at once;
+their seconds are added up over the threads, so on a sync of many files they can sum to
+more than its wall time. The wall time of the whole is reported beside them
+(`Published.seconds`, the swap's seconds).
 """
 
 from __future__ import annotations

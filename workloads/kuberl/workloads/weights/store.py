@@ -72,6 +72,11 @@ def _check_confined(version: int, manifest: Manifest, dest: Path) -> None:
                 raise UnsafeFileNameError(version, entry.name, f"resolves to {where}, outside the fetch directory {dest.resolve()}")
 
 
+def _timed_checksum(path: Path, clock: StageClock) -> str:
+    with clock.stage("checksum"):
+        return sha256_file(path)
+
+
 def default_transfer_config() -> TransferConfig:
     return TransferConfig(multipart_threshold=16 * MiB, multipart_chunksize=16 * MiB, max_concurrency=8,
                           use_threads=True)
@@ -183,9 +188,13 @@ class WeightStore:
                     encoded.unlink()
                     return FileEntry(path.name, size, digest, encoding=delta.ENCODING, stored_size=stored)
                 encoded.unlink()
-            else:
-                with clock.stage("checksum"):
-                    digest = sha256_file(path)
+            else:  # hashed while it uploads: both read the file from the page cache
+                with ThreadPoolExecutor(1, thread_name_prefix="kuberl-hash") as hasher:
+                    hashing = hasher.submit(_timed_checksum, path, clock)
+                    with clock.stage("upload"):
+                        self.client.upload_file(str(path), self.bucket, self._key(version, path.name), Config=self.transfer)
+                    digest = hashing.result()
+                return FileEntry(path.name, size, digest)
             with clock.stage("upload"):
                 self.client.upload_file(str(path), self.bucket, self._key(version, path.name), Config=self.transfer)
             return FileEntry(path.name, size, digest)
