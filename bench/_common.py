@@ -19,9 +19,9 @@ from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
 RESULTS_ENV = "KUBERL_BENCH_RESULTS"  # where results go instead of bench/results/ (the smoke runs)
-sys.path.insert(0, str(HERE.parent))  # run as a script: the repo root holds the test harness (tests.support, e2e.cluster)
+sys.path.insert(0, str(HERE.parent))  # run as a script: the repo root holds e2e.cluster and the real-node harness (tests.support)
 
-from tests.support.fixtures_servers import NatsServer, SeaweedS3  # noqa: F401
+from kuberl.operator.local.servers import NatsServer, SeaweedS3  # noqa: F401
 
 
 def median(xs: list[float]) -> float:

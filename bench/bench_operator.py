@@ -40,7 +40,7 @@ from kuberl.operator.naming import (
     trainer_service_name,
 )
 from kuberl.operator.settings import OperatorSettings  # noqa: E402
-from tests.support.fixtures_servers import free_port  # noqa: E402
+from kuberl.workloads.localproc import free_port  # noqa: E402
 
 API = "kuberl.io/v1alpha1"
 

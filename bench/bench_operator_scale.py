@@ -39,7 +39,7 @@ from bench_operator import API, Sampler, stop_operator, wait
 from e2e.cluster import controlplane
 from kuberl.operator.adapters.kube import Kube
 from kuberl.operator.api.constants import LABEL_JOB, LABEL_ROLE, ROLE_AGENTENV, ROLE_ROLLOUT, ROLE_TRAINER
-from tests.support.fixtures_servers import free_port
+from kuberl.workloads.localproc import free_port
 
 NS = "bench-scale"
 

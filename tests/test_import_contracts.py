@@ -123,3 +123,20 @@ def test_the_rules_see_imports_inside_functions():
     # The CLI imports the controllers (kopf) lazily, inside a function: the closure sees it.
     assert "kopf" in {n.split(".")[0] for n in closure("kuberl.operator.cli.run_operator")}
     assert "torch" in {n.split(".")[0] for n in closure("kuberl.workloads.trainer.__main__")}
+
+
+# The benches start servers from the package (`kuberl.operator.local.servers`), as `kuberl
+# run` does; only the chaos drill on a real node borrows the suite's node harness.
+BENCH_MAY_IMPORT_FROM_TESTS = {"chaos_cluster.py": {"tests.support.fixtures_node"}}
+
+
+def test_the_benches_import_nothing_from_the_tests_but_the_real_node_harness():
+    for path in sorted((ROOT / "bench").glob("*.py")):
+        found = set()
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.Import):
+                found.update(a.name for a in node.names)
+            elif isinstance(node, ast.ImportFrom) and node.module:
+                found.add(node.module)
+        from_tests = {m for m in found if m == "tests" or m.startswith("tests.")}
+        assert from_tests <= BENCH_MAY_IMPORT_FROM_TESTS.get(path.name, set()), (path.name, from_tests)

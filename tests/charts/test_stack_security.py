@@ -42,7 +42,7 @@ from kuberl.workloads.localproc import dies_with_parent, remove_weed_sockets
 from kuberl.workloads.config import S3_CREDENTIAL_KEYS
 from kuberl.workloads.localproc import find_binary, free_port, http_ok, seaweed_port_pair
 from tests.charts.test_chart import CHART, STACK_VALUES, by_kind, helm, render, run_helm  # noqa: F401  (helm: the fixture)
-from tests.support.fixtures_servers import _LIVE, _stop, _wait_until
+from kuberl.operator.local.servers import LIVE, stop_process, wait_ready
 from tests.support.label_selectors import selects
 from tests.support.objects import NS, S, example, job, pool
 
@@ -145,12 +145,12 @@ def nats_url(docs: list[dict], tmp_path_factory) -> str:
                                  "-p", str(port), "-m", str(http)],
                                 env=env, stdout=out, stderr=subprocess.STDOUT, start_new_session=True,
                                 preexec_fn=dies_with_parent())
-    _LIVE.add(proc)
+    LIVE.add(proc)
     try:
-        _wait_until(lambda: http_ok(f"http://127.0.0.1:{http}/healthz?js-enabled-only=true"), 30, "nats-server", proc, log)
+        wait_ready(lambda: http_ok(f"http://127.0.0.1:{http}/healthz?js-enabled-only=true"), 30, "nats-server", proc, log)
         yield f"nats://127.0.0.1:{port}"
     finally:
-        _stop(proc, sig=signal.SIGKILL)
+        stop_process(proc, sig=signal.SIGKILL)
 
 
 async def _quiet(_e):  # nats-py logs every refused attempt otherwise
@@ -251,7 +251,7 @@ def weed(docs: list[dict], tmp_path_factory) -> Weed:
         proc = subprocess.Popen([find_binary("weed"), *args], cwd=root, env=env,
                                 stdout=out, stderr=subprocess.STDOUT, start_new_session=True,
                                 preexec_fn=dies_with_parent())
-    _LIVE.add(proc)
+    LIVE.add(proc)
     server = Weed(ports["s3.port"], ports["master.port"])
     client = server.client()
 
@@ -264,10 +264,10 @@ def weed(docs: list[dict], tmp_path_factory) -> Weed:
             return False
 
     try:
-        _wait_until(ready, 90, "weed server", proc, log)
+        wait_ready(ready, 90, "weed server", proc, log)
         yield server
     finally:
-        _stop(proc, timeout=3)
+        stop_process(proc, timeout=3)
         remove_weed_sockets(ports.values())
 
 

@@ -8,7 +8,6 @@ import os
 import shutil
 import sys
 import time
-import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -24,16 +23,22 @@ from kuberl.operator.decisions.support import unsupported
 from kuberl.operator.decisions.status import SUCCEEDED
 from kuberl.operator.local.progress import ProgressReport
 from kuberl.operator.local.report import plot_rewards, read_metrics, summarise
+from kuberl.operator.local.servers import S3_ACCESS_KEY, S3_SECRET_KEY, nats_config, s3_roundtrip, weed_mini_argv, weed_ports
 from kuberl.operator.local.supervisor import Managed, RunError, _wait, find_binary
 from kuberl.operator.naming import trainer_pod_name
 from kuberl.workloads.buffer.admin import BufferConfig, create_job_streams
 from kuberl.workloads.config import CONFIG_ENV, ENGINE_URL_ENV, METRICS_ADDR_ENV, METRICS_PORT_ENV
-from kuberl.workloads.localproc import free_port, http_ok, remove_weed_sockets, seaweed_port_pair
+from kuberl.workloads.localproc import free_port, http_ok, remove_weed_sockets
 
 NAMESPACE = "default"
 
 
-S3_ACCESS_KEY, S3_SECRET_KEY = "kuberl", "kuberl-local-secret"
+def _s3_client(endpoint: str, **credentials):
+    import boto3
+
+    return boto3.client("s3", endpoint_url=endpoint, region_name="us-east-1", **credentials)
+
+
 
 
 def trainer_as_gang(job: RLJob, restarts: int, exit_code: int | None, started: float, now: float) -> JobView:
@@ -94,8 +99,7 @@ class LocalRun:
         root.mkdir(parents=True, exist_ok=True)
         port, http = self.port(), self.port()
         conf = root / "nats.conf"
-        conf.write_text(f'listen: "127.0.0.1:{port}"\nhttp: "127.0.0.1:{http}"\nmax_payload: 8388608\n'
-                        f'jetstream {{ store_dir: "{root / "jetstream"}" }}\n')
+        conf.write_text(nats_config(port, http, root / "jetstream"))
         m = self._child("nats-server", [find_binary("nats-server"), "-c", str(conf)], env)
         _wait(lambda: http_ok(f"http://127.0.0.1:{http}/healthz"), 30, "nats-server", m)
         return f"nats://127.0.0.1:{port}"
@@ -103,35 +107,17 @@ class LocalRun:
     def start_s3(self, env: dict[str, str]) -> str:
         data = self.output / "servers" / "seaweedfs"
         data.mkdir(parents=True, exist_ok=True)
-        ports = {}
-        for comp in ("master", "volume", "filer", "s3", "admin"):
-            ports[f"{comp}.port"], ports[f"{comp}.port.grpc"] = seaweed_port_pair()
-            self.ports.update((ports[f"{comp}.port"], ports[f"{comp}.port.grpc"]))
-        # -logdir: weed's own log files go with the run, not into $TMPDIR.
-        argv = [find_binary("weed"), f"-logdir={data}", "mini", f"-dir={data}", "-ip=127.0.0.1", "-ip.bind=127.0.0.1",
-                *(f"-{k}={v}" for k, v in ports.items()), "-admin.ui=false", "-webdav=false",
-                "-s3.port.iceberg=0", "-s3.port.lance=0", f"-debug.port={self.port()}", f"-metricsPort={self.port()}",
-                "-master.volumeSizeLimitMB=256"]
-        m = self._child("seaweedfs", argv, env)
+        ports = weed_ports()
+        self.ports.update(ports.values())
+        m = self._child("seaweedfs", weed_mini_argv(data, ports, debug_port=self.port(), metrics_port=self.port()), env)
         self._weed_ports = list(ports.values())
         endpoint = f"http://127.0.0.1:{ports['s3.port']}"
-        _wait(lambda: self._s3_roundtrip(endpoint), 90, "SeaweedFS (weed mini)", m)
+        client = _s3_client(endpoint, aws_access_key_id=S3_ACCESS_KEY, aws_secret_access_key=S3_SECRET_KEY)
+        _wait(lambda: s3_roundtrip(client), 90, "SeaweedFS (weed mini)", m)
         return endpoint
 
-    @staticmethod
-    def _s3_roundtrip(endpoint: str) -> bool:
-        import boto3
-
-        c = boto3.client("s3", endpoint_url=endpoint, aws_access_key_id=S3_ACCESS_KEY, aws_secret_access_key=S3_SECRET_KEY, region_name="us-east-1")
-        name = f"ready-{uuid.uuid4().hex[:8]}"
-        c.create_bucket(Bucket=name)
-        c.delete_bucket(Bucket=name)
-        return True
-
     def ensure_bucket(self, endpoint: str, bucket: str) -> None:
-        import boto3
-
-        c = boto3.client("s3", endpoint_url=endpoint, region_name="us-east-1")
+        c = _s3_client(endpoint)  # credentials from the environment: the endpoint may be the user's
         try:
             c.head_bucket(Bucket=bucket)
         except Exception:
