@@ -2,6 +2,18 @@
 
 from __future__ import annotations
 
+from kuberl.operator.api.conditions import (
+    BACKOFF_LIMIT_EXCEEDED,
+    BUFFER_AVAILABLE,
+    BUFFER_READY,
+    BUFFER_UNAVAILABLE,
+    CREATED,
+    DEADLINE_EXCEEDED,
+    FAILED,
+    JOB_CONDITION_TYPES,
+    PODS_REJECTED,
+    ROLLOUT_READY,
+)
 from kuberl.operator.decisions import status as st
 from kuberl.workloads.buffer.state import JobMetrics, JobState
 
@@ -23,7 +35,7 @@ def test_last_transition_time_moves_only_when_status_changes():
 
 def test_running_job_has_every_condition_and_phase_running():
     c = st.job_conditions([], now=10, **conds_at(10))
-    assert [x["type"] for x in c] == list(st.CONDITION_TYPES)
+    assert [x["type"] for x in c] == list(JOB_CONDITION_TYPES)
     assert st.phase_of(c) == "Running" and all(x["observedGeneration"] == 1 for x in c)
 
 
@@ -39,7 +51,7 @@ def test_pending_until_ranks_ready_and_engines_ready():
 def test_suspended_and_terminal_precedence():
     c = st.job_conditions([], now=0, **conds_at(0, suspended=True, trainer=st.TrainerView(2, 0)))
     assert st.phase_of(c) == "Suspended" and not st.is_true(c, "Running")
-    c = st.job_conditions(c, now=1, **conds_at(1, terminal=(st.FAILED, st.DEADLINE_EXCEEDED, "too long")))
+    c = st.job_conditions(c, now=1, **conds_at(1, terminal=(FAILED, DEADLINE_EXCEEDED, "too long")))
     assert st.phase_of(c) == "Failed" and st.find(c, "Failed")["reason"] == "DeadlineExceeded"
     # A terminal condition is never taken back by a later round.
     c = st.job_conditions(c, now=2, **conds_at(2))
@@ -52,42 +64,42 @@ def test_transition_events():
     reasons = {e.reason for e in st.transition_events(before, after)}
     assert {"AllRanksReady", "Training"} <= reasons
     assert st.transition_events(after, after) == []
-    failed = st.job_conditions(after, now=2, **conds_at(2, terminal=(st.FAILED, st.BACKOFF_LIMIT_EXCEEDED, "x")))
-    ev = [e for e in st.transition_events(after, failed) if e.reason == st.BACKOFF_LIMIT_EXCEEDED]
+    failed = st.job_conditions(after, now=2, **conds_at(2, terminal=(FAILED, BACKOFF_LIMIT_EXCEEDED, "x")))
+    ev = [e for e in st.transition_events(after, failed) if e.reason == BACKOFF_LIMIT_EXCEEDED]
     assert ev and ev[0].type == "Warning"
 
 
 def test_buffer_unavailable_is_a_condition_reason_and_a_warning_event():
     # Creating the streams failed: Created and BufferReady both say why, and that is announced at once.
     why = "creating JetStream streams at nats://nowhere:4222 failed: timeout"
-    first = st.job_conditions([], now=0, **conds_at(0, created=(False, st.BUFFER_UNAVAILABLE, why), buffer=(False, why),
+    first = st.job_conditions([], now=0, **conds_at(0, created=(False, BUFFER_UNAVAILABLE, why), buffer=(False, why),
                                                    trainer=st.TrainerView(2, 0)))
-    assert st.find(first, st.CREATED)["reason"] == st.BUFFER_UNAVAILABLE
-    buf = st.find(first, st.BUFFER_READY)
-    assert buf["status"] == "False" and buf["reason"] == st.BUFFER_UNAVAILABLE and buf["message"] == why
-    [ev] = [e for e in st.transition_events([], first) if e.reason == st.BUFFER_UNAVAILABLE]
+    assert st.find(first, CREATED)["reason"] == BUFFER_UNAVAILABLE
+    buf = st.find(first, BUFFER_READY)
+    assert buf["status"] == "False" and buf["reason"] == BUFFER_UNAVAILABLE and buf["message"] == why
+    [ev] = [e for e in st.transition_events([], first) if e.reason == BUFFER_UNAVAILABLE]
     assert ev.type == "Warning" and "nats://nowhere:4222" in ev.message
     assert st.phase_of(first) == "Pending"
     # Not repeated while it stays unavailable; recovery is announced as Normal.
-    again = st.job_conditions(first, now=1, **conds_at(1, created=(False, st.BUFFER_UNAVAILABLE, why), buffer=(False, why),
+    again = st.job_conditions(first, now=1, **conds_at(1, created=(False, BUFFER_UNAVAILABLE, why), buffer=(False, why),
                                                       trainer=st.TrainerView(2, 0)))
     assert st.transition_events(first, again) == []
     ok = st.job_conditions(again, now=2, **conds_at(2))
-    back = [e for e in st.transition_events(again, ok) if e.reason == st.BUFFER_AVAILABLE]
+    back = [e for e in st.transition_events(again, ok) if e.reason == BUFFER_AVAILABLE]
     assert back and back[0].type == "Normal" and st.phase_of(ok) == "Running"
     # A running job losing its buffer keeps its phase but gets the condition and the Warning.
     lost = st.job_conditions(ok, now=3, **conds_at(3, buffer=(False, "reading job state failed: no servers available")))
-    assert st.phase_of(lost) == "Running" and st.find(lost, st.BUFFER_READY)["reason"] == st.BUFFER_UNAVAILABLE
-    assert [e.type for e in st.transition_events(ok, lost) if e.reason == st.BUFFER_UNAVAILABLE] == ["Warning"]
+    assert st.phase_of(lost) == "Running" and st.find(lost, BUFFER_READY)["reason"] == BUFFER_UNAVAILABLE
+    assert [e.type for e in st.transition_events(ok, lost) if e.reason == BUFFER_UNAVAILABLE] == ["Warning"]
     # Not contacted this round (buffer=None): BufferReady is left as it was.
     kept = st.job_conditions(lost, now=4, **conds_at(4, buffer=None))
-    assert st.find(kept, st.BUFFER_READY)["status"] == "False"
+    assert st.find(kept, BUFFER_READY)["status"] == "False"
 
 
 def test_a_healthy_buffer_from_the_start_is_not_announced():
     c = st.job_conditions([], now=0, **conds_at(0))
-    assert st.is_true(c, st.BUFFER_READY)
-    assert not [e for e in st.transition_events([], c) if e.reason == st.BUFFER_AVAILABLE]
+    assert st.is_true(c, BUFFER_READY)
+    assert not [e for e in st.transition_events([], c) if e.reason == BUFFER_AVAILABLE]
 
 
 def test_progress_from_kv_state():
@@ -154,7 +166,7 @@ def test_refused_pods_are_a_reason_and_a_warning_once_per_message():
     new = st.workload_status({}, refused, 2, what="rollout pods", reasons=("EnginesReady", "NoEngineReady"),
                              ready_if_empty=False, now=1.0, generation=1)
     ready = st.find(new["conditions"], "Ready")
-    assert ready["reason"] == st.PODS_REJECTED and "exceeded quota: no-pods" in ready["message"]
+    assert ready["reason"] == PODS_REJECTED and "exceeded quota: no-pods" in ready["message"]
     events = st.rejection_events(None, new["conditions"])
     assert [(e.type, e.reason) for e in events] == [("Warning", "PodsRejected")]
     assert st.rejection_events(new["conditions"], new["conditions"]) == []  # no repeat for the same refusal
@@ -164,7 +176,7 @@ def test_refused_pods_are_a_reason_and_a_warning_once_per_message():
     conds = st.job_conditions(None, created=(True, "ChildrenCreated", ""), trainer=st.TrainerView(1, 1),
                               rollout=st.RolloutView(False, 0, 2, rejected="RolloutPool p: refused"), suspended=False,
                               terminal=None, now=1.0, generation=1)
-    assert st.find(conds, st.ROLLOUT_READY)["reason"] == st.PODS_REJECTED
+    assert st.find(conds, ROLLOUT_READY)["reason"] == PODS_REJECTED
 
 
 def test_pool_policy_versions_are_what_its_ready_pods_reported():

@@ -18,6 +18,7 @@ from kuberl.operator.api.common import (
     dns_label_rule,
     list_map,
 )
+from kuberl.operator.api.conditions import READY
 from kuberl.operator.api.constants import API_VERSION
 
 
@@ -70,7 +71,7 @@ class AgentEnvStatus(ApiModel):
     ready_replicas: int = Field(0, ge=0, description="Pods that pass readiness.")
     endpoint: str | None = Field(None, max_length=SHORT_STRING_MAX, description="In-cluster URL of the environment Service.")
     observed_generation: int | None = Field(None, ge=0, description="The .metadata.generation the status reflects.")
-    conditions: list[Condition] | None = Field(None, max_length=LIST_MAX, json_schema_extra=list_map("type"), description="Ready, Degraded.")
+    conditions: list[Condition] | None = Field(None, max_length=LIST_MAX, json_schema_extra=list_map("type"), description=f"{READY}: an environment server pod is ready, or none is wanted.")
 
 
 class AgentEnv(ApiModel):

@@ -22,6 +22,7 @@ from kuberl.operator.api.common import (
     dns_label_rule,
     list_map,
 )
+from kuberl.operator.api.conditions import JOB_CONDITION_TYPES
 from kuberl.operator.api.constants import API_VERSION
 from kuberl.operator.api.rolloutpool import RolloutPoolSpec
 from kuberl.workloads.spec import (
@@ -237,7 +238,7 @@ class RLJobStatus(ApiModel):
 
     phase: Literal["Pending", "Running", "Suspended", "Succeeded", "Failed"] | None = Field(None, description="Summary derived from the conditions.")
     conditions: list[Condition] | None = Field(
-        None, max_length=LIST_MAX, json_schema_extra=list_map("type"), description="Created, BufferReady, TrainerReady, RolloutReady, Running, Suspended, Succeeded, Failed."
+        None, max_length=LIST_MAX, json_schema_extra=list_map("type"), description=", ".join(JOB_CONDITION_TYPES) + "."
     )
     observed_generation: int | None = Field(None, ge=0, description="The .metadata.generation the status reflects.")
     step: int = Field(0, ge=0, description="Optimizer steps completed.")

@@ -18,6 +18,7 @@ from kuberl.operator.api.common import (
     dns_label_rule,
     list_map,
 )
+from kuberl.operator.api.conditions import READY
 from kuberl.operator.api.constants import API_VERSION
 
 
@@ -107,7 +108,7 @@ class RolloutPoolStatus(ApiModel):
     policy_versions: list[int] | None = Field(None, max_length=4096, description="Policy versions loaded by the ready pods.")
     last_scale_time: str | None = Field(None, description="When the autoscaler last changed replicas (RFC 3339).")
     observed_generation: int | None = Field(None, ge=0, description="The .metadata.generation the status reflects.")
-    conditions: list[Condition] | None = Field(None, max_length=LIST_MAX, json_schema_extra=list_map("type"), description="Ready, Scaling, Degraded.")
+    conditions: list[Condition] | None = Field(None, max_length=LIST_MAX, json_schema_extra=list_map("type"), description=f"{READY}: an engine pod is ready, or none is wanted.")
 
 
 class RolloutPool(ApiModel):

@@ -31,6 +31,7 @@ from kuberl.operator.controllers.runtime import (
 )
 from kuberl.operator.decisions import access
 from kuberl.operator.decisions import references as semantics
+from kuberl.operator.api.conditions import INVALID_SPEC, NO_POD_READY, PODS_READY, READY
 from kuberl.operator.decisions import status as st
 from kuberl.operator.naming import agent_env_url
 from kuberl.workloads.logs import get_logger
@@ -50,10 +51,10 @@ def _reconcile_env(fresh: dict) -> None:
     if errors:
         # Refused before any pod exists: a sandbox switched off against the installation's policy.
         message = semantics.describe(errors)
-        conds = st.set_condition(old.get("conditions"), "Ready", False, st.INVALID_SPEC, message, now=time.time(),
+        conds = st.set_condition(old.get("conditions"), READY, False, INVALID_SPEC, message, now=time.time(),
                                  generation=fresh["metadata"].get("generation"))
-        if (st.find(old.get("conditions"), "Ready") or {}).get("message") != message:
-            _event(fresh, "Warning", st.INVALID_SPEC, message)
+        if (st.find(old.get("conditions"), READY) or {}).get("message") != message:
+            _event(fresh, "Warning", INVALID_SPEC, message)
         patch_status("AgentEnv", namespace, name, old, {"conditions": conds, "observedGeneration": fresh["metadata"].get("generation")})
         return
     deployment = agent_env_deployment(env, namespace, RT.settings)
@@ -68,7 +69,7 @@ def _reconcile_env(fresh: dict) -> None:
     elif RT.watched.get("networking.k8s.io/v1", "NetworkPolicy", namespace, policy_name) is not None:
         RT.kube.delete("networking.k8s.io/v1", "NetworkPolicy", namespace, policy_name)
     desired = deployment["spec"]["replicas"]
-    new = st.workload_status(old, live.get("status") or {}, desired, what="pods", reasons=("PodsReady", "NoPodReady"),
+    new = st.workload_status(old, live.get("status") or {}, desired, what="pods", reasons=(PODS_READY, NO_POD_READY),
                              ready_if_empty=desired == 0, now=time.time(), generation=fresh["metadata"].get("generation"))
     new["endpoint"] = agent_env_url(namespace, name, env.spec.port)
     for event in st.rejection_events(old.get("conditions"), new["conditions"]):

@@ -51,6 +51,18 @@ from kuberl.operator.controllers.runtime import (
 )
 from kuberl.operator.decisions import access, lifecycle
 from kuberl.operator.decisions import references as semantics
+from kuberl.operator.api.conditions import (
+    BUFFER_UNAVAILABLE,
+    CHILD_REJECTED,
+    CHILDREN_CREATED,
+    CREATED,
+    FAILED,
+    INVALID_SPEC,
+    PODS_REJECTED,
+    READY,
+    SPEC_VALID,
+    TRAINER_READY,
+)
 from kuberl.operator.decisions import status as st
 from kuberl.operator.decisions.owned_pool import SCALE_UNDONE, owned_pool_update
 from kuberl.operator.naming import pool_name_for, trainer_selector
@@ -146,8 +158,8 @@ def _ensure_children(body: Mapping, job: RLJob, namespace: str, pools: dict, env
             RT.nats.ensure_job(url, namespace, name, BufferConfig.from_spec(job.spec.buffer), auth=_buffer_auth(job))
             RT.streams_ready.add(key)
         except Exception as e:  # noqa: BLE001 (NATS down or unreachable: retried next round)
-            return False, st.BUFFER_UNAVAILABLE, f"creating JetStream streams at {access.redact_url(url)} failed: {e}"
-    return True, "ChildrenCreated", "config, rendezvous service, rollout pool, agent envs and streams exist"
+            return False, BUFFER_UNAVAILABLE, f"creating JetStream streams at {access.redact_url(url)} failed: {e}"
+    return True, CHILDREN_CREATED, "config, rendezvous service, rollout pool, agent envs and streams exist"
 
 
 def _buffer_auth(job: RLJob) -> dict[str, str] | None:
@@ -172,7 +184,7 @@ def _pod_views(namespace: str, name: str, replicas: int, finished: bool) -> tupl
     for pod in _trainer_pods(namespace, name, replicas, finished):
         meta, status = pod["metadata"], pod.get("status") or {}
         labels = meta.get("labels") or {}
-        ready = st.is_true(status.get("conditions"), "Ready")
+        ready = st.is_true(status.get("conditions"), READY)
         views.append(lifecycle.PodView(
             name=meta["name"],
             index=int(labels.get(LABEL_REPLICA_INDEX, -1)),
@@ -191,8 +203,8 @@ def _rollout_view(job: RLJob, pools: dict) -> st.RolloutView:
     if pool_name is None:
         return st.RolloutView(colocated=True)
     pool = pools.get(pool_name) or {}
-    ready = st.find((pool.get("status") or {}).get("conditions"), "Ready") or {}
-    rejected = f"RolloutPool {pool_name}: {ready.get('message')}" if ready.get("reason") == st.PODS_REJECTED else None
+    ready = st.find((pool.get("status") or {}).get("conditions"), READY) or {}
+    rejected = f"RolloutPool {pool_name}: {ready.get('message')}" if ready.get("reason") == PODS_REJECTED else None
     return st.RolloutView(colocated=False, ready=(pool.get("status") or {}).get("readyReplicas", 0),
                           desired=(pool.get("spec") or {}).get("replicas", 0), rejected=rejected)
 
@@ -209,16 +221,16 @@ def _reconcile_job(body: dict, namespace: str, name: str) -> None:
     generation = body["metadata"].get("generation")
     lookups, pools, envs = _lookups(job, namespace)
     errors = semantics.semantic_errors(job, lookups, access_policy())
-    failed = st.find(conds, st.FAILED)
-    invalid_before = failed is not None and failed.get("status") == "True" and failed.get("reason") == st.INVALID_SPEC
-    started = st.is_true(conds, st.CREATED)
+    failed = st.find(conds, FAILED)
+    invalid_before = failed is not None and failed.get("status") == "True" and failed.get("reason") == INVALID_SPEC
+    started = st.is_true(conds, CREATED)
 
     if errors and not started:
         message = semantics.describe(errors)
-        new_conds = st.set_condition(conds, st.FAILED, True, st.INVALID_SPEC, message, now=now, generation=generation)
-        new_conds = st.set_condition(new_conds, st.CREATED, False, st.INVALID_SPEC, "children are not created for an invalid spec", now=now, generation=generation)
+        new_conds = st.set_condition(conds, FAILED, True, INVALID_SPEC, message, now=now, generation=generation)
+        new_conds = st.set_condition(new_conds, CREATED, False, INVALID_SPEC, "children are not created for an invalid spec", now=now, generation=generation)
         if not invalid_before or failed.get("message") != message:
-            _event(body, "Warning", st.INVALID_SPEC, message)
+            _event(body, "Warning", INVALID_SPEC, message)
             log.warning("invalid RLJob spec", namespace=namespace, name=name, errors=message)
         new_status = {"conditions": new_conds, "phase": st.phase_of(new_conds), "observedGeneration": generation}
         patch_status("RLJob", namespace, name, old_status, new_status)
@@ -226,20 +238,20 @@ def _reconcile_job(body: dict, namespace: str, name: str) -> None:
         return
     if invalid_before:
         # The spec was fixed (or what it refers to appeared): the job may start after all.
-        conds = st.set_condition(conds, st.FAILED, False, "SpecValid", "", now=now, generation=generation)
-        _event(body, "Normal", "SpecValid", "the spec is valid now; creating the job's children")
+        conds = st.set_condition(conds, FAILED, False, SPEC_VALID, "", now=now, generation=generation)
+        _event(body, "Normal", SPEC_VALID, "the spec is valid now; creating the job's children")
 
     finished = st.is_finished(conds)
-    created = (True, "ChildrenCreated", "")
+    created = (True, CHILDREN_CREATED, "")
     if not finished:
         try:
             created = _ensure_children(body, job, namespace, pools, envs)
         except KubeError as e:
             if not e.is_refusal:
                 raise
-            created = (False, st.CHILD_REJECTED, f"the API server refused a child of the job: {e.server_message}")
-    elif st.find(conds, st.CREATED):
-        c = st.find(conds, st.CREATED)
+            created = (False, CHILD_REJECTED, f"the API server refused a child of the job: {e.server_message}")
+    elif st.find(conds, CREATED):
+        c = st.find(conds, CREATED)
         created = (c["status"] == "True", c.get("reason", ""), c.get("message", ""))
 
     restarts = int(old_status.get("restarts", 0))
@@ -249,7 +261,7 @@ def _reconcile_job(body: dict, namespace: str, name: str) -> None:
         backoff_limit=job.spec.run_policy.backoff_limit,
         restarts=restarts,
         disruptions=int(old_status.get("disruptions", 0)),
-        gang_was_ready=st.is_true(old_status.get("conditions") or [], st.TRAINER_READY),
+        gang_was_ready=st.is_true(old_status.get("conditions") or [], TRAINER_READY),
         suspend=job.spec.suspend,
         finished=finished,
         completion_time=st.parse_rfc3339(old_status.get("completionTime")),
@@ -281,7 +293,7 @@ def _reconcile_job(body: dict, namespace: str, name: str) -> None:
         except KubeError as e:
             if not e.is_refusal:
                 raise
-            created = (False, st.CHILD_REJECTED, f"the API server refused trainer pod {index}: {e.server_message}")
+            created = (False, CHILD_REJECTED, f"the API server refused trainer pod {index}: {e.server_message}")
     pool_name = pool_name_for(job)
     # A pause only changes an annotation (the children's spec handlers do not fire), so
     # the child is reconciled here at once: its Deployment scales now, not on its next
@@ -301,7 +313,7 @@ def _reconcile_job(body: dict, namespace: str, name: str) -> None:
     # The buffer: unreachable while creating the streams, or when reading progress fails.
     state: dict | None = None
     buffer_seen: tuple[bool, str] | None = None
-    if not created[0] and created[1] == st.BUFFER_UNAVAILABLE:
+    if not created[0] and created[1] == BUFFER_UNAVAILABLE:
         buffer_seen = (False, created[2])
     elif created[0]:
         try:

@@ -30,6 +30,7 @@ from kuberl.operator.controllers.runtime import (
     reconcile_fresh,
 )
 from kuberl.operator.decisions import autoscaler
+from kuberl.operator.api.conditions import ENGINES_READY, NO_ENGINE_READY, READY
 from kuberl.operator.decisions import status as st
 from kuberl.operator.naming import pool_selector, selector_string
 from kuberl.workloads.logs import get_logger
@@ -76,7 +77,7 @@ def _reconcile_pool(body: dict, namespace: str, name: str) -> None:
     ensure_asserted(rollout_service(pool, namespace, RT.settings), body)
     old = body.get("status") or {}
     new = st.workload_status(old, live.get("status") or {}, deployment["spec"]["replicas"], what="rollout pods",
-                             reasons=("EnginesReady", "NoEngineReady"), ready_if_empty=pool.spec.replicas == 0,
+                             reasons=(ENGINES_READY, NO_ENGINE_READY), ready_if_empty=pool.spec.replicas == 0,
                              now=time.time(), generation=body["metadata"].get("generation"))
     new["selector"] = selector_string(pool_selector(name))
     for event in st.rejection_events(old.get("conditions"), new["conditions"]):
@@ -94,7 +95,7 @@ def _loaded_versions(job_body: dict, namespace: str, pool: str) -> list[int] | N
     bound job's KV); None when the buffer cannot be read this round (the field then keeps
     its last value)."""
     ready = [p["metadata"]["name"] for p in RT.watched.list("v1", "Pod", namespace, pool_selector(pool))
-             if st.is_true((p.get("status") or {}).get("conditions"), "Ready")]
+             if st.is_true((p.get("status") or {}).get("conditions"), READY)]
     url = ((job_body.get("spec") or {}).get("buffer") or {}).get("url") or buffer_default_url()
     try:
         auth = buffer_auth(namespace, credential_secrets(job_body.get("spec"))["buffer_credentials_secret"])

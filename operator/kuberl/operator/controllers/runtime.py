@@ -30,6 +30,7 @@ from kuberl.operator.api.constants import (
 from kuberl.operator.children.common import is_paused
 from kuberl.operator.decisions.access import AccessPolicy
 from kuberl.operator.decisions.backoff import retry_delay
+from kuberl.operator.api.conditions import CHILD_REJECTED, READY
 from kuberl.operator.decisions import status as st
 from kuberl.operator.decisions.status import changed_fields
 from kuberl.operator.settings import OperatorSettings
@@ -285,7 +286,7 @@ def report_refusal(kind: str, body: Mapping, error: KubeError) -> None:
     meta = body["metadata"]
     old = plain(body.get("status") or {})
     message = f"the API server refused a child: {error.server_message}"
-    conds = st.set_condition(old.get("conditions"), "Ready", False, st.CHILD_REJECTED, message, now=time.time(),
+    conds = st.set_condition(old.get("conditions"), READY, False, CHILD_REJECTED, message, now=time.time(),
                              generation=meta.get("generation"))
     for event in st.rejection_events(old.get("conditions"), conds):
         _event(body, event.type, event.reason, event.message)

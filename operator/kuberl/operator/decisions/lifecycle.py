@@ -12,6 +12,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+from kuberl.operator.api.conditions import BACKOFF_LIMIT_EXCEEDED, DEADLINE_EXCEEDED, FAILED, SUCCEEDED, TRAINER_COMPLETED
+
 from kuberl.operator.decisions import status as st
 from kuberl.operator.naming import trainer_pod_name
 
@@ -90,7 +92,7 @@ def decide(view: JobView) -> Plan:
     if view.active_deadline_s is not None and view.start_time is not None and view.now - view.start_time > view.active_deadline_s:
         plan.delete = [p.name for p in live]
         plan.pause_children = True
-        plan.terminal = (st.FAILED, st.DEADLINE_EXCEEDED, f"the job ran longer than activeDeadlineSeconds={view.active_deadline_s}")
+        plan.terminal = (FAILED, DEADLINE_EXCEEDED, f"the job ran longer than activeDeadlineSeconds={view.active_deadline_s}")
         return plan
 
     current = [p for p in live if p.generation == view.restarts and p.index < view.replicas]
@@ -117,7 +119,7 @@ def decide(view: JobView) -> Plan:
         if view.restarts - view.disruptions >= view.backoff_limit:
             plan.delete = [p.name for p in live if p.phase not in ("Succeeded", "Failed")]
             plan.pause_children = True
-            plan.terminal = (st.FAILED, st.BACKOFF_LIMIT_EXCEEDED,
+            plan.terminal = (FAILED, BACKOFF_LIMIT_EXCEEDED,
                              f"trainer pod(s) {names} failed after {view.restarts - view.disruptions} counted gang restart(s) (backoffLimit={view.backoff_limit})")
             return plan
         plan.restarts = view.restarts + 1
@@ -128,7 +130,7 @@ def decide(view: JobView) -> Plan:
         return plan
 
     if len(current) == view.replicas and all(p.phase == "Succeeded" for p in current):
-        plan.terminal = (st.SUCCEEDED, "TrainerCompleted", f"all {view.replicas} trainer pods completed")
+        plan.terminal = (SUCCEEDED, TRAINER_COMPLETED, f"all {view.replicas} trainer pods completed")
         plan.pause_children = True
         return plan
 

@@ -15,31 +15,39 @@ from typing import Any
 
 from kuberl.workloads.buffer.state import JobState
 
-CREATED = "Created"
-BUFFER_READY = "BufferReady"
-TRAINER_READY = "TrainerReady"
-ROLLOUT_READY = "RolloutReady"
-RUNNING = "Running"
-SUSPENDED = "Suspended"
-SUCCEEDED = "Succeeded"
-FAILED = "Failed"
-CONDITION_TYPES = (CREATED, BUFFER_READY, TRAINER_READY, ROLLOUT_READY, RUNNING, SUSPENDED, SUCCEEDED, FAILED)
-
-# Reasons of the Failed condition.
-INVALID_SPEC = "InvalidSpec"
-BACKOFF_LIMIT_EXCEEDED = "BackoffLimitExceeded"
-DEADLINE_EXCEEDED = "DeadlineExceeded"
-
-# Reasons of BufferReady (and of Created while the streams cannot be made).
-BUFFER_UNAVAILABLE = "BufferUnavailable"
-BUFFER_AVAILABLE = "BufferAvailable"
+from kuberl.operator.api.conditions import (
+    ALL_RANKS_READY,
+    BUFFER_AVAILABLE,
+    BUFFER_READY,
+    BUFFER_UNAVAILABLE,
+    CHILD_REJECTED,
+    COLOCATED,
+    CREATED,
+    ENGINES_READY,
+    FAILED,
+    JOB_CONDITION_TYPES,
+    JOB_FINISHED,
+    NO_ENGINE_READY,
+    NOT_FAILED,
+    NOT_FINISHED,
+    NOT_SUSPENDED,
+    PODS_REJECTED,
+    RANKS_NOT_READY,
+    READY,
+    ROLLOUT_READY,
+    RUNNING,
+    STARTING,
+    SUCCEEDED,
+    SUSPENDED,
+    SUSPENDED_BY_USER,
+    TRAINER_READY,
+    TRAINING,
+)
 
 # Conditions whose False is news even when it is their first value: announced as Warnings.
 WARN_WHEN_FALSE = frozenset({BUFFER_READY})
-# The API server refused a child (422: invalid; 403: admission, e.g. Pod Security): the
-# user must change something, so these are shown as conditions and Warning Events, not retried silently.
-CHILD_REJECTED = "ChildRejected"
-PODS_REJECTED = "PodsRejected"
+# The API server refused a child: the user must change something, so these are shown as
+# conditions and Warning Events, not retried silently.
 REJECTION_REASONS = frozenset({CHILD_REJECTED, PODS_REJECTED})
 
 
@@ -84,7 +92,7 @@ def set_condition(
         new["observedGeneration"] = generation
     out = [c for c in conditions or [] if c.get("type") != type_]
     out.append(new)
-    order = {t: i for i, t in enumerate(CONDITION_TYPES)}
+    order = {t: i for i, t in enumerate(JOB_CONDITION_TYPES)}
     return sorted(out, key=lambda c: order.get(c["type"], len(order)))
 
 
@@ -182,12 +190,12 @@ def workload_status(old: dict[str, Any], deployment_status: dict[str, Any], desi
     failure = replica_failure(deployment_status) if desired > ready_count else None
     if failure is not None:
         reason, message = PODS_REJECTED, f"{message}; the API server refuses to create them: {failure}"
-    conds = set_condition(old.get("conditions"), "Ready", ready, reason, message, now=now, generation=generation)
+    conds = set_condition(old.get("conditions"), READY, ready, reason, message, now=now, generation=generation)
     return {
         "replicas": deployment_status.get("replicas", 0),
         "readyReplicas": ready_count,
         "observedGeneration": generation,
-        "conditions": [c for c in conds if c["type"] == "Ready"] + [c for c in conds if c["type"] != "Ready"],
+        "conditions": [c for c in conds if c["type"] == READY] + [c for c in conds if c["type"] != READY],
     }
 
 
@@ -240,31 +248,31 @@ def job_conditions(
         put(type_, True, reason, message)
         finished = True
     if trainer.ready >= trainer.replicas and trainer.replicas > 0 and not finished and not suspended:
-        put(TRAINER_READY, True, "AllRanksReady", f"{trainer.ready}/{trainer.replicas} trainer pods ready")
+        put(TRAINER_READY, True, ALL_RANKS_READY, f"{trainer.ready}/{trainer.replicas} trainer pods ready")
     else:
-        why = "JobFinished" if finished else "Suspended" if suspended else "RanksNotReady"
+        why = JOB_FINISHED if finished else SUSPENDED if suspended else RANKS_NOT_READY
         put(TRAINER_READY, False, why, f"{trainer.ready}/{trainer.replicas} trainer pods ready")
     if rollout.colocated:
-        put(ROLLOUT_READY, not finished and not suspended, "Colocated", "the trainer pods run the engine")
+        put(ROLLOUT_READY, not finished and not suspended, COLOCATED, "the trainer pods run the engine")
     elif rollout.ready > 0 and not finished and not suspended:
-        put(ROLLOUT_READY, True, "EnginesReady", f"{rollout.ready}/{rollout.desired} rollout pods ready")
+        put(ROLLOUT_READY, True, ENGINES_READY, f"{rollout.ready}/{rollout.desired} rollout pods ready")
     elif rollout.rejected and not finished and not suspended:
         put(ROLLOUT_READY, False, PODS_REJECTED, rollout.rejected)
     else:
-        why = "JobFinished" if finished else "Suspended" if suspended else "NoEngineReady"
+        why = JOB_FINISHED if finished else SUSPENDED if suspended else NO_ENGINE_READY
         put(ROLLOUT_READY, False, why, f"{rollout.ready}/{rollout.desired} rollout pods ready")
-    put(SUSPENDED, suspended and not finished, "SuspendedByUser" if suspended else "NotSuspended")
+    put(SUSPENDED, suspended and not finished, SUSPENDED_BY_USER if suspended else NOT_SUSPENDED)
     running = is_true(conds, TRAINER_READY) and is_true(conds, ROLLOUT_READY)
     if finished:
-        put(RUNNING, False, "JobFinished")
+        put(RUNNING, False, JOB_FINISHED)
     elif suspended:
-        put(RUNNING, False, "Suspended")
+        put(RUNNING, False, SUSPENDED)
     else:
-        put(RUNNING, running, "Training" if running else "Starting")
+        put(RUNNING, running, TRAINING if running else STARTING)
     if not is_true(conds, SUCCEEDED):
-        put(SUCCEEDED, False, "NotFinished")
+        put(SUCCEEDED, False, NOT_FINISHED)
     if not is_true(conds, FAILED):
-        put(FAILED, False, "NotFailed")
+        put(FAILED, False, NOT_FAILED)
     return conds
 
 

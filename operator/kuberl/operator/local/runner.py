@@ -12,6 +12,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from kuberl.operator.api import RLJob
+from kuberl.operator.api.conditions import SUCCEEDED
 from kuberl.operator.children.agentenv import REFERENCE_SERVER, agent_env_server_args
 from kuberl.operator.children.common import ENGINE_SCRATCH_ENV
 from kuberl.operator.children.rollout import generating_pool
@@ -20,7 +21,6 @@ from kuberl.operator.children.workload_config import workload_config
 from kuberl.operator.decisions.lifecycle import JobView, PodView, decide
 from kuberl.operator.decisions.references import describe
 from kuberl.operator.decisions.support import unsupported
-from kuberl.operator.decisions.status import SUCCEEDED
 from kuberl.operator.local.progress import ProgressReport
 from kuberl.operator.local.report import plot_rewards, read_metrics, summarise
 from kuberl.operator.local.servers import S3_ACCESS_KEY, S3_SECRET_KEY, nats_config, s3_roundtrip, weed_mini_argv, weed_ports
