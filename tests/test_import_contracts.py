@@ -6,7 +6,9 @@ inside functions), followed transitively through kuberl's own modules:
   and config, the operator-facing half of the buffer, logging, process helpers);
 * nothing the operator imports pulls torch (the operator image installs no torch);
 * pure modules (api, naming, children, decisions, schema, the rl algorithm, the buffer's
-  names/records/staleness/state) import no kopf, no Kubernetes client and no NATS.
+  names/records/staleness/state) import no kopf, no Kubernetes client and no NATS;
+* decisions import no children (the builders follow the decisions, not the reverse);
+* the benches import nothing from the tests but the real-node harness.
 """
 
 from __future__ import annotations
@@ -123,6 +125,16 @@ def test_the_rules_see_imports_inside_functions():
     # The CLI imports the controllers (kopf) lazily, inside a function: the closure sees it.
     assert "kopf" in {n.split(".")[0] for n in closure("kuberl.operator.cli.run_operator")}
     assert "torch" in {n.split(".")[0] for n in closure("kuberl.workloads.trainer.__main__")}
+
+
+def test_decisions_import_no_children():
+    """Decisions say what should be; children say how it is written as Kubernetes objects,
+    from those decisions: never the other way round."""
+    decisions = [m for m in MODULES if m.startswith("kuberl.operator.decisions")]
+    assert decisions
+    for module in decisions:
+        children = {m for m in closure(module) if m.startswith("kuberl.operator.children")}
+        assert not children, (module, children)
 
 
 # The benches start servers from the package (`kuberl.operator.local.servers`), as `kuberl

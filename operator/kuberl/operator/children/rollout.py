@@ -50,6 +50,7 @@ from kuberl.operator.children.common import (
     writable_env,
     mount_hub_cache,
 )
+from kuberl.operator.decisions.job_shape import generating_pool
 from kuberl.operator.naming import inline_pool_name, pool_selector
 from kuberl.operator.settings import OperatorSettings
 from kuberl.workloads.config import (
@@ -60,27 +61,6 @@ from kuberl.workloads.config import (
     POD_IP_ENV,
     WEIGHT_RELAY_PORT_ENV,
 )
-
-
-def default_pool_spec(job: RLJob) -> RolloutPoolSpec:
-    """The pool a decoupled job gets when it names none: CPU torch engine for torch trainers."""
-    if job.spec.trainer.backend == "torch":
-        return RolloutPoolSpec.model_validate({"engine": {"type": "torch"}, "gpusPerReplica": 0})
-    return RolloutPoolSpec()
-
-
-def generating_pool(job: RLJob, referenced: RolloutPoolSpec | None = None) -> RolloutPoolSpec | None:
-    """The RolloutPool spec a job generates with: None in colocated mode (the trainer
-    generates); else the referenced pool's (spec.rollout.poolRef), the inline template,
-    or the default pool."""
-    if job.spec.mode == "colocated":
-        return None
-    rollout = job.spec.rollout
-    if rollout is not None and rollout.pool_ref:
-        return referenced
-    if rollout is not None and rollout.template is not None:
-        return rollout.template
-    return default_pool_spec(job)
 
 
 def inline_rollout_pool(job: RLJob, namespace: str, settings: OperatorSettings) -> dict[str, Any] | None:

@@ -37,6 +37,7 @@ from kuberl.operator.children.common import (
     user_env,
     writable_env,
 )
+from kuberl.operator.decisions.job_shape import trainer_ranks
 from kuberl.operator.naming import (
     trainer_pod_name,
     trainer_selector,
@@ -82,12 +83,6 @@ def wandb_env(wandb: WandbSpec | None) -> list[dict[str, Any]]:
 # default: the operator's config leaves it unset); writable with a read-only root filesystem.
 TRAINER_OUTPUT_DIR = WorkloadConfig.model_fields["output_dir"].default
 TRAINER_OUTPUT_VOLUME = "output"
-
-
-def trainer_ranks(job: RLJob) -> tuple[int, int]:
-    """(processes per pod, world size): one rank per GPU, or one per pod on CPU."""
-    per_pod = max(job.spec.trainer.gpus_per_replica, 1)
-    return per_pod, per_pod * job.spec.trainer.replicas
 
 
 def trainer_image(job: RLJob, settings: OperatorSettings) -> str:

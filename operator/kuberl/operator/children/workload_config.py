@@ -17,7 +17,7 @@ from kuberl.operator.api.constants import LABEL_JOB
 from kuberl.operator.api.rolloutpool import RolloutPoolSpec
 from kuberl.operator.children.agentenv import agent_env_urls
 from kuberl.operator.children.common import CONFIG_KEY, common_labels, object_meta
-from kuberl.operator.children.rollout import generating_pool
+from kuberl.operator.decisions.job_shape import generating_pool
 from kuberl.operator.naming import config_map_name, engine_url
 from kuberl.operator.settings import OperatorSettings
 from kuberl.workloads.config import JobRef, RolloutRuntime, WorkloadConfig

@@ -13,10 +13,9 @@ from typing import Any
 
 from kuberl.operator.api import RLJob
 from kuberl.operator.api.rolloutpool import RolloutPoolSpec
-from kuberl.operator.children.rollout import default_pool_spec
+from kuberl.operator.decisions.job_shape import default_pool_spec, trainer_ranks
 from kuberl.operator.decisions.access import AccessPolicy, endpoint_errors, sandbox_errors, secret_errors
 from kuberl.operator.decisions.support import cluster_errors, engine_errors, reward_errors, source_errors, trainer_errors
-from kuberl.operator.children.trainer import trainer_ranks
 from kuberl.operator.naming import pool_name_for
 
 

@@ -15,9 +15,8 @@ from kuberl.operator.api import RLJob
 from kuberl.operator.api.conditions import SUCCEEDED
 from kuberl.operator.children.agentenv import REFERENCE_SERVER, agent_env_server_args
 from kuberl.operator.children.common import ENGINE_SCRATCH_ENV
-from kuberl.operator.children.rollout import generating_pool
-from kuberl.operator.children.trainer import trainer_ranks
 from kuberl.operator.children.workload_config import workload_config
+from kuberl.operator.decisions.job_shape import generating_pool, trainer_ranks
 from kuberl.operator.decisions.lifecycle import JobView, PodView, decide
 from kuberl.operator.decisions.references import describe
 from kuberl.operator.decisions.support import unsupported
