@@ -9,6 +9,7 @@ from typing import Any
 import kopf
 
 from kuberl.operator.api import AgentEnv
+from kuberl.operator.api.conditions import INVALID_SPEC, NO_POD_READY, PODS_READY, READY
 from kuberl.operator.api.constants import GROUP, VERSION
 from kuberl.operator.children.agentenv import (
     agent_env_deployment,
@@ -31,7 +32,6 @@ from kuberl.operator.controllers.runtime import (
 )
 from kuberl.operator.decisions import access
 from kuberl.operator.decisions import references as semantics
-from kuberl.operator.api.conditions import INVALID_SPEC, NO_POD_READY, PODS_READY, READY
 from kuberl.operator.decisions import status as st
 from kuberl.operator.naming import agent_env_url
 from kuberl.workloads.logs import get_logger

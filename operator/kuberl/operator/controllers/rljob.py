@@ -13,6 +13,18 @@ from kuberl.operator.adapters import metrics
 from kuberl.operator.adapters.kube import KubeError
 from kuberl.operator.api import RLJob
 from kuberl.operator.api.agentenv import AgentEnvSpec
+from kuberl.operator.api.conditions import (
+    BUFFER_UNAVAILABLE,
+    CHILD_REJECTED,
+    CHILDREN_CREATED,
+    CREATED,
+    FAILED,
+    INVALID_SPEC,
+    PODS_REJECTED,
+    READY,
+    SPEC_VALID,
+    TRAINER_READY,
+)
 from kuberl.operator.api.constants import (
     API_VERSION,
     GROUP,
@@ -51,18 +63,6 @@ from kuberl.operator.controllers.runtime import (
 )
 from kuberl.operator.decisions import access, lifecycle
 from kuberl.operator.decisions import references as semantics
-from kuberl.operator.api.conditions import (
-    BUFFER_UNAVAILABLE,
-    CHILD_REJECTED,
-    CHILDREN_CREATED,
-    CREATED,
-    FAILED,
-    INVALID_SPEC,
-    PODS_REJECTED,
-    READY,
-    SPEC_VALID,
-    TRAINER_READY,
-)
 from kuberl.operator.decisions import status as st
 from kuberl.operator.decisions.owned_pool import SCALE_UNDONE, owned_pool_update
 from kuberl.operator.naming import pool_name_for, trainer_selector
@@ -205,8 +205,9 @@ def _rollout_view(job: RLJob, pools: dict) -> st.RolloutView:
     pool = pools.get(pool_name) or {}
     ready = st.find((pool.get("status") or {}).get("conditions"), READY) or {}
     rejected = f"RolloutPool {pool_name}: {ready.get('message')}" if ready.get("reason") == PODS_REJECTED else None
-    return st.RolloutView(colocated=False, ready=(pool.get("status") or {}).get("readyReplicas", 0),
-                          desired=(pool.get("spec") or {}).get("replicas", 0), rejected=rejected)
+    desired = RolloutPoolSpec.model_validate(pool.get("spec") or {}).replicas if pool else 0  # no pool yet: none
+    return st.RolloutView(colocated=False, ready=(pool.get("status") or {}).get("readyReplicas", 0), desired=desired,
+                          rejected=rejected)
 
 
 def reconcile_job(body: Mapping, trigger: str) -> None:
@@ -401,7 +402,7 @@ def rljob_deleted(body: kopf.Body, spec: kopf.Spec, namespace: str, name: str, u
     job is let go with a Warning naming what is left, so a NATS outage never holds a
     namespace's deletion hostage."""
     pool_ref = (spec.get("rollout") or {}).get("poolRef")
-    if pool_ref and spec.get("mode", "decoupled") != "colocated":
+    if pool_ref and spec.get("mode") != "colocated":  # the spec as stored (defaulted); it may not parse
         _release_shared_pool(None, namespace, name, RT.kube.get(API_VERSION, "RolloutPool", namespace, pool_ref))
     buffer = spec.get("buffer") or {}
     url = buffer.get("url") or buffer_default_url()

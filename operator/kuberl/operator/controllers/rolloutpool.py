@@ -10,6 +10,7 @@ import kopf
 
 from kuberl.operator.adapters import metrics
 from kuberl.operator.api import RolloutPool
+from kuberl.operator.api.conditions import ENGINES_READY, NO_ENGINE_READY, READY
 from kuberl.operator.api.rolloutpool import RolloutPoolSpec
 from kuberl.operator.api.constants import API_VERSION, GROUP, VERSION
 from kuberl.operator.children.common import is_paused
@@ -30,7 +31,6 @@ from kuberl.operator.controllers.runtime import (
     reconcile_fresh,
 )
 from kuberl.operator.decisions import autoscaler
-from kuberl.operator.api.conditions import ENGINES_READY, NO_ENGINE_READY, READY
 from kuberl.operator.decisions import status as st
 from kuberl.operator.naming import pool_selector, selector_string
 from kuberl.workloads.logs import get_logger

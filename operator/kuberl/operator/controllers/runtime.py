@@ -20,6 +20,7 @@ from kuberl.operator.adapters import metrics
 from kuberl.operator.adapters.kube import Kube, KubeError, api_client_from_environment
 from kuberl.operator.adapters.nats import NatsBridge
 from kuberl.operator.adapters.watch_cache import WatchCache, plain
+from kuberl.operator.api.conditions import CHILD_REJECTED, READY
 from kuberl.operator.api.constants import (
     API_VERSION,
     MANAGED_BY,
@@ -30,7 +31,6 @@ from kuberl.operator.api.constants import (
 from kuberl.operator.children.common import is_paused
 from kuberl.operator.decisions.access import AccessPolicy
 from kuberl.operator.decisions.backoff import retry_delay
-from kuberl.operator.api.conditions import CHILD_REJECTED, READY
 from kuberl.operator.decisions import status as st
 from kuberl.operator.decisions.status import changed_fields
 from kuberl.operator.settings import OperatorSettings

@@ -13,6 +13,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from kuberl.operator.api.conditions import BACKOFF_LIMIT_EXCEEDED, DEADLINE_EXCEEDED, FAILED, SUCCEEDED, TRAINER_COMPLETED
+from kuberl.operator.api.rolloutpool import RolloutPoolSpec
 
 from kuberl.operator.decisions import status as st
 from kuberl.operator.naming import trainer_pod_name
@@ -167,8 +168,8 @@ def release_shared_pool(job: str, pool: dict | None, *, owned: bool, done: bool)
         return None
     if (pool.get("status") or {}).get("boundJob") != job:
         return None
-    spec = pool.get("spec") or {}
-    minimum = int(spec.get("minReplicas", 1))
-    replicas = minimum if spec.get("replicas") != minimum else None
+    spec = RolloutPoolSpec.model_validate(pool.get("spec") or {})  # the API's defaults, from its model
+    minimum = spec.min_replicas
+    replicas = minimum if spec.replicas != minimum else None
     return PoolRelease(replicas=replicas, unbind=True,
                        message=f"job {job} is done with shared RolloutPool {pool['metadata']['name']}: released, scaled to minReplicas={minimum}")

@@ -17,6 +17,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from kuberl.operator.api.constants import TEMPLATE_REPLICAS_ANNOTATION
+from kuberl.operator.api.rolloutpool import RolloutPoolSpec
 
 SCALE_UNDONE = "ReplicasSetByJob"
 
@@ -31,11 +32,11 @@ class PoolUpdate:
 def owned_pool_update(live: dict[str, Any], template: dict[str, Any], job: str) -> PoolUpdate:
     """``live`` is the pool as read, ``template`` the pool the job renders."""
     live_spec = live.get("spec") or {}
+    parsed = RolloutPoolSpec.model_validate(live_spec)  # the API's defaults, from its model
     want = dict(template["spec"])
-    autoscaled = live_spec.get("autoscaling", {}).get("enabled", True)
     warning = None
-    if autoscaled:
-        want["replicas"] = live_spec.get("replicas", want.get("replicas"))
+    if parsed.autoscaling.enabled:
+        want["replicas"] = parsed.replicas
     else:
         carried = ((live.get("metadata") or {}).get("annotations") or {}).get(TEMPLATE_REPLICAS_ANNOTATION)
         scaled_to = live_spec.get("replicas")
