@@ -27,7 +27,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from kuberl.workloads.localproc import dies_with_parent
+from kuberl.workloads.localproc import dies_with_parent, stop_group
 from tests.support.fixtures_cluster import EXAMPLES_DIR, Kube, wait_until
 
 pytestmark = [pytest.mark.e2e, pytest.mark.cluster]
@@ -231,13 +231,7 @@ def local_operator(kube: Kube, installed: dict, tmp_path: Path):
         assert proc.poll() is None, f"operator exited {proc.returncode}:\n{log.read_text()[-4000:]}"
         yield proc, log, ports
     finally:
-        if proc.poll() is None:
-            os.killpg(proc.pid, signal.SIGTERM)
-            try:
-                proc.wait(timeout=20)
-            except subprocess.TimeoutExpired:
-                os.killpg(proc.pid, signal.SIGKILL)
-                proc.wait()
+        stop_group(proc, signal.SIGTERM, 20)
 
 
 def test_tiny_example_runs_to_succeeded_with_the_charts_rbac(kube: Kube, namespace: str, local_operator,

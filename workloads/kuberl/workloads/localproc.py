@@ -11,6 +11,7 @@ import os
 import shutil
 import signal
 import socket
+import subprocess
 import sys
 import threading
 import urllib.request
@@ -41,6 +42,29 @@ def dies_with_parent() -> Callable[[], None] | None:
     only from the main thread (which lives as long as the process); children started
     from other threads are still stopped by their owner's teardown and atexit hooks."""
     return _set_parent_death_signal if threading.current_thread() is threading.main_thread() else None
+
+
+def stop_group(proc: subprocess.Popen, sig: int = signal.SIGTERM, grace: float = 15.0) -> None:
+    """Send ``sig`` to ``proc``'s process group (it was started in a session of its own);
+    SIGKILL the group if the leader has not exited ``grace`` seconds later, and once more at
+    the end for children that outlive their leader for a moment."""
+    if proc.poll() is None:
+        for signum in (sig, signal.SIGKILL):
+            try:
+                os.killpg(proc.pid, signum)
+            except ProcessLookupError:
+                break
+            try:
+                proc.wait(timeout=grace)
+                break
+            except subprocess.TimeoutExpired:
+                continue
+    try:
+        os.killpg(proc.pid, signal.SIGKILL)
+    except ProcessLookupError:
+        pass
+    if proc.poll() is None:
+        proc.wait(timeout=grace)
 
 
 def free_port(below: int = 65535) -> int:

@@ -23,7 +23,15 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from kuberl.workloads.localproc import dies_with_parent, find_binary, free_port, http_ok, remove_weed_sockets, seaweed_port_pair
+from kuberl.workloads.localproc import (
+    dies_with_parent,
+    find_binary,
+    free_port,
+    http_ok,
+    remove_weed_sockets,
+    seaweed_port_pair,
+    stop_group,
+)
 
 # max_payload has no CLI flag; trajectories of long episodes need more than the 1 MiB default.
 NATS_MAX_PAYLOAD = 8 * 1024 * 1024
@@ -107,17 +115,8 @@ def wait_ready(check: Callable[[], bool], timeout: float, what: str, proc: subpr
 
 
 def stop_process(proc: subprocess.Popen, sig: int = signal.SIGTERM, timeout: float = 15) -> None:
-    """Signal ``proc``'s process group, and SIGKILL it when it has not exited in ``timeout`` s."""
-    if proc.poll() is None:
-        try:
-            os.killpg(proc.pid, sig)
-        except ProcessLookupError:
-            pass
-        try:
-            proc.wait(timeout=timeout)
-        except subprocess.TimeoutExpired:
-            os.killpg(proc.pid, signal.SIGKILL)
-            proc.wait(timeout=timeout)
+    """`stop_group`, and the server is no longer one of the LIVE ones."""
+    stop_group(proc, sig, timeout)
     LIVE.discard(proc)
 
 

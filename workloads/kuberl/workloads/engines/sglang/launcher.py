@@ -39,7 +39,7 @@ from pathlib import Path
 
 import httpx
 
-from kuberl.workloads.localproc import dies_with_parent, free_port, remove_orphaned_shm
+from kuberl.workloads.localproc import dies_with_parent, free_port, remove_orphaned_shm, stop_group
 from kuberl.workloads.logs import get_logger
 
 log = get_logger(__name__)
@@ -212,31 +212,10 @@ class SGLangServer:
         proc, self.proc = self.proc, None
         _LIVE.discard(self)
         if proc is not None:
-            self._end(proc, grace)
+            stop_group(proc, signal.SIGTERM, grace)
             remove_orphaned_shm()
         if self._owns_log and self.log_path is not None:
             self.log_path.unlink(missing_ok=True)
-
-    @staticmethod
-    def _end(proc: subprocess.Popen, grace: float) -> None:
-        if proc.poll() is None:
-            for sig, wait in ((signal.SIGTERM, grace), (signal.SIGKILL, grace)):
-                try:
-                    os.killpg(proc.pid, sig)
-                except ProcessLookupError:
-                    break
-                try:
-                    proc.wait(timeout=wait)
-                    break
-                except subprocess.TimeoutExpired:
-                    continue
-        # Children may outlive the leader for a moment: make sure the group is gone.
-        try:
-            os.killpg(proc.pid, signal.SIGKILL)
-        except ProcessLookupError:
-            pass
-        if proc.poll() is None:
-            proc.wait(timeout=grace)
 
     def __enter__(self) -> SGLangServer:  # noqa: PYI034
         return self.start() if self.proc is None else self
