@@ -10,7 +10,7 @@ the float32 model itself, as rollouts are.
 
     .venv/bin/python bench/fp8_logprob_gap.py [--seeds 3]
 
-Writes bench/results/fp8_logprob_gap.json.
+Writes bench/results/fp8_logprob_gap.json (`_common.write_result`).
 """
 
 from __future__ import annotations
@@ -18,15 +18,14 @@ from __future__ import annotations
 import argparse
 import json
 import platform
-from pathlib import Path
 
 import torch
+from _common import write_result
 
 from kuberl.workloads.policy.tiny.model import TinyConfig, TinyQwen2ForCausalLM, causal_mask, positions_of, token_logprobs
 from kuberl.workloads.weights import fp8
 
 SHAPE = TinyConfig(vocab_size=512, hidden_size=256, intermediate_size=512, num_attention_heads=4, num_key_value_heads=2)
-OUT = Path(__file__).resolve().parent / "results" / "fp8_logprob_gap.json"
 
 
 SHARPEN = 16.0  # lm_head scale: the sampled tokens' mean probability is in the result (mean_token_prob)
@@ -85,8 +84,8 @@ def main() -> None:
     result = {"machine": platform.processor() or platform.machine(), "shape": SHAPE.to_hf(), "runs": runs,
               "mean_abs": {k: mean(k) for k in ("bf16_vs_fp32", "fp8_vs_fp32", "fp8_vs_bf16")},
               "ratio_fp8_to_bf16_gap": mean("fp8_vs_fp32") / mean("bf16_vs_fp32")}
-    OUT.write_text(json.dumps(result, indent=1))
-    print(json.dumps(result["mean_abs"]), "ratio", round(result["ratio_fp8_to_bf16_gap"], 2))
+    out = write_result("fp8_logprob_gap", result)
+    print(json.dumps(result["mean_abs"]), "ratio", round(result["ratio_fp8_to_bf16_gap"], 2), "->", out)
 
 
 if __name__ == "__main__":

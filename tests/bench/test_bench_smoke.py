@@ -23,6 +23,7 @@ QUICK = [
     ("bench_node_fetch.py", ["--agents", "2", "--shards", "1", "--shard-mib", "1", "--rounds", "1"],
      ["store_bytes_ratio", "wall_ratio"]),
     ("sync_scale_model.py", ["--gib", "0.03"], ["scenarios", "measured_here_mb_s_per_core"]),
+    ("fp8_logprob_gap.py", ["--seeds", "1"], ["mean_abs", "ratio_fp8_to_bf16_gap"]),
 ]
 
 
