@@ -69,7 +69,7 @@ def test_prune_keeps_the_chain_a_kept_version_is_built_on():
     assert plan_prune([3, 4, 5, 6], [], keep=1, parent_of={6: None}) == [3, 4, 5]
 
 
-def test_encoding_is_exact_on_odd_sizes_and_refuses_a_parent_of_another_size(tmp_path):
+def test_encoding_is_exact_on_odd_sizes_and_refuses_a_parent_of_another_size(tmp_path, monkeypatch):
     parent, new = bytes(range(256)) * 4099 + b"xyz", bytearray(bytes(range(256)) * 4099 + b"xyz")
     new[7] ^= 0xFF
     new[-1] ^= 0x01
@@ -84,6 +84,9 @@ def test_encoding_is_exact_on_odd_sizes_and_refuses_a_parent_of_another_size(tmp
         delta.encode(tmp_path / "n", tmp_path / "short", tmp_path / "d2")
     with pytest.raises(ValueError, match="longer than its parent"):
         delta.decode(tmp_path / "d", tmp_path / "short", tmp_path / "r2")
+    monkeypatch.setattr(delta, "pairable", lambda new, parent: True)  # the parent shrank after the size check
+    with pytest.raises(ValueError, match="changed while being read"):
+        delta.encode(tmp_path / "n", tmp_path / "short", tmp_path / "d3")
 
 
 def test_a_sync_reports_the_seconds_of_each_stage(store, tmp_path):

@@ -72,7 +72,8 @@ def encode(new: str | os.PathLike, parent: str | os.PathLike, out: str | os.Path
         while size := _read_into(a, memoryview(ours)[:BLOCK]):
             if digest is not None:
                 digest.update(memoryview(ours)[:size])
-            _read_into(b, memoryview(theirs)[:size])
+            if _read_into(b, memoryview(theirs)[:size]) != size:
+                raise ValueError(f"{parent} is shorter than {new}: it changed while being read")
             ours[size] = theirs[size] = 0  # an odd last byte's pad
             words, bitmap_bytes, _ = _sizes(size)
             diff = np.bitwise_xor(np.frombuffer(ours, "<u2", words), np.frombuffer(theirs, "<u2", words), out=xor[:words])
