@@ -47,7 +47,10 @@ def dies_with_parent() -> Callable[[], None] | None:
 def stop_group(proc: subprocess.Popen, sig: int = signal.SIGTERM, grace: float = 15.0) -> None:
     """Send ``sig`` to ``proc``'s process group (it was started in a session of its own);
     SIGKILL the group if the leader has not exited ``grace`` seconds later, and once more at
-    the end for children that outlive their leader for a moment."""
+    the end for children that outlive their leader for a moment. A leader reaped before
+    this call is left alone: its number may name another process's group by now."""
+    if proc.returncode is not None:
+        return
     if proc.poll() is None:
         for signum in (sig, signal.SIGKILL):
             try:

@@ -39,6 +39,8 @@ NATS_MAX_PAYLOAD = 8 * 1024 * 1024
 # master grows new ones, a pause of up to a second that a throughput bench would time.
 WEED_VOLUME_MB = 256
 WEED_COMPONENTS = ("master", "volume", "filer", "s3", "admin")
+# How weed says a port it was given is taken: when it starts, and when a service binds later.
+PORT_TAKEN = ("is not available", "address already in use")
 S3_ACCESS_KEY, S3_SECRET_KEY = "kuberl", "kuberl-local-secret"  # loopback servers only
 
 LIVE: set[subprocess.Popen] = set()  # started by this process and not stopped yet: SIGKILLed when it exits
@@ -217,7 +219,19 @@ class SeaweedS3:
             **kwargs,
         )
 
-    def start(self, timeout: float = 60) -> None:
+    def start(self, timeout: float = 60, attempts: int = 3) -> None:
+        """Start it and wait for an S3 round trip. weed binds its services one after another,
+        so a port another process takes after it was chosen fails the start: that is tried
+        again on fresh ports, ``attempts`` times in all."""
+        for attempt in range(1, attempts + 1):
+            try:
+                return self._start_once(timeout)
+            except RuntimeError as e:
+                self.stop()
+                if not any(why in str(e) for why in PORT_TAKEN) or attempt == attempts:
+                    raise
+
+    def _start_once(self, timeout: float) -> None:
         self.ports = weed_ports()
         self.s3_port = self.ports["s3.port"]
         data = self.root / "data"
