@@ -31,7 +31,8 @@ from e2e.cluster import controlplane  # noqa: E402
 from kuberl.operator.adapters.kube import Kube, KubeError  # noqa: E402
 from kuberl.operator.api import RLJob, RolloutPool  # noqa: E402
 from kuberl.operator.children.rollout import inline_rollout_pool, rollout_deployment
-from kuberl.operator.children.trainer import trainer_gang, trainer_service
+from kuberl.operator.children.desired import job_children
+from kuberl.operator.children.trainer import trainer_service
 from kuberl.operator.children.workload_config import job_config_map, job_workload_config
 from kuberl.operator.naming import (
     config_map_name,
@@ -94,7 +95,7 @@ def direct_path(kube: Kube, namespace: str, name: str, nats_url: str) -> float:
     job = RLJob.model_validate({"metadata": {**doc["metadata"], "namespace": namespace, "uid": "bench"}, "spec": doc["spec"]})
     pool = inline_rollout_pool(job, namespace, settings)
     objs = [job_config_map(job, settings, job_workload_config(job)), trainer_service(job, namespace, settings),
-            *trainer_gang(job, namespace, 0, settings), pool,
+            *job_children(job, settings).trainer_pods(), pool,
             rollout_deployment(RolloutPool.model_validate(pool), namespace, settings, bound_job=name)]
     start = time.perf_counter()
     for obj in objs:

@@ -25,7 +25,6 @@ from pathlib import Path
 
 from e2e import sandbox
 from e2e.cluster import containerd, dns, node_network, pki
-from e2e.cluster.containerd import PAUSE_IMAGE
 
 NODE_NAME = "kuberl-node-0"
 NODE_LABELS = {"kuberl.io/pool": "cpu", "kuberl.io/node": "real"}

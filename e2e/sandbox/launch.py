@@ -21,7 +21,7 @@ import sys
 from pathlib import Path
 
 from e2e.cluster.controlplane import set_parent_death_signal
-from e2e.sandbox import layout, runs
+from e2e.sandbox import runs
 
 REPO = Path(__file__).resolve().parents[2]
 UNSHARE = ("unshare", "--pid", "--fork", "--kill-child", "--mount", "--propagation", "private",

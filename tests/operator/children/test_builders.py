@@ -18,7 +18,6 @@ from kuberl.operator.api.constants import (
     POD_GROUP_SIZE_ANNOTATION,
 )
 from kuberl.operator.children.agentenv import (
-    agent_env_children,
     agent_env_deployment,
     agent_env_network_policy,
     inline_agent_envs,
@@ -35,7 +34,8 @@ from kuberl.operator.children.rollout import (
     rollout_deployment,
     rollout_service,
 )
-from kuberl.operator.children.trainer import trainer_gang, trainer_pod, trainer_service
+from kuberl.operator.children.desired import env_children, job_children, pool_children
+from kuberl.operator.children.trainer import trainer_pod, trainer_service
 from kuberl.operator.children.workload_config import job_config_map, job_workload_config
 from kuberl.operator.naming import (
     engine_url,
@@ -78,7 +78,7 @@ def test_config_map_rendering_follows_the_config_not_a_stale_memo():
 
 def test_trainer_gang_has_one_indexed_pod_per_replica_with_rendezvous_env():
     j = job()
-    pods = trainer_gang(j, NS, generation=0, settings=S)
+    pods = job_children(j, S).trainer_pods(generation=0)
     assert [p["metadata"]["name"] for p in pods] == ["qwen-math-colocated-trainer-0", "qwen-math-colocated-trainer-1"]
     for i, pod in enumerate(pods):
         spec = pod["spec"]
@@ -312,14 +312,14 @@ def test_deny_egress_network_policy():
     np = agent_env_network_policy(agent_env(), NS, S)
     assert np["spec"] == {"podSelector": {"matchLabels": {LABEL_ROLE: "agentenv", LABEL_ENV: "calculator"}},
                           "policyTypes": ["Egress"], "egress": []}
-    kinds = [c["kind"] for c in agent_env_children(agent_env(), NS, S)]
+    kinds = [c["kind"] for c in env_children(agent_env(), S).all()]
     assert kinds == ["Deployment", "Service", "NetworkPolicy", "NetworkPolicy"]
 
 
 @pytest.mark.parametrize("file", ["colocated-math.yaml", "decoupled-agentic.yaml", "tiny-cpu.yaml"])
 def test_builders_are_deterministic(file):
     j = job(file)
-    assert trainer_gang(j, NS, 0, S) == trainer_gang(j, NS, 0, S)
+    assert job_children(j, S).trainer_pods() == job_children(j, S).trainer_pods()
     assert job_config_map(j, S, job_workload_config(j)) == job_config_map(j, S, job_workload_config(j))
 
 
@@ -350,14 +350,13 @@ def test_the_wandb_key_reaches_the_trainer_from_its_secret_never_as_a_literal():
 
 def test_the_hub_cache_claim_reaches_every_container_that_reads_hf_sources():
     """model.hubCache: the trainer and rollout pods mount the claim read-only where HF_HUB_CACHE points."""
-    from kuberl.operator.children.render import pool_children
     from kuberl.operator.children.common import HUB_CACHE_DIR
 
     spec = example_spec("tiny-megatron-sglang.yaml")
     cached = job("tiny-megatron-sglang.yaml", model={**spec["model"], "source": "hf://Qwen/Qwen2.5-0.5B-Instruct",
                                                     "hubCache": {"claimName": "hf-models", "subPath": "hub"}})
     trainer = trainer_pod(cached, NS, 0, 0, S)["spec"]
-    deployment = next(c for c in pool_children(pool("shared-rolloutpool.yaml"), S, cached) if c["kind"] == "Deployment")
+    deployment = pool_children(pool("shared-rolloutpool.yaml"), S, cached).deployment
     rollout = deployment["spec"]["template"]["spec"]
     for pod in (trainer, rollout):
         assert {"name": "hf-hub-cache", "persistentVolumeClaim": {"claimName": "hf-models", "readOnly": True}} in pod["volumes"]

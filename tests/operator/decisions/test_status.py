@@ -19,7 +19,7 @@ from kuberl.workloads.buffer.state import JobMetrics, JobState
 
 
 def conds_at(now, **kw):
-    defaults = dict(created=(True, "ChildrenCreated", ""), trainer=st.TrainerView(2, 2), rollout=st.RolloutView(False, 1, 1),
+    defaults = dict(created=st.Created(True, "ChildrenCreated", ""), trainer=st.TrainerView(2, 2), rollout=st.RolloutView(False, 1, 1),
                     suspended=False, terminal=None, generation=1, buffer=(True, "reachable"))
     defaults.update(kw)
     return defaults
@@ -72,7 +72,7 @@ def test_transition_events():
 def test_buffer_unavailable_is_a_condition_reason_and_a_warning_event():
     # Creating the streams failed: Created and BufferReady both say why, and that is announced at once.
     why = "creating JetStream streams at nats://nowhere:4222 failed: timeout"
-    first = st.job_conditions([], now=0, **conds_at(0, created=(False, BUFFER_UNAVAILABLE, why), buffer=(False, why),
+    first = st.job_conditions([], now=0, **conds_at(0, created=st.Created(False, BUFFER_UNAVAILABLE, why), buffer=(False, why),
                                                    trainer=st.TrainerView(2, 0)))
     assert st.find(first, CREATED)["reason"] == BUFFER_UNAVAILABLE
     buf = st.find(first, BUFFER_READY)
@@ -81,7 +81,7 @@ def test_buffer_unavailable_is_a_condition_reason_and_a_warning_event():
     assert ev.type == "Warning" and "nats://nowhere:4222" in ev.message
     assert st.phase_of(first) == "Pending"
     # Not repeated while it stays unavailable; recovery is announced as Normal.
-    again = st.job_conditions(first, now=1, **conds_at(1, created=(False, BUFFER_UNAVAILABLE, why), buffer=(False, why),
+    again = st.job_conditions(first, now=1, **conds_at(1, created=st.Created(False, BUFFER_UNAVAILABLE, why), buffer=(False, why),
                                                       trainer=st.TrainerView(2, 0)))
     assert st.transition_events(first, again) == []
     ok = st.job_conditions(again, now=2, **conds_at(2))
@@ -173,7 +173,7 @@ def test_refused_pods_are_a_reason_and_a_warning_once_per_message():
     healthy = st.workload_status({}, {"readyReplicas": 2, "replicas": 2}, 2, what="rollout pods",
                                  reasons=("EnginesReady", "NoEngineReady"), ready_if_empty=False, now=1.0, generation=1)
     assert st.find(healthy["conditions"], "Ready")["reason"] == "EnginesReady"
-    conds = st.job_conditions(None, created=(True, "ChildrenCreated", ""), trainer=st.TrainerView(1, 1),
+    conds = st.job_conditions(None, created=st.Created(True, "ChildrenCreated", ""), trainer=st.TrainerView(1, 1),
                               rollout=st.RolloutView(False, 0, 2, rejected="RolloutPool p: refused"), suspended=False,
                               terminal=None, now=1.0, generation=1)
     assert st.find(conds, ROLLOUT_READY)["reason"] == PODS_REJECTED

@@ -22,7 +22,6 @@ import json
 import os
 import shutil
 import signal
-import time
 from pathlib import Path
 from types import SimpleNamespace
 from unittest import mock

@@ -8,7 +8,7 @@ import time
 import pytest
 import torch
 
-from kuberl.workloads.buffer.records import INFRA_FAILED, Prompt, Trajectory
+from kuberl.workloads.buffer.records import INFRA_FAILED, Trajectory
 from kuberl.workloads.rl.batch import collate
 from kuberl.workloads.rl.sampling import group_has_signal
 from kuberl.workloads.rollout.rewards import PythonRewardRunner, RewardLoadError, score

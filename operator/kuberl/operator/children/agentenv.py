@@ -115,6 +115,10 @@ def agent_env_service(env: AgentEnv, namespace: str, settings: OperatorSettings)
     }
 
 
+def deny_egress_policy_name(env: str) -> str:
+    return f"{env}-deny-egress"
+
+
 def agent_env_network_policy(env: AgentEnv, namespace: str, settings: OperatorSettings) -> dict[str, Any] | None:
     """Deny all egress from the environment pods (no exfiltration, no downloads); None when not asked."""
     if not env.spec.sandbox.deny_egress:
@@ -123,7 +127,7 @@ def agent_env_network_policy(env: AgentEnv, namespace: str, settings: OperatorSe
     return {
         "apiVersion": "networking.k8s.io/v1",
         "kind": "NetworkPolicy",
-        "metadata": object_meta(f"{name}-deny-egress", namespace, {**common_labels(name, ROLE_AGENTENV, settings), **env_selector(name)}),
+        "metadata": object_meta(deny_egress_policy_name(name), namespace, {**common_labels(name, ROLE_AGENTENV, settings), **env_selector(name)}),
         "spec": {"podSelector": {"matchLabels": env_selector(name)}, "policyTypes": ["Egress"], "egress": []},
     }
 
@@ -156,15 +160,6 @@ def agent_env_ingress_policy(env: AgentEnv, namespace: str, settings: OperatorSe
             "ingress": [{"from": [{"podSelector": peer}], "ports": [{"protocol": "TCP", "port": env.spec.port}]}],
         },
     }
-
-
-def agent_env_children(env: AgentEnv, namespace: str, settings: OperatorSettings) -> list[dict[str, Any]]:
-    children = [agent_env_deployment(env, namespace, settings), agent_env_service(env, namespace, settings)]
-    policy = agent_env_network_policy(env, namespace, settings)
-    if policy is not None:
-        children.append(policy)
-    children.append(agent_env_ingress_policy(env, namespace, settings))
-    return children
 
 
 def agent_env_urls(job: RLJob, namespace: str, existing: dict[str, AgentEnvSpec | None]) -> dict[str, str]:

@@ -176,6 +176,3 @@ def trainer_pod(job: RLJob, namespace: str, index: int, generation: int, setting
     apply_placement(pod_spec, trainer.placement, scheduling.scheduler_name)
     return {"apiVersion": "v1", "kind": "Pod", "metadata": object_meta(pod_name, namespace, labels, annotations), "spec": pod_spec}
 
-
-def trainer_gang(job: RLJob, namespace: str, generation: int, settings: OperatorSettings) -> list[dict[str, Any]]:
-    return [trainer_pod(job, namespace, i, generation, settings) for i in range(job.spec.trainer.replicas)]

@@ -60,7 +60,7 @@ def cmd_render(args: argparse.Namespace) -> int:
             seen[key] = doc.where
             docs.append(valid)
     try:
-        children = render(docs, OperatorSettings.from_env(), namespace=args.namespace)
+        children = render(docs, OperatorSettings.from_env(), namespace=args.namespace, check=not args.no_check)
     except RenderError as e:
         print(f"kuberl render: {e}", file=sys.stderr)
         return 1
@@ -72,4 +72,7 @@ def add_render_command(sub) -> None:
     p = sub.add_parser("render", help="print every object the operator would create for these manifests (YAML)")
     p.add_argument("files", nargs="+", help="RLJob / RolloutPool / AgentEnv manifests")
     p.add_argument("-n", "--namespace", default="default", help="namespace of manifests that name none (default: default)")
+    p.add_argument("--no-check", action="store_true",
+                   help="print the children even of a job the operator would refuse (its semantic checks; "
+                        "without this flag such a job is an error naming the field)")
     p.set_defaults(func=cmd_render)

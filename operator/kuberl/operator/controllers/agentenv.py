@@ -11,17 +11,11 @@ import kopf
 from kuberl.operator.api import AgentEnv
 from kuberl.operator.api.conditions import INVALID_SPEC, NO_POD_READY, PODS_READY, READY
 from kuberl.operator.api.constants import GROUP, VERSION
-from kuberl.operator.children.agentenv import (
-    agent_env_deployment,
-    agent_env_ingress_policy,
-    agent_env_network_policy,
-    agent_env_service,
-)
+from kuberl.operator.children.desired import env_children
 from kuberl.operator.controllers.runtime import (
     PERIODIC,
     handled,
     RT,
-    SETTINGS,
     _event,
     access_policy,
     ensure_asserted,
@@ -57,17 +51,16 @@ def _reconcile_env(fresh: dict) -> None:
             _event(fresh, "Warning", INVALID_SPEC, message)
         patch_status("AgentEnv", namespace, name, old, {"conditions": conds, "observedGeneration": fresh["metadata"].get("generation")})
         return
-    deployment = agent_env_deployment(env, namespace, RT.settings)
+    children = env_children(env, RT.settings)
+    deployment = children.deployment
     live = RT.watched.get("apps/v1", "Deployment", namespace, name)
     live = ensure_workload(deployment, fresh, live) or live or {}
-    ensure_asserted(agent_env_service(env, namespace, RT.settings), fresh)
-    ensure_asserted(agent_env_ingress_policy(env, namespace, RT.settings), fresh)
-    policy = agent_env_network_policy(env, namespace, RT.settings)
-    policy_name = f"{name}-deny-egress"
-    if policy is not None:
-        ensure_asserted(policy, fresh)
-    elif RT.watched.get("networking.k8s.io/v1", "NetworkPolicy", namespace, policy_name) is not None:
-        RT.kube.delete("networking.k8s.io/v1", "NetworkPolicy", namespace, policy_name)
+    ensure_asserted(children.service, fresh)
+    ensure_asserted(children.ingress, fresh)
+    if children.deny_egress is not None:
+        ensure_asserted(children.deny_egress, fresh)
+    elif RT.watched.get("networking.k8s.io/v1", "NetworkPolicy", namespace, children.deny_egress_name) is not None:
+        RT.kube.delete("networking.k8s.io/v1", "NetworkPolicy", namespace, children.deny_egress_name)
     desired = deployment["spec"]["replicas"]
     new = st.workload_status(old, live.get("status") or {}, desired, what="pods", reasons=(PODS_READY, NO_POD_READY),
                              ready_if_empty=desired == 0, now=time.time(), generation=fresh["metadata"].get("generation"))

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import copy
-import time
 from collections.abc import Mapping
 from typing import Any
 
@@ -11,7 +9,6 @@ import kopf
 
 from kuberl.operator.adapters import metrics
 from kuberl.operator.adapters.kube import KubeError
-from kuberl.operator.api import RLJob
 from kuberl.operator.api.agentenv import AgentEnvSpec
 from kuberl.operator.api.conditions import (
     BUFFER_UNAVAILABLE,
@@ -20,34 +17,19 @@ from kuberl.operator.api.conditions import (
     CREATED,
     FAILED,
     INVALID_SPEC,
-    PODS_REJECTED,
-    READY,
     SPEC_VALID,
     TRAINER_READY,
 )
-from kuberl.operator.api.constants import (
-    API_VERSION,
-    GROUP,
-    LABEL_GANG_GENERATION,
-    LABEL_REPLICA_INDEX,
-    VERSION,
-)
+from kuberl.operator.api.constants import API_VERSION, GROUP, VERSION
 from kuberl.operator.api.rolloutpool import RolloutPoolSpec
-from kuberl.operator.children.agentenv import inline_agent_envs
-from kuberl.operator.children.rollout import credential_secrets, inline_rollout_pool
-from kuberl.operator.children.trainer import trainer_pod, trainer_service
-from kuberl.operator.children.workload_config import (
-    job_config_map,
-    job_workload_config,
-)
+from kuberl.operator.children.desired import JobChildren, job_children
+from kuberl.operator.children.rollout import credential_secrets
 from kuberl.operator.controllers.agentenv import reconcile_env
+from kuberl.operator.controllers.job_round import JobRound, job_buffer_auth, observe, pod_views, rollout_view
 from kuberl.operator.controllers.rolloutpool import reconcile_pool
 from kuberl.operator.controllers.runtime import (
     PERIODIC,
-    handled,
     RT,
-    SETTINGS,
-    _controller_uid,
     _event,
     _set_paused,
     access_policy,
@@ -55,17 +37,15 @@ from kuberl.operator.controllers.runtime import (
     buffer_default_url,
     ensure,
     ensure_asserted,
+    handled,
     managed_by_us,
     patch_status,
-    plain,
     reconcile_fresh,
-    secret_data,
 )
 from kuberl.operator.decisions import access, lifecycle
 from kuberl.operator.decisions import references as semantics
 from kuberl.operator.decisions import status as st
 from kuberl.operator.decisions.owned_pool import SCALE_UNDONE, owned_pool_update
-from kuberl.operator.naming import pool_name_for, trainer_selector
 from kuberl.workloads.buffer.admin import BufferConfig
 from kuberl.workloads.logs import get_logger
 
@@ -74,309 +54,275 @@ log = get_logger(__name__)
 FINALIZER_RETRY_DELAY_S = 5
 
 
-def _parse_job(body: Mapping) -> RLJob:
-    data = plain(body)
-    return RLJob.model_validate({"metadata": data.get("metadata", {}), "spec": data.get("spec", {})})
+def reconcile_job(body: Mapping, trigger: str) -> None:
+    reconcile_fresh("RLJob", body, trigger, _reconcile_job)
 
 
-def _lookups(job: RLJob, namespace: str) -> tuple[semantics.Lookups, dict[str, dict | None], dict[str, dict | None]]:
-    pool_names, env_names = semantics.referenced_names(job)
-    pools = {n: RT.watched.get(API_VERSION, "RolloutPool", namespace, n) for n in pool_names}
-    envs = {n: RT.watched.get(API_VERSION, "AgentEnv", namespace, n) for n in env_names}
-    active: frozenset[str] = frozenset()
-    busy = [p.get("status", {}).get("boundJob") for p in pools.values() if p]
-    busy = [b for b in busy if b and b != job.metadata["name"]]
-    if busy:
-        active = frozenset(b for b in busy if (other := RT.watched.get(API_VERSION, "RLJob", namespace, b))
-                           and not st.is_finished((other.get("status") or {}).get("conditions")))
-
-    def existing(obj: dict | None) -> semantics.Existing | None:
-        if obj is None:
-            return None
-        return semantics.Existing(owner_uid=_controller_uid(obj), spec=obj.get("spec") or {}, bound_job=(obj.get("status") or {}).get("boundJob"))
-
-    secrets: dict[str, frozenset[str] | None] | None = None  # None: not read (the installation forbids it)
-    if RT.settings.read_job_secrets:
-        secrets = {}
-        for need in access.secret_needs(job):
-            data = secret_data(namespace, need.name)
-            secrets[need.name] = frozenset(data) if data is not None else None
-    lookups = semantics.Lookups(pools={n: existing(o) for n, o in pools.items()}, envs={n: existing(o) for n, o in envs.items()},
-                                active_jobs=active, secrets=secrets)
-    return lookups, pools, envs
+def _reconcile_job(body: dict) -> None:
+    """observe → validate → ensure children → decide → act on the gang → pause or release
+    → write status (then post the round's Events)."""
+    r = observe(body)
+    if not _validate(r):
+        return
+    finished = st.is_finished(r.conds)
+    children = None if finished else _desired(r)
+    created = _ensure_children(r, children) if children is not None else _created_before(r)
+    plan = _decide(r, finished)
+    if plan.delete_job:
+        log.info("deleting finished RLJob after its TTL", namespace=r.namespace, name=r.name)
+        RT.kube.delete(API_VERSION, "RLJob", r.namespace, r.name, propagation="Background")
+        r.post_events()
+        return
+    created = _act_on_gang(r, plan, children, created)
+    _pause_or_release(r, plan, finished)
+    _write_status(r, plan, created)
 
 
-def _ensure_children(body: Mapping, job: RLJob, namespace: str, pools: dict, envs: dict) -> tuple[bool, str, str]:
-    """ConfigMap, rendezvous Service, owned pool and envs, streams; (ok, reason, message) for Created.
+def _validate(r: JobRound) -> bool:
+    """The semantic checks against what the job names. A job that has not started and fails
+    them is marked Failed (InvalidSpec) and gets no children; one that failed them before
+    and passes now (its spec fixed, or what it names appeared) may start after all."""
+    errors = semantics.semantic_errors(r.job, r.lookups, access_policy())
+    failed = st.find(r.conds, FAILED)
+    invalid_before = failed is not None and failed.get("status") == "True" and failed.get("reason") == INVALID_SPEC
+    if errors and not st.is_true(r.conds, CREATED):
+        message = semantics.describe(errors)
+        conds = st.set_condition(r.conds, FAILED, True, INVALID_SPEC, message, now=r.now, generation=r.generation)
+        conds = st.set_condition(conds, CREATED, False, INVALID_SPEC, "children are not created for an invalid spec",
+                                 now=r.now, generation=r.generation)
+        if not invalid_before or failed.get("message") != message:
+            r.event("Warning", INVALID_SPEC, message)
+            log.warning("invalid RLJob spec", namespace=r.namespace, name=r.name, errors=message)
+        new_status = {"conditions": conds, "phase": st.phase_of(conds), "observedGeneration": r.generation}
+        patch_status("RLJob", r.namespace, r.name, r.old_status, new_status)
+        RT.phases.set(r.uid, new_status["phase"])
+        r.post_events()
+        return False
+    if invalid_before:
+        r.conds = st.set_condition(r.conds, FAILED, False, SPEC_VALID, "", now=r.now, generation=r.generation)
+        r.event("Normal", SPEC_VALID, "the spec is valid now; creating the job's children")
+    return True
 
-    The pool and envs were read this round (`_lookups`): only missing ones are created.
-    The ConfigMap and Service are asserted when their manifest changes or they are gone
-    (`ensure_asserted`)."""
-    name = job.metadata["name"]
-    settings = RT.settings
-    pool_name = pool_name_for(job)
-    pool = pools.get(pool_name) if pool_name else None
+
+def _desired(r: JobRound) -> JobChildren:
+    """The job's children (children.desired), with the specs of the pool and envs it names as read this round."""
+    pool = r.pools.get(r.pool_name) if r.pool_name else None
     referenced = RolloutPoolSpec.model_validate(pool["spec"]) if pool is not None and pool.get("spec") is not None else None
-    env_specs = {n: AgentEnvSpec.model_validate(o["spec"]) if o is not None and o.get("spec") is not None else None for n, o in envs.items()}
-    config_map = job_config_map(job, settings, job_workload_config(job, referenced_pool=referenced, referenced_envs=env_specs))
-    ensure_asserted(config_map, body, refresh=("data",))
-    ensure_asserted(trainer_service(job, namespace, settings), body)
-    inline_pool = inline_rollout_pool(job, namespace, settings)
-    if inline_pool is not None:
-        obj = pools.get(inline_pool["metadata"]["name"])
-        created = False
-        if obj is None:
-            obj, created = ensure(inline_pool, body)
-        if not created and _controller_uid(obj) == job.metadata.get("uid"):
-            # Carry the job's template over (decisions.owned_pool: who owns the replica count).
-            update = owned_pool_update(obj, inline_pool, name)
-            patch = {**({"spec": update.spec} if update.spec else {}),
-                     **({"metadata": {"annotations": update.annotations}} if update.annotations else {})}
-            if patch:
-                obj = RT.kube.patch(API_VERSION, "RolloutPool", namespace, inline_pool["metadata"]["name"], patch) or obj
-            if update.warning:
-                _event(body, "Warning", SCALE_UNDONE, update.warning)
-                _event(obj, "Warning", SCALE_UNDONE, update.warning)
-                log.warning("hand-made scale of an owned pool undone", namespace=namespace, job=name, pool=inline_pool["metadata"]["name"])
-        pools[inline_pool["metadata"]["name"]] = obj
-    for env in inline_agent_envs(job, namespace, settings):
-        obj = envs.get(env["metadata"]["name"])
-        created = False
-        if obj is None:
-            obj, created = ensure(env, body)
-        if not created and obj.get("spec") != env["spec"] and _controller_uid(obj) == job.metadata.get("uid"):
-            RT.kube.patch(API_VERSION, "AgentEnv", namespace, env["metadata"]["name"], {"spec": env["spec"]})
-        envs[env["metadata"]["name"]] = obj
-    # A shared pool is bound here; the job's own pool binds itself (its owner reference names the job).
-    if pool_name and pools.get(pool_name) is not None and _controller_uid(pools[pool_name]) != job.metadata.get("uid") \
-            and (pools[pool_name].get("status") or {}).get("boundJob") != name:
-        RT.kube.patch(API_VERSION, "RolloutPool", namespace, pool_name, {"status": {"boundJob": name}}, subresource="status")
-    url = job.spec.buffer.url
-    key = (job.metadata.get("uid") or name, url)
+    env_specs = {n: AgentEnvSpec.model_validate(o["spec"]) if o is not None and o.get("spec") is not None else None
+                 for n, o in r.envs.items()}
+    return job_children(r.job, RT.settings, referenced_pool=referenced, referenced_envs=env_specs)
+
+
+def _created_before(r: JobRound) -> st.Created:
+    """A finished job creates nothing: its Created condition stays as it was."""
+    c = st.find(r.conds, CREATED)
+    return st.Created(c["status"] == "True", c.get("reason", ""), c.get("message", "")) if c else st.Created(True, CHILDREN_CREATED)
+
+
+def _ensure_children(r: JobRound, children: JobChildren) -> st.Created:
+    """ConfigMap, rendezvous Service, owned pool and envs, the shared pool's binding, streams.
+
+    The pool and envs were read this round (`job_round.observe`): only missing ones are
+    created. The ConfigMap and Service are asserted when their manifest changes or they are
+    gone (`ensure_asserted`)."""
+    try:
+        ensure_asserted(children.config_map, r.body, refresh=("data",))
+        ensure_asserted(children.service, r.body)
+        if children.pool is not None:
+            _ensure_owned_pool(r, children.pool)
+        for env in children.envs:
+            _ensure_owned_env(r, env)
+        _bind_shared_pool(r)
+    except KubeError as e:
+        if not e.is_refusal:
+            raise
+        return st.Created(False, CHILD_REJECTED, f"the API server refused a child of the job: {e.server_message}")
+    return _ensure_streams(r)
+
+
+def _ensure_owned_pool(r: JobRound, desired: dict) -> None:
+    pool_name = desired["metadata"]["name"]
+    obj, created = r.pools.get(pool_name), False
+    if obj is None:
+        obj, created = ensure(desired, r.body)
+    if not created and r.owns(obj):
+        # Carry the job's template over (decisions.owned_pool: who owns the replica count).
+        update = owned_pool_update(obj, desired, r.name)
+        patch = {**({"spec": update.spec} if update.spec else {}),
+                 **({"metadata": {"annotations": update.annotations}} if update.annotations else {})}
+        if patch:
+            obj = RT.kube.patch(API_VERSION, "RolloutPool", r.namespace, pool_name, patch) or obj
+        if update.warning:
+            r.event("Warning", SCALE_UNDONE, update.warning)
+            r.event("Warning", SCALE_UNDONE, update.warning, on=obj)
+            log.warning("hand-made scale of an owned pool undone", namespace=r.namespace, job=r.name, pool=pool_name)
+    r.pools[pool_name] = obj
+
+
+def _ensure_owned_env(r: JobRound, desired: dict) -> None:
+    env_name = desired["metadata"]["name"]
+    obj, created = r.envs.get(env_name), False
+    if obj is None:
+        obj, created = ensure(desired, r.body)
+    if not created and obj.get("spec") != desired["spec"] and r.owns(obj):
+        RT.kube.patch(API_VERSION, "AgentEnv", r.namespace, env_name, {"spec": desired["spec"]})
+    r.envs[env_name] = obj
+
+
+def _bind_shared_pool(r: JobRound) -> None:
+    """A shared pool is bound here; the job's own pool binds itself (its owner reference names the job)."""
+    pool = r.pools.get(r.pool_name) if r.pool_name else None
+    if pool is not None and not r.owns(pool) and (pool.get("status") or {}).get("boundJob") != r.name:
+        RT.kube.patch(API_VERSION, "RolloutPool", r.namespace, r.pool_name, {"status": {"boundJob": r.name}}, subresource="status")
+
+
+def _ensure_streams(r: JobRound) -> st.Created:
+    url = r.job.spec.buffer.url
+    key = (r.job.metadata.get("uid") or r.name, url)
     if key not in RT.streams_ready:
         try:
-            RT.nats.ensure_job(url, namespace, name, BufferConfig.from_spec(job.spec.buffer), auth=_buffer_auth(job))
+            RT.nats.ensure_job(url, r.namespace, r.name, BufferConfig.from_spec(r.job.spec.buffer), auth=job_buffer_auth(r.job))
             RT.streams_ready.add(key)
         except Exception as e:  # noqa: BLE001 (NATS down or unreachable: retried next round)
-            return False, BUFFER_UNAVAILABLE, f"creating JetStream streams at {access.redact_url(url)} failed: {e}"
-    return True, CHILDREN_CREATED, "config, rendezvous service, rollout pool, agent envs and streams exist"
+            return st.Created(False, BUFFER_UNAVAILABLE, f"creating JetStream streams at {access.redact_url(url)} failed: {e}")
+    return st.Created(True, CHILDREN_CREATED, "config, rendezvous service, rollout pool, agent envs and streams exist")
 
 
-def _buffer_auth(job: RLJob) -> dict[str, str] | None:
-    ref = job.spec.buffer.credentials_secret
-    return buffer_auth(job.metadata["namespace"], ref.name if ref else None)
-
-
-def _trainer_pods(namespace: str, name: str, replicas: int, finished: bool) -> list[dict]:
-    """The gang's pods from the watch; from the API server when the watch shows fewer than
-    the gang has: a gang that is starting or lost a pod, or a watch still listing after a
-    standby took over (kopf gates handlers on its indices only once per process). The
-    decisions that follow (create pods, restart the gang) must not rest on a partial list;
-    a finished job takes none, so its (possibly deleted) pods are not asked for again."""
-    pods = RT.watched.list("v1", "Pod", namespace, trainer_selector(name))
-    if len(pods) < replicas and not finished:
-        pods = RT.kube.list("v1", "Pod", namespace, trainer_selector(name))
-    return pods
-
-
-def _pod_views(namespace: str, name: str, replicas: int, finished: bool) -> tuple[lifecycle.PodView, ...]:
-    views = []
-    for pod in _trainer_pods(namespace, name, replicas, finished):
-        meta, status = pod["metadata"], pod.get("status") or {}
-        labels = meta.get("labels") or {}
-        ready = st.is_true(status.get("conditions"), READY)
-        views.append(lifecycle.PodView(
-            name=meta["name"],
-            index=int(labels.get(LABEL_REPLICA_INDEX, -1)),
-            generation=int(labels.get(LABEL_GANG_GENERATION, -1)),
-            phase=status.get("phase", "Pending"),
-            ready=ready,
-            deleting=bool(meta.get("deletionTimestamp")),
-            message=status.get("message", ""),
-            disrupted=any(c.get("type") == "DisruptionTarget" and c.get("status") == "True" for c in status.get("conditions") or []),
-        ))
-    return tuple(views)
-
-
-def _rollout_view(job: RLJob, pools: dict) -> st.RolloutView:
-    pool_name = pool_name_for(job)
-    if pool_name is None:
-        return st.RolloutView(colocated=True)
-    pool = pools.get(pool_name) or {}
-    ready = st.find((pool.get("status") or {}).get("conditions"), READY) or {}
-    rejected = f"RolloutPool {pool_name}: {ready.get('message')}" if ready.get("reason") == PODS_REJECTED else None
-    desired = RolloutPoolSpec.model_validate(pool.get("spec") or {}).replicas if pool else 0  # no pool yet: none
-    return st.RolloutView(colocated=False, ready=(pool.get("status") or {}).get("readyReplicas", 0), desired=desired,
-                          rejected=rejected)
-
-
-def reconcile_job(body: Mapping, trigger: str) -> None:
-    reconcile_fresh("RLJob", body, trigger, lambda fresh: _reconcile_job(fresh, fresh["metadata"]["namespace"], fresh["metadata"]["name"]))
-
-
-def _reconcile_job(body: dict, namespace: str, name: str) -> None:
-    now = time.time()
-    job = _parse_job(body)
-    old_status = copy.deepcopy(body.get("status") or {})
-    conds = old_status.get("conditions") or []
-    generation = body["metadata"].get("generation")
-    lookups, pools, envs = _lookups(job, namespace)
-    errors = semantics.semantic_errors(job, lookups, access_policy())
-    failed = st.find(conds, FAILED)
-    invalid_before = failed is not None and failed.get("status") == "True" and failed.get("reason") == INVALID_SPEC
-    started = st.is_true(conds, CREATED)
-
-    if errors and not started:
-        message = semantics.describe(errors)
-        new_conds = st.set_condition(conds, FAILED, True, INVALID_SPEC, message, now=now, generation=generation)
-        new_conds = st.set_condition(new_conds, CREATED, False, INVALID_SPEC, "children are not created for an invalid spec", now=now, generation=generation)
-        if not invalid_before or failed.get("message") != message:
-            _event(body, "Warning", INVALID_SPEC, message)
-            log.warning("invalid RLJob spec", namespace=namespace, name=name, errors=message)
-        new_status = {"conditions": new_conds, "phase": st.phase_of(new_conds), "observedGeneration": generation}
-        patch_status("RLJob", namespace, name, old_status, new_status)
-        RT.phases.set(body["metadata"]["uid"], new_status["phase"])
-        return
-    if invalid_before:
-        # The spec was fixed (or what it refers to appeared): the job may start after all.
-        conds = st.set_condition(conds, FAILED, False, SPEC_VALID, "", now=now, generation=generation)
-        _event(body, "Normal", SPEC_VALID, "the spec is valid now; creating the job's children")
-
-    finished = st.is_finished(conds)
-    created = (True, CHILDREN_CREATED, "")
-    if not finished:
-        try:
-            created = _ensure_children(body, job, namespace, pools, envs)
-        except KubeError as e:
-            if not e.is_refusal:
-                raise
-            created = (False, CHILD_REJECTED, f"the API server refused a child of the job: {e.server_message}")
-    elif st.find(conds, CREATED):
-        c = st.find(conds, CREATED)
-        created = (c["status"] == "True", c.get("reason", ""), c.get("message", ""))
-
-    restarts = int(old_status.get("restarts", 0))
-    view = lifecycle.JobView(
-        name=name,
-        replicas=job.spec.trainer.replicas,
-        backoff_limit=job.spec.run_policy.backoff_limit,
-        restarts=restarts,
-        disruptions=int(old_status.get("disruptions", 0)),
-        gang_was_ready=st.is_true(old_status.get("conditions") or [], TRAINER_READY),
-        suspend=job.spec.suspend,
+def _decide(r: JobRound, finished: bool) -> lifecycle.Plan:
+    spec, old = r.job.spec, r.old_status
+    return lifecycle.decide(lifecycle.JobView(
+        name=r.name,
+        replicas=spec.trainer.replicas,
+        backoff_limit=spec.run_policy.backoff_limit,
+        restarts=int(old.get("restarts", 0)),
+        disruptions=int(old.get("disruptions", 0)),
+        gang_was_ready=st.is_true(old.get("conditions") or [], TRAINER_READY),
+        suspend=spec.suspend,
         finished=finished,
-        completion_time=st.parse_rfc3339(old_status.get("completionTime")),
-        start_time=st.parse_rfc3339(old_status.get("startTime")),
-        active_deadline_s=job.spec.run_policy.active_deadline_seconds,
-        ttl_after_finished_s=job.spec.run_policy.ttl_seconds_after_finished,
-        pods=_pod_views(namespace, name, job.spec.trainer.replicas, finished),
-        now=now,
-    )
-    plan = lifecycle.decide(view)
-    if plan.delete_job:
-        log.info("deleting finished RLJob after its TTL", namespace=namespace, name=name)
-        RT.kube.delete(API_VERSION, "RLJob", namespace, name, propagation="Background")
-        return
+        completion_time=st.parse_rfc3339(old.get("completionTime")),
+        start_time=st.parse_rfc3339(old.get("startTime")),
+        active_deadline_s=spec.run_policy.active_deadline_seconds,
+        ttl_after_finished_s=spec.run_policy.ttl_seconds_after_finished,
+        pods=pod_views(r, finished),
+        now=r.now,
+    ))
+
+
+def _act_on_gang(r: JobRound, plan: lifecycle.Plan, children: JobChildren | None, created: st.Created) -> st.Created:
+    """Restart, delete and create trainer pods as the plan says; a refused pod shows in Created."""
     if plan.restarted:
         # Count the restart before deleting anything: a crash in between then cannot
         # restart twice (the old generation's pods are stale and deleted on sight).
-        RT.kube.patch(API_VERSION, "RLJob", namespace, name, {"status": {"restarts": plan.restarts, "disruptions": plan.disruptions}},
+        RT.kube.patch(API_VERSION, "RLJob", r.namespace, r.name, {"status": {"restarts": plan.restarts, "disruptions": plan.disruptions}},
                       subresource="status")
-        old_status["restarts"], old_status["disruptions"] = plan.restarts, plan.disruptions
+        r.old_status["restarts"], r.old_status["disruptions"] = plan.restarts, plan.disruptions
         metrics.GANG_RESTARTS.inc()
-        _event(body, "Warning", "GangRestart", plan.restarted)
+        r.event("Warning", "GangRestart", plan.restarted)
     for pod in plan.delete:
-        RT.kube.delete("v1", "Pod", namespace, pod)
-    if plan.create and created[0]:
+        RT.kube.delete("v1", "Pod", r.namespace, pod)
+    if not (plan.create and created.ok):
+        return created
+    children = children or _desired(r)
+    for index in plan.create:
         try:
-            for index in plan.create:
-                ensure(trainer_pod(job, namespace, index, plan.restarts, RT.settings), body)
+            ensure(children.trainer_pod(index, plan.restarts), r.body)
         except KubeError as e:
             if not e.is_refusal:
                 raise
-            created = (False, CHILD_REJECTED, f"the API server refused trainer pod {index}: {e.server_message}")
-    pool_name = pool_name_for(job)
-    # A pause only changes an annotation (the children's spec handlers do not fire), so
-    # the child is reconciled here at once: its Deployment scales now, not on its next
-    # periodic round, and the pool status read below is one taken after the change.
-    if pool_name and pools.get(pool_name) is not None and _controller_uid(pools[pool_name]) == body["metadata"]["uid"]:
-        if _set_paused(API_VERSION, "RolloutPool", namespace, pools[pool_name], plan.pause_children):
-            reconcile_pool(pools[pool_name], "paused" if plan.pause_children else "unpaused")
-            pools[pool_name] = RT.kube.get(API_VERSION, "RolloutPool", namespace, pool_name)
-    elif pool_name and (finished or plan.terminal is not None):
-        _release_shared_pool(body, namespace, name, pools.get(pool_name))
-    for entry in job.spec.agent_envs or []:
-        env = envs.get(entry.name)
-        if entry.spec is not None and env is not None and _controller_uid(env) == body["metadata"]["uid"]:
-            if _set_paused(API_VERSION, "AgentEnv", namespace, env, plan.pause_children):
+            return st.Created(False, CHILD_REJECTED, f"the API server refused trainer pod {index}: {e.server_message}")
+    return created
+
+
+def _pause_or_release(r: JobRound, plan: lifecycle.Plan, finished: bool) -> None:
+    """Pause or unpause the pool and envs the job owns; let go of a shared pool once it is done.
+
+    A pause only changes an annotation (the children's spec handlers do not fire), so the
+    child is reconciled here at once: its Deployment scales now, not on its next periodic
+    round, and the pool status read for this round's status is one taken after the change."""
+    pool = r.pools.get(r.pool_name) if r.pool_name else None
+    if r.owns(pool):
+        if _set_paused(API_VERSION, "RolloutPool", r.namespace, pool, plan.pause_children):
+            reconcile_pool(pool, "paused" if plan.pause_children else "unpaused")
+            r.pools[r.pool_name] = RT.kube.get(API_VERSION, "RolloutPool", r.namespace, r.pool_name)
+    elif r.pool_name and (finished or plan.terminal is not None):
+        released = _release_shared_pool(r.namespace, r.name, pool)
+        if released:
+            r.event("Normal", "PoolReleased", released)
+            r.event("Normal", "Released", released, on=pool)
+    for entry in r.job.spec.agent_envs or []:
+        env = r.envs.get(entry.name)
+        if entry.spec is not None and r.owns(env):
+            if _set_paused(API_VERSION, "AgentEnv", r.namespace, env, plan.pause_children):
                 reconcile_env(env, "paused" if plan.pause_children else "unpaused")
 
-    # The buffer: unreachable while creating the streams, or when reading progress fails.
-    state: dict | None = None
-    buffer_seen: tuple[bool, str] | None = None
-    if not created[0] and created[1] == BUFFER_UNAVAILABLE:
-        buffer_seen = (False, created[2])
-    elif created[0]:
-        try:
-            state = RT.nats.job_state(job.spec.buffer.url, namespace, name, auth=_buffer_auth(job))
-            buffer_seen = (True, f"JetStream at {access.redact_url(job.spec.buffer.url)} reachable")
-        except Exception as e:  # noqa: BLE001 (progress is best effort; the next round retries)
-            buffer_seen = (False, f"reading job state from JetStream at {access.redact_url(job.spec.buffer.url)} failed: {e}")
-    new_conds = st.job_conditions(
-        conds,
-        buffer=buffer_seen,
-        created=created,
-        trainer=st.TrainerView(replicas=job.spec.trainer.replicas, ready=plan.ready),
-        rollout=_rollout_view(job, pools),
-        suspended=job.spec.suspend,
-        terminal=plan.terminal,
-        now=now,
-        generation=generation,
-    )
-    new_status: dict[str, Any] = {
-        "conditions": new_conds,
-        "phase": st.phase_of(new_conds),
-        "observedGeneration": generation,
+
+def _read_buffer(r: JobRound, created: st.Created) -> tuple[tuple[bool, str] | None, Any]:
+    """(reachable, why) for BufferReady, and the job's progress state read from the buffer.
+    Unreachable while creating the streams, or when reading progress fails."""
+    url = r.job.spec.buffer.url
+    if not created.ok:
+        return ((False, created.message) if created.reason == BUFFER_UNAVAILABLE else None), None
+    try:
+        state = RT.nats.job_state(url, r.namespace, r.name, auth=job_buffer_auth(r.job))
+        return (True, f"JetStream at {access.redact_url(url)} reachable"), state
+    except Exception as e:  # noqa: BLE001 (progress is best effort; the next round retries)
+        return (False, f"reading job state from JetStream at {access.redact_url(url)} failed: {e}"), None
+
+
+def _write_status(r: JobRound, plan: lifecycle.Plan, created: st.Created) -> None:
+    buffer_seen, state = _read_buffer(r, created)
+    rollout = rollout_view(r)
+    conds = st.job_conditions(r.conds, buffer=buffer_seen, created=created,
+                              trainer=st.TrainerView(replicas=r.job.spec.trainer.replicas, ready=plan.ready),
+                              rollout=rollout, suspended=r.job.spec.suspend, terminal=plan.terminal, now=r.now,
+                              generation=r.generation)
+    new: dict[str, Any] = {
+        "conditions": conds,
+        "phase": st.phase_of(conds),
+        "observedGeneration": r.generation,
         "restarts": plan.restarts,
         "disruptions": plan.disruptions,
         # The clock starts when the gang is really created, not while creation waits on the buffer.
-        "startTime": st.rfc3339(plan.start_time) if plan.start_time is not None and (created[0] or view.start_time) else None,
+        "startTime": st.rfc3339(plan.start_time) if plan.start_time is not None and (created.ok or r.old_status.get("startTime")) else None,
     }
-    if plan.terminal and not old_status.get("completionTime"):
-        new_status["completionTime"] = st.rfc3339(now)
-    rollout = _rollout_view(job, pools)
+    if plan.terminal and not r.old_status.get("completionTime"):
+        new["completionTime"] = st.rfc3339(r.now)
     if not rollout.colocated:
-        new_status["rollout"] = {"ready": rollout.ready, "desired": rollout.desired, "summary": f"{rollout.ready}/{rollout.desired}"}
+        new["rollout"] = {"ready": rollout.ready, "desired": rollout.desired, "summary": f"{rollout.ready}/{rollout.desired}"}
     if state is not None:
-        stages = tuple(stage.name for stage in job.spec.curriculum.stages) if job.spec.curriculum else ()
-        progress, sample = st.progress(state, max_steps=job.spec.run_policy.max_steps, previous=RT.rate_samples.get(body["metadata"]["uid"]),
-                                       now=now, stage_names=stages)
-        if sample is not None:
-            RT.rate_samples[body["metadata"]["uid"]] = sample
-        new_status.update(progress)
-    elif created[0]:
-        new_status.setdefault("maxSteps", job.spec.run_policy.max_steps)
-    for event in [*st.transition_events(conds, new_conds), *st.rejection_events(conds, new_conds),
-                  *st.progress_events(old_status, new_status)]:
-        _event(body, event.type, event.reason, event.message)
-    patch_status("RLJob", namespace, name, old_status, new_status)
-    RT.phases.set(body["metadata"]["uid"], new_status["phase"])
+        new.update(_progress(r, state))
+    elif created.ok:
+        new.setdefault("maxSteps", r.job.spec.run_policy.max_steps)
+    for event in [*st.transition_events(r.conds, conds), *st.rejection_events(r.conds, conds), *st.progress_events(r.old_status, new)]:
+        r.event(event.type, event.reason, event.message)
+    patch_status("RLJob", r.namespace, r.name, r.old_status, new)
+    RT.phases.set(r.uid, new["phase"])
+    r.post_events()
 
 
-def _release_shared_pool(job_body: Mapping | None, namespace: str, job: str, pool: dict | None) -> None:
-    """Let go of a shared pool the (finished or deleted) job was bound to: minReplicas, unbound."""
+def _progress(r: JobRound, state: Any) -> dict[str, Any]:
+    """The status fields read from the job's state in the buffer (steps, rate, stage, eval, versions)."""
+    stages = tuple(stage.name for stage in r.job.spec.curriculum.stages) if r.job.spec.curriculum else ()
+    progress, sample = st.progress(state, max_steps=r.job.spec.run_policy.max_steps, previous=RT.rate_samples.get(r.uid),
+                                   now=r.now, stage_names=stages)
+    if sample is not None:
+        RT.rate_samples[r.uid] = sample
+    return progress
+
+
+def _release_shared_pool(namespace: str, job: str, pool: dict | None) -> str | None:
+    """Let go of a shared pool the (finished or deleted) job was bound to: minReplicas,
+    unbound. Returns what was done, for the callers' Events; None when nothing was."""
     release = lifecycle.release_shared_pool(job, pool, owned=False, done=True)
     if release is None or pool is None:
-        return
+        return None
     pool_name = pool["metadata"]["name"]
     if release.replicas is not None:
         RT.kube.patch(API_VERSION, "RolloutPool", namespace, pool_name, {"spec": {"replicas": release.replicas}})
     if release.unbind:
         RT.kube.patch(API_VERSION, "RolloutPool", namespace, pool_name, {"status": {"boundJob": None}}, subresource="status")
     log.info("shared rollout pool released", namespace=namespace, job=job, pool=pool_name, replicas=release.replicas)
-    if job_body is not None:
-        _event(job_body, "Normal", "PoolReleased", release.message)
-    _event(pool, "Normal", "Released", release.message)
+    return release.message
 
 
 @kopf.on.create(GROUP, VERSION, "rljobs", when=managed_by_us)
@@ -403,7 +349,10 @@ def rljob_deleted(body: kopf.Body, spec: kopf.Spec, namespace: str, name: str, u
     namespace's deletion hostage."""
     pool_ref = (spec.get("rollout") or {}).get("poolRef")
     if pool_ref and spec.get("mode") != "colocated":  # the spec as stored (defaulted); it may not parse
-        _release_shared_pool(None, namespace, name, RT.kube.get(API_VERSION, "RolloutPool", namespace, pool_ref))
+        pool = RT.kube.get(API_VERSION, "RolloutPool", namespace, pool_ref)
+        released = _release_shared_pool(namespace, name, pool)
+        if released:
+            _event(pool, "Normal", "Released", released)
     buffer = spec.get("buffer") or {}
     url = buffer.get("url") or buffer_default_url()
     try:

@@ -7,19 +7,20 @@ from collections.abc import Callable, Mapping
 from typing import Any
 
 import kopf
+from pydantic import ValidationError
 
 from kuberl.operator.adapters import metrics
-from kuberl.operator.api import RolloutPool
+from kuberl.operator.api import RLJob, RolloutPool
 from kuberl.operator.api.conditions import ENGINES_READY, NO_ENGINE_READY, READY
 from kuberl.operator.api.rolloutpool import RolloutPoolSpec
 from kuberl.operator.api.constants import API_VERSION, GROUP, VERSION
 from kuberl.operator.children.common import is_paused
-from kuberl.operator.children.rollout import credential_secrets, rollout_deployment, rollout_service
+from kuberl.operator.children.desired import pool_children
+from kuberl.operator.children.rollout import credential_secrets
 from kuberl.operator.controllers.runtime import (
     PERIODIC,
     handled,
     RT,
-    SETTINGS,
     _event,
     buffer_auth,
     buffer_default_url,
@@ -34,7 +35,6 @@ from kuberl.operator.decisions import autoscaler
 from kuberl.operator.decisions import status as st
 from kuberl.operator.naming import pool_selector, selector_string
 from kuberl.workloads.logs import get_logger
-from kuberl.workloads.spec import HubCache
 
 log = get_logger(__name__)
 
@@ -63,18 +63,30 @@ def reconcile_pool(body: Mapping, trigger: str, autoscale: bool = False, full: b
     reconcile_fresh("RolloutPool", body, trigger, guarded("RolloutPool", round_))
 
 
-def _reconcile_pool(body: dict, namespace: str, name: str) -> None:
-    pool = RolloutPool.model_validate({"metadata": body["metadata"], "spec": body.get("spec") or {}})
+def _bound_job_object(body: dict, namespace: str) -> tuple[str | None, dict | None, RLJob | None]:
+    """The job the pool serves: its name (owner reference or status.boundJob), its body as
+    watched (None while it is not there) and that body parsed (None when it does not parse:
+    the engines then start without its model, and the job's own round reports its spec)."""
     bound = _bound_job(body)
     job_body = RT.watched.get(API_VERSION, "RLJob", namespace, bound) if bound else None
-    model = ((job_body or {}).get("spec") or {}).get("model") or {}
-    deployment = rollout_deployment(pool, namespace, RT.settings, bound_job=bound if job_body else None,
-                                             model_source=model.get("source"), tokenizer=model.get("tokenizer"),
-                                             hub_cache=HubCache.model_validate(model["hubCache"]) if model.get("hubCache") else None,
-                                             **credential_secrets((job_body or {}).get("spec")))
+    if job_body is None:
+        return bound, None, None
+    try:
+        job = RLJob.model_validate({"metadata": job_body["metadata"], "spec": plain(job_body.get("spec") or {})})
+    except ValidationError as e:
+        log.warning("bound job does not parse", namespace=namespace, job=bound, error=str(e)[:300])
+        job = None
+    return bound, job_body, job
+
+
+def _reconcile_pool(body: dict, namespace: str, name: str) -> None:
+    pool = RolloutPool.model_validate({"metadata": body["metadata"], "spec": body.get("spec") or {}})
+    bound, job_body, job = _bound_job_object(body, namespace)
+    children = pool_children(pool, RT.settings, bound=job)
+    deployment = children.deployment
     live = RT.watched.get("apps/v1", "Deployment", namespace, name)
     live = ensure_workload(deployment, body, live) or live or {}
-    ensure_asserted(rollout_service(pool, namespace, RT.settings), body)
+    ensure_asserted(children.service, body)
     old = body.get("status") or {}
     new = st.workload_status(old, live.get("status") or {}, deployment["spec"]["replicas"], what="rollout pods",
                              reasons=(ENGINES_READY, NO_ENGINE_READY), ready_if_empty=pool.spec.replicas == 0,

@@ -205,7 +205,7 @@ def buffer_auth(namespace: str, secret: str | None) -> dict[str, str] | None:
 
 
 def access_policy() -> AccessPolicy:
-    return AccessPolicy(endpoint_allowlist=RT.settings.endpoint_allowlist, allow_sandbox_opt_out=RT.settings.allow_sandbox_opt_out)
+    return AccessPolicy.of(RT.settings)
 
 
 def buffer_default_url() -> str:

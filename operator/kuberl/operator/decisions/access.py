@@ -27,6 +27,11 @@ class AccessPolicy:
     endpoint_allowlist: tuple[str, ...] = ()  # host patterns; empty allows any
     allow_sandbox_opt_out: bool = False
 
+    @classmethod
+    def of(cls, settings: Any) -> AccessPolicy:
+        """The policy an installation's OperatorSettings set."""
+        return cls(endpoint_allowlist=tuple(settings.endpoint_allowlist), allow_sandbox_opt_out=settings.allow_sandbox_opt_out)
+
 
 @dataclass(frozen=True)
 class SecretNeed:

@@ -15,7 +15,6 @@ from dataclasses import dataclass, field
 from kuberl.operator.api.conditions import BACKOFF_LIMIT_EXCEEDED, DEADLINE_EXCEEDED, FAILED, SUCCEEDED, TRAINER_COMPLETED
 from kuberl.operator.api.rolloutpool import RolloutPoolSpec
 
-from kuberl.operator.decisions import status as st
 from kuberl.operator.naming import trainer_pod_name
 
 

@@ -205,6 +205,15 @@ def changed_fields(old: dict[str, Any], new: dict[str, Any]) -> dict[str, Any]:
 
 
 @dataclass(frozen=True)
+class Created:
+    """Whether the job's children (and streams) exist, for its Created condition."""
+
+    ok: bool
+    reason: str
+    message: str = ""
+
+
+@dataclass(frozen=True)
 class RolloutView:
     colocated: bool
     ready: int = 0
@@ -215,7 +224,7 @@ class RolloutView:
 def job_conditions(
     conditions: list[dict[str, Any]] | None,
     *,
-    created: tuple[bool, str, str],
+    created: Created,
     trainer: TrainerView,
     rollout: RolloutView,
     suspended: bool,
@@ -226,8 +235,8 @@ def job_conditions(
 ) -> list[dict[str, Any]]:
     """Every condition of a job from what was observed this round.
 
-    `created` and `terminal` are (status-or-type, reason, message) triples the lifecycle
-    decided; a terminal condition, once True, is never taken back here. `buffer` is
+    `created` says whether the children exist; `terminal` is the (type, reason, message)
+    triple the lifecycle decided; a terminal condition, once True, is never taken back here. `buffer` is
     (reachable, message) when the job's JetStream buffer was contacted this round (None:
     not contacted, BufferReady stays as it was).
     """
@@ -237,8 +246,7 @@ def job_conditions(
         nonlocal conds
         conds = set_condition(conds, type_, status, reason, message, now=now, generation=generation)
 
-    ok, reason, message = created
-    put(CREATED, ok, reason, message)
+    put(CREATED, created.ok, created.reason, created.message)
     if buffer is not None:
         reachable, why = buffer
         put(BUFFER_READY, reachable, BUFFER_AVAILABLE if reachable else BUFFER_UNAVAILABLE, why)
