@@ -31,6 +31,7 @@ from pathlib import Path
 
 import yaml
 
+from kuberl.workloads.observe.step_row import read_rows
 from kuberl.operator.local.report import moving_average, reward_window
 from kuberl.workloads.spec import Dataset
 from kuberl.workloads.tasks.datasets import load_dataset
@@ -79,11 +80,11 @@ def run_variant(name: str, doc: dict, steps: int, work: Path) -> dict:
     out = work / doc["metadata"]["name"]
     t0 = time.monotonic()
     subprocess.run([sys.executable, "-m", "kuberl.operator.cli", "run", str(manifest), "-o", str(out), "-q"], cwd=ROOT, check=True)
-    rows = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines() if line.strip()]
+    rows = read_rows((out / "metrics.jsonl").read_text())
     summary = json.loads((out / "summary.json").read_text())
     return {"name": name, "wall_s": round(time.monotonic() - t0, 1), "summary": summary,
-            "curve": [(r["step"], r["reward_mean"], r.get("stage_name")) for r in rows],
-            "evals": [{k: v for k, v in r.items() if k.startswith("eval")} for r in rows if "eval_step" in r]}
+            "curve": [(r.step, r.reward_mean, r.stage_name or None) for r in rows],
+            "evals": [{**r.evaluation, "eval_step": r.eval_step} for r in rows if r.eval_step is not None]}
 
 
 def run_row(r: dict, steps: int) -> dict:

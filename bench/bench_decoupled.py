@@ -43,6 +43,7 @@ from pathlib import Path
 
 import yaml
 
+from kuberl.workloads.observe.step_row import read_rows
 from kuberl.operator.local.report import reward_window
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -80,10 +81,10 @@ def run(doc: dict, work: Path) -> dict:
     out = work / doc["metadata"]["name"]
     t0 = time.monotonic()
     subprocess.run([sys.executable, "-m", "kuberl.operator.cli", "run", str(manifest), "-o", str(out), "-q"], cwd=ROOT, check=True)
-    rows = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines() if line.strip()]
+    rows = read_rows((out / "metrics.jsonl").read_text())
     return {"wall_s": round(time.monotonic() - t0, 1), "summary": json.loads((out / "summary.json").read_text()),
-            "curve": [(r["step"], r["reward_mean"], r["elapsed_s"]) for r in rows],
-            "stale_dropped": rows[-1].get("stale_dropped", 0), "samples_trained": rows[-1]["samples_trained"],
+            "curve": [(r.step, r.reward_mean, r.elapsed_s) for r in rows],
+            "stale_dropped": rows[-1].stale_dropped or 0, "samples_trained": rows[-1].samples_trained,
             "groups_abandoned": abandoned_groups(out / "logs")}
 
 

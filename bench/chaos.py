@@ -34,6 +34,7 @@ import yaml
 from _common import HERE, write_result
 
 from e2e.sandbox import inside
+from kuberl.workloads.observe.step_row import StepRow
 from kuberl.operator.local.audit import audit_run
 from kuberl.workloads.trainer.ledger import committed_rewards, read_ledger
 from kuberl.workloads.localproc import dies_with_parent
@@ -85,9 +86,9 @@ def current_step(out: Path) -> int:
         return 0
     for line in reversed(lines):
         try:
-            return int(json.loads(line)["step"])
-        except (ValueError, KeyError):
-            continue
+            return StepRow.from_json(json.loads(line)).step
+        except (ValueError, TypeError):
+            continue  # a line being written, or a record that is not a step's
     return 0
 
 

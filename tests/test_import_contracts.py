@@ -29,8 +29,11 @@ OPERATOR_MAY_IMPORT = {
     # The audit's inputs (`local.audit`, `kuberl audit`): the trainer's ledger, the agents'
     # weight-load records, and the run-files location (s3:// or a directory) they are in.
     "kuberl.workloads.trainer.ledger", "kuberl.workloads.rollout.load_records", "kuberl.workloads.observe.uploads",
+    # The metrics.jsonl schema `kuberl run` reports and plots from.
+    "kuberl.workloads.observe.step_row",
 }
 PURE = ["kuberl.operator.api", "kuberl.operator.naming", "kuberl.operator.children", "kuberl.operator.decisions",
+        "kuberl.workloads.observe.step_row",
         "kuberl.operator.schema", "kuberl.workloads.rl", "kuberl.workloads.spec", "kuberl.workloads.buffer.names",
         "kuberl.workloads.buffer.records", "kuberl.workloads.buffer.staleness", "kuberl.workloads.buffer.state"]
 IO_LIBRARIES = {"kopf", "kubernetes", "nats"}
@@ -135,6 +138,26 @@ def test_decisions_import_no_children():
     for module in decisions:
         children = {m for m in closure(module) if m.startswith("kuberl.operator.children")}
         assert not children, (module, children)
+
+
+def _reaches(module: str, package: str) -> set[str]:
+    return {m for m in closure(module) if m == package or m.startswith(package + ".")}
+
+
+def test_the_trainer_and_the_rollout_agent_share_episodes_not_each_other():
+    """Episodes (kuberl.workloads.episodes) are what both run; neither side imports the other."""
+    for side, other in (("kuberl.workloads.trainer", "kuberl.workloads.rollout"), ("kuberl.workloads.rollout", "kuberl.workloads.trainer")):
+        modules = [m for m in MODULES if m.startswith(side)]
+        assert modules
+        for module in modules:
+            assert not _reaches(module, other), (module, _reaches(module, other))
+
+
+def test_weights_and_the_engine_interface_know_no_policy():
+    """Weights move and engines load tensors by HF name; which backend trained them is the policy's business."""
+    modules = [m for m in MODULES if m.startswith("kuberl.workloads.weights")] + ["kuberl.workloads.engines.base"]
+    for module in modules:
+        assert not _reaches(module, "kuberl.workloads.policy"), (module, _reaches(module, "kuberl.workloads.policy"))
 
 
 # The benches start servers from the package (`kuberl.operator.local.servers`), as `kuberl

@@ -65,7 +65,6 @@ EFFECT_WITHOUT_TEST = frozenset({
     "RLJob spec.weightStore.bucket",
     "RLJob spec.weightStore.prefix",
     "RLJob spec.weightStore.region",
-    "RLJob spec.weightStore.syncIntervalSteps",
     "RLJob spec.checkpoint.uri",
     "RLJob spec.checkpoint.keep",
     "RolloutPool spec.engine.args",

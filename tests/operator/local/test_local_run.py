@@ -19,6 +19,7 @@ about steps, not wall time, so sharing the CPU does not change what is checked.
 from __future__ import annotations
 
 import json
+import re
 import os
 import signal
 import subprocess
@@ -41,6 +42,9 @@ DECOUPLED_STEPS = 120
 CHECKPOINT_EVERY = 10  # decoupled; the trainer is killed after its second checkpoint
 KILL_AGENT_AT, KILL_TRAINER_AFTER = 8, 25
 FULL_VERSION_EVERY = 4  # decoupled: weight versions between whole ones go as deltas
+# Colocated: the engine beside the trainer takes every step's weights in place; the store gets
+# a version every syncIntervalSteps and keeps the newest keepVersions.
+COLOCATED_SYNC = {"syncIntervalSteps": 25, "keepVersions": 2}
 
 
 WANDB = {"project": "kuberl-tests", "entity": "kuberl-ci", "mode": "offline", "group": "local-run", "tags": ["ci", "colocated"]}
@@ -133,9 +137,9 @@ def runs(tmp_path_factory, nats_server, s3_server):
     """The shortened colocated run and the decoupled drill, side by side; returns both outputs."""
     tmp = tmp_path_factory.mktemp("local-run")
     col_out, dec_out = tmp / "colocated", tmp / "decoupled"
-    col = start_run(shortened("tiny-cpu-colocated.yaml", tmp, COLOCATED_STEPS, 50, {"wandb": WANDB},
-                              reward={"type": "agentEnv", "agentEnv": "sums"}, agent_envs=[FLAKY_ENV]), col_out,
-                    nats_server.url, s3_server, quiet=False)
+    col_manifest = shortened("tiny-cpu-colocated.yaml", tmp, COLOCATED_STEPS, 50, {"wandb": WANDB},
+                             reward={"type": "agentEnv", "agentEnv": "sums"}, agent_envs=[FLAKY_ENV], weight_store=COLOCATED_SYNC)
+    col = start_run(col_manifest, col_out, nats_server.url, s3_server, quiet=False)
     col_t0 = time.monotonic()
     dec = start_run(shortened("tiny-cpu.yaml", tmp, DECOUPLED_STEPS, CHECKPOINT_EVERY, reward=FLAKY_REWARD,
                               weight_store={"fullVersionEvery": FULL_VERSION_EVERY}), dec_out,
@@ -155,7 +159,7 @@ def runs(tmp_path_factory, nats_server, s3_server):
                 os.killpg(proc.pid, signal.SIGTERM)
                 proc.wait(60)
     return {"colocated": (col_out, col_output), "decoupled": (dec_out, dec_output, killed_at),
-            "colocated_wall_s": col_wall, "scraped": scraped}
+            "colocated_wall_s": col_wall, "scraped": scraped, "colocated_manifest": col_manifest}
 
 
 def scrape(url: str) -> dict[str, float]:
@@ -201,6 +205,26 @@ def test_colocated_run_with_a_flaky_environment_masks_and_counts_what_it_could_n
     [stopping] = [json.loads(line) for line in (out / "logs" / "agentenv-sums.log").read_text().splitlines()
                   if line.startswith("{") and '"agentenv stopping"' in line]
     assert stopping["fault_dropped"] > 0.05 * stopping["started"] and stopping["fault_errors"] > 0
+
+
+def test_colocated_run_publishes_every_sync_interval_and_keeps_the_newest_versions(runs, s3_server):
+    """weightStore.syncIntervalSteps and keepVersions act in colocated mode as in decoupled
+    (`Trainer.after_round`, one order for both modes)."""
+    from kuberl.workloads.trainer.ledger import read_ledger
+
+    out, output = runs["colocated"]
+    interval, keep = COLOCATED_SYNC["syncIntervalSteps"], COLOCATED_SYNC["keepVersions"]
+    published = [e["version"] for e in read_ledger(out) if e["event"] == "published"]
+    # One version per interval crossed (at the end of the round that crossed it), the last at the last step.
+    assert [v // interval for v in published] == list(range(1, COLOCATED_STEPS // interval + 1)), (published, output[-2000:])
+    assert published[-1] == COLOCATED_STEPS
+    rows = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in rows if "weight_sync_bytes" in r] == published
+    bucket = yaml.safe_load(runs["colocated_manifest"].read_text())["spec"]["weightStore"]["bucket"]
+    keys = [o["Key"] for page in s3_server.client().get_paginator("list_objects_v2").paginate(Bucket=bucket)
+            for o in page.get("Contents", [])]
+    stored = sorted(int(m.group(1)) for k in keys if (m := re.search(r"/v(\d{8})/manifest\.json$", k)))
+    assert stored == published[-keep:], keys
 
 
 def test_colocated_run_evaluates_held_out_prompts(runs):

@@ -21,7 +21,7 @@ from kuberl.workloads.engines.base import Completion, Engine
 from kuberl.workloads.engines.batching import BatchingEngine
 from kuberl.workloads.policy.tiny.checkpoint import BOS_ID, EOS_ID
 from tests.support.tiny import tiny_tokenizer
-from kuberl.workloads.rollout.episodes import SamplingSettings, env_client_timeout, env_episode, run_group
+from kuberl.workloads.episodes.generate import SamplingSettings, env_client_timeout, env_episode, run_group
 from kuberl.workloads.spec import RewardSpec
 from tests.support.agentenv import start_process, stats, wait_healthy
 from tests.support.round_robin import RoundRobinProxy

@@ -247,7 +247,7 @@ def test_the_parsers_accept_a_body_or_raise_bad_request_naming_a_field(body):
 def test_a_tool_call_with_a_5000_digit_operand_is_the_policys_error_not_the_servers(env):
     """It answered 500: int() of 5000 digits raises past Python's 4300-digit limit. A tool call
     is model output, so it gets the tool's "error" and the episode goes on; a 4xx would mark the
-    sample an infrastructure failure (rollout.episodes) and hide the mistake from training."""
+    sample an infrastructure failure (episodes.generate) and hide the mistake from training."""
     assert calculate("9" * 5000 + "+1") == calculate("1+-" + "9" * 5000) == "error" and calculate("000012*3") == "36"
     eid = reset(env)
     step = f"/episodes/{eid}/step"

@@ -5,6 +5,7 @@ from __future__ import annotations
 import pytest
 
 from kuberl.workloads.observe.run_loggers import RunLoggers, TensorBoardLogger
+from kuberl.workloads.observe.step_row import StepRow
 from tests.support.objects import example_spec, workload_config_for
 
 
@@ -18,7 +19,7 @@ def _cfg(tmp_path, observability=None, **endpoints):
 def test_tensorboard_is_on_by_default_and_off_when_disabled(tmp_path):
     on = RunLoggers.open(_cfg(tmp_path / "on"))
     assert [type(x) for x in on.loggers] == [TensorBoardLogger]
-    on.log({"step": 1, "reward_mean": 0.5})
+    on.log(StepRow(step=1, policy_version=1, reward_mean=0.5))
     on.close()
     assert list((tmp_path / "on" / "tensorboard").glob("events.out.tfevents.*"))
     off = RunLoggers.open(_cfg(tmp_path / "off", {"tensorboard": {"enabled": False}}))
@@ -36,7 +37,7 @@ def test_a_cluster_job_copies_its_run_files_next_to_its_checkpoints(tmp_path):
     assert _cfg(tmp_path).run_files_uri is None  # kuberl run: the files are in runs/<job>/ already
     cfg = cfg.model_copy(update={"output_dir": str(tmp_path / "pod")})
     loggers = RunLoggers.open(cfg)
-    loggers.log({"step": 1, "reward_mean": 0.5})
+    loggers.log(StepRow(step=1, policy_version=1, reward_mean=0.5))
     loggers.flush()
     assert list((tmp_path / "ckpt" / "run" / "tensorboard").glob("events.out.tfevents.*"))
     loggers.close()
@@ -54,7 +55,7 @@ def test_a_failing_logger_is_switched_off_not_raised(tmp_path):
             pass
 
     loggers = RunLoggers([Broken()])
-    loggers.log({"step": 1})
+    loggers.log(StepRow(step=1, policy_version=1, reward_mean=0.0))
     assert loggers.loggers == []
 
 

@@ -2,7 +2,7 @@
 
 The same trainer round (warm start, reference policy, one rollout batch of PPO/GRPO steps
 with a KL term; mini-batches of 3 samples, so data-parallel shares are uneven) runs as one rank, as tensor parallel 2 and as data parallel 2 through the
-trainer's own backend seam (`Trainer.train_round` → `GangDriver` → every rank). The step
+trainer's own backend seam (`Trainer.train` → `GangDriver` → every rank). The step
 metrics and the published weights agree within float32 reduction-order noise; a
 checkpoint taken mid-run and loaded back into the gang replays the next round exactly, and
 a checkpoint written by a gang of another shape (through the trainer's checkpoint store)
@@ -131,21 +131,21 @@ def worker(out: Path, tensor: int, ranks: int, resume_from: Path | None) -> None
     start = tr.backend.hf_state()
     tr.init_fresh()
     groups = _answered(tr, tr.prompts.take(4, 0), pass_all=False, response_len=lambda i: 1 + i % 3)
-    rows = tr.train_round(groups)
+    rows = tr.train(groups)
     # Pickled as the checkpoint store would: the live optimizer state keeps changing.
     state, progress = copy.deepcopy(tr.backend.checkpoint_state()), copy.deepcopy(tr.progress)
     later = _answered(tr, tr.prompts.take(4, 0), pass_all=False, response_len=lambda i: 2 + i % 2)
-    second = tr.train_round(later)
+    second = tr.train(later)
     tr.backend.load_checkpoint_state(state, keep_reference=True)
     tr.progress = copy.deepcopy(progress)  # what Trainer.restore_or_init restores beside the backend's state
-    replayed = tr.train_round(later)
+    replayed = tr.train(later)
     weights, world = tr.backend.hf_state(), dist.get_world_size()
     CheckpointStore(str(out / "checkpoints")).save(1, state)  # for the next round's gang of another shape
     resumed = []
     if resume_from is not None:
         tr.backend.load_checkpoint_state(CheckpointStore(str(resume_from)).load_latest(), keep_reference=True)
         tr.progress = copy.deepcopy(progress)
-        resumed = tr.train_round(later)
+        resumed = tr.train(later)
     refusal = ""
     if ranks == 1:  # a refusal on a gang would stop its followers too
         try:
@@ -154,7 +154,7 @@ def worker(out: Path, tensor: int, ranks: int, resume_from: Path | None) -> None
             refusal = str(e)
     published = _publish_twice(tr, out, first=1000 + 10 * tensor + ranks)  # a version per layout: one bucket
     release_followers()  # the gang ends here: its process groups are closed
-    pick = lambda rs: [{k: r[k] for k in ("samples", "reward_mean", *METRICS)} for r in rs]  # noqa: E731
+    pick = lambda rs: [{k: r.to_json()[k] for k in ("samples", "reward_mean", *METRICS)} for r in rs]  # noqa: E731
     torch.save({"weights": weights, "start": start}, out / "result.pt")
     (out / "rows.json").write_text(json.dumps({
         "rows": pick(rows), "second": pick(second), "replayed": pick(replayed), "world": world,

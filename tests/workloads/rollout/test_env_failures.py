@@ -17,7 +17,7 @@ from kuberl.workloads.engines.batching import BatchingEngine
 from kuberl.workloads.engines.torch_engine import TorchEngine
 from kuberl.workloads.policy.tiny.model import seeded_model
 from kuberl.workloads.rl.batch import collate
-from kuberl.workloads.rollout.episodes import SamplingSettings, env_client_timeout, run_group
+from kuberl.workloads.episodes.generate import SamplingSettings, env_client_timeout, run_group
 from kuberl.workloads.spec import RewardSpec
 from tests.support.agentenv import serving
 from tests.support.tiny import tiny_tokenizer

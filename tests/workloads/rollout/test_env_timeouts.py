@@ -14,7 +14,7 @@ from kuberl.workloads.engines.batching import BatchingEngine
 from kuberl.workloads.engines.torch_engine import TorchEngine
 from kuberl.workloads.policy.tiny.model import seeded_model
 from tests.support.tiny import tiny_tokenizer
-from kuberl.workloads.rollout.episodes import SamplingSettings, _is_read_timeout, env_client_timeout, episode_url, run_group
+from kuberl.workloads.episodes.generate import SamplingSettings, _is_read_timeout, env_client_timeout, episode_url, run_group
 from kuberl.workloads.spec import RewardSpec
 from tests.support.agentenv import serving
 
@@ -83,7 +83,7 @@ async def test_an_answer_within_the_timeout_is_scored_as_usual():
 def test_agents_wait_as_long_as_the_jobs_longest_episode_may_run():
     """The environment's episodeTimeoutSeconds travels in the job's config to every session."""
     from kuberl.operator.children.workload_config import job_workload_config
-    from kuberl.workloads.rollout.episodes import env_session_timeout
+    from kuberl.workloads.episodes.generate import env_session_timeout
     from tests.support.objects import job as example_job
 
     agentic = example_job("decoupled-agentic.yaml")

@@ -11,7 +11,7 @@ import torch
 from kuberl.workloads.buffer.records import INFRA_FAILED, Trajectory
 from kuberl.workloads.rl.batch import collate
 from kuberl.workloads.rl.sampling import group_has_signal
-from kuberl.workloads.rollout.rewards import PythonRewardRunner, RewardLoadError, score
+from kuberl.workloads.episodes.rewards import PythonRewardRunner, RewardLoadError, score
 from kuberl.workloads.spec import PythonReward, RewardSpec, python_entry_point_problem
 from kuberl.workloads.trainer.groups import GroupAssembler
 

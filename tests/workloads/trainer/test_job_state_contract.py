@@ -18,6 +18,7 @@ from kuberl.operator.controllers.runtime import RT
 from kuberl.operator.decisions import autoscaler
 from kuberl.operator.decisions import status as st
 from kuberl.workloads.buffer.admin import BufferConfig
+from kuberl.workloads.observe.step_row import StepRow
 from kuberl.workloads.buffer.names import JobNames
 from kuberl.workloads.trainer.trainer import Trainer
 from tests.support.objects import example_spec, workload_config_for
@@ -53,8 +54,8 @@ async def test_a_trainer_step_reaches_status_reward_and_the_trainer_idle_autosca
     tr, bridge = trainer_and_bridge
     await tr.open_buffer()
     try:
-        row = {"step": 3, "policy_version": 3, "reward_mean": 0.625, "reward_std": 0.25, "pass_rate": 0.5, "samples_trained": 384,
-               "samples_per_s": 12.5, "stage": 0, "trainer_idle_percent": 80.0, "infra_failed_total": 7}
+        row = StepRow(step=3, policy_version=3, reward_mean=0.625, reward_std=0.25, pass_rate=0.5, samples_trained=384,
+                      samples_per_s=12.5, stage=0, trainer_idle_percent=80.0, infra_failed_total=7)
         await tr.report(row)
     finally:
         await tr.buffer.close()

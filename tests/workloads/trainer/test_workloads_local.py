@@ -19,7 +19,7 @@ from kuberl.workloads.policy.tiny.model import TinyConfig, seeded_model, token_l
 from tests.support.tiny import tiny_tokenizer
 from kuberl.workloads.trainer.warm_start import noisy_target
 from kuberl.workloads.rl.losses import aggregate
-from kuberl.workloads.rollout.episodes import SamplingSettings, env_episode
+from kuberl.workloads.episodes.generate import SamplingSettings, env_episode
 from kuberl.workloads.tasks.calculator import calculate, calculator_step
 from kuberl.workloads.tasks.datasets import arithmetic_problems, filter_problems
 
@@ -137,7 +137,10 @@ async def test_multi_turn_episode_against_the_calculator_env():
 
 
 def test_runner_helpers():
-    rows = [{"step": i, "reward_mean": i / 10, "samples_trained": 8 * i, "samples_per_s": 4.0, "elapsed_s": float(i)} for i in range(1, 11)]
+    from kuberl.workloads.observe.step_row import StepRow
+
+    rows = [StepRow(step=i, policy_version=i, reward_mean=i / 10, samples_trained=8 * i, samples_per_s=4.0, elapsed_s=float(i))
+            for i in range(1, 11)]
     s = summarise(rows, window=2)
     assert s["reward_start"] == pytest.approx(0.15) and s["reward_end"] == pytest.approx(0.95) and s["steps"] == 10
 
@@ -204,7 +207,7 @@ def _step(tr, pass_all: bool) -> dict:
     """What both training loops do per step: take the current stage's prompts, train on their groups."""
     stage = tr.progress.curriculum.stage
     prompts = tr.prompts.take(tr.cfg.algorithm.global_batch_size // tr.prompts.group_size(stage), stage)
-    (row,) = tr.train_round(_answered(tr, prompts, pass_all))  # rolloutBatchSize = globalBatchSize: one step
+    (row,) = tr.train(_answered(tr, prompts, pass_all))  # rolloutBatchSize = globalBatchSize: one step
     return row
 
 
@@ -224,8 +227,8 @@ def test_two_stage_curriculum_switches_by_step_in_the_trainer_and_feeder(tmp_pat
     assert tr.prompts.sampling(0).max_new_tokens == 3
     assert in_flight_target(tr.cfg, tr.prompts.group_size(0), None) == 2 * 16 // 4
     rows = [_step(tr, pass_all=False) for _ in range(5)]
-    assert [r["stage_name"] for r in rows] == ["medium", "medium", "hard", "hard", "hard"]
-    assert [r["stage"] for r in rows] == [0, 0, 1, 1, 1]
+    assert [r.stage_name for r in rows] == ["medium", "medium", "hard", "hard", "hard"]
+    assert [r.stage for r in rows] == [0, 0, 1, 1, 1]
     assert tr.progress.curriculum.stage_start_step == 3
     # From the switch on, the feeder hands out the hard stage: all problems, larger groups.
     hard = tr.prompts.take(40, tr.progress.curriculum.stage)
@@ -239,9 +242,9 @@ def test_two_stage_curriculum_switches_by_pass_rate_only_on_a_full_window(tmp_pa
     curriculum = {"stages": [{**TWO_STAGES["stages"][0], "until": {"passRate": 0.6, "window": 3}}, TWO_STAGES["stages"][1]]}
     tr = _tiny_trainer(tmp_path, curriculum=curriculum)
     low = [_step(tr, pass_all=False) for _ in range(4)]  # pass rate 1/4 per step: stays
-    assert [r["pass_rate"] for r in low] == [0.25] * 4 and {r["stage"] for r in low} == {0}
+    assert [r.pass_rate for r in low] == [0.25] * 4 and {r.stage for r in low} == {0}
     high = [_step(tr, pass_all=True) for _ in range(3)]  # moving mean of the last 3: 0.5, then 0.75 >= 0.6
-    assert [r["stage_name"] for r in high] == ["medium", "hard", "hard"]
+    assert [r.stage_name for r in high] == ["medium", "hard", "hard"]
     assert tr.progress.curriculum.stage_start_step == 6
 
 
@@ -268,7 +271,7 @@ def test_loss_aggregation_is_switched_from_the_manifest(tmp_path, monkeypatch):
         prompts = tr.prompts.take(2, 0)
         groups = _answered(tr, prompts, pass_all=False, response_len=lambda i: 1 + 3 * (i % 2))  # unequal lengths
         seen.clear()
-        losses[mode] = tr.train_round(groups)[0]["loss"]
+        losses[mode] = tr.train(groups)[0].policy["loss"]
         assert seen and set(seen) == {mode}, seen  # the policy loss and the entropy bonus
     assert abs(losses["token"] - losses["sequence"]) > 1e-4, losses
 
@@ -281,16 +284,16 @@ def test_manifest_ppo_settings_reach_the_trainers_update(tmp_path):
     tr = _tiny_trainer(tmp_path, algorithm={**settings, "klCoef": 0.5}, model=model)
     tr.init_fresh()  # what restore_or_init does without a checkpoint: builds the frozen reference
     assert tr.backend.reference is not None
-    rows = tr.train_round(_answered(tr, tr.prompts.take(4, 0), pass_all=False))
-    assert [(r["epoch"], r["mini_batch"]) for r in rows] == [(0, 0), (0, 1), (1, 0), (1, 1)]
-    assert [r["step"] for r in rows] == [1, 2, 3, 4] and tr.progress.version == 4
-    assert rows[0]["ratio_dev_mean"] == 0 and rows[0]["kl"] == 0  # proximal = reference = current at the start
-    assert all(r["ratio_dev_mean"] > 0 and r["clip_frac"] > 0 and r["kl"] > 0 for r in rows[1:])
+    rows = tr.train(_answered(tr, tr.prompts.take(4, 0), pass_all=False))
+    assert [(r.epoch, r.mini_batch) for r in rows] == [(0, 0), (0, 1), (1, 0), (1, 1)]
+    assert [r.step for r in rows] == [1, 2, 3, 4] and tr.progress.version == 4
+    assert rows[0].policy["ratio_dev_mean"] == 0 and rows[0].policy["kl"] == 0  # proximal = reference = current at the start
+    assert all(r.policy["ratio_dev_mean"] > 0 and r.policy["clip_frac"] > 0 and r.policy["kl"] > 0 for r in rows[1:])
     plain = _tiny_trainer(tmp_path, algorithm=settings, model=model)
     plain.init_fresh()
     assert plain.backend.reference is None
-    plain_rows = plain.train_round(_answered(plain, plain.prompts.take(4, 0), pass_all=False))
-    assert "kl" not in plain_rows[-1] and plain_rows[-1]["loss"] != rows[-1]["loss"]
+    plain_rows = plain.train(_answered(plain, plain.prompts.take(4, 0), pass_all=False))
+    assert "kl" not in plain_rows[-1].policy and plain_rows[-1].policy["loss"] != rows[-1].policy["loss"]
 
 
 def test_seed_sets_the_prompt_order_and_the_checkpoint_the_weights(tmp_path):

@@ -346,7 +346,7 @@ class WeightStoreSpec(ApiModel):
     region: str | None = Field(None, max_length=64, description="S3 region.")
     credentials_secret: SecretRef | None = Field(None, description="Secret with AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY (and optionally AWS_SESSION_TOKEN), set from it as environment variables of the trainer and rollout agents; empty: the pods' own AWS identity (e.g. IRSA).")
     fp8: bool = Field(False, description="Publish blockwise FP8 weights (128x128, e4m3, per-block scale) for the rollout engines.")
-    sync_interval_steps: int = Field(1, ge=1, le=100000, description="Publish new weights every N optimizer steps.")
+    sync_interval_steps: int = Field(1, ge=1, le=100000, description="Publish new weights to the store every N optimizer steps (and at the last). Colocated mode: the engine beside the trainer takes every step's weights in place; the store gets a version every N steps.")
     keep_versions: int = Field(3, ge=1, le=1000, description="Weight versions kept; older ones are pruned (but never a version a kept one is stored against).")
     full_version_every: int = Field(1, ge=1, le=1000, description="Store every Nth weight version whole and those between as deltas against the version before (the 16-bit words that changed and a bitmap of where; rebuilt and sha256-checked by the fetcher, which needs at most one whole version and N-1 deltas). The trainer keeps the version it published last on local disk for this. 1: every version whole.")
 

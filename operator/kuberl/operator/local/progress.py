@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import os
 import time
-from typing import Any
+from kuberl.workloads.observe.step_row import StepRow
 
 INTERVAL_ENV = "KUBERL_PROGRESS_INTERVAL_S"
 
@@ -22,8 +22,8 @@ class ProgressReport:
         self._bar = None
         self._log = None
         self._last_line = float("-inf")
-        self._last_row: dict[str, Any] | None = None
-        self._printed: dict[str, Any] | None = None
+        self._last_row: StepRow | None = None
+        self._printed: StepRow | None = None
         self._t0 = time.monotonic()
         if interactive:
             from tqdm import tqdm
@@ -34,13 +34,13 @@ class ProgressReport:
 
             self._log = get_logger("kuberl.run")
 
-    def show(self, row: dict[str, Any]) -> None:
+    def show(self, row: StepRow) -> None:
         """The newest metrics row; the bar moves, a line is written when one is due."""
         self._last_row = row
         if self._bar is not None:
-            self._bar.update(row["step"] - self._bar.n)
-            self._bar.set_postfix(reward=f"{row['reward_mean']:.3f}", samples_s=f"{row['samples_per_s']:.1f}",
-                                  version=row["policy_version"], stage=row.get("stage_name"))
+            self._bar.update(row.step - self._bar.n)
+            self._bar.set_postfix(reward=f"{row.reward_mean:.3f}", samples_s=f"{row.samples_per_s:.1f}",
+                                  version=row.policy_version, stage=row.stage_name or None)
             return
         now = time.monotonic()
         if now - self._last_line >= self.interval_s:
@@ -48,14 +48,14 @@ class ProgressReport:
             self._last_line = now
             self._printed = row
 
-    def _line(self, row: dict[str, Any]) -> None:
+    def _line(self, row: StepRow) -> None:
         elapsed = time.monotonic() - self._t0
-        rate = row["step"] / elapsed if elapsed > 0 else 0.0
-        eta = int((self.max_steps - row["step"]) / rate) if rate > 0 else None
-        self._log.info("progress", job=self.job, step=row["step"], max_steps=self.max_steps,
-                       percent=round(100.0 * row["step"] / max(self.max_steps, 1), 1), reward=row["reward_mean"],
-                       samples_per_s=row["samples_per_s"], policy_version=row["policy_version"],
-                       stage=row.get("stage_name"), elapsed_s=round(elapsed, 1), eta_s=eta)
+        rate = row.step / elapsed if elapsed > 0 else 0.0
+        eta = int((self.max_steps - row.step) / rate) if rate > 0 else None
+        self._log.info("progress", job=self.job, step=row.step, max_steps=self.max_steps,
+                       percent=round(100.0 * row.step / max(self.max_steps, 1), 1), reward=row.reward_mean,
+                       samples_per_s=row.samples_per_s, policy_version=row.policy_version,
+                       stage=row.stage_name or None, elapsed_s=round(elapsed, 1), eta_s=eta)
 
     def close(self) -> None:
         if self._bar is not None:

@@ -5,16 +5,21 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+from kuberl.workloads.observe.step_row import StepRow
 
-def read_metrics(path: Path) -> list[dict]:
+
+def read_metrics(path: Path) -> list[StepRow]:
+    """The step rows of a run's metrics.jsonl (the trainer's schema, `StepRow`)."""
     if not path.exists():
         return []
     rows = []
     for line in path.read_text().splitlines():
         try:
-            rows.append(json.loads(line))
+            row = json.loads(line)
         except ValueError:
-            pass  # a line being written right now
+            continue  # a line being written right now
+        if "step" in row:
+            rows.append(StepRow.from_json(row))
     return rows
 
 
@@ -38,59 +43,58 @@ def moving_average(values: list[float], window: int) -> list[float]:
     return out
 
 
-def summarise(rows: list[dict], window: int | None = None) -> dict:
+def summarise(steps: list[StepRow], window: int | None = None) -> dict:
     """Start/end reward (means over the first/last `window` steps) and throughput."""
-    steps = [r for r in rows if "step" in r]
     if not steps:
         return {"steps": 0}
     window = window or reward_window(len(steps))
 
-    def mean(rs):
-        return round(sum(r["reward_mean"] for r in rs) / len(rs), 4)
+    def mean(rs: list[StepRow]) -> float:
+        return round(sum(r.reward_mean for r in rs) / len(rs), 4)
 
+    last = steps[-1]
+    evaluation = latest_evaluation(steps)
     return {
-        "steps": steps[-1]["step"],
+        "steps": last.step,
         "reward_start": mean(steps[:window]),
         "reward_end": mean(steps[-window:]),
         "reward_window_steps": window,
-        "reward_max": max(r["reward_mean"] for r in steps),
-        "samples_trained": steps[-1]["samples_trained"],
-        "infra_failed_samples": steps[-1].get("infra_failed_total", 0),  # masked: their reward or environment failed
-        "samples_per_s": steps[-1]["samples_per_s"],
-        "rl_seconds": steps[-1]["elapsed_s"],
-        "mode": steps[-1].get("mode"),
-        "resumes": sorted({r["resumed_from"] for r in steps if r.get("resumed_from") is not None}),
-        **({"evaluation": latest_evaluation(steps)} if latest_evaluation(steps) else {}),
+        "reward_max": max(r.reward_mean for r in steps),
+        "samples_trained": last.samples_trained,
+        "infra_failed_samples": last.infra_failed_total,  # masked: their reward or environment failed
+        "samples_per_s": last.samples_per_s,
+        "rl_seconds": last.elapsed_s,
+        "mode": last.mode or None,
+        "resumes": sorted({r.resumed_from for r in steps if r.resumed_from is not None}),
+        **({"evaluation": evaluation} if evaluation else {}),
     }
 
 
-def evaluation_curves(rows: list[dict]) -> dict[str, list[tuple[int, float]]]:
+def evaluation_curves(steps: list[StepRow]) -> dict[str, list[tuple[int, float]]]:
     """(eval step, value) per evaluation score ("eval/<dataset>/<score>") found in the rows."""
     curves: dict[str, list[tuple[int, float]]] = {}
-    for r in rows:
-        if "eval_step" not in r:
+    for r in steps:
+        if r.eval_step is None:
             continue
-        for key, value in r.items():
-            if key.startswith("eval/"):
-                curves.setdefault(key, []).append((int(r["eval_step"]), float(value)))
+        for key, value in r.evaluation.items():
+            curves.setdefault(key, []).append((r.eval_step, float(value)))
     return curves
 
 
-def latest_evaluation(rows: list[dict]) -> dict[str, float]:
-    """The scores of the last evaluation in the rows (empty without one)."""
-    last = next((r for r in reversed(rows) if "eval_step" in r), None)
-    return {k: v for k, v in last.items() if k.startswith("eval/") or k == "eval_step"} if last else {}
+def latest_evaluation(steps: list[StepRow]) -> dict[str, float]:
+    """The scores of the last evaluation in the rows, and its step (empty without one)."""
+    last = next((r for r in reversed(steps) if r.eval_step is not None), None)
+    return {**last.evaluation, "eval_step": last.eval_step} if last else {}
 
 
-def plot_rewards(rows: list[dict], out: Path, title: str) -> None:
+def plot_rewards(steps: list[StepRow], out: Path, title: str) -> None:
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    steps = [r for r in rows if "step" in r]
     fig, ax = plt.subplots(figsize=(7, 4))
-    xs, ys = [r["step"] for r in steps], [r["reward_mean"] for r in steps]
+    xs, ys = [r.step for r in steps], [r.reward_mean for r in steps]
     window = reward_window(len(steps))
     ax.plot(xs, ys, alpha=0.35, linewidth=1, label="mean reward (trained batch)")
     ax.plot(xs, moving_average(ys, window), linewidth=2, label=f"moving average ({window} steps)")

@@ -240,12 +240,11 @@ class LocalRun:
         last_step = 0
         try:
             while True:
-                rows = read_metrics(metrics)
-                steps = [r for r in rows if "step" in r]
+                steps = read_metrics(metrics)
                 if steps and progress is not None:
                     progress.show(steps[-1])
                 if steps:
-                    last_step = steps[-1]["step"]
+                    last_step = steps[-1].step
                 code = trainer.poll()
                 plan = decide(trainer_as_gang(job, trainer.restarts, code, started, time.time()))
                 if plan.terminal is not None:

@@ -1,6 +1,7 @@
 """Run loggers the manifest selects (spec.observability): TensorBoard and Weights & Biases.
 
-Each gets every metrics.jsonl row as scalars (`observe.scalars`), at the row's step. They
+Each gets every step's row (`StepRow`) as the scalars of its metrics.jsonl object
+(`observe.scalars`), at the row's step. They
 write under the output directory (``tensorboard/``, ``wandb/``); in a cluster
 `RunFileSync` copies both to ``<checkpoint uri>/run/`` so they outlive the pod.
 """
@@ -17,13 +18,14 @@ from typing import Any, Protocol
 from kuberl.workloads.config import WorkloadConfig
 from kuberl.workloads.logs import get_logger
 from kuberl.workloads.observe.scalars import histograms, scalars
+from kuberl.workloads.observe.step_row import StepRow
 from kuberl.workloads.observe.uploads import RunFileSync
 
 log = get_logger(__name__)
 
 
 class RunLogger(Protocol):
-    def log(self, row: dict[str, Any]) -> None: ...
+    def log(self, row: StepRow) -> None: ...
     def flush(self) -> None: ...
     def close(self) -> None: ...
 
@@ -34,12 +36,12 @@ class TensorBoardLogger:
 
         self.writer = SummaryWriter(log_dir=str(log_dir), flush_secs=10)
 
-    def log(self, row: dict[str, Any]) -> None:
-        step, walltime = int(row["step"]), row.get("time")
-        for name, value in scalars(row).items():
-            self.writer.add_scalar(name, value, global_step=step, walltime=walltime)
-        for name, values in histograms(row).items():
-            self.writer.add_histogram(name, np.asarray(values), global_step=step, walltime=walltime)
+    def log(self, row: StepRow) -> None:
+        flat = row.to_json()
+        for name, value in scalars(flat).items():
+            self.writer.add_scalar(name, value, global_step=row.step, walltime=row.time)
+        for name, values in histograms(flat).items():
+            self.writer.add_histogram(name, np.asarray(values), global_step=row.step, walltime=row.time)
 
     def flush(self) -> None:
         self.writer.flush()
@@ -72,11 +74,12 @@ class WandbLogger:
             settings=wandb.Settings(console="off", silent=True, **({"base_url": spec.base_url} if spec.base_url else {})),
         )
 
-    def log(self, row: dict[str, Any]) -> None:
-        data: dict[str, Any] = dict(scalars(row))
-        for name, values in histograms(row).items():
+    def log(self, row: StepRow) -> None:
+        flat = row.to_json()
+        data: dict[str, Any] = dict(scalars(flat))
+        for name, values in histograms(flat).items():
             data[name] = self._wandb.Histogram(values)
-        self.run.log(data, step=int(row["step"]))
+        self.run.log(data, step=row.step)
 
     def flush(self) -> None:
         pass  # the W&B service writes (and, online, streams) as it goes
@@ -115,7 +118,7 @@ class RunLoggers:
                           action=what, error=repr(e))
                 self.loggers.remove(logger)
 
-    def log(self, row: dict[str, Any]) -> None:
+    def log(self, row: StepRow) -> None:
         self._each("log", row)
 
     def flush(self) -> None:

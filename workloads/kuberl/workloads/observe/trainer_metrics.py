@@ -2,10 +2,10 @@
 
 from __future__ import annotations
 
-from typing import Any
 
 from prometheus_client import Counter, Gauge, Histogram
 
+from kuberl.workloads.observe.step_row import StepRow
 from kuberl.workloads.weights.stages import PUBLISH_STAGES
 
 STEP = Gauge("kuberl_trainer_step", "Optimizer steps completed.")
@@ -38,9 +38,13 @@ for _stage in PUBLISH_STAGES:  # every stage's series from the start: a stage th
     WEIGHT_SYNC_STAGE_SECONDS.labels(_stage)
 EVAL = Gauge("kuberl_trainer_eval_score", "Latest held-out evaluation, by dataset and score (greedy, pass@1, pass@k).", ["dataset", "score"])
 
-PHASES = {"generation": "time_generate_s", "training": "train_s", "weight_sync": "time_weight_sync_s",
-          "waiting": "time_wait_s", "evaluation": "time_eval_s"}
 POLICY_KEYS = ("kl", "entropy", "clip_frac", "grad_norm", "ratio_mean", "is_weight_mean", "is_masked_frac")
+
+
+def phase_seconds(row: StepRow) -> dict[str, float]:
+    """The step's wall time by phase (a round's phases are shared by the steps trained from it)."""
+    return {"generation": row.time_generate_s or 0.0, "training": row.train_s, "weight_sync": row.time_weight_sync_s or 0.0,
+            "waiting": row.time_wait_s or 0.0, "evaluation": row.time_eval_s or 0.0}
 
 
 class TrainerMetrics:
@@ -48,41 +52,38 @@ class TrainerMetrics:
 
     def __init__(self) -> None:
         self._stale_dropped = 0
-        for part in PHASES:
+        for part in phase_seconds(StepRow(step=0, policy_version=0, reward_mean=0.0)):
             PHASE_SECONDS.labels(part)
 
-    def observe_row(self, row: dict[str, Any]) -> None:
-        STEP.set(row["step"])
-        POLICY_VERSION.set(row["policy_version"])
-        SAMPLES.inc(row.get("samples", 0))
-        TOKENS.inc(row.get("tokens", 0))
-        total = 0.0
-        for part, key in PHASES.items():
-            seconds = float(row.get(key) or 0.0)
+    def observe_row(self, row: StepRow) -> None:
+        STEP.set(row.step)
+        POLICY_VERSION.set(row.policy_version)
+        SAMPLES.inc(row.samples)
+        TOKENS.inc(row.tokens)
+        phases = phase_seconds(row)
+        for part, seconds in phases.items():
             PHASE_SECONDS.labels(part).inc(seconds)
-            total += seconds
-        STEP_SECONDS.observe(total)
-        for stat, key in (("mean", "reward_mean"), ("std", "reward_std"), ("pass_rate", "pass_rate")):
-            REWARD.labels(stat).set(row[key])
-        if "loss" in row:
-            LOSS.set(row["loss"])
+        STEP_SECONDS.observe(sum(phases.values()))
+        for stat, value in (("mean", row.reward_mean), ("std", row.reward_std), ("pass_rate", row.pass_rate)):
+            REWARD.labels(stat).set(value)
+        if "loss" in row.policy:
+            LOSS.set(row.policy["loss"])
         for key in POLICY_KEYS:
-            if key in row:
-                POLICY_STATS.labels(key).set(row[key])
-        STALENESS.labels("mean").set(row.get("staleness_mean", 0))
-        STALENESS.labels("max").set(row.get("staleness_max", 0))
-        dropped = int(row.get("stale_dropped", self._stale_dropped))
+            if key in row.policy:
+                POLICY_STATS.labels(key).set(row.policy[key])
+        STALENESS.labels("mean").set(row.staleness_mean)
+        STALENESS.labels("max").set(row.staleness_max)
+        dropped = row.stale_dropped if row.stale_dropped is not None else self._stale_dropped
         if dropped > self._stale_dropped:
             STALE_DROPPED.inc(dropped - self._stale_dropped)
         self._stale_dropped = max(dropped, self._stale_dropped)
-        if row.get("trainer_idle_percent") is not None:
-            IDLE.set(row["trainer_idle_percent"])
-        if "response_length_mean" in row:
-            RESPONSE_LENGTH.set(row["response_length_mean"])
-        STAGE.set(row.get("stage", 0))
-        for key, value in row.items():
+        if row.trainer_idle_percent is not None:
+            IDLE.set(row.trainer_idle_percent)
+        RESPONSE_LENGTH.set(row.response_length_mean)
+        STAGE.set(row.stage)
+        for key, value in row.evaluation.items():
             parts = key.split("/")
-            if len(parts) == 3 and parts[0] == "eval":
+            if len(parts) == 3:
                 EVAL.labels(parts[1], parts[2]).set(value)
 
     @staticmethod

@@ -1,1 +1,1 @@
-"""The rollout agent process and its episodes (`python -m kuberl.workloads.rollout`)."""
+"""The rollout agent process (`python -m kuberl.workloads.rollout`); its episodes are kuberl.workloads.episodes."""

@@ -27,10 +27,10 @@ from kuberl.workloads.observe.uploads import run_files
 from kuberl.workloads.policy.job_model import job_model_dir, job_tokenizer
 from kuberl.workloads.policy.tiny.model import load_pretrained
 from kuberl.workloads.policy.tokenizer import Tokenizer
-from kuberl.workloads.rollout.episodes import SamplingSettings, env_session_timeout, run_group
+from kuberl.workloads.episodes.generate import SamplingSettings, env_session_timeout, run_group
 from kuberl.workloads.rollout.load_records import LoadRecords
 from kuberl.workloads.rollout.node_share import NodeShare, Peer
-from kuberl.workloads.rollout.rewards import python_runner
+from kuberl.workloads.episodes.rewards import python_runner
 from kuberl.workloads.weights.manifest import Manifest, local_versions
 from kuberl.workloads.weights.stages import StageClock
 from kuberl.workloads.weights.sync import weight_store

@@ -1,6 +1,6 @@
 """Held-out evaluation of the current policy: greedy and sampled, pass@1 and pass@k.
 
-Episodes run through the same route as training rollouts (`rollout.episodes.run_group`:
+Episodes run through the same route as training rollouts (`episodes.generate.run_group`:
 verifier, python reward or agent environment), on an engine holding the policy being
 evaluated; nothing here is trained on. A response passes when its reward is at least 1.
 """
@@ -17,7 +17,7 @@ from kuberl.workloads.buffer.records import Prompt
 from kuberl.workloads.config import WorkloadConfig
 from kuberl.workloads.engines.batching import BatchingEngine
 from kuberl.workloads.policy.tokenizer import Tokenizer
-from kuberl.workloads.rollout.episodes import SamplingSettings, run_group
+from kuberl.workloads.episodes.generate import SamplingSettings, run_group
 from kuberl.workloads.policy.job_model import job_s3_client
 from kuberl.workloads.tasks.datasets import Problem, load_dataset
 

@@ -11,7 +11,7 @@ from kuberl.workloads.config import WorkloadConfig
 from kuberl.workloads.rl.curriculum import Stage
 from kuberl.workloads.logs import get_logger
 from kuberl.workloads.policy.tokenizer import Tokenizer
-from kuberl.workloads.rollout.episodes import SamplingSettings
+from kuberl.workloads.episodes.generate import SamplingSettings
 from kuberl.workloads.policy.job_model import job_s3_client
 from kuberl.workloads.tasks.datasets import Problem, filter_problems, load_dataset
 

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
-from collections import Counter
+import asyncio
 import json
+from collections import Counter
+from collections.abc import Awaitable, Callable
 import math
 import shutil
 import tempfile
@@ -23,6 +25,7 @@ from kuberl.workloads.engines.batching import BatchingEngine
 from kuberl.workloads.engines.torch_engine import TorchEngine
 from kuberl.workloads.logs import get_logger
 from kuberl.workloads.observe.run_loggers import RunLoggers
+from kuberl.workloads.observe.step_row import StepRow
 from kuberl.workloads.observe.uploads import RunFiles
 from kuberl.workloads.observe.trainer_metrics import TrainerMetrics
 from kuberl.workloads.policy.backend import PublishRequest, TrainerBackend, make_backend
@@ -59,9 +62,9 @@ class MetricsLog:
         Path(output_dir).mkdir(parents=True, exist_ok=True)
         self.path = Path(output_dir) / "metrics.jsonl"
 
-    def write(self, row: dict) -> None:
+    def write(self, row: StepRow) -> None:
         with self.path.open("a") as f:
-            f.write(json.dumps(row) + "\n")
+            f.write(json.dumps(row.to_json()) + "\n")
 
 
 def stats(values: list[float]) -> tuple[float, float]:
@@ -169,8 +172,8 @@ class Trainer:
 
     # ---- one step ---------------------------------------------------------------------
 
-    def train_round(self, groups: list[list[Trajectory]]) -> list[dict]:
-        """One rollout batch → its optimizer steps (the backend's `ppo_update`); one metrics row per step.
+    def train(self, groups: list[list[Trajectory]]) -> list[StepRow]:
+        """One rollout batch → its optimizer steps (the backend's `ppo_update`); one row per step.
 
         Each sample's staleness weight is decided here, against the version the batch is
         trained from, so it always reaches the loss of the sample it belongs to.
@@ -204,19 +207,19 @@ class Trainer:
             step_lags = lags[result.samples]
             step_lengths = lengths[result.samples]
             p.tokens_trained += sum(step_lengths)
-            rows.append({
-                "step": p.step, "policy_version": p.version, "reward_mean": round(mean, 4), "reward_std": round(std, 4),
-                "pass_rate": round(pass_rate, 4), "samples": len(step_failed), "samples_trained": p.samples_trained,
-                "infra_failed": sum(step_failed), "infra_failed_total": p.infra_failed,
-                "samples_per_s": round(p.samples_trained / max(elapsed, 1e-9), 3), "elapsed_s": round(elapsed, 2),
-                "train_s": round(time.monotonic() - t0, 4), "stage": p.curriculum.stage, "stage_name": self.stages[p.curriculum.stage].name,
-                "tokens": sum(step_lengths), "tokens_per_s": round(p.tokens_trained / max(elapsed, 1e-9), 3),
-                "response_length_mean": round(sum(step_lengths) / len(step_lengths), 3), "response_length_max": max(step_lengths),
-                "staleness_mean": round(sum(step_lags) / len(step_lags), 3), "staleness_max": max(step_lags),
-                "staleness_counts": {str(lag): n for lag, n in sorted(Counter(step_lags).items())},
-                "epoch": result.epoch, "mini_batch": result.mini_batch, "mode": self.cfg.mode, "resumed_from": p.resumed_from,
-                "time": time.time(), **{k: round(v, 5) for k, v in result.metrics.items()},
-            })
+            rows.append(StepRow(
+                step=p.step, policy_version=p.version, reward_mean=round(mean, 4), reward_std=round(std, 4),
+                pass_rate=round(pass_rate, 4), samples=len(step_failed), samples_trained=p.samples_trained,
+                infra_failed=sum(step_failed), infra_failed_total=p.infra_failed,
+                samples_per_s=round(p.samples_trained / max(elapsed, 1e-9), 3), elapsed_s=round(elapsed, 2),
+                train_s=round(time.monotonic() - t0, 4), stage=p.curriculum.stage, stage_name=self.stages[p.curriculum.stage].name,
+                tokens=sum(step_lengths), tokens_per_s=round(p.tokens_trained / max(elapsed, 1e-9), 3),
+                response_length_mean=round(sum(step_lengths) / len(step_lengths), 3), response_length_max=max(step_lengths),
+                staleness_mean=round(sum(step_lags) / len(step_lags), 3), staleness_max=max(step_lags),
+                staleness_counts={str(lag): n for lag, n in sorted(Counter(step_lags).items())},
+                epoch=result.epoch, mini_batch=result.mini_batch, mode=self.cfg.mode, resumed_from=p.resumed_from,
+                time=time.time(), policy={k: round(v, 5) for k, v in result.metrics.items()},
+            ))
             t0 = time.monotonic()
         return rows
 
@@ -245,8 +248,9 @@ class Trainer:
         pool's engines keep generating training data meanwhile)."""
         return BatchingEngine(TorchEngine(self.engine_model(), version=self.progress.version, seed=self.seed))
 
-    async def report(self, row: dict) -> None:
-        """One step's row: to metrics.jsonl, and its headline numbers into the job state."""
+    async def report(self, row: StepRow) -> None:
+        """One step's row: to metrics.jsonl, the run loggers and Prometheus, and its headline
+        numbers into the job state."""
         self.metrics.write(row)
         self.loggers.log(row)
         self.prometheus.observe_row(row)
@@ -255,14 +259,15 @@ class Trainer:
             # published last: a broker that lost writes gets the state back at the next step.
             published = self.last_published
             await self.buffer.state.update(lambda s: replace(
-                s, curriculum_stage=row["stage"],
+                s, curriculum_stage=row.stage,
                 **({"policy_version": published.version, "weights_manifest": published.uri}
-                   if published is not None and published.version > s.policy_version else {}), counters={**s.counters, "steps": row["step"], "samples": row["samples_trained"],
-                                                              "infra_failed": row["infra_failed_total"]},
-                metrics=JobMetrics(reward_mean=row["reward_mean"], reward_std=row["reward_std"], pass_rate=row["pass_rate"],
-                                   samples_per_s=row["samples_per_s"], trainer_idle_percent=row.get("trainer_idle_percent")),
+                   if published is not None and published.version > s.policy_version else {}),
+                counters={**s.counters, "steps": row.step, "samples": row.samples_trained, "infra_failed": row.infra_failed_total},
+                metrics=JobMetrics(reward_mean=row.reward_mean, reward_std=row.reward_std, pass_rate=row.pass_rate,
+                                   samples_per_s=row.samples_per_s, trainer_idle_percent=row.trainer_idle_percent),
                 evaluation=self.last_evaluation or s.evaluation))
-        log.info("step", **{k: row[k] for k in ("step", "reward_mean", "samples_per_s", "policy_version", "stage")})
+        log.info("step", step=row.step, reward_mean=row.reward_mean, samples_per_s=row.samples_per_s,
+                 policy_version=row.policy_version, stage=row.stage)
 
     async def reassert_state(self) -> None:
         """Write the version published last back into the job state (the broker lost it)."""
@@ -284,6 +289,29 @@ class Trainer:
         through_outage(lambda: self.ledger.mirror_published(entry), f"ledger record of version {version}")
         self.last_published = published
         return published
+
+    async def sync_weights(self) -> Published:
+        """Publish the current weights, announce them in the job state, prune old versions."""
+        published = await asyncio.to_thread(self.publish)
+        await self.buffer.state.publish_version(self.progress.version, published.uri)
+        await asyncio.to_thread(self.prune_versions)
+        return published
+
+    async def after_round(self, rows: list[StepRow], step_before: int, evaluate: Callable[[], Awaitable[dict]],
+                          checkpoint_state: Callable[[], dict] | None = None) -> float:
+        """What follows a round's steps, in one order for both modes, each when its interval
+        was crossed (or the job ends): publish the weights (weightStore.syncIntervalSteps,
+        keepVersions), evaluate (evaluation.intervalSteps), checkpoint (checkpoint.intervalSteps).
+        Returns the seconds the weight sync took."""
+        cfg, sync_s = self.cfg, 0.0
+        if self.crossed(step_before, cfg.weight_store.sync_interval_steps):
+            published = await self.sync_weights()
+            sync_s, rows[-1].weight_sync_bytes = published.seconds, published.bytes
+        if self.evaluator.enabled and self.crossed(step_before, cfg.evaluation.interval_steps):
+            rows[-1].add_evaluation(await evaluate())
+        if self.crossed(step_before, cfg.checkpoint.interval_steps):
+            await asyncio.to_thread(self.checkpoint, checkpoint_state() if checkpoint_state else None)
+        return sync_s
 
     def prune_versions(self) -> None:
         """Delete weight versions beyond ``weightStore.keepVersions``. Housekeeping: a store that

@@ -1,4 +1,4 @@
-"""The child process a custom reward function runs in: `python -m kuberl.workloads.rollout.reward_worker ENTRY_POINT`.
+"""The child process a custom reward function runs in: `python -m kuberl.workloads.episodes.reward_worker ENTRY_POINT`.
 
 One JSON line in per call (``[prompt, response, sample]``), one JSON line out
 (``{"value": float}`` or ``{"error": "..."}``). The protocol owns the process's real stdout;

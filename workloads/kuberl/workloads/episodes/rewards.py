@@ -59,7 +59,7 @@ class PythonRewardRunner:
 
     async def _start(self) -> asyncio.subprocess.Process:
         proc = await asyncio.create_subprocess_exec(
-            sys.executable, "-m", "kuberl.workloads.rollout.reward_worker", self.spec.entry_point,
+            sys.executable, "-m", "kuberl.workloads.episodes.reward_worker", self.spec.entry_point,
             stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.PIPE, limit=LINE_LIMIT,
             preexec_fn=dies_with_parent())
         try:

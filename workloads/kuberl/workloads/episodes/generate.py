@@ -18,7 +18,7 @@ from kuberl.workloads.engines.batching import BatchingEngine, DispatchTracker
 from kuberl.workloads.logs import get_logger
 from kuberl.workloads.policy.tokenizer import Tokenizer
 from kuberl.workloads.spec import RewardSpec
-from kuberl.workloads.rollout.rewards import score
+from kuberl.workloads.episodes.rewards import score
 
 log = get_logger(__name__)
 
