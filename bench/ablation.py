@@ -31,13 +31,13 @@ from pathlib import Path
 
 import yaml
 
+from _common import write_result
 from kuberl.workloads.observe.step_row import read_rows
 from kuberl.operator.local.report import moving_average, reward_window
 from kuberl.workloads.spec import Dataset
 from kuberl.workloads.tasks.datasets import load_dataset
 
 ROOT = Path(__file__).resolve().parent.parent
-RESULTS = ROOT / "bench" / "results"
 
 CURRICULUM = {
     "stages": [
@@ -161,14 +161,13 @@ def main() -> None:
             results.append({**run_variant(name, doc, args.steps, work), "seed": seed})
             print(json.dumps(run_row(results[-1], args.steps)), flush=True)
     total_s = round(time.monotonic() - t0, 1)
-    RESULTS.mkdir(parents=True, exist_ok=True)
-    plot(results, RESULTS / "ablation.png")
     runs = [run_row(r, args.steps) for r in results]
     summary = per_variant(runs)
-    (RESULTS / "ablation.json").write_text(json.dumps({
+    written = write_result("ablation", {
         "steps": args.steps, "seeds": args.seeds, "total_wall_s": total_s, "note": __doc__.split("\n\n")[1].replace("\n", " "),
         "summary_mean_std": summary, "runs": runs,
-        "curves": {f"{r['name']}/s{r['seed']}": r["curve"] for r in results}}, indent=1))
+        "curves": {f"{r['name']}/s{r['seed']}": r["curve"] for r in results}})
+    plot(results, written.with_suffix(".png"))
     for line in summary:
         print(json.dumps(line))
 

@@ -43,11 +43,11 @@ from pathlib import Path
 
 import yaml
 
+from _common import write_result
 from kuberl.workloads.observe.step_row import read_rows
 from kuberl.operator.local.report import reward_window
 
 ROOT = Path(__file__).resolve().parent.parent
-RESULTS = ROOT / "bench" / "results"
 TARGET_RATIO = 2.5
 
 
@@ -62,7 +62,7 @@ def manifests(steps: int, decoupled_steps: int, median: float, tail: float) -> d
     decoupled["metadata"]["name"] = "bench-decoupled"
     decoupled["spec"]["runPolicy"]["maxSteps"] = decoupled_steps
     decoupled["spec"]["maxOffPolicySteps"] = 1  # as the example job: off-policy by one version at most
-    decoupled["spec"]["algorithm"]["offPolicyCorrection"] = {"enabled": True, "truncation": 2.0}
+    decoupled["spec"]["algorithm"]["offPolicyCorrection"] = {"method": "truncate", "high": 2.0}  # truncated IS, as measured
     decoupled["spec"]["rollout"]["template"]["agent"] = {"concurrency": 64}  # the in-flight budget bounds it
     keep_stale = copy.deepcopy(decoupled)  # the A/B: agents finish groups the trainer will drop
     keep_stale["metadata"]["name"] = "bench-decoupled-keep-stale"
@@ -160,8 +160,7 @@ def main() -> None:
             "samples_per_s_ratio": round(dec["samples_per_s"] / kept["samples_per_s"], 2),
             "stale_dropped_ratio": round(results["decoupled"]["stale_dropped"] / max(1, keep["stale_dropped"]), 2),
         }
-    RESULTS.mkdir(parents=True, exist_ok=True)
-    (RESULTS / "bench_decoupled.json").write_text(json.dumps({**report, "curves": {m: r["curve"] for m, r in results.items()}}, indent=1))
+    written = write_result("bench_decoupled", {**report, "curves": {m: r["curve"] for m, r in results.items()}})
     import matplotlib
 
     matplotlib.use("Agg")
@@ -181,7 +180,7 @@ def main() -> None:
     ax.legend()
     ax.grid(alpha=0.3)
     fig.tight_layout()
-    fig.savefig(RESULTS / "bench_decoupled.png", dpi=120)
+    fig.savefig(written.with_suffix(".png"), dpi=120)
     print(json.dumps(report, indent=1))
 
 

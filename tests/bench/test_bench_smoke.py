@@ -24,15 +24,22 @@ QUICK = [
      ["store_bytes_ratio", "wall_ratio"]),
     ("sync_scale_model.py", ["--gib", "0.03"], ["scenarios", "measured_here_mb_s_per_core"]),
     ("fp8_logprob_gap.py", ["--seeds", "1"], ["mean_abs", "ratio_fp8_to_bf16_gap"]),
+    # Two `kuberl run`s of a few steps each (about a minute each here): the manifests they
+    # build follow the API (this one had rotted: it set offPolicyCorrection fields long gone).
+    ("bench_decoupled.py", ["--steps", "4", "--decoupled-steps", "8", "--no-abandon-ab", "--work", "{tmp}/work"],
+     ["samples_per_s_ratio", "reward_at_equal_steps"]),
+    ("ablation.py", ["--steps", "4", "--seeds", "1", "--work", "{tmp}/work"], ["summary_mean_std", "runs"]),
 ]
 
 
 @pytest.mark.servers
 @pytest.mark.parametrize(("script", "args", "keys"), QUICK, ids=[q[0] for q in QUICK])
 def test_the_benchmark_runs_and_writes_its_result(script, args, keys, tmp_path):
-    done = subprocess.run([sys.executable, str(BENCH / script), *args], cwd=BENCH, capture_output=True, text=True,
-                          timeout=300, env={**os.environ, "KUBERL_BENCH_RESULTS": str(tmp_path)})
+    results = tmp_path / "results"
+    argv = [a.format(tmp=tmp_path) for a in args]
+    done = subprocess.run([sys.executable, str(BENCH / script), *argv], cwd=BENCH, capture_output=True, text=True,
+                          timeout=300, env={**os.environ, "KUBERL_BENCH_RESULTS": str(results)})
     assert done.returncode == 0, (done.stdout + done.stderr)[-3000:]
-    [written] = list(tmp_path.glob("*.json"))
+    [written] = list(results.glob("*.json"))
     result = json.loads(written.read_text())
     assert written.stem == result["benchmark"] and all(k in result for k in keys), sorted(result)
