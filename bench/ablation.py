@@ -32,8 +32,7 @@ from pathlib import Path
 import yaml
 
 from _common import write_result
-from kuberl.workloads.observe.step_row import read_rows
-from kuberl.operator.local.report import moving_average, reward_window
+from kuberl.operator.local.report import moving_average, read_metrics, reward_window
 from kuberl.workloads.spec import Dataset
 from kuberl.workloads.tasks.datasets import load_dataset
 
@@ -80,7 +79,7 @@ def run_variant(name: str, doc: dict, steps: int, work: Path) -> dict:
     out = work / doc["metadata"]["name"]
     t0 = time.monotonic()
     subprocess.run([sys.executable, "-m", "kuberl.operator.cli", "run", str(manifest), "-o", str(out), "-q"], cwd=ROOT, check=True)
-    rows = read_rows((out / "metrics.jsonl").read_text())
+    rows = read_metrics(out / "metrics.jsonl")
     summary = json.loads((out / "summary.json").read_text())
     return {"name": name, "wall_s": round(time.monotonic() - t0, 1), "summary": summary,
             "curve": [(r.step, r.reward_mean, r.stage_name or None) for r in rows],

@@ -44,8 +44,7 @@ from pathlib import Path
 import yaml
 
 from _common import write_result
-from kuberl.workloads.observe.step_row import read_rows
-from kuberl.operator.local.report import reward_window
+from kuberl.operator.local.report import read_metrics, reward_window
 
 ROOT = Path(__file__).resolve().parent.parent
 TARGET_RATIO = 2.5
@@ -81,7 +80,7 @@ def run(doc: dict, work: Path) -> dict:
     out = work / doc["metadata"]["name"]
     t0 = time.monotonic()
     subprocess.run([sys.executable, "-m", "kuberl.operator.cli", "run", str(manifest), "-o", str(out), "-q"], cwd=ROOT, check=True)
-    rows = read_rows((out / "metrics.jsonl").read_text())
+    rows = read_metrics(out / "metrics.jsonl")
     return {"wall_s": round(time.monotonic() - t0, 1), "summary": json.loads((out / "summary.json").read_text()),
             "curve": [(r.step, r.reward_mean, r.elapsed_s) for r in rows],
             "stale_dropped": rows[-1].stale_dropped or 0, "samples_trained": rows[-1].samples_trained,

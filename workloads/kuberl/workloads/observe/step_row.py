@@ -92,12 +92,3 @@ def share_round(rows: list[StepRow], **seconds: float) -> None:
     for row in rows:
         for name, value in seconds.items():
             setattr(row, name, round(value / len(rows), 4))
-
-
-def read_rows(lines: list[str] | str) -> list[StepRow]:
-    """The step rows of a metrics.jsonl text (other records, without a step, are skipped)."""
-    import json
-
-    text = lines if isinstance(lines, str) else "\n".join(lines)
-    rows = [json.loads(line) for line in text.splitlines() if line.strip()]
-    return [StepRow.from_json(r) for r in rows if "step" in r]
