@@ -93,10 +93,7 @@ def _validate(r: JobRound) -> bool:
         if not invalid_before or failed.get("message") != message:
             r.event("Warning", INVALID_SPEC, message)
             log.warning("invalid RLJob spec", namespace=r.namespace, name=r.name, errors=message)
-        new_status = {"conditions": conds, "phase": st.phase_of(conds), "observedGeneration": r.generation}
-        patch_status("RLJob", r.namespace, r.name, r.old_status, new_status)
-        RT.phases.set(r.uid, new_status["phase"])
-        r.post_events()
+        _commit_status(r, {"conditions": conds, "phase": st.phase_of(conds), "observedGeneration": r.generation})
         return False
     if invalid_before:
         r.conds = st.set_condition(r.conds, FAILED, False, SPEC_VALID, "", now=r.now, generation=r.generation)
@@ -295,6 +292,11 @@ def _write_status(r: JobRound, plan: lifecycle.Plan, created: st.Created) -> Non
         new.setdefault("maxSteps", r.job.spec.run_policy.max_steps)
     for event in [*st.transition_events(r.conds, conds), *st.rejection_events(r.conds, conds), *st.progress_events(r.old_status, new)]:
         r.event(event.type, event.reason, event.message)
+    _commit_status(r, new)
+
+
+def _commit_status(r: JobRound, new: dict[str, Any]) -> None:
+    """The round's last step: the status fields that changed, the phase metric, then the queued Events."""
     patch_status("RLJob", r.namespace, r.name, r.old_status, new)
     RT.phases.set(r.uid, new["phase"])
     r.post_events()
