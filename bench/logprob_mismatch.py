@@ -10,7 +10,8 @@ so a sharper weight set is measured too).
 
     .venv/bin/python bench/logprob_mismatch.py [--dtypes float32,bfloat16] [--samples 32]
 
-Needs the SGLang venv (e2e/sglang/setup.sh). Writes bench/results/logprob_mismatch.json.
+Needs the SGLang venv (e2e/sglang/setup.sh). Writes bench/results/logprob_mismatch.json
+(under $KUBERL_BENCH_RESULTS instead for the smoke run).
 Target (issue 8): mean abs < 1e-3 in float32.
 """
 
@@ -19,9 +20,9 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import socket
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -31,15 +32,13 @@ from kuberl.workloads.engines.base import GenerationRequest
 from kuberl.workloads.engines.sglang.client import SGLangClient
 from kuberl.workloads.engines.sglang.engine import SGLangEngine
 from kuberl.workloads.engines.sglang.launcher import ServerConfig, SGLangServer
-from kuberl.workloads.policy.tiny.model import (
-    save_pretrained,
-    seeded_model,
-    token_logprobs,
-)
+from kuberl.workloads.policy.tiny.checkpoint import write_builtin_tiny
+from kuberl.workloads.policy.tiny.model import seeded_model, token_logprobs
 from kuberl.workloads.policy.sources import local_model_dir
 from kuberl.workloads.policy.tokenizer import Tokenizer
 
-HERE = Path(__file__).resolve().parent
+from _common import write_result
+
 PROMPTS = ["12+7=", "3*(4+5)=", "what is 9-2?", "ab", "100/4="]
 
 
@@ -134,13 +133,31 @@ def main() -> int:
     ap.add_argument("--max-new-tokens", type=int, default=24)
     ap.add_argument("--seed", type=int, default=5)
     ap.add_argument("--no-megatron", action="store_true")
-    ap.add_argument("--out", default=str(HERE / "results" / "logprob_mismatch.json"))
     args = ap.parse_args()
     os.environ.setdefault("OMP_NUM_THREADS", "2")
     megatron = None if args.no_megatron else megatron_scorer()
     models = weight_sets(args.seed)
-    work = Path(os.environ.get("TMPDIR", "/tmp")) / f"kuberl-mismatch-{os.getpid()}"
-    save_pretrained(models["seeded"], work / "init")
+    with tempfile.TemporaryDirectory(prefix="kuberl-mismatch-") as tmp:
+        results = measure_servers(Path(tmp), models, args, megatron)
+    f32 = results.get("float32", {})
+    out = write_result("logprob_mismatch", {
+        "torch": torch.__version__,
+        "what": "abs(SGLang 0.5.23 sampled-token logprob - trainer backend logprob of the same token), same weights, "
+                "temperature 1, server --device cpu --attention-backend torch_native; trainer side float32",
+        "target": {"float32_mean_abs_below": 1e-3},
+        "model": models["seeded"].config.to_hf(),
+        "results": results,
+        "float32_meets_target": all(r["vs_torch"]["mean_abs"] < 1e-3 for r in f32.values()
+                                    if isinstance(r, dict) and "vs_torch" in r) if f32 else None,
+    })
+    print(f"wrote {out}")
+    return 0
+
+
+def measure_servers(work: Path, models: dict, args, megatron) -> dict:
+    """One SGLang server per dtype, each on the seeded weights, measured against both backends."""
+    # A whole HF checkpoint, tokenizer included: the server loads it before any weights arrive.
+    write_builtin_tiny(work / "init", seed=args.seed)
     results: dict = {}
     for dtype in args.dtypes.split(","):
         server = SGLangServer(ServerConfig(model_path=str(work / "init"), dtype=dtype, random_seed=0, weight_version="0"),
@@ -151,25 +168,7 @@ def main() -> int:
             results[dtype] = {"server_startup_seconds": round(server.startup_seconds, 1),
                               **measure(engine, models, args.samples, args.max_new_tokens, megatron)}
             engine.close()
-    f32 = results.get("float32", {})
-    doc = {
-        "benchmark": "logprob_mismatch",
-        "timestamp": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
-        "host": {"python": platform.python_version(), "machine": platform.machine(), "cpus": len(os.sched_getaffinity(0)),
-                 "torch": torch.__version__},
-        "what": "abs(SGLang 0.5.23 sampled-token logprob - trainer backend logprob of the same token), same weights, "
-                "temperature 1, server --device cpu --attention-backend torch_native; trainer side float32",
-        "target": {"float32_mean_abs_below": 1e-3},
-        "model": models["seeded"].config.to_hf(),
-        "results": results,
-        "float32_meets_target": all(r["vs_torch"]["mean_abs"] < 1e-3 for k, r in f32.items() if isinstance(r, dict) and "vs_torch" in r)
-        if f32 else None,
-    }
-    out = Path(args.out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(doc, indent=1) + "\n")
-    print(f"wrote {out}")
-    return 0
+    return results
 
 
 if __name__ == "__main__":

@@ -29,7 +29,32 @@ QUICK = [
     ("bench_decoupled.py", ["--steps", "4", "--decoupled-steps", "8", "--no-abandon-ab", "--work", "{tmp}/work"],
      ["samples_per_s_ratio", "reward_at_equal_steps"]),
     ("ablation.py", ["--steps", "4", "--seeds", "1", "--work", "{tmp}/work"], ["summary_mean_std", "runs"]),
+    # One SGLang server (float32), a few samples scored by both trainer backends.
+    ("logprob_mismatch.py", ["--dtypes", "float32", "--samples", "5", "--max-new-tokens", "4"],
+     ["results", "float32_meets_target"]),
+    # The GPU check's own toy mode on the CPU: its code cannot rot between the rare GPU loans.
+    # It runs on the device machine without bench/_common, so it writes where --out says.
+    ("device_check.py", ["--tiny", "--device", "cpu", "--out", "{tmp}/results/device_check.json"], ["fp8", "megatron_step"]),
+    # Each command run once, and the unbounded reader (which never finishes the billion laughs) killed after 5 s.
+    ("bench_hostile_yaml.py", ["--runs", "1", "--unbounded-timeout", "5"], ["cases", "render", "worst"]),
+    # The kwok control plane, a nats-server and the operator: a few jobs instead of a hundred.
+    ("bench_operator.py", ["--jobs", "3", "--rounds", "1", "--steady-seconds", "1"], ["apply_to_children_s", "many_jobs"]),
+    # Two replicas, the leader SIGKILLed after two of four small jobs: the standby takes over.
+    ("bench_operator_scale.py", ["--jobs", "4", "--trainer", "1", "--rollout", "1", "--envs", "1", "--rate", "0",
+                                 "--steady-seconds", "1"], ["failover_s", "apply_to_children_s", "children_duplicated"]),
+    # `kuberl run` of a short decoupled job, a workload process SIGKILLed every few seconds;
+    # the script itself fails when its audit finds a prompt lost or a group trained twice.
+    ("chaos.py", ["--minutes", "0.5", "--kill-every", "8", "--max-steps", "40", "--no-baseline"], ["chaos", "settings"]),
 ]
+
+
+def _errors(value, path: str = "") -> list[str]:
+    """Where a result reports a failure it caught and wrote down instead of exiting non-zero."""
+    if isinstance(value, dict):
+        return [f"{path}.{k}" for k in value if k == "error"] + [e for k, v in value.items() for e in _errors(v, f"{path}.{k}")]
+    if isinstance(value, list):
+        return [e for i, v in enumerate(value) for e in _errors(v, f"{path}[{i}]")]
+    return []
 
 
 @pytest.mark.servers
@@ -43,3 +68,4 @@ def test_the_benchmark_runs_and_writes_its_result(script, args, keys, tmp_path):
     [written] = list(results.glob("*.json"))
     result = json.loads(written.read_text())
     assert written.stem == result["benchmark"] and all(k in result for k in keys), sorted(result)
+    assert not _errors(result), _errors(result)

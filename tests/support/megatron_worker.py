@@ -3,7 +3,7 @@
 Writes `result-tp<T>-pp<P>.pt` into --out: logprobs before/after one training step, the loss,
 whether HF -> Megatron -> HF was bit-exact, and whether a checkpoint (weights and Adam's
 state in HF layout) restored the exact post-step state. The pytest side
-(tests/workloads/policy/test_megatron.py) compares TP=1 with TP=2 and with the tiny torch backend.
+(tests/workloads/policy/megatron_policy_suite.py) compares TP=1 with TP=2 and with the tiny torch backend.
 """
 
 from __future__ import annotations

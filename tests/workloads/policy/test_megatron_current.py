@@ -1,10 +1,14 @@
 """The megatron trainer on the current megatron-core (0.19.x on Python 3.12, what GPU images ship).
 
-The project venv is Python 3.11, whose newest megatron-core is 0.16.1. This runs the
-megatron tests again in the venv e2e/megatron/setup.sh installs (megatron-core 0.19, Python
-3.12, the same torch and transformers pins), against this checkout: the policy at TP and PP
-(test_megatron), and the torchrun gang with its checkpoints across gang shapes
-(test_megatron_gang).
+The project venv is Python 3.11, whose newest megatron-core is 0.16.1. The megatron suites
+run here, in the venv e2e/megatron/setup.sh installs (megatron-core 0.19, Python 3.12, the
+same torch and transformers pins), against this checkout: the policy at TP and PP
+(megatron_policy_suite.py) and the torchrun gang with its checkpoints across gang shapes
+(megatron_gang_suite.py). Their names keep them out of the project venv's collection: each
+runs once, on the version the GPU images ship (about five minutes of CI saved). The project
+venv's 0.16.1 is exercised end to end instead: the `trainer.backend` seam against the torch
+backend (test_trainer_backends.py), and `kuberl run` of the real path, a TP=2 gang SIGKILLed
+and resumed from its checkpoint beside SGLang (tests/operator/local/test_local_run_real_path.py).
 """
 
 from __future__ import annotations
@@ -19,8 +23,8 @@ import pytest
 
 REPO = Path(__file__).resolve().parents[3]
 SETUP = REPO / "e2e" / "megatron" / "setup.sh"
-# The modules that call megatron-core (the `trainer.backend` seam test adds nothing version-specific).
-MODULES = ["tests/workloads/policy/test_megatron.py", "tests/workloads/policy/test_megatron_gang.py"]
+# The suites that call megatron-core (the `trainer.backend` seam test adds nothing version-specific).
+MODULES = ["tests/workloads/policy/megatron_policy_suite.py", "tests/workloads/policy/megatron_gang_suite.py"]
 
 
 @pytest.fixture(scope="module")

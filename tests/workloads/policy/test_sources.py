@@ -74,7 +74,7 @@ def test_missing_models_name_where_they_were_looked_for(tmp_path, monkeypatch, s
 def test_transformers_and_the_torch_backend_give_the_same_logprobs(model_cache):
     """The builtin checkpoint as `transformers` runs it (Qwen2ForCausalLM, float32) and as the
     tiny torch backend and engine run it: the same per-token logprobs on the same tokens.
-    (megatron against the torch backend: tests/workloads/policy/test_megatron.py; SGLang
+    (megatron against the torch backend: tests/workloads/policy/megatron_policy_suite.py; SGLang
     against it: tests/workloads/engines/test_sglang.py.)"""
     import torch
     from transformers import AutoModelForCausalLM

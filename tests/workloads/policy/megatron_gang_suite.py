@@ -29,7 +29,7 @@ METRICS = ("loss", "grad_norm", "kl", "ratio_mean", "clip_frac")
 
 def _gang_round(out: Path, tensor: int, ranks: int, resume_from: Path | None, store: dict) -> dict:
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONWARNINGS": "ignore", **store}
-    module = ["-m", "tests.workloads.policy.test_megatron_gang", str(out), str(tensor), str(ranks), str(resume_from or "")]
+    module = ["-m", "tests.workloads.policy.megatron_gang_suite", str(out), str(tensor), str(ranks), str(resume_from or "")]
     if ranks == 1:
         cmd = [sys.executable, *module]
     else:
