@@ -19,7 +19,9 @@ from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
 RESULTS_ENV = "KUBERL_BENCH_RESULTS"  # where results go instead of bench/results/ (the smoke runs)
-sys.path.insert(0, str(HERE.parent))  # run as a script: the repo root holds e2e.cluster and the real-node harness (tests.support)
+sys.path.insert(
+    0, str(HERE.parent)
+)  # run as a script: the repo root holds e2e.cluster and the real-node harness (tests.support)
 
 from kuberl.operator.local.servers import NatsServer, SeaweedS3  # noqa: F401
 

@@ -52,7 +52,8 @@ def held_out_hard(work: Path) -> Path:
     """The held-out sums with two-digit answers, as a JSONL dataset the evaluation reads."""
     path = work / "held-out-hard.jsonl"
     test = load_dataset(Dataset(name="t", source="builtin://arithmetic?split=test"))
-    path.write_text("".join(json.dumps({"prompt": p.prompt, "answer": p.answer}) + "\n" for p in test if int(p.answer) >= 10))
+    path.write_text("".join(json.dumps({"prompt": p.prompt,
+                                        "answer": p.answer}) + "\n" for p in test if int(p.answer) >= 10))
     return path
 
 
@@ -78,7 +79,8 @@ def run_variant(name: str, doc: dict, steps: int, work: Path) -> dict:
     manifest.write_text(yaml.safe_dump(doc))
     out = work / doc["metadata"]["name"]
     t0 = time.monotonic()
-    subprocess.run([sys.executable, "-m", "kuberl.operator.cli", "run", str(manifest), "-o", str(out), "-q"], cwd=ROOT, check=True)
+    subprocess.run([sys.executable, "-m", "kuberl.operator.cli", "run", str(manifest), "-o", str(out), "-q"], cwd=ROOT,
+                   check=True)
     rows = read_metrics(out / "metrics.jsonl")
     summary = json.loads((out / "summary.json").read_text())
     return {"name": name, "wall_s": round(time.monotonic() - t0, 1), "summary": summary,
@@ -112,7 +114,8 @@ def per_variant(rows: list[dict]) -> list[dict]:
     for name, _, _ in VARIANTS:
         mine = [r for r in rows if r["variant"] == name]
         out.append({"variant": name, "seeds": len(mine), **{key: mean_std([r[key] for r in mine]) for key in (
-            "reward_start", "reward_end", "heldout_greedy", "heldout_pass1", "hard_greedy", "hard_pass1", "hard_pass1_start")}})
+            "reward_start", "reward_end", "heldout_greedy", "heldout_pass1", "hard_greedy", "hard_pass1",
+            "hard_pass1_start")}})
     return out
 
 
@@ -163,7 +166,8 @@ def main() -> None:
     runs = [run_row(r, args.steps) for r in results]
     summary = per_variant(runs)
     written = write_result("ablation", {
-        "steps": args.steps, "seeds": args.seeds, "total_wall_s": total_s, "note": __doc__.split("\n\n")[1].replace("\n", " "),
+        "steps": args.steps, "seeds": args.seeds, "total_wall_s": total_s,
+        "note": __doc__.split("\n\n")[1].replace("\n", " "),
         "summary_mean_std": summary, "runs": runs,
         "curves": {f"{r['name']}/s{r['seed']}": r["curve"] for r in results}})
     plot(results, written.with_suffix(".png"))

@@ -61,7 +61,8 @@ def manifests(steps: int, decoupled_steps: int, median: float, tail: float) -> d
     decoupled["metadata"]["name"] = "bench-decoupled"
     decoupled["spec"]["runPolicy"]["maxSteps"] = decoupled_steps
     decoupled["spec"]["maxOffPolicySteps"] = 1  # as the example job: off-policy by one version at most
-    decoupled["spec"]["algorithm"]["offPolicyCorrection"] = {"method": "truncate", "high": 2.0}  # truncated IS, as measured
+    decoupled["spec"]["algorithm"]["offPolicyCorrection"] = {"method": "truncate",
+                                                             "high": 2.0}  # truncated IS, as measured
     decoupled["spec"]["rollout"]["template"]["agent"] = {"concurrency": 64}  # the in-flight budget bounds it
     keep_stale = copy.deepcopy(decoupled)  # the A/B: agents finish groups the trainer will drop
     keep_stale["metadata"]["name"] = "bench-decoupled-keep-stale"
@@ -79,7 +80,8 @@ def run(doc: dict, work: Path) -> dict:
     manifest.write_text(yaml.safe_dump(doc))
     out = work / doc["metadata"]["name"]
     t0 = time.monotonic()
-    subprocess.run([sys.executable, "-m", "kuberl.operator.cli", "run", str(manifest), "-o", str(out), "-q"], cwd=ROOT, check=True)
+    subprocess.run([sys.executable, "-m", "kuberl.operator.cli", "run", str(manifest), "-o", str(out), "-q"], cwd=ROOT,
+                   check=True)
     rows = read_metrics(out / "metrics.jsonl")
     return {"wall_s": round(time.monotonic() - t0, 1), "summary": json.loads((out / "summary.json").read_text()),
             "curve": [(r.step, r.reward_mean, r.elapsed_s) for r in rows],
@@ -149,7 +151,8 @@ def main() -> None:
         keep = results["decoupled_keep_stale"]
         kept = keep["summary"]
         report["abandon_stale_groups_ab"] = {
-            "compared": "decoupled as above (agents abandon groups the trainer could no longer use) vs the same job with "
+            "compared": "decoupled as above (agents abandon groups the trainer could no longer use) vs the same job "
+                        "with "
                         "agent.abandonStaleGroups: false, measured after it in the same invocation",
             "abandon": {"samples_per_s": dec["samples_per_s"], "stale_dropped": results["decoupled"]["stale_dropped"],
                         "groups_abandoned": results["decoupled"]["groups_abandoned"],
@@ -167,7 +170,8 @@ def main() -> None:
 
     fig, (ax, ax2) = plt.subplots(1, 2, figsize=(12, 4.2))
     for mode, r in results.items():
-        ax.plot([c[0] for c in r["curve"]], [c[1] for c in r["curve"]], label=f"{mode} ({r['summary']['samples_per_s']:.0f} samples/s)")
+        ax.plot([c[0] for c in r["curve"]], [c[1] for c in r["curve"]],
+                label=f"{mode} ({r['summary']['samples_per_s']:.0f} samples/s)")
         ax2.plot([c[2] for c in r["curve"]], [c[1] for c in r["curve"]], label=mode)
     ax2.set_xlabel("RL wall-clock (s)")
     ax2.set_ylabel("mean reward")

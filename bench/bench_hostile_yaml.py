@@ -51,8 +51,8 @@ try:
             outcome = "invalid"
 except ManifestFileError as e:
     outcome = "refused (" + " ".join(str(e).split("): ", 1)[-1].split())[:90] + ")"
-print(json.dumps({"seconds": time.perf_counter() - t0, "peak_mb": (resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - base) / 1024,
-                  "outcome": outcome}))
+peak_mb = (resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - base) / 1024
+print(json.dumps({"seconds": time.perf_counter() - t0, "peak_mb": peak_mb, "outcome": outcome}))
 """
 
 
@@ -60,8 +60,9 @@ WRAPPER = r"""
 import json, resource, subprocess, sys, time
 t0 = time.perf_counter()
 proc = subprocess.run(sys.argv[1:], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
-print(json.dumps({"seconds": time.perf_counter() - t0, "peak_mb": resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024,
-                  "rc": proc.returncode, "traceback": "Traceback" in proc.stderr}))
+peak_mb = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024
+print(json.dumps({"seconds": time.perf_counter() - t0, "peak_mb": peak_mb, "rc": proc.returncode,
+                  "traceback": "Traceback" in proc.stderr}))
 """
 
 
@@ -71,7 +72,8 @@ def _free_form(levels: int, width: int) -> str:
     for i in range(1, levels):
         blob = f"&a{i} {{" + ", ".join("k0: " + blob if j == 0 else f"k{j}: *a{i - 1}" for j in range(width)) + "}"
     return (ROOT / "examples/tiny-cpu.yaml").read_text().replace(
-        "    gpusPerReplica: 0\n  rollout:", f"    gpusPerReplica: 0\n    placement:\n      affinity: {blob}\n  rollout:", 1)
+        "    gpusPerReplica: 0\n  rollout:",
+        f"    gpusPerReplica: 0\n    placement:\n      affinity: {blob}\n  rollout:", 1)
 
 
 def cases(tmp: Path) -> dict[str, Path]:
@@ -85,11 +87,17 @@ def cases(tmp: Path) -> dict[str, Path]:
     files = {
         "billion-laughs (9 levels of 10 aliases, 1 KiB)": "\n".join(laughs) + "\n",
         "nesting 100,000 deep": "a: " + "[" * 100_000 + "]" * 100_000 + "\n",
-        "document over 3 MiB": "apiVersion: kuberl.io/v1alpha1\nkind: RLJob\nmetadata: {name: big}\nspec: {x: \"" + "a" * (3 * 2**20) + "\"}\n",
-        "1 MiB string in a field": (ROOT / "examples/tiny-cpu.yaml").read_text().replace("name: tiny-arithmetic", "name: " + mib),
+        "document over 3 MiB": 'apiVersion: kuberl.io/v1alpha1\nkind: RLJob\nmetadata: {name: big}\nspec: {x: "'
+        + "a" * (3 * 2**20)
+        + '"}\n',
+        "1 MiB string in a field": (ROOT / "examples/tiny-cpu.yaml")
+        .read_text()
+        .replace("name: tiny-arithmetic", "name: " + mib),
         "1,000 aliases of a 1 MiB string (1 MiB file)": _free_form(1, 1).replace(
-            "{k0: x}", f'[&l2 [&l1 [&s "{mib}"' + ", *s" * 9 + "]" + ", *l1" * 9 + "]" + ", *l2" * 9 + "]"),
-        "list of 200,000 items": "apiVersion: kuberl.io/v1alpha1\nkind: RLJob\nmetadata: {name: wide}\nspec:\n  datasets: [" + ", ".join(["1"] * 200_000) + "]\n",
+            "{k0: x}", f'[&l2 [&l1 [&s "{mib}"' + ", *s" * 9 + "]" + ", *l1" * 9 + "]" + ", *l2" * 9 + "]"
+        ),
+        "list of 200,000 items": "apiVersion: kuberl.io/v1alpha1\nkind: RLJob\nmetadata: {name: wide}\nspec:\n  "
+        "datasets: [" + ", ".join(["1"] * 200_000) + "]\n",
         "alias cycle": "a: &a [*a]\n",
         "valid, at the node bound (45,241-node affinity)": _free_form(4, 12),
     }
@@ -107,7 +115,8 @@ def _cap() -> None:
 
 def measure(path: Path, reader: str, timeout: float = 60) -> dict:
     try:
-        proc = subprocess.run([sys.executable, "-c", CHILD, str(path), reader], capture_output=True, text=True, timeout=timeout,
+        proc = subprocess.run([sys.executable, "-c", CHILD, str(path), reader], capture_output=True, text=True,
+                              timeout=timeout,
                               cwd=ROOT, preexec_fn=_cap)
     except subprocess.TimeoutExpired:
         return {"seconds": f">{timeout:g} (killed)", "peak_mb": None, "outcome": "did not finish"}
@@ -120,11 +129,13 @@ def command(*argv: str, runs: int = 3) -> dict:
     """Wall time and peak RSS of one `kuberl` command in a process of its own (minimum of ``runs`` runs)."""
     results = []
     for _ in range(runs):
-        proc = subprocess.run([sys.executable, "-c", WRAPPER, str(ROOT / ".venv/bin/kuberl"), *argv], capture_output=True,
+        proc = subprocess.run([sys.executable, "-c", WRAPPER, str(ROOT / ".venv/bin/kuberl"), *argv],
+                              capture_output=True,
                               text=True, timeout=120, cwd=ROOT)
         results.append(json.loads(proc.stdout))
     best = min(results, key=lambda r: r["seconds"])
-    return {"seconds": round(best["seconds"], 3), "peak_mb": round(max(r["peak_mb"] for r in results), 1), "rc": best["rc"],
+    return {"seconds": round(best["seconds"], 3), "peak_mb": round(max(r["peak_mb"] for r in results), 1),
+            "rc": best["rc"],
             "traceback": any(r["traceback"] for r in results)}
 
 
@@ -132,7 +143,8 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--runs", type=int, default=3, help="runs of each kuberl command; its fastest is reported")
     ap.add_argument("--unbounded-timeout", type=float, default=60,
-                    help="seconds the unbounded reader gets on the billion laughs before it is killed (it never finishes)")
+                    help="seconds the unbounded reader gets on the billion laughs before it is killed (it never "
+                         "finishes)")
     args = ap.parse_args()
     runs = args.runs
     with tempfile.TemporaryDirectory() as tmp:
@@ -140,13 +152,15 @@ def main() -> None:
         reader = {name: measure(path, "bounded") for name, path in paths.items()}
         commands = {name: command("validate", str(path), runs=runs) for name, path in paths.items()}
         at_bound = next(p for n, p in paths.items() if n.startswith("valid, at the node bound"))
-        renders = {"baseline: examples/tiny-cpu.yaml": command("render", str(paths["baseline: examples/tiny-cpu.yaml"]), runs=runs),
+        renders = {"baseline: examples/tiny-cpu.yaml": command("render", str(paths["baseline: examples/tiny-cpu.yaml"]),
+                                                               runs=runs),
                    "valid, at the node bound (45,241-node affinity)": command("render", str(at_bound), runs=runs)}
         laughs = next(p for n, p in paths.items() if n.startswith("billion"))
         before = measure(laughs, "unbounded", timeout=args.unbounded_timeout)
     base, base_cmd = next(iter(reader.values())), next(iter(commands.values()))
     cases_out = {}
-    print(f"{'case':50s} {'reader s':>9s} {'ratio':>7s} {'MB':>6s} | {'command s':>9s} {'ratio':>6s} {'peak MB':>8s} {'ratio':>6s}  outcome")
+    print(f"{'case':50s} {'reader s':>9s} {'ratio':>7s} {'MB':>6s} | {'command s':>9s} {'ratio':>6s} {'peak MB':>8s} "
+          f"{'ratio':>6s}  outcome")
     for name, r in reader.items():
         c = commands[name]
         row = {"reader": {"seconds": round(r["seconds"], 4), "time_ratio": round(r["seconds"] / base["seconds"], 2),
@@ -155,8 +169,10 @@ def main() -> None:
                            "peak_ratio": round(c["peak_mb"] / base_cmd["peak_mb"], 2)},
                "outcome": r["outcome"]}
         cases_out[name] = row
-        print(f"{name:50s} {row['reader']['seconds']:9.4f} {row['reader']['time_ratio']:6.2f}x {row['reader']['peak_mb_growth']:6.1f} | "
-              f"{c['seconds']:9.3f} {row['command']['time_ratio']:5.2f}x {c['peak_mb']:8.1f} {row['command']['peak_ratio']:5.2f}x  {r['outcome']}")
+        print(f"{name:50s} {row['reader']['seconds']:9.4f} {row['reader']['time_ratio']:6.2f}x "
+              f"{row['reader']['peak_mb_growth']:6.1f} | "
+              f"{c['seconds']:9.3f} {row['command']['time_ratio']:5.2f}x {c['peak_mb']:8.1f} "
+              f"{row['command']['peak_ratio']:5.2f}x  {r['outcome']}")
     for name, c in renders.items():
         print(f"kuberl render, {name}: {c}")
     print(f"billion-laughs with the unbounded reader (before): {before}")

@@ -46,7 +46,8 @@ class CountingStore:
         self.bytes += int(parsed.get("ContentLength") or 0)
 
 
-async def fetch_all(mode: str, version: int, agents: list[CountingStore], shares: list[NodeShare] | None, root: Path) -> tuple[float, int, list[str]]:
+async def fetch_all(mode: str, version: int, agents: list[CountingStore], shares: list[NodeShare] | None,
+                    root: Path) -> tuple[float, int, list[str]]:
     """Every agent fetches ``version`` at once; (wall seconds, store bytes, sources)."""
     before = sum(a.bytes for a in agents)
     started = time.perf_counter()
@@ -58,7 +59,8 @@ async def fetch_all(mode: str, version: int, agents: list[CountingStore], shares
         results = await asyncio.gather(*(asyncio.to_thread(fetch_into, i) for i in range(len(agents))))
         sources = ["store"] * len(results)
     else:
-        pairs = await asyncio.gather(*(share.fetch(version, lambda peer, i=i: fetch_into(i, peer), lambda got: got[1].version)
+        pairs = await asyncio.gather(*(share.fetch(version, lambda peer, i=i: fetch_into(i, peer),
+                                                   lambda got: got[1].version)
                                        for i, share in enumerate(shares)))
         sources = [source for _, source in pairs]
     wall = time.perf_counter() - started
@@ -102,8 +104,11 @@ async def run(args, root: Path, nats_url: str, server: SeaweedS3) -> dict:
         return {"wall_s": [round(w, 3) for w, _, _ in rs], "median_wall_s": round(median([w for w, _, _ in rs]), 3),
                 "store_bytes_per_version": [b for _, b, _ in rs], "sources": [s for _, _, s in rs]}
 
-    res = {"params": vars(args) | {"version_bytes": total}, "perAgent": summary(rounds["perAgent"]), "perNode": summary(rounds["perNode"])}
-    res["store_bytes_ratio"] = round(median([b for _, b, _ in rounds["perNode"]]) / median([b for _, b, _ in rounds["perAgent"]]), 4)
+    res = {"params": vars(args) | {"version_bytes": total}, "perAgent": summary(rounds["perAgent"]),
+           "perNode": summary(rounds["perNode"])}
+    res["store_bytes_ratio"] = round(median([b for _, b,
+                                             _ in rounds["perNode"]]) / median([b for _, b, _ in rounds["perAgent"]]),
+                                     4)
     res["wall_ratio"] = round(res["perNode"]["median_wall_s"] / res["perAgent"]["median_wall_s"], 3)
     return res
 
@@ -130,10 +135,12 @@ def main() -> None:
         nats.stop()
         shutil.rmtree(root, ignore_errors=True)
     out = write_result("bench_node_fetch", res)
-    print(f"{args.agents} agents on one node, a version of {args.shards} x {args.shard_mib} MiB, {args.rounds} rounds each")
+    print(f"{args.agents} agents on one node, a version of {args.shards} x {args.shard_mib} MiB, {args.rounds} rounds "
+          f"each")
     for mode in ("perAgent", "perNode"):
         v = res[mode]
-        print(f"  {mode:8s}: {v['median_wall_s']:.2f} s until every agent holds it; store bytes {v['store_bytes_per_version']}")
+        print(f"  {mode:8s}: {v['median_wall_s']:.2f} s until every agent holds it; store bytes "
+              f"{v['store_bytes_per_version']}")
     print(f"  perNode/perAgent: store bytes {res['store_bytes_ratio']:.3f}x, wall {res['wall_ratio']:.2f}x -> {out}")
 
 

@@ -84,7 +84,8 @@ def operator_path(kube: Kube, namespace: str, name: str, nats_url: str) -> float
         wait(lambda: children_exist(kube, namespace, name, 2), timeout=120)
     except TimeoutError:
         job = kube.get(API, "RLJob", namespace, name) or {}
-        raise TimeoutError(f"children of {name} missing; status={job.get('status')} annotations={job.get('metadata', {}).get('annotations')}") from None
+        raise TimeoutError(f"children of {name} missing; status={job.get('status')} "
+                           f"annotations={job.get('metadata', {}).get('annotations')}") from None
     return time.perf_counter() - start
 
 
@@ -92,7 +93,8 @@ def direct_path(kube: Kube, namespace: str, name: str, nats_url: str) -> float:
     """The same children POSTed by a client: what the API server alone costs."""
     settings = OperatorSettings()
     doc = job_manifest(name, namespace, nats_url)
-    job = RLJob.model_validate({"metadata": {**doc["metadata"], "namespace": namespace, "uid": "bench"}, "spec": doc["spec"]})
+    job = RLJob.model_validate({"metadata": {**doc["metadata"], "namespace": namespace, "uid": "bench"},
+                                "spec": doc["spec"]})
     pool = inline_rollout_pool(job, namespace, settings)
     objs = [job_config_map(job, settings, job_workload_config(job)), trainer_service(job, namespace, settings),
             *job_children(job, settings).trainer_pods(), pool,
@@ -127,8 +129,10 @@ class Sampler(threading.Thread):
         if len(inside) < 2:
             return {}
         cpu = inside[-1][1] - inside[0][1]
-        return {"cpu_seconds": round(cpu, 2), "cpu_percent_of_one_core": round(100 * cpu / (inside[-1][0] - inside[0][0]), 1),
-                "rss_mib_peak": round(max(s[2] for s in inside) / 2**20, 1), "rss_mib_end": round(inside[-1][2] / 2**20, 1)}
+        return {"cpu_seconds": round(cpu, 2),
+                "cpu_percent_of_one_core": round(100 * cpu / (inside[-1][0] - inside[0][0]), 1),
+                "rss_mib_peak": round(max(s[2] for s in inside) / 2**20, 1),
+                "rss_mib_end": round(inside[-1][2] / 2**20, 1)}
 
 
 def stop_operator(proc: subprocess.Popen) -> None:
@@ -147,7 +151,8 @@ def main() -> None:
     ap.add_argument("--rounds", type=int, default=10)
     ap.add_argument("--steady-seconds", type=float, default=60)
     ap.add_argument("--log-level", default="WARNING", help="operator log level")
-    ap.add_argument("--keep-logs", action="store_true", help="keep the temp dir with the operator's and nats-server's logs")
+    ap.add_argument("--keep-logs", action="store_true",
+                    help="keep the temp dir with the operator's and nats-server's logs")
     args = ap.parse_args()
 
     tmp = Path(tempfile.mkdtemp(prefix="kuberl-bench-op-"))
@@ -159,7 +164,8 @@ def main() -> None:
     proc = None
     try:
         plane.kubectl("apply", "--server-side", "-f", str(HERE.parent / "crds"))
-        plane.kubectl("wait", "--for=condition=Established", "--timeout=60s", "crd/rljobs.kuberl.io", "crd/rolloutpools.kuberl.io", "crd/agentenvs.kuberl.io")
+        plane.kubectl("wait", "--for=condition=Established", "--timeout=60s", "crd/rljobs.kuberl.io",
+                      "crd/rolloutpools.kuberl.io", "crd/agentenvs.kuberl.io")
         import kubernetes
 
         kube = Kube(kubernetes.config.new_client_from_config(config_file=str(plane.kubeconfig)))
@@ -173,13 +179,17 @@ def main() -> None:
         # the operator once the kinds really list, so startup noise stays out of the numbers.
         def kinds_list() -> bool:
             try:
-                return all(kube.request("GET", f"/apis/{API}/{plural}")[0] == 200 for plural in ("rljobs", "rolloutpools", "agentenvs"))
+                return all(kube.request("GET", f"/apis/{API}/{plural}")[0] == 200 for plural in ("rljobs",
+                                                                                                 "rolloutpools",
+                                                                                                 "agentenvs"))
             except KubeError:
                 return False
 
         wait(kinds_list, timeout=60, interval=0.5)
-        env = {**os.environ, "KUBECONFIG": str(plane.kubeconfig), "KUBERL_RECONCILE_INTERVAL": "10", "KUBERL_AUTOSCALER_TICK": "5",
-               "KUBERL_METRICS_PORT": str(free_port()), "KUBERL_HEALTH_PORT": str(free_port()), "KUBERL_LOG_LEVEL": args.log_level}
+        env = {**os.environ, "KUBECONFIG": str(plane.kubeconfig), "KUBERL_RECONCILE_INTERVAL": "10",
+               "KUBERL_AUTOSCALER_TICK": "5",
+               "KUBERL_METRICS_PORT": str(free_port()), "KUBERL_HEALTH_PORT": str(free_port()),
+               "KUBERL_LOG_LEVEL": args.log_level}
         log = open(tmp / "operator.log", "w")
         proc = subprocess.Popen([sys.executable, "-m", "kuberl.operator.cli", "operator", "--standalone"], env=env,
                                 stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
@@ -224,18 +234,25 @@ def main() -> None:
         t1 = time.monotonic()
         time.sleep(args.steady_seconds)
         t2 = time.monotonic()
-        print(f"{args.jobs} jobs: all trainer pods after {created_s:.1f}s, all Created after {running_s:.1f}s; {phases()}")
+        print(f"{args.jobs} jobs: all trainer pods after {created_s:.1f}s, all Created after {running_s:.1f}s; "
+              f"{phases()}")
         result = {
-            "what": "apply -> all children created (ConfigMap, rendezvous Service, 2 trainer pods, RolloutPool, Deployment)",
+            "what": "apply -> all children created (ConfigMap, rendezvous Service, 2 trainer pods, RolloutPool, "
+                    "Deployment)",
             "rounds": args.rounds,
-            "apply_to_children_s": {"operator_median": round(median(operator_s), 3), "operator_max": round(max(operator_s), 3),
-                                    "direct_client_median": round(median(direct_s), 3), "direct_client_max": round(max(direct_s), 3),
+            "apply_to_children_s": {"operator_median": round(median(operator_s), 3),
+                                    "operator_max": round(max(operator_s), 3),
+                                    "direct_client_median": round(median(direct_s), 3),
+                                    "direct_client_max": round(max(direct_s), 3),
                                     "operator_overhead_median": round(median(operator_s) - median(direct_s), 3)},
-            "many_jobs": {"jobs": args.jobs, "submit_s": round(submitted, 2), "all_trainer_pods_created_s": round(created_s, 1),
-                          "all_created_condition_s": round(running_s, 1), "phases_after_steady_state": phases(), "reconcile_interval_s": 10, "autoscaler_tick_s": 5,
+            "many_jobs": {"jobs": args.jobs, "submit_s": round(submitted, 2),
+                          "all_trainer_pods_created_s": round(created_s, 1),
+                          "all_created_condition_s": round(running_s, 1), "phases_after_steady_state": phases(),
+                          "reconcile_interval_s": 10, "autoscaler_tick_s": 5,
                           "operator_during_rollout": sampler.window(t0, t1),
                           "operator_steady_state": {"seconds": args.steady_seconds, **sampler.window(t1, t2)}},
-            "note": "2-core machine shared with the control plane, kwok and nats-server; the operator runs kopf with 16 handler threads",
+            "note": "2-core machine shared with the control plane, kwok and nats-server; the operator runs kopf with "
+                    "16 handler threads",
         }
         sampler.stop_flag.set()
         print(write_result("bench_operator", result))

@@ -74,7 +74,8 @@ class ChildWatch(threading.Thread):
 
     def run(self) -> None:
         threads = [threading.Thread(target=self._follow, args=(kind, fn), daemon=True)
-                   for kind, fn in (("Pod", self.core.list_namespaced_pod), ("Deployment", self.apps.list_namespaced_deployment))]
+                   for kind,
+                   fn in (("Pod", self.core.list_namespaced_pod), ("Deployment", self.apps.list_namespaced_deployment))]
         for t in threads:
             t.start()
         for t in threads:
@@ -89,7 +90,8 @@ class ChildWatch(threading.Thread):
         version: str | None = None
         while not self.stop_flag.is_set():
             try:
-                for event in kubernetes.watch.Watch().stream(list_fn, NS, timeout_seconds=60, _request_timeout=90, deserialize=False,
+                for event in kubernetes.watch.Watch().stream(list_fn, NS, timeout_seconds=60, _request_timeout=90,
+                                                             deserialize=False,
                                                              allow_watch_bookmarks=True, resource_version=version):
                     if event["type"] == "ERROR":
                         version = None if (event.get("object") or {}).get("code") == 410 else version
@@ -100,7 +102,8 @@ class ChildWatch(threading.Thread):
                         continue
                     labels = meta.get("labels") or {}
                     with self.lock:
-                        self.seen.setdefault((kind, meta["name"]), (time.perf_counter(), labels.get(LABEL_JOB, ""), labels.get(LABEL_ROLE, "")))
+                        self.seen.setdefault((kind, meta["name"]), (time.perf_counter(), labels.get(LABEL_JOB, ""),
+                                                                    labels.get(LABEL_ROLE, "")))
             except kubernetes.client.ApiException as e:  # 410 Gone: the version is too old to resume from; list again
                 version = None if e.status == 410 else version
                 time.sleep(0.5)
@@ -113,7 +116,11 @@ class ChildWatch(threading.Thread):
             mine = [(t, kind, role) for (kind, _), (t, j, role) in self.seen.items() if j == job]
         pods = [t for t, kind, role in mine if kind == "Pod" and role == ROLE_TRAINER]
         deployments = {role: t for t, kind, role in mine if kind == "Deployment"}
-        if len(pods) < trainer or ROLE_ROLLOUT not in deployments or (envs_deployment and ROLE_AGENTENV not in deployments):
+        if (
+            len(pods) < trainer
+            or ROLE_ROLLOUT not in deployments
+            or (envs_deployment and ROLE_AGENTENV not in deployments)
+        ):
             return None
         return max([*pods, *deployments.values()])
 
@@ -136,7 +143,8 @@ def scrape(port: int) -> dict[str, float]:
     return totals
 
 
-def start_operator(tmp: Path, kubeconfig: Path, priority: int, core: int, log_level: str = "WARNING") -> tuple[subprocess.Popen, int]:
+def start_operator(tmp: Path, kubeconfig: Path, priority: int, core: int,
+                   log_level: str = "WARNING") -> tuple[subprocess.Popen, int]:
     metrics_port = free_port()
     env = {**os.environ, "KUBECONFIG": str(kubeconfig), "KUBERL_METRICS_PORT": str(metrics_port),
            "KUBERL_HEALTH_PORT": str(free_port()), "KUBERL_LOG_LEVEL": log_level,
@@ -156,13 +164,17 @@ def main() -> None:
     ap.add_argument("--trainer", type=int, default=4)
     ap.add_argument("--rollout", type=int, default=4)
     ap.add_argument("--envs", type=int, default=2)
-    ap.add_argument("--kill-at", type=float, default=0.5, help="share of the jobs submitted when the leader is SIGKILLed")
-    ap.add_argument("--rate", type=float, default=5.0, help="jobs POSTed per second (0: as fast as the API server takes them)")
+    ap.add_argument("--kill-at", type=float, default=0.5,
+                    help="share of the jobs submitted when the leader is SIGKILLed")
+    ap.add_argument("--rate", type=float, default=5.0,
+                    help="jobs POSTed per second (0: as fast as the API server takes them)")
     ap.add_argument("--steady-seconds", type=float, default=60)
     ap.add_argument("--core", type=int, default=1, help="the CPU core each operator replica is pinned to")
     ap.add_argument("--result", default="bench_operator_scale")
-    ap.add_argument("--log-level", default="WARNING", help="the operators' (INFO logs every handler and round: it costs CPU)")
-    ap.add_argument("--logs", type=Path, help="copy both replicas' logs here (they are deleted with the run's temp dir otherwise)")
+    ap.add_argument("--log-level", default="WARNING",
+                    help="the operators' (INFO logs every handler and round: it costs CPU)")
+    ap.add_argument("--logs", type=Path,
+                    help="copy both replicas' logs here (they are deleted with the run's temp dir otherwise)")
     args = ap.parse_args()
     pods_per_job = args.trainer + args.rollout + args.envs
 
@@ -172,9 +184,11 @@ def main() -> None:
     plane = controlplane.ControlPlane(bin=controlplane.ensure_built(), cpu_nodes=0, gpu_nodes=0)
     plane.start(timeout=600)
     for i in range(nodes):
-        plane.api.request("POST", "/api/v1/nodes", controlplane.fake_node(f"kwok-cpu-{i}", "cpu", cpu="128", memory="512Gi"))
+        plane.api.request("POST", "/api/v1/nodes",
+                          controlplane.fake_node(f"kwok-cpu-{i}", "cpu", cpu="128", memory="512Gi"))
     for i in range(nodes):
-        wait(lambda i=i: controlplane._node_schedulable(plane.api.request("GET", f"/api/v1/nodes/kwok-cpu-{i}")), timeout=120, interval=0.5)
+        wait(lambda i=i: controlplane._node_schedulable(plane.api.request("GET", f"/api/v1/nodes/kwok-cpu-{i}")),
+             timeout=120, interval=0.5)
     (tmp / "nats").mkdir()
     nats = NatsServer(tmp / "nats")
     nats.start()
@@ -189,8 +203,10 @@ def main() -> None:
         api_client = kubernetes.config.new_client_from_config(config_file=str(plane.kubeconfig))
         kube = Kube(api_client)
         kube.request("POST", "/api/v1/namespaces", {"metadata": {"name": NS}})
-        wait(lambda: kube.request("GET", f"/api/v1/namespaces/{NS}/serviceaccounts/default")[0] == 200, timeout=60, interval=0.2)
-        wait(lambda: all(kube.request("GET", f"/apis/{API}/{p}")[0] == 200 for p in ("rljobs", "rolloutpools", "agentenvs")),
+        wait(lambda: kube.request("GET", f"/api/v1/namespaces/{NS}/serviceaccounts/default")[0] == 200, timeout=60,
+             interval=0.2)
+        wait(lambda: all(kube.request("GET", f"/apis/{API}/{p}")[0] == 200 for p in ("rljobs", "rolloutpools",
+                                                                                     "agentenvs")),
              timeout=60, interval=0.5)
 
         leader, leader_port = start_operator(tmp, plane.kubeconfig, 200, args.core, args.log_level)
@@ -246,7 +262,8 @@ def main() -> None:
         latency = {n: watch.complete_at(n, args.trainer) - t for n, t in submitted.items()}
         before = [latency[f"job-{i:03d}"] for i in range(kill_index)]
         after = [latency[f"job-{i:03d}"] for i in range(kill_index, args.jobs)]
-        failover_s = round(min(watch.complete_at(f"job-{i:03d}", args.trainer) for i in range(kill_index, args.jobs)) - killed_at, 2) \
+        failover_s = round(min(watch.complete_at(f"job-{i:03d}",
+                                                 args.trainer) for i in range(kill_index, args.jobs)) - killed_at, 2) \
             if killed_at is not None and after else None
         print(f"children of {args.jobs} jobs after {children_s:.0f}s; failover {failover_s}s", flush=True)
 
@@ -284,7 +301,8 @@ def main() -> None:
             "submit_rate_per_s": args.rate,
             "apply_to_children_s": {"p50_leader": percentile(before, 0.5), "p99_leader": percentile(before, 0.99),
                                     "p50_after_kill": percentile(after, 0.5), "p99_after_kill": percentile(after, 0.99),
-                                    "p50_all": percentile(list(latency.values()), 0.5), "p99_all": percentile(list(latency.values()), 0.99)},
+                                    "p50_all": percentile(list(latency.values()), 0.5),
+                                    "p99_all": percentile(list(latency.values()), 0.99)},
             "failover_s": failover_s, "peering_lifetime_s": 20, "leader_killed_after_jobs": kill_index,
             "children_duplicated": duplicated,
             # Every 10th job applied after the kill: (seconds after the kill it was applied, apply → children).
@@ -292,11 +310,14 @@ def main() -> None:
                                     for i in range(kill_index, args.jobs, 10)] if killed_at is not None else [],
             "operator_cpu_mem": {"leader_until_killed": samplers["leader"].window(t0 - 10, time.monotonic()),
                                  "standby_rollout": samplers["standby"].window(t0, t1),
-                                 "standby_steady": {"seconds": args.steady_seconds, **samplers["standby"].window(t1, t2)}},
+                                 "standby_steady": {"seconds": args.steady_seconds,
+                                                    **samplers["standby"].window(t1, t2)}},
             "steady_state_requests": {**{k: int(v) for k, v in steady.items()},
                                       "requests_per_reconcile": round(steady.get("kuberl_api_requests_total", 0)
-                                                                      / max(steady.get("kuberl_reconcile_total", 0), 1), 2),
-                                      "requests_per_s": round(steady.get("kuberl_api_requests_total", 0) / args.steady_seconds, 1)},
+                                                                      / max(steady.get("kuberl_reconcile_total", 0), 1),
+                                                                      2),
+                                      "requests_per_s": round(steady.get("kuberl_api_requests_total",
+                                                                         0) / args.steady_seconds, 1)},
             "note": "2-core machine shared with the control plane (etcd, API server, controllers, scheduler), kwok and "
                     "nats-server; each operator replica pinned to one core",
         }

@@ -1,4 +1,5 @@
-"""Delta versions (weights.delta, changed 16-bit words and their bitmap): bytes stored and encode/decode speed against a whole copy.
+"""Delta versions (weights.delta, changed 16-bit words and their bitmap): bytes stored and
+encode/decode speed against a whole copy.
 
 A BF16 file of `--mib` MiB (normal weights) and the same file after an optimizer-like step
 that moves `share` of the weights by about 5 % (most moves round away in BF16: the bytes
@@ -57,13 +58,16 @@ def main() -> None:
             delta.decode(tmp / "delta", tmp / "parent", tmp / "rebuilt")
             decode_s = time.perf_counter() - t
             assert (tmp / "rebuilt").read_bytes() == (tmp / "new").read_bytes()
-            rows.append({"weights_moved": share, "bytes_changed": round(float(changed), 4), "stored_over_whole": round(stored / size, 4),
+            rows.append({"weights_moved": share, "bytes_changed": round(float(changed), 4),
+                         "stored_over_whole": round(stored / size, 4),
                          "encode_mb_s": round(size / encode_s / 1e6), "decode_mb_s": round(size / decode_s / 1e6),
-                         "encode_over_copy": round(encode_s / copy_s, 1), "decode_over_copy": round(decode_s / copy_s, 1)})
+                         "encode_over_copy": round(encode_s / copy_s, 1),
+                         "decode_over_copy": round(decode_s / copy_s, 1)})
             print(rows[-1])
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
-    out = write_result("bench_weight_deltas", {"file_mib": args.mib, "encoding": delta.ENCODING, "block_bytes": delta.BLOCK,
+    out = write_result("bench_weight_deltas",
+                       {"file_mib": args.mib, "encoding": delta.ENCODING, "block_bytes": delta.BLOCK,
                                                "copy_mb_s": round(size / copy_s / 1e6), "rows": rows,
                                                "note": "one core of the 2-core machine, one file"})
     print(out)

@@ -17,7 +17,8 @@ hidden `--fp8-hidden`) published by the trainer's own path (`publish_policy`: ca
 quantise on the CPU, serialise, upload) and fetched, in BF16 and in FP8, alternating which
 goes first. Target (issue 15): the FP8 sync takes ≤ 0.6× the BF16 sync's time.
 
-    .venv/bin/python bench/bench_weights.py [--shards 4] [--shard-mib 64] [--rounds 3] [--delta-share 0.03] [--fp8-layers 2] [--fp8-hidden 2048]
+    .venv/bin/python bench/bench_weights.py [--shards 4] [--shard-mib 64] [--rounds 3] [--delta-share 0.03] \
+        [--fp8-layers 2] [--fp8-hidden 2048]
 """
 
 from __future__ import annotations
@@ -72,7 +73,8 @@ def make_step_pair(before: Path, after: Path, shards: int, shard_mib: int, share
     return changed / (shards * shard_mib * MiB)
 
 
-def run_step_sync(store: WeightStore, parent_dir: Path, new_dir: Path, dst: Path, version: int, parent: int | None) -> tuple[float, float, int]:
+def run_step_sync(store: WeightStore, parent_dir: Path, new_dir: Path, dst: Path, version: int,
+                  parent: int | None) -> tuple[float, float, int]:
     """Sync ``new_dir`` as ``version``: whole (parent None), or as a delta against ``parent``
     (published from ``parent_dir``, which the fetcher holds). (publish s, fetch s, bytes stored)."""
     held = local_version(parent_dir) if parent is not None else None
@@ -91,7 +93,8 @@ def llama_state(layers: int, hidden: int = 2048, vocab: int = 1024) -> dict[str,
     vocabulary is small so that, as in a 7 B model, about 4 % of the weights stay BF16 under FP8."""
     gen = torch.Generator().manual_seed(0)
     intermediate = int(2.75 * hidden) // 128 * 128  # Llama's ratio, in whole FP8 blocks
-    shapes = {"model.embed_tokens.weight": (vocab, hidden), "model.norm.weight": (hidden,), "lm_head.weight": (vocab, hidden)}
+    shapes = {"model.embed_tokens.weight": (vocab, hidden), "model.norm.weight": (hidden,),
+              "lm_head.weight": (vocab, hidden)}
     for i in range(layers):
         p = f"model.layers.{i}."
         shapes |= {p + "input_layernorm.weight": (hidden,), p + "post_attention_layernorm.weight": (hidden,)}
@@ -101,7 +104,8 @@ def llama_state(layers: int, hidden: int = 2048, vocab: int = 1024) -> dict[str,
     return {name: 0.02 * torch.randn(shape, generator=gen) for name, shape in shapes.items()}
 
 
-def run_policy_sync(store: WeightStore, state: dict[str, torch.Tensor], dst: Path, version: int, use_fp8: bool) -> tuple[float, float, int]:
+def run_policy_sync(store: WeightStore, state: dict[str, torch.Tensor], dst: Path, version: int,
+                    use_fp8: bool) -> tuple[float, float, int]:
     """The trainer's publish (cast or quantise, serialise, upload) and a fetch: (publish s, fetch s, bytes)."""
     config = {"architectures": ["LlamaForCausalLM"], "model_type": "llama"}
     t0 = time.perf_counter()
@@ -147,7 +151,8 @@ def main() -> None:
     args = ap.parse_args()
 
     root = Path(tempfile.mkdtemp(prefix="kuberl-bench-weights-"))
-    server = SeaweedS3(root / "weed", volume_size_mb=2048)  # no volume growth inside a timed round (256 MB: about one in two)
+    server = SeaweedS3(root / "weed",
+                       volume_size_mb=2048)  # no volume growth inside a timed round (256 MB: about one in two)
     server.start()
     try:
         client = s3_client(server.endpoint, pool=64, aws_access_key_id=server.access_key,
@@ -209,8 +214,10 @@ def main() -> None:
 
     res["delta"] = {
         "weights_moved": args.delta_share, "bytes_changed": round(bytes_changed, 4), "version_bytes": step_bytes,
-        "whole": {"rounds_s": [[p, f] for p, f, _ in whole], "sync_s": round(sync_s(whole), 3), "stored_bytes": whole[0][2]},
-        "delta": {"rounds_s": [[p, f] for p, f, _ in deltas], "sync_s": round(sync_s(deltas), 3), "stored_bytes": deltas[0][2]},
+        "whole": {"rounds_s": [[p, f] for p, f, _ in whole], "sync_s": round(sync_s(whole), 3),
+                  "stored_bytes": whole[0][2]},
+        "delta": {"rounds_s": [[p, f] for p, f, _ in deltas], "sync_s": round(sync_s(deltas), 3),
+                  "stored_bytes": deltas[0][2]},
     }
     res["delta"]["bytes_ratio"] = round(deltas[0][2] / whole[0][2], 4)
     res["delta"]["time_ratio"] = round(sync_s(deltas) / sync_s(whole), 3)
@@ -233,11 +240,14 @@ def main() -> None:
               f"fetch {v['fetch_MBps']:.1f} MB/s")
     print(f"  ratio ours/raw = {res['ratio']:.3f} (target >= 0.85: {'PASS' if res['pass'] else 'FAIL'})")
     d = res["delta"]
-    print(f"  a step moving {args.delta_share:.0%} of the weights ({d['bytes_changed']:.1%} of bytes): whole sync {d['whole']['sync_s']:.2f} s, "
-          f"delta {d['delta']['sync_s']:.2f} s ({d['time_ratio']:.2f}x, target <= 0.3), stored {d['bytes_ratio']:.1%} of the whole "
+    print(f"  a step moving {args.delta_share:.0%} of the weights ({d['bytes_changed']:.1%} of bytes): whole sync "
+          f"{d['whole']['sync_s']:.2f} s, "
+          f"delta {d['delta']['sync_s']:.2f} s ({d['time_ratio']:.2f}x, target <= 0.3), stored {d['bytes_ratio']:.1%} "
+          f"of the whole "
           f"(target <= 10 %)")
     f = res["fp8"]
-    print(f"  {f['params'] / 1e6:.0f} M parameters published and fetched: BF16 {f['bf16']['sync_s']:.2f} s, FP8 {f['fp8']['sync_s']:.2f} s "
+    print(f"  {f['params'] / 1e6:.0f} M parameters published and fetched: BF16 {f['bf16']['sync_s']:.2f} s, FP8 "
+          f"{f['fp8']['sync_s']:.2f} s "
           f"({f['time_ratio']:.2f}x, target <= 0.6), {f['bytes_ratio']:.1%} of the bytes -> {out}")
 
 

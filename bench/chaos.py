@@ -75,7 +75,8 @@ def victims(out: Path) -> dict[str, int]:
 
 
 def kind_of(name: str) -> str:
-    return {"rollout": "rollout agent", "agentenv": "env server", "sglang": "SGLang server"}.get(name.split("-")[0], name)
+    return {"rollout": "rollout agent", "agentenv": "env server", "sglang": "SGLang server"}.get(name.split("-")[0],
+                                                                                                 name)
 
 
 def current_step(out: Path) -> int:
@@ -138,7 +139,9 @@ def run(path: Path, out: Path, minutes: float, kill_every: float, rng: random.Ra
     by_kind: dict[str, int] = {}
     for k in kills:
         by_kind[k["kind"]] = by_kind.get(k["kind"], 0) + 1
-    return {"wall_s": round(time.monotonic() - t0, 1), "chaos_s": round(kills[-1]["t"] - kills[0]["t"], 1) if kills else 0, "final_reward": final_reward(out), "kills": len(kills),
+    return {"wall_s": round(time.monotonic() - t0, 1),
+            "chaos_s": round(kills[-1]["t"] - kills[0]["t"], 1) if kills else 0, "final_reward": final_reward(out),
+            "kills": len(kills),
             "kills_by_kind": by_kind, "kill_log": kills, "audit": report.to_dict(), "zeros": report.zeros()}
 
 
@@ -178,7 +181,10 @@ def report(args, baseline: dict | None, chaos: dict) -> None:
         result["final_reward_ratio"] = round(chaos["final_reward"] / max(baseline["final_reward"], 1e-9), 3)
         result["wall_ratio"] = round(chaos["wall_s"] / baseline["wall_s"], 3)
     path = write_result(args.result, result)
-    print(json.dumps({k: v for k, v in result.items() if k != "chaos"} | {"chaos": {k: v for k, v in chaos.items() if k != "kill_log"}}, indent=1))
+    print(json.dumps({k: v for k,
+                      v in result.items() if k != "chaos"} | {"chaos": {k: v for k,
+                                                                        v in chaos.items() if k != "kill_log"}},
+                     indent=1))
     print(f"wrote {path}")
     bad = {k: v for k, v in chaos["zeros"].items() if v}
     if bad:

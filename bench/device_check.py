@@ -121,7 +121,8 @@ def megatron_step(cfg: dict, device: torch.device, batch: int, seq: int, iters: 
         "model": {k: cfg[k] for k in ("hidden_size", "intermediate_size", "num_hidden_layers", "num_attention_heads",
                                       "num_key_value_heads", "vocab_size", "tie_word_embeddings")},
         "parameters": n_params, "dtype": str(dtype).removeprefix("torch."), "batch": batch, "seq": seq,
-        "build_seconds": round(build_s, 2), "step_seconds_median": round(dt, 4), "step_seconds": [round(t, 4) for t in times],
+        "build_seconds": round(build_s, 2), "step_seconds_median": round(dt, 4),
+        "step_seconds": [round(t, 4) for t in times],
         "tokens_per_second": round(tokens / dt, 1), "model_flops_per_token": flops_per_token,
         "tflops_per_second": round(achieved / 1e12, 1), "last_loss": stats.get("loss"),
     }
@@ -152,7 +153,8 @@ def fp8_throughput(cfg: dict, device: torch.device, iters: int, copy_bw: float, 
         moved = w.numel() * 2 + q.numel() * 1 + s.numel() * 4
         err_ok = bool((fp8.dequantize_blockwise(q, s).float() - w.float()).abs().le(fp8.error_bound(w, s)).all())
         rows.append({"shape": list(shape), "seconds": round(t, 6), "bytes_moved": moved,
-                     "effective_tb_per_s": round(moved / t / 1e12, 4), "fraction_of_copy": round(moved / t / copy_bw, 4),
+                     "effective_tb_per_s": round(moved / t / 1e12, 4),
+                     "fraction_of_copy": round(moved / t / copy_bw, 4),
                      "within_error_bound": err_ok})
         del w, q, s
     # The whole model's re-quantisation, as a rollout sync pays it on every update.
@@ -174,7 +176,8 @@ def fp8_throughput(cfg: dict, device: torch.device, iters: int, copy_bw: float, 
     return {
         "copy_tb_per_s": round(copy_bw / 1e12, 3),
         "quantize_blockwise": rows,
-        "quantize_state_dict": {"tensors": len(state), "quantised": len(state) - len(kept), "kept_high_precision": len(kept),
+        "quantize_state_dict": {"tensors": len(state), "quantised": len(state) - len(kept),
+                                "kept_high_precision": len(kept),
                                 "seconds": round(t, 4), "bf16_bytes_quantised": q_bytes,
                                 "effective_tb_per_s": round((q_bytes + out_bytes) / t / 1e12, 4),
                                 "fraction_of_copy": round((q_bytes + out_bytes) / t / copy_bw, 4)},

@@ -22,7 +22,13 @@ import platform
 import torch
 from _common import write_result
 
-from kuberl.workloads.policy.tiny.model import TinyConfig, TinyQwen2ForCausalLM, causal_mask, positions_of, token_logprobs
+from kuberl.workloads.policy.tiny.model import (
+    TinyConfig,
+    TinyQwen2ForCausalLM,
+    causal_mask,
+    positions_of,
+    token_logprobs,
+)
 from kuberl.workloads.weights import fp8
 
 SHAPE = TinyConfig(vocab_size=512, hidden_size=256, intermediate_size=512, num_attention_heads=4, num_key_value_heads=2)
@@ -60,7 +66,8 @@ def measure(seed: int, batch: int = 8, length: int = 48) -> dict:
     fp32 = logprobs(state)
     bf16 = logprobs({k: v.bfloat16() for k, v in state.items()})
     # FP8 where the quantiser puts it, the rest as the engines get it (BF16).
-    fp8_weights = {k: v if k not in kept else v.bfloat16() for k, v in fp8.dequantize_state_dict(quantised, torch.float32).items()}
+    fp8_weights = {k: v if k not in kept else v.bfloat16() for k,
+                   v in fp8.dequantize_state_dict(quantised, torch.float32).items()}
     fp8_lp = logprobs(fp8_weights)
     probs = fp32.exp()
     quantised_params = sum(v.numel() for k, v in state.items() if k not in kept)

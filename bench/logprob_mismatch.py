@@ -98,7 +98,8 @@ def measure(engine: SGLangEngine, models: dict, samples: int, max_new: int, mega
     for name, model in models.items():
         engine.load_state_dict(model.state_dict(), version=len(out) + 1)
         per_prompt = max(1, samples // len(PROMPTS))
-        reqs = [GenerationRequest(tok.encode_prompt({"prompt": p}), n=per_prompt, max_new_tokens=max_new, stop_ids=()) for p in PROMPTS]
+        reqs = [GenerationRequest(tok.encode_prompt({"prompt": p}), n=per_prompt, max_new_tokens=max_new,
+                                  stop_ids=()) for p in PROMPTS]
         t0 = time.perf_counter()
         groups = engine.generate(reqs)
         gen_s = time.perf_counter() - t0
@@ -160,11 +161,13 @@ def measure_servers(work: Path, models: dict, args, megatron) -> dict:
     write_builtin_tiny(work / "init", seed=args.seed)
     results: dict = {}
     for dtype in args.dtypes.split(","):
-        server = SGLangServer(ServerConfig(model_path=str(work / "init"), dtype=dtype, random_seed=0, weight_version="0"),
+        server = SGLangServer(ServerConfig(model_path=str(work / "init"), dtype=dtype, random_seed=0,
+                                           weight_version="0"),
                               log_path=work / f"server-{dtype}.log")
         with server:
             print(f"sglang {dtype}: up in {server.startup_seconds:.1f}s", flush=True)
-            engine = SGLangEngine(SGLangClient(server.url, liveness=server.check_alive), scratch_dir=work / f"w-{dtype}")
+            engine = SGLangEngine(SGLangClient(server.url, liveness=server.check_alive),
+                                  scratch_dir=work / f"w-{dtype}")
             results[dtype] = {"server_startup_seconds": round(server.startup_seconds, 1),
                               **measure(engine, models, args.samples, args.max_new_tokens, megatron)}
             engine.close()

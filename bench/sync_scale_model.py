@@ -46,16 +46,22 @@ class Assumptions:
     cores_per_node: int = 32  # CPU cores a node gives to serialising, hashing and delta coding
     nic_gb_s: float = 25.0  # per node, each way (200 Gb/s)
     store_gb_s: float = 400.0  # the object store's aggregate throughput (a cluster-local S3: 16+ servers at 25 GB/s)
-    gpu_quantise_gb_s: float = 3900.0  # FP8 blockwise quantise on one H200, bytes read + written (issue 15: torch.compile, 3.9 TB/s)
-    engine_load_gb_s: float = 10.0  # SGLang reading a checkpoint from page cache into 8 GPUs, per node (assumed; to be measured)
+    gpu_quantise_gb_s: float = 3900.0
+    engine_load_gb_s: float = (
+        10.0  # SGLang reading a checkpoint from page cache into 8 GPUs, per node (assumed; to be measured)
+    )
     # Share of a version's bytes a delta stores; None: whole versions. The scenarios take the share
     # measured here on BF16; FP8 codes are assumed to change as often (a coarser grid changes less
     # often per step, but a block's scale moving changes the whole block).
     delta_stored: float | None = None
-    fan_out: str = "store"  # "store": every replica downloads from the object store; "peers": a relay tree among replicas
+    fan_out: str = (
+        "store"  # "store": every replica downloads from the object store; "peers": a relay tree among replicas
+    )
     reconstruct_on_gpu: bool = False  # decode deltas on the engine's GPUs (the XOR scatter is memory-bound there)
     verify: str = "sha256"  # "sha256" over every file, or "stream": a hash per chunk while downloading (no second read)
-    engine_load: str = "disk"  # "disk": update_weights_from_disk; "tensor": loaded from the fetched buffers in GPU memory
+    engine_load: str = (
+        "disk"  # "disk": update_weights_from_disk; "tensor": loaded from the fetched buffers in GPU memory
+    )
 
 
 def version_bytes(a: Assumptions) -> float:
@@ -77,30 +83,40 @@ def model(a: Assumptions, rate: dict[str, float]) -> dict[str, float]:
     }
     if a.fan_out == "store":  # every replica pulls the whole (or delta) version from the store
         download = max(wire / (a.nic_gb_s * GB), a.replicas * wire / (a.store_gb_s * GB))
-    else:  # a pipelined relay among replicas: the store serves one copy, each node's NIC carries it once in and once out
+    else:  # a pipelined relay among replicas: the store serves one copy, each node's NIC carries it in once, out once
         download = max(wire / (a.nic_gb_s * GB), wire / (a.store_gb_s * GB))
     stages["download"] = download
     if a.delta_stored is None:
         stages["reconstruct"] = 0.0
     elif a.reconstruct_on_gpu:
-        stages["reconstruct"] = 3 * size / (a.gpus_per_node * a.gpu_quantise_gb_s * GB)  # read parent + delta, write result
+        stages["reconstruct"] = (
+            3 * size / (a.gpus_per_node * a.gpu_quantise_gb_s * GB)
+        )  # read parent + delta, write result
     else:
         stages["reconstruct"] = size / (a.cores_per_node * rate["decode"])
     stages["verify"] = size / (a.cores_per_node * rate["checksum"]) if a.verify == "sha256" else 0.0
     # From GPU buffers: a copy within each GPU's memory (taken at the quantise rate, HBM-bound too).
-    stages["engine_load"] = size / (a.engine_load_gb_s * GB) if a.engine_load == "disk" else size / (a.gpus_per_node * a.gpu_quantise_gb_s * GB)
+    stages["engine_load"] = (
+        size / (a.engine_load_gb_s * GB)
+        if a.engine_load == "disk"
+        else size / (a.gpus_per_node * a.gpu_quantise_gb_s * GB)
+    )
     return {k: round(v, 2) for k, v in stages.items()}
 
 
 SCENARIOS = [
     ("whole FP8 versions, every replica from the store", {}),
     ("+ delta versions (a step moving 3 % of weights)", {"delta_stored": "measured"}),
-    ("+ deltas rebuilt on the engines' GPUs, hashes while downloading", {"delta_stored": "measured", "reconstruct_on_gpu": True,
+    ("+ deltas rebuilt on the engines' GPUs, hashes while downloading",
+     {"delta_stored": "measured", "reconstruct_on_gpu": True,
                                                                          "verify": "stream"}),
-    ("+ engines load from GPU buffers (no disk), a relay tree among replicas", {"delta_stored": "measured", "reconstruct_on_gpu": True,
-                                                                               "verify": "stream", "engine_load": "tensor",
+    ("+ engines load from GPU buffers (no disk), a relay tree among replicas",
+     {"delta_stored": "measured", "reconstruct_on_gpu": True,
+                                                                               "verify": "stream",
+                                                                                "engine_load": "tensor",
                                                                                "fan_out": "peers"}),
-    ("whole versions with that transport (no deltas)", {"verify": "stream", "engine_load": "tensor", "fan_out": "peers"}),
+    ("whole versions with that transport (no deltas)",
+     {"verify": "stream", "engine_load": "tensor", "fan_out": "peers"}),
 ]
 
 
@@ -170,7 +186,8 @@ def main() -> None:
         a = replace(base, **{k: (rate["delta_stored_share"] if v == "measured" else v) for k, v in changes.items()})
         stages = model(a, rate)
         bound = max(stages, key=stages.get)
-        scenarios.append({"scenario": name, "stages_s": stages, "total_s": round(sum(stages.values()), 1), "bound": bound,
+        scenarios.append({"scenario": name, "stages_s": stages, "total_s": round(sum(stages.values()), 1),
+                          "bound": bound,
                           "assumptions": {k: v for k, v in asdict(a).items() if v != asdict(base)[k]}})
         print(f"{sum(stages.values()):7.1f} s  bound by {bound:12s} {name}")
     out = write_result("sync_scale_model", {

@@ -30,8 +30,10 @@ WATCHED_DIRS = ("/tmp", "/dev/shm", "/run", "/var/lib", "/var/log", "/etc", "/op
                 "/var/lib/cni", "/var/log/containers", "/var/log/pods", "/var/lib/kubelet",
                 "/var/lib/containers", "/run/containers")
 # Kernel counters that move on their own.
-VOLATILE_SYSCTLS = re.compile(r"^(fs\.(dentry-state|file-nr|inode-nr|inode-state|quota\..*)|kernel\.(ns_last_pid|random\..*"
-                              r"|pty\.nr)|net\.netfilter\.nf_conntrack_count|.*\.stable_secret)$")
+VOLATILE_SYSCTLS = re.compile(
+    r"^(fs\.(dentry-state|file-nr|inode-nr|inode-state|quota\..*)|kernel\.(ns_last_pid|random\..*"
+    r"|pty\.nr)|net\.netfilter\.nf_conntrack_count|.*\.stable_secret)$"
+)
 NODE_NAMES = re.compile(r"containerd|kubelet|kube-|etcd|kwok|coredns|nats-server|weed|sglang|kuberl|pause|runc")
 
 
@@ -175,7 +177,9 @@ def leaks(before: dict, after: dict, root_pid: int | None = None) -> dict[str, l
     for key, p in after["processes"].items():
         if key in before["processes"] or p["pid"] in tree or p["pid"] == os.getpid() or p["state"] == "Z":
             continue  # a zombie holds nothing but its pid; its parent reaps it
-        suspicious = p["ppid"] == 1 or "kubepods" in p["memcg"] or "/kuberl" in p["memcg"] or NODE_NAMES.search(p["cmd"])
+        suspicious = (
+            p["ppid"] == 1 or "kubepods" in p["memcg"] or "/kuberl" in p["memcg"] or NODE_NAMES.search(p["cmd"])
+        )
         if suspicious:
             new_procs.append(f"{p['pid']} {p['comm']} (ppid {p['ppid']}, {p['memcg'] or '/'}) {p['cmd'][:120]}")
 

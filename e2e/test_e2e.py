@@ -102,7 +102,8 @@ def test_chart_installs_and_the_operator_deployment_becomes_available(kube: Kube
 # -- RBAC: not broader than needed ---------------------------------------------------------
 
 ALLOWED = [
-    ("patch", "rljobs.kuberl.io", "{ns}"), ("patch", "rljobs.kuberl.io/status", "{ns}"), ("create", "rolloutpools.kuberl.io", "{ns}"),
+    ("patch", "rljobs.kuberl.io", "{ns}"), ("patch", "rljobs.kuberl.io/status", "{ns}"),
+    ("create", "rolloutpools.kuberl.io", "{ns}"),
     ("patch", "rolloutpools.kuberl.io/status", "{ns}"), ("delete", "rljobs.kuberl.io", "{ns}"),
     ("create", "pods", "{ns}"), ("delete", "pods", "{ns}"), ("list", "pods", ""), ("watch", "pods", ""),
     # By name only: the Secrets a job names (its NATS credentials; missing ones are reported).
@@ -113,10 +114,12 @@ ALLOWED = [
     ("patch", "clusterkopfpeerings.kopf.dev/kuberl", ""), ("watch", "clusterkopfpeerings.kopf.dev", ""),
 ]
 DENIED = [
-    ("create", "rljobs.kuberl.io", "{ns}"), ("list", "secrets", ""), ("list", "secrets", "{ns}"), ("watch", "secrets", "{ns}"), ("create", "secrets", "{ns}"),
+    ("create", "rljobs.kuberl.io", "{ns}"), ("list", "secrets", ""), ("list", "secrets", "{ns}"),
+    ("watch", "secrets", "{ns}"), ("create", "secrets", "{ns}"),
     ("update", "rolloutpools.kuberl.io/scale", "{ns}"), ("update", "deployments.apps", "{ns}"),
     ("create", "clusterrolebindings.rbac.authorization.k8s.io", ""),
-    ("create", "rolebindings.rbac.authorization.k8s.io", "{ns}"), ("bind", "clusterroles.rbac.authorization.k8s.io", ""),
+    ("create", "rolebindings.rbac.authorization.k8s.io", "{ns}"),
+    ("bind", "clusterroles.rbac.authorization.k8s.io", ""),
     ("escalate", "roles.rbac.authorization.k8s.io", "{ns}"), ("impersonate", "serviceaccounts", "{ns}"),
     ("create", "pods/exec", "{ns}"), ("create", "serviceaccounts/token", "{ns}"),
     ("get", "nodes", ""), ("delete", "namespaces", ""), ("patch", "customresourcedefinitions.apiextensions.k8s.io", ""),

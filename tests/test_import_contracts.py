@@ -18,7 +18,8 @@ from functools import cache
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-SOURCES = {"kuberl.operator": ROOT / "operator/kuberl/operator", "kuberl.workloads": ROOT / "workloads/kuberl/workloads"}
+SOURCES = {"kuberl.operator": ROOT / "operator/kuberl/operator",
+           "kuberl.workloads": ROOT / "workloads/kuberl/workloads"}
 
 OPERATOR_MAY_IMPORT = {
     "kuberl.workloads.spec", "kuberl.workloads.config", "kuberl.workloads.logs", "kuberl.workloads.localproc",
@@ -97,7 +98,11 @@ def _parents(module: str):
 
 
 def test_workloads_never_import_the_operator():
-    bad = {m: sorted(n for n in imports_of(m) if n.startswith("kuberl.operator")) for m in MODULES if m.startswith("kuberl.workloads")}
+    bad = {
+        m: sorted(n for n in imports_of(m) if n.startswith("kuberl.operator"))
+        for m in MODULES
+        if m.startswith("kuberl.workloads")
+    }
     assert not {m: n for m, n in bad.items() if n}
 
 
@@ -146,7 +151,8 @@ def _reaches(module: str, package: str) -> set[str]:
 
 def test_the_trainer_and_the_rollout_agent_share_episodes_not_each_other():
     """Episodes (kuberl.workloads.episodes) are what both run; neither side imports the other."""
-    for side, other in (("kuberl.workloads.trainer", "kuberl.workloads.rollout"), ("kuberl.workloads.rollout", "kuberl.workloads.trainer")):
+    for side, other in (("kuberl.workloads.trainer", "kuberl.workloads.rollout"),
+                        ("kuberl.workloads.rollout", "kuberl.workloads.trainer")):
         modules = [m for m in MODULES if m.startswith(side)]
         assert modules
         for module in modules:

@@ -85,9 +85,11 @@ def test_disk_added_over_the_budget_fails(tmp_path: Path):
     after["disk"]["avail_bytes"] -= 3 * 10**9
     (tmp_path / "b.json").write_text(json.dumps(before))
     (tmp_path / "a.json").write_text(json.dumps(after))
-    over = subprocess.run([sys.executable, "-m", "e2e.audit", "compare", str(tmp_path / "b.json"), str(tmp_path / "a.json"),
+    over = subprocess.run([sys.executable, "-m", "e2e.audit", "compare", str(tmp_path / "b.json"),
+                           str(tmp_path / "a.json"),
                            "--max-disk-gb", "2"], cwd=REPO, capture_output=True, text=True)
     assert over.returncode != 0 and "OVER BUDGET" in over.stdout
-    within = subprocess.run([sys.executable, "-m", "e2e.audit", "compare", str(tmp_path / "b.json"), str(tmp_path / "a.json"),
+    within = subprocess.run([sys.executable, "-m", "e2e.audit", "compare", str(tmp_path / "b.json"),
+                             str(tmp_path / "a.json"),
                              "--max-disk-gb", "4"], cwd=REPO, capture_output=True, text=True)
     assert "OVER BUDGET" not in within.stdout

@@ -24,7 +24,8 @@ def test_stdlib_operator_not_shadowed_from_repo_root():
 
 def test_kuberl_imports_from_both_source_roots():
     out = subprocess.run(
-        [sys.executable, "-c", "import kuberl.operator, kuberl.workloads; print(kuberl.operator.__file__); print(kuberl.workloads.__file__)"],
+        [sys.executable, "-c",
+         "import kuberl.operator, kuberl.workloads; print(kuberl.operator.__file__); print(kuberl.workloads.__file__)"],
         cwd="/", capture_output=True, text=True, check=True,
     )
     op, wl = out.stdout.split()
@@ -33,7 +34,8 @@ def test_kuberl_imports_from_both_source_roots():
 
 
 def test_operator_imports_no_torch():
-    code = "import sys, kuberl.operator.api, kuberl.operator.schema.crdgen, kuberl.operator.schema.validation, kuberl.operator.cli.main; print('torch' in sys.modules)"
+    code = ("import sys, kuberl.operator.api, kuberl.operator.schema.crdgen, kuberl.operator.schema.validation, "
+            "kuberl.operator.cli.main; print('torch' in sys.modules)")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "False"
 
@@ -59,7 +61,8 @@ def test_every_subpackage_is_listed_for_wheels():
 
     listed = set(tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["setuptools"]["packages"])
     on_disk = set()
-    for root, prefix in (("operator/kuberl/operator", "kuberl.operator"), ("workloads/kuberl/workloads", "kuberl.workloads")):
+    for root, prefix in (("operator/kuberl/operator", "kuberl.operator"),
+                         ("workloads/kuberl/workloads", "kuberl.workloads")):
         for init in (ROOT / root).rglob("__init__.py"):
             rel = init.parent.relative_to(ROOT / root)
             if "cpu_kernels" in rel.parts:

@@ -27,7 +27,8 @@ iptables -w 5 -N KUBERL-PROBE
 mkdir -p /var/lib/cni/probe && touch /tmp/probe /dev/shm/probe
 mkdir "/sys/fs/cgroup/memory$KUBERL_SANDBOX_CGROUP/probe"
 sleep 1000 &
-python3 -c "import e2e.sandbox as s, json; print(json.dumps({'inside': s.inside(), 'cgroup': s.cgroup_root(), 'pid': __import__('os').getpid()}))"
+python3 -c "import e2e.sandbox as s, json, os
+print(json.dumps({'inside': s.inside(), 'cgroup': s.cgroup_root(), 'pid': os.getpid()}))"
 """
 
 

@@ -52,7 +52,8 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--dir", type=Path, default=_default_dir(), help="work directory (default: %(default)s)")
     ap.add_argument("--cpu-nodes", type=int, default=2)
     ap.add_argument("--gpu-nodes", type=int, default=2)
-    ap.add_argument("--real-node", action="store_true", help="join a real kubelet node (root, inside `python -m e2e.sandbox.launch -- bash`; see node.py)")
+    ap.add_argument("--real-node", action="store_true",
+                    help="join a real kubelet node (root, inside `python -m e2e.sandbox.launch -- bash`; see node.py)")
     args = ap.parse_args(argv)
     if args.action == "up":
         cli_up(args.dir, args.cpu_nodes, args.gpu_nodes, args.real_node)

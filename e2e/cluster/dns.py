@@ -63,7 +63,8 @@ def coredns_rbac() -> list[dict]:
     return [
         {"_path": "/apis/rbac.authorization.k8s.io/v1/clusterroles", "apiVersion": "rbac.authorization.k8s.io/v1",
          "kind": "ClusterRole", "metadata": {"name": name}, "rules": rules},
-        {"_path": "/apis/rbac.authorization.k8s.io/v1/clusterrolebindings", "apiVersion": "rbac.authorization.k8s.io/v1",
+        {"_path": "/apis/rbac.authorization.k8s.io/v1/clusterrolebindings",
+         "apiVersion": "rbac.authorization.k8s.io/v1",
          "kind": "ClusterRoleBinding", "metadata": {"name": name},
          "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "ClusterRole", "name": name},
          "subjects": [{"apiGroup": "rbac.authorization.k8s.io", "kind": "User", "name": COREDNS_USER}]},

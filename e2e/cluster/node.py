@@ -141,7 +141,8 @@ class RealNode:
 
         proxy_cert = pki.issue(ca, pkidir, "kube-proxy", cn="system:kube-proxy")
         (d / "kube-proxy.kubeconfig").write_text(json.dumps(kubeconfig_for("system:kube-proxy", proxy_cert)))
-        proxy = self._spawn("kube-proxy", dns.kube_proxy_argv(self.plane.bin, d, NODE_NAME, cp.free_port(), cp.free_port()))
+        proxy = self._spawn("kube-proxy",
+                            dns.kube_proxy_argv(self.plane.bin, d, NODE_NAME, cp.free_port(), cp.free_port()))
         self.proxy_ready = lambda: dns.kube_proxy_synced(d / "kube-proxy.log")
         cp.wait_for("kube-proxy's first sync", self.proxy_ready, remaining(), [proxy])
 
@@ -152,7 +153,8 @@ class RealNode:
         ready_port = cp.free_port()
         (d / "Corefile").write_text(dns.corefile(d / "coredns.kubeconfig", ready_port, cp.free_port()))
         coredns = self._spawn("coredns", [str(self.plane.bin / "coredns"), "-conf", str(d / "Corefile")])
-        cp.wait_for("CoreDNS ready", lambda: cp._http_ok(f"http://127.0.0.1:{ready_port}/ready"), remaining(), [coredns])
+        cp.wait_for("CoreDNS ready", lambda: cp._http_ok(f"http://127.0.0.1:{ready_port}/ready"), remaining(),
+                    [coredns])
 
         from e2e.cluster import node_storage
 

@@ -43,7 +43,8 @@ def _buildah(storage: Path, *args: str) -> subprocess.CompletedProcess:
             "--storage-driver", "overlay", *args]
     proc = subprocess.run(argv, capture_output=True, text=True)
     if proc.returncode:
-        raise RuntimeError(f"{' '.join(argv[7:9])} failed ({proc.returncode}):\n{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}")
+        raise RuntimeError(f"{' '.join(argv[7:9])} failed "
+                           f"({proc.returncode}):\n{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}")
     return proc
 
 

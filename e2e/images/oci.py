@@ -62,10 +62,19 @@ def write_layout(layout: Path, ref: str, layers: list[Path], *, entrypoint: list
     (layout / "oci-layout").write_text(json.dumps({"imageLayoutVersion": "1.0.0"}))
     layer_descs = [{"mediaType": LAYER, **_put_blob(layout, path=p)} for p in layers]
     config = {
-        "architecture": "amd64", "os": "linux",
-        "config": {k: v for k, v in {"Entrypoint": entrypoint, "Cmd": cmd, "User": user,
-                                      "WorkingDir": workdir,
-                                      "Env": env or ["PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"]}.items() if v},
+        "architecture": "amd64",
+        "os": "linux",
+        "config": {
+            k: v
+            for k, v in {
+                "Entrypoint": entrypoint,
+                "Cmd": cmd,
+                "User": user,
+                "WorkingDir": workdir,
+                "Env": env or ["PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"],
+            }.items()
+            if v
+        },
         "rootfs": {"type": "layers", "diff_ids": [d["digest"] for d in layer_descs]},
         "history": [{"created_by": "kuberl e2e/images"} for _ in layer_descs],
     }

@@ -63,7 +63,8 @@ def install_venv(lower: Path, out: Path, requirements: list[str]) -> Path:
         # The machine's CA bundle: it may hold the certificate of a proxy in front of PyPI.
         f"mount --bind {HOST_CA_BUNDLE} {m}{HOST_CA_BUNDLE}",
         f"chroot {m} /usr/bin/python3 -m venv {VENV}",
-        f"chroot {m} env -u PIP_FIND_LINKS PIP_CERT={HOST_CA_BUNDLE} {VENV}/bin/pip install --quiet --disable-pip-version-check "
+        f"chroot {m} env -u PIP_FIND_LINKS PIP_CERT={HOST_CA_BUNDLE} {VENV}/bin/pip install --quiet "
+        f"--disable-pip-version-check "
         "--compile " + " ".join(shlex.quote(r) for r in requirements),
         # torch's GPU kernel compiler (~0.9 GB): a CPU image never loads it.
         f"chroot {m} {VENV}/bin/pip uninstall --quiet --yes triton",

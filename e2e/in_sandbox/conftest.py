@@ -18,7 +18,8 @@ def pytest_collection_modifyitems(session, config, items):
     # node_kube, once up, holds the node's bridge until the session ends. Then
     # test_real_node.py (the node, the chart, the tiny job), then the other modules. A
     # stable sort: the order within each group is pytest's.
-    items.sort(key=lambda item: ("node_kube" in getattr(item, "fixturenames", ()), item.path.name != "test_real_node.py"))
+    items.sort(key=lambda item: ("node_kube" in getattr(item, "fixturenames", ()),
+                                 item.path.name != "test_real_node.py"))
 
 
 @pytest.fixture(scope="session")

@@ -117,7 +117,8 @@ class Chaos:
         self.next_at = self.t0
 
     def status(self) -> dict:
-        return self.kube.custom.get_namespaced_custom_object(GROUP, VERSION, self.ns, "rljobs", self.job).get("status") or {}
+        return self.kube.custom.get_namespaced_custom_object(GROUP, VERSION, self.ns, "rljobs",
+                                                             self.job).get("status") or {}
 
     def tick(self) -> Kill | None:
         """One kill of a random running workload container, if one is due."""

@@ -61,7 +61,8 @@ def install_release(kube: Kube) -> Kube:
     sets = {"image.repository": _split(images["operator"])[0], "image.tag": _split(images["operator"])[1],
             "workloads.image": images["workload-cpu"],
             "stack.nats.image.repository": _split(images["nats"])[0], "stack.nats.image.tag": _split(images["nats"])[1],
-            "stack.s3.image.repository": _split(images["seaweedfs"])[0], "stack.s3.image.tag": _split(images["seaweedfs"])[1]}
+            "stack.s3.image.repository": _split(images["seaweedfs"])[0],
+            "stack.s3.image.tag": _split(images["seaweedfs"])[1]}
     _ns(kube, RELEASE_NS)
     _helm(kube, "upgrade", "--install", RELEASE, str(CHART), "--namespace", RELEASE_NS, "-f", str(NODE_VALUES),
           *[f"--set={k}={v}" for k, v in sets.items()], "--wait", "--timeout", "5m")
@@ -90,7 +91,8 @@ def tiny_job_on_the_node(namespace: str) -> dict:
     # Two agents on the one node: one downloads each version, the other copies it from it
     # (weightFetch perNode); their quarter cores fit beside the trainer and the stack.
     spec["rollout"]["template"].update(replicas=2, minReplicas=2, maxReplicas=2,
-                                       resources={"requests": {"cpu": "250m", "memory": "1Gi"}, "limits": {"memory": "4Gi"}})
+                                       resources={"requests": {"cpu": "250m", "memory": "1Gi"},
+                                                  "limits": {"memory": "4Gi"}})
     spec["runPolicy"]["maxSteps"] = MAX_STEPS
     spec["checkpoint"]["intervalSteps"] = 20
     spec["evaluation"]["intervalSteps"] = 100

@@ -146,7 +146,8 @@ def _run_agentic_job(kube: Kube, ns: str) -> None:
             read_env(endpoint)
         return bool(probe) or st.get("phase") == "Succeeded"
 
-    wait_until("a first step trained, and the env read through its Service", trained_and_read, timeout=900, interval=0.5)
+    wait_until("a first step trained, and the env read through its Service", trained_and_read, timeout=900,
+               interval=0.5)
     assert probe, f"the env was never read while the job ran ({len(tries)} tries; the last ones: {tries[-3:]})"
     final = wait_until("RLJob Succeeded", lambda: (st := status()).get("phase") == "Succeeded" and st,
                        timeout=900, interval=2)

@@ -56,7 +56,8 @@ def test_a_real_node_stops_without_leaving_anything_behind():
         kube.core.create_namespaced_pod(ns, {"apiVersion": "v1", "kind": "Pod", "metadata": {"name": "sleeper"},
                                              "spec": {"containers": [{"name": "c", "image": PAUSE_IMAGE,
                                                                       "imagePullPolicy": "Never"}]}})
-        wait_until("a container running", lambda: kube.core.read_namespaced_pod("sleeper", ns).status.phase == "Running",
+        wait_until("a container running",
+                   lambda: kube.core.read_namespaced_pod("sleeper", ns).status.phase == "Running",
                    timeout=120)
         workdir = plane.workdir
         assert pids_with(str(workdir)) and node_network.bridge_exists()
@@ -166,7 +167,8 @@ def _train_tiny_job(release: Kube) -> None:
                 loaded.extend((pool.get("status") or {}).get("policyVersions") or [])
         return st
 
-    wait_until("training past the first checkpoints", lambda: (status().get("step") or 0) >= 45, timeout=900, interval=1)
+    wait_until("training past the first checkpoints", lambda: (status().get("step") or 0) >= 45, timeout=900,
+               interval=1)
 
     # A deleted trainer pod: the gang restarts and resumes from the last checkpoint.
     trainer = f"{name}-trainer-0"

@@ -16,8 +16,10 @@ BENCH = Path(__file__).resolve().parents[2] / "bench"
 
 # script, toy-size arguments, keys its result must hold
 QUICK = [
-    ("bench_buffer.py", ["--messages", "40", "--tokens", "64", "--batch", "16", "--rounds", "1"], ["ratio", "raw", "ours"]),
-    ("bench_weights.py", ["--shards", "1", "--shard-mib", "2", "--rounds", "1", "--fp8-layers", "1", "--fp8-hidden", "256"],
+    ("bench_buffer.py", ["--messages", "40", "--tokens", "64", "--batch", "16", "--rounds", "1"],
+     ["ratio", "raw", "ours"]),
+    ("bench_weights.py",
+     ["--shards", "1", "--shard-mib", "2", "--rounds", "1", "--fp8-layers", "1", "--fp8-hidden", "256"],
      ["ratio", "delta", "fp8"]),
     ("bench_weight_deltas.py", ["--mib", "1", "--shares", "0.03"], ["rows", "copy_mb_s"]),
     ("bench_node_fetch.py", ["--agents", "2", "--shards", "1", "--shard-mib", "1", "--rounds", "1"],
@@ -34,24 +36,29 @@ QUICK = [
      ["results", "float32_meets_target"]),
     # The GPU check's own toy mode on the CPU: its code cannot rot between the rare GPU loans.
     # It runs on the device machine without bench/_common, so it writes where --out says.
-    ("device_check.py", ["--tiny", "--device", "cpu", "--out", "{tmp}/results/device_check.json"], ["fp8", "megatron_step"]),
+    ("device_check.py", ["--tiny", "--device", "cpu", "--out", "{tmp}/results/device_check.json"],
+     ["fp8", "megatron_step"]),
     # Each command run once, and the unbounded reader (which never finishes the billion laughs) killed after 5 s.
     ("bench_hostile_yaml.py", ["--runs", "1", "--unbounded-timeout", "5"], ["cases", "render", "worst"]),
     # The kwok control plane, a nats-server and the operator: a few jobs instead of a hundred.
-    ("bench_operator.py", ["--jobs", "3", "--rounds", "1", "--steady-seconds", "1"], ["apply_to_children_s", "many_jobs"]),
+    ("bench_operator.py", ["--jobs", "3", "--rounds", "1", "--steady-seconds", "1"],
+     ["apply_to_children_s", "many_jobs"]),
     # Two replicas, the leader SIGKILLed after two of four small jobs: the standby takes over.
     ("bench_operator_scale.py", ["--jobs", "4", "--trainer", "1", "--rollout", "1", "--envs", "1", "--rate", "0",
-                                 "--steady-seconds", "1"], ["failover_s", "apply_to_children_s", "children_duplicated"]),
+                                 "--steady-seconds", "1"],
+     ["failover_s", "apply_to_children_s", "children_duplicated"]),
     # `kuberl run` of a short decoupled job, a workload process SIGKILLed every few seconds;
     # the script itself fails when its audit finds a prompt lost or a group trained twice.
-    ("chaos.py", ["--minutes", "0.5", "--kill-every", "8", "--max-steps", "40", "--no-baseline"], ["chaos", "settings"]),
+    ("chaos.py", ["--minutes", "0.5", "--kill-every", "8", "--max-steps", "40", "--no-baseline"],
+     ["chaos", "settings"]),
 ]
 
 
 def _errors(value, path: str = "") -> list[str]:
     """Where a result reports a failure it caught and wrote down instead of exiting non-zero."""
     if isinstance(value, dict):
-        return [f"{path}.{k}" for k in value if k == "error"] + [e for k, v in value.items() for e in _errors(v, f"{path}.{k}")]
+        return [f"{path}.{k}" for k in value if k == "error"] + [e for k,
+                                                                 v in value.items() for e in _errors(v, f"{path}.{k}")]
     if isinstance(value, list):
         return [e for i, v in enumerate(value) for e in _errors(v, f"{path}[{i}]")]
     return []

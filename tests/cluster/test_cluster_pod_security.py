@@ -21,11 +21,14 @@ from tests.support.fixtures_cluster import EXAMPLES_DIR, Kube
 
 pytestmark = pytest.mark.cluster
 
-RESTRICTED = {"pod-security.kubernetes.io/enforce": "restricted", "pod-security.kubernetes.io/enforce-version": "latest"}
+RESTRICTED = {"pod-security.kubernetes.io/enforce": "restricted",
+              "pod-security.kubernetes.io/enforce-version": "latest"}
 
 
 def _example_docs(credentials: bool) -> list[dict]:
-    docs = [validate(d) for path in sorted(EXAMPLES_DIR.glob("*.yaml")) for d in yaml.safe_load_all(path.read_text()) if d]
+    docs = [
+        validate(d) for path in sorted(EXAMPLES_DIR.glob("*.yaml")) for d in yaml.safe_load_all(path.read_text()) if d
+    ]
     if credentials:  # set after validation: works whether or not the CRD's CEL still refuses it
         for d in docs:
             if d["kind"] == "RLJob":
@@ -42,7 +45,8 @@ def _pods(children: list[dict], namespace: str) -> list[dict]:
         elif c["kind"] == "Deployment":
             template = c["spec"]["template"]
             pod = {"apiVersion": "v1", "kind": "Pod",
-                   "metadata": {"name": f"{c['metadata']['name']}-from-template", "labels": dict(template["metadata"]["labels"])},
+                   "metadata": {"name": f"{c['metadata']['name']}-from-template",
+                                "labels": dict(template["metadata"]["labels"])},
                    "spec": copy.deepcopy(template["spec"])}
         else:
             continue
@@ -72,7 +76,8 @@ def test_the_namespace_really_refuses_a_pod_that_is_not_restricted(kube: Kube, r
 
 
 @pytest.mark.parametrize("credentials", [False, True], ids=["plain", "credentials"])
-def test_every_pod_built_from_the_examples_is_admitted_as_restricted(kube: Kube, restricted_namespace: str, credentials: bool):
+def test_every_pod_built_from_the_examples_is_admitted_as_restricted(kube: Kube, restricted_namespace: str,
+                                                                     credentials: bool):
     children = render(_example_docs(credentials), OperatorSettings(), namespace=restricted_namespace, check=False)
     pods = _pods(children, restricted_namespace)
     assert {p["metadata"]["name"].endswith("-from-template") for p in pods} == {True, False}  # Pods and templates

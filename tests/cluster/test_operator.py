@@ -96,12 +96,14 @@ def condition(status: dict, type_: str) -> dict:
 
 
 def trainer_pods(kube: Kube, ns: str, job: str) -> list:
-    return [p for p in kube.core.list_namespaced_pod(ns, label_selector=f"kuberl.io/job={job},kuberl.io/role=trainer").items
+    return [p for p in kube.core.list_namespaced_pod(ns,
+                                                     label_selector=f"kuberl.io/job={job},kuberl.io/role=trainer").items
             if not p.metadata.deletion_timestamp]
 
 
 def wait_phase(kube: Kube, ns: str, job: str, phase: str, timeout: float = 60) -> dict:
-    return wait_until(f"{job} {phase}", lambda: (s := job_status(kube, ns, job)).get("phase") == phase and s, timeout=timeout)
+    return wait_until(f"{job} {phase}", lambda: (s := job_status(kube, ns, job)).get("phase") == phase and s,
+                      timeout=timeout)
 
 
 def set_fake_phase(kube: Kube, ns: str, pod: str, phase: str) -> None:
@@ -184,7 +186,8 @@ def test_tiny_example_creates_children_and_deletion_removes_everything(kube, nam
     wait_until("children collected", lambda: not trainer_pods(kube, namespace, name)
                and get(kube, namespace, "rolloutpools", f"{name}-rollout") is None
                and deployment(kube, namespace, f"{name}-rollout") is None
-               and not kube.core.list_namespaced_config_map(namespace, label_selector=f"kuberl.io/job={name}").items, timeout=90)
+               and not kube.core.list_namespaced_config_map(namespace, label_selector=f"kuberl.io/job={name}").items,
+               timeout=90)
 
 
 def test_colocated_example_runs_the_gang_on_gpu_nodes(kube, namespace, operator, nats_server):
@@ -209,21 +212,32 @@ def test_agentic_example_with_shared_pool_and_inline_env(kube, namespace, operat
     doc["spec"]["buffer"] = buffer_spec(nats_server.url)
     create(kube, namespace, doc)
     name = doc["metadata"]["name"]
-    wait_until("trainer and env created", lambda: trainer_pods(kube, namespace, name) and get(kube, namespace, "agentenvs", "calculator"), timeout=60)
+    wait_until("trainer and env created",
+               lambda: trainer_pods(kube, namespace, name) and get(kube, namespace, "agentenvs", "calculator"),
+               timeout=60)
     env = get(kube, namespace, "agentenvs", "calculator")
     assert env["metadata"]["ownerReferences"][0]["name"] == name
     from kubernetes import client
 
-    wait_until("env deny-egress policy", lambda: client.NetworkingV1Api(kube.api_client).list_namespaced_network_policy(namespace).items, timeout=30)
-    wait_until("env endpoint", lambda: (get(kube, namespace, "agentenvs", "calculator").get("status") or {}).get("endpoint"), timeout=30)
-    wait_until("pool bound", lambda: (get(kube, namespace, "rolloutpools", "shared-sglang").get("status") or {}).get("boundJob") == name, timeout=30)
+    wait_until("env deny-egress policy",
+               lambda: client.NetworkingV1Api(kube.api_client).list_namespaced_network_policy(namespace).items,
+               timeout=30)
+    wait_until("env endpoint", lambda: (get(kube, namespace, "agentenvs",
+                                            "calculator").get("status") or {}).get("endpoint"), timeout=30)
+    wait_until("pool bound", lambda: (get(kube, namespace, "rolloutpools",
+                                          "shared-sglang").get("status") or {}).get("boundJob") == name, timeout=30)
     rollout_pods = wait_until("rollout pods scheduled", lambda: [p for p in kube.core.list_namespaced_pod(
         namespace, label_selector="kuberl.io/rollout-pool=shared-sglang").items if p.spec.node_name], timeout=60)
     assert all(p.spec.node_name.startswith("kwok-gpu") for p in rollout_pods)
-    env_pods = wait_until("env pods", lambda: kube.core.list_namespaced_pod(namespace, label_selector="kuberl.io/agent-env=calculator").items, timeout=60)
+    env_pods = wait_until("env pods",
+                          lambda: kube.core.list_namespaced_pod(namespace,
+                                                                label_selector="kuberl.io/agent-env=calculator").items,
+                          timeout=60)
     assert env_pods[0].spec.security_context.run_as_non_root is True
     kube.custom.delete_namespaced_custom_object(GROUP, VERSION, namespace, "rljobs", name)
-    wait_until("job children gone", lambda: not trainer_pods(kube, namespace, name) and get(kube, namespace, "agentenvs", "calculator") is None, timeout=60)
+    wait_until("job children gone",
+               lambda: not trainer_pods(kube, namespace, name) and get(kube, namespace, "agentenvs",
+                                                                       "calculator") is None, timeout=60)
     assert get(kube, namespace, "rolloutpools", "shared-sglang") is not None  # not owned by the job
 
 
@@ -244,7 +258,8 @@ def test_failed_rank_restarts_the_gang_then_backoff_limit_fails(kube, namespace,
 
     pods = wait_until("the whole gang recreated", new_gang, timeout=60)
     assert not old_uids & {p.metadata.uid for p in pods}
-    wait_until("the GangRestart event", lambda: any(e.reason == "GangRestart" for e in events(kube, namespace, "flaky")), timeout=30)
+    wait_until("the GangRestart event",
+               lambda: any(e.reason == "GangRestart" for e in events(kube, namespace, "flaky")), timeout=30)
     wait_phase(kube, namespace, "flaky", "Running", timeout=60)
 
     set_fake_phase(kube, namespace, "flaky-trainer-0", "Failed")
@@ -252,7 +267,8 @@ def test_failed_rank_restarts_the_gang_then_backoff_limit_fails(kube, namespace,
     failed = condition(status, "Failed")
     assert failed["reason"] == "BackoffLimitExceeded" and "flaky-trainer-0" in failed["message"]
     assert status["restarts"] == 1 and status["completionTime"]
-    wait_until("BackoffLimitExceeded event", lambda: any(e.reason == "BackoffLimitExceeded" for e in events(kube, namespace, "flaky")), timeout=30)
+    wait_until("BackoffLimitExceeded event",
+               lambda: any(e.reason == "BackoffLimitExceeded" for e in events(kube, namespace, "flaky")), timeout=30)
 
 
 def rollout_pods(kube: Kube, ns: str, pool: str) -> list:
@@ -265,7 +281,8 @@ def test_failed_rollout_pod_is_replaced_and_the_job_keeps_running(kube, namespac
     doc["spec"]["rollout"]["template"].update({"replicas": 2, "minReplicas": 1, "autoscaling": {"enabled": False}})
     create(kube, namespace, doc)
     pool = "steady-rollout"
-    wait_until("both rollout pods ready", lambda: (d := deployment(kube, namespace, pool)) and (d.status.ready_replicas or 0) == 2, timeout=90)
+    wait_until("both rollout pods ready",
+               lambda: (d := deployment(kube, namespace, pool)) and (d.status.ready_replicas or 0) == 2, timeout=90)
     wait_phase(kube, namespace, "steady", "Running", timeout=60)
     trainers = {p.metadata.uid for p in trainer_pods(kube, namespace, "steady")}
     victim = rollout_pods(kube, namespace, pool)[0]
@@ -281,7 +298,8 @@ def test_failed_rollout_pod_is_replaced_and_the_job_keeps_running(kube, namespac
 
     pods = wait_until("a replacement rollout pod running", replaced, timeout=90)
     assert victim.metadata.uid not in {p.metadata.uid for p in pods}
-    wait_until("deployment back to 2 ready", lambda: (deployment(kube, namespace, pool).status.ready_replicas or 0) == 2, timeout=60)
+    wait_until("deployment back to 2 ready",
+               lambda: (deployment(kube, namespace, pool).status.ready_replicas or 0) == 2, timeout=60)
     for _ in range(3):
         phases.append(job_status(kube, namespace, "steady").get("phase"))
         time.sleep(1)
@@ -299,20 +317,26 @@ def test_kubectl_scale_of_a_pool_the_job_sets_is_undone_with_a_warning_on_both(k
     doc["spec"]["rollout"]["template"].update({"replicas": 1, "minReplicas": 1, "autoscaling": {"enabled": False}})
     create(kube, namespace, doc)
     pool = "handscaled-rollout"
-    wait_until("pool carries its template count", lambda: ((get(kube, namespace, "rolloutpools", pool) or {}).get("metadata", {})
-                                                           .get("annotations", {}).get("kuberl.io/template-replicas") == "1"), timeout=60)
+    wait_until("pool carries its template count",
+               lambda: ((get(kube, namespace, "rolloutpools", pool) or {}).get("metadata", {})
+                                                           .get("annotations",
+                                                                {}).get("kuberl.io/template-replicas") == "1"),
+               timeout=60)
     out = kube.kubectl("scale", "-n", namespace, f"rolloutpools.kuberl.io/{pool}", "--replicas=3")
     assert "scaled" in out.stdout
-    wait_until("the scale undone", lambda: get(kube, namespace, "rolloutpools", pool)["spec"]["replicas"] == 1, timeout=30)
+    wait_until("the scale undone", lambda: get(kube, namespace, "rolloutpools", pool)["spec"]["replicas"] == 1,
+               timeout=30)
     for name in ("handscaled", pool):
-        warned = wait_until(f"a warning on {name}", lambda n=name: [e for e in events(kube, namespace, n) if e.reason == "ReplicasSetByJob"],
+        warned = wait_until(f"a warning on {name}",
+                            lambda n=name: [e for e in events(kube, namespace, n) if e.reason == "ReplicasSetByJob"],
                             timeout=30)
         assert warned[0].type == "Warning" and "spec.rollout.template.replicas" in warned[0].message
         assert "scale to 3 is undone" in warned[0].message
     # The job's own template count is carried over, with no new warning.
     kube.kubectl("patch", "-n", namespace, "rljob/handscaled", "--type=merge", "-p",
                  json.dumps({"spec": {"rollout": {"template": {"replicas": 2}}}}))
-    wait_until("the template count carried over", lambda: get(kube, namespace, "rolloutpools", pool)["spec"]["replicas"] == 2, timeout=30)
+    wait_until("the template count carried over",
+               lambda: get(kube, namespace, "rolloutpools", pool)["spec"]["replicas"] == 2, timeout=30)
     time.sleep(2)
     assert len([e for e in events(kube, namespace, "handscaled") if e.reason == "ReplicasSetByJob"]) == 1
 
@@ -327,7 +351,8 @@ def test_unreachable_buffer_is_a_condition_and_a_warning_event(kube, namespace, 
 
     status = wait_until("BufferReady=False", unavailable, timeout=60)
     assert condition(status, "BufferReady")["status"] == "False" and dead in condition(status, "BufferReady")["message"]
-    assert condition(status, "Created")["status"] == "False" and condition(status, "Created")["reason"] == "BufferUnavailable"
+    assert condition(status, "Created")["status"] == "False" and condition(status,
+                                                                           "Created")["reason"] == "BufferUnavailable"
     assert status["phase"] == "Pending" and not trainer_pods(kube, namespace, "nobuffer")
     [event] = wait_until("BufferUnavailable event", lambda: [e for e in events(kube, namespace, "nobuffer")
                                                               if e.reason == "BufferUnavailable"], timeout=30)
@@ -338,7 +363,8 @@ def test_unreachable_buffer_is_a_condition_and_a_warning_event(kube, namespace, 
                                                {"spec": {"buffer": {"url": nats_server.url}}})
     status = wait_phase(kube, namespace, "nobuffer", "Running", timeout=90)
     assert condition(status, "BufferReady")["status"] == "True" and condition(status, "Created")["status"] == "True"
-    wait_until("BufferAvailable event", lambda: any(e.reason == "BufferAvailable" for e in events(kube, namespace, "nobuffer")), timeout=30)
+    wait_until("BufferAvailable event",
+               lambda: any(e.reason == "BufferAvailable" for e in events(kube, namespace, "nobuffer")), timeout=30)
 
 
 def test_finished_job_releases_its_shared_pool_to_min_replicas(kube, namespace, operator, nats_server):
@@ -351,7 +377,8 @@ def test_finished_job_releases_its_shared_pool_to_min_replicas(kube, namespace, 
     doc = cpu_job("borrower", nats_server.url, replicas=1)
     doc["spec"]["rollout"] = {"poolRef": "shared-cpu"}
     create(kube, namespace, doc)
-    wait_until("pool bound", lambda: (get(kube, namespace, "rolloutpools", "shared-cpu").get("status") or {}).get("boundJob") == "borrower", timeout=60)
+    wait_until("pool bound", lambda: (get(kube, namespace, "rolloutpools",
+                                          "shared-cpu").get("status") or {}).get("boundJob") == "borrower", timeout=60)
     wait_phase(kube, namespace, "borrower", "Running", timeout=90)
     assert get(kube, namespace, "rolloutpools", "shared-cpu")["spec"]["replicas"] == 3
     for p in trainer_pods(kube, namespace, "borrower"):
@@ -364,10 +391,17 @@ def test_finished_job_releases_its_shared_pool_to_min_replicas(kube, namespace, 
 
     wait_until("pool released at minReplicas", released, timeout=30)
     wait_until("deployment follows", lambda: deployment(kube, namespace, "shared-cpu").spec.replicas == 1, timeout=30)
-    wait_until("PoolReleased event", lambda: any(e.reason == "PoolReleased" for e in events(kube, namespace, "borrower")), timeout=30)
+    wait_until("PoolReleased event",
+               lambda: any(e.reason == "PoolReleased" for e in events(kube, namespace, "borrower")), timeout=30)
     # Free again: another job may bind it.
     create(kube, namespace, cpu_job("next-borrower", nats_server.url, replicas=1, rollout={"poolRef": "shared-cpu"}))
-    wait_until("pool bound to the next job", lambda: (get(kube, namespace, "rolloutpools", "shared-cpu").get("status") or {}).get("boundJob") == "next-borrower", timeout=60)
+    wait_until(
+        "pool bound to the next job",
+        lambda: (
+            (get(kube, namespace, "rolloutpools", "shared-cpu").get("status") or {}).get("boundJob") == "next-borrower"
+        ),
+        timeout=60,
+    )
 
 
 def test_all_ranks_succeeded_succeeds_and_scales_rollout_to_zero(kube, namespace, operator, nats_server):
@@ -376,22 +410,28 @@ def test_all_ranks_succeeded_succeeds_and_scales_rollout_to_zero(kube, namespace
     for p in trainer_pods(kube, namespace, "done"):
         set_fake_phase(kube, namespace, p.metadata.name, "Succeeded")
     status = wait_phase(kube, namespace, "done", "Succeeded", timeout=60)
-    assert condition(status, "Succeeded")["reason"] == "TrainerCompleted" and condition(status, "Running")["status"] == "False"
-    wait_until("rollout scaled to zero", lambda: deployment(kube, namespace, "done-rollout").spec.replicas == 0, timeout=30)
+    assert condition(status, "Succeeded")["reason"] == "TrainerCompleted" and condition(status,
+                                                                                        "Running")["status"] == "False"
+    wait_until("rollout scaled to zero", lambda: deployment(kube, namespace, "done-rollout").spec.replicas == 0,
+               timeout=30)
 
 
 def test_suspend_then_resume(kube, namespace, operator, nats_server):
     create(kube, namespace, cpu_job("pausable", nats_server.url))
     wait_phase(kube, namespace, "pausable", "Running", timeout=90)
-    kube.custom.patch_namespaced_custom_object(GROUP, VERSION, namespace, "rljobs", "pausable", {"spec": {"suspend": True}})
+    kube.custom.patch_namespaced_custom_object(GROUP, VERSION, namespace, "rljobs", "pausable",
+                                               {"spec": {"suspend": True}})
     status = wait_phase(kube, namespace, "pausable", "Suspended", timeout=60)
     assert condition(status, "Suspended")["status"] == "True"
     wait_until("trainer pods removed", lambda: not trainer_pods(kube, namespace, "pausable"), timeout=60)
-    wait_until("rollout at zero", lambda: deployment(kube, namespace, "pausable-rollout").spec.replicas == 0, timeout=30)
-    wait_until("pool reports no engine", lambda: get(kube, namespace, "rolloutpools", "pausable-rollout")["status"]["readyReplicas"] == 0, timeout=30)
+    wait_until("rollout at zero", lambda: deployment(kube, namespace, "pausable-rollout").spec.replicas == 0,
+               timeout=30)
+    wait_until("pool reports no engine", lambda: get(kube, namespace, "rolloutpools",
+                                                     "pausable-rollout")["status"]["readyReplicas"] == 0, timeout=30)
     kube.core.read_namespaced_config_map("pausable-config", namespace)  # state is kept
 
-    kube.custom.patch_namespaced_custom_object(GROUP, VERSION, namespace, "rljobs", "pausable", {"spec": {"suspend": False}})
+    kube.custom.patch_namespaced_custom_object(GROUP, VERSION, namespace, "rljobs", "pausable",
+                                               {"spec": {"suspend": False}})
     status = wait_phase(kube, namespace, "pausable", "Running", timeout=90)
     # Running is only reported from the resumed gang and a resumed, ready engine.
     assert status.get("restarts", 0) == 0 and len(trainer_pods(kube, namespace, "pausable")) == 2
@@ -407,9 +447,11 @@ def test_active_deadline_fails_the_job(kube, namespace, operator, nats_server):
 
 
 def test_ttl_after_finished_deletes_the_job(kube, namespace, operator, nats_server):
-    create(kube, namespace, cpu_job("shortlived", nats_server.url, replicas=1, runPolicy={"maxSteps": 10, "ttlSecondsAfterFinished": 2}))
+    create(kube, namespace,
+           cpu_job("shortlived", nats_server.url, replicas=1, runPolicy={"maxSteps": 10, "ttlSecondsAfterFinished": 2}))
     wait_until("gang", lambda: trainer_pods(kube, namespace, "shortlived"), timeout=60)
-    wait_until("pod running", lambda: trainer_pods(kube, namespace, "shortlived")[0].status.phase == "Running", timeout=60)
+    wait_until("pod running", lambda: trainer_pods(kube, namespace, "shortlived")[0].status.phase == "Running",
+               timeout=60)
     set_fake_phase(kube, namespace, "shortlived-trainer-0", "Succeeded")
     wait_phase(kube, namespace, "shortlived", "Succeeded", timeout=60)
     wait_until("job deleted by TTL", lambda: get(kube, namespace, "rljobs", "shortlived") is None, timeout=60)
@@ -423,7 +465,8 @@ def test_autoscaler_follows_the_prompt_backlog(kube, namespace, operator, nats_s
     autoscaling = {"enabled": True, "signal": "promptBacklog", "target": 4, "intervalSeconds": 2, "cooldownSeconds": 0,
                    "maxScaleUpStep": 2, "maxScaleDownPercent": 25}
     doc = cpu_job("scaly", nats_server.url, replicas=1)
-    doc["spec"]["rollout"]["template"].update({"replicas": 1, "minReplicas": 1, "maxReplicas": 5, "autoscaling": autoscaling})
+    doc["spec"]["rollout"]["template"].update({"replicas": 1, "minReplicas": 1, "maxReplicas": 5,
+                                               "autoscaling": autoscaling})
     create(kube, namespace, doc)
     wait_until("streams", lambda: streams_of(nats_server.url, namespace, "scaly"), timeout=60)
     names = JobNames.for_job(namespace, "scaly")
@@ -443,7 +486,8 @@ def test_autoscaler_follows_the_prompt_backlog(kube, namespace, operator, nats_s
         if (r := replicas()) != seen[-1]:
             seen.append(r)
     assert seen[-1] == 5, seen
-    assert all(0 < after - before <= 2 for before, after in zip(seen, seen[1:])), f"scaled up by more than 2 at once: {seen}"
+    assert all(0 < after - before <= 2 for before,
+               after in zip(seen, seen[1:])), f"scaled up by more than 2 at once: {seen}"
     time.sleep(3)
     assert replicas() == 5, "never above maxReplicas"
     wait_until("pods follow", lambda: (deployment(kube, namespace, pool).status.ready_replicas or 0) == 5, timeout=60)
@@ -469,12 +513,18 @@ def test_kubectl_scale_drives_the_pool(kube, namespace, operator):
     pool["spec"]["engine"] = {"type": "torch"}
     pool["spec"]["gpusPerReplica"] = 0
     create(kube, namespace, pool)
-    wait_until("selector published", lambda: (get(kube, namespace, "rolloutpools", "manual").get("status") or {}).get("selector"), timeout=60)
+    wait_until("selector published",
+               lambda: (get(kube, namespace, "rolloutpools", "manual").get("status") or {}).get("selector"), timeout=60)
     kube.kubectl("scale", "-n", namespace, "rolloutpool/manual", "--replicas=3")
-    wait_until("deployment follows", lambda: (d := deployment(kube, namespace, "manual")) and d.spec.replicas == 3, timeout=30)
-    wait_until("status.replicas", lambda: get(kube, namespace, "rolloutpools", "manual")["status"].get("replicas") == 3, timeout=60)
+    wait_until("deployment follows", lambda: (d := deployment(kube, namespace, "manual")) and d.spec.replicas == 3,
+               timeout=30)
+    wait_until("status.replicas", lambda: get(kube, namespace, "rolloutpools", "manual")["status"].get("replicas") == 3,
+               timeout=60)
     scale = kube.get_json("rolloutpool/manual", "-n", namespace, "--subresource=scale")
-    assert scale["spec"]["replicas"] == 3 and scale["status"]["selector"] == "kuberl.io/role=rollout,kuberl.io/rollout-pool=manual"
+    assert (
+        scale["spec"]["replicas"] == 3
+        and scale["status"]["selector"] == "kuberl.io/role=rollout,kuberl.io/rollout-pool=manual"
+    )
 
 
 # ---------------------------------------------------------------------------------------
@@ -490,7 +540,8 @@ def operator_counter(operator, prefix: str) -> float:
 def test_timer_rounds_of_an_unchanged_job_send_no_requests(kube, namespace, operator, nats_server):
     # Jobs of earlier tests in namespaces still terminating keep trying to recreate their
     # pods (and are refused): let them go first so the counts below are this job's.
-    wait_until("other test namespaces gone", lambda: not [n for n in kube.core.list_namespace(label_selector="kuberl.io/test=true").items
+    wait_until("other test namespaces gone",
+               lambda: not [n for n in kube.core.list_namespace(label_selector="kuberl.io/test=true").items
                                                           if n.metadata.name != namespace], timeout=120)
     create(kube, namespace, cpu_job("quiet", nats_server.url, replicas=1))
     wait_phase(kube, namespace, "quiet", "Running", timeout=90)
@@ -578,7 +629,8 @@ def test_the_jobs_story_is_told_in_events(kube, namespace, operator, nats_server
     asyncio.run(_trainer_reports(nats_server.url, namespace, "storied", step=5, stage=0, evaluation=None))
     wait_until("status step 5", lambda: job_status(kube, namespace, "storied").get("step") == 5, timeout=30)
     assert job_status(kube, namespace, "storied")["curriculumStage"] == "medium"
-    evaluation = {"step": 40, "policy_version": 40, "metrics": {"eval/held-out/greedy": 0.7, "eval/held-out/pass@1": 0.55}}
+    evaluation = {"step": 40, "policy_version": 40,
+                  "metrics": {"eval/held-out/greedy": 0.7, "eval/held-out/pass@1": 0.55}}
     asyncio.run(_trainer_reports(nats_server.url, namespace, "storied", step=40, stage=1, evaluation=evaluation))
 
     def told():
@@ -600,8 +652,10 @@ def test_an_evicted_rank_restarts_the_gang_without_spending_the_backoff_limit(ku
     now = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
     kube.core.patch_namespaced_pod_status("evicted-trainer-1", namespace, {"status": {
         "phase": "Failed", "reason": "Evicted", "message": "The node was low on resource: memory.",
-        "conditions": [{"type": "DisruptionTarget", "status": "True", "reason": "TerminationByKubelet", "lastTransitionTime": now}]}})
-    status = wait_until("restart after the eviction", lambda: (s := job_status(kube, namespace, "evicted")).get("restarts") == 1 and s, timeout=60)
+        "conditions": [{"type": "DisruptionTarget", "status": "True", "reason": "TerminationByKubelet",
+                        "lastTransitionTime": now}]}})
+    status = wait_until("restart after the eviction",
+                        lambda: (s := job_status(kube, namespace, "evicted")).get("restarts") == 1 and s, timeout=60)
     assert status["disruptions"] == 1 and status["phase"] != "Failed"
     # The restart count is patched before the Event is posted (a crash in between must not
     # restart twice), so the Event can trail the status: wait for it.

@@ -23,8 +23,10 @@ pytestmark = pytest.mark.cluster
 def start_operator(kube: Kube, namespace: str | list[str], priority: int, log_path: Path) -> subprocess.Popen:
     """An operator replica; its Prometheus port is `proc.metrics_port`."""
     metrics_port = free_port()
-    env = {**os.environ, "KUBECONFIG": str(kube.kubeconfig), "KUBERL_RECONCILE_INTERVAL": "1", "KUBERL_AUTOSCALER_TICK": "1",
-           "KUBERL_METRICS_PORT": str(metrics_port), "KUBERL_HEALTH_PORT": str(free_port()), "KUBERL_LOG_FORMAT": "json"}
+    env = {**os.environ, "KUBECONFIG": str(kube.kubeconfig), "KUBERL_RECONCILE_INTERVAL": "1",
+           "KUBERL_AUTOSCALER_TICK": "1",
+           "KUBERL_METRICS_PORT": str(metrics_port), "KUBERL_HEALTH_PORT": str(free_port()),
+           "KUBERL_LOG_FORMAT": "json"}
     with open(log_path, "w") as log:
         scope = [arg for ns in ([namespace] if isinstance(namespace, str) else namespace) for arg in ("-n", ns)]
         proc = subprocess.Popen([sys.executable, "-m", "kuberl.operator.cli", "operator", *scope,
@@ -54,7 +56,8 @@ def test_two_watched_namespaces_both_reconcile_with_peering(kube: Kube, namespac
     try:
         for ns in (namespace, second):
             wait_until(f"peering object in {ns}", lambda ns=ns: kube.kubectl(
-                "get", "kopfpeering", "kuberl-test", "-n", ns, "--ignore-not-found", "-o", "name").stdout.strip(), timeout=60)
+                "get", "kopfpeering", "kuberl-test", "-n", ns, "--ignore-not-found", "-o", "name").stdout.strip(),
+                       timeout=60)
         create(kube, namespace, cpu_job("first-ns", nats_server.url, replicas=1))
         create(kube, second, cpu_job("second-ns", nats_server.url, replicas=1))
         wait_until("job in the first namespace served", lambda: trainer_pods(kube, namespace, "first-ns"), timeout=60)
@@ -73,7 +76,8 @@ def test_two_replicas_elect_one_active(kube: Kube, namespace: str, nats_server):
     standby = start_operator(kube, namespace, 100, logs / "standby.log")
     try:
         def both_alive():
-            out = kube.kubectl("get", "kopfpeering", "kuberl-test", "-n", namespace, "--ignore-not-found", "-o", "yaml").stdout
+            out = kube.kubectl("get", "kopfpeering", "kuberl-test", "-n", namespace, "--ignore-not-found", "-o",
+                               "yaml").stdout
             return len((yaml.safe_load(out) or {}).get("status") or {}) == 2  # both replicas keep their keep-alive
 
         wait_until("both replicas in the peering", both_alive, timeout=90)
@@ -108,11 +112,13 @@ def test_two_replicas_elect_one_active(kube: Kube, namespace: str, nats_server):
                    lambda: "Resuming operations" in (logs / "standby.log").read_text(), timeout=120)
         # The takeover sends nothing for the job the leader served: the children are read
         # from the standby's watches and carry the digest of the manifest asserted last.
-        wait_until("the standby reconciles the job a few times", lambda: operator_counter(standby, rounds) >= 5, timeout=60)
+        wait_until("the standby reconciles the job a few times", lambda: operator_counter(standby, rounds) >= 5,
+                   timeout=60)
         assert operator_counter(standby, posts) == standby_posts
         assert operator_counter(standby, "kuberl_children_created_total") == 0
         create(kube, namespace, cpu_job("after-failover", nats_server.url, replicas=1))
-        wait_until("job served by the former standby", lambda: trainer_pods(kube, namespace, "after-failover"), timeout=60)
+        wait_until("job served by the former standby", lambda: trainer_pods(kube, namespace, "after-failover"),
+                   timeout=60)
     finally:
         for p in (leader, standby):
             stop_process(p)

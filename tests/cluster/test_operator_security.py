@@ -72,11 +72,13 @@ def test_credentials_come_only_from_secrets_and_are_never_shown(kube, namespace,
     doc = cpu_job("tenant", guarded_nats.url, replicas=1)
     doc["spec"]["buffer"]["credentialsSecret"] = {"name": "nats-creds"}
     doc["spec"]["weightStore"]["credentialsSecret"] = {"name": "s3-creds"}
-    doc["spec"]["trainer"]["env"] = [{"name": "HF_TOKEN", "valueFrom": {"secretKeyRef": {"name": "hf", "key": "token"}}}]
+    doc["spec"]["trainer"]["env"] = [{"name": "HF_TOKEN",
+                                      "valueFrom": {"secretKeyRef": {"name": "hf", "key": "token"}}}]
     create(kube, namespace, doc)
 
     # Before the Secrets exist the job waits, naming each one and what it must hold.
-    failed = wait_until("the missing Secrets named", lambda: (c := condition(job_status(kube, namespace, "tenant"), "Failed"))
+    failed = wait_until("the missing Secrets named",
+                        lambda: (c := condition(job_status(kube, namespace, "tenant"), "Failed"))
                         and c.get("reason") == "InvalidSpec" and c, timeout=60)
     assert "spec.buffer.credentialsSecret.name: Secret 'nats-creds' does not exist" in failed["message"]
     assert "spec.weightStore.credentialsSecret.name: Secret 's3-creds' does not exist" in failed["message"]
@@ -103,7 +105,8 @@ def test_credentials_come_only_from_secrets_and_are_never_shown(kube, namespace,
     mounts = {m.mount_path: m.name for m in container.volume_mounts}
     volumes = {v.name: v for v in pod.spec.volumes}
     assert volumes[mounts[NATS_CREDENTIALS_MOUNT]].secret.secret_name == "nats-creds"
-    agent = next(c for c in deployment(kube, namespace, "tenant-rollout").spec.template.spec.containers if c.name == "agent")
+    agent = next(c for c in deployment(kube, namespace,
+                                       "tenant-rollout").spec.template.spec.containers if c.name == "agent")
     assert {e.name for e in agent.env} >= {*S3_KEYS, NATS_CREDENTIALS_DIR_ENV}
 
     # Nothing secret in what anyone with read access to the job sees.
@@ -115,21 +118,26 @@ def test_credentials_come_only_from_secrets_and_are_never_shown(kube, namespace,
         json.dumps(kube.api_client.sanitize_for_serialization(pod)),
     ]
     for value in SECRET_VALUES:
-        assert not any(value in text for text in shown), "a secret value appears in a ConfigMap, status, Event, log or pod spec"
+        assert not any(value in text for text in shown), (
+            "a secret value appears in a ConfigMap, status, Event, log or pod spec"
+        )
 
 
 def test_a_child_the_api_server_refuses_is_a_condition_and_a_warning(kube, namespace, operator, guarded_nats):
     # A quota that admits no pods: the server refuses the trainer pod (403) and the
     # ReplicaSet's pods (ReplicaFailure) — what a restricted namespace does to a non-compliant pod.
-    kube.core.create_namespaced_resource_quota(namespace, {"metadata": {"name": "no-pods"}, "spec": {"hard": {"pods": "0"}}})
+    kube.core.create_namespaced_resource_quota(namespace,
+                                               {"metadata": {"name": "no-pods"}, "spec": {"hard": {"pods": "0"}}})
     secret(kube, namespace, "nats-creds", NATS_USER)
     doc = cpu_job("refused", guarded_nats.url, replicas=1)
     doc["spec"]["buffer"]["credentialsSecret"] = {"name": "nats-creds"}
     create(kube, namespace, doc)
-    created = wait_until("Created False with the server's reason", lambda: (c := condition(job_status(kube, namespace, "refused"), "Created"))
+    created = wait_until("Created False with the server's reason",
+                         lambda: (c := condition(job_status(kube, namespace, "refused"), "Created"))
                          and c.get("reason") == "ChildRejected" and c, timeout=90)
     assert "trainer pod 0" in created["message"] and "quota" in created["message"]
-    rollout = wait_until("RolloutReady names the refused pods", lambda: (c := condition(job_status(kube, namespace, "refused"), "RolloutReady"))
+    rollout = wait_until("RolloutReady names the refused pods",
+                         lambda: (c := condition(job_status(kube, namespace, "refused"), "RolloutReady"))
                          and c.get("reason") == "PodsRejected" and c, timeout=90)
     assert "RolloutPool refused-rollout" in rollout["message"] and "quota" in rollout["message"]
     reasons = {(e.type, e.reason) for e in kube.core.list_namespaced_event(namespace).items}
@@ -153,7 +161,9 @@ def test_deleting_a_job_whose_buffer_is_gone_lets_go_with_a_warning(kube, namesp
 def test_an_agentenv_may_not_switch_its_sandbox_off(kube, namespace, operator):
     create(kube, namespace, {"apiVersion": "kuberl.io/v1alpha1", "kind": "AgentEnv", "metadata": {"name": "open-env"},
                              "spec": {"sandbox": {"denyEgress": False}}})
-    ready = wait_until("AgentEnv refused", lambda: (c := condition((get(kube, namespace, "agentenvs", "open-env") or {}).get("status") or {}, "Ready"))
+    ready = wait_until("AgentEnv refused", lambda: (c := condition((get(kube, namespace, "agentenvs",
+                                                                        "open-env") or {}).get("status") or {},
+                                                                   "Ready"))
                        and c.get("reason") == "InvalidSpec" and c, timeout=60)
     assert "spec.sandbox.denyEgress" in ready["message"] and "security.allowSandboxOptOut" in ready["message"]
     assert deployment(kube, namespace, "open-env") is None
@@ -161,9 +171,13 @@ def test_an_agentenv_may_not_switch_its_sandbox_off(kube, namespace, operator):
 
 def test_a_buffer_outside_the_endpoint_allowlist_is_refused_before_the_operator_dials_it(kube, namespace, operator):
     create(kube, namespace, cpu_job("elsewhere", "nats://10.0.0.99:4222", replicas=1))
-    failed = wait_until("refused by the allowlist", lambda: (c := condition(job_status(kube, namespace, "elsewhere"), "Failed"))
+    failed = wait_until("refused by the allowlist",
+                        lambda: (c := condition(job_status(kube, namespace, "elsewhere"), "Failed"))
                         and c.get("reason") == "InvalidSpec" and c, timeout=60)
-    assert "spec.buffer.url: host '10.0.0.99' is not among the endpoints this installation allows (127.0.0.1)" in failed["message"]
+    assert (
+        "spec.buffer.url: host '10.0.0.99' is not among the endpoints this installation allows (127.0.0.1)"
+        in failed["message"]
+    )
     assert not trainer_pods(kube, namespace, "elsewhere")
     # Never dialled: no buffer condition, no connection attempt in the operator's log.
     assert not condition(job_status(kube, namespace, "elsewhere"), "BufferReady")

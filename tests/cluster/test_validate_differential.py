@@ -182,7 +182,8 @@ def disagreement(doc: dict, post) -> str | None:
         return (f"the API server {'accepted' if server_accepts else f'refused ({status})'} what kuberl validate "
                 f"{'refused' if local else 'accepted'}:\nlocal: {[str(e) for e in local]}\nserver: {message[:2000]}")
     if local and not [e for e in local if e.path in _as_local_paths(message)]:
-        return f"no field kuberl validate names is in the server's message:\nlocal: {[str(e) for e in local]}\nserver: {message[:2000]}"
+        said = [str(e) for e in local]
+        return f"no field kuberl validate names is in the server's message:\nlocal: {said}\nserver: {message[:2000]}"
     return None
 
 
@@ -216,7 +217,8 @@ REGRESSIONS: dict[str, dict] = {
     "null-field-is-left-out": _regression("RLJob", spec__model__dtype=None),  # the server prunes it, then defaults
     "label-value-too-long": _regression("RLJob", metadata={"name": "differential", "labels": {"team": "x" * 64}}),
     "cel-rule-on-a-missing-key": _regression("RLJob", spec__reward={"type": "agentEnv"}),  # crashed kuberl validate
-    "annotations-over-256-KiB": _regression("RLJob", metadata={"name": "differential", "annotations": {"note": "x" * 262200}}),
+    "annotations-over-256-KiB": _regression("RLJob",
+                                            metadata={"name": "differential", "annotations": {"note": "x" * 262200}}),
 }
 
 

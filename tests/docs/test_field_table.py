@@ -224,13 +224,16 @@ def test_row_is_well_formed(row):
         else:
             assert tests, f"{field}: name a test that shows its effect, or list it in EFFECT_WITHOUT_TEST"
     elif effect.startswith("partial: "):
-        assert ISSUE.search(effect), f"{field}: a partial row names the issue that completes it (or says 'no issue filed')"
+        assert ISSUE.search(effect), (
+            f"{field}: a partial row names the issue that completes it (or says 'no issue filed')"
+        )
     elif effect.startswith("refused: "):
         # A field that does nothing yet is refused by the API server with a message saying so.
         said = effect[len("refused: "):].strip()
         assert said and any(said in m for m in _cel_messages()), f"{field}: no CEL rule of the CRDs says {said!r}"
     elif effect.startswith("none: "):
-        pytest.fail(f"{field} has no effect: refuse it by validation (a 'refused: <the rule's message>' row) or remove it")
+        pytest.fail(f"{field} has no effect: refuse it by validation (a 'refused: <the rule's message>' row) or remove "
+                    f"it")
     else:
         pytest.fail(f"{field}: effect must be 'effect', 'partial: ...' or 'refused: ...', not {effect!r}")
     if effect != "effect":
@@ -240,7 +243,8 @@ def test_row_is_well_formed(row):
         assert m, f"{field}: {node!r} is not a node id tests/<path>.py::test_<name>"
         path = ROOT / m["path"]
         assert path.is_file(), f"{field}: {m['path']} does not exist"
-        assert re.search(rf"^\s*(async\s+)?def {m['name']}\(", path.read_text(), re.M), f"{field}: no test {m['name']} in {m['path']}"
+        assert re.search(rf"^\s*(async\s+)?def {m['name']}\(", path.read_text(),
+                         re.M), f"{field}: no test {m['name']} in {m['path']}"
 
 
 def test_effect_without_test_names_only_table_rows():

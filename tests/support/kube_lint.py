@@ -53,7 +53,11 @@ def pod_spec_of(obj: dict) -> dict | None:
 
 
 def _containers(spec: dict, init: bool) -> list[dict]:
-    return list(spec.get("initContainers") or []) + list(spec.get("containers") or []) if init else list(spec.get("containers") or [])
+    return (
+        list(spec.get("initContainers") or []) + list(spec.get("containers") or [])
+        if init
+        else list(spec.get("containers") or [])
+    )
 
 
 def run_as_non_root(spec: dict) -> list[str]:
@@ -74,8 +78,11 @@ def run_as_non_root(spec: dict) -> list[str]:
 
 
 def no_read_only_root_fs(spec: dict) -> list[str]:
-    return [f"container {c['name']!r} does not have a read-only root file system"
-            for c in _containers(spec, init=False) if (c.get("securityContext") or {}).get("readOnlyRootFilesystem") is not True]
+    return [
+        f"container {c['name']!r} does not have a read-only root file system"
+        for c in _containers(spec, init=False)
+        if (c.get("securityContext") or {}).get("readOnlyRootFilesystem") is not True
+    ]
 
 
 def unset_memory_requirements(spec: dict) -> list[str]:
@@ -101,7 +108,8 @@ def secrets_only_by_reference(spec: dict) -> list[str]:
     for c in _containers(spec, init=True):
         for source in c.get("envFrom") or []:
             if "secretRef" in source:
-                out.append(f"container {c['name']!r} takes its environment from Secret {source['secretRef'].get('name')!r}")
+                out.append(f"container {c['name']!r} takes its environment from Secret "
+                           f"{source['secretRef'].get('name')!r}")
         for e in c.get("env") or []:
             if e.get("value") and SECRET_LOOKING.match(e["name"]):
                 out.append(f"container {c['name']!r} sets {e['name']} to a literal value")

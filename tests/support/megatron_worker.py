@@ -36,10 +36,12 @@ def random_hf_state(cfg: dict, seed: int) -> dict[str, torch.Tensor]:
             p + "post_attention_layernorm.weight": 1 + rnd(h, scale=0.1),
             p + "self_attn.q_proj.weight": rnd(h, h), p + "self_attn.k_proj.weight": rnd(kv, h),
             p + "self_attn.v_proj.weight": rnd(kv, h), p + "self_attn.o_proj.weight": rnd(h, h),
-            p + "mlp.gate_proj.weight": rnd(i, h), p + "mlp.up_proj.weight": rnd(i, h), p + "mlp.down_proj.weight": rnd(h, i),
+            p + "mlp.gate_proj.weight": rnd(i, h), p + "mlp.up_proj.weight": rnd(i, h),
+            p + "mlp.down_proj.weight": rnd(h, i),
         }
         if cfg.get("attention_bias"):
-            state |= {p + "self_attn.q_proj.bias": rnd(h), p + "self_attn.k_proj.bias": rnd(kv), p + "self_attn.v_proj.bias": rnd(kv)}
+            state |= {p + "self_attn.q_proj.bias": rnd(h), p + "self_attn.k_proj.bias": rnd(kv),
+                      p + "self_attn.v_proj.bias": rnd(kv)}
     return state
 
 
@@ -77,7 +79,8 @@ def fixed_batch(vocab_size: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tens
 
 def main() -> None:
     parser = argparse.ArgumentParser()
-    parser.add_argument("--model-dir", required=True, help="HF layout: config.json (+ model.safetensors, else random weights)")
+    parser.add_argument("--model-dir", required=True,
+                        help="HF layout: config.json (+ model.safetensors, else random weights)")
     parser.add_argument("--out", required=True)
     parser.add_argument("--seed", type=int, default=7)
     parser.add_argument("--pp", type=int, default=1, help="pipeline stages; TP = world size / pp")

@@ -45,7 +45,8 @@ def pool(file: str = "shared-rolloutpool.yaml", **meta) -> RolloutPool:
 def workload_config_for(spec: dict, name: str = "tiny", namespace: str = "default", **endpoints) -> WorkloadConfig:
     """The WorkloadConfig a job with this (camelCase) spec gets, through the function the
     operator and `kuberl run` use; ``endpoints``: nats_url, s3_endpoint, output_dir, …"""
-    doc = validate({"apiVersion": API_VERSION, "kind": "RLJob", "metadata": {"name": name, "namespace": namespace}, "spec": spec})
+    doc = validate({"apiVersion": API_VERSION, "kind": "RLJob", "metadata": {"name": name, "namespace": namespace},
+                    "spec": spec})
     return job_workload_config(RLJob.model_validate(doc), **endpoints)
 
 

@@ -69,7 +69,8 @@ class RecordingCluster:
         obj = self.objects.get((kind, namespace, name))
         return copy.deepcopy(obj) if obj is not None else None
 
-    def list(self, api_version: str, kind: str, namespace: str, selector: Mapping[str, str] | None = None) -> list[dict[str, Any]]:
+    def list(self, api_version: str, kind: str, namespace: str,
+             selector: Mapping[str, str] | None = None) -> list[dict[str, Any]]:
         return [copy.deepcopy(o) for (k, ns, _), o in self.objects.items() if k == kind and ns == namespace
                 and all((o["metadata"].get("labels") or {}).get(key) == v for key, v in (selector or {}).items())]
 

@@ -12,9 +12,11 @@ from dataclasses import dataclass, field
 DEFAULT_WORKLOAD_IMAGE = "ghcr.io/kuberl/kuberl:0.1.0"
 DEFAULT_TRAINER_IMAGE = "ghcr.io/kuberl/kuberl-trainer:0.1.0"
 DEFAULT_SGLANG_IMAGE = "lmsysorg/sglang:v0.5.23-cu129"
-# The SGLang image plus megatron-core and kuberl (workloads/Dockerfile.colocated): colocated jobs with colocatedEngine sglang.
+# The SGLang image plus megatron-core and kuberl (workloads/Dockerfile.colocated): colocated jobs with colocatedEngine
+# sglang.
 DEFAULT_COLOCATED_IMAGE = "ghcr.io/kuberl/kuberl-colocated:0.1.0"
-# SGLang's CPU build plus kuberl's sgl_kernel stand-in (builders.SGLANG_CPU_KERNELS_DIR), for pools with gpusPerReplica 0.
+# SGLang's CPU build plus kuberl's sgl_kernel stand-in (builders.SGLANG_CPU_KERNELS_DIR), for pools with gpusPerReplica
+# 0.
 DEFAULT_SGLANG_CPU_IMAGE = "ghcr.io/kuberl/kuberl-sglang-cpu:0.1.0"
 
 
@@ -91,5 +93,6 @@ class OperatorSettings:
             finalizer_retries=_env_int("KUBERL_FINALIZER_RETRIES", d.finalizer_retries),
             allow_sandbox_opt_out=os.environ.get("KUBERL_ALLOW_SANDBOX_OPT_OUT", "").lower() in ("1", "true", "yes"),
             read_job_secrets=os.environ.get("KUBERL_READ_JOB_SECRETS", "true").lower() not in ("0", "false", "no"),
-            endpoint_allowlist=tuple(h.strip() for h in os.environ.get("KUBERL_ENDPOINT_ALLOWLIST", "").split(",") if h.strip()),
+            endpoint_allowlist=tuple(h.strip() for h in os.environ.get("KUBERL_ENDPOINT_ALLOWLIST",
+                                                                       "").split(",") if h.strip()),
         )

@@ -18,7 +18,8 @@ def test_kopf_hands_both_toggle_sets_to_each_resource_watcher_through_the_attrib
     source = inspect.getsource(orchestration.spawn_missing_watchers)
     assert "queueing.watcher(" in source and "operator_paused=ensemble.operator_paused" in source \
         and "operator_indexed=ensemble.operator_indexed" in source
-    assert set(inspect.signature(kopf_reactor._original_watcher).parameters) >= {"operator_paused", "operator_indexed", "resource_indexed"}
+    assert set(inspect.signature(kopf_reactor._original_watcher).parameters) >= {"operator_paused", "operator_indexed",
+                                                                                 "resource_indexed"}
 
 
 def test_the_wrapper_remembers_the_sets_and_serving_and_indexed_follow_them(monkeypatch):
@@ -31,7 +32,8 @@ def test_the_wrapper_remembers_the_sets_and_serving_and_indexed_follow_them(monk
         kopf_reactor.install()
         paused, indexed = aiotoggles.ToggleSet(any), aiotoggles.ToggleSet(all)
         listing = await indexed.make_toggle(False, name="rljobs@ns")
-        peer = queueing.watcher(settings=None, resource=None, namespace=None, processor=None)  # a peering watcher: no sets
+        peer = queueing.watcher(settings=None, resource=None, namespace=None,
+                                processor=None)  # a peering watcher: no sets
         peer.close()
         coro = queueing.watcher(settings=None, resource=None, namespace=None, processor=None,
                                 operator_paused=paused, operator_indexed=indexed)

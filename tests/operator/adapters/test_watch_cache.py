@@ -31,8 +31,10 @@ def test_pods_are_found_by_name_and_by_each_selector_label():
     cache = WatchCache()
     cache.bind(indexed([("Pod", trainer), ("Pod", engine)]))
     assert cache.get("v1", "Pod", "ns", "j-trainer-0")["metadata"]["uid"] == "u-j-trainer-0"
-    assert [p["metadata"]["name"] for p in cache.list("v1", "Pod", "ns", {LABEL_JOB: "j", LABEL_ROLE: "trainer"})] == ["j-trainer-0"]
-    assert [p["metadata"]["name"] for p in cache.list("v1", "Pod", "ns", {LABEL_ROLE: "rollout", LABEL_POOL: "j-rollout"})] == ["p-abc"]
+    assert [p["metadata"]["name"] for p in cache.list("v1", "Pod", "ns",
+                                                      {LABEL_JOB: "j", LABEL_ROLE: "trainer"})] == ["j-trainer-0"]
+    assert [p["metadata"]["name"] for p in cache.list("v1", "Pod", "ns",
+                                                      {LABEL_ROLE: "rollout", LABEL_POOL: "j-rollout"})] == ["p-abc"]
     assert cache.list("v1", "Pod", "other", {LABEL_JOB: "j"}) == []
     assert cache.get("v1", "Pod", "ns", "gone") is None
 
@@ -41,9 +43,11 @@ def test_pods_and_deployments_are_slimmed_custom_objects_kept_whole():
     kept = slim("Pod", pod("a", {LABEL_JOB: "j"}))
     assert kept["status"] == {"phase": "Running", "conditions": [{"type": "Ready", "status": "True"}]}
     assert "spec" not in kept and "managedFields" not in kept["metadata"] and kept["metadata"]["resourceVersion"] == "7"
-    deployment = {"metadata": {"name": "d", "annotations": {"h": "1"}}, "spec": {"replicas": 3, "template": {"spec": {}}},
+    deployment = {"metadata": {"name": "d", "annotations": {"h": "1"}},
+                  "spec": {"replicas": 3, "template": {"spec": {}}},
                   "status": {"readyReplicas": 2}}
-    assert slim("Deployment", deployment) == {"metadata": {"name": "d", "annotations": {"h": "1"}}, "spec": {"replicas": 3},
+    assert slim("Deployment", deployment) == {"metadata": {"name": "d", "annotations": {"h": "1"}},
+                                              "spec": {"replicas": 3},
                                               "status": {"readyReplicas": 2}}
     job = {"metadata": {"name": "j"}, "spec": {"trainer": {"replicas": 2}}, "status": {"phase": "Running"}}
     assert slim("RLJob", job) == job

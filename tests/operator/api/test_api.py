@@ -23,7 +23,8 @@ from tests.support.malformed_cases import MALFORMED_CASES
 
 ROOT = Path(__file__).resolve().parents[3]
 EXAMPLE_DOCS = [
-    (path.name, doc) for path in sorted((ROOT / "examples").glob("*.yaml")) for doc in yaml.safe_load_all(path.read_text()) if doc
+    (path.name,
+     doc) for path in sorted((ROOT / "examples").glob("*.yaml")) for doc in yaml.safe_load_all(path.read_text()) if doc
 ]
 MODELS = {"RLJob": RLJob, "RolloutPool": RolloutPool, "AgentEnv": AgentEnv}
 
@@ -45,7 +46,8 @@ def test_three_crds_with_status_scale_columns_and_category():
         assert crd["spec"]["names"]["shortNames"]
         assert any(col["jsonPath"] == ".metadata.creationTimestamp" for col in version["additionalPrinterColumns"])
     scale = crds["RolloutPool"]["spec"]["versions"][0]["subresources"]["scale"]
-    assert scale == {"specReplicasPath": ".spec.replicas", "statusReplicasPath": ".status.replicas", "labelSelectorPath": ".status.selector"}
+    assert scale == {"specReplicasPath": ".spec.replicas", "statusReplicasPath": ".status.replicas",
+                     "labelSelectorPath": ".status.selector"}
     columns = {c["name"] for c in crds["RLJob"]["spec"]["versions"][0]["additionalPrinterColumns"]}
     assert {"Phase", "Step", "Reward", "Policy", "Rollout", "Age"} <= columns
 
@@ -97,7 +99,8 @@ def test_defaults_match_the_models():
     """The API server's defaults (from the schema) equal pydantic's: one source of truth."""
     doc = dict(EXAMPLE_DOCS)["tiny-cpu.yaml"]
     minimal = {"apiVersion": doc["apiVersion"], "kind": "RLJob", "metadata": {"name": "m"},
-               "spec": {"model": doc["spec"]["model"], "datasets": doc["spec"]["datasets"], "weightStore": {"bucket": "bkt"},
+               "spec": {"model": doc["spec"]["model"], "datasets": doc["spec"]["datasets"],
+                        "weightStore": {"bucket": "bkt"},
                         "reward": {"verifier": {"name": "arithmetic"}}}}
     defaulted = validate(minimal)
     assert defaulted["spec"]["algorithm"]["groupSize"] == 8
@@ -131,10 +134,12 @@ def test_validate_cli_reports_field(tmp_path):
     bad = MALFORMED_CASES[0]
     path = tmp_path / "bad.yaml"
     path.write_text(yaml.safe_dump(bad.manifest))
-    out = subprocess.run([sys.executable, "-m", "kuberl.operator.cli", "validate", str(path)], capture_output=True, text=True)
+    out = subprocess.run([sys.executable, "-m", "kuberl.operator.cli", "validate", str(path)], capture_output=True,
+                         text=True)
     assert out.returncode == 1
     assert bad.expect in out.stderr
-    ok = subprocess.run([sys.executable, "-m", "kuberl.operator.cli", "validate", str(ROOT / "examples" / "tiny-cpu.yaml")], capture_output=True, text=True)
+    ok = subprocess.run([sys.executable, "-m", "kuberl.operator.cli", "validate",
+                         str(ROOT / "examples" / "tiny-cpu.yaml")], capture_output=True, text=True)
     assert ok.returncode == 0, ok.stderr
 
 

@@ -121,7 +121,9 @@ def test_scheduling_hooks_priority_affinity_and_queue():
     j.spec.trainer.placement.affinity = affinity
     pod = trainer_pod(j, NS, 1, 2, S)
     spec, labels, ann = pod["spec"], pod["metadata"]["labels"], pod["metadata"]["annotations"]
-    assert spec["schedulerName"] == "volcano" and spec["priorityClassName"] == "rl-high" and spec["affinity"] == affinity
+    assert (
+        spec["schedulerName"] == "volcano" and spec["priorityClassName"] == "rl-high" and spec["affinity"] == affinity
+    )
     assert labels["scheduling.x-k8s.io/pod-group"] == "qwen-math-colocated-trainer-g2"
     assert labels["kueue.x-k8s.io/queue-name"] == "research"
     assert labels["kueue.x-k8s.io/pod-group-name"] == "qwen-math-colocated-trainer-g2"
@@ -161,7 +163,8 @@ def test_sglang_pool_deployment_has_engine_and_agent():
     assert engine["resources"]["limits"]["nvidia.com/gpu"] == "2"
     assert engine["readinessProbe"]["exec"]["command"][3] == f"http://127.0.0.1:{ENGINE_PORT}/health_generate"
     assert agent["name"] == "agent" and "KUBERL_ENGINE_URL" not in env_of(agent)  # the engine URL is in the job config
-    assert {"name": "kuberl-config", "configMap": {"name": "agentic-tools-config", "optional": True}} in tpl["spec"]["volumes"]
+    assert {"name": "kuberl-config",
+            "configMap": {"name": "agentic-tools-config", "optional": True}} in tpl["spec"]["volumes"]
     assert tpl["spec"]["nodeSelector"] == {"kuberl.io/pool": "gpu"}
     assert tpl["metadata"]["labels"][LABEL_JOB] == "agentic-tools"
 
@@ -197,14 +200,16 @@ def test_sglang_pod_shares_a_scratch_dir_and_probes_the_server():
     assert {k: p["exec"]["command"][3] for k, p in probes.items()} == {
         "startupProbe": f"http://127.0.0.1:{ENGINE_PORT}/health", "readinessProbe": f"http://127.0.0.1:{ENGINE_PORT}/health_generate",
         "livenessProbe": f"http://127.0.0.1:{ENGINE_PORT}/health"}
-    assert [(p["periodSeconds"], p.get("failureThreshold")) for p in probes.values()] == [(10, 180), (10, None), (15, 4)]
+    assert [(p["periodSeconds"], p.get("failureThreshold")) for p in probes.values()] == [(10, 180), (10, None),
+                                                                                          (15, 4)]
     assert not [p for p in probes.values() if "httpGet" in p]
     assert "initContainers" not in tpl
 
 
 def test_sglang_cpu_pool_with_the_builtin_model():
     doc = example("shared-rolloutpool.yaml", "RolloutPool")
-    doc["spec"].update({"gpusPerReplica": 0, "engine": {"type": "sglang", "tensorParallelSize": 1, "memFractionStatic": 0.1}})
+    doc["spec"].update({"gpusPerReplica": 0,
+                        "engine": {"type": "sglang", "tensorParallelSize": 1, "memFractionStatic": 0.1}})
     p = RolloutPool.model_validate(doc)
     d = rollout_deployment(p, NS, S, bound_job="tiny", model_source="builtin://tiny")
     tpl = d["spec"]["template"]["spec"]
@@ -217,7 +222,8 @@ def test_sglang_cpu_pool_with_the_builtin_model():
     assert engine["image"] == S.sglang_cpu_image and "nvidia.com/gpu" not in str(engine["resources"])
     # builtin:// weights are not a path SGLang can load: an init container writes them into the scratch dir first.
     [init] = tpl["initContainers"]
-    assert _flag(args, "--model-path") == ENGINE_INITIAL_MODEL_DIR and init["command"][-2:] == ["builtin://tiny", ENGINE_INITIAL_MODEL_DIR]
+    assert _flag(args, "--model-path") == ENGINE_INITIAL_MODEL_DIR and init["command"][-2:] == ["builtin://tiny",
+                                                                                                ENGINE_INITIAL_MODEL_DIR]
     assert init["image"] == S.workload_image
     assert {"name": ENGINE_SCRATCH_VOLUME, "mountPath": ENGINE_SCRATCH_DIR} in init["volumeMounts"]
     assert env_of(agent)["KUBERL_ENGINE_SCRATCH"] == ENGINE_SCRATCH_DIR
@@ -241,7 +247,8 @@ def test_sglang_job_config_names_the_engine_url():
     cfg = WorkloadConfig.model_validate(yaml.safe_load(cm["data"]["config.yaml"]))
     assert cfg.rollout.engine == "sglang" and cfg.rollout.engine_url == engine_url()
     tiny = job("tiny-cpu.yaml")
-    cfg = WorkloadConfig.model_validate(yaml.safe_load(job_config_map(tiny, S, job_workload_config(tiny))["data"]["config.yaml"]))
+    cfg = WorkloadConfig.model_validate(yaml.safe_load(job_config_map(tiny, S,
+                                                                      job_workload_config(tiny))["data"]["config.yaml"]))
     assert cfg.rollout.engine == "torch" and cfg.rollout.engine_url is None
 
 
@@ -263,7 +270,8 @@ def test_agents_learn_their_node_and_address_and_serve_weights_only_when_they_sh
     """weightFetch perNode (the default): the agent knows its node and pod address (downward
     API) and declares the port it serves the node's downloads on; perAgent: none of it."""
     agent = _containers(rollout_deployment(pool(), NS, S, bound_job="agentic-tools"))["agent"]
-    refs = {e["name"]: e["valueFrom"]["fieldRef"]["fieldPath"] for e in agent["env"] if "fieldRef" in e.get("valueFrom", {})}
+    refs = {e["name"]: e["valueFrom"]["fieldRef"]["fieldPath"] for e in agent["env"] if "fieldRef" in e.get("valueFrom",
+                                                                                                            {})}
     assert refs["NODE_NAME"] == "spec.nodeName" and refs["POD_IP"] == "status.podIP"
     assert env_of(agent)["KUBERL_WEIGHT_RELAY_PORT"] == "9410"
     assert {"name": "weights", "containerPort": 9410} in agent["ports"]
@@ -294,7 +302,11 @@ def test_agent_env_is_sandboxed():
     assert pod["securityContext"]["seccompProfile"] == {"type": "RuntimeDefault"}
     assert pod["runtimeClassName"] == "gvisor" and pod["automountServiceAccountToken"] is False
     sc = c["securityContext"]
-    assert sc["allowPrivilegeEscalation"] is False and sc["readOnlyRootFilesystem"] is True and sc["capabilities"] == {"drop": ["ALL"]}
+    assert (
+        sc["allowPrivilegeEscalation"] is False
+        and sc["readOnlyRootFilesystem"] is True
+        and sc["capabilities"] == {"drop": ["ALL"]}
+    )
     assert {"name": "tmp", "mountPath": "/tmp"} in c["volumeMounts"]
     assert _flag(c["args"], "--task") == "calculator-tool" and _flag(c["args"], "--latency") == "lognormal"
     assert not [e for e in c["env"] if e["name"].startswith("KUBERL_")]  # the settings travel as the server's args
@@ -333,19 +345,22 @@ def test_trainer_and_rollout_pods_declare_the_metrics_port_their_process_serves(
     pod = trainer_pod(job(), NS, 0, 0, S)["spec"]["containers"][0]
     assert {"name": "metrics", "containerPort": WORKLOAD_METRICS_PORT} in pod["ports"]
     assert {"name": METRICS_PORT_ENV, "value": str(WORKLOAD_METRICS_PORT)} in pod["env"]
-    agent = next(c for c in rollout_deployment(pool(), NS, S)["spec"]["template"]["spec"]["containers"] if c["name"] == "agent")
+    agent = next(c for c in rollout_deployment(pool(), NS,
+                                               S)["spec"]["template"]["spec"]["containers"] if c["name"] == "agent")
     assert {"name": "metrics", "containerPort": WORKLOAD_METRICS_PORT} in agent["ports"]
     assert {"name": METRICS_PORT_ENV, "value": str(WORKLOAD_METRICS_PORT)} in agent["env"]
 
 
 def test_the_wandb_key_reaches_the_trainer_from_its_secret_never_as_a_literal():
-    j = job(observability={"wandb": {"project": "p", "apiKeySecret": {"name": "wandb", "key": "wandb-token"}, "baseUrl": "https://wandb.example.com"}})
+    j = job(observability={"wandb": {"project": "p", "apiKeySecret": {"name": "wandb", "key": "wandb-token"},
+                                     "baseUrl": "https://wandb.example.com"}})
     env = trainer_pod(j, NS, 0, 0, S)["spec"]["containers"][0]["env"]
     assert {"name": "WANDB_API_KEY", "valueFrom": {"secretKeyRef": {"name": "wandb", "key": "wandb-token"}}} in env
     assert {"name": "WANDB_BASE_URL", "value": "https://wandb.example.com"} in env
     cfg = job_workload_config(j)
     assert cfg.observability.wandb.project == "p" and "WANDB_API_KEY" not in cfg.dump()
-    assert not [e for e in trainer_pod(job(), NS, 0, 0, S)["spec"]["containers"][0]["env"] if e["name"].startswith("WANDB_")]
+    assert not [e for e in trainer_pod(job(), NS, 0, 0,
+                                       S)["spec"]["containers"][0]["env"] if e["name"].startswith("WANDB_")]
 
 
 def test_the_hub_cache_claim_reaches_every_container_that_reads_hf_sources():
@@ -359,13 +374,17 @@ def test_the_hub_cache_claim_reaches_every_container_that_reads_hf_sources():
     deployment = pool_children(pool("shared-rolloutpool.yaml"), S, cached).deployment
     rollout = deployment["spec"]["template"]["spec"]
     for pod in (trainer, rollout):
-        assert {"name": "hf-hub-cache", "persistentVolumeClaim": {"claimName": "hf-models", "readOnly": True}} in pod["volumes"]
+        assert {"name": "hf-hub-cache",
+                "persistentVolumeClaim": {"claimName": "hf-models", "readOnly": True}} in pod["volumes"]
         containers = [*pod.get("initContainers", []), *pod["containers"]]
         assert len(containers) >= (1 if pod is trainer else 2)
         for c in containers:
-            assert {"name": "hf-hub-cache", "mountPath": HUB_CACHE_DIR, "readOnly": True, "subPath": "hub"} in c["volumeMounts"]
+            assert {"name": "hf-hub-cache", "mountPath": HUB_CACHE_DIR, "readOnly": True,
+                    "subPath": "hub"} in c["volumeMounts"]
             assert env_of(c)["HF_HUB_CACHE"] == HUB_CACHE_DIR and env_of(c)["HF_HUB_OFFLINE"] == "1"
     engine = next(c for c in rollout["containers"] if c["name"] != "agent")
-    assert engine["args"][engine["args"].index("--model-path") + 1] == "Qwen/Qwen2.5-0.5B-Instruct"  # resolved in the cache
+    assert (
+        engine["args"][engine["args"].index("--model-path") + 1] == "Qwen/Qwen2.5-0.5B-Instruct"
+    )  # resolved in the cache
     plain = trainer_pod(job("tiny-megatron-sglang.yaml"), NS, 0, 0, S)["spec"]
     assert all(v["name"] != "hf-hub-cache" for v in plain["volumes"])

@@ -35,8 +35,13 @@ def test_value_from_reaches_trainer_rollout_and_env_containers():
     j = base.model_validate({"metadata": base.metadata, "spec": spec})
     assert _user_vars(trainer_pod(j, "team-a", 0, 0, settings)["spec"]["containers"][0]) == WIRE
 
-    pool = RolloutPool.model_validate({"metadata": {"name": "p", "namespace": "team-a"}, "spec": {"agent": {"env": ENV}}})
-    agent = next(c for c in rollout_deployment(pool, "team-a", settings)["spec"]["template"]["spec"]["containers"] if c["name"] == "agent")
+    pool = RolloutPool.model_validate({"metadata": {"name": "p", "namespace": "team-a"},
+                                       "spec": {"agent": {"env": ENV}}})
+    agent = next(
+        c
+        for c in rollout_deployment(pool, "team-a", settings)["spec"]["template"]["spec"]["containers"]
+        if c["name"] == "agent"
+    )
     assert _user_vars(agent) == WIRE
 
     env = AgentEnv.model_validate({"metadata": {"name": "e", "namespace": "team-a"}, "spec": {"env": ENV}})

@@ -74,7 +74,8 @@ def credentialed_job(file: str = "tiny-cpu.yaml") -> RLJob:
 
 def sglang_cpu_pool() -> RolloutPool:
     doc = example("shared-rolloutpool.yaml", "RolloutPool")
-    doc["spec"].update({"gpusPerReplica": 0, "engine": {"type": "sglang", "tensorParallelSize": 1, "memFractionStatic": 0.1}})
+    doc["spec"].update({"gpusPerReplica": 0,
+                        "engine": {"type": "sglang", "tensorParallelSize": 1, "memFractionStatic": 0.1}})
     return RolloutPool.model_validate(doc)
 
 
@@ -107,7 +108,8 @@ def test_every_example_pod_passes_the_kube_linter_checks(credentials):
             assert sc["readOnlyRootFilesystem"] is True and sc["allowPrivilegeEscalation"] is False, (name, c["name"])
             assert sc["capabilities"] == {"drop": ["ALL"]}, (name, c["name"])
             assert res["requests"]["cpu"] and res["requests"]["memory"] and res["limits"]["memory"], (name, c["name"])
-            assert quantity_value(res["requests"]["memory"]) <= quantity_value(res["limits"]["memory"]), (name, c["name"])
+            assert quantity_value(res["requests"]["memory"]) <= quantity_value(res["limits"]["memory"]), (name,
+                                                                                                          c["name"])
         assert spec["securityContext"]["seccompProfile"] == {"type": "RuntimeDefault"}, name
         assert spec["automountServiceAccountToken"] is False and spec["enableServiceLinks"] is False, name
     secret_refs = {e["valueFrom"]["secretKeyRef"]["name"] for _, spec in specs for c in all_containers(spec)
@@ -118,12 +120,14 @@ def test_every_example_pod_passes_the_kube_linter_checks(credentials):
 def test_the_lint_checks_fail_a_pod_that_is_not_hardened():
     # The checks above could pass vacuously; this pod breaks each of them.
     bare = {"kind": "Pod", "spec": {"containers": [
-        {"name": "c", "image": "x", "envFrom": [{"secretRef": {"name": "s"}}], "env": [{"name": "DB_PASSWORD", "value": "hunter2"}]}]}}
+        {"name": "c", "image": "x", "envFrom": [{"secretRef": {"name": "s"}}],
+         "env": [{"name": "DB_PASSWORD", "value": "hunter2"}]}]}}
     assert set(kube_lint.lint(bare)) == set(kube_lint.CHECKS)
     root = {"kind": "Pod", "spec": {"securityContext": {"runAsNonRoot": True},
                                     "containers": [{"name": "c", "securityContext": {"runAsUser": 0}}]}}
     assert kube_lint.run_as_non_root(root["spec"]) == ["container 'c' is set to runAsNonRoot, but runAsUser set to 0"]
-    override = {"securityContext": {"runAsNonRoot": True}, "initContainers": [{"name": "i", "securityContext": {"runAsNonRoot": False}}],
+    override = {"securityContext": {"runAsNonRoot": True},
+                "initContainers": [{"name": "i", "securityContext": {"runAsNonRoot": False}}],
                 "containers": [{"name": "c"}]}
     assert kube_lint.run_as_non_root(override) == ["container 'i' is not set to runAsNonRoot"]
     assert kube_lint.unset_cpu_requirements({"containers": [{"name": "c", "resources": {"requests": {"cpu": "0m"}}}]})
@@ -138,16 +142,19 @@ def test_trainer_and_rollout_pods_run_restricted_as_the_non_root_user():
         "sglang": rollout_deployment(pool(), NS, S, bound_job="j", model_source="hf://Qwen/Qwen2.5-7B-Instruct")["spec"]["template"]["spec"],
         "sglang-cpu+init": rollout_deployment(sglang_cpu_pool(), NS, S, bound_job="tiny", model_source="builtin://tiny")["spec"]["template"]["spec"],
         "torch": rollout_deployment(RolloutPool.model_validate(
-            {"metadata": {"name": "p", "namespace": NS}, "spec": {"engine": {"type": "torch"}, "gpusPerReplica": 0}}), NS, S)["spec"]["template"]["spec"],
+            {"metadata": {"name": "p", "namespace": NS}, "spec": {"engine": {"type": "torch"}, "gpusPerReplica": 0}}),
+                                    NS, S)["spec"]["template"]["spec"],
     }
     assert pods["sglang-cpu+init"]["initContainers"]
     for what, spec in pods.items():
-        assert spec["securityContext"] == {"seccompProfile": {"type": "RuntimeDefault"}, "runAsNonRoot": True, "runAsUser": NON_ROOT_UID,
+        assert spec["securityContext"] == {"seccompProfile": {"type": "RuntimeDefault"}, "runAsNonRoot": True,
+                                           "runAsUser": NON_ROOT_UID,
                                            "runAsGroup": NON_ROOT_UID, "fsGroup": NON_ROOT_UID}, what
         assert NON_ROOT_UID == 65532
         assert spec["automountServiceAccountToken"] is False and spec["enableServiceLinks"] is False, what
         for c in all_containers(spec):
-            assert c["securityContext"] == {"allowPrivilegeEscalation": False, "privileged": False, "readOnlyRootFilesystem": True,
+            assert c["securityContext"] == {"allowPrivilegeEscalation": False, "privileged": False,
+                                            "readOnlyRootFilesystem": True,
                                             "capabilities": {"drop": ["ALL"]}}, (what, c["name"])
 
 
@@ -215,11 +222,14 @@ def test_default_resources_per_role():
 @pytest.mark.parametrize(("given", "expected"), [
     # A value the user gave wins, key by key.
     ({"requests": {"cpu": "3"}}, {"requests": {"cpu": "3", "memory": "2Gi"}, "limits": {"memory": "8Gi"}}),
-    ({"limits": {"memory": "12Gi", "cpu": "2"}}, {"requests": {"cpu": "1", "memory": "2Gi"}, "limits": {"memory": "12Gi", "cpu": "2"}}),
+    ({"limits": {"memory": "12Gi", "cpu": "2"}},
+     {"requests": {"cpu": "1", "memory": "2Gi"}, "limits": {"memory": "12Gi", "cpu": "2"}}),
     # A default never contradicts what was given (request <= limit, or the API server refuses the pod).
     ({"requests": {"memory": "20Gi"}}, {"requests": {"memory": "20Gi", "cpu": "1"}, "limits": {"memory": "20Gi"}}),
-    ({"limits": {"memory": "1Gi", "cpu": "250m"}}, {"requests": {"cpu": "250m", "memory": "1Gi"}, "limits": {"memory": "1Gi", "cpu": "250m"}}),
-    ({"requests": {"memory": "100M"}, "limits": {"memory": "200M"}}, {"requests": {"memory": "100M", "cpu": "1"}, "limits": {"memory": "200M"}}),
+    ({"limits": {"memory": "1Gi", "cpu": "250m"}},
+     {"requests": {"cpu": "250m", "memory": "1Gi"}, "limits": {"memory": "1Gi", "cpu": "250m"}}),
+    ({"requests": {"memory": "100M"}, "limits": {"memory": "200M"}},
+     {"requests": {"memory": "100M", "cpu": "1"}, "limits": {"memory": "200M"}}),
 ])
 def test_user_resources_win_and_defaults_fill_the_rest(given, expected):
     assert container_resources(ResourceRequirements.model_validate(given), 0, "trainer") == expected
@@ -232,9 +242,11 @@ def test_shared_memory_is_bounded_by_half_the_memory_limit():
     trainer = trainer_pod(job("tiny-cpu.yaml"), NS, 0, 0, S)["spec"]
     assert {"name": "dshm", "emptyDir": {"medium": "Memory", "sizeLimit": "4Gi"}} in trainer["volumes"]  # 8Gi limit
     j = job(trainer={**job().spec.trainer.to_wire(), "resources": {"limits": {"memory": "100Gi"}}})
-    assert {"name": "dshm", "emptyDir": {"medium": "Memory", "sizeLimit": "50Gi"}} in trainer_pod(j, NS, 0, 0, S)["spec"]["volumes"]
+    assert {"name": "dshm", "emptyDir": {"medium": "Memory", "sizeLimit": "50Gi"}} in trainer_pod(j, NS, 0, 0,
+                                                                                                  S)["spec"]["volumes"]
     engine_pod = rollout_deployment(pool(), NS, S, bound_job="j")["spec"]["template"]["spec"]
-    assert {"name": "dshm", "emptyDir": {"medium": "Memory", "sizeLimit": "32Gi"}} in engine_pod["volumes"]  # 64Gi limit
+    assert {"name": "dshm",
+            "emptyDir": {"medium": "Memory", "sizeLimit": "32Gi"}} in engine_pod["volumes"]  # 64Gi limit
 
 
 # -- credentials ------------------------------------------------------------------------------
@@ -245,11 +257,13 @@ def _assert_credentials(container: dict, volumes: dict[str, dict]) -> None:
     assert env[NATS_CREDENTIALS_DIR_ENV] == {"name": NATS_CREDENTIALS_DIR_ENV, "value": NATS_CREDENTIALS_MOUNT}
     [mount] = [m for m in container["volumeMounts"] if m["mountPath"] == NATS_CREDENTIALS_MOUNT]
     assert mount["readOnly"] is True
-    assert volumes[mount["name"]] == {"name": mount["name"], "secret": {"secretName": NATS_SECRET, "defaultMode": 0o440}}
+    assert volumes[mount["name"]] == {"name": mount["name"],
+                                      "secret": {"secretName": NATS_SECRET, "defaultMode": 0o440}}
     for key in S3_CREDENTIAL_KEYS:
         assert env[key] == {"name": key, "valueFrom": {"secretKeyRef": {"name": S3_SECRET, "key": key}}}
     for key in S3_OPTIONAL_CREDENTIAL_KEYS:
-        assert env[key] == {"name": key, "valueFrom": {"secretKeyRef": {"name": S3_SECRET, "key": key, "optional": True}}}
+        assert env[key] == {"name": key,
+                            "valueFrom": {"secretKeyRef": {"name": S3_SECRET, "key": key, "optional": True}}}
 
 
 def _has_no_credentials(container: dict) -> bool:
@@ -287,7 +301,8 @@ def test_without_credentials_secrets_nothing_is_mounted_or_set():
 def test_credential_secrets_reads_the_jobs_wire_spec():
     assert credential_secrets(None) == {"buffer_credentials_secret": None, "weight_store_credentials_secret": None,
                                         "weight_store_endpoint": None}
-    assert credential_secrets({"buffer": {"credentialsSecret": {"name": "n"}}, "weightStore": {"endpoint": "http://s3"}}) == {
+    assert credential_secrets({"buffer": {"credentialsSecret": {"name": "n"}},
+                               "weightStore": {"endpoint": "http://s3"}}) == {
         "buffer_credentials_secret": "n", "weight_store_credentials_secret": None, "weight_store_endpoint": "http://s3"}
     found = credential_secrets(credentialed_job().spec.to_wire())
     assert (found["buffer_credentials_secret"], found["weight_store_credentials_secret"]) == (NATS_SECRET, S3_SECRET)
@@ -302,7 +317,8 @@ def test_the_engine_listens_on_loopback_and_is_not_published():
     args = engine["args"]
     assert args[args.index("--host") + 1] == "127.0.0.1"
     assert "ports" not in engine
-    assert not [k for k in ("startupProbe", "readinessProbe", "livenessProbe") if "httpGet" in engine[k] or "tcpSocket" in engine[k]]
+    assert not [k for k in ("startupProbe", "readinessProbe",
+                            "livenessProbe") if "httpGet" in engine[k] or "tcpSocket" in engine[k]]
     ports = rollout_service(pool(), NS, S)["spec"]["ports"]
     assert [p["name"] for p in ports] == ["metrics"] and ENGINE_PORT not in {p["port"] for p in ports}
 
@@ -327,7 +343,8 @@ def test_the_loopback_probe_passes_on_200_and_fails_on_an_error_or_no_server():
 
     def run(path: str) -> int:
         # The probe's own script, run by this interpreter (the image's python3 is the same language).
-        return subprocess.run([sys.executable, "-c", probe[2], base + path, probe[4]], capture_output=True, timeout=30).returncode
+        return subprocess.run([sys.executable, "-c", probe[2], base + path, probe[4]], capture_output=True,
+                              timeout=30).returncode
 
     try:
         assert run("/health") == 0
@@ -362,7 +379,9 @@ def test_an_inline_env_admits_only_its_jobs_rollout_and_trainer_pods():
     children = render(docs, S, NS)
     [policy] = [c for c in children if c["kind"] == "NetworkPolicy" and c["metadata"]["name"] == "calculator-ingress"]
     spec = policy["spec"]
-    assert spec["policyTypes"] == ["Ingress"] and spec["podSelector"] == {"matchLabels": {LABEL_ROLE: "agentenv", "kuberl.io/agent-env": "calculator"}}
+    assert spec["policyTypes"] == ["Ingress"] and spec["podSelector"] == {
+        "matchLabels": {LABEL_ROLE: "agentenv", "kuberl.io/agent-env": "calculator"}
+    }
     [rule] = spec["ingress"]
     assert rule["ports"] == [{"protocol": "TCP", "port": 8080}]
     [peer] = rule["from"]

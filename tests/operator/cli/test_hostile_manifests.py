@@ -43,7 +43,8 @@ def billion_laughs(levels: int = 9) -> str:
 
 def with_affinity(blob: str) -> str:
     """The tiny example with `blob` as the trainer's affinity (free-form: the schema keeps it whole)."""
-    text = TINY.replace("    gpusPerReplica: 0\n  rollout:", f"    gpusPerReplica: 0\n    placement:\n      affinity: {blob}\n  rollout:", 1)
+    text = TINY.replace("    gpusPerReplica: 0\n  rollout:",
+                        f"    gpusPerReplica: 0\n    placement:\n      affinity: {blob}\n  rollout:", 1)
     assert text != TINY
     return text
 
@@ -87,7 +88,8 @@ def test_billion_laughs_is_refused_naming_file_document_and_limit(tmp_path, caps
 
 
 def test_validate_goes_on_to_the_next_file_after_a_refusal(tmp_path, capsys):
-    rc, out, err = kuberl(capsys, "validate", write(tmp_path, "bomb.yaml", billion_laughs()), ROOT / "examples" / "tiny-cpu.yaml")
+    rc, out, err = kuberl(capsys, "validate", write(tmp_path, "bomb.yaml", billion_laughs()),
+                          ROOT / "examples" / "tiny-cpu.yaml")
     assert rc == 1 and "bomb.yaml (document 1): refused" in err
     assert "RLJob/tiny-arithmetic: valid" in out
 
@@ -96,12 +98,14 @@ def test_validate_goes_on_to_the_next_file_after_a_refusal(tmp_path, capsys):
     (billion_laughs(), f"refused: it expands to more than {MAX_EXPANDED_NODES:,} nodes"),
     ("a: &a [*a]\n", "refused: an alias refers to a node that contains it"),
     ("a: " + "[" * (MAX_DEPTH + 1) + "]" * (MAX_DEPTH + 1) + "\n", f"refused: it nests deeper than {MAX_DEPTH} levels"),
-    ("spec: [" + ", ".join(["1"] * (MAX_EXPANDED_NODES + 1)) + "]\n", f"refused: it has more than {MAX_EXPANDED_NODES:,} nodes"),
+    ("spec: [" + ", ".join(["1"] * (MAX_EXPANDED_NODES + 1)) + "]\n",
+     f"refused: it has more than {MAX_EXPANDED_NODES:,} nodes"),
     ("spec: {x: \"" + "a" * (3 * 2**20 + 1) + "\"}\n", "the document is over 3 MiB"),
     ("a: [unclosed\n", "not valid YAML"),
 ], ids=["laughs", "cycle", "depth", "written-nodes", "size", "syntax"])
 def test_the_reader_refuses_naming_file_and_document(tmp_path, text, refusal):
-    path = write(tmp_path, "hostile.yaml", "apiVersion: kuberl.io/v1alpha1\nkind: AgentEnv\nmetadata: {name: fine}\nspec: {}\n---\n" + text)
+    path = write(tmp_path, "hostile.yaml",
+                 "apiVersion: kuberl.io/v1alpha1\nkind: AgentEnv\nmetadata: {name: fine}\nspec: {}\n---\n" + text)
     with pytest.raises(ManifestFileError, match=refusal) as e:
         load_documents(path)
     assert str(e.value).startswith(f"{path} (document 2): ")
@@ -138,11 +142,15 @@ def test_a_large_free_form_field_under_the_bounds_is_accepted(tmp_path, capsys):
 def test_deep_nesting_is_refused(tmp_path, capsys, text):
     path = write(tmp_path, "deep.yaml", text)
     rc, _, err = kuberl(capsys, "validate", path)
-    assert rc == 1 and err.strip() == f"kuberl validate: {path} (document 1): refused: it nests deeper than {MAX_DEPTH} levels"
+    assert (
+        rc == 1
+        and err.strip() == f"kuberl validate: {path} (document 1): refused: it nests deeper than {MAX_DEPTH} levels"
+    )
 
 
 def test_a_document_over_3_mib_is_refused_and_the_next_file_still_checked(tmp_path, capsys):
-    big = write(tmp_path, "big.yaml", TINY.replace("  name: tiny-arithmetic", "  name: big\n  annotations: {blob: " + "x" * 3 * 2**20 + "}"))
+    big = write(tmp_path, "big.yaml",
+                TINY.replace("  name: tiny-arithmetic", "  name: big\n  annotations: {blob: " + "x" * 3 * 2**20 + "}"))
     rc, out, err = kuberl(capsys, "validate", big, ROOT / "examples" / "tiny-cpu.yaml")
     assert rc == 1
     assert f"{big} (document 1): the document is over 3 MiB, the most the API server accepts" in err
@@ -160,9 +168,11 @@ def test_a_yaml_error_is_one_line_with_its_line_in_the_file(tmp_path, capsys):
 
 
 def test_documents_are_numbered_as_the_file_divides_them(tmp_path):
-    path = write(tmp_path, "docs.yaml", "# a comment belongs to the first document\n---\na: 1\n---\n# just a comment\n---\n"
+    path = write(tmp_path, "docs.yaml",
+                 "# a comment belongs to the first document\n---\na: 1\n---\n# just a comment\n---\n"
                                         "b: '--- not a marker'\nc: |\n  ---\n  indented\n")
-    assert [(d.index, d.body) for d in load_documents(path)] == [(1, {"a": 1}), (3, {"b": "--- not a marker", "c": "---\nindented\n"})]
+    assert [(d.index, d.body) for d in load_documents(path)] == [(1, {"a": 1}),
+                                                                 (3, {"b": "--- not a marker", "c": "---\nindented\n"})]
 
 
 @pytest.mark.parametrize("text,kind", [("- a\n- b\n", "list"), ("just a string\n", "str"), ("42\n", "int")])
@@ -172,7 +182,11 @@ def test_a_document_that_is_no_mapping_is_an_error_not_a_traceback(tmp_path, cap
     assert rc == 1 and f"a manifest must be a mapping (apiVersion, kind, metadata, spec), not {kind}" in err
     rc, out, err = kuberl(capsys, "render", path)
     assert rc == 1 and not out
-    assert err == f"kuberl render: {path} (document 1): a manifest must be a mapping (apiVersion, kind, metadata, spec), not {kind}\n"
+    assert (
+        err
+        == f"kuberl render: {path} (document 1): a manifest must be a mapping (apiVersion, kind, metadata, spec), not "
+           f"{kind}\n"
+    )
 
 
 # -- what the API server refuses --------------------------------------------------------------
@@ -183,9 +197,12 @@ def test_a_document_that_is_no_mapping_is_an_error_not_a_traceback(tmp_path, cap
     ({"metadata": {"colour": "red"}}, 'metadata.colour: unknown field "metadata.colour"'),
     ({"metadata": {"name": "Tiny_Arithmetic"}},
      "metadata.name: Invalid value: 'Tiny_Arithmetic': a lowercase RFC 1123 subdomain must consist of"),
-    ({"metadata": {"name": "a" * 254}}, "metadata.name: Invalid value: '" + "a" * 254 + "': must be no more than 253 characters"),
-    ({"metadata": {"labels": {"team": "x" * 64}}}, "metadata.labels: Invalid value: '" + "x" * 64 + "': a valid label must be"),
-    ({"metadata": {"annotations": {"note": "x" * 262_141}}}, "metadata.annotations: Too long: must have at most 262144 bytes"),
+    ({"metadata": {"name": "a" * 254}},
+     "metadata.name: Invalid value: '" + "a" * 254 + "': must be no more than 253 characters"),
+    ({"metadata": {"labels": {"team": "x" * 64}}},
+     "metadata.labels: Invalid value: '" + "x" * 64 + "': a valid label must be"),
+    ({"metadata": {"annotations": {"note": "x" * 262_141}}},
+     "metadata.annotations: Too long: must have at most 262144 bytes"),
 ], ids=["top-level-field", "metadata-field", "name-syntax", "name-length", "label-value", "annotations-size"])
 def test_what_the_api_server_refuses_is_invalid(tmp_path, capsys, changes, message):
     rc, out, err = kuberl(capsys, "validate", write(tmp_path, "job.yaml", edited(**changes)))
@@ -200,7 +217,8 @@ def test_status_is_a_legal_top_level_field_and_annotations_at_the_limit_are_vali
 
 
 def test_a_long_value_is_quoted_by_its_start_and_length(tmp_path, capsys):
-    rc, _, err = kuberl(capsys, "validate", write(tmp_path, "long.yaml", TINY.replace("name: tiny-arithmetic", "name: " + "a" * 2**20)))
+    rc, _, err = kuberl(capsys, "validate",
+                        write(tmp_path, "long.yaml", TINY.replace("name: tiny-arithmetic", "name: " + "a" * 2**20)))
     assert rc == 1 and "more characters)" in err
     assert max(len(line) for line in err.splitlines()) < 600
 
@@ -210,17 +228,25 @@ def test_a_long_value_is_quoted_by_its_start_and_length(tmp_path, capsys):
 
 def test_render_refuses_one_object_defined_in_two_files_naming_both(tmp_path, capsys):
     first = write(tmp_path, "first.yaml", TINY)
-    second = write(tmp_path, "second.yaml", (ROOT / "examples" / "agentenv-calculator.yaml").read_text() + "---\n" + TINY)
+    second = write(tmp_path, "second.yaml",
+                   (ROOT / "examples" / "agentenv-calculator.yaml").read_text() + "---\n" + TINY)
     rc, out, err = kuberl(capsys, "render", first, second)
     assert rc == 1 and not out
-    assert err == f"kuberl render: RLJob default/tiny-arithmetic is defined twice: in {first} (document 1) and in {second} (document 2)\n"
+    assert (
+        err
+        == f"kuberl render: RLJob default/tiny-arithmetic is defined twice: in {first} (document 1) and in {second} "
+           f"(document 2)\n"
+    )
 
 
 def test_render_refuses_a_duplicate_within_one_file_and_sees_the_default_namespace(tmp_path, capsys):
     explicit = edited(metadata={"namespace": "team-a"})
     path = write(tmp_path, "both.yaml", TINY + "---\n" + explicit)
     rc, _, err = kuberl(capsys, "render", path, "-n", "team-a")
-    assert rc == 1 and f"RLJob team-a/tiny-arithmetic is defined twice: in {path} (document 1) and in {path} (document 2)" in err
+    assert (
+        rc == 1
+        and f"RLJob team-a/tiny-arithmetic is defined twice: in {path} (document 1) and in {path} (document 2)" in err
+    )
     rc, out, err = kuberl(capsys, "render", path)  # default namespace: two different objects
     assert rc == 0, err
     assert {d["metadata"]["namespace"] for d in yaml.safe_load_all(out) if d} == {"default", "team-a"}

@@ -23,6 +23,7 @@ def test_operator_subcommand_prints_the_peering_crds():
 
 
 def test_operator_help_lists_the_options():
-    out = subprocess.run([sys.executable, "-m", "kuberl.operator.cli", "operator", "--help"], capture_output=True, text=True, check=True)
+    out = subprocess.run([sys.executable, "-m", "kuberl.operator.cli", "operator", "--help"], capture_output=True,
+                         text=True, check=True)
     for flag in ("--namespace", "--standalone", "--peering", "--priority", "--liveness"):
         assert flag in out.stdout

@@ -28,7 +28,8 @@ def test_a_decoupled_job_with_its_shared_pool_renders_every_child():
     assert [(d["kind"], d["metadata"]["name"]) for d in docs] == [
         ("ConfigMap", "agentic-tools-config"), ("Service", "agentic-tools-trainer"), ("Pod", "agentic-tools-trainer-0"),
         ("AgentEnv", "calculator"), ("Deployment", "calculator"), ("Service", "calculator"),
-        ("NetworkPolicy", "calculator-deny-egress"), ("NetworkPolicy", "calculator-ingress"), ("Deployment", "shared-sglang"), ("Service", "shared-sglang"),
+        ("NetworkPolicy", "calculator-deny-egress"), ("NetworkPolicy", "calculator-ingress"),
+        ("Deployment", "shared-sglang"), ("Service", "shared-sglang"),
     ]
     assert {d["metadata"]["namespace"] for d in docs} == {"team-a"}
     cfg = WorkloadConfig.model_validate(yaml.safe_load(docs[0]["data"]["config.yaml"]))
@@ -48,5 +49,6 @@ def test_an_invalid_manifest_is_refused_with_the_field(tmp_path):
     bad["spec"]["algorithm"]["rolloutBatchSize"] = 192
     path = tmp_path / "bad.yaml"
     path.write_text(yaml.safe_dump(bad))
-    out = subprocess.run([sys.executable, "-m", "kuberl.operator.cli", "render", str(path)], capture_output=True, text=True)
+    out = subprocess.run([sys.executable, "-m", "kuberl.operator.cli", "render", str(path)], capture_output=True,
+                         text=True)
     assert out.returncode == 1 and "rolloutBatchSize" in out.stderr

@@ -18,13 +18,23 @@ from tests.support.objects import job
 def credentialed(**env):
     j = job()
     spec = j.spec.model_copy(deep=True)
-    j = j.model_validate({"metadata": j.metadata, "spec": {
-        **spec.to_wire(),
-        "buffer": {**spec.buffer.to_wire(), "credentialsSecret": {"name": "nats-creds"}},
-        "weightStore": {**spec.weight_store.to_wire(), "credentialsSecret": {"name": "s3-creds"}},
-        "trainer": {**spec.trainer.to_wire(), "env": [{"name": "HF_TOKEN", "valueFrom": {"secretKeyRef": {"name": "hf", "key": "token"}}},
-                                                       {"name": "OPT", "valueFrom": {"secretKeyRef": {"name": "maybe", "key": "k", "optional": True}}}]},
-    }})
+    j = j.model_validate(
+        {
+            "metadata": j.metadata,
+            "spec": {
+                **spec.to_wire(),
+                "buffer": {**spec.buffer.to_wire(), "credentialsSecret": {"name": "nats-creds"}},
+                "weightStore": {**spec.weight_store.to_wire(), "credentialsSecret": {"name": "s3-creds"}},
+                "trainer": {
+                    **spec.trainer.to_wire(),
+                    "env": [
+                        {"name": "HF_TOKEN", "valueFrom": {"secretKeyRef": {"name": "hf", "key": "token"}}},
+                        {"name": "OPT", "valueFrom": {"secretKeyRef": {"name": "maybe", "key": "k", "optional": True}}},
+                    ],
+                },
+            },
+        }
+    )
     return j
 
 
@@ -40,18 +50,27 @@ def test_every_secret_a_job_names_is_needed_with_its_keys():
 def test_missing_secrets_and_keys_are_named_with_the_fix():
     j = credentialed()
     errors = dict(secret_errors(j, {}))
-    assert "Secret 'nats-creds' does not exist in namespace team-a; create it with `creds`" in errors["spec.buffer.credentialsSecret.name"]
+    assert (
+        "Secret 'nats-creds' does not exist in namespace team-a; create it with `creds`"
+        in errors["spec.buffer.credentialsSecret.name"]
+    )
     assert "AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY" in errors["spec.weightStore.credentialsSecret.name"]
-    present = {"nats-creds": frozenset({"user"}), "s3-creds": frozenset({"AWS_ACCESS_KEY_ID"}), "hf": frozenset({"token"})}
+    present = {"nats-creds": frozenset({"user"}), "s3-creds": frozenset({"AWS_ACCESS_KEY_ID"}),
+               "hf": frozenset({"token"})}
     errors = dict(secret_errors(j, present))
-    assert "holds none of" in errors["spec.buffer.credentialsSecret.name"] and "(it has: user)" in errors["spec.buffer.credentialsSecret.name"]
+    assert (
+        "holds none of" in errors["spec.buffer.credentialsSecret.name"]
+        and "(it has: user)" in errors["spec.buffer.credentialsSecret.name"]
+    )
     assert errors["spec.weightStore.credentialsSecret.name"] == "Secret 's3-creds' has no key AWS_SECRET_ACCESS_KEY"
-    complete = {"nats-creds": frozenset({"user", "password"}), "s3-creds": frozenset({"AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY"}),
+    complete = {"nats-creds": frozenset({"user", "password"}),
+                "s3-creds": frozenset({"AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY"}),
                 "hf": frozenset({"token"})}
     assert secret_errors(j, complete) == []
     assert semantic_errors(j, Lookups({"tiny-arithmetic-rollout": None}, {}, secrets=complete)) == []
     assert [f for f, _ in semantic_errors(j, Lookups({"tiny-arithmetic-rollout": None}, {}))] == [
-        "spec.buffer.credentialsSecret.name", "spec.weightStore.credentialsSecret.name", "spec.trainer.env[0].valueFrom.secretKeyRef"]
+        "spec.buffer.credentialsSecret.name", "spec.weightStore.credentialsSecret.name",
+        "spec.trainer.env[0].valueFrom.secretKeyRef"]
 
 
 def test_the_endpoint_allowlist_confines_what_the_operator_and_pods_dial():
@@ -60,12 +79,16 @@ def test_the_endpoint_allowlist_confines_what_the_operator_and_pods_dial():
     assert endpoint_errors(j, AccessPolicy(endpoint_allowlist=("*.kuberl-system", "minio.*"))) == []
     errors = dict(endpoint_errors(j, AccessPolicy(endpoint_allowlist=("nats.example.com",))))
     assert list(errors) == ["spec.buffer.url", "spec.weightStore.endpoint"]
-    assert "host 'kuberl-nats.kuberl-system' is not among the endpoints this installation allows (nats.example.com)" in errors["spec.buffer.url"]
+    assert (
+        "host 'kuberl-nats.kuberl-system' is not among the endpoints this installation allows (nats.example.com)"
+        in errors["spec.buffer.url"]
+    )
     assert "security.endpointAllowlist" in errors["spec.buffer.url"]
 
 
 def test_switching_the_sandbox_off_needs_the_installations_consent():
-    env = AgentEnv.model_validate({"metadata": {"name": "e"}, "spec": {"sandbox": {"denyEgress": False, "runAsNonRoot": False}}})
+    env = AgentEnv.model_validate({"metadata": {"name": "e"},
+                                   "spec": {"sandbox": {"denyEgress": False, "runAsNonRoot": False}}})
     errors = sandbox_errors(env.spec, "spec", AccessPolicy())
     assert [f for f, _ in errors] == ["spec.sandbox.denyEgress", "spec.sandbox.runAsNonRoot"]
     assert "security.allowSandboxOptOut" in errors[0][1]

@@ -47,7 +47,8 @@ def test_out_of_bounds_goes_straight_back_even_in_cooldown():
 
 def test_trajectory_backlog_and_trainer_idle_signals():
     traj = Policy(1, 10, signal="trajectoryBacklog", target=4, cooldown_s=0)
-    assert decide(2, Signals(trajectory_backlog=80), traj, last_scale_time=None, now=0).replicas == 1  # trainer is the bottleneck
+    assert decide(2, Signals(trajectory_backlog=80), traj, last_scale_time=None,
+                  now=0).replicas == 1  # trainer is the bottleneck
     assert decide(2, Signals(trajectory_backlog=0), traj, last_scale_time=None, now=0).replicas == 6
     idle = Policy(1, 10, signal="trainerIdle", target=10, cooldown_s=0)
     assert decide(2, Signals(trainer_idle_percent=40), idle, last_scale_time=None, now=0).replicas == 6
@@ -76,7 +77,8 @@ def test_evaluation_is_due_once_per_interval_and_never_for_a_pinned_off_or_pause
     assert evaluation_due(elastic, False, 85.01, now=100)  # a tick a hair early still counts
     assert not evaluation_due(elastic, True, None, now=100)
     assert not evaluation_due(_pool(replicas=4, minReplicas=4, maxReplicas=4), False, None, now=100)
-    assert not evaluation_due(_pool(replicas=2, minReplicas=1, maxReplicas=8, autoscaling={"enabled": False}), False, None, now=100)
+    assert not evaluation_due(_pool(replicas=2, minReplicas=1, maxReplicas=8, autoscaling={"enabled": False}), False,
+                              None, now=100)
 
 
 def test_a_round_is_due_when_never_done_or_after_its_interval():

@@ -135,5 +135,6 @@ def test_disrupted_ranks_restart_the_gang_without_using_the_backoff_limit():
     plan = decide(view([pod(0, gen=2), crashed], restarts=2, disruptions=1, backoff_limit=1))
     assert plan.terminal[1] == "BackoffLimitExceeded" and "1 counted gang restart" in plan.terminal[2]
     # A disrupted rank next to a crashed one: the crash counts.
-    plan = decide(view([lifecycle.PodView("j-trainer-0", 0, 0, "Failed", disrupted=True), pod(1, "Failed")], backoff_limit=2))
+    plan = decide(view([lifecycle.PodView("j-trainer-0", 0, 0, "Failed", disrupted=True), pod(1, "Failed")],
+                       backoff_limit=2))
     assert plan.restarts == 1 and plan.disruptions == 0

@@ -31,7 +31,8 @@ def test_with_autoscaling_the_count_is_the_autoscalers_and_a_scale_takes_effect(
 
 def test_a_template_change_keeps_the_autoscalers_count():
     update = owned_pool_update(pool(5, True, carried=2, maxReplicas=8), pool(2, True, maxReplicas=10), "job")
-    assert update.spec == {"replicas": 5, "autoscaling": {"enabled": True}, "maxReplicas": 10} and update.warning is None
+    assert update.spec == {"replicas": 5, "autoscaling": {"enabled": True},
+                           "maxReplicas": 10} and update.warning is None
 
 
 def test_a_pool_from_before_the_annotation_gets_it_without_a_warning():

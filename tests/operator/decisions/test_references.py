@@ -23,14 +23,16 @@ def test_missing_pool_ref_and_busy_pool():
     errors = semantic_errors(agentic, Lookups({"shared-sglang": None}, {}))
     assert fields(errors) == ["spec.rollout.poolRef"] and "does not exist" in errors[0][1]
     busy = Existing(None, {"gpusPerReplica": 1}, bound_job="other")
-    assert fields(semantic_errors(agentic, Lookups({"shared-sglang": busy}, {}, frozenset({"other"})))) == ["spec.rollout.poolRef"]
+    assert fields(semantic_errors(agentic, Lookups({"shared-sglang": busy}, {},
+                                                   frozenset({"other"})))) == ["spec.rollout.poolRef"]
     assert semantic_errors(agentic, Lookups({"shared-sglang": busy}, {}, frozenset())) == []
 
 
 def test_missing_and_foreign_agent_envs():
     agentic = job("decoupled-agentic.yaml", agentEnvs=[{"name": "calculator"}])
     pool = Existing(None, {"gpusPerReplica": 1})
-    assert fields(semantic_errors(agentic, Lookups({"shared-sglang": pool}, {"calculator": None}))) == ["spec.agentEnvs[0].name"]
+    assert fields(semantic_errors(agentic,
+                                  Lookups({"shared-sglang": pool}, {"calculator": None}))) == ["spec.agentEnvs[0].name"]
     inline = job("decoupled-agentic.yaml")
     foreign = Existing("someone-else")
     errors = semantic_errors(inline, Lookups({"shared-sglang": pool}, {"calculator": foreign}))
@@ -52,4 +54,5 @@ def test_engine_needs_its_gpus_and_foreign_inline_pool():
     tiny.spec.rollout.template.engine.type = "sglang"
     assert fields(semantic_errors(tiny, Lookups({}, {}))) == ["spec.rollout.template.gpusPerReplica"]
     tiny = job("tiny-cpu.yaml")
-    assert fields(semantic_errors(tiny, Lookups({"tiny-arithmetic-rollout": Existing("x")}, {}))) == ["spec.rollout.template"]
+    assert fields(semantic_errors(tiny,
+                                  Lookups({"tiny-arithmetic-rollout": Existing("x")}, {}))) == ["spec.rollout.template"]

@@ -19,7 +19,8 @@ from kuberl.workloads.buffer.state import JobMetrics, JobState
 
 
 def conds_at(now, **kw):
-    defaults = dict(created=st.Created(True, "ChildrenCreated", ""), trainer=st.TrainerView(2, 2), rollout=st.RolloutView(False, 1, 1),
+    defaults = dict(created=st.Created(True, "ChildrenCreated", ""), trainer=st.TrainerView(2, 2),
+                    rollout=st.RolloutView(False, 1, 1),
                     suspended=False, terminal=None, generation=1, buffer=(True, "reachable"))
     defaults.update(kw)
     return defaults
@@ -72,7 +73,8 @@ def test_transition_events():
 def test_buffer_unavailable_is_a_condition_reason_and_a_warning_event():
     # Creating the streams failed: Created and BufferReady both say why, and that is announced at once.
     why = "creating JetStream streams at nats://nowhere:4222 failed: timeout"
-    first = st.job_conditions([], now=0, **conds_at(0, created=st.Created(False, BUFFER_UNAVAILABLE, why), buffer=(False, why),
+    first = st.job_conditions([], now=0,
+                              **conds_at(0, created=st.Created(False, BUFFER_UNAVAILABLE, why), buffer=(False, why),
                                                    trainer=st.TrainerView(2, 0)))
     assert st.find(first, CREATED)["reason"] == BUFFER_UNAVAILABLE
     buf = st.find(first, BUFFER_READY)
@@ -81,7 +83,8 @@ def test_buffer_unavailable_is_a_condition_reason_and_a_warning_event():
     assert ev.type == "Warning" and "nats://nowhere:4222" in ev.message
     assert st.phase_of(first) == "Pending"
     # Not repeated while it stays unavailable; recovery is announced as Normal.
-    again = st.job_conditions(first, now=1, **conds_at(1, created=st.Created(False, BUFFER_UNAVAILABLE, why), buffer=(False, why),
+    again = st.job_conditions(first, now=1,
+                              **conds_at(1, created=st.Created(False, BUFFER_UNAVAILABLE, why), buffer=(False, why),
                                                       trainer=st.TrainerView(2, 0)))
     assert st.transition_events(first, again) == []
     ok = st.job_conditions(again, now=2, **conds_at(2))
@@ -144,7 +147,8 @@ def test_counted_ready_never_exceeds_what_is_wanted_now():
 def test_progress_events_tell_stage_switches_evaluations_and_weight_versions():
     old = {"step": 40, "maxSteps": 100, "policyVersion": 40, "curriculumStage": "medium"}
     new = {"step": 63, "maxSteps": 100, "policyVersion": 63, "curriculumStage": "hard",
-           "evaluation": {"step": 60, "policyVersion": 60, "results": [{"dataset": "held-out", "greedy": "0.7", "passAt1": "0.58", "passAtK": "0.8", "k": 4}]}}
+           "evaluation": {"step": 60, "policyVersion": 60, "results": [{"dataset": "held-out", "greedy": "0.7",
+                                                                        "passAt1": "0.58", "passAtK": "0.8", "k": 4}]}}
     events = {e.reason: e for e in st.progress_events(old, new)}
     assert set(events) == {"StageSwitched", "Evaluated", "WeightsPublished"}
     assert events["StageSwitched"].message == "curriculum stage medium -> hard at step 63"
@@ -155,7 +159,8 @@ def test_progress_events_tell_stage_switches_evaluations_and_weight_versions():
     assert st.progress_events(new, new) == []
     assert st.progress_events({**new, "policyVersion": 61}, {**new, "policyVersion": 69}) == []
     # The first stage is no switch; a job without a stage or evaluation says nothing of them.
-    assert st.progress_events({"maxSteps": 100}, {"step": 1, "maxSteps": 100, "policyVersion": 1, "curriculumStage": "all"}) == []
+    assert st.progress_events({"maxSteps": 100},
+                              {"step": 1, "maxSteps": 100, "policyVersion": 1, "curriculumStage": "all"}) == []
 
 
 def test_refused_pods_are_a_reason_and_a_warning_once_per_message():

@@ -13,7 +13,8 @@ from tests.support.objects import example, job
 
 
 def test_every_example_runs_as_written():
-    for name in ("tiny-cpu.yaml", "tiny-cpu-colocated.yaml", "tiny-megatron-sglang.yaml", "colocated-math.yaml", "decoupled-agentic.yaml"):
+    for name in ("tiny-cpu.yaml", "tiny-cpu-colocated.yaml", "tiny-megatron-sglang.yaml", "colocated-math.yaml",
+                 "decoupled-agentic.yaml"):
         assert unsupported(job(name)) == [], name
 
 
@@ -24,11 +25,13 @@ def test_megatron_refuses_what_it_does_not_compute_or_shard():
     errors = dict(unsupported(j))
     assert "set entropyCoef 0, or use trainer.backend torch" in errors["spec.algorithm.entropyCoef"]
     assert "set context to 1" in errors["spec.trainer.parallelism.context"]
-    assert set(errors) <= {p for p, _ in semantic_errors(j, Lookups({}, {}))}  # the operator's InvalidSpec says the same
+    assert set(errors) <= {p for p,
+                           _ in semantic_errors(j, Lookups({}, {}))}  # the operator's InvalidSpec says the same
 
 
 def test_the_torch_trainer_is_one_process():
-    j = job("tiny-cpu.yaml", trainer={"backend": "torch", "replicas": 1, "gpusPerReplica": 0, "parallelism": {"pipeline": 2}})
+    j = job("tiny-cpu.yaml",
+            trainer={"backend": "torch", "replicas": 1, "gpusPerReplica": 0, "parallelism": {"pipeline": 2}})
     assert dict(unsupported(j))["spec.trainer.parallelism"].startswith("the torch trainer is one process")
 
 
@@ -36,7 +39,10 @@ def test_sources_the_processes_cannot_read():
     j = job("tiny-cpu.yaml", model={"source": "gs://models/tiny", "dtype": "float32"},
             datasets=[{"name": "sums", "source": "ftp://x/train.jsonl"}])
     errors = dict(unsupported(j))
-    assert "builtin://, file://, s3://, hf://" in errors["spec.model.source"] and "ftp://" in errors["spec.datasets[0].source"]
+    assert (
+        "builtin://, file://, s3://, hf://" in errors["spec.model.source"]
+        and "ftp://" in errors["spec.datasets[0].source"]
+    )
 
 
 def test_colocated_sglang_on_cpu_runs_locally_not_in_a_cluster():
@@ -75,6 +81,7 @@ def test_kuberl_run_refuses_before_starting_anything(tmp_path):
     doc["spec"]["rollout"]["template"]["engine"]["contextLength"] = 128
     doc["spec"]["algorithm"]["maxResponseLength"] = 120
     manifest.write_text(yaml.safe_dump(doc))
-    with pytest.raises(RunError, match=r"spec.rollout.template.engine.contextLength: the engine's context of 128 tokens"):
+    with pytest.raises(RunError,
+                       match=r"spec.rollout.template.engine.contextLength: the engine's context of 128 tokens"):
         LocalRun(manifest, output=tmp_path / "out").run()
     assert not (tmp_path / "out" / "servers").exists()

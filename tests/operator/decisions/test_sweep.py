@@ -20,16 +20,19 @@ def test_objects_seen_at_once_spread_their_first_rounds_over_one_interval():
 
 
 def test_a_due_object_starts_and_is_next_due_one_interval_later_gone_objects_leave():
-    tick = plan_tick({"a": 99.0, "b": 120.0, "gone": 50.0}, ["a", "b"], running=(), now=100.0, interval_s=10.0, capacity=10,
+    tick = plan_tick({"a": 99.0, "b": 120.0, "gone": 50.0}, ["a", "b"], running=(), now=100.0, interval_s=10.0,
+                     capacity=10,
                      first_offset=offsets(0.5))
     assert tick.start == ("a",)
     assert tick.next_due == {"a": 110.0, "b": 120.0}
 
 
 def test_a_round_still_running_is_not_started_again_and_stays_due():
-    tick = plan_tick({"a": 90.0}, ["a"], running={"a"}, now=100.0, interval_s=10.0, capacity=10, first_offset=offsets(0.5))
+    tick = plan_tick({"a": 90.0}, ["a"], running={"a"}, now=100.0, interval_s=10.0, capacity=10,
+                     first_offset=offsets(0.5))
     assert tick.start == () and tick.next_due == {"a": 90.0}
-    later = plan_tick(tick.next_due, ["a"], running=(), now=101.0, interval_s=10.0, capacity=10, first_offset=offsets(0.5))
+    later = plan_tick(tick.next_due, ["a"], running=(), now=101.0, interval_s=10.0, capacity=10,
+                      first_offset=offsets(0.5))
     assert later.start == ("a",) and later.next_due == {"a": 111.0}
 
 
@@ -38,7 +41,8 @@ def test_at_most_capacity_rounds_start_most_overdue_first_the_rest_wait():
     tick = plan_tick(due, list(due), running=(), now=100.0, interval_s=10.0, capacity=2, first_offset=offsets(0.5))
     assert tick.start == ("b", "c")
     assert tick.next_due == {"a": 95.0, "b": 110.0, "c": 110.0, "d": 99.0}
-    assert plan_tick(due, list(due), running=(), now=100.0, interval_s=10.0, capacity=0, first_offset=offsets(0.5)).start == ()
+    assert plan_tick(due, list(due), running=(), now=100.0, interval_s=10.0, capacity=0,
+                     first_offset=offsets(0.5)).start == ()
 
 
 def test_the_tick_is_half_the_shortest_interval_at_most_a_second():

@@ -61,7 +61,8 @@ def drills(tmp_path_factory, s3_server):
     nats_gen = running_nats(signal.SIGKILL)
     nats = next(nats_gen)
     proxy = TcpProxy("127.0.0.1", s3_server.s3_port).start()
-    behind_proxy = SimpleNamespace(access_key=s3_server.access_key, secret_key=s3_server.secret_key, endpoint=proxy.endpoint)
+    behind_proxy = SimpleNamespace(access_key=s3_server.access_key, secret_key=s3_server.secret_key,
+                                   endpoint=proxy.endpoint)
     broker_out, store_out = tmp / "broker", tmp / "store"
     # Recovery from the rollback must come from its detection, not from the overdue timer.
     # The store run has a broker of its own: the broker run's faults must not reach it.
@@ -72,8 +73,10 @@ def drills(tmp_path_factory, s3_server):
         (tmp / "b").mkdir()
         (tmp / "s").mkdir()
         with mock.patch.dict(os.environ, {"KUBERL_PROMPT_REISSUE_S": "3600"}):
-            broker = start_run(shortened("tiny-cpu.yaml", tmp / "b", STEPS, CHECKPOINT_EVERY), broker_out, nats.url, s3_server)
-        store = start_run(shortened("tiny-cpu.yaml", tmp / "s", STEPS, CHECKPOINT_EVERY), store_out, store_nats.url, behind_proxy)
+            broker = start_run(shortened("tiny-cpu.yaml", tmp / "b", STEPS, CHECKPOINT_EVERY), broker_out, nats.url,
+                               s3_server)
+        store = start_run(shortened("tiny-cpu.yaml", tmp / "s", STEPS, CHECKPOINT_EVERY), store_out, store_nats.url,
+                          behind_proxy)
 
         wait_for_step(broker, broker_out, RESTART_AT)
         nats.restart(signal.SIGKILL, down_for=2.0)
@@ -169,5 +172,7 @@ def test_an_agent_whose_download_is_cut_keeps_serving_and_loads_later(drills):
     else:
         # The S3 client's own retries (five attempts with random backoff, then the transfer
         # manager's) can outlast the outage: the cut then delays that swap instead of failing it.
-        assert any(e["seconds"] >= OUTAGE_S / 2 for e in swapped), "the cut download neither failed a swap nor delayed one"
+        assert any(e["seconds"] >= OUTAGE_S / 2 for e in swapped), (
+            "the cut download neither failed a swap nor delayed one"
+        )
     assert json.loads((out / "summary.json").read_text())["restarts"].get("rollout-0", 0) == 0

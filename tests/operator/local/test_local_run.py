@@ -47,19 +47,22 @@ FULL_VERSION_EVERY = 4  # decoupled: weight versions between whole ones go as de
 COLOCATED_SYNC = {"syncIntervalSteps": 25, "keepVersions": 2}
 
 
-WANDB = {"project": "kuberl-tests", "entity": "kuberl-ci", "mode": "offline", "group": "local-run", "tags": ["ci", "colocated"]}
+WANDB = {"project": "kuberl-tests", "entity": "kuberl-ci", "mode": "offline", "group": "local-run",
+         "tags": ["ci", "colocated"]}
 
 
 # The decoupled drill's reward: the arithmetic verifier, except that 10 % of calls raise and
 # 1 % hang (each abandoned after FLAKY_TIMEOUT_S). Those samples must be masked and counted,
 # and the job must still finish and learn.
-FLAKY_REWARD = {"type": "python", "python": {"entryPoint": "tests.support.rewards:flaky_arithmetic", "timeoutSeconds": 0.5}}
+FLAKY_REWARD = {"type": "python",
+                "python": {"entryPoint": "tests.support.rewards:flaky_arithmetic", "timeoutSeconds": 0.5}}
 
 
 # The colocated run's reward: an AgentEnv (the reference server, arithmetic task) that drops
 # 10 % of episode connections and answers 2 % of episode requests with 500. Drops are
 # retried (the request never reached the task); a 500 masks its sample.
-FLAKY_ENV = {"name": "sums", "spec": {"task": "arithmetic", "replicas": 1, "concurrencyPerReplica": 256, "episodeTimeoutSeconds": 60,
+FLAKY_ENV = {"name": "sums",
+             "spec": {"task": "arithmetic", "replicas": 1, "concurrencyPerReplica": 256, "episodeTimeoutSeconds": 60,
                                       "args": ["--fault-drop", "0.1", "--fault-error", "0.02", "--seed", "3"]}}
 
 
@@ -138,7 +141,8 @@ def runs(tmp_path_factory, nats_server, s3_server):
     tmp = tmp_path_factory.mktemp("local-run")
     col_out, dec_out = tmp / "colocated", tmp / "decoupled"
     col_manifest = shortened("tiny-cpu-colocated.yaml", tmp, COLOCATED_STEPS, 50, {"wandb": WANDB},
-                             reward={"type": "agentEnv", "agentEnv": "sums"}, agent_envs=[FLAKY_ENV], weight_store=COLOCATED_SYNC)
+                             reward={"type": "agentEnv", "agentEnv": "sums"}, agent_envs=[FLAKY_ENV],
+                             weight_store=COLOCATED_SYNC)
     col = start_run(col_manifest, col_out, nats_server.url, s3_server, quiet=False)
     col_t0 = time.monotonic()
     dec = start_run(shortened("tiny-cpu.yaml", tmp, DECOUPLED_STEPS, CHECKPOINT_EVERY, reward=FLAKY_REWARD,
@@ -216,7 +220,8 @@ def test_colocated_run_publishes_every_sync_interval_and_keeps_the_newest_versio
     interval, keep = COLOCATED_SYNC["syncIntervalSteps"], COLOCATED_SYNC["keepVersions"]
     published = [e["version"] for e in read_ledger(out) if e["event"] == "published"]
     # One version per interval crossed (at the end of the round that crossed it), the last at the last step.
-    assert [v // interval for v in published] == list(range(1, COLOCATED_STEPS // interval + 1)), (published, output[-2000:])
+    assert [v // interval for v in published] == list(range(1, COLOCATED_STEPS // interval + 1)), (published,
+                                                                                                   output[-2000:])
     assert published[-1] == COLOCATED_STEPS
     rows = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
     assert [r["step"] for r in rows if "weight_sync_bytes" in r] == published
@@ -337,7 +342,8 @@ def test_the_drill_synced_delta_versions_and_a_restarted_trainer_began_whole(run
     # Each version's stages (weights.stages), recorded by the trainer that published it.
     for e in published:
         # A delta file's checksum is taken by its encoder as it reads the file: no checksum stage of its own.
-        expected = {"quantise", "serialise", "upload", "manifest"} | ({"encode"} if e.get("parent") is not None else {"checksum"})
+        expected = {"quantise", "serialise", "upload",
+                    "manifest"} | ({"encode"} if e.get("parent") is not None else {"checksum"})
         assert expected <= set(e["stages"]) and all(v >= 0 for v in e["stages"].values()), e
         assert sum(e["stages"][k] for k in ("quantise", "serialise", "manifest")) <= e["seconds"] + 0.01, e
     # ... and each load's, logged by the agent that loaded it: delta versions were rebuilt.
@@ -346,7 +352,8 @@ def test_the_drill_synced_delta_versions_and_a_restarted_trainer_began_whole(run
     assert swaps and all({"download", "verify", "engine_load"} <= set(s["stages"]) for s in swaps), swaps[:3]
     assert any("reconstruct" in s["stages"] for s in swaps), swaps[:3]
     # weightFetch perNode: the agent claimed each version for its host and downloaded it.
-    assert {s["source"] for s in swaps} <= {"store-claimed", "store", "relay"} and any(s["source"] == "store-claimed" for s in swaps)
+    assert {s["source"] for s in swaps} <= {"store-claimed", "store",
+                                            "relay"} and any(s["source"] == "store-claimed" for s in swaps)
 
 
 # -- what users watch: run loggers, Prometheus, progress outside a terminal ----------------
@@ -370,7 +377,8 @@ def test_tensorboard_event_files_match_metrics_jsonl(runs):
                 assert logged[tag(key)][row["step"]] == pytest.approx(value, rel=1e-6, abs=1e-6), (key, row["step"])
                 checked += 1
     assert checked > 30 * COLOCATED_STEPS
-    for must in ("reward/reward_mean", "loss/loss", "loss/entropy", "ppo/clip_frac", "off_policy/is_weight_mean", "throughput/tokens_per_s",
+    for must in ("reward/reward_mean", "loss/loss", "loss/entropy", "ppo/clip_frac", "off_policy/is_weight_mean",
+                 "throughput/tokens_per_s",
                  "length/response_length_mean", "time/time_generate_s", "time/train_s", "eval/held-out-sums/pass@1"):
         assert must in logged, must
     staleness = events.Histograms("off_policy/staleness")
@@ -396,7 +404,8 @@ def test_wandb_offline_run_holds_the_same_rows(runs):
     assert logged[0]["off_policy/staleness/_type"] == "histogram"  # W&B flattens the histogram object
     records = [pb.Record.FromString(raw) for raw in payloads(run_file)]
     [run] = [r.run for r in records if r.WhichOneof("record_type") == "run"][:1]
-    assert (run.project, run.entity, run.run_group, list(run.tags)) == (WANDB["project"], WANDB["entity"], WANDB["group"], WANDB["tags"])
+    assert (run.project, run.entity, run.run_group, list(run.tags)) == (WANDB["project"], WANDB["entity"],
+                                                                        WANDB["group"], WANDB["tags"])
 
 
 def test_progress_outside_a_terminal_is_a_line_every_few_seconds(runs):
@@ -419,7 +428,10 @@ def test_workload_processes_serve_prometheus_metrics(runs):
     assert trainer["kuberl_trainer_tokens_total"] > trainer["kuberl_trainer_samples_total"]
     assert trainer["kuberl_trainer_phase_seconds_total{part=training}"] > 0
     assert trainer["kuberl_trainer_phase_seconds_total{part=waiting}"] > 0
-    assert trainer["kuberl_trainer_weight_sync_seconds_count"] >= 1 and trainer["kuberl_trainer_weight_sync_bytes_total"] > 0
+    assert (
+        trainer["kuberl_trainer_weight_sync_seconds_count"] >= 1
+        and trainer["kuberl_trainer_weight_sync_bytes_total"] > 0
+    )
     assert 0 <= trainer["kuberl_trainer_reward{stat=mean}"] <= 1
     assert agent["kuberl_rollout_tokens_total"] > 0 and agent["kuberl_rollout_generation_seconds_count"] > 0
     assert agent["kuberl_rollout_groups_total{outcome=published}"] >= 1

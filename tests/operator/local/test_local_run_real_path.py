@@ -43,8 +43,10 @@ def both_runs(tmp_path_factory, nats_server, s3_server, sglang_venv):
     """The decoupled drill and the colocated run, started together."""
     tmp = tmp_path_factory.mktemp("real-path")
     out, col_out = tmp / "run", tmp / "colocated"
-    proc = start_run(shortened("tiny-megatron-sglang.yaml", tmp, STEPS, CHECKPOINT_EVERY), out, nats_server.url, s3_server)
-    col = start_run(shortened("tiny-megatron-sglang-colocated.yaml", tmp, COLOCATED_STEPS, 50), col_out, nats_server.url, s3_server)
+    proc = start_run(shortened("tiny-megatron-sglang.yaml", tmp, STEPS, CHECKPOINT_EVERY), out, nats_server.url,
+                     s3_server)
+    col = start_run(shortened("tiny-megatron-sglang-colocated.yaml", tmp, COLOCATED_STEPS, 50), col_out,
+                    nats_server.url, s3_server)
     try:
         wait_for_step(proc, out, 1, timeout=900)  # SGLang's start on two busy cores
         killed_at = wait_for_step(proc, out, KILL_GANG_AFTER, timeout=900)
@@ -107,9 +109,13 @@ def test_a_killed_gang_leaves_no_rank_behind_and_resumes_from_its_checkpoint(rea
     assert not any(r.is_running() and r.status() != psutil.STATUS_ZOMBIE for r in ranks)
     metrics = rows(out)
     resumed = sorted({r["resumed_from"] for r in metrics if r.get("resumed_from") is not None})
-    assert resumed and resumed[0] % CHECKPOINT_EVERY == 0 and resumed[0] >= 2 * CHECKPOINT_EVERY, (resumed, output[-2000:])
+    assert resumed and resumed[0] % CHECKPOINT_EVERY == 0 and resumed[0] >= 2 * CHECKPOINT_EVERY, (resumed,
+                                                                                                   output[-2000:])
     steps_after = [r["step"] for r in metrics if r.get("resumed_from") == resumed[0]]
-    assert steps_after[0] == resumed[0] + 1 and max(r["step"] for r in metrics if r.get("resumed_from") is None) >= killed_at
+    assert (
+        steps_after[0] == resumed[0] + 1
+        and max(r["step"] for r in metrics if r.get("resumed_from") is None) >= killed_at
+    )
     assert json.loads((out / "summary.json").read_text())["restarts"].get("trainer", 0) >= 1
 
 

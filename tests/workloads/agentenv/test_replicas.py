@@ -52,7 +52,8 @@ class ToolThenAnswer(Engine):
 
 
 def _prompts(n: int) -> list[Prompt]:
-    return [Prompt(f"p{i}", {"prompt": f"{i + 2}*{i + 3}=", "answer": str((i + 2) * (i + 3))}, n_samples=4) for i in range(n)]
+    return [Prompt(f"p{i}", {"prompt": f"{i + 2}*{i + 3}=", "answer": str((i + 2) * (i + 3))},
+                   n_samples=4) for i in range(n)]
 
 
 @asynccontextmanager
@@ -83,7 +84,8 @@ async def test_multi_turn_episodes_through_a_balancing_service_reach_their_repli
     engine = BatchingEngine(ToolThenAnswer())
     try:
         async with replicas(advertise_self=True) as (proxy, urls), aiohttp.ClientSession(timeout=SHORT) as s:
-            groups = await asyncio.gather(*(run_group(engine, p, REWARD, SamplingSettings(16, 1.0), TOK, s, {"calc": proxy.url})
+            groups = await asyncio.gather(*(run_group(engine, p, REWARD, SamplingSettings(16, 1.0), TOK, s,
+                                                      {"calc": proxy.url})
                                             for p in _prompts(12)))
             per_replica = [stats(u) for u in urls]
             through_service = sum(proxy.sent.values())

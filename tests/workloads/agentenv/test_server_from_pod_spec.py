@@ -25,7 +25,8 @@ ROOT = Path(__file__).resolve().parents[3]
 
 
 def _rendered_env_container() -> dict:
-    out = subprocess.run([sys.executable, "-m", "kuberl.operator.cli", "render", str(ROOT / "examples/agentenv-calculator.yaml")],
+    out = subprocess.run([sys.executable, "-m", "kuberl.operator.cli", "render",
+                          str(ROOT / "examples/agentenv-calculator.yaml")],
                          capture_output=True, text=True, check=True)
     (deployment,) = [d for d in yaml.safe_load_all(out.stdout) if d["kind"] == "Deployment"]
     (container,) = deployment["spec"]["template"]["spec"]["containers"]
@@ -63,7 +64,9 @@ def test_agent_env_pod_serves_the_task_of_its_manifest():
         assert health["task"] == "calculator-tool"
         episode = _post(f"{base}/episodes", {"prompt": "what is 2+3?", "answer": "5"})
         tool = _post(f"{base}/episodes/{episode['episode_id']}/step", {"action": "c:2+3"})
-        assert tool["observation"].strip("=\n") == "5" and not tool["done"]  # a tool call: the episode goes on (arithmetic would end it)
+        assert (
+            tool["observation"].strip("=\n") == "5" and not tool["done"]
+        )  # a tool call: the episode goes on (arithmetic would end it)
         final = _post(f"{base}/episodes/{episode['episode_id']}/step", {"action": "5"})
         assert final["done"] and final["reward"] == 1.0
         with urllib.request.urlopen(f"{base}/stats", timeout=2) as resp:

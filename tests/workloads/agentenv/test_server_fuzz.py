@@ -39,7 +39,8 @@ EXAMPLES_PER_ROUTE = 300
 MEMORY_GROWTH_BYTES = 100 * 1024 * 1024
 
 # HEAD is aiohttp's automatic twin of every GET; the method fuzz below sends it.
-ROUTES = sorted({(r.method, r.resource.canonical) for r in EnvServer(EnvSettings()).app().router.routes() if r.method != "HEAD"})
+ROUTES = sorted({(r.method,
+                  r.resource.canonical) for r in EnvServer(EnvSettings()).app().router.routes() if r.method != "HEAD"})
 PLACEHOLDER = re.compile(r"\{[^}]+\}")
 
 FUZZ = settings(max_examples=EXAMPLES_PER_ROUTE, deadline=None, derandomize=True, database=None,
@@ -93,7 +94,8 @@ def env(tmp_path_factory) -> Iterator[Env]:
             proc.wait()
 
 
-def request(env: Env, method: str, path: str, body: bytes = b"", headers: dict | None = None) -> tuple[int, dict, bytes]:
+def request(env: Env, method: str, path: str, body: bytes = b"", headers: dict | None = None) -> tuple[int, dict,
+                                                                                                       bytes]:
     """(status, headers, body); the socket timeout bounds every wait, so a hang fails the test."""
     conn = http.client.HTTPConnection("127.0.0.1", env.port, timeout=CLIENT_TIMEOUT_S)
     try:
@@ -165,12 +167,15 @@ def _sized(n: int, as_json: bool) -> bytes:
     return head + b"x" * max(0, n - len(head) - len(tail)) + tail
 
 
-oversize = st.tuples(st.sampled_from([-1, 0, 1, 4096]), st.booleans()).map(lambda t: _sized(MAX_BODY_BYTES + t[0], t[1]))
-broken_utf8 = st.binary(min_size=1, max_size=40).map(lambda b: b'{"prompt": "' + b + b'", "answer": "1", "action": "' + b + b'"}')
+oversize = st.tuples(st.sampled_from([-1, 0, 1, 4096]),
+                     st.booleans()).map(lambda t: _sized(MAX_BODY_BYTES + t[0], t[1]))
+broken_utf8 = st.binary(min_size=1,
+                        max_size=40).map(lambda b: b'{"prompt": "' + b + b'", "answer": "1", "action": "' + b + b'"}')
 other_encodings = st.tuples(shaped, st.sampled_from(["utf-16", "utf-32", "latin-1"])).map(
     lambda t: json.dumps(t[0], ensure_ascii=False).encode(t[1], errors="replace"))
 bodies = st.one_of(
-    st.binary(max_size=2048), json_values.map(lambda v: json.dumps(v).encode()), shaped.map(lambda v: json.dumps(v).encode()),
+    st.binary(max_size=2048), json_values.map(lambda v: json.dumps(v).encode()),
+    shaped.map(lambda v: json.dumps(v).encode()),
     huge_numbers, tool_calls, deep, oversize, broken_utf8, other_encodings,
 )
 # (Content-Encoding, whether the body is encoded so): aiohttp decodes these before the handler.
@@ -208,7 +213,13 @@ def test_no_body_on_any_route_answers_5xx(env, method, template, body, encoding,
         assert_answered_4xx_or_better(method, path, body, answer)
         # What the fuzz reached, in --hypothesis-show-statistics.
         event(f"answered {answer[0]}")
-        event("body over the limit" if len(sent) > MAX_BODY_BYTES else "body of 10 KiB or more" if len(sent) >= 10240 else "small body")
+        event(
+            "body over the limit"
+            if len(sent) > MAX_BODY_BYTES
+            else "body of 10 KiB or more"
+            if len(sent) >= 10240
+            else "small body"
+        )
         if answer[0] == 200 and method != "HEAD" and "episode_id" in (started := json.loads(answer[2])):
             close(env, started["episode_id"])  # fuzzed resets must not fill the concurrency limit
     finally:
@@ -220,7 +231,8 @@ METHODS = ["GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS", "TRACE", 
 
 
 @FUZZ
-@given(method=st.sampled_from(METHODS), route=st.sampled_from(ROUTES), junk=st.text(max_size=30), where=st.integers(0, 3))
+@given(method=st.sampled_from(METHODS), route=st.sampled_from(ROUTES), junk=st.text(max_size=30),
+       where=st.integers(0, 3))
 def test_unknown_paths_and_methods_answer_json_4xx(env, method, route, junk, where):
     path = PLACEHOLDER.sub("x", route[1])
     path = [path, path + "/" + quote(junk), "/" + quote(junk, safe=""), path.upper()][where]
@@ -260,7 +272,8 @@ def test_a_tool_call_with_a_5000_digit_operand_is_the_policys_error_not_the_serv
 
 @pytest.mark.parametrize(("body", "message"), [
     (b"[" * 100_000, "nested too deeply"),  # json.loads raised RecursionError: a 500
-    (b'{"prompt": "p", "answer": ' + b"9" * 5000 + b"}", f"longer than {MAX_NUMBER_CHARS} characters"),  # was "not JSON"
+    (b'{"prompt": "p", "answer": ' + b"9" * 5000 + b"}",
+     f"longer than {MAX_NUMBER_CHARS} characters"),  # was "not JSON"
     (b'{"prompt": "p", "answer": 1e400}', "out of range"),  # was accepted, as the answer "inf"
     (b'{"prompt": "p", "answer": NaN}', "NaN is not JSON"),  # was accepted, as the answer "nan"
     (b'{"prompt": "p", "answer": -Infinity}', "-Infinity is not JSON"),
@@ -348,5 +361,6 @@ def test_the_server_still_serves_and_logged_no_error_and_kept_its_memory(env):
     if not env.rss_at_start:
         pytest.skip("no /proc here: memory not measured")
     growth, peak = env.memory("VmRSS") - env.rss_at_start, env.memory("VmHWM") - env.rss_at_start
-    print(f"server memory: {env.rss_at_start >> 20} MiB at the start, +{growth >> 20} MiB after the fuzz, peak +{peak >> 20} MiB")
+    print(f"server memory: {env.rss_at_start >> 20} MiB at the start, +{growth >> 20} MiB after the fuzz, peak "
+          f"+{peak >> 20} MiB")
     assert growth < MEMORY_GROWTH_BYTES and peak < MEMORY_GROWTH_BYTES, (growth, peak)

@@ -80,7 +80,8 @@ async def test_slow_bodies_cannot_admit_more_episodes_than_the_concurrency():
     concurrency, extra = 3, 4
     body = b'{"prompt": "1+1=", "answer": "2"}'
     async with serving(EnvSettings(concurrency=concurrency, body_timeout_s=30)) as (server, url):
-        conns = [await raw_request_head(_port(url), "/episodes", len(body), body[:5]) for _ in range(concurrency + extra)]
+        conns = [await raw_request_head(_port(url), "/episodes", len(body),
+                                        body[:5]) for _ in range(concurrency + extra)]
         deadline = time.monotonic() + 10
         while server.reserved + server.counters["refused"] < concurrency + extra:
             assert time.monotonic() < deadline, (server.reserved, server.counters)
@@ -136,7 +137,8 @@ async def test_a_second_step_while_one_runs_is_refused_not_raced():
 
 
 async def test_a_step_is_bounded_by_the_episodes_remaining_time():
-    settings = EnvSettings(task="arithmetic", episode_timeout_s=0.3, latency="lognormal", latency_median_s=30, latency_tail=0.01)
+    settings = EnvSettings(task="arithmetic", episode_timeout_s=0.3, latency="lognormal", latency_median_s=30,
+                           latency_tail=0.01)
     async with serving(settings) as (server, url), aiohttp.ClientSession() as s:
         _, started = await _post(s, f"{url}/episodes", json={"prompt": "1+1=", "answer": "2"})
         t0 = time.monotonic()
@@ -164,7 +166,8 @@ def test_the_process_reads_pod_ip_and_its_port():
     a = parse_args(["--port", "9100"])
     assert settings_from(a, {"POD_IP": "10.4.0.17"}).endpoint == "http://10.4.0.17:9100"
     assert settings_from(a, {}).endpoint is None
-    assert settings_from(argparse.Namespace(**{**vars(a), "advertise_url": "http://me:1"}), {"POD_IP": "10.4.0.17"}).endpoint == "http://me:1"
+    assert settings_from(argparse.Namespace(**{**vars(a), "advertise_url": "http://me:1"}),
+                         {"POD_IP": "10.4.0.17"}).endpoint == "http://me:1"
 
 
 @pytest.mark.parametrize("endpoint", [None, "http://10.0.0.7:8080"])

@@ -74,7 +74,8 @@ def test_the_operator_bridge_uses_each_jobs_credentials(guarded_nats):
     try:
         with pytest.raises(NatsUnavailable, match="credentialsSecret"):
             bridge.ensure_job(guarded_nats.url, "ns", "anonymous", BufferConfig(trajectories_max_bytes=16 * 1024**2))
-        bridge.ensure_job(guarded_nats.url, "ns", "authed", BufferConfig(trajectories_max_bytes=16 * 1024**2), auth=USER)
+        bridge.ensure_job(guarded_nats.url, "ns", "authed", BufferConfig(trajectories_max_bytes=16 * 1024**2),
+                          auth=USER)
         assert bridge.backlog(guarded_nats.url, "ns", "authed", auth=USER) == {"prompts": 0, "trajectories": 0}
         assert bridge.delete_job(guarded_nats.url, "ns", "authed", auth=USER)
     finally:

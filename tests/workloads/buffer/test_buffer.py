@@ -239,7 +239,8 @@ async def test_the_feeder_sees_a_broker_that_lost_acknowledged_prompts(fresh_nat
         assert await feeder.check_broker() == []  # not seen yet: nothing published, the stream not read
         await feeder.feed([Prompt("after", {"text": "q"})])  # acked with a sequence handed out before
         again = await feeder.check_broker()
-        assert sorted(p.prompt_id for p in again) == sorted([*(f"early{i}" for i in range(3)), *(f"late{i}" for i in range(5)), "after"])
+        assert sorted(p.prompt_id for p in again) == sorted([*(f"early{i}" for i in range(3)),
+                                                             *(f"late{i}" for i in range(5)), "after"])
         assert all(p.attempt == 1 for p in again) and feeder.rollbacks == 1
         assert await feeder.check_broker() == []  # once
 

@@ -54,7 +54,8 @@ MISMATCH_MEAN_ABS = 1e-3  # float32 on both sides (issue 8's target)
 
 
 def _stand_in():
-    spec = importlib.util.spec_from_file_location("kuberl_sgl_kernel_standin", CPU_KERNELS_DIR / "sgl_kernel" / "__init__.py")
+    spec = importlib.util.spec_from_file_location("kuberl_sgl_kernel_standin",
+                                                  CPU_KERNELS_DIR / "sgl_kernel" / "__init__.py")
     mod = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(mod)
     return mod
@@ -81,7 +82,8 @@ def test_standin_assign_req_to_token_pool_packs_slots_in_batch_order():
 def test_standin_copy_all_layer_kv_cache_moves_slots_in_every_buffer_from_a_snapshot():
     k = _stand_in()
     # Two "layers" of K and V with different dtypes/row sizes, as SGLang's pool registers them.
-    bufs = [torch.arange(8 * 6, dtype=torch.float32).view(8, 2, 3), torch.arange(8 * 4, dtype=torch.bfloat16).view(8, 4),
+    bufs = [torch.arange(8 * 6, dtype=torch.float32).view(8, 2, 3),
+            torch.arange(8 * 4, dtype=torch.bfloat16).view(8, 4),
             torch.arange(8 * 6, dtype=torch.float32).view(8, 2, 3) + 1000]
     want = [b.clone() for b in bufs]
     ptrs = torch.tensor([b.data_ptr() for b in bufs], dtype=torch.uint64)
@@ -181,7 +183,8 @@ def test_logprobs_match_the_torch_model_on_identical_weights(engine):
 
 def test_greedy_is_deterministic_and_matches_torch_argmax(engine):
     model = seeded_model(SGLANG_SEED).eval()
-    a, b = (engine.generate([GenerationRequest(PROMPT, max_new_tokens=8, temperature=0.0, stop_ids=())])[0][0] for _ in range(2))
+    a, b = (engine.generate([GenerationRequest(PROMPT, max_new_tokens=8, temperature=0.0,
+                                               stop_ids=())])[0][0] for _ in range(2))
     assert a.token_ids == b.token_ids
     ids = list(PROMPT)
     with torch.no_grad():
@@ -269,7 +272,8 @@ def _in_thread(fn):
 def test_pause_holds_new_requests_until_continue(engine):
     engine.pause()
     try:
-        t, box = _in_thread(lambda: engine.generate([GenerationRequest(PROMPT, max_new_tokens=4, stop_ids=TOK.stop_ids)]))
+        t, box = _in_thread(lambda: engine.generate([GenerationRequest(PROMPT, max_new_tokens=4,
+                                                                       stop_ids=TOK.stop_ids)]))
         t.join(timeout=2.0)
         assert t.is_alive(), "a request finished while the engine was paused"
     finally:
@@ -378,7 +382,8 @@ def test_health_and_flush_cache(engine):
 
 
 @pytest.mark.servers
-async def test_rollout_agent_runs_a_decoupled_job_against_sglang(engine, sglang_server, nats_server, s3_server, s3_bucket,  # noqa: F811
+async def test_rollout_agent_runs_a_decoupled_job_against_sglang(engine, sglang_server, nats_server, s3_server,
+                                                                 s3_bucket,  # noqa: F811
                                                                  tmp_path, monkeypatch, restore_v0):
     """The real decoupled trainer and the real rollout agent, the agent's engine being SGLang:
     prompts, generation, trajectories, training steps, weight versions published to S3 and
@@ -454,7 +459,8 @@ def test_rollout_agent_engine_follows_the_config(monkeypatch):
     from kuberl.workloads.rollout.agent import make_engine
 
     runtime = {"concurrency": 8, "weight_swap": "pause", "abandon_stale_groups": True}
-    url = make_engine(SimpleNamespace(rollout=RolloutRuntime(engine="sglang", engine_url="http://10.0.0.9:30000", **runtime)), "a0")
+    url = make_engine(SimpleNamespace(rollout=RolloutRuntime(engine="sglang", engine_url="http://10.0.0.9:30000",
+                                                             **runtime)), "a0")
     assert isinstance(url, SGLangEngine) and url.policy_version == -1
     assert url.client.base_url == "http://10.0.0.9:30000"
     url.close()

@@ -9,7 +9,8 @@ def test_every_numeric_field_is_a_scalar_under_its_group():
     row = {"step": 7, "time": 1.7e9, "mode": "colocated", "stage_name": "all", "resumed_from": None, "eval_step": 5,
            "reward_mean": 0.5, "kl": 0.01, "clip_frac": 0.1, "samples": 128, "stage": 1, "novel_thing": 3,
            "eval/held-out/pass@1": 0.4, "flag": True, "staleness_counts": {"0": 2, "1": 1}}
-    assert scalars(row) == {"reward/reward_mean": 0.5, "loss/kl": 0.01, "ppo/clip_frac": 0.1, "throughput/samples": 128.0,
+    assert scalars(row) == {"reward/reward_mean": 0.5, "loss/kl": 0.01, "ppo/clip_frac": 0.1,
+                            "throughput/samples": 128.0,
                             "progress/stage": 1.0, "other/novel_thing": 3.0, "eval/held-out/pass@1": 0.4}
 
 

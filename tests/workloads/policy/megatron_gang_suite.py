@@ -1,12 +1,12 @@
 """The megatron trainer as a torchrun gang (gloo on CPU): rank 0 runs the trainer, the others follow.
 
 The same trainer round (warm start, reference policy, one rollout batch of PPO/GRPO steps
-with a KL term; mini-batches of 3 samples, so data-parallel shares are uneven) runs as one rank, as tensor parallel 2 and as data parallel 2 through the
-trainer's own backend seam (`Trainer.train` → `GangDriver` → every rank). The step
-metrics and the published weights agree within float32 reduction-order noise; a
-checkpoint taken mid-run and loaded back into the gang replays the next round exactly, and
-a checkpoint written by a gang of another shape (through the trainer's checkpoint store)
-resumes into the same next round.
+with a KL term; mini-batches of 3 samples, so data-parallel shares are uneven) runs as one
+rank, as tensor parallel 2 and as data parallel 2 through the trainer's own backend seam
+(`Trainer.train` → `GangDriver` → every rank). The step metrics and the published weights
+agree within float32 reduction-order noise; a checkpoint taken mid-run and loaded back into
+the gang replays the next round exactly, and a checkpoint written by a gang of another
+shape (through the trainer's checkpoint store) resumes into the same next round.
 """
 
 from __future__ import annotations
@@ -29,11 +29,13 @@ METRICS = ("loss", "grad_norm", "kl", "ratio_mean", "clip_frac")
 
 def _gang_round(out: Path, tensor: int, ranks: int, resume_from: Path | None, store: dict) -> dict:
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONWARNINGS": "ignore", **store}
-    module = ["-m", "tests.workloads.policy.megatron_gang_suite", str(out), str(tensor), str(ranks), str(resume_from or "")]
+    module = ["-m", "tests.workloads.policy.megatron_gang_suite", str(out), str(tensor), str(ranks),
+              str(resume_from or "")]
     if ranks == 1:
         cmd = [sys.executable, *module]
     else:
-        cmd = [sys.executable, "-m", "torch.distributed.run", f"--nproc-per-node={ranks}", f"--master-port={free_port()}", *module]
+        cmd = [sys.executable, "-m", "torch.distributed.run", f"--nproc-per-node={ranks}",
+               f"--master-port={free_port()}", *module]
     run = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=900)
     assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-4000:]
     result = torch.load(out / "result.pt", weights_only=True) | json.loads((out / "rows.json").read_text())
@@ -46,7 +48,8 @@ def rounds(tmp_path_factory, s3_server) -> dict[str, dict]:
     base = tmp_path_factory.mktemp("gang")
     bucket = f"gang-{os.getpid()}"
     s3_server.client().create_bucket(Bucket=bucket)
-    store = {"KUBERL_TEST_S3": s3_server.endpoint, "KUBERL_TEST_BUCKET": bucket, "AWS_ACCESS_KEY_ID": s3_server.access_key,
+    store = {"KUBERL_TEST_S3": s3_server.endpoint, "KUBERL_TEST_BUCKET": bucket,
+             "AWS_ACCESS_KEY_ID": s3_server.access_key,
              "AWS_SECRET_ACCESS_KEY": s3_server.secret_key, "AWS_DEFAULT_REGION": "us-east-1"}
     # Each round also resumes the previous round's checkpoint: one's at TP=2, TP=2's at DP=2, DP=2's at one rank.
     return {name: _gang_round(base / name, tensor, ranks, base / previous / "checkpoints" if previous else None, store)
@@ -73,7 +76,9 @@ def test_a_gang_trains_what_one_rank_trains(rounds, layout):
     assert gang["world"] == 2 and gang["follower_calls"] >= 5, "the other rank made the trainer's calls"
     assert len(gang["rows"]) == len(one["rows"]) >= 2
     for a, b in zip(one["rows"], gang["rows"], strict=True):
-        assert a["samples"] == b["samples"] and a["reward_mean"] == b["reward_mean"], "rows name the whole batch's samples"
+        assert a["samples"] == b["samples"] and a["reward_mean"] == b["reward_mean"], (
+            "rows name the whole batch's samples"
+        )
         for key in METRICS:
             assert b[key] == pytest.approx(a[key], rel=1e-4, abs=1e-5), key
     # Adam turns reduction-order noise in a near-zero gradient into a full-size step of
@@ -116,11 +121,14 @@ def worker(out: Path, tensor: int, ranks: int, resume_from: Path | None) -> None
     from tests.workloads.trainer.test_workloads_local import _answered, _tiny_config
 
     out.mkdir(parents=True, exist_ok=True)
-    cfg = _tiny_config(out, algorithm={"entropyCoef": 0.0, "klCoef": 0.05, "groupSize": 3, "globalBatchSize": 3, "rolloutBatchSize": 12},
-                       trainer={"backend": "megatron", "replicas": ranks, "gpusPerReplica": 0, "parallelism": {"tensor": tensor}},
+    cfg = _tiny_config(out, algorithm={"entropyCoef": 0.0, "klCoef": 0.05, "groupSize": 3, "globalBatchSize": 3,
+                                       "rolloutBatchSize": 12},
+                       trainer={"backend": "megatron", "replicas": ranks, "gpusPerReplica": 0,
+                                "parallelism": {"tensor": tensor}},
                        model={"source": "builtin://tiny", "dtype": "float32", "warmupSftSteps": 2})
     cfg = cfg.model_copy(update={"weight_store": cfg.weight_store.model_copy(update={
-        "endpoint": os.environ["KUBERL_TEST_S3"], "bucket": os.environ["KUBERL_TEST_BUCKET"], "full_version_every": 4})})
+        "endpoint": os.environ["KUBERL_TEST_S3"], "bucket": os.environ["KUBERL_TEST_BUCKET"],
+        "full_version_every": 4})})
     if rank() != 0:
         calls = follow(MegatronTrainerBackend(job_model_dir(cfg), cfg))
         (out / "follower.json").write_text(json.dumps({"calls": calls}))
@@ -178,15 +186,19 @@ def _publish_twice(tr, out: Path, first: int) -> dict:
         weights = tr.backend.hf_state()
         published = tr.publish()
         have = [v for v in [local_version(out / "fetched" / "first")] if v is not None]
-        path, manifest = store.fetch(published.version, out / "fetched" / ("first" if label == "published" else "second"), have=have)
+        path, manifest = store.fetch(published.version,
+                                     out / "fetched" / ("first" if label == "published" else "second"), have=have)
         got = read_checkpoint_dir(path)
-        found[f"{label}_exact"] = sorted(got) == sorted(weights) and all(torch.equal(got[k], weights[k]) for k in weights)
-        found[f"{label}_moved"] = label == "published" or not all(torch.equal(weights[k], found_weights[k]) for k in weights)
+        found[f"{label}_exact"] = sorted(got) == sorted(weights) and all(torch.equal(got[k],
+                                                                                     weights[k]) for k in weights)
+        found[f"{label}_moved"] = label == "published" or not all(torch.equal(weights[k],
+                                                                              found_weights[k]) for k in weights)
         found_weights = weights
         if label == "published":
             found["model_files"] = sorted(f.name for f in manifest.files if f.name.endswith(".safetensors"))
         else:
-            found |= {"delta_parent": manifest.parent, "delta_stored": manifest.stored_bytes, "delta_bytes": manifest.total_bytes}
+            found |= {"delta_parent": manifest.parent, "delta_stored": manifest.stored_bytes,
+                      "delta_bytes": manifest.total_bytes}
     found["first_version"] = first
     return found
 

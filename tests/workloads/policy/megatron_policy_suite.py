@@ -63,7 +63,8 @@ def tiny_runs(tmp_path_factory):
     base = tmp_path_factory.mktemp("megatron-tiny")
     model = seeded_model(3)
     save_pretrained(model, base / "model")
-    runs = {layout: _torchrun(base / "model", base, layout[0] * layout[1], 29610 + 3 * layout[0] + layout[1], pp=layout[1])
+    runs = {layout: _torchrun(base / "model", base, layout[0] * layout[1], 29610 + 3 * layout[0] + layout[1],
+                              pp=layout[1])
             for layout in LAYOUTS}
     return model, runs
 
@@ -85,7 +86,8 @@ def test_tp2_logprobs_and_update_match_the_tiny_torch_backend(tiny_runs):
     valid = torch.ones_like(ids, dtype=torch.bool)
     reference = token_logprobs(model, ids, valid)[:, 1:]
     for tp in LAYOUTS:
-        assert torch.allclose(runs[tp]["before"], reference, atol=1e-5), (tp, (runs[tp]["before"] - reference).abs().max())
+        assert torch.allclose(runs[tp]["before"], reference, atol=1e-5), (tp,
+                                                                          (runs[tp]["before"] - reference).abs().max())
     optimizer = torch.optim.AdamW(model.parameters(), lr=LEARNING_RATE, weight_decay=0.0)
     backend = TinyBackend(model, optimizer, grad_clip=1.0)
     steps = [r.metrics for r in ppo_update(backend, rollout_batch(model.config.vocab_size, reference), ppo_settings())]

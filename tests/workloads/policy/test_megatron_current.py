@@ -38,7 +38,8 @@ def current_python() -> Path:
 def test_the_megatron_tests_pass_on_the_current_megatron_core(current_python, tmp_path):
     # The gang's sharded weight sync publishes to SeaweedFS: its binary comes from this venv's bin.
     env = {**os.environ, "PYTHONPATH": os.pathsep.join(str(REPO / p) for p in ("", "operator", "workloads")),
-           "OMP_NUM_THREADS": "1", "PATH": os.pathsep.join([str(Path(sys.executable).parent), os.environ.get("PATH", "")])}
+           "OMP_NUM_THREADS": "1",
+           "PATH": os.pathsep.join([str(Path(sys.executable).parent), os.environ.get("PATH", "")])}
     versions = subprocess.run([str(current_python), "-c", "import sys, megatron.core, torch; "
                                "print(megatron.core.__version__, '%d.%d' % sys.version_info[:2], torch.__version__)"],
                               cwd=tmp_path, env=env, capture_output=True, text=True, check=True).stdout.split()

@@ -23,7 +23,9 @@ def model_cache(tmp_path, monkeypatch):
 def _same_model(a, b) -> None:
     ta, tb = load_pretrained(a).state_dict(), load_pretrained(b).state_dict()
     assert ta.keys() == tb.keys() and all((ta[k] == tb[k]).all() for k in ta)
-    assert Tokenizer.from_pretrained(a).encode_prompt({"prompt": "3+4="}) == Tokenizer.from_pretrained(b).encode_prompt({"prompt": "3+4="})
+    assert Tokenizer.from_pretrained(a).encode_prompt({"prompt": "3+4="}) == Tokenizer.from_pretrained(b).encode_prompt(
+        {"prompt": "3+4="}
+    )
 
 
 def test_builtin_tiny_is_a_real_hf_checkpoint(model_cache):
@@ -48,7 +50,8 @@ def test_file_s3_and_hub_cache_sources_load_the_same_model(tmp_path, model_cache
     _same_model(src, fetched)
     assert local_model_dir(f"s3://{s3_bucket}/models/tiny/", s3_client=client) == fetched  # cached, marker checked
     (fetched / "model.safetensors").write_bytes(b"truncated")
-    _same_model(src, local_model_dir(f"s3://{s3_bucket}/models/tiny", s3_client=client))  # a damaged copy is fetched again
+    _same_model(src,
+                local_model_dir(f"s3://{s3_bucket}/models/tiny", s3_client=client))  # a damaged copy is fetched again
 
     hub = tmp_path / "hub"
     snap = hub / "models--acme--tiny" / "snapshots" / ("a" * 40)
@@ -83,7 +86,8 @@ def test_transformers_and_the_torch_backend_give_the_same_logprobs(model_cache):
 
     d = local_model_dir("builtin://tiny")
     tok = Tokenizer.from_pretrained(d)
-    rows = [tok.encode_prompt({"prompt": p}) + tok.encode(a) for p, a in (("3+4=", "7"), ("9+9=", "18"), ("0+1=", "1 and more"))]
+    rows = [tok.encode_prompt({"prompt": p}) + tok.encode(a) for p,
+            a in (("3+4=", "7"), ("9+9=", "18"), ("0+1=", "1 and more"))]
     width = max(map(len, rows))
     ids = torch.tensor([r + [tok.pad_id] * (width - len(r)) for r in rows])
     valid = torch.tensor([[1] * len(r) + [0] * (width - len(r)) for r in rows], dtype=torch.bool)
@@ -91,7 +95,8 @@ def test_transformers_and_the_torch_backend_give_the_same_logprobs(model_cache):
     hf = AutoModelForCausalLM.from_pretrained(str(d), torch_dtype=torch.float32).eval()
     with torch.no_grad():
         logits = hf(input_ids=ids, attention_mask=valid.long()).logits.float()
-    theirs = torch.nn.functional.pad(torch.log_softmax(logits[:, :-1], -1).gather(-1, ids[:, 1:, None]).squeeze(-1), (1, 0))
+    theirs = torch.nn.functional.pad(torch.log_softmax(logits[:, :-1], -1).gather(-1, ids[:, 1:, None]).squeeze(-1),
+                                     (1, 0))
     mask = valid.clone()
     mask[:, 0] = False
     assert (ours - theirs)[mask].abs().mean() < 1e-5 and (ours - theirs)[mask].abs().max() < 1e-4

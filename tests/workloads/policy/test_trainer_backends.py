@@ -45,7 +45,8 @@ def backends_agree(tmp_path):
 
     # No entropy bonus: megatron's vocab-parallel entropy is not implemented (the update refuses it).
     tiny = _tiny_trainer(tmp_path / "t", algorithm={"entropyCoef": 0.0})
-    mega = _tiny_trainer(tmp_path / "m", algorithm={"entropyCoef": 0.0}, trainer={"backend": "megatron", "replicas": 1, "gpusPerReplica": 0},
+    mega = _tiny_trainer(tmp_path / "m", algorithm={"entropyCoef": 0.0},
+                         trainer={"backend": "megatron", "replicas": 1, "gpusPerReplica": 0},
                          model={"source": "builtin://tiny", "dtype": "float32"})
     assert isinstance(tiny.backend, TinyTrainerBackend) and isinstance(mega.backend.local, MegatronTrainerBackend)
     # One checkpoint, two libraries: the HF weights they hold are the same tensors.

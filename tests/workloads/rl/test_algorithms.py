@@ -83,7 +83,8 @@ def test_kl_estimators_and_importance_weights_hand_computed():
     assert close(kl_penalty(lp, ref, "k2"), 0.5 * log(2) ** 2)
     assert close(kl_penalty(lp, ref, "k1"), -log(2))
     assert close(kl_penalty(torch.tensor(-1.0), torch.tensor(-1.0)), 0.0)
-    old, beh = torch.tensor([log(0.9), log(0.3), log(0.3)]), torch.tensor([log(0.3), log(0.6), log(0.3)])  # ratios 3, 0.5, 1
+    old, beh = torch.tensor([log(0.9), log(0.3), log(0.3)]), torch.tensor([log(0.3), log(0.6),
+                                                                           log(0.3)])  # ratios 3, 0.5, 1
     assert close(importance_weights(old, beh, "truncate", 0.0, 2.0), [2.0, 0.5, 1.0])
     assert close(importance_weights(old, beh, "truncate", 0.8, 2.0), [2.0, 0.8, 1.0])
     assert close(importance_weights(old, beh, "mask", 0.8, 2.0), [0.0, 0.0, 1.0])
@@ -95,7 +96,8 @@ def test_loss_with_tis_kl_and_sample_weights():
     behaviour = torch.tensor([[log(0.25), log(1.0)]])  # old/behaviour = 2 → capped 1.5; 0.5
     ref = torch.zeros(1, 2)
     out = policy_loss(lp, torch.tensor([1.0]), torch.ones(1, 2), old_logprobs=lp, behaviour_logprobs=behaviour,
-                      correction="truncate", correction_high=1.5, ref_logprobs=ref, kl_coef=0.1, sample_weights=torch.tensor([0.5]))
+                      correction="truncate", correction_high=1.5, ref_logprobs=ref, kl_coef=0.1,
+                      sample_weights=torch.tensor([0.5]))
     k3 = 2 - log(2) - 1
     want = 0.5 * ((-1.5 + 0.1 * k3) + (-0.5 + 0.1 * k3)) / 2
     assert close(out.loss, want)

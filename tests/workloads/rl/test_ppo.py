@@ -39,7 +39,8 @@ def make_batch(n: int = 8, length: int = 12, seed: int = 0, dtype=torch.float32)
     mask = (valid & (torch.arange(length)[None] >= 4)).to(dtype)
     rewards = torch.randint(0, 2, (n,), generator=g).double()
     return RolloutBatch(ids=ids * valid, valid=valid, mask=mask, behaviour=torch.zeros(n, length, dtype=dtype),
-                        advantages=group_advantages(rewards, group_size=n // 2).to(dtype), weights=torch.ones(n, dtype=dtype),
+                        advantages=group_advantages(rewards, group_size=n // 2).to(dtype),
+                        weights=torch.ones(n, dtype=dtype),
                         rewards=rewards)
 
 
@@ -172,7 +173,8 @@ def test_staleness_weights_reach_the_loss_of_their_samples():
     assert batch.weights.tolist() == [1.0, 1.0, 0.5, 0.5]
     # The stale group's share of the loss gradient is halved, the fresh group's untouched.
     lp = batch.behaviour.clone().requires_grad_(True)
-    policy_loss(lp, batch.advantages, batch.mask, old_logprobs=lp.detach(), sample_weights=batch.weights).loss.backward()
+    policy_loss(lp, batch.advantages, batch.mask, old_logprobs=lp.detach(),
+                sample_weights=batch.weights).loss.backward()
     unweighted = batch.behaviour.clone().requires_grad_(True)
     policy_loss(unweighted, batch.advantages, batch.mask, old_logprobs=unweighted.detach()).loss.backward()
     assert torch.equal(lp.grad[:2], unweighted.grad[:2]) and torch.allclose(lp.grad[2:], 0.5 * unweighted.grad[2:])

@@ -33,7 +33,8 @@ async def groups_from(url: str, n_groups: int, size: int = 4) -> list:
     try:
         async with aiohttp.ClientSession(timeout=env_client_timeout(episode_timeout_s=5, margin_s=5)) as s:
             return list(await asyncio.gather(*(
-                run_group(engine, Prompt(f"p{i}", {"prompt": f"{i}+1=", "answer": str(i + 1)}, n_samples=size), REWARD, SAMPLING,
+                run_group(engine, Prompt(f"p{i}", {"prompt": f"{i}+1=", "answer": str(i + 1)}, n_samples=size), REWARD,
+                          SAMPLING,
                           tokenizer, s, {"env": url}) for i in range(n_groups))))
     finally:
         await engine.stop()

@@ -14,7 +14,13 @@ from kuberl.workloads.engines.batching import BatchingEngine
 from kuberl.workloads.engines.torch_engine import TorchEngine
 from kuberl.workloads.policy.tiny.model import seeded_model
 from tests.support.tiny import tiny_tokenizer
-from kuberl.workloads.episodes.generate import SamplingSettings, _is_read_timeout, env_client_timeout, episode_url, run_group
+from kuberl.workloads.episodes.generate import (
+    SamplingSettings,
+    _is_read_timeout,
+    env_client_timeout,
+    episode_url,
+    run_group,
+)
 from kuberl.workloads.spec import RewardSpec
 from tests.support.agentenv import serving
 
@@ -47,7 +53,8 @@ async def test_a_step_slower_than_the_read_timeout_is_an_infrastructure_failure_
     """The server takes ~3 s per step (its own episode timeout is far away); the session allows
     0.5 s. Every episode of the group ends in about that time as an infrastructure failure
     (masked by the trainer, never trained as a 0); the group is returned."""
-    settings = EnvSettings(task="arithmetic", episode_timeout_s=60, latency="lognormal", latency_median_s=3.0, latency_tail=0.01)
+    settings = EnvSettings(task="arithmetic", episode_timeout_s=60, latency="lognormal", latency_median_s=3.0,
+                           latency_tail=0.01)
     engine = BatchingEngine(TorchEngine(seeded_model(0), seed=0))
     tokenizer = tiny_tokenizer()  # its first load imports transformers: seconds, outside the timed part
     try:
@@ -55,7 +62,8 @@ async def test_a_step_slower_than_the_read_timeout_is_an_infrastructure_failure_
                 aiohttp.ClientSession(timeout=env_client_timeout(episode_timeout_s=0.3, margin_s=0.2)) as s:
             t0 = time.monotonic()
             group = await run_group(engine, Prompt("p", {"prompt": "1+2=", "answer": "3"}, n_samples=3),
-                                    RewardSpec(type="agentEnv", agent_env="slow"), SAMPLING, tokenizer, s, {"slow": url})
+                                    RewardSpec(type="agentEnv", agent_env="slow"), SAMPLING, tokenizer, s,
+                                    {"slow": url})
             elapsed = time.monotonic() - t0
             assert server.counters["started"] == 3 and not server.episodes  # each closed after its timeout
     finally:
@@ -74,7 +82,8 @@ async def test_an_answer_within_the_timeout_is_scored_as_usual():
         async with serving(settings) as (_, url), \
                 aiohttp.ClientSession(timeout=env_client_timeout(episode_timeout_s=1.0, margin_s=0.5)) as s:
             group = await run_group(engine, Prompt("p", {"prompt": "1+2=", "answer": "3"}, n_samples=2),
-                                    RewardSpec(type="agentEnv", agent_env="env"), SAMPLING, tiny_tokenizer(), s, {"env": url})
+                                    RewardSpec(type="agentEnv", agent_env="env"), SAMPLING, tiny_tokenizer(), s,
+                                    {"env": url})
     finally:
         await engine.stop()
     assert all("timed_out" not in t.meta and t.meta["turns"] == 1 and t.failure is None for t in group)
@@ -100,5 +109,8 @@ def test_agents_wait_as_long_as_the_jobs_longest_episode_may_run():
     spec = agentic.spec.to_wire()
     spec["agentEnvs"] = [{"name": e["name"]} for e in spec["agentEnvs"]]
     referencing = agentic.model_validate({"metadata": agentic.metadata, "spec": spec})
-    cfg = job_workload_config(referencing, referenced_envs={e.name: AgentEnvSpec(episode_timeout_seconds=45) for e in referencing.spec.agent_envs})
+    cfg = job_workload_config(
+        referencing,
+        referenced_envs={e.name: AgentEnvSpec(episode_timeout_seconds=45) for e in referencing.spec.agent_envs},
+    )
     assert env_session_timeout(cfg).sock_read == 45 + 30

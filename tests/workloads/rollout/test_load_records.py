@@ -96,13 +96,16 @@ def test_a_long_run_writes_its_loads_in_bounded_parts(tmp_path, monkeypatch):
     records = LoadRecords(files, "rollout-0", started=1.0)
     written = []
     put = files.put_bytes
-    monkeypatch.setattr(files, "put_bytes", lambda name, data: (written.append((name, len(data.splitlines()))), put(name, data)))
+    monkeypatch.setattr(files, "put_bytes", lambda name,
+                        data: (written.append((name, len(data.splitlines()))), put(name, data)))
     for v in range(1, 8):
         assert records.loaded(v, f"d{v}")
     assert max(n for _, n in written) == 3 and len({name for name, _ in written}) == 3
     assert read_loads(files) == [(v, f"d{v}") for v in range(1, 8)]
     monkeypatch.setattr(files, "put_bytes", lambda name, data: (_ for _ in ()).throw(OSError("store away")))
-    assert not records.loaded(8, "d8") and not records.loaded(9, "d9")  # the third part fills, the fourth begins, unwritten
+    assert not records.loaded(8,
+                              "d8") and not records.loaded(9,
+                                                           "d9")  # the third part fills, the fourth begins, unwritten
     monkeypatch.setattr(files, "put_bytes", put)
     assert records.loaded(10, "d10")
     assert read_loads(files) == [(v, f"d{v}") for v in range(1, 11)]

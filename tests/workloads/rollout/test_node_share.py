@@ -45,7 +45,8 @@ class Agent:
     def __init__(self, s3_server, bucket: str, claims, scratch, name: str, node: str, monkeypatch):
         self.store = WeightStore(s3_server.client(), bucket, PREFIX)
         self.gets = []
-        self.store.client.meta.events.register("before-call.s3.GetObject", lambda params, **_: self.gets.append(params["url_path"]))
+        self.store.client.meta.events.register("before-call.s3.GetObject", lambda params,
+                                               **_: self.gets.append(params["url_path"]))
         monkeypatch.setenv(NODE_NAME_ENV, node)
         self.scratch = scratch / name
         self.scratch.mkdir()
@@ -68,7 +69,13 @@ class Job:
     """One job's buffer (its KV holds the claims) and the agents made for it, stopped at the end."""
 
     def __init__(self, nats_url: str, s3_server, bucket: str, scratch, monkeypatch):
-        self.nats_url, self.s3_server, self.bucket, self.scratch, self.monkeypatch = nats_url, s3_server, bucket, scratch, monkeypatch
+        self.nats_url, self.s3_server, self.bucket, self.scratch, self.monkeypatch = (
+            nats_url,
+            s3_server,
+            bucket,
+            scratch,
+            monkeypatch,
+        )
         self.made: list[Agent] = []
 
     async def __aenter__(self) -> Job:
@@ -142,7 +149,8 @@ async def test_a_copy_that_differs_from_the_store_manifest_is_downloaded_instead
         victim.write_bytes(bytes(data))
         path, _, source = await b.fetch(1)
     assert source == "store" and b.data_gets(), "the mismatch sent the copier to the store"
-    ref, _ = await asyncio.to_thread(WeightStore(a.store.client, a.store.bucket, PREFIX).fetch, 1, a.scratch.parent / "ref")
+    ref, _ = await asyncio.to_thread(WeightStore(a.store.client, a.store.bucket, PREFIX).fetch, 1,
+                                     a.scratch.parent / "ref")
     assert all(filecmp.cmp(ref / f.name, path / f.name, shallow=False) for f in manifest.files)
 
 
@@ -170,7 +178,8 @@ async def test_the_relay_serves_only_complete_versions_and_only_with_the_claims_
         (a.scratch / "v00000002" / name).write_bytes(b"half")
 
         def get(version: int, token: str) -> int:
-            request = urllib.request.Request(a.share.url + file_path(version, name), headers={"Authorization": f"Bearer {token}"})
+            request = urllib.request.Request(a.share.url + file_path(version, name),
+                                             headers={"Authorization": f"Bearer {token}"})
             try:
                 with urllib.request.urlopen(request, timeout=10) as response:
                     return response.status

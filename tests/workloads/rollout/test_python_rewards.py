@@ -89,7 +89,8 @@ async def test_an_entry_point_that_cannot_load_is_a_wrong_spec_not_a_sample_fail
         await r.score("p", "r", SAMPLE)
 
 
-@pytest.mark.parametrize("entry_point", ["os:system", "builtins:eval", "subprocess:getoutput", "json.decoder:py_scanstring",
+@pytest.mark.parametrize("entry_point",
+                         ["os:system", "builtins:eval", "subprocess:getoutput", "json.decoder:py_scanstring",
                                          "importlib:import_module", "__main__:main"])
 def test_standard_library_entry_points_are_refused(entry_point):
     assert "standard library" in python_entry_point_problem(entry_point)

@@ -78,7 +78,8 @@ def job_config(nats_server, s3_server, s3_bucket, tmp_path, monkeypatch):
 async def _announce(cfg, buf: JobBuffer, version: int, manifest: str | None = None) -> None:
     """What the trainer does after a step: weights to S3, then the version into the job KV."""
     if manifest is None:
-        manifest = (await asyncio.to_thread(publish_policy, weight_store(cfg), seeded_model(version).state_dict(), TinyConfig().to_hf(), version, dtype="float32")).uri
+        manifest = (await asyncio.to_thread(publish_policy, weight_store(cfg), seeded_model(version).state_dict(),
+                                            TinyConfig().to_hf(), version, dtype="float32")).uri
     await buf.state.publish_version(version, manifest)
 
 
@@ -110,7 +111,8 @@ class SlowLoadingEngine(SlowEngine):
 @contextlib.asynccontextmanager
 async def agent_on_version_0(cfg, delay_s: float, engine: SlowEngine | None = None):
     """A rollout agent on a slow engine, running against the job's buffer with version 0 loaded."""
-    await create_job_streams(cfg.buffer.url, cfg.job.namespace, cfg.job.name, BufferConfig.from_spec(cfg.buffer))  # the operator's part
+    await create_job_streams(cfg.buffer.url, cfg.job.namespace, cfg.job.name,
+                             BufferConfig.from_spec(cfg.buffer))  # the operator's part
     buf = await JobBuffer.open(cfg.buffer.url, cfg.job.namespace, cfg.job.name, BufferConfig.from_spec(cfg.buffer))
     engine = engine or SlowEngine(delay_s=delay_s)
     agent = RolloutAgent(cfg, "agent-0", engine=engine)
@@ -139,7 +141,8 @@ async def _overtaken_while_generating(cfg, buf: JobBuffer, engine: SlowEngine, p
 @pytest.mark.servers
 async def test_a_group_overtaken_by_the_trainer_is_abandoned_and_generated_again_on_new_weights(job_config):
     async with agent_on_version_0(job_config, delay_s=3.0) as (buf, agent, engine):
-        group = await _overtaken_while_generating(job_config, buf, engine, Prompt("p0", {"prompt": "2+3=", "answer": "5"}, n_samples=4))
+        group = await _overtaken_while_generating(job_config, buf, engine,
+                                                  Prompt("p0", {"prompt": "2+3=", "answer": "5"}, n_samples=4))
         assert agent.groups_abandoned == 1
         # The second attempt waited for the swap queued before it: generated on version 1 or 2,
         # both trainable at version 2 (whichever the agent had fetched when the batch ended).
@@ -150,9 +153,12 @@ async def test_a_group_overtaken_by_the_trainer_is_abandoned_and_generated_again
 
 @pytest.mark.servers
 async def test_with_abandoning_switched_off_the_stale_group_is_finished_and_published(job_config):
-    cfg = job_config.model_copy(update={"rollout": job_config.rollout.model_copy(update={"abandon_stale_groups": False})})
+    cfg = job_config.model_copy(
+        update={"rollout": job_config.rollout.model_copy(update={"abandon_stale_groups": False})}
+    )
     async with agent_on_version_0(cfg, delay_s=2.0) as (buf, agent, engine):
-        group = await _overtaken_while_generating(cfg, buf, engine, Prompt("p2", {"prompt": "4+4=", "answer": "8"}, n_samples=2))
+        group = await _overtaken_while_generating(cfg, buf, engine,
+                                                  Prompt("p2", {"prompt": "4+4=", "answer": "8"}, n_samples=2))
         assert agent.groups_abandoned == 0 and {t.policy_version for t in group} == {0}
 
 
@@ -177,7 +183,8 @@ async def test_the_next_version_downloads_while_the_engine_loads_the_last(job_co
     """A version announced while the engine loads the one before is fetched meanwhile, not
     after: its download overlaps the load (issue 15, part 3)."""
     store = weight_store(job_config)
-    manifests = {v: (await asyncio.to_thread(publish_policy, store, seeded_model(v).state_dict(), TinyConfig().to_hf(), v,
+    manifests = {v: (await asyncio.to_thread(publish_policy, store, seeded_model(v).state_dict(), TinyConfig().to_hf(),
+                                             v,
                                              dtype="float32")).uri for v in (1, 2)}
     async with agent_on_version_0(job_config, delay_s=0.0, engine=SlowLoadingEngine()) as (buf, agent, engine):
         fetches = {}

@@ -15,7 +15,8 @@ from tests.support.tiny import tiny_tokenizer
 
 ROWS = [
     {"question": "2+3=", "answer": "5", "level": 1},
-    {"question": [{"role": "system", "content": "Answer with digits."}, {"role": "user", "content": "4+4="}], "answer": "8", "level": 2},
+    {"question": [{"role": "system", "content": "Answer with digits."}, {"role": "user", "content": "4+4="}],
+     "answer": "8", "level": 2},
 ]
 
 
@@ -52,7 +53,9 @@ def test_file_s3_and_hub_cache_datasets_give_the_same_problems(tmp_path, jsonl, 
     assert _load("hf://org/sums/data/train.jsonl") == local
     assert _load(f"hf://org/sums@{commit}/data/train.jsonl") == local
 
-    with pytest.raises(DatasetNotFound, match=r"dataset sums hf://org/absent/x.jsonl: .*refs/main is absent.*hf download --repo-type dataset org/absent"):
+    with pytest.raises(DatasetNotFound,
+                       match=r"dataset sums hf://org/absent/x.jsonl: .*refs/main is absent.*hf download --repo-type "
+                             r"dataset org/absent"):
         _load("hf://org/absent/x.jsonl")
     with pytest.raises(DatasetNotFound, match=r"dataset sums: s3://.*/data/none.jsonl cannot be read"):
         _load(f"s3://{s3_bucket}/data/none.jsonl", s3_client=client)

@@ -71,7 +71,8 @@ async def test_evaluation_runs_greedy_and_sampled_episodes(tmp_path):
         again = await ev.run(engine, None)
     finally:
         await engine.stop()
-    assert set(scores) == {"eval/held/greedy", "eval/held/pass@1", "eval/held/pass@3", "eval/held/reward_mean", "eval/held/infra_failed"}
+    assert set(scores) == {"eval/held/greedy", "eval/held/pass@1", "eval/held/pass@3", "eval/held/reward_mean",
+                           "eval/held/infra_failed"}
     assert scores["eval/held/infra_failed"] == 0  # every held-out sample was scored
     assert scores["eval/held/greedy"] == again["eval/held/greedy"]  # greedy is deterministic
     assert all(0.0 <= v <= 1.0 for v in scores.values())

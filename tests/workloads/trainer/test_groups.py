@@ -31,7 +31,8 @@ def test_dynamic_sampling_drops_flat_groups_and_counts_the_keep_rate():
 
 def _cfg(dynamic_sampling: bool, factor: float = 1.0, off_policy: int = 1, cap: int = 512):
     algorithm = SimpleNamespace(global_batch_size=64, dynamic_sampling=dynamic_sampling, over_sampling_factor=factor)
-    return SimpleNamespace(algorithm=algorithm, buffer=SimpleNamespace(max_in_flight_prompts=cap), max_off_policy_steps=off_policy)
+    return SimpleNamespace(algorithm=algorithm, buffer=SimpleNamespace(max_in_flight_prompts=cap),
+                           max_off_policy_steps=off_policy)
 
 
 def test_in_flight_target_over_samples_for_dropped_groups():

@@ -31,9 +31,11 @@ def trainer_and_bridge(nats_server, tmp_path):
     spec = example_spec("tiny-cpu.yaml")
     spec["buffer"] = {"maxStreamBytes": MAX_STREAM_BYTES, "maxInFlightPrompts": 40}
     name = f"contract-{time.monotonic_ns() % 10**8}"
-    cfg = workload_config_for(spec, name, nats_url=nats_server.url, s3_endpoint="http://127.0.0.1:1", output_dir=str(tmp_path))
+    cfg = workload_config_for(spec, name, nats_url=nats_server.url, s3_endpoint="http://127.0.0.1:1",
+                              output_dir=str(tmp_path))
     bridge = NatsBridge()
-    bridge.ensure_job(nats_server.url, "default", name, BufferConfig.from_spec(cfg.buffer))  # what the RLJob controller does
+    bridge.ensure_job(nats_server.url, "default", name,
+                      BufferConfig.from_spec(cfg.buffer))  # what the RLJob controller does
     yield Trainer(cfg), bridge
     bridge.close()
 

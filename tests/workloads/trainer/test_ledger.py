@@ -31,7 +31,8 @@ def clean_run() -> list[dict]:
 def test_a_clean_run_has_all_zeros_and_accounts_for_every_slot():
     a = audit(clean_run(), loads=[(1, "d1"), (2, "d2")])
     assert a.zeros() == dict.fromkeys(a.zeros(), 0)
-    assert (a.steps, a.slots_issued, a.slots_trained, a.slots_dropped, a.slots_in_flight_at_end) == (2, 4, 2, {"no_signal": 1}, 1)
+    assert (a.steps, a.slots_issued, a.slots_trained, a.slots_dropped,
+            a.slots_in_flight_at_end) == (2, 4, 2, {"no_signal": 1}, 1)
     assert a.finished and a.versions_loaded == 2 and a.restarts == 0
 
 
@@ -67,7 +68,8 @@ def test_a_restart_rolls_back_what_came_after_its_checkpoint():
 
 def test_a_checkpoint_written_but_not_recorded_counts_as_committed():
     """Killed between the checkpoint's upload and its ledger line: the restart resumes from it."""
-    events = clean_run()[:8] + [{"event": "start", "restored_step": 2}, {"event": "end", "step": 2, "in_flight": [pid(3)]}]
+    events = clean_run()[:8] + [{"event": "start", "restored_step": 2},
+                                {"event": "end", "step": 2, "in_flight": [pid(3)]}]
     a = audit(events)
     assert a.zeros() == dict.fromkeys(a.zeros(), 0) and a.steps == 2
 

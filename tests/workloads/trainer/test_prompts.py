@@ -20,7 +20,9 @@ def test_prompts_over_max_prompt_length_are_skipped():
     lengths = sorted({len(tiny_tokenizer().encode_prompt(p.to_data())) for p in _source(1024).problems})
     assert len(lengths) > 1, "the dataset mixes prompt lengths"
     short = _source(lengths[0])
-    assert short.problems and all(len(tiny_tokenizer().encode_prompt(p.to_data())) <= lengths[0] for p in short.problems)
+    assert short.problems and all(
+        len(tiny_tokenizer().encode_prompt(p.to_data())) <= lengths[0] for p in short.problems
+    )
     assert len(short.problems) < len(_source(lengths[-1]).problems)
     with pytest.raises(ValueError, match="maxPromptLength"):
         _source(lengths[0] - 1)

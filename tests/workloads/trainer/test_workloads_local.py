@@ -41,7 +41,8 @@ def test_model_uses_qwen2_parameter_names_and_config():
 def test_engine_logprobs_match_the_trainers_recomputation():
     model = seeded_model(1)
     engine = TorchEngine(model, seed=3)
-    prompts = [TOK.encode_prompt({"prompt": "3+4="}), TOK.encode_prompt({"prompt": "12+9="})]  # different lengths: left padding
+    prompts = [TOK.encode_prompt({"prompt": "3+4="}),
+               TOK.encode_prompt({"prompt": "12+9="})]  # different lengths: left padding
     outs = engine.generate([GenerationRequest(p, n=3, max_new_tokens=5, stop_ids=TOK.stop_ids) for p in prompts])
     for p, group in zip(prompts, outs, strict=True):
         assert len(group) == 3
@@ -54,7 +55,8 @@ def test_engine_logprobs_match_the_trainers_recomputation():
 def test_engine_weight_swap_tags_the_new_version():
     engine = TorchEngine(seeded_model(0), version=0, seed=0)
     engine.load_state_dict(seeded_model(5).state_dict(), version=7)
-    (group,) = engine.generate([GenerationRequest(TOK.encode_prompt({"prompt": "1+1="}), n=2, max_new_tokens=3, stop_ids=TOK.stop_ids)])
+    (group,) = engine.generate([GenerationRequest(TOK.encode_prompt({"prompt": "1+1="}), n=2, max_new_tokens=3,
+                                                  stop_ids=TOK.stop_ids)])
     assert all(c.policy_version == 7 for c in group)
 
 
@@ -110,7 +112,8 @@ async def test_agentenv_refuses_beyond_its_concurrency_limit():
 
 
 async def test_agentenv_times_out_slow_episodes():
-    runner, url = await _serve(EnvSettings(task="arithmetic", episode_timeout_s=0.2, latency="lognormal", latency_median_s=5.0, latency_tail=0.1))
+    runner, url = await _serve(EnvSettings(task="arithmetic", episode_timeout_s=0.2, latency="lognormal",
+                                           latency_median_s=5.0, latency_tail=0.1))
     try:
         async with aiohttp.ClientSession() as s:
             async with s.post(f"{url}/episodes", json={"prompt": "1+1=", "answer": "2"}) as r:
@@ -139,7 +142,8 @@ async def test_multi_turn_episode_against_the_calculator_env():
 def test_runner_helpers():
     from kuberl.workloads.observe.step_row import StepRow
 
-    rows = [StepRow(step=i, policy_version=i, reward_mean=i / 10, samples_trained=8 * i, samples_per_s=4.0, elapsed_s=float(i))
+    rows = [StepRow(step=i, policy_version=i, reward_mean=i / 10, samples_trained=8 * i, samples_per_s=4.0,
+                    elapsed_s=float(i))
             for i in range(1, 11)]
     s = summarise(rows, window=2)
     assert s["reward_start"] == pytest.approx(0.15) and s["reward_end"] == pytest.approx(0.95) and s["steps"] == 10
@@ -239,7 +243,8 @@ def test_two_stage_curriculum_switches_by_step_in_the_trainer_and_feeder(tmp_pat
 
 
 def test_two_stage_curriculum_switches_by_pass_rate_only_on_a_full_window(tmp_path):
-    curriculum = {"stages": [{**TWO_STAGES["stages"][0], "until": {"passRate": 0.6, "window": 3}}, TWO_STAGES["stages"][1]]}
+    curriculum = {"stages": [{**TWO_STAGES["stages"][0], "until": {"passRate": 0.6, "window": 3}},
+                             TWO_STAGES["stages"][1]]}
     tr = _tiny_trainer(tmp_path, curriculum=curriculum)
     low = [_step(tr, pass_all=False) for _ in range(4)]  # pass rate 1/4 per step: stays
     assert [r.pass_rate for r in low] == [0.25] * 4 and {r.stage for r in low} == {0}
@@ -287,7 +292,9 @@ def test_manifest_ppo_settings_reach_the_trainers_update(tmp_path):
     rows = tr.train(_answered(tr, tr.prompts.take(4, 0), pass_all=False))
     assert [(r.epoch, r.mini_batch) for r in rows] == [(0, 0), (0, 1), (1, 0), (1, 1)]
     assert [r.step for r in rows] == [1, 2, 3, 4] and tr.progress.version == 4
-    assert rows[0].policy["ratio_dev_mean"] == 0 and rows[0].policy["kl"] == 0  # proximal = reference = current at the start
+    assert (
+        rows[0].policy["ratio_dev_mean"] == 0 and rows[0].policy["kl"] == 0
+    )  # proximal = reference = current at the start
     assert all(r.policy["ratio_dev_mean"] > 0 and r.policy["clip_frac"] > 0 and r.policy["kl"] > 0 for r in rows[1:])
     plain = _tiny_trainer(tmp_path, algorithm=settings, model=model)
     plain.init_fresh()
@@ -299,7 +306,9 @@ def test_manifest_ppo_settings_reach_the_trainers_update(tmp_path):
 def test_seed_sets_the_prompt_order_and_the_checkpoint_the_weights(tmp_path):
     def start(seed: int):
         tr = _tiny_trainer(tmp_path, runPolicy={"maxSteps": 10, "seed": seed})
-        return torch.cat([p.detach().flatten() for p in tr.backend.model.parameters()]), [p.data["prompt"] for p in tr.prompts.take(20, 0)]
+        return torch.cat([p.detach().flatten() for p in tr.backend.model.parameters()]), [
+            p.data["prompt"] for p in tr.prompts.take(20, 0)
+        ]
 
     (w0, p0), (w0b, p0b), (w1, p1) = start(0), start(0), start(1)
     assert p0 == p0b and p0 != p1
@@ -316,7 +325,8 @@ def test_assembler_trains_the_oldest_groups_first():
     for prompt, version in (("a", 5), ("b", 4), ("c", 5), ("d", 3)):
         for i in range(2):
             asm.add(Trajectory(sample_id=f"{prompt}{i}", prompt_id=prompt, group_id=prompt, policy_version=version,
-                               tokens=[1, 2], logprobs=[0, -1], loss_mask=[0, 1], reward=float(i), meta={"group_size": 2}))
+                               tokens=[1, 2], logprobs=[0, -1], loss_mask=[0, 1], reward=float(i),
+                               meta={"group_size": 2}))
     assert [g[0].prompt_id for g in asm.take(4)] == ["d", "b"]
     assert [g[0].prompt_id for g in asm.take(4)] == ["a", "c"]  # arrival order within a version
 
@@ -331,7 +341,8 @@ def test_assembler_evicts_groups_that_aged_past_the_bound_before_a_batch_is_coun
     for prompt, version in (("old", 2), ("ok", 4), ("new", 5)):
         for i in range(2):
             asm.add(Trajectory(sample_id=f"{prompt}{i}", prompt_id=prompt, group_id=prompt, policy_version=version,
-                               tokens=[1, 2], logprobs=[0, -1], loss_mask=[0, 1], reward=float(i), meta={"group_size": 2}))
+                               tokens=[1, 2], logprobs=[0, -1], loss_mask=[0, 1], reward=float(i),
+                               meta={"group_size": 2}))
     assert sum(map(len, asm.drop_untrainable(current_version=5, max_off_policy_steps=1))) == 2
     assert asm.ready_samples() == 4 and [g[0].prompt_id for g in asm.take(4)] == ["ok", "new"]
     assert asm.drop_untrainable(current_version=5, max_off_policy_steps=1) == []

@@ -70,7 +70,8 @@ def test_fused_groups_share_one_precision_and_the_rest_is_bf16(published):
 def test_sglang_accepts_the_checkpoint_and_refused_the_old_layout(published, sglang_venv, tmp_path):
     python = str(sglang_venv / "bin" / "python")
     check = SKIP_CHECK.format(layers=SHAPE.num_hidden_layers)
-    ok = subprocess.run([python, "-c", check, str(published / "config.json")], capture_output=True, text=True, timeout=300)
+    ok = subprocess.run([python, "-c", check, str(published / "config.json")], capture_output=True, text=True,
+                        timeout=300)
     assert ok.returncode == 0, ok.stderr[-2000:]
     assert ok.stdout.split().count("True") == 2 and ok.stdout.split().count("False") == 2  # qkv ignored, gate_up FP8
 

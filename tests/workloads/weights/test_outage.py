@@ -13,7 +13,8 @@ def client_error(code: str, status: int) -> ClientError:
 
 
 def test_transient_failures_are_retried_with_growing_delays_until_the_store_answers():
-    failures = [EndpointConnectionError(endpoint_url="http://s3"), client_error("SlowDown", 503), client_error("InternalError", 500)]
+    failures = [EndpointConnectionError(endpoint_url="http://s3"), client_error("SlowDown", 503),
+                client_error("InternalError", 500)]
     slept: list[float] = []
 
     def operation() -> str:
@@ -25,7 +26,8 @@ def test_transient_failures_are_retried_with_growing_delays_until_the_store_answ
     assert slept == [0.5, 1.0, 2.0]
 
 
-@pytest.mark.parametrize("error", [client_error("AccessDenied", 403), client_error("NoSuchKey", 404), ValueError("bad")])
+@pytest.mark.parametrize("error",
+                         [client_error("AccessDenied", 403), client_error("NoSuchKey", 404), ValueError("bad")])
 def test_a_request_that_is_wrong_raises_at_once(error):
     calls = []
 

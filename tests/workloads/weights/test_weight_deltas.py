@@ -96,7 +96,8 @@ def test_a_sync_reports_the_seconds_of_each_stage(store, tmp_path):
 
     save_sharded({k: v.bfloat16() for k, v in weights().items()}, tmp_path / "v1", config=CONFIG)
     store.publish(1, tmp_path / "v1")
-    save_sharded({k: v.bfloat16() for k, v in stepped(weights(), share=0.03, seed=1).items()}, tmp_path / "v2", config=CONFIG)
+    save_sharded({k: v.bfloat16() for k, v in stepped(weights(), share=0.03, seed=1).items()}, tmp_path / "v2",
+                 config=CONFIG)
     published, fetched = StageClock(), StageClock()
     store.publish(2, tmp_path / "v2", parent=local_version(tmp_path / "v1"), clock=published)
     store.fetch(2, tmp_path / "got", have=[local_version(tmp_path / "v1")], clock=fetched)
@@ -170,7 +171,8 @@ def test_a_delta_version_moves_a_fraction_of_the_bytes_and_rebuilds_bit_exactly(
 def test_the_trainer_publishes_a_whole_version_every_n_and_fetchers_follow_the_chain(store, tmp_path):
     keep_in, state, last, manifests = tmp_path / "published", weights(), None, {}
     for version in range(1, 6):
-        published = publish_policy(store, state, CONFIG, version, dtype="bfloat16", keep_in=keep_in, last=last, full_every=3)
+        published = publish_policy(store, state, CONFIG, version, dtype="bfloat16", keep_in=keep_in, last=last,
+                                   full_every=3)
         manifests[version] = store.manifest(version)
         assert published.local is not None and published.local.version == version
         assert [p.name for p in keep_in.iterdir()] == [f"v{version:08d}"]  # only the latest stays
@@ -191,7 +193,8 @@ def test_the_trainer_publishes_a_whole_version_every_n_and_fetchers_follow_the_c
 def test_a_broken_chain_is_refused_or_answered_with_the_newest_whole_version(store, tmp_path):
     keep_in, state, last = tmp_path / "published", weights(), None
     for version in (1, 2, 3):
-        last = publish_policy(store, state, CONFIG, version, dtype="bfloat16", keep_in=keep_in, last=last, full_every=10).local
+        last = publish_policy(store, state, CONFIG, version, dtype="bfloat16", keep_in=keep_in, last=last,
+                              full_every=10).local
         state = stepped(state, share=0.02, seed=version)
     store.client.delete_object(Bucket=store.bucket, Key=store._key(2, MANIFEST))  # version 2 gone
     with pytest.raises(ParentMissingError, match="stored against version 2"):
@@ -200,7 +203,8 @@ def test_a_broken_chain_is_refused_or_answered_with_the_newest_whole_version(sto
     assert got.version == 1 and dest.name == "v00000001"
     assert sorted(p.name for p in (tmp_path / "b").iterdir()) == ["v00000001"]
     # A fetcher already holding that whole version downloads nothing more.
-    again, got = store.fetch(3, tmp_path / "b" / "v00000003", have=local_versions(tmp_path / "b"), whole_if_parent_missing=True)
+    again, got = store.fetch(3, tmp_path / "b" / "v00000003", have=local_versions(tmp_path / "b"),
+                             whole_if_parent_missing=True)
     assert got.version == 1 and again == dest
 
 

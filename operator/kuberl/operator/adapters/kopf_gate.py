@@ -23,7 +23,8 @@ from __future__ import annotations
 from kopf._cogs.aiokits import aiotoggles
 
 
-async def _make_toggle(self: aiotoggles.ToggleSet, __val: bool = False, *, name: str | None = None) -> aiotoggles.Toggle:
+async def _make_toggle(self: aiotoggles.ToggleSet, __val: bool = False, *,
+                       name: str | None = None) -> aiotoggles.Toggle:
     toggle = aiotoggles.Toggle(__val, name=name, condition=self._condition)
     async with self._condition:
         before = self.is_on()

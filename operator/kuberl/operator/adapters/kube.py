@@ -108,7 +108,8 @@ class Kube:
         self.observe(obj)
         return obj
 
-    def list(self, api_version: str, kind: str, namespace: str, selector: dict[str, str] | None = None) -> list[dict[str, Any]]:
+    def list(self, api_version: str, kind: str, namespace: str,
+             selector: dict[str, str] | None = None) -> list[dict[str, Any]]:
         query = {"labelSelector": ",".join(f"{k}={v}" for k, v in selector.items())} if selector else None
         status, obj = self.request("GET", collection_path(api_version, kind, namespace), query=query)
         return (obj or {}).get("items", []) if status == 200 else []

@@ -138,7 +138,8 @@ class NatsBridge:
 
     # -- what the handlers need ----------------------------------------------------------
 
-    def ensure_job(self, url: str, namespace: str, name: str, cfg: BufferConfig, auth: Mapping[str, str] | None = None) -> None:
+    def ensure_job(self, url: str, namespace: str, name: str, cfg: BufferConfig,
+                   auth: Mapping[str, str] | None = None) -> None:
         async def go():
             await ensure_job(await self._js(url, auth), JobNames.for_job(namespace, name), cfg)
 

@@ -52,7 +52,8 @@ def ensure_peering_object(kube, name: str, namespace: str | None) -> None:
     """Create the peering object kopf writes keep-alives into, if it is missing."""
     if namespace:
         path = f"/apis/{PEERING_GROUP}/v1/namespaces/{namespace}/kopfpeerings"
-        body = {"apiVersion": f"{PEERING_GROUP}/v1", "kind": "KopfPeering", "metadata": {"name": name, "namespace": namespace}}
+        body = {"apiVersion": f"{PEERING_GROUP}/v1", "kind": "KopfPeering",
+                "metadata": {"name": name, "namespace": namespace}}
     else:
         path = f"/apis/{PEERING_GROUP}/v1/clusterkopfpeerings"
         body = {"apiVersion": f"{PEERING_GROUP}/v1", "kind": "ClusterKopfPeering", "metadata": {"name": name}}

@@ -24,7 +24,8 @@ from kuberl.operator.api.constants import API_VERSION, LABEL_ENV, LABEL_JOB, LAB
 # The kinds the operator reads and writes; each is one kopf index, named after its plural.
 WATCHED_KINDS: tuple[tuple[str, str], ...] = (
     ("v1", "Pod"), ("v1", "Service"), ("v1", "ConfigMap"), ("apps/v1", "Deployment"),
-    ("networking.k8s.io/v1", "NetworkPolicy"), (API_VERSION, "RLJob"), (API_VERSION, "RolloutPool"), (API_VERSION, "AgentEnv"),
+    ("networking.k8s.io/v1", "NetworkPolicy"), (API_VERSION, "RLJob"), (API_VERSION, "RolloutPool"),
+    (API_VERSION, "AgentEnv"),
 )
 INDEX_IDS: dict[tuple[str, str], str] = {kind: f"watched_{plural(*kind)}" for kind in WATCHED_KINDS}
 # Pods are listed by one of these labels (naming.trainer_selector, pool_selector, env_selector).
@@ -89,7 +90,9 @@ class WatchCache:
         try:
             return self._indices[kind]
         except KeyError:
-            raise RuntimeError(f"the watch cache of {kind} is not bound: the operator's start-up handler binds it") from None
+            raise RuntimeError(
+                f"the watch cache of {kind} is not bound: the operator's start-up handler binds it"
+            ) from None
 
     def get(self, api_version: str, kind: str, namespace: str, name: str) -> dict[str, Any] | None:
         """The object as last watched, None when the watch has not seen it (or saw it deleted)."""

@@ -25,39 +25,54 @@ from kuberl.operator.api.constants import API_VERSION
 class LatencySpec(ApiModel):
     """Injected episode latency (reference server only), to exercise the decoupled mode."""
 
-    distribution: Literal["none", "lognormal", "pareto"] = Field("none", description="Shape of the injected per-step delay.")
+    distribution: Literal["none", "lognormal", "pareto"] = Field("none",
+                                                                 description="Shape of the injected per-step delay.")
     median_seconds: float = Field(0.0, ge=0.0, le=3600.0, description="Median injected delay per environment step.")
-    tail: float = Field(1.0, gt=0.0, le=10.0, description="Heaviness of the tail: lognormal sigma, or the inverse of the Pareto shape.")
+    tail: float = Field(1.0, gt=0.0, le=10.0,
+                        description="Heaviness of the tail: lognormal sigma, or the inverse of the Pareto shape.")
 
 
 class SandboxSpec(ApiModel):
     """Isolation of environment pods: agents run model-written code in them."""
 
-    deny_egress: bool = Field(True, description="Create a NetworkPolicy that denies all egress from the environment pods.")
+    deny_egress: bool = Field(True,
+                              description="Create a NetworkPolicy that denies all egress from the environment pods.")
     run_as_non_root: bool = Field(True, description="Require a non-root user.")
-    read_only_root_filesystem: bool = Field(True, description="Mount the root filesystem read-only (a writable /tmp is provided).")
-    runtime_class_name: str | None = Field(None, max_length=SHORT_STRING_MAX, description="RuntimeClass for stronger isolation, e.g. gvisor or kata.")
+    read_only_root_filesystem: bool = Field(True,
+                                            description="Mount the root filesystem read-only (a writable /tmp is "
+                                                        "provided).")
+    runtime_class_name: str | None = Field(None, max_length=SHORT_STRING_MAX,
+                                           description="RuntimeClass for stronger isolation, e.g. gvisor or kata.")
 
 
 class AgentEnvSpec(ApiModel):
     """Desired state of an AgentEnv."""
 
     cel_rules: ClassVar = (
-        cel("self.task != 'custom' || has(self.image)", "task custom serves your own server: set image (and command/args if its entrypoint needs them)", ".image"),
+        cel("self.task != 'custom' || has(self.image)",
+            "task custom serves your own server: set image (and command/args if its entrypoint needs them)", ".image"),
     )
 
-    image: str | None = Field(None, max_length=SHORT_STRING_MAX, description="Environment server image; defaults to the kuberl reference server.")
+    image: str | None = Field(None, max_length=SHORT_STRING_MAX,
+                              description="Environment server image; defaults to the kuberl reference server.")
     command: list[str] | None = Field(None, max_length=LIST_MAX, description="Entrypoint override.")
     args: list[str] | None = Field(None, max_length=LIST_MAX, description="Arguments to the entrypoint.")
-    env: list[EnvVar] | None = Field(None, max_length=LIST_MAX, json_schema_extra=list_map("name"), description="Extra environment variables.")
+    env: list[EnvVar] | None = Field(None, max_length=LIST_MAX, json_schema_extra=list_map("name"),
+                                     description="Extra environment variables.")
     task: Literal["arithmetic", "calculator-tool", "custom"] = Field(
         "arithmetic",
-        description="Reference task served: arithmetic (single-turn verifier), calculator-tool (multi-turn tool use), or custom (your image).",
+        description="Reference task served: arithmetic (single-turn verifier), calculator-tool (multi-turn tool use), "
+                    "or custom (your image).",
     )
     port: int = Field(8080, ge=1, le=65535, description="Port the environment server listens on.")
-    replicas: int = Field(1, ge=0, le=4096, description="Environment pods. The server speaks kuberl's HTTP episode protocol (kuberl-episode-v1: reset/step).")
-    concurrency_per_replica: int = Field(32, ge=1, le=65536, description="Episodes one pod serves at the same time; more are refused with 429.")
-    episode_timeout_seconds: int = Field(300, ge=1, le=86400, description="An episode that runs longer is ended and scored as failed.")
+    replicas: int = Field(1, ge=0, le=4096,
+                          description="Environment pods. The server speaks kuberl's HTTP episode protocol "
+                                      "(kuberl-episode-v1: reset/step).")
+    concurrency_per_replica: int = Field(32, ge=1, le=65536,
+                                         description="Episodes one pod serves at the same time; more are refused with "
+                                                     "429.")
+    episode_timeout_seconds: int = Field(300, ge=1, le=86400,
+                                         description="An episode that runs longer is ended and scored as failed.")
     latency: LatencySpec | None = Field(None, description="Injected latency for experiments.")
     resources: ResourceRequirements | None = Field(None, description="Container resources.")
     sandbox: SandboxSpec = Field(default_factory=SandboxSpec, description="Isolation settings applied to the pod spec.")
@@ -69,9 +84,12 @@ class AgentEnvStatus(ApiModel):
 
     replicas: int = Field(0, ge=0, description="Pods that exist.")
     ready_replicas: int = Field(0, ge=0, description="Pods that pass readiness.")
-    endpoint: str | None = Field(None, max_length=SHORT_STRING_MAX, description="In-cluster URL of the environment Service.")
+    endpoint: str | None = Field(None, max_length=SHORT_STRING_MAX,
+                                 description="In-cluster URL of the environment Service.")
     observed_generation: int | None = Field(None, ge=0, description="The .metadata.generation the status reflects.")
-    conditions: list[Condition] | None = Field(None, max_length=LIST_MAX, json_schema_extra=list_map("type"), description=f"{READY}: an environment server pod is ready, or none is wanted.")
+    conditions: list[Condition] | None = Field(None, max_length=LIST_MAX, json_schema_extra=list_map("type"),
+                                               description=f"{READY}: an environment server pod is ready, or none is "
+                                                           f"wanted.")
 
 
 class AgentEnv(ApiModel):

@@ -25,7 +25,8 @@ def dns_label_rule(kind: str, becomes: str, max_length: int = 63) -> dict[str, s
     resources; refusing them here beats a child the server rejects later."""
     return cel(
         f"self.metadata.name.matches('^[a-z]([-a-z0-9]*[a-z0-9])?$') && size(self.metadata.name) <= {max_length}",
-        f"metadata.name must be a DNS-1035 label of at most {max_length} characters (lower-case letters, digits and '-', "
+        f"metadata.name must be a DNS-1035 label of at most {max_length} characters (lower-case letters, digits and "
+        f"'-', "
         f"starting with a letter, no dots): a {kind}'s name becomes {becomes}",
     )
 
@@ -55,9 +56,11 @@ class ResourceRequirements(ApiModel):
 class Toleration(ApiModel):
     """A toleration copied to the pods, as in a Pod spec."""
 
-    key: str | None = Field(None, max_length=SHORT_STRING_MAX, description="Taint key the toleration applies to; empty matches all keys.")
+    key: str | None = Field(None, max_length=SHORT_STRING_MAX,
+                            description="Taint key the toleration applies to; empty matches all keys.")
     operator: Literal["Exists", "Equal"] = Field("Equal", description="How the key is matched against the value.")
-    value: str | None = Field(None, max_length=SHORT_STRING_MAX, description="Taint value to match when operator is Equal.")
+    value: str | None = Field(None, max_length=SHORT_STRING_MAX,
+                              description="Taint value to match when operator is Equal.")
     effect: Literal["NoSchedule", "PreferNoSchedule", "NoExecute"] | None = Field(
         None, description="Taint effect to match; empty matches all effects."
     )
@@ -68,15 +71,19 @@ class KeyRef(ApiModel):
     """One key of a Secret or ConfigMap in the object's namespace."""
 
     name: Name = Field(description="Name of the Secret or ConfigMap.")
-    key: str = Field(min_length=1, max_length=SHORT_STRING_MAX, pattern=r"^[-._a-zA-Z0-9]+$", description="Key within it.")
-    optional: bool | None = Field(None, description="Start the container even when the key is missing (the variable is then unset).")
+    key: str = Field(min_length=1, max_length=SHORT_STRING_MAX, pattern=r"^[-._a-zA-Z0-9]+$",
+                     description="Key within it.")
+    optional: bool | None = Field(None,
+                                  description="Start the container even when the key is missing (the variable is then "
+                                              "unset).")
 
 
 class EnvVarSource(ApiModel):
     """Where a variable's value comes from: a Secret key (credentials never belong in the spec) or a ConfigMap key."""
 
     cel_rules: ClassVar = (
-        cel("has(self.secretKeyRef) != has(self.configMapKeyRef)", "set exactly one of secretKeyRef and configMapKeyRef"),
+        cel("has(self.secretKeyRef) != has(self.configMapKeyRef)",
+            "set exactly one of secretKeyRef and configMapKeyRef"),
     )
 
     secret_key_ref: KeyRef | None = Field(None, description="A key of a Secret in the job's namespace.")
@@ -87,11 +94,14 @@ class EnvVar(ApiModel):
     """An environment variable for the containers: a literal value, or one taken from a Secret or ConfigMap."""
 
     cel_rules: ClassVar = (
-        cel("!(has(self.value) && has(self.valueFrom))", "set value or valueFrom, not both; put secrets in a Secret and use valueFrom.secretKeyRef", ".valueFrom"),
+        cel("!(has(self.value) && has(self.valueFrom))",
+            "set value or valueFrom, not both; put secrets in a Secret and use valueFrom.secretKeyRef", ".valueFrom"),
     )
 
-    name: str = Field(min_length=1, max_length=SHORT_STRING_MAX, pattern=r"^[-._a-zA-Z][-._a-zA-Z0-9]*$", description="Variable name.")
-    value: str | None = Field(None, max_length=32768, description="A literal value (not for secrets: use valueFrom.secretKeyRef).")
+    name: str = Field(min_length=1, max_length=SHORT_STRING_MAX, pattern=r"^[-._a-zA-Z][-._a-zA-Z0-9]*$",
+                      description="Variable name.")
+    value: str | None = Field(None, max_length=32768,
+                              description="A literal value (not for secrets: use valueFrom.secretKeyRef).")
     value_from: EnvVarSource | None = Field(None, description="Take the value from a Secret or ConfigMap key.")
 
 
@@ -99,7 +109,8 @@ class Placement(ApiModel):
     """Where pods run: node pool selection and priority."""
 
     node_selector: Labels | None = Field(None, description="Node labels the pods require, e.g. the GPU pool's label.")
-    tolerations: list[Toleration] | None = Field(None, max_length=LIST_MAX, description="Tolerations for tainted (e.g. GPU) nodes.")
+    tolerations: list[Toleration] | None = Field(None, max_length=LIST_MAX,
+                                                 description="Tolerations for tainted (e.g. GPU) nodes.")
     affinity: FreeForm | None = Field(None, description="A core/v1 Affinity, copied to the pods unchanged.")
     priority_class_name: str | None = Field(None, max_length=SHORT_STRING_MAX, description="PriorityClass of the pods.")
 
@@ -115,4 +126,5 @@ class Condition(ApiModel):
     reason: str = Field("", max_length=1024, description="One CamelCase word that says why.")
     message: str = Field("", max_length=32768, description="A human-readable explanation.")
     last_transition_time: str | None = Field(None, description="When status last changed (RFC 3339).")
-    observed_generation: int | None = Field(None, ge=0, description="The .metadata.generation this condition was computed from.")
+    observed_generation: int | None = Field(None, ge=0,
+                                            description="The .metadata.generation this condition was computed from.")

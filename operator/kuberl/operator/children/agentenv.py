@@ -42,7 +42,8 @@ def inline_agent_envs(job: RLJob, namespace: str, settings: OperatorSettings) ->
         if entry.spec is None:
             continue
         labels = {**common_labels(name, ROLE_AGENTENV, settings), LABEL_JOB: name}
-        out.append({"apiVersion": API_VERSION, "kind": "AgentEnv", "metadata": object_meta(entry.name, namespace, labels), "spec": entry.spec.to_wire()})
+        out.append({"apiVersion": API_VERSION, "kind": "AgentEnv",
+                    "metadata": object_meta(entry.name, namespace, labels), "spec": entry.spec.to_wire()})
     return out
 
 
@@ -59,7 +60,8 @@ def agent_env_server_args(spec: AgentEnvSpec, *, host: str = "0.0.0.0", port: in
     return [
         "--host", host, "--port", str(spec.port if port is None else port), "--task", spec.task,
         "--concurrency", str(spec.concurrency_per_replica), "--episode-timeout", str(spec.episode_timeout_seconds),
-        "--latency", latency.distribution, "--latency-median", str(latency.median_seconds), "--latency-tail", str(latency.tail),
+        "--latency", latency.distribution, "--latency-median", str(latency.median_seconds), "--latency-tail",
+        str(latency.tail),
     ]
 
 
@@ -127,7 +129,8 @@ def agent_env_network_policy(env: AgentEnv, namespace: str, settings: OperatorSe
     return {
         "apiVersion": "networking.k8s.io/v1",
         "kind": "NetworkPolicy",
-        "metadata": object_meta(deny_egress_policy_name(name), namespace, {**common_labels(name, ROLE_AGENTENV, settings), **env_selector(name)}),
+        "metadata": object_meta(deny_egress_policy_name(name), namespace,
+                                {**common_labels(name, ROLE_AGENTENV, settings), **env_selector(name)}),
         "spec": {"podSelector": {"matchLabels": env_selector(name)}, "policyTypes": ["Egress"], "egress": []},
     }
 
@@ -147,7 +150,8 @@ def agent_env_ingress_policy(env: AgentEnv, namespace: str, settings: OperatorSe
     name = env.metadata["name"]
     job = (env.metadata.get("labels") or {}).get(LABEL_JOB)
     peer: dict[str, Any] = {"matchLabels": {LABEL_JOB: job} if job else {LABEL_PART_OF: "kuberl"},
-                            "matchExpressions": [{"key": LABEL_ROLE, "operator": "In", "values": [ROLE_ROLLOUT, ROLE_TRAINER]}]}
+                            "matchExpressions": [{"key": LABEL_ROLE, "operator": "In",
+                                                  "values": [ROLE_ROLLOUT, ROLE_TRAINER]}]}
     return {
         "apiVersion": "networking.k8s.io/v1",
         "kind": "NetworkPolicy",

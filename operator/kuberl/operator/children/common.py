@@ -92,9 +92,12 @@ DEFAULT_RESOURCES: dict[str, dict[bool, tuple[str, str, str]]] = {
     ROLE_ENV_DEFAULTS: {True: ("250m", "256Mi", "1Gi"), False: ("250m", "256Mi", "1Gi")},
 }
 
-_QUANTITY = re.compile(r"^([+-]?(?:[0-9]+(?:\.[0-9]*)?|\.[0-9]+))(?:([eE][+-]?[0-9]+)|(Ki|Mi|Gi|Ti|Pi|Ei|n|u|m|k|M|G|T|P|E))?$")
+_QUANTITY = re.compile(
+    r"^([+-]?(?:[0-9]+(?:\.[0-9]*)?|\.[0-9]+))(?:([eE][+-]?[0-9]+)|(Ki|Mi|Gi|Ti|Pi|Ei|n|u|m|k|M|G|T|P|E))?$"
+)
 _SUFFIX = {"Ki": 2**10, "Mi": 2**20, "Gi": 2**30, "Ti": 2**40, "Pi": 2**50, "Ei": 2**60, "n": Decimal("1e-9"),
-           "u": Decimal("1e-6"), "m": Decimal("1e-3"), "k": 10**3, "M": 10**6, "G": 10**9, "T": 10**12, "P": 10**15, "E": 10**18}
+           "u": Decimal("1e-6"), "m": Decimal("1e-3"), "k": 10**3, "M": 10**6, "G": 10**9, "T": 10**12, "P": 10**15,
+           "E": 10**18}
 
 
 def quantity_value(q: int | str) -> Decimal | None:
@@ -236,7 +239,8 @@ def restricted_pod_security(run_as_non_root: bool = True) -> dict[str, Any]:
     NGC images); fsGroup makes mounted Secrets (mode 0440) and emptyDirs readable to it."""
     security: dict[str, Any] = {"seccompProfile": {"type": "RuntimeDefault"}}
     if run_as_non_root:
-        security.update({"runAsNonRoot": True, "runAsUser": NON_ROOT_UID, "runAsGroup": NON_ROOT_UID, "fsGroup": NON_ROOT_UID})
+        security.update({"runAsNonRoot": True, "runAsUser": NON_ROOT_UID, "runAsGroup": NON_ROOT_UID,
+                         "fsGroup": NON_ROOT_UID})
     return security
 
 
@@ -261,13 +265,15 @@ def credential_env(weight_store_secret: str | None) -> list[dict[str, Any]]:
     AWS_* variables); the session token is optional (long-lived keys have none)."""
     if not weight_store_secret:
         return []
-    env = [{"name": k, "valueFrom": {"secretKeyRef": {"name": weight_store_secret, "key": k}}} for k in S3_CREDENTIAL_KEYS]
+    env = [{"name": k,
+            "valueFrom": {"secretKeyRef": {"name": weight_store_secret, "key": k}}} for k in S3_CREDENTIAL_KEYS]
     env += [{"name": k, "valueFrom": {"secretKeyRef": {"name": weight_store_secret, "key": k, "optional": True}}}
             for k in S3_OPTIONAL_CREDENTIAL_KEYS]
     return env
 
 
-def nats_credentials(buffer_secret: str | None) -> tuple[list[dict[str, Any]], list[dict[str, Any]], list[dict[str, Any]]]:
+def nats_credentials(buffer_secret: str | None) -> tuple[list[dict[str, Any]], list[dict[str, Any]],
+                                                         list[dict[str, Any]]]:
     """(env, volumeMounts, volumes) bringing the buffer's Secret to a container as files:
     a NATS creds file is a file, and files do not show in `kubectl describe` or /proc/<pid>/environ."""
     if not buffer_secret:
@@ -328,7 +334,8 @@ def config_volume(job: str, optional: bool = False) -> dict[str, Any]:
 CONFIG_VOLUME_MOUNT = {"name": "kuberl-config", "mountPath": CONFIG_MOUNT_DIR, "readOnly": True}
 
 
-def object_meta(name: str, namespace: str, labels: dict[str, str], annotations: dict[str, str] | None = None) -> dict[str, Any]:
+def object_meta(name: str, namespace: str, labels: dict[str, str],
+                annotations: dict[str, str] | None = None) -> dict[str, Any]:
     meta: dict[str, Any] = {"name": name, "namespace": namespace, "labels": labels}
     if annotations:
         meta["annotations"] = annotations

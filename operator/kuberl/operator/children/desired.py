@@ -23,7 +23,12 @@ from kuberl.operator.children.agentenv import (
     deny_egress_policy_name,
     inline_agent_envs,
 )
-from kuberl.operator.children.rollout import credential_secrets, inline_rollout_pool, rollout_deployment, rollout_service
+from kuberl.operator.children.rollout import (
+    credential_secrets,
+    inline_rollout_pool,
+    rollout_deployment,
+    rollout_service,
+)
 from kuberl.operator.children.trainer import trainer_pod, trainer_service
 from kuberl.operator.children.workload_config import job_config_map, job_workload_config
 from kuberl.operator.settings import OperatorSettings

@@ -31,7 +31,8 @@ def _parse(doc: dict[str, Any], namespace: str) -> RLJob | RolloutPool | AgentEn
     return model.model_validate({"metadata": metadata, "spec": doc.get("spec") or {}})
 
 
-def refusal(job: RLJob, settings: OperatorSettings, pools: dict[str, RolloutPool], envs: dict[str, AgentEnv]) -> str | None:
+def refusal(job: RLJob, settings: OperatorSettings, pools: dict[str, RolloutPool],
+            envs: dict[str, AgentEnv]) -> str | None:
     """What the operator's semantic checks (decisions.references) would refuse the job for,
     with the pools and envs of the manifests as the ones that exist; Secrets are not read
     here (the cluster's may differ). None when the operator would create its children."""
@@ -52,12 +53,14 @@ def rendered_job(job: RLJob, settings: OperatorSettings, pools: dict[str, Rollou
     name = job.metadata["name"]
     ref = job.spec.rollout.pool_ref if job.spec.rollout is not None else None
     if ref and job.spec.mode != "colocated" and ref not in pools:
-        raise RenderError(f"RLJob {name}: spec.rollout.poolRef names RolloutPool {ref!r}, which is not among the manifests")
+        raise RenderError(f"RLJob {name}: spec.rollout.poolRef names RolloutPool {ref!r}, which is not among the "
+                          f"manifests")
     referenced_envs = {}
     for entry in job.spec.agent_envs or []:
         if entry.spec is None:
             if entry.name not in envs:
-                raise RenderError(f"RLJob {name}: spec.agentEnvs names AgentEnv {entry.name!r}, which is not among the manifests")
+                raise RenderError(f"RLJob {name}: spec.agentEnvs names AgentEnv {entry.name!r}, which is not among the "
+                                  f"manifests")
             referenced_envs[entry.name] = envs[entry.name].spec
     refused = refusal(job, settings, pools, envs) if check else None
     if refused:
@@ -80,7 +83,9 @@ def render(docs: list[dict[str, Any]], settings: OperatorSettings, namespace: st
     objs = [_parse(d, namespace) for d in docs if d and d.get("kind") in ("RLJob", "RolloutPool", "AgentEnv")]
     pools = {o.metadata["name"]: o for o in objs if isinstance(o, RolloutPool)}
     envs = {o.metadata["name"]: o for o in objs if isinstance(o, AgentEnv)}
-    binder = {pool_name_for(j): j for j in objs if isinstance(j, RLJob) and pool_name_for(j) in pools}  # a shared pool's job
+    binder = {
+        pool_name_for(j): j for j in objs if isinstance(j, RLJob) and pool_name_for(j) in pools
+    }  # a shared pool's job
     out: list[dict[str, Any]] = []
     for o in objs:
         if isinstance(o, RLJob):

@@ -117,7 +117,8 @@ def loopback_probe(path: str, *, period: int, timeout: int = 5, failure_threshol
     before the kubelet's own timeout would: either way a non-zero exit fails the probe."""
     script = "import sys, urllib.request; urllib.request.urlopen(sys.argv[1], timeout=float(sys.argv[2]))"
     probe: dict[str, Any] = {
-        "exec": {"command": ["python3", "-c", script, f"http://127.0.0.1:{ENGINE_PORT}{path}", str(max(timeout - 1, 1))]},
+        "exec": {"command": ["python3", "-c", script, f"http://127.0.0.1:{ENGINE_PORT}{path}",
+                             str(max(timeout - 1, 1))]},
         "periodSeconds": period,
         "timeoutSeconds": timeout,
     }
@@ -249,21 +250,29 @@ def rollout_deployment(
         agent_env[WEIGHT_RELAY_PORT_ENV] = str(WEIGHT_RELAY_PORT)
         ports.append({"name": "weights", "containerPort": WEIGHT_RELAY_PORT})
         node_env = unless_user_set([{"name": name, "valueFrom": {"fieldRef": {"fieldPath": path}}}
-                                    for name, path in ((NODE_NAME_ENV, "spec.nodeName"), (POD_IP_ENV, "status.podIP"))], users)
+                                    for name, path in ((NODE_NAME_ENV, "spec.nodeName"), (POD_IP_ENV, "status.podIP"))],
+                                   users)
     else:
         node_env = []
-    containers.append({
-        "name": "agent",
-        "image": agent_image,
-        "imagePullPolicy": settings.image_pull_policy,
-        "command": ["python", "-m", "kuberl.workloads.rollout"],
-        "env": env_list(agent_env) + downward_env() + node_env + nats_env + credential_env(weight_store_credentials_secret)
-               + writable_env(users) + users,
-        "ports": ports,
-        "resources": agent_resources,
-        "securityContext": restricted_container_security(),
-        "volumeMounts": agent_mounts,
-    })
+    containers.append(
+        {
+            "name": "agent",
+            "image": agent_image,
+            "imagePullPolicy": settings.image_pull_policy,
+            "command": ["python", "-m", "kuberl.workloads.rollout"],
+            "env": env_list(agent_env)
+            + downward_env()
+            + node_env
+            + nats_env
+            + credential_env(weight_store_credentials_secret)
+            + writable_env(users)
+            + users,
+            "ports": ports,
+            "resources": agent_resources,
+            "securityContext": restricted_container_security(),
+            "volumeMounts": agent_mounts,
+        }
+    )
     volumes = [config_volume(bound_job, optional=True) if bound_job else {"name": "kuberl-config", "emptyDir": {}},
                tmp_volume(), *volumes, *nats_volumes]
     pod_spec: dict[str, Any] = {"containers": containers, "volumes": volumes}
@@ -276,7 +285,8 @@ def rollout_deployment(
     apply_placement(pod_spec, spec.placement)
     deployment = deployment_manifest(name, namespace, labels, selector, replicas, pod_spec)
     # Engines take minutes to load weights: surge new pods rather than drop capacity.
-    deployment["spec"]["strategy"] = {"type": "RollingUpdate", "rollingUpdate": {"maxSurge": "25%", "maxUnavailable": 0}}
+    deployment["spec"]["strategy"] = {"type": "RollingUpdate",
+                                      "rollingUpdate": {"maxSurge": "25%", "maxUnavailable": 0}}
     return deployment
 
 

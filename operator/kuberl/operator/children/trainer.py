@@ -149,7 +149,8 @@ def trainer_pod(job: RLJob, namespace: str, index: int, generation: int, setting
         "imagePullPolicy": settings.image_pull_policy,
         "command": ["python", "-m", "kuberl.workloads.trainer"],
         "env": env + nats_env + credential_env(store_secret) + writable_env(users) + users,
-        "ports": [{"name": "rendezvous", "containerPort": RENDEZVOUS_PORT}, {"name": "metrics", "containerPort": WORKLOAD_METRICS_PORT}],
+        "ports": [{"name": "rendezvous", "containerPort": RENDEZVOUS_PORT},
+                  {"name": "metrics", "containerPort": WORKLOAD_METRICS_PORT}],
         "resources": resources,
         "securityContext": restricted_container_security(),
         "volumeMounts": [CONFIG_VOLUME_MOUNT, shm_mount(), tmp_mount(),
@@ -174,5 +175,6 @@ def trainer_pod(job: RLJob, namespace: str, index: int, generation: int, setting
         pod_spec["serviceAccountName"] = settings.workload_service_account
     restrict_pod(pod_spec)
     apply_placement(pod_spec, trainer.placement, scheduling.scheduler_name)
-    return {"apiVersion": "v1", "kind": "Pod", "metadata": object_meta(pod_name, namespace, labels, annotations), "spec": pod_spec}
+    return {"apiVersion": "v1", "kind": "Pod", "metadata": object_meta(pod_name, namespace, labels, annotations),
+            "spec": pod_spec}
 

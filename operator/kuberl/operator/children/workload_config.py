@@ -43,7 +43,8 @@ def workload_config(
     store = spec.weight_store if not s3_endpoint else spec.weight_store.model_copy(update={"endpoint": s3_endpoint})
     checkpoint = spec.checkpoint.model_copy(update={"uri": spec.checkpoint_uri(namespace, name)})
     if pool is None:  # colocated: the trainer's own engine generates
-        rollout = RolloutRuntime(engine=spec.trainer.colocated_engine, concurrency=1, weight_swap="pause", abandon_stale_groups=False)
+        rollout = RolloutRuntime(engine=spec.trainer.colocated_engine, concurrency=1, weight_swap="pause",
+                                 abandon_stale_groups=False)
     else:
         agent = pool.agent
         url = None
@@ -91,7 +92,8 @@ def episode_timeouts(job: RLJob, existing: dict[str, AgentEnvSpec | None]) -> di
 
 
 def job_workload_config(job: RLJob, *, referenced_pool: RolloutPoolSpec | None = None,
-                        referenced_envs: dict[str, AgentEnvSpec | None] | None = None, **endpoints: str) -> WorkloadConfig:
+                        referenced_envs: dict[str, AgentEnvSpec | None] | None = None,
+                        **endpoints: str) -> WorkloadConfig:
     """The config of a job in its cluster: its pool (``referenced_pool`` when it names one
     by poolRef) and its environments' Services (``referenced_envs``: the existing AgentEnvs
     it names, as read). ``endpoints``: `workload_config`'s overrides (tests run their own servers)."""

@@ -25,7 +25,8 @@ def cmd_audit(args: argparse.Namespace) -> int:
 
 
 def add_audit_command(sub) -> None:
-    p = sub.add_parser("audit", help="replay a decoupled job's ledger: prompts, groups, steps and versions lost or done twice")
+    p = sub.add_parser("audit",
+                       help="replay a decoupled job's ledger: prompts, groups, steps and versions lost or done twice")
     p.add_argument("location", help="the job's run files: a `kuberl run` output directory, or <checkpoint uri>/run "
                                     "(s3://bucket/<namespace>/<job>/checkpoints/run for a job in a cluster)")
     p.add_argument("--endpoint", help="S3 endpoint URL for an s3:// location (credentials: the usual AWS_* variables)")

@@ -77,7 +77,8 @@ def _graph_problem(root: yaml.Node) -> str | None:
         if children_done:
             open_.discard(key)
             size[key] = 1 + sum(size[id(k)] for k in kids)
-            weight[key] = 1 + (len(node.value) if isinstance(node, yaml.ScalarNode) else sum(weight[id(k)] for k in kids))
+            weight[key] = 1 + (len(node.value) if isinstance(node,
+                                                             yaml.ScalarNode) else sum(weight[id(k)] for k in kids))
             depth[key] = 1 + max((depth[id(k)] for k in kids), default=0)
             if size[key] > MAX_EXPANDED_NODES:
                 return f"it expands to more than {MAX_EXPANDED_NODES:,} nodes (YAML aliases repeat what they refer to)"

@@ -42,7 +42,8 @@ def cmd_render(args: argparse.Namespace) -> int:
             try:
                 valid = validate(doc.body)
             except ManifestInvalid as e:
-                print("\n".join(clip(line) for line in f"kuberl render: {doc.where}: {e}".splitlines()), file=sys.stderr)
+                print("\n".join(clip(line) for line in f"kuberl render: {doc.where}: {e}".splitlines()),
+                      file=sys.stderr)
                 return 1
             meta = valid["metadata"]
             if not meta.get("name"):
@@ -71,7 +72,8 @@ def cmd_render(args: argparse.Namespace) -> int:
 def add_render_command(sub) -> None:
     p = sub.add_parser("render", help="print every object the operator would create for these manifests (YAML)")
     p.add_argument("files", nargs="+", help="RLJob / RolloutPool / AgentEnv manifests")
-    p.add_argument("-n", "--namespace", default="default", help="namespace of manifests that name none (default: default)")
+    p.add_argument("-n", "--namespace", default="default",
+                   help="namespace of manifests that name none (default: default)")
     p.add_argument("--no-check", action="store_true",
                    help="print the children even of a job the operator would refuse (its semantic checks; "
                         "without this flag such a job is an error naming the field)")

@@ -12,7 +12,8 @@ from kuberl.operator.local.supervisor import RunError
 
 
 def cmd_run(args: argparse.Namespace) -> int:
-    run = LocalRun(Path(args.manifest), Path(args.output) if args.output else None, args.nats_url, args.s3_endpoint, args.quiet)
+    run = LocalRun(Path(args.manifest), Path(args.output) if args.output else None, args.nats_url, args.s3_endpoint,
+                   args.quiet)
 
     def on_term(signum, frame):
         raise KeyboardInterrupt

@@ -13,14 +13,20 @@ import yaml
 def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("operator", help="run the kuberl operator (reconciles RLJob, RolloutPool, AgentEnv)")
     scope = p.add_mutually_exclusive_group()
-    scope.add_argument("-n", "--namespace", action="append", default=[], help="watch this namespace (repeatable; globs allowed)")
-    scope.add_argument("-A", "--all-namespaces", action="store_true", help="watch every namespace (the default when no --namespace)")
-    p.add_argument("--standalone", action="store_true", help="no peering: for a single replica, or where the peering CRDs are absent")
-    p.add_argument("--peering", default="kuberl", help="peering object name replicas elect a leader in (default: kuberl)")
+    scope.add_argument("-n", "--namespace", action="append", default=[],
+                       help="watch this namespace (repeatable; globs allowed)")
+    scope.add_argument("-A", "--all-namespaces", action="store_true",
+                       help="watch every namespace (the default when no --namespace)")
+    p.add_argument("--standalone", action="store_true",
+                   help="no peering: for a single replica, or where the peering CRDs are absent")
+    p.add_argument("--peering", default="kuberl",
+                   help="peering object name replicas elect a leader in (default: kuberl)")
     p.add_argument("--priority", type=int, default=None,
-                   help="peering priority; the highest live replica is active, others wait (default: random, so replicas never tie)")
+                   help="peering priority; the highest live replica is active, others wait (default: random, so "
+                        "replicas never tie)")
     p.add_argument("--liveness", default=None,
-                   help="liveness endpoint, e.g. http://0.0.0.0:8081/healthz (default: that, on $KUBERL_HEALTH_PORT; 'off' disables)")
+                   help="liveness endpoint, e.g. http://0.0.0.0:8081/healthz (default: that, on $KUBERL_HEALTH_PORT; "
+                        "'off' disables)")
     p.add_argument("--print-peering-crds", action="store_true", help="print the peering CRDs as YAML and exit")
     p.set_defaults(func=cmd_operator)
 

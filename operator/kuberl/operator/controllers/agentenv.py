@@ -49,7 +49,8 @@ def _reconcile_env(fresh: dict) -> None:
                                  generation=fresh["metadata"].get("generation"))
         if (st.find(old.get("conditions"), READY) or {}).get("message") != message:
             _event(fresh, "Warning", INVALID_SPEC, message)
-        patch_status("AgentEnv", namespace, name, old, {"conditions": conds, "observedGeneration": fresh["metadata"].get("generation")})
+        patch_status("AgentEnv", namespace, name, old,
+                     {"conditions": conds, "observedGeneration": fresh["metadata"].get("generation")})
         return
     children = env_children(env, RT.settings)
     deployment = children.deployment
@@ -63,7 +64,8 @@ def _reconcile_env(fresh: dict) -> None:
         RT.kube.delete("networking.k8s.io/v1", "NetworkPolicy", namespace, children.deny_egress_name)
     desired = deployment["spec"]["replicas"]
     new = st.workload_status(old, live.get("status") or {}, desired, what="pods", reasons=(PODS_READY, NO_POD_READY),
-                             ready_if_empty=desired == 0, now=time.time(), generation=fresh["metadata"].get("generation"))
+                             ready_if_empty=desired == 0, now=time.time(),
+                             generation=fresh["metadata"].get("generation"))
     new["endpoint"] = agent_env_url(namespace, name, env.spec.port)
     for event in st.rejection_events(old.get("conditions"), new["conditions"]):
         _event(fresh, event.type, event.reason, event.message)

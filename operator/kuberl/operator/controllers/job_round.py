@@ -73,7 +73,8 @@ def observe(body: dict[str, Any]) -> JobRound:
     job = RLJob.model_validate({"metadata": data.get("metadata", {}), "spec": data.get("spec", {})})
     old_status = copy.deepcopy(body.get("status") or {})
     lookups, pools, envs = _lookups(job)
-    return JobRound(body=body, job=job, now=time.time(), old_status=old_status, conds=old_status.get("conditions") or [],
+    return JobRound(body=body, job=job, now=time.time(), old_status=old_status,
+                    conds=old_status.get("conditions") or [],
                     lookups=lookups, pools=pools, envs=envs)
 
 
@@ -92,7 +93,8 @@ def _lookups(job: RLJob) -> tuple[semantics.Lookups, dict[str, dict | None], dic
     def existing(obj: dict | None) -> semantics.Existing | None:
         if obj is None:
             return None
-        return semantics.Existing(owner_uid=_controller_uid(obj), spec=obj.get("spec") or {}, bound_job=(obj.get("status") or {}).get("boundJob"))
+        return semantics.Existing(owner_uid=_controller_uid(obj), spec=obj.get("spec") or {},
+                                  bound_job=(obj.get("status") or {}).get("boundJob"))
 
     secrets: dict[str, frozenset[str] | None] | None = None  # None: not read (the installation forbids it)
     if RT.settings.read_job_secrets:
@@ -100,7 +102,8 @@ def _lookups(job: RLJob) -> tuple[semantics.Lookups, dict[str, dict | None], dic
         for need in access.secret_needs(job):
             data = secret_data(namespace, need.name)
             secrets[need.name] = frozenset(data) if data is not None else None
-    lookups = semantics.Lookups(pools={n: existing(o) for n, o in pools.items()}, envs={n: existing(o) for n, o in envs.items()},
+    lookups = semantics.Lookups(pools={n: existing(o) for n, o in pools.items()},
+                                envs={n: existing(o) for n, o in envs.items()},
                                 active_jobs=active, secrets=secrets)
     return lookups, pools, envs
 
@@ -127,16 +130,21 @@ def pod_views(r: JobRound, finished: bool) -> tuple[lifecycle.PodView, ...]:
     for pod in _trainer_pods(r.namespace, r.name, r.job.spec.trainer.replicas, finished):
         meta, status = pod["metadata"], pod.get("status") or {}
         labels = meta.get("labels") or {}
-        views.append(lifecycle.PodView(
-            name=meta["name"],
-            index=int(labels.get(LABEL_REPLICA_INDEX, -1)),
-            generation=int(labels.get(LABEL_GANG_GENERATION, -1)),
-            phase=status.get("phase", "Pending"),
-            ready=st.is_true(status.get("conditions"), READY),
-            deleting=bool(meta.get("deletionTimestamp")),
-            message=status.get("message", ""),
-            disrupted=any(c.get("type") == "DisruptionTarget" and c.get("status") == "True" for c in status.get("conditions") or []),
-        ))
+        views.append(
+            lifecycle.PodView(
+                name=meta["name"],
+                index=int(labels.get(LABEL_REPLICA_INDEX, -1)),
+                generation=int(labels.get(LABEL_GANG_GENERATION, -1)),
+                phase=status.get("phase", "Pending"),
+                ready=st.is_true(status.get("conditions"), READY),
+                deleting=bool(meta.get("deletionTimestamp")),
+                message=status.get("message", ""),
+                disrupted=any(
+                    c.get("type") == "DisruptionTarget" and c.get("status") == "True"
+                    for c in status.get("conditions") or []
+                ),
+            )
+        )
     return tuple(views)
 
 

@@ -104,7 +104,9 @@ def _validate(r: JobRound) -> bool:
 def _desired(r: JobRound) -> JobChildren:
     """The job's children (children.desired), with the specs of the pool and envs it names as read this round."""
     pool = r.pools.get(r.pool_name) if r.pool_name else None
-    referenced = RolloutPoolSpec.model_validate(pool["spec"]) if pool is not None and pool.get("spec") is not None else None
+    referenced = (
+        RolloutPoolSpec.model_validate(pool["spec"]) if pool is not None and pool.get("spec") is not None else None
+    )
     env_specs = {n: AgentEnvSpec.model_validate(o["spec"]) if o is not None and o.get("spec") is not None else None
                  for n, o in r.envs.items()}
     return job_children(r.job, RT.settings, referenced_pool=referenced, referenced_envs=env_specs)
@@ -113,7 +115,8 @@ def _desired(r: JobRound) -> JobChildren:
 def _created_before(r: JobRound) -> st.Created:
     """A finished job creates nothing: its Created condition stays as it was."""
     c = st.find(r.conds, CREATED)
-    return st.Created(c["status"] == "True", c.get("reason", ""), c.get("message", "")) if c else st.Created(True, CHILDREN_CREATED)
+    return st.Created(c["status"] == "True", c.get("reason", ""),
+                      c.get("message", "")) if c else st.Created(True, CHILDREN_CREATED)
 
 
 def _ensure_children(r: JobRound, children: JobChildren) -> st.Created:
@@ -170,7 +173,8 @@ def _bind_shared_pool(r: JobRound) -> None:
     """A shared pool is bound here; the job's own pool binds itself (its owner reference names the job)."""
     pool = r.pools.get(r.pool_name) if r.pool_name else None
     if pool is not None and not r.owns(pool) and (pool.get("status") or {}).get("boundJob") != r.name:
-        RT.kube.patch(API_VERSION, "RolloutPool", r.namespace, r.pool_name, {"status": {"boundJob": r.name}}, subresource="status")
+        RT.kube.patch(API_VERSION, "RolloutPool", r.namespace, r.pool_name, {"status": {"boundJob": r.name}},
+                      subresource="status")
 
 
 def _ensure_streams(r: JobRound) -> st.Created:
@@ -178,10 +182,12 @@ def _ensure_streams(r: JobRound) -> st.Created:
     key = (r.job.metadata.get("uid") or r.name, url)
     if key not in RT.streams_ready:
         try:
-            RT.nats.ensure_job(url, r.namespace, r.name, BufferConfig.from_spec(r.job.spec.buffer), auth=job_buffer_auth(r.job))
+            RT.nats.ensure_job(url, r.namespace, r.name, BufferConfig.from_spec(r.job.spec.buffer),
+                               auth=job_buffer_auth(r.job))
             RT.streams_ready.add(key)
         except Exception as e:  # noqa: BLE001 (NATS down or unreachable: retried next round)
-            return st.Created(False, BUFFER_UNAVAILABLE, f"creating JetStream streams at {access.redact_url(url)} failed: {e}")
+            return st.Created(False, BUFFER_UNAVAILABLE,
+                              f"creating JetStream streams at {access.redact_url(url)} failed: {e}")
     return st.Created(True, CHILDREN_CREATED, "config, rendezvous service, rollout pool, agent envs and streams exist")
 
 
@@ -210,7 +216,8 @@ def _act_on_gang(r: JobRound, plan: lifecycle.Plan, children: JobChildren | None
     if plan.restarted:
         # Count the restart before deleting anything: a crash in between then cannot
         # restart twice (the old generation's pods are stale and deleted on sight).
-        RT.kube.patch(API_VERSION, "RLJob", r.namespace, r.name, {"status": {"restarts": plan.restarts, "disruptions": plan.disruptions}},
+        RT.kube.patch(API_VERSION, "RLJob", r.namespace, r.name,
+                      {"status": {"restarts": plan.restarts, "disruptions": plan.disruptions}},
                       subresource="status")
         r.old_status["restarts"], r.old_status["disruptions"] = plan.restarts, plan.disruptions
         metrics.GANG_RESTARTS.inc()
@@ -280,17 +287,21 @@ def _write_status(r: JobRound, plan: lifecycle.Plan, created: st.Created) -> Non
         "restarts": plan.restarts,
         "disruptions": plan.disruptions,
         # The clock starts when the gang is really created, not while creation waits on the buffer.
-        "startTime": st.rfc3339(plan.start_time) if plan.start_time is not None and (created.ok or r.old_status.get("startTime")) else None,
+        "startTime": st.rfc3339(plan.start_time)
+        if plan.start_time is not None and (created.ok or r.old_status.get("startTime"))
+        else None,
     }
     if plan.terminal and not r.old_status.get("completionTime"):
         new["completionTime"] = st.rfc3339(r.now)
     if not rollout.colocated:
-        new["rollout"] = {"ready": rollout.ready, "desired": rollout.desired, "summary": f"{rollout.ready}/{rollout.desired}"}
+        new["rollout"] = {"ready": rollout.ready, "desired": rollout.desired,
+                          "summary": f"{rollout.ready}/{rollout.desired}"}
     if state is not None:
         new.update(_progress(r, state))
     elif created.ok:
         new.setdefault("maxSteps", r.job.spec.run_policy.max_steps)
-    for event in [*st.transition_events(r.conds, conds), *st.rejection_events(r.conds, conds), *st.progress_events(r.old_status, new)]:
+    for event in [*st.transition_events(r.conds, conds), *st.rejection_events(r.conds, conds),
+                  *st.progress_events(r.old_status, new)]:
         r.event(event.type, event.reason, event.message)
     _commit_status(r, new)
 
@@ -305,7 +316,8 @@ def _commit_status(r: JobRound, new: dict[str, Any]) -> None:
 def _progress(r: JobRound, state: Any) -> dict[str, Any]:
     """The status fields read from the job's state in the buffer (steps, rate, stage, eval, versions)."""
     stages = tuple(stage.name for stage in r.job.spec.curriculum.stages) if r.job.spec.curriculum else ()
-    progress, sample = st.progress(state, max_steps=r.job.spec.run_policy.max_steps, previous=RT.rate_samples.get(r.uid),
+    progress, sample = st.progress(state, max_steps=r.job.spec.run_policy.max_steps,
+                                   previous=RT.rate_samples.get(r.uid),
                                    now=r.now, stage_names=stages)
     if sample is not None:
         RT.rate_samples[r.uid] = sample
@@ -322,7 +334,8 @@ def _release_shared_pool(namespace: str, job: str, pool: dict | None) -> str | N
     if release.replicas is not None:
         RT.kube.patch(API_VERSION, "RolloutPool", namespace, pool_name, {"spec": {"replicas": release.replicas}})
     if release.unbind:
-        RT.kube.patch(API_VERSION, "RolloutPool", namespace, pool_name, {"status": {"boundJob": None}}, subresource="status")
+        RT.kube.patch(API_VERSION, "RolloutPool", namespace, pool_name, {"status": {"boundJob": None}},
+                      subresource="status")
     log.info("shared rollout pool released", namespace=namespace, job=job, pool=pool_name, replicas=release.replicas)
     return release.message
 
@@ -363,12 +376,14 @@ def rljob_deleted(body: kopf.Body, spec: kopf.Spec, namespace: str, name: str, u
     except Exception as e:
         where = access.redact_url(url)
         if retry + 1 >= RT.settings.finalizer_retries:
-            message = (f"gave up deleting the job's JetStream streams and KV bucket at {where} after {retry + 1} attempts ({e}); "
+            message = (f"gave up deleting the job's JetStream streams and KV bucket at {where} after {retry + 1} "
+                       f"attempts ({e}); "
                        f"delete them by hand (`nats stream rm`) or they expire with the server's limits")
             _event(body, "Warning", "BufferCleanupAbandoned", message)
             log.warning("finaliser gave up on the buffer", namespace=namespace, name=name, error=str(e))
             RT.forget(uid)
             return
-        raise kopf.TemporaryError(f"deleting the job's JetStream streams at {where} failed: {e}", delay=FINALIZER_RETRY_DELAY_S) from e
+        raise kopf.TemporaryError(f"deleting the job's JetStream streams at {where} failed: {e}",
+                                  delay=FINALIZER_RETRY_DELAY_S) from e
     log.info("RLJob deleted", namespace=namespace, name=name, streams=deleted)
     RT.forget(uid)

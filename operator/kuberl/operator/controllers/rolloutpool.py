@@ -111,7 +111,8 @@ def _loaded_versions(job_body: dict, namespace: str, pool: str) -> list[int] | N
     url = ((job_body.get("spec") or {}).get("buffer") or {}).get("url") or buffer_default_url()
     try:
         auth = buffer_auth(namespace, credential_secrets(job_body.get("spec"))["buffer_credentials_secret"])
-        reported = RT.nats.agent_versions(url, namespace, job_body["metadata"]["name"], ready, auth=auth) if ready else {}
+        reported = RT.nats.agent_versions(url, namespace, job_body["metadata"]["name"], ready,
+                                          auth=auth) if ready else {}
     except Exception:  # noqa: BLE001 (no reading this round)
         return None
     return st.loaded_versions(reported, ready)
@@ -135,12 +136,14 @@ def read_signals(job_body: dict | None, namespace: str) -> autoscaler.Signals:
         idle = state.metrics.trainer_idle_percent if state is not None else None
     except Exception:  # noqa: BLE001
         pass
-    return autoscaler.Signals(pending_prompts=backlog.get("prompts"), trajectory_backlog=backlog.get("trajectories"), trainer_idle_percent=idle)
+    return autoscaler.Signals(pending_prompts=backlog.get("prompts"), trajectory_backlog=backlog.get("trajectories"),
+                              trainer_idle_percent=idle)
 
 
 def _autoscaler_due(body: Mapping, now: float, spec: RolloutPoolSpec | None = None) -> bool:
     spec = spec or RolloutPoolSpec.model_validate(plain(body.get("spec") or {}))
-    return autoscaler.evaluation_due(spec, is_paused(body["metadata"]), RT.last_autoscale_eval.get(body["metadata"]["uid"]), now)
+    return autoscaler.evaluation_due(spec, is_paused(body["metadata"]),
+                                     RT.last_autoscale_eval.get(body["metadata"]["uid"]), now)
 
 
 def _autoscale(body: dict, namespace: str, name: str) -> dict | None:
@@ -157,15 +160,19 @@ def _autoscale(body: dict, namespace: str, name: str) -> dict | None:
         return None
     current = pool.spec.replicas
     decision = autoscaler.decide(current, read_signals(job_body, namespace), autoscaler.Policy.from_spec(pool.spec),
-                                 last_scale_time=st.parse_rfc3339((body.get("status") or {}).get("lastScaleTime")), now=now)
+                                 last_scale_time=st.parse_rfc3339((body.get("status") or {}).get("lastScaleTime")),
+                                 now=now)
     metrics.AUTOSCALER_DECISIONS.labels(decision.reason).inc()
     if not decision.changes(current):
         log.debug("autoscaler holds", namespace=namespace, pool=name, reason=decision.reason, message=decision.message)
         return None
     patched = RT.kube.patch(API_VERSION, "RolloutPool", namespace, name, {"spec": {"replicas": decision.replicas}})
-    RT.kube.patch(API_VERSION, "RolloutPool", namespace, name, {"status": {"lastScaleTime": st.rfc3339(now), "desiredReplicas": decision.replicas}}, subresource="status")
+    RT.kube.patch(API_VERSION, "RolloutPool", namespace, name,
+                  {"status": {"lastScaleTime": st.rfc3339(now), "desiredReplicas": decision.replicas}},
+                  subresource="status")
     _event(body, "Normal", decision.reason, decision.message)
-    log.info("autoscaler scaled", namespace=namespace, pool=name, replicas=decision.replicas, reason=decision.reason, message=decision.message)
+    log.info("autoscaler scaled", namespace=namespace, pool=name, replicas=decision.replicas, reason=decision.reason,
+             message=decision.message)
     return patched
 
 

@@ -54,7 +54,8 @@ class Runtime:
         self.rate_samples: dict[str, tuple[float, int]] = {}
         self.streams_ready: set[tuple[str, str]] = set()  # (uid, url)
         self.last_autoscale_eval: dict[str, float] = {}
-        self.last_pool_round: dict[str, float] = {}  # uid -> when a pool's children and status were last brought up to date
+        self.last_pool_round: dict[str,
+                                   float] = {}  # uid -> when a pool's children and status were last brought up to date
         self.last_watched: dict[str, float] = {}  # uid -> when (monotonic) a watch event last showed the custom object
         self.watched = WatchCache()
         # uid -> the resourceVersion this process last knew to be the object's current one
@@ -65,7 +66,10 @@ class Runtime:
     @property
     def kube(self) -> Kube:
         if self._kube is None:
-            self._kube = Kube(api_client_from_environment(pool_size=self.settings.executor_threads + self.settings.timer_threads + 8), observe=_note_current)
+            self._kube = Kube(
+                api_client_from_environment(pool_size=self.settings.executor_threads + self.settings.timer_threads + 8),
+                observe=_note_current,
+            )
         return self._kube
 
     @property
@@ -160,7 +164,8 @@ def ensure_workload(child: dict[str, Any], owner: Mapping, live: dict[str, Any] 
         existing = live
     patch: dict[str, Any] = {}
     if existing.get("metadata", {}).get("annotations", {}).get(SPEC_HASH_ANNOTATION) != template_hash:
-        patch = {"metadata": {"annotations": {SPEC_HASH_ANNOTATION: template_hash}}, "spec": {"template": child["spec"]["template"]}}
+        patch = {"metadata": {"annotations": {SPEC_HASH_ANNOTATION: template_hash}},
+                 "spec": {"template": child["spec"]["template"]}}
     if existing.get("spec", {}).get("replicas") != child["spec"]["replicas"]:
         patch.setdefault("spec", {})["replicas"] = child["spec"]["replicas"]
     if patch:
@@ -174,7 +179,8 @@ def _set_paused(api_version: str, kind: str, namespace: str, obj: dict[str, Any]
     if obj is None or is_paused(obj["metadata"]) == paused:
         return False
     value = "true" if paused else None  # merge-patch null removes the annotation
-    RT.kube.patch(api_version, kind, namespace, obj["metadata"]["name"], {"metadata": {"annotations": {PAUSED_ANNOTATION: value}}})
+    RT.kube.patch(api_version, kind, namespace, obj["metadata"]["name"],
+                  {"metadata": {"annotations": {PAUSED_ANNOTATION: value}}})
     return True
 
 
@@ -189,7 +195,8 @@ def secret_data(namespace: str, name: str) -> dict[str, str] | None:
     if cached is not None and now - cached[0] < SECRET_TTL_S:
         return cached[1]
     obj = RT.kube.get("v1", "Secret", namespace, name)
-    data = None if obj is None else {k: base64.b64decode(v).decode(errors="replace") for k, v in (obj.get("data") or {}).items()}
+    data = None if obj is None else {k: base64.b64decode(v).decode(errors="replace") for k,
+                                     v in (obj.get("data") or {}).items()}
     if data is not None:  # a missing Secret is looked for again next round: the job waits on it
         RT.secrets[key] = (now, data)
     return data
@@ -252,7 +259,8 @@ def handled(kind: str, retry: int, run: Callable[[], None]) -> None:
         raise
     except Exception as e:  # noqa: BLE001
         delay = retry_delay(retry)
-        raise kopf.TemporaryError(f"{kind} reconcile failed ({type(e).__name__}: {str(e)[:300]}); retrying in {delay:.0f} s",
+        raise kopf.TemporaryError(f"{kind} reconcile failed ({type(e).__name__}: {str(e)[:300]}); retrying in "
+                                  f"{delay:.0f} s",
                                   delay=delay) from e
 
 
@@ -323,7 +331,8 @@ def _logged_round(kind: str, body: Mapping, run: Callable[[], None]) -> None:
     try:
         run()
     except Exception:  # noqa: BLE001
-        log.exception(f"{kind} reconcile failed", namespace=body["metadata"]["namespace"], name=body["metadata"]["name"])
+        log.exception(f"{kind} reconcile failed", namespace=body["metadata"]["namespace"],
+                      name=body["metadata"]["name"])
 
 
 def stop_timer_threads() -> None:

@@ -26,7 +26,8 @@ def configure(settings: kopf.OperatorSettings, **kwargs: Any) -> None:
     # Progress and diff-base in annotations under our own prefix: our CRDs' status schema
     # is structural, so kopf's default status.kopf field would be pruned by the server.
     settings.persistence.progress_storage = kopf.AnnotationsProgressStorage(prefix=KOPF_ANNOTATION_PREFIX)
-    settings.persistence.diffbase_storage = kopf.AnnotationsDiffBaseStorage(prefix=KOPF_ANNOTATION_PREFIX, key=KOPF_DIFFBASE_KEY)
+    settings.persistence.diffbase_storage = kopf.AnnotationsDiffBaseStorage(prefix=KOPF_ANNOTATION_PREFIX,
+                                                                            key=KOPF_DIFFBASE_KEY)
     settings.persistence.finalizer = FINALIZER
     settings.posting.reporting_component = "kuberl-operator"
     settings.posting.level = 20  # INFO: our Events, not kopf's per-handler chatter

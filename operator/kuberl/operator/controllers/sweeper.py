@@ -71,7 +71,8 @@ def eligible(objects: list[dict[str, Any]], serving_since: float) -> list[dict[s
     * shown by the watch since this replica last began serving (`RT.last_watched`)."""
     return [obj for obj in objects
             if KOPF_DIFFBASE_ANNOTATION in (obj["metadata"].get("annotations") or {})
-            and not obj["metadata"].get("deletionTimestamp") and RT.last_watched.get(obj["metadata"]["uid"], -1.0) >= serving_since]
+            and not obj["metadata"].get("deletionTimestamp") and RT.last_watched.get(obj["metadata"]["uid"],
+                                                                                     -1.0) >= serving_since]
 
 
 async def sweep_forever(kinds: list[Sweep]) -> None:
@@ -113,7 +114,8 @@ def _tick(s: Sweep, serving_since: float, listed: bool) -> list[asyncio.Task]:
         return []
     by_uid = {obj["metadata"]["uid"]: obj for obj in objects}
     plan = plan_tick(s.next_due, by_uid, s.running, time.monotonic(), s.interval_s,
-                     capacity=2 * RT.settings.timer_threads - len(s.running), first_offset=random.random if listed else _one)
+                     capacity=2 * RT.settings.timer_threads - len(s.running),
+                     first_offset=random.random if listed else _one)
     s.next_due = plan.next_due
     started = []
     for uid in plan.start:

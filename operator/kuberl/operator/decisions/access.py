@@ -30,7 +30,8 @@ class AccessPolicy:
     @classmethod
     def of(cls, settings: Any) -> AccessPolicy:
         """The policy an installation's OperatorSettings set."""
-        return cls(endpoint_allowlist=tuple(settings.endpoint_allowlist), allow_sandbox_opt_out=settings.allow_sandbox_opt_out)
+        return cls(endpoint_allowlist=tuple(settings.endpoint_allowlist),
+                   allow_sandbox_opt_out=settings.allow_sandbox_opt_out)
 
 
 @dataclass(frozen=True)
@@ -47,12 +48,15 @@ def secret_needs(job: RLJob) -> list[SecretNeed]:
     spec = job.spec
     needs = []
     if spec.buffer.credentials_secret is not None:
-        needs.append(SecretNeed("spec.buffer.credentialsSecret.name", spec.buffer.credentials_secret.name, (), nats=True))
+        needs.append(SecretNeed("spec.buffer.credentialsSecret.name", spec.buffer.credentials_secret.name, (),
+                                nats=True))
     if spec.weight_store.credentials_secret is not None:
-        needs.append(SecretNeed("spec.weightStore.credentialsSecret.name", spec.weight_store.credentials_secret.name, S3_CREDENTIAL_KEYS))
+        needs.append(SecretNeed("spec.weightStore.credentialsSecret.name", spec.weight_store.credentials_secret.name,
+                                S3_CREDENTIAL_KEYS))
     wandb = spec.observability.wandb
     if wandb is not None and wandb.api_key_secret is not None:
-        needs.append(SecretNeed("spec.observability.wandb.apiKeySecret", wandb.api_key_secret.name, (wandb.api_key_secret.key,)))
+        needs.append(SecretNeed("spec.observability.wandb.apiKeySecret", wandb.api_key_secret.name,
+                                (wandb.api_key_secret.key,)))
     for where, env in _env_lists(job):
         for i, var in enumerate(env or []):
             ref = var.value_from.secret_key_ref if var.value_from is not None else None
@@ -84,9 +88,12 @@ def secret_errors(job: RLJob, secrets: dict[str, frozenset[str] | None]) -> list
         keys = secrets.get(need.name)
         if keys is None:
             what = NATS_FORMS if need.nats else ", ".join(need.keys)
-            errors.append((need.field, f"Secret {need.name!r} does not exist in namespace {namespace}; create it with {what}"))
+            errors.append((need.field,
+                           f"Secret {need.name!r} does not exist in namespace {namespace}; create it with {what}"))
         elif need.nats and not _has_nats_form(keys):
-            errors.append((need.field, f"Secret {need.name!r} holds none of {NATS_FORMS} (it has: {', '.join(sorted(keys)) or 'no keys'})"))
+            errors.append((need.field,
+                           f"Secret {need.name!r} holds none of {NATS_FORMS} (it has: "
+                           f"{', '.join(sorted(keys)) or 'no keys'})"))
         elif missing := [k for k in need.keys if k not in keys]:
             errors.append((need.field, f"Secret {need.name!r} has no key {', '.join(missing)}"))
     return errors
@@ -108,10 +115,13 @@ def endpoint_errors(job: RLJob, policy: AccessPolicy) -> list[tuple[str, str]]:
     confine them, so a job cannot aim the operator at arbitrary hosts and ports."""
     errors = []
     allowed = ", ".join(policy.endpoint_allowlist)
-    for field, url in (("spec.buffer.url", job.spec.buffer.url), ("spec.weightStore.endpoint", job.spec.weight_store.endpoint)):
+    for field, url in (("spec.buffer.url", job.spec.buffer.url),
+                       ("spec.weightStore.endpoint", job.spec.weight_store.endpoint)):
         if url and not endpoint_allowed(url, policy.endpoint_allowlist):
-            errors.append((field, f"host {host_of(url)!r} is not among the endpoints this installation allows ({allowed}); "
-                                  "use one of them or ask the operator's administrators to add it (chart value security.endpointAllowlist)"))
+            errors.append((field,
+                           f"host {host_of(url)!r} is not among the endpoints this installation allows ({allowed}); "
+                                  "use one of them or ask the operator's administrators to add it (chart value "
+                                  "security.endpointAllowlist)"))
     return errors
 
 

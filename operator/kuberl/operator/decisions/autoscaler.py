@@ -42,7 +42,8 @@ class Policy:
     def from_spec(cls, spec) -> Policy:
         """From a RolloutPoolSpec (kuberl.operator.api)."""
         a = spec.autoscaling
-        return cls(spec.min_replicas, spec.max_replicas, a.signal, a.target, a.cooldown_seconds, a.max_scale_up_step, a.max_scale_down_percent)
+        return cls(spec.min_replicas, spec.max_replicas, a.signal, a.target, a.cooldown_seconds, a.max_scale_up_step,
+                   a.max_scale_down_percent)
 
 
 @dataclass(frozen=True)
@@ -66,7 +67,9 @@ def wanted(current: int, signals: Signals, policy: Policy) -> tuple[int | None, 
     if policy.signal == "promptBacklog":
         if signals.pending_prompts is None:
             return None, "pending prompts unknown"
-        return math.ceil(signals.pending_prompts / target), f"{signals.pending_prompts} prompt groups pending, target {target:g} per replica"
+        return math.ceil(
+            signals.pending_prompts / target
+        ), f"{signals.pending_prompts} prompt groups pending, target {target:g} per replica"
     if policy.signal == "trajectoryBacklog":
         backlog = signals.trajectory_backlog
         if backlog is None:
@@ -74,7 +77,9 @@ def wanted(current: int, signals: Signals, policy: Policy) -> tuple[int | None, 
         base = max(current, 1)
         if backlog == 0:
             return base + policy.max_scale_up_step, "trainer has no trajectories waiting"
-        return math.ceil(base * (target * base) / backlog), f"{backlog} trajectories waiting, target {target:g} per replica"
+        return math.ceil(
+            base * (target * base) / backlog
+        ), f"{backlog} trajectories waiting, target {target:g} per replica"
     if policy.signal == "trainerIdle":
         idle = signals.trainer_idle_percent
         if idle is None:
@@ -89,7 +94,8 @@ def decide(current: int, signals: Signals, policy: Policy, *, last_scale_time: f
         # Still keep the bounds: a pool scaled outside them by hand comes back in.
         bounded = min(max(current, policy.min_replicas), policy.max_replicas)
         if bounded != current:
-            return Decision(bounded, "OutOfBounds", f"{current} replicas outside [{policy.min_replicas}, {policy.max_replicas}]; {why}")
+            return Decision(bounded, "OutOfBounds",
+                            f"{current} replicas outside [{policy.min_replicas}, {policy.max_replicas}]; {why}")
         return Decision(current, "NoSignal", why)
     desired = min(max(raw, policy.min_replicas), policy.max_replicas)
     notes = [why]
@@ -110,8 +116,13 @@ def decide(current: int, signals: Signals, policy: Policy, *, last_scale_time: f
     in_bounds = policy.min_replicas <= current <= policy.max_replicas
     if in_bounds and last_scale_time is not None and now - last_scale_time < policy.cooldown_s:
         left = policy.cooldown_s - (now - last_scale_time)
-        return Decision(current, "Cooldown", f"would scale {current} -> {desired} but cooling down for {left:.0f}s more; " + "; ".join(notes))
-    return Decision(desired, "ScaledUp" if desired > current else "ScaledDown", f"{current} -> {desired}: " + "; ".join(notes))
+        return Decision(
+            current,
+            "Cooldown",
+            f"would scale {current} -> {desired} but cooling down for {left:.0f}s more; " + "; ".join(notes),
+        )
+    return Decision(desired, "ScaledUp" if desired > current else "ScaledDown",
+                    f"{current} -> {desired}: " + "; ".join(notes))
 
 
 def evaluation_due(spec, paused: bool, last_eval: float | None, now: float) -> bool:

@@ -12,7 +12,13 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from kuberl.operator.api.conditions import BACKOFF_LIMIT_EXCEEDED, DEADLINE_EXCEEDED, FAILED, SUCCEEDED, TRAINER_COMPLETED
+from kuberl.operator.api.conditions import (
+    BACKOFF_LIMIT_EXCEEDED,
+    DEADLINE_EXCEEDED,
+    FAILED,
+    SUCCEEDED,
+    TRAINER_COMPLETED,
+)
 from kuberl.operator.api.rolloutpool import RolloutPoolSpec
 
 from kuberl.operator.naming import trainer_pod_name
@@ -89,10 +95,15 @@ def decide(view: JobView) -> Plan:
         plan.start_time = None  # the deadline counts running time since the last resume, as for Jobs
         return plan
 
-    if view.active_deadline_s is not None and view.start_time is not None and view.now - view.start_time > view.active_deadline_s:
+    if (
+        view.active_deadline_s is not None
+        and view.start_time is not None
+        and view.now - view.start_time > view.active_deadline_s
+    ):
         plan.delete = [p.name for p in live]
         plan.pause_children = True
-        plan.terminal = (FAILED, DEADLINE_EXCEEDED, f"the job ran longer than activeDeadlineSeconds={view.active_deadline_s}")
+        plan.terminal = (FAILED, DEADLINE_EXCEEDED,
+                         f"the job ran longer than activeDeadlineSeconds={view.active_deadline_s}")
         return plan
 
     current = [p for p in live if p.generation == view.restarts and p.index < view.replicas]
@@ -112,15 +123,18 @@ def decide(view: JobView) -> Plan:
         names = ", ".join(sorted(p.name for p in failed))
         if all(p.disrupted for p in failed):
             plan.restarts, plan.disruptions = view.restarts + 1, view.disruptions + 1
-            plan.restarted = (f"trainer pod(s) {names} were disrupted (evicted or preempted); restarting the gang from the last "
-                              f"checkpoint, not counted against backoffLimit ({view.restarts - view.disruptions}/{view.backoff_limit} used)")
+            plan.restarted = (f"trainer pod(s) {names} were disrupted (evicted or preempted); restarting the gang from "
+                              f"the last "
+                              f"checkpoint, not counted against backoffLimit "
+                              f"({view.restarts - view.disruptions}/{view.backoff_limit} used)")
             plan.delete = [p.name for p in live]
             return plan
         if view.restarts - view.disruptions >= view.backoff_limit:
             plan.delete = [p.name for p in live if p.phase not in ("Succeeded", "Failed")]
             plan.pause_children = True
             plan.terminal = (FAILED, BACKOFF_LIMIT_EXCEEDED,
-                             f"trainer pod(s) {names} failed after {view.restarts - view.disruptions} counted gang restart(s) (backoffLimit={view.backoff_limit})")
+                             f"trainer pod(s) {names} failed after {view.restarts - view.disruptions} counted gang "
+                             f"restart(s) (backoffLimit={view.backoff_limit})")
             return plan
         plan.restarts = view.restarts + 1
         how = "failed" if not deleted else "were deleted" if len(deleted) == len(failed) else "failed or were deleted"
@@ -171,4 +185,5 @@ def release_shared_pool(job: str, pool: dict | None, *, owned: bool, done: bool)
     minimum = spec.min_replicas
     replicas = minimum if spec.replicas != minimum else None
     return PoolRelease(replicas=replicas, unbind=True,
-                       message=f"job {job} is done with shared RolloutPool {pool['metadata']['name']}: released, scaled to minReplicas={minimum}")
+                       message=f"job {job} is done with shared RolloutPool {pool['metadata']['name']}: released, "
+                               f"scaled to minReplicas={minimum}")

@@ -86,7 +86,11 @@ def set_condition(
     """A new list with `type_` set; lastTransitionTime is kept unless the status changes."""
     status_str = status if isinstance(status, str) else ("True" if status else "False")
     old = find(conditions, type_)
-    transition = old["lastTransitionTime"] if old and old.get("status") == status_str and old.get("lastTransitionTime") else rfc3339(now)
+    transition = (
+        old["lastTransitionTime"]
+        if old and old.get("status") == status_str and old.get("lastTransitionTime")
+        else rfc3339(now)
+    )
     new = {"type": type_, "status": status_str, "reason": reason, "message": message, "lastTransitionTime": transition}
     if generation is not None:
         new["observedGeneration"] = generation
@@ -180,7 +184,8 @@ def counted_ready(observed_ready: int, desired: int) -> int:
 
 
 def workload_status(old: dict[str, Any], deployment_status: dict[str, Any], desired: int, *, what: str,
-                    reasons: tuple[str, str], ready_if_empty: bool, now: float, generation: int | None) -> dict[str, Any]:
+                    reasons: tuple[str, str], ready_if_empty: bool, now: float, generation: int | None) -> dict[str,
+                                                                                                                Any]:
     """The status of a Deployment-backed object (a RolloutPool, an AgentEnv): pod counts and
     its Ready condition. ``reasons``: (ready, not ready); ``ready_if_empty``: whether wanting
     no pods counts as ready."""
@@ -375,7 +380,8 @@ def progress_events(old: dict[str, Any], new: dict[str, Any]) -> list[Event]:
     evaluation = new.get("evaluation")
     if evaluation and (old.get("evaluation") or {}).get("step") != evaluation.get("step"):
         scores = "; ".join(_scores(r) for r in evaluation.get("results") or [])
-        events.append(Event("Normal", "Evaluated", f"step {evaluation['step']} (policy version {evaluation['policyVersion']}): {scores}"))
+        events.append(Event("Normal", "Evaluated",
+                            f"step {evaluation['step']} (policy version {evaluation['policyVersion']}): {scores}"))
     every = max(1, int(new.get("maxSteps") or 0) // 10)
     v_old, v_new = int(old.get("policyVersion") or 0), int(new.get("policyVersion") or 0)
     if v_new // every > v_old // every:

@@ -26,13 +26,15 @@ def trainer_errors(job: RLJob) -> list[tuple[str, str]]:
         for field, size in (("context", par.context), ("expert", par.expert)):
             if size > 1:
                 errors.append((f"spec.trainer.parallelism.{field}",
-                               f"{field} parallelism {size}: the megatron trainer runs tensor, pipeline and data parallel; set {field} to 1"))
+                               f"{field} parallelism {size}: the megatron trainer runs tensor, pipeline and data "
+                               f"parallel; set {field} to 1"))
         if spec.algorithm.entropy_coef > 0:
             errors.append(("spec.algorithm.entropyCoef",
                            "the megatron trainer computes no entropies (vocab-parallel entropy is not implemented): "
                            "set entropyCoef 0, or use trainer.backend torch"))
     elif par.tensor * par.pipeline * par.context * par.expert > 1:
-        errors.append(("spec.trainer.parallelism", "the torch trainer is one process: set every parallelism size to 1, or use backend megatron"))
+        errors.append(("spec.trainer.parallelism",
+                       "the torch trainer is one process: set every parallelism size to 1, or use backend megatron"))
     return errors
 
 
@@ -44,7 +46,8 @@ def source_errors(job: RLJob) -> list[tuple[str, str]]:
         checks.append(("spec.model.tokenizer", spec.model.tokenizer, MODEL_SCHEMES))
     checks += [(f"spec.datasets[{i}].source", d.source, DATASET_SCHEMES) for i, d in enumerate(spec.datasets)]
     if spec.evaluation is not None:
-        checks += [(f"spec.evaluation.datasets[{i}].source", d.source, DATASET_SCHEMES) for i, d in enumerate(spec.evaluation.datasets)]
+        checks += [(f"spec.evaluation.datasets[{i}].source", d.source, DATASET_SCHEMES) for i,
+                   d in enumerate(spec.evaluation.datasets)]
     errors = []
     for path, source, schemes in checks:
         scheme = urlparse(source).scheme or "file"
@@ -68,7 +71,8 @@ def cluster_errors(job: RLJob) -> list[tuple[str, str]]:
     trainer = job.spec.trainer
     if job.spec.mode == "colocated" and trainer.colocated_engine == "sglang" and trainer.gpus_per_replica == 0:
         return [("spec.trainer.colocatedEngine",
-                 "SGLang beside the trainer runs on GPU trainer pods (the colocated image carries SGLang's CUDA build); "
+                 "SGLang beside the trainer runs on GPU trainer pods (the colocated image carries SGLang's CUDA "
+                 "build); "
                  "with gpusPerReplica 0 set colocatedEngine torch, or run the job on one machine with `kuberl run`")]
     return []
 
@@ -86,11 +90,18 @@ def engine_errors(job: RLJob, pool: RolloutPoolSpec, where: str) -> list[tuple[s
     if context is not None and needed > context:
         errors.append((f"{where}.engine.contextLength",
                        f"the engine's context of {context} tokens cannot hold algorithm.maxPromptLength "
-                       f"({job.spec.algorithm.max_prompt_length}) plus the longest maxResponseLength ({longest_response(job)}): "
+                       f"({job.spec.algorithm.max_prompt_length}) plus the longest maxResponseLength "
+                       f"({longest_response(job)}): "
                        f"raise contextLength to at least {needed} or lower those lengths"))
     return errors
 
 
-def unsupported(job: RLJob, pool: RolloutPoolSpec | None = None, where: str = "spec.rollout.template") -> list[tuple[str, str]]:
+def unsupported(job: RLJob, pool: RolloutPoolSpec | None = None,
+                where: str = "spec.rollout.template") -> list[tuple[str, str]]:
     """Every combination of ``job`` (and the pool it generates with) that would not run as written."""
-    return trainer_errors(job) + source_errors(job) + reward_errors(job) + (engine_errors(job, pool, where) if pool is not None else [])
+    return (
+        trainer_errors(job)
+        + source_errors(job)
+        + reward_errors(job)
+        + (engine_errors(job, pool, where) if pool is not None else [])
+    )

@@ -17,7 +17,8 @@ def audit_files(files: RunFiles) -> Audit:
     """Replay the ledger under ``files`` against the versions its agents loaded (`trainer.ledger.audit`)."""
     events = read_ledger(files)
     if not events:
-        raise LookupError(f"no ledger under {files.uri}/ledger/ (a decoupled job writes one; is this its run-files location?)")
+        raise LookupError(f"no ledger under {files.uri}/ledger/ (a decoupled job writes one; is this its run-files "
+                          f"location?)")
     return audit(events, read_loads(files))
 
 

@@ -22,7 +22,14 @@ from kuberl.operator.decisions.references import describe
 from kuberl.operator.decisions.support import unsupported
 from kuberl.operator.local.progress import ProgressReport
 from kuberl.operator.local.report import plot_rewards, read_metrics, summarise
-from kuberl.operator.local.servers import S3_ACCESS_KEY, S3_SECRET_KEY, nats_config, s3_roundtrip, weed_mini_argv, weed_ports
+from kuberl.operator.local.servers import (
+    S3_ACCESS_KEY,
+    S3_SECRET_KEY,
+    nats_config,
+    s3_roundtrip,
+    weed_mini_argv,
+    weed_ports,
+)
 from kuberl.operator.local.supervisor import Managed, RunError, _wait, find_binary
 from kuberl.operator.naming import trainer_pod_name
 from kuberl.workloads.buffer.admin import BufferConfig, create_job_streams
@@ -43,10 +50,13 @@ def _s3_client(endpoint: str, **credentials):
 def trainer_as_gang(job: RLJob, restarts: int, exit_code: int | None, started: float, now: float) -> JobView:
     """The local trainer process as the lifecycle sees a gang: one pod, generation = restarts."""
     phase = "Running" if exit_code is None else "Succeeded" if exit_code == 0 else "Failed"
-    pod = PodView(name=trainer_pod_name(job.metadata["name"], 0), index=0, generation=restarts, phase=phase, ready=exit_code is None)
+    pod = PodView(name=trainer_pod_name(job.metadata["name"], 0), index=0, generation=restarts, phase=phase,
+                  ready=exit_code is None)
     policy = job.spec.run_policy
-    return JobView(name=job.metadata["name"], replicas=1, backoff_limit=policy.backoff_limit, restarts=restarts, suspend=False,
-                   finished=False, completion_time=None, start_time=started, active_deadline_s=policy.active_deadline_seconds,
+    return JobView(name=job.metadata["name"], replicas=1, backoff_limit=policy.backoff_limit, restarts=restarts,
+                   suspend=False,
+                   finished=False, completion_time=None, start_time=started,
+                   active_deadline_s=policy.active_deadline_seconds,
                    ttl_after_finished_s=None, pods=(pod,), now=now)
 
 
@@ -136,7 +146,8 @@ class LocalRun:
             # A run starts clean (restarts *within* a run resume), but only a previous run's
             # directory is ever deleted: never a directory the user pointed at by mistake.
             if not (self.output / "config.yaml").exists() and not (self.output / "logs").exists():
-                raise RunError(f"output directory {self.output} is not empty and holds no previous kuberl run; choose another with -o")
+                raise RunError(f"output directory {self.output} is not empty and holds no previous kuberl run; choose "
+                               f"another with -o")
             shutil.rmtree(self.output)
         (self.output / "logs").mkdir(parents=True)
         env = dict(os.environ, PYTHONUNBUFFERED="1", KUBERL_TORCH_THREADS=os.environ.get("KUBERL_TORCH_THREADS", "1"))
@@ -150,25 +161,31 @@ class LocalRun:
         self.ensure_bucket(s3, spec.weight_store.bucket)
         wandb = spec.observability.wandb
         if wandb is not None and wandb.mode == "online" and not env.get("WANDB_API_KEY"):
-            raise RunError("observability.wandb.mode is online: kuberl run reads the W&B key from WANDB_API_KEY (not from "
+            raise RunError("observability.wandb.mode is online: kuberl run reads the W&B key from WANDB_API_KEY (not "
+                           "from "
                            "apiKeySecret, which is for the cluster); export it, or set mode: offline")
         if spec.rollout is not None and spec.rollout.pool_ref:
-            raise RunError(f"spec.rollout.poolRef {spec.rollout.pool_ref!r} names a RolloutPool in a cluster; kuberl run needs spec.rollout.template")
+            raise RunError(f"spec.rollout.poolRef {spec.rollout.pool_ref!r} names a RolloutPool in a cluster; kuberl "
+                           f"run needs spec.rollout.template")
 
         env_urls = {}
         for entry in spec.agent_envs or []:
             if entry.spec is None:
-                raise RunError(f"agentEnvs[{entry.name}] refers to an existing AgentEnv; kuberl run needs it inline (spec)")
+                raise RunError(f"agentEnvs[{entry.name}] refers to an existing AgentEnv; kuberl run needs it inline "
+                               f"(spec)")
             port = self.port()
             args = agent_env_server_args(entry.spec, host="127.0.0.1", port=port)
             if not args:
-                raise RunError(f"agentEnvs[{entry.name}] runs its own image (task custom or command); kuberl run starts only the reference server")
-            m = self._child(f"agentenv-{entry.name}", [sys.executable, *REFERENCE_SERVER[1:], *args, *(entry.spec.args or [])], env)
+                raise RunError(f"agentEnvs[{entry.name}] runs its own image (task custom or command); kuberl run "
+                               f"starts only the reference server")
+            m = self._child(f"agentenv-{entry.name}",
+                            [sys.executable, *REFERENCE_SERVER[1:], *args, *(entry.spec.args or [])], env)
             env_urls[entry.name] = f"http://127.0.0.1:{port}"
             _wait(lambda u=env_urls[entry.name]: http_ok(f"{u}/healthz"), 30, f"agentenv {entry.name}", m)
 
         pool = generating_pool(job)
-        cfg = workload_config(job, pool=pool, agent_env_urls=env_urls, nats_url=nats_url, s3_endpoint=s3, output_dir=str(self.output))
+        cfg = workload_config(job, pool=pool, agent_env_urls=env_urls, nats_url=nats_url, s3_endpoint=s3,
+                              output_dir=str(self.output))
         # What the operator does before any pod starts: the job's streams, from spec.buffer.
         asyncio.run(create_job_streams(cfg.buffer.url, cfg.job.namespace, name, BufferConfig.from_spec(spec.buffer)))
         cfg_path = self.output / "config.yaml"
@@ -177,9 +194,11 @@ class LocalRun:
         # Each process serves its Prometheus /metrics on a loopback port of its own.
         env[METRICS_ADDR_ENV] = "127.0.0.1"
         replicas = max(1, pool.replicas) if pool is not None else 0
-        engines = self.start_engines(job, cfg, pool, replicas, env) if pool is not None and pool.engine.type == "sglang" else []
+        engines = self.start_engines(job, cfg, pool, replicas,
+                                     env) if pool is not None and pool.engine.type == "sglang" else []
         trainer = self._child("trainer", [sys.executable, "-m", "kuberl.workloads.trainer"],
-                              self._with_metrics_port("trainer", dict(env, **self.gang_env(job))), restart="on-failure-limited")
+                              self._with_metrics_port("trainer", dict(env, **self.gang_env(job))),
+                              restart="on-failure-limited")
         for i in range(replicas):
             # Fetched weight versions in the run's directory (a pod's emptyDir): an agent
             # SIGKILLed cannot clean up after itself, the run's shutdown does.
@@ -190,7 +209,8 @@ class LocalRun:
                 url, server = engines[i]
                 _wait(lambda u=url: http_ok(f"{u}/health"), 900, f"SGLang server sglang-{i}", server)
                 agent_env[ENGINE_URL_ENV] = url
-            self._child(f"rollout-{i}", [sys.executable, "-m", "kuberl.workloads.rollout"], self._with_metrics_port(f"rollout-{i}", agent_env))
+            self._child(f"rollout-{i}", [sys.executable, "-m", "kuberl.workloads.rollout"],
+                        self._with_metrics_port(f"rollout-{i}", agent_env))
         (self.output / "endpoints.json").write_text(json.dumps(self.metrics_urls, indent=1))
         self._say("metrics: " + ", ".join(f"{k} {v}" for k, v in self.metrics_urls.items()))
         self._write_pids()
@@ -210,14 +230,16 @@ class LocalRun:
         servers = []
         for i in range(replicas):
             port = self.port()
-            argv = [sys.executable, "-m", "kuberl.workloads.engines.sglang.launcher", "--model-path", job.spec.model.source,
+            argv = [sys.executable, "-m", "kuberl.workloads.engines.sglang.launcher", "--model-path",
+                    job.spec.model.source,
                     "--port", str(port), "--dtype", job.spec.model.dtype, "--weight-version", "-1"]
             if engine.max_running_requests:
                 argv += ["--max-running-requests", str(engine.max_running_requests)]
             if engine.context_length:
                 argv += ["--context-length", str(engine.context_length)]
             server_env = dict(env, KUBERL_MODEL_S3_ENDPOINT=cfg.weight_store.endpoint or "")
-            servers.append((f"http://127.0.0.1:{port}", self._child(f"sglang-{i}", [*argv, *(engine.args or [])], server_env)))
+            servers.append((f"http://127.0.0.1:{port}",
+                            self._child(f"sglang-{i}", [*argv, *(engine.args or [])], server_env)))
         self._say(f"starting {replicas} SGLang server(s) (CPU: ~1 min)")
         return servers
 
@@ -275,8 +297,13 @@ class LocalRun:
                    "restarts": {m.name: m.restarts for m in self.children if m.restarts}}
         (self.output / "summary.json").write_text(json.dumps(summary, indent=2))
         plot_rewards(rows, self.output / "reward_curve.png", f"{name} ({summary.get('mode')})")
-        tensorboard = f"\ntensorboard: tensorboard --logdir {self.output / 'tensorboard'}" if (self.output / "tensorboard").is_dir() else ""
-        self._say(f"done: {json.dumps(summary)}\nmetrics {metrics}\nplot {self.output / 'reward_curve.png'}{tensorboard}")
+        tensorboard = (
+            f"\ntensorboard: tensorboard --logdir {self.output / 'tensorboard'}"
+            if (self.output / "tensorboard").is_dir()
+            else ""
+        )
+        self._say(f"done: {json.dumps(summary)}\nmetrics {metrics}\nplot "
+                  f"{self.output / 'reward_curve.png'}{tensorboard}")
         return 0
 
     def shutdown(self) -> None:

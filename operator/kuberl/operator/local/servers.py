@@ -144,7 +144,8 @@ class NatsServer:
 
     def start(self, timeout: float = 30) -> None:
         conf = self.root / "nats.conf"
-        conf.write_text(nats_config(self.port, self.http_port, self.store_dir, max_payload=self.max_payload, auth=self.auth))
+        conf.write_text(nats_config(self.port, self.http_port, self.store_dir, max_payload=self.max_payload,
+                                    auth=self.auth))
         log = self.root / "nats.log"
         with open(log, "ab") as out:  # the child keeps its own copy of the fd
             self.proc = subprocess.Popen(
@@ -236,7 +237,8 @@ class SeaweedS3:
         self.s3_port = self.ports["s3.port"]
         data = self.root / "data"
         data.mkdir(parents=True, exist_ok=True)
-        args = weed_mini_argv(data, self.ports, debug_port=free_port(), metrics_port=free_port(), volume_mb=self.volume_size_mb)
+        args = weed_mini_argv(data, self.ports, debug_port=free_port(), metrics_port=free_port(),
+                              volume_mb=self.volume_size_mb)
         env = dict(os.environ, AWS_ACCESS_KEY_ID=self.access_key, AWS_SECRET_ACCESS_KEY=self.secret_key)
         log = self.root / "weed.log"
         with open(log, "ab") as out:

@@ -58,7 +58,8 @@ def _wait(check, timeout: float, what: str, proc: Managed) -> None:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if proc.poll() is not None:
-            raise RunError(f"{what} exited with code {proc.poll()} while starting; its log ({proc.log_path}):\n{proc.tail()}")
+            raise RunError(f"{what} exited with code {proc.poll()} while starting; its log "
+                           f"({proc.log_path}):\n{proc.tail()}")
         try:
             if check():
                 return

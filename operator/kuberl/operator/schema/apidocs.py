@@ -80,6 +80,7 @@ def render(crds: dict[str, dict[str, Any]]) -> str:
             lines += _rows(prop, part, set(prop.get("required", [])))
         rules = _rules(schema, "")
         if rules:
-            lines += ["", "Cross-field rules (CEL, enforced by the API server):", "", "| where | rule | message |", "|---|---|---|", *rules]
+            lines += ["", "Cross-field rules (CEL, enforced by the API server):", "", "| where | rule | message |",
+                      "|---|---|---|", *rules]
         lines.append("")
     return "\n".join(lines)

@@ -80,7 +80,8 @@ def meta_errors(metadata: dict[str, Any] | None) -> list[FieldError]:
     if name is None:
         errors.append(FieldError("metadata.name", "Required value: name or generateName is required"))
     elif len(name) > SUBDOMAIN_MAX:
-        errors.append(FieldError("metadata.name", f"Invalid value: {name!r}: must be no more than {SUBDOMAIN_MAX} characters"))
+        errors.append(FieldError("metadata.name",
+                                 f"Invalid value: {name!r}: must be no more than {SUBDOMAIN_MAX} characters"))
     elif not DNS1123_SUBDOMAIN.fullmatch(name):
         errors.append(FieldError("metadata.name", f"Invalid value: {name!r}: {NAME_RULE}"))
     for key, value in (metadata.get("labels") or {}).items():
@@ -88,7 +89,8 @@ def meta_errors(metadata: dict[str, Any] | None) -> list[FieldError]:
         if problem:
             errors.append(FieldError("metadata.labels", f"Invalid value: {key!r}: {problem}"))
         if len(value) > NAME_PART_MAX or not LABEL_VALUE.fullmatch(value):
-            errors.append(FieldError("metadata.labels", f"Invalid value: {value!r}: a valid label must be an empty string or "
+            errors.append(FieldError("metadata.labels",
+                                     f"Invalid value: {value!r}: a valid label must be an empty string or "
                                      f"consist of alphanumeric characters, '-', '_' or '.' (at most {NAME_PART_MAX})"))
     annotations = metadata.get("annotations") or {}
     for key in annotations:

@@ -104,14 +104,16 @@ def _structural_errors(value: Any, schema: dict[str, Any], path: str) -> list[Fi
         if len(value) > schema.get("maxLength", len(value)):
             errors.append(FieldError(path, f"Too long: may not be more than {schema['maxLength']} bytes"))
         if len(value) < schema.get("minLength", 0):
-            errors.append(FieldError(path, f"Invalid value: {value!r}: should be at least {schema['minLength']} chars long"))
+            errors.append(FieldError(path,
+                                     f"Invalid value: {value!r}: should be at least {schema['minLength']} chars long"))
         if "pattern" in schema and not re.search(schema["pattern"], value):
             errors.append(FieldError(path, f"Invalid value: {value!r}: should match '{schema['pattern']}'"))
     if isinstance(value, list):
         if len(value) > schema.get("maxItems", len(value)):
             errors.append(FieldError(path, f"Too many: {len(value)}: must have at most {schema['maxItems']} items"))
         if len(value) < schema.get("minItems", 0):
-            errors.append(FieldError(path, f"Invalid value: {len(value)}: should have at least {schema['minItems']} items"))
+            errors.append(FieldError(path,
+                                     f"Invalid value: {len(value)}: should have at least {schema['minItems']} items"))
         keys = schema.get("x-kubernetes-list-map-keys")
         seen: set[str] = set()
         for i, item in enumerate(value):
@@ -170,7 +172,8 @@ def _cel_errors(value: Any, schema: dict[str, Any], path: str, cel: Any = None) 
     import celpy
 
     errors: list[FieldError] = []
-    rules = [r for r in schema.get("x-kubernetes-validations", []) if "oldSelf" not in r["rule"]]  # oldSelf: update only
+    rules = [r for r in schema.get("x-kubernetes-validations",
+                                   []) if "oldSelf" not in r["rule"]]  # oldSelf: update only
     if rules and cel is None:
         cel = celpy.json_to_cel(_as_cel_input(value, schema))
     for rule in rules:
@@ -218,7 +221,9 @@ def validation_errors(manifest: dict[str, Any]) -> list[FieldError]:
     kind = manifest.get("kind")
     schemas = _schemas()
     if manifest.get("apiVersion") != API_VERSION or kind not in schemas:
-        return [FieldError("apiVersion/kind", f"expected apiVersion {API_VERSION} and kind one of {sorted(schemas)}, got {manifest.get('apiVersion')}/{kind}")]
+        return [FieldError("apiVersion/kind",
+                           f"expected apiVersion {API_VERSION} and kind one of {sorted(schemas)}, got "
+                           f"{manifest.get('apiVersion')}/{kind}")]
     schema = schemas[kind]
     # Decoding comes first (fieldValidation=Strict): unknown fields anywhere, a metadata that
     # is no ObjectMeta. The server refuses those before it looks at anything else.
@@ -230,7 +235,9 @@ def validation_errors(manifest: dict[str, Any]) -> list[FieldError]:
     if name_of(metadata) and not metadata.get("name"):
         metadata["name"] = name_of(metadata)
     body["metadata"] = metadata
-    errors = _structural_errors(body, {**schema, "properties": {k: v for k, v in schema["properties"].items() if k != "status"}}, "")
+    errors = _structural_errors(body, {**schema, "properties": {k: v for k,
+                                                                v in schema["properties"].items() if k != "status"}},
+                                "")
     unknown_fields = [e for e in errors if e.message == UNDECLARED]
     if decoding or unknown_fields:
         return decoding + unknown_fields
@@ -246,5 +253,6 @@ def validate(manifest: dict[str, Any]) -> dict[str, Any]:
     if errors:
         meta = manifest.get("metadata") if isinstance(manifest, dict) else None
         raise ManifestInvalid(str(manifest.get("kind") if isinstance(manifest, dict) else None),
-                              str(meta.get("name") or meta.get("generateName") if isinstance(meta, dict) else None), errors)
+                              str(meta.get("name") or meta.get("generateName") if isinstance(meta, dict) else None),
+                              errors)
     return apply_defaults(manifest, _schemas()[manifest["kind"]])

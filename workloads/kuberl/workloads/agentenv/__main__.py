@@ -30,12 +30,15 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--advertise-url", default=None,
                    help=f"base URL of this replica, given to clients in reset answers (default: http://${POD_IP_ENV}:<port>)")
     p.add_argument("--max-body-bytes", type=int, default=MAX_BODY_BYTES, help="larger request bodies get 413")
-    p.add_argument("--body-timeout", type=float, default=10.0, help="seconds a request body may take to arrive (then 408)")
+    p.add_argument("--body-timeout", type=float, default=10.0,
+                   help="seconds a request body may take to arrive (then 408)")
     p.add_argument("--idle-timeout", type=float, default=75.0,
                    help="seconds a connection may stay without a complete request (idle, or headers still arriving)")
     p.add_argument("--fault-drop", type=float, default=0.0,
-                   help="fraction of episode requests whose connection is dropped without an answer (rehearsing failures)")
-    p.add_argument("--fault-error", type=float, default=0.0, help="fraction of episode requests answered 500 (rehearsing failures)")
+                   help="fraction of episode requests whose connection is dropped without an answer (rehearsing "
+                        "failures)")
+    p.add_argument("--fault-error", type=float, default=0.0,
+                   help="fraction of episode requests answered 500 (rehearsing failures)")
     return p.parse_args(argv)
 
 

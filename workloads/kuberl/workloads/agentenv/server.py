@@ -130,12 +130,14 @@ async def _errors(request: web.Request, handler) -> web.StreamResponse:
             raise
         # The router's 404 and 405 (and aiohttp's own 4xx), as JSON like every other error.
         if isinstance(e, web.HTTPMethodNotAllowed):
-            message = f"{request.method} is not allowed on {request.path[:200]} (allowed: {', '.join(sorted(e.allowed_methods))})"
+            allowed = ", ".join(sorted(e.allowed_methods))
+            message = f"{request.method} is not allowed on {request.path[:200]} (allowed: {allowed})"
         elif isinstance(e, web.HTTPNotFound):
             message = f"no route {request.path[:200]}"
         else:
             message = e.reason
-        return web.json_response({"error": message}, status=e.status, headers={k: v for k, v in e.headers.items() if k == "Allow"})
+        return web.json_response({"error": message}, status=e.status,
+                                 headers={k: v for k, v in e.headers.items() if k == "Allow"})
 
 
 async def read_body(request: web.Request, limit: int, timeout_s: float) -> bytes:
@@ -170,7 +172,8 @@ def step_episode(task: str, ep: Episode, action: str) -> StepResult:
 class EnvServer:
     settings: EnvSettings
     episodes: dict[str, Episode] = field(default_factory=dict)
-    counters: dict[str, int] = field(default_factory=lambda: {"started": 0, "refused": 0, "finished": 0, "timed_out": 0, "rejected": 0})
+    counters: dict[str, int] = field(default_factory=lambda: {"started": 0, "refused": 0, "finished": 0, "timed_out": 0,
+                                                              "rejected": 0})
     reserved: int = 0  # resets admitted whose body is still being read
 
     def __post_init__(self) -> None:
@@ -180,7 +183,8 @@ class EnvServer:
         # client_max_size also bounds what request.read() buffers for chunked bodies.
         middlewares = [_errors]
         if self.settings.faults.any:
-            middlewares.insert(0, fault_middleware(self.settings.faults, random.Random(self.settings.seed), self.counters))
+            middlewares.insert(0,
+                               fault_middleware(self.settings.faults, random.Random(self.settings.seed), self.counters))
         app = web.Application(client_max_size=self.settings.max_body_bytes, middlewares=middlewares)
         app.add_routes([
             web.get("/healthz", self.healthz),
@@ -202,7 +206,8 @@ class EnvServer:
             while True:
                 await asyncio.sleep(min(5.0, self.settings.episode_timeout_s))
                 now = time.monotonic()
-                for eid in [e for e, ep in self.episodes.items() if now - ep.started > 2 * self.settings.episode_timeout_s]:
+                for eid in [e for e,
+                            ep in self.episodes.items() if now - ep.started > 2 * self.settings.episode_timeout_s]:
                     self.episodes.pop(eid, None)
                     self.counters["timed_out"] += 1
 
@@ -213,8 +218,10 @@ class EnvServer:
 
     async def stats(self, request: web.Request) -> web.Response:
         s = self.settings
-        return web.json_response({"open": len(self.episodes), "reserved": self.reserved, **self.counters, "task": s.task,
-                                  "concurrency": s.concurrency, "episode_timeout_s": s.episode_timeout_s, "latency": s.latency,
+        return web.json_response({"open": len(self.episodes), "reserved": self.reserved, **self.counters,
+                                  "task": s.task,
+                                  "concurrency": s.concurrency, "episode_timeout_s": s.episode_timeout_s,
+                                  "latency": s.latency,
                                   "endpoint": s.endpoint})
 
     async def _body(self, request: web.Request) -> bytes:

@@ -77,8 +77,10 @@ class JobBuffer:
             except (nats.js.errors.BucketNotFoundError, nats.js.errors.NotFoundError):
                 if time.monotonic() > deadline:
                     await nc.close()
-                    raise BufferError(f"the streams of job {namespace}/{name} do not exist at {servers} after "
-                                      f"{wait_for_streams_s:.0f}s; the operator (or `kuberl run`) creates them") from None
+                    raise BufferError(
+                        f"the streams of job {namespace}/{name} do not exist at {servers} after "
+                        f"{wait_for_streams_s:.0f}s; the operator (or `kuberl run`) creates them"
+                    ) from None
                 log.info("waiting for the job's streams", job=f"{namespace}/{name}")
                 await asyncio.sleep(1.0)
         return cls(nc, names, cfg, kv)
@@ -145,7 +147,8 @@ class JobBuffer:
     async def publish_trajectory(self, t: Trajectory) -> api.PubAck:
         payload = encode_trajectory(t)
         self._check_size(f"trajectory {t.sample_id} ({len(t)} tokens)", payload)
-        return await self._publish(self.names.trajectories_subject, payload, t.sample_id, self.names.trajectories_stream)
+        return await self._publish(self.names.trajectories_subject, payload, t.sample_id,
+                                   self.names.trajectories_stream)
 
     async def publish_trajectories(self, trajs: Iterable[Trajectory]) -> list[api.PubAck]:
         items = []

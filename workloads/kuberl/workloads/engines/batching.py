@@ -61,7 +61,8 @@ class BatchingEngine:
         self._engine_call = asyncio.ensure_future(asyncio.to_thread(fn, *args))
         return await asyncio.shield(self._engine_call)
 
-    async def generate(self, request: GenerationRequest, on_dispatch: Callable[[int], None] | None = None) -> list[Completion]:
+    async def generate(self, request: GenerationRequest,
+                       on_dispatch: Callable[[int], None] | None = None) -> list[Completion]:
         """Completions of ``request``; ``on_dispatch(version)`` is called as its batch starts on the engine."""
         self.start()
         fut = asyncio.get_running_loop().create_future()
@@ -103,7 +104,8 @@ class BatchingEngine:
             await asyncio.sleep(self.linger_s)  # let concurrent episodes add their requests
             while not self._queue.empty():
                 items.append(self._queue.get_nowait())
-            gens = [(arg, fut) for kind, arg, fut in items if kind == "generate" and not fut.done()]  # done: its waiter was cancelled
+            gens = [(arg, fut) for kind, arg,
+                    fut in items if kind == "generate" and not fut.done()]  # done: its waiter was cancelled
             # New weights first: requests that waited alongside a swap get the fresher policy
             # (and a group re-queued after its stale attempt is not generated stale again).
             for (weights, version), fut in [(arg, fut) for kind, arg, fut in items if kind == "swap"]:

@@ -49,12 +49,14 @@ def _trajectory(prompt: Prompt, index: int, tokens: list[int], logprobs: list[fl
     )
 
 
-async def verifier_group(engine: BatchingEngine | DispatchTracker, prompt: Prompt, reward: RewardSpec, sampling: SamplingSettings,
+async def verifier_group(engine: BatchingEngine | DispatchTracker, prompt: Prompt, reward: RewardSpec,
+                         sampling: SamplingSettings,
                          tokenizer: Tokenizer) -> list[Trajectory]:
     """One generation call for the whole group, scored locally."""
     t0 = time.monotonic()
     prompt_ids = tokenizer.encode_prompt(prompt.data)
-    completions = await engine.generate(GenerationRequest(prompt_ids, prompt.n_samples, sampling.max_new_tokens, sampling.temperature,
+    completions = await engine.generate(GenerationRequest(prompt_ids, prompt.n_samples, sampling.max_new_tokens,
+                                                          sampling.temperature,
                                                           tokenizer.stop_ids))
     t_gen = time.monotonic() - t0
     out = []
@@ -122,8 +124,11 @@ def episode_url(base_url: str, started: dict) -> str:
     endpoint = started.get("endpoint")
     if endpoint is None:
         return base_url
-    if not isinstance(endpoint, str) or urlparse(endpoint).scheme not in ("http", "https") or not urlparse(endpoint).netloc:
-        raise EnvAnswerInvalid(f"environment at {base_url} answered an endpoint {endpoint!r} that is not an http(s) URL")
+    if not isinstance(endpoint, str) or urlparse(endpoint).scheme not in ("http",
+                                                                          "https") or not urlparse(endpoint).netloc:
+        raise EnvAnswerInvalid(
+            f"environment at {base_url} answered an endpoint {endpoint!r} that is not an http(s) URL"
+        )
     return endpoint.rstrip("/")
 
 
@@ -174,7 +179,8 @@ async def _close(session: aiohttp.ClientSession, url: str) -> None:
 ENV_INFRA_ERRORS = (aiohttp.ClientError, asyncio.TimeoutError, EnvBusy, EnvAnswerInvalid)
 
 
-async def env_episode(engine: BatchingEngine | DispatchTracker, session: aiohttp.ClientSession, base_url: str, prompt: Prompt, index: int,
+async def env_episode(engine: BatchingEngine | DispatchTracker, session: aiohttp.ClientSession, base_url: str,
+                      prompt: Prompt, index: int,
                       sampling: SamplingSettings, tokenizer: Tokenizer, max_turns: int = 4) -> Trajectory:
     """`_env_episode`, or, when the environment cannot be reached, answers 5xx (or 4xx: a
     request of ours it cannot serve), or sends an answer without its fields, a trajectory of
@@ -190,7 +196,8 @@ async def env_episode(engine: BatchingEngine | DispatchTracker, session: aiohttp
                            {"total": time.monotonic() - t0}, {"turns": 0, INFRA_FAILED: failure})
 
 
-async def _env_episode(engine: BatchingEngine | DispatchTracker, session: aiohttp.ClientSession, base_url: str, prompt: Prompt, index: int,
+async def _env_episode(engine: BatchingEngine | DispatchTracker, session: aiohttp.ClientSession, base_url: str,
+                       prompt: Prompt, index: int,
                        sampling: SamplingSettings, tokenizer: Tokenizer, max_turns: int = 4) -> Trajectory:
     """A (multi-turn) episode: reset, then generate an action and step until the env says done.
 
@@ -201,7 +208,8 @@ async def _env_episode(engine: BatchingEngine | DispatchTracker, session: aiohtt
     timeout ends the episode as an infrastructure failure (masked, counted).
     """
     t0 = time.monotonic()
-    started = await _post(session, f"{base_url}/episodes", {"prompt": prompt.data["prompt"], "answer": prompt.data["answer"]})
+    started = await _post(session, f"{base_url}/episodes",
+                          {"prompt": prompt.data["prompt"], "answer": prompt.data["answer"]})
     episode = answer_field(started, "episode_id", str)
     owner = episode_url(base_url, started)
     tokens = tokenizer.encode_prompt({"prompt": answer_field(started, "observation", str)})
@@ -210,7 +218,8 @@ async def _env_episode(engine: BatchingEngine | DispatchTracker, session: aiohtt
     try:
         for turns in range(1, max_turns + 1):
             g0 = time.monotonic()
-            (c,) = await engine.generate(GenerationRequest(list(tokens), 1, sampling.max_new_tokens, sampling.temperature,
+            (c,
+             ) = await engine.generate(GenerationRequest(list(tokens), 1, sampling.max_new_tokens, sampling.temperature,
                                                            tokenizer.stop_ids))
             t_gen += time.monotonic() - g0
             versions.append(c.policy_version)
@@ -237,12 +246,15 @@ async def _env_episode(engine: BatchingEngine | DispatchTracker, session: aiohtt
             mask += [0] * len(obs)
     finally:
         await _close(session, f"{owner}/episodes/{episode}")
-    meta = {"turns": turns, **({"timed_out": True} if timed_out else {}), **({INFRA_FAILED: failure} if failure else {})}
-    return _trajectory(prompt, index, tokens, logprobs, mask, reward, min(versions) if versions else engine.policy_version,
+    meta = {"turns": turns, **({"timed_out": True} if timed_out else {}),
+            **({INFRA_FAILED: failure} if failure else {})}
+    return _trajectory(prompt, index, tokens, logprobs, mask, reward,
+                       min(versions) if versions else engine.policy_version,
                        {"generate": t_gen, "env": t_env, "total": time.monotonic() - t0}, meta)
 
 
-async def run_group(engine: BatchingEngine | DispatchTracker, prompt: Prompt, reward: RewardSpec, sampling: SamplingSettings,
+async def run_group(engine: BatchingEngine | DispatchTracker, prompt: Prompt, reward: RewardSpec,
+                    sampling: SamplingSettings,
                     tokenizer: Tokenizer, session: aiohttp.ClientSession | None = None,
                     env_urls: dict[str, str] | None = None) -> list[Trajectory]:
     """The scored group for one prompt, by whichever route the reward takes (the trainer's
@@ -252,4 +264,5 @@ async def run_group(engine: BatchingEngine | DispatchTracker, prompt: Prompt, re
     url = (env_urls or {}).get(reward.agent_env)
     if not url or session is None:
         raise ValueError(f"reward uses agent environment {reward.agent_env!r} but no URL for it is configured")
-    return list(await asyncio.gather(*(env_episode(engine, session, url, prompt, i, sampling, tokenizer) for i in range(prompt.n_samples))))
+    return list(await asyncio.gather(*(env_episode(engine, session, url, prompt, i, sampling,
+                                                   tokenizer) for i in range(prompt.n_samples))))

@@ -99,7 +99,8 @@ class PythonRewardRunner:
                 await _kill(proc)
             return scored
 
-    async def _call(self, proc: asyncio.subprocess.Process, prompt: str, response: str, sample: dict) -> tuple[Scored, bool]:
+    async def _call(self, proc: asyncio.subprocess.Process, prompt: str, response: str, sample: dict) -> tuple[Scored,
+                                                                                                               bool]:
         """The child's answer, and whether the child can take another call."""
         try:
             proc.stdin.write((json.dumps([prompt, response, sample]) + "\n").encode())
@@ -155,6 +156,7 @@ async def score(reward: RewardSpec, prompt: dict, response: str) -> Scored:
     if reward.type == "python":
         scored = await python_runner(reward.python).score(prompt["prompt"], response, prompt)
         if scored.failure:
-            log.warning("reward failed; the sample is masked", entry_point=reward.python.entry_point, error=scored.failure)
+            log.warning("reward failed; the sample is masked", entry_point=reward.python.entry_point,
+                        error=scored.failure)
         return scored
     raise ValueError(f"reward type {reward.type!r} is scored by its environment, not locally")

@@ -10,20 +10,24 @@ from kuberl.workloads.weights.stages import LOAD_STAGES
 
 REQUESTS_IN_FLIGHT = Gauge("kuberl_rollout_requests_in_flight", "Generation requests queued or running on the engine.")
 GROUPS_IN_FLIGHT = Gauge("kuberl_rollout_groups_in_flight", "Prompt groups being generated.")
-REQUEST_SECONDS = Histogram("kuberl_rollout_generation_seconds", "Latency of one generation request (queue + engine batch).",
+REQUEST_SECONDS = Histogram("kuberl_rollout_generation_seconds",
+                            "Latency of one generation request (queue + engine batch).",
                             buckets=(0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300))
 TOKENS = Counter("kuberl_rollout_tokens", "Tokens generated.")
-GROUPS = Counter("kuberl_rollout_groups", "Prompt groups finished, by outcome (published, abandoned: too stale; failed).", ["outcome"])
+GROUPS = Counter("kuberl_rollout_groups",
+                 "Prompt groups finished, by outcome (published, abandoned: too stale; failed).", ["outcome"])
 SWAPS = Counter("kuberl_rollout_weight_swaps", "Policy versions loaded into the engine.")
 SWAP_SECONDS = Histogram("kuberl_rollout_weight_swap_seconds", "Fetch + load time of one policy version.",
                          buckets=(0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300))
 SWAP_STAGE_SECONDS = Histogram("kuberl_rollout_weight_swap_stage_seconds",
-                               f"Seconds one policy version spent in each load stage (weights.stages: {', '.join(LOAD_STAGES)}; "
+                               f"Seconds one policy version spent in each load stage (weights.stages: "
+                               f"{', '.join(LOAD_STAGES)}; "
                                "per-file stages summed over file threads).", ["stage"],
                                buckets=(0.01, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300))
 for _stage in LOAD_STAGES:  # every stage's series from the start (see trainer_metrics)
     SWAP_STAGE_SECONDS.labels(_stage)
-FETCHES = Counter("kuberl_rollout_weight_fetches", "Policy versions fetched, by where from: store (downloaded), store-claimed "
+FETCHES = Counter("kuberl_rollout_weight_fetches",
+                  "Policy versions fetched, by where from: store (downloaded), store-claimed "
                   "(downloaded for the agents of this node), relay (copied from the node's download).", ["source"])
 FETCH_SOURCES = ("store", "store-claimed", "relay")
 ENGINE_VERSION = Gauge("kuberl_rollout_policy_version", "Policy version the engine serves.")

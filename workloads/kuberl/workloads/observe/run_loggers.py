@@ -62,16 +62,19 @@ class WandbLogger:
 
         spec = cfg.observability.wandb
         if spec.mode == "online" and not os.environ.get("WANDB_API_KEY"):
-            raise RuntimeError("observability.wandb.mode is online but WANDB_API_KEY is not set: in a cluster it comes from "
+            raise RuntimeError("observability.wandb.mode is online but WANDB_API_KEY is not set: in a cluster it comes "
+                               "from "
                                "observability.wandb.apiKeySecret; under kuberl run, export it (or use mode: offline)")
         self._wandb = wandb
         self.run = wandb.init(
             project=spec.project, entity=spec.entity, mode=spec.mode, dir=str(out_dir), name=cfg.job.name,
-            id=wandb_run_id(cfg.job.namespace, cfg.job.name, cfg.job.uid), resume="allow", group=spec.group, tags=spec.tags,
+            id=wandb_run_id(cfg.job.namespace, cfg.job.name, cfg.job.uid), resume="allow", group=spec.group,
+            tags=spec.tags,
             config={"mode": cfg.mode, "model": cfg.model.to_wire(), "algorithm": cfg.algorithm.to_wire(),
                     "run_policy": cfg.run_policy.to_wire(), "max_off_policy_steps": cfg.max_off_policy_steps},
             # base_url here, not through the environment: a local run has no pod env to set it.
-            settings=wandb.Settings(console="off", silent=True, **({"base_url": spec.base_url} if spec.base_url else {})),
+            settings=wandb.Settings(console="off", silent=True,
+                                    **({"base_url": spec.base_url} if spec.base_url else {})),
         )
 
     def log(self, row: StepRow) -> None:
@@ -106,7 +109,8 @@ class RunLoggers:
             loggers.append(WandbLogger(cfg, out))  # a bad key or project fails the start, loudly
         sync = None
         if cfg.run_files_uri and loggers:
-            sync = RunFileSync(cfg.run_files_uri, out, ("tensorboard", "wandb"), cfg.weight_store.endpoint, cfg.weight_store.region)
+            sync = RunFileSync(cfg.run_files_uri, out, ("tensorboard", "wandb"), cfg.weight_store.endpoint,
+                               cfg.weight_store.region)
         return cls(loggers, sync)
 
     def _each(self, what: str, *args) -> None:

@@ -13,8 +13,10 @@ GROUPS: dict[str, tuple[str, ...]] = {
     "reward": ("reward_mean", "reward_std", "pass_rate", "rollout_reward_mean", "infra_failed", "infra_failed_total"),
     "loss": ("loss", "kl", "entropy", "grad_norm"),
     "ppo": ("clip_frac", "ratio_mean", "ratio_dev_mean", "ratio_min", "ratio_max", "behaviour_gap"),
-    "off_policy": ("weight_mean", "is_weight_mean", "is_masked_frac", "staleness_mean", "staleness_max", "stale_dropped"),
-    "throughput": ("samples_per_s", "tokens_per_s", "samples", "samples_trained", "tokens", "in_flight", "trainer_idle_percent"),
+    "off_policy": ("weight_mean", "is_weight_mean", "is_masked_frac", "staleness_mean", "staleness_max",
+                   "stale_dropped"),
+    "throughput": ("samples_per_s", "tokens_per_s", "samples", "samples_trained", "tokens", "in_flight",
+                   "trainer_idle_percent"),
     "length": ("response_length_mean", "response_length_max"),
     "time": ("train_s", "time_generate_s", "time_weight_sync_s", "time_wait_s", "time_eval_s", "elapsed_s"),
     "weights": ("weight_sync_bytes",),
@@ -48,5 +50,6 @@ def histograms(row: dict[str, Any]) -> dict[str, list[float]]:
     for key, name in HISTOGRAMS.items():
         counts = row.get(key)
         if counts:
-            out[name] = [float(v) for v, n in sorted(counts.items(), key=lambda kv: float(kv[0])) for _ in range(int(n))]
+            out[name] = [float(v) for v,
+                         n in sorted(counts.items(), key=lambda kv: float(kv[0])) for _ in range(int(n))]
     return out

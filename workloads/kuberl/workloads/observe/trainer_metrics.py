@@ -13,37 +13,46 @@ POLICY_VERSION = Gauge("kuberl_trainer_policy_version", "Policy version of the t
 SAMPLES = Counter("kuberl_trainer_samples", "Samples trained on.")
 TOKENS = Counter("kuberl_trainer_tokens", "Response tokens trained on.")
 PHASE_SECONDS = Counter("kuberl_trainer_phase_seconds", "Wall time of the training loop, by part: generation "
-                        "(colocated), training, weight_sync, waiting (for trajectories, decoupled), evaluation.", ["part"])
+                        "(colocated), training, weight_sync, waiting (for trajectories, decoupled), evaluation.",
+                        ["part"])
 STEP_SECONDS = Histogram("kuberl_trainer_step_seconds", "Wall time per optimizer step, all parts.",
                          buckets=(0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300, 600))
-REWARD = Gauge("kuberl_trainer_reward", "Reward of the latest step's samples, by statistic (mean, std, pass_rate).", ["stat"])
+REWARD = Gauge("kuberl_trainer_reward", "Reward of the latest step's samples, by statistic (mean, std, pass_rate).",
+               ["stat"])
 LOSS = Gauge("kuberl_trainer_loss", "Policy loss of the latest optimizer step.")
-POLICY_STATS = Gauge("kuberl_trainer_policy_stat", "Update statistics of the latest step (kl, entropy, clip_frac, grad_norm, "
+POLICY_STATS = Gauge("kuberl_trainer_policy_stat",
+                     "Update statistics of the latest step (kl, entropy, clip_frac, grad_norm, "
                      "ratio_mean, is_weight_mean, is_masked_frac).", ["stat"])
-STALENESS = Gauge("kuberl_trainer_staleness", "Policy versions between the trained samples and the trainer, latest step (mean, max).", ["stat"])
+STALENESS = Gauge("kuberl_trainer_staleness",
+                  "Policy versions between the trained samples and the trainer, latest step (mean, max).", ["stat"])
 STALE_DROPPED = Counter("kuberl_trainer_stale_dropped", "Samples dropped as more than maxOffPolicySteps versions old.")
 IDLE = Gauge("kuberl_trainer_idle_percent", "Share of the last round the trainer waited for trajectories (decoupled).")
 RESPONSE_LENGTH = Gauge("kuberl_trainer_response_length_mean", "Mean response length (tokens) of the latest step.")
 STAGE = Gauge("kuberl_trainer_curriculum_stage", "Index of the current curriculum stage.")
-WEIGHT_SYNC_SECONDS = Histogram("kuberl_trainer_weight_sync_seconds", "Time to publish one policy version to the weight store.",
+WEIGHT_SYNC_SECONDS = Histogram("kuberl_trainer_weight_sync_seconds",
+                                "Time to publish one policy version to the weight store.",
                                 buckets=(0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300))
 WEIGHT_SYNC_BYTES = Counter("kuberl_trainer_weight_sync_bytes", "Bytes of policy versions published.")
 WEIGHT_SYNC_STORED_BYTES = Counter("kuberl_trainer_weight_sync_stored_bytes",
-                                   "Bytes uploaded for policy versions (below the version's bytes when stored as deltas).")
+                                   "Bytes uploaded for policy versions (below the version's bytes when stored as "
+                                   "deltas).")
 WEIGHT_SYNC_STAGE_SECONDS = Histogram("kuberl_trainer_weight_sync_stage_seconds",
-                                      f"Seconds one policy version spent in each publish stage (weights.stages: {', '.join(PUBLISH_STAGES)}; "
+                                      f"Seconds one policy version spent in each publish stage (weights.stages: "
+                                      f"{', '.join(PUBLISH_STAGES)}; "
                                       "per-file stages summed over file threads).", ["stage"],
                                       buckets=(0.01, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300))
 for _stage in PUBLISH_STAGES:  # every stage's series from the start: a stage that never ran shows 0, not "no data"
     WEIGHT_SYNC_STAGE_SECONDS.labels(_stage)
-EVAL = Gauge("kuberl_trainer_eval_score", "Latest held-out evaluation, by dataset and score (greedy, pass@1, pass@k).", ["dataset", "score"])
+EVAL = Gauge("kuberl_trainer_eval_score", "Latest held-out evaluation, by dataset and score (greedy, pass@1, pass@k).",
+             ["dataset", "score"])
 
 POLICY_KEYS = ("kl", "entropy", "clip_frac", "grad_norm", "ratio_mean", "is_weight_mean", "is_masked_frac")
 
 
 def phase_seconds(row: StepRow) -> dict[str, float]:
     """The step's wall time by phase (a round's phases are shared by the steps trained from it)."""
-    return {"generation": row.time_generate_s or 0.0, "training": row.train_s, "weight_sync": row.time_weight_sync_s or 0.0,
+    return {"generation": row.time_generate_s or 0.0, "training": row.train_s,
+            "weight_sync": row.time_weight_sync_s or 0.0,
             "waiting": row.time_wait_s or 0.0, "evaluation": row.time_eval_s or 0.0}
 
 

@@ -65,7 +65,8 @@ class RunFiles:
             return sorted(f"{folder}/{p.name}" for p in base.glob("*") if p.is_file() and not p.name.startswith(".")) \
                 if base.is_dir() else []
         names, prefix = [], self._key(folder.rstrip("/") + "/")
-        for page in self._client.get_paginator("list_objects_v2").paginate(Bucket=self._bucket, Prefix=prefix, Delimiter="/"):
+        for page in self._client.get_paginator("list_objects_v2").paginate(Bucket=self._bucket, Prefix=prefix,
+                                                                           Delimiter="/"):
             names += [obj["Key"][len(self._key("")):] for obj in page.get("Contents", [])]
         return sorted(names)
 
@@ -85,7 +86,8 @@ class RunFileSync:
     mtime changed are copied again. A failed copy is logged and retried at the next sync:
     losing a plot must not stop training (``strict`` raises instead, for callers that retry)."""
 
-    def __init__(self, uri: str, root: str | Path, subdirs: tuple[str, ...], endpoint: str | None = None, region: str | None = None):
+    def __init__(self, uri: str, root: str | Path, subdirs: tuple[str, ...], endpoint: str | None = None,
+                 region: str | None = None):
         self.files = RunFiles(uri, endpoint, region)
         self.uri, self.root, self.subdirs = self.files.uri, Path(root), subdirs
         self._seen: dict[str, tuple[int, int]] = {}

@@ -43,7 +43,8 @@ def check_source(source: str) -> None:
     """Refuse a source whose scheme no process can read (before anything starts)."""
     scheme = urlparse(source).scheme or "file"
     if scheme not in SCHEMES:
-        raise ModelNotFound(f"model source {source!r}: the scheme must be one of {', '.join(s + '://' for s in SCHEMES)}")
+        raise ModelNotFound(f"model source {source!r}: the scheme must be one of "
+                            f"{', '.join(s + '://' for s in SCHEMES)}")
     if scheme == "builtin" and urlparse(source).netloc not in BUILTIN_MODELS:
         raise ModelNotFound(f"unknown builtin model {source!r}; builtin://tiny is the one there is")
 
@@ -107,7 +108,8 @@ def _verified(directory: Path) -> bool:
         files = json.loads((directory / MARKER).read_text())
     except (OSError, ValueError):
         return False
-    return all((directory / name).is_file() and (directory / name).stat().st_size == size for name, size in files.items())
+    return all((directory / name).is_file() and (directory / name).stat().st_size == size for name,
+               size in files.items())
 
 
 def _from_s3(bucket: str, prefix: str, client) -> Path:
@@ -133,7 +135,8 @@ def _from_s3(bucket: str, prefix: str, client) -> Path:
                 continue  # an HF directory is flat; nested keys are someone else's files
             client.download_file(bucket, obj["Key"], str(tmp / name))
             if (tmp / name).stat().st_size != obj["Size"]:
-                raise OSError(f"s3://{bucket}/{obj['Key']}: downloaded {(tmp / name).stat().st_size} bytes of {obj['Size']}")
+                raise OSError(f"s3://{bucket}/{obj['Key']}: downloaded {(tmp / name).stat().st_size} bytes of "
+                              f"{obj['Size']}")
         _write_marker(tmp)
 
     return _publish_dir(final, write)
@@ -155,7 +158,8 @@ def hub_snapshot(kind: str, name: str, what: str) -> tuple[Path, str]:
     repo, _, revision = repo_part.partition("@")
     revision = revision or "main"
     if not re.fullmatch(r"[\w.-]+/[\w.-]+", repo):
-        raise ModelNotFound(f"{what} hf://{name}: expected hf://org/name[@revision]{'/path' if kind == 'datasets' else ''}")
+        raise ModelNotFound(f"{what} hf://{name}: expected "
+                            f"hf://org/name[@revision]{'/path' if kind == 'datasets' else ''}")
     root = hub_cache() / f"{kind}--{repo.replace('/', '--')}"
     commit = revision
     if not re.fullmatch(r"[0-9a-f]{40}", revision):

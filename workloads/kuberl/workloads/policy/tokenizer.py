@@ -71,5 +71,7 @@ def stop_token_ids(directory: Path, tokenizer_eos: int | None) -> tuple[int, ...
     if tokenizer_eos is not None and int(tokenizer_eos) not in ids:
         ids.append(int(tokenizer_eos))
     if not ids:
-        raise ValueError(f"{directory}: neither generation_config.json nor the tokenizer names an end-of-sequence token")
+        raise ValueError(
+            f"{directory}: neither generation_config.json nor the tokenizer names an end-of-sequence token"
+        )
     return tuple(ids)

@@ -101,7 +101,8 @@ def data_parallel_share(mini_batch: slice, dp: int, dp_rank: int) -> list[int]:
     return list(range(mini_batch.start + dp_rank, mini_batch.stop, dp))
 
 
-def _no_grad_logprobs(backend: PolicyBackend, batch: RolloutBatch, micro: int | None, temperature: float) -> torch.Tensor:
+def _no_grad_logprobs(backend: PolicyBackend, batch: RolloutBatch, micro: int | None,
+                      temperature: float) -> torch.Tensor:
     parts = [backend.logprobs(batch.ids[s], batch.valid[s], temperature) for s in spans(len(batch), micro)]
     return torch.cat(parts).detach() if parts else batch.behaviour.clone()
 
@@ -183,7 +184,9 @@ def _step(backend, batch, mb, mine, old, ref, algo, corr, micro) -> dict[str, fl
         "ratio_mean": summed.pop("ratio", tokens) / tokens,
         "ratio_dev_mean": summed.pop("ratio_dev", 0.0) / tokens,
         # |old − behaviour|: how far the engine's logprobs are from the trainer's (staleness, numerics).
-        "behaviour_gap": float(((old[mb] - batch.behaviour[mb].detach()).abs().double() * m).sum() / m.sum().clamp(min=1)),
+        "behaviour_gap": float(
+            ((old[mb] - batch.behaviour[mb].detach()).abs().double() * m).sum() / m.sum().clamp(min=1)
+        ),
         "weight_mean": float(batch.weights[mb].double().mean()) if mb.stop > mb.start else 1.0,
         **{TOKEN_MEANS[k]: v / tokens for k, v in summed.items()},
     }

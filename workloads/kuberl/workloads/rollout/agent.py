@@ -61,7 +61,8 @@ class TrainerClock:
         async with self._moved:
             await self._moved.wait_for(lambda: self.version > version)
 
-    async def wait_until_untrainable(self, group: DispatchTracker, max_off_policy_steps: int, rule: dict | None = None) -> None:
+    async def wait_until_untrainable(self, group: DispatchTracker, max_off_policy_steps: int,
+                                     rule: dict | None = None) -> None:
         """Returns once the group's samples are too stale for the trainer to use.
 
         Not before its first batch runs: a group queued behind a pending weight swap
@@ -69,7 +70,8 @@ class TrainerClock:
         """
         await group.dispatched.wait()
         async with self._moved:
-            await self._moved.wait_for(lambda: staleness_weight(group.first_version, self.version, max_off_policy_steps, **(rule or {})) is None)
+            await self._moved.wait_for(lambda: staleness_weight(group.first_version, self.version, max_off_policy_steps,
+                                                                **(rule or {})) is None)
 
 
 def make_engine(cfg: WorkloadConfig, agent_id: str) -> Engine:
@@ -86,7 +88,8 @@ def make_engine(cfg: WorkloadConfig, agent_id: str) -> Engine:
 
         return SGLangEngine.from_config(cfg, version=-1)
     if cfg.rollout.engine == "torch":
-        return TorchEngine(load_pretrained(job_model_dir(cfg)), version=-1, seed=(hash(agent_id) + int(time.time())) % 2**31)
+        return TorchEngine(load_pretrained(job_model_dir(cfg)), version=-1,
+                           seed=(hash(agent_id) + int(time.time())) % 2**31)
     raise ValueError(f"unknown rollout engine {cfg.rollout.engine!r}")
 
 
@@ -104,7 +107,8 @@ class Fetched:
 
 
 class RolloutAgent:
-    def __init__(self, cfg: WorkloadConfig, agent_id: str, engine: Engine | None = None, tokenizer: Tokenizer | None = None):
+    def __init__(self, cfg: WorkloadConfig, agent_id: str, engine: Engine | None = None,
+                 tokenizer: Tokenizer | None = None):
         self.cfg, self.agent_id = cfg, agent_id
         self.tokenizer = tokenizer if tokenizer is not None else job_tokenizer(cfg)
         self.store = weight_store(cfg)
@@ -182,7 +186,8 @@ class RolloutAgent:
         log.info("weights swapped", agent=self.agent_id, version=version, digest=fetched.digest, source=fetched.source,
                  policy=self.cfg.rollout.weight_swap, seconds=round(seconds, 3), stages=stages)
         # Off the swap's path: a slow store delays the record, never the next swap.
-        record = asyncio.create_task(asyncio.to_thread(self.load_records.loaded, version, fetched.digest, fetched.source))
+        record = asyncio.create_task(asyncio.to_thread(self.load_records.loaded, version, fetched.digest,
+                                                       fetched.source))
         self._background.add(record)
         record.add_done_callback(self._background.discard)
         if self.buffer is not None:
@@ -252,7 +257,9 @@ class RolloutAgent:
                 except Exception as e:
                     log.warning("weight swap failed", stage="load", version=fetched.version, error=str(e))
                     return
-                if fetched.version < fetched.asked:  # fell back to an older whole version: wait for the next one announced
+                if (
+                    fetched.version < fetched.asked
+                ):  # fell back to an older whole version: wait for the next one announced
                     return
         finally:
             if upcoming is not None:
@@ -293,7 +300,9 @@ class RolloutAgent:
         """The prompt's scored group, or None when it became untrainable before it was done."""
         p = lease.prompt
         tracker = DispatchTracker(self.batcher)
-        group = asyncio.create_task(run_group(tracker, p, self.cfg.reward, SamplingSettings.for_stage(self.cfg, p.stage), self.tokenizer, session, self.cfg.agent_envs))
+        group = asyncio.create_task(run_group(tracker, p, self.cfg.reward,
+                                              SamplingSettings.for_stage(self.cfg, p.stage), self.tokenizer, session,
+                                              self.cfg.agent_envs))
         if not self.cfg.rollout.abandon_stale_groups or lease.deliveries > ABANDON_AT_MOST:
             return await group
         doomed = asyncio.create_task(self.trainer.wait_until_untrainable(
@@ -315,12 +324,15 @@ class RolloutAgent:
         self.metrics.groups_in_flight(len(self.active))
 
     async def run(self) -> None:
-        buf = await JobBuffer.open(self.cfg.buffer.url, self.cfg.job.namespace, self.cfg.job.name, BufferConfig.from_spec(self.cfg.buffer))
+        buf = await JobBuffer.open(self.cfg.buffer.url, self.cfg.job.namespace, self.cfg.job.name,
+                                   BufferConfig.from_spec(self.cfg.buffer))
         self.buffer = buf  # where load_version reports the version it loaded
         if self.cfg.rollout.weight_fetch == "perNode":
             self.share = NodeShare(buf.fetch_claims, self.scratch, self.agent_id)
             await self.share.start()
-        session = aiohttp.ClientSession(timeout=env_session_timeout(self.cfg)) if self.cfg.reward.type == "agentEnv" else None
+        session = (
+            aiohttp.ClientSession(timeout=env_session_timeout(self.cfg)) if self.cfg.reward.type == "agentEnv" else None
+        )
         watcher = None
         try:
             # Wait for the trainer's first version: generating with untrained weights would waste work.
@@ -336,7 +348,8 @@ class RolloutAgent:
             watcher = asyncio.create_task(self.watch_versions(buf))
             prompts = await buf.prompt_consumer()
             concurrency = self.cfg.rollout.concurrency
-            log.info("rollout agent ready", agent=self.agent_id, version=self.engine.policy_version, concurrency=concurrency)
+            log.info("rollout agent ready", agent=self.agent_id, version=self.engine.policy_version,
+                     concurrency=concurrency)
             while True:
                 await self.accepting.wait()
                 room = concurrency - len(self.active)

@@ -57,7 +57,8 @@ class NodeShare:
     async def stop(self) -> None:
         await self.server.stop()
 
-    async def fetch(self, version: int, fetch: Callable[[Peer | None], Result], got: Callable[[Result], int]) -> tuple[Result, str]:
+    async def fetch(self, version: int, fetch: Callable[[Peer | None], Result],
+                    got: Callable[[Result], int]) -> tuple[Result, str]:
         """``fetch(peer)`` once, in a thread: from the store (peer None) when this agent
         claims ``version``, else from the claimant's relay, else (the copy failed) from the
         store after all. ``got(result)``: the version ``result`` holds (an older whole one

@@ -71,11 +71,13 @@ def load_dataset(spec: Dataset, *, s3_client=None) -> list[Problem]:
             raise ValueError(f"unknown builtin dataset {spec.source!r}; builtin://arithmetic is the one there is")
         q = {k: v[-1] for k, v in parse_qs(url.query).items()}
         # Ids name the generator, not the entry, so the train and test entries of one generator stay disjoint.
-        problems = split_problems(arithmetic_problems("arithmetic", digits=int(q.get("digits", 1)), ops=q.get("ops", "+")), q.get("split"))
+        problems = split_problems(arithmetic_problems("arithmetic", digits=int(q.get("digits", 1)),
+                                                      ops=q.get("ops", "+")), q.get("split"))
         problems = [Problem(p.prompt_id, p.prompt, p.answer, p.difficulty, spec.name) for p in problems]
     else:
         path = dataset_file(spec.name, spec.source, s3_client=s3_client)
-        problems = [_row_problem(spec, i, json.loads(line)) for i, line in enumerate(path.read_text().splitlines()) if line.strip()]
+        problems = [_row_problem(spec, i, json.loads(line)) for i,
+                    line in enumerate(path.read_text().splitlines()) if line.strip()]
     return problems[: spec.max_prompts] if spec.max_prompts else problems
 
 
@@ -87,16 +89,22 @@ def _row_problem(spec: Dataset, i: int, row: dict) -> Problem:
     prompt = row[spec.prompt_field]
     diff = float(row[spec.difficulty_field]) if spec.difficulty_field else 0.0
     if isinstance(prompt, list):
-        if not all(isinstance(m, dict) and isinstance(m.get("role"), str) and isinstance(m.get("content"), str) for m in prompt):
+        if not all(isinstance(m, dict) and isinstance(m.get("role"), str) and isinstance(m.get("content"),
+                                                                                         str) for m in prompt):
             raise ValueError(f"{where}: a chat prompt is a list of {{\"role\": str, \"content\": str}} turns")
-        return Problem(f"{spec.name}-{i}", prompt[-1]["content"] if prompt else "", str(row[spec.answer_field]), diff, spec.name,
+        return Problem(f"{spec.name}-{i}", prompt[-1]["content"] if prompt else "", str(row[spec.answer_field]), diff,
+                       spec.name,
                        messages=tuple(dict(m) for m in prompt))
     return Problem(f"{spec.name}-{i}", str(prompt), str(row[spec.answer_field]), diff, spec.name)
 
 
-def filter_problems(problems: list[Problem], datasets: list[str] | None, lo: float | None, hi: float | None) -> list[Problem]:
+def filter_problems(problems: list[Problem], datasets: list[str] | None, lo: float | None,
+                    hi: float | None) -> list[Problem]:
     """The problems a curriculum stage draws from."""
     return [
-        p for p in problems
-        if (not datasets or p.dataset in datasets) and (lo is None or p.difficulty >= lo) and (hi is None or p.difficulty <= hi)
+        p
+        for p in problems
+        if (not datasets or p.dataset in datasets)
+        and (lo is None or p.difficulty >= lo)
+        and (hi is None or p.difficulty <= hi)
     ]

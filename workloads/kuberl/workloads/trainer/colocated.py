@@ -74,7 +74,8 @@ async def _generate(tr: Trainer, engine: ColocatedEngine, session) -> tuple[list
         n_prompts = math.ceil(n_prompts * cfg.algorithm.over_sampling_factor)
     prompts = tr.prompts.take(n_prompts, stage)
     t0 = time.monotonic()
-    groups = await asyncio.gather(*(run_group(engine.batcher, p, cfg.reward, tr.prompts.sampling(stage), tr.tokenizer, session,
+    groups = await asyncio.gather(*(run_group(engine.batcher, p, cfg.reward, tr.prompts.sampling(stage), tr.tokenizer,
+                                              session,
                                               cfg.agent_envs) for p in prompts))
     generated = Generated(stats([t.reward for g in groups for t in g])[0], time.monotonic() - t0)
     if cfg.algorithm.dynamic_sampling:

@@ -23,7 +23,11 @@ log = get_logger(__name__)
 async def run_decoupled(cfg: WorkloadConfig) -> None:
     tr = Trainer(cfg)
     extra = tr.restore_or_init()
-    session = aiohttp.ClientSession(timeout=env_session_timeout(cfg)) if cfg.reward.type == "agentEnv" and tr.evaluator.enabled else None
+    session = (
+        aiohttp.ClientSession(timeout=env_session_timeout(cfg))
+        if cfg.reward.type == "agentEnv" and tr.evaluator.enabled
+        else None
+    )
     try:
         rounds = await _begin(tr, extra)
         while tr.progress.step < cfg.run_policy.max_steps:

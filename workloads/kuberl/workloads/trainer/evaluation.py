@@ -46,7 +46,8 @@ class DatasetScore:
 
     def metrics(self, dataset: str, k: int) -> dict[str, float]:
         return {f"eval/{dataset}/greedy": round(self.greedy, 4), f"eval/{dataset}/pass@1": round(self.pass_at_1, 4),
-                f"eval/{dataset}/pass@{k}": round(self.pass_at_k, 4), f"eval/{dataset}/reward_mean": round(self.reward_mean, 4)}
+                f"eval/{dataset}/pass@{k}": round(self.pass_at_k, 4),
+                f"eval/{dataset}/reward_mean": round(self.reward_mean, 4)}
 
 
 def score_dataset(greedy_rewards: list[float], sampled_rewards: list[list[float]], k: int) -> DatasetScore:
@@ -57,7 +58,8 @@ def score_dataset(greedy_rewards: list[float], sampled_rewards: list[list[float]
     return DatasetScore(
         greedy=sum(r >= PASS_REWARD for r in greedy_rewards) / max(len(greedy_rewards), 1),
         pass_at_1=sum(c / len(row) for c, row in zip(passed, sampled_rewards, strict=True)) / max(prompts, 1),
-        pass_at_k=sum(pass_at_k(len(row), c, k) for c, row in zip(passed, sampled_rewards, strict=True)) / max(prompts, 1),
+        pass_at_k=sum(pass_at_k(len(row), c, k) for c, row in zip(passed, sampled_rewards, strict=True)) / max(prompts,
+                                                                                                               1),
         reward_mean=sum(flat) / max(len(flat), 1),
         prompts=prompts,
     )
@@ -70,7 +72,13 @@ class Evaluator:
         self.cfg, self.tokenizer = cfg, tokenizer
         spec = cfg.evaluation
         self.problems: dict[str, list[Problem]] = (
-            {ds.name: load_dataset(ds, s3_client=job_s3_client(cfg, ds.source))[: spec.max_prompts] for ds in spec.datasets} if spec is not None else {})
+            {
+                ds.name: load_dataset(ds, s3_client=job_s3_client(cfg, ds.source))[: spec.max_prompts]
+                for ds in spec.datasets
+            }
+            if spec is not None
+            else {}
+        )
 
     @property
     def enabled(self) -> bool:
@@ -87,8 +95,10 @@ class Evaluator:
                 return Prompt(f"eval-{tag}-{p.prompt_id}", p.to_data(), n_samples=n)
 
             greedy, sampled = await asyncio.gather(
-                asyncio.gather(*(run_group(engine, prompt(p, 1, "g"), self.cfg.reward, greedy_s, self.tokenizer, session, self.cfg.agent_envs) for p in problems)),
-                asyncio.gather(*(run_group(engine, prompt(p, k, "s"), self.cfg.reward, sampled_s, self.tokenizer, session, self.cfg.agent_envs) for p in problems)),
+                asyncio.gather(*(run_group(engine, prompt(p, 1, "g"), self.cfg.reward, greedy_s, self.tokenizer,
+                                           session, self.cfg.agent_envs) for p in problems)),
+                asyncio.gather(*(run_group(engine, prompt(p, k, "s"), self.cfg.reward, sampled_s, self.tokenizer,
+                                           session, self.cfg.agent_envs) for p in problems)),
             )
             score = score_dataset([g[0].reward for g in greedy], [[t.reward for t in g] for g in sampled], k)
             out.update(score.metrics(name, k))

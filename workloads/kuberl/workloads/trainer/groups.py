@@ -47,14 +47,16 @@ class GroupAssembler:
     def ready_samples(self) -> int:
         return sum(len(g) for g in self.ready)
 
-    def drop_untrainable(self, current_version: int, max_off_policy_steps: int, rule: dict | None = None) -> list[list[Trajectory]]:
+    def drop_untrainable(self, current_version: int, max_off_policy_steps: int,
+                         rule: dict | None = None) -> list[list[Trajectory]]:
         """Evict ready groups that aged past the staleness bound while waiting; returns them.
 
         Done before the batch is counted, so a step always trains a full batch of groups
         it can use (their prompts are answered already: the feeder replaces them).
         """
         keep = [g for g in self.ready
-                if staleness_weight(min(t.policy_version for t in g), current_version, max_off_policy_steps, **(rule or {})) is not None]
+                if staleness_weight(min(t.policy_version for t in g), current_version, max_off_policy_steps,
+                                    **(rule or {})) is not None]
         dropped = [g for g in self.ready if not any(g is k for k in keep)]
         self.ready = keep
         return dropped
@@ -76,15 +78,18 @@ class GroupAssembler:
         return self.kept / seen if seen else None
 
 
-def staleness_weights(trajectories: list[Trajectory], version: int, max_off_policy_steps: int, rule: dict) -> dict[str, float]:
+def staleness_weights(trajectories: list[Trajectory], version: int, max_off_policy_steps: int,
+                      rule: dict) -> dict[str, float]:
     """Each sample's loss weight when trained from policy ``version`` (its staleness
     policy's weight; 0 for one that is past it, which the assembler evicts before)."""
-    return {t.sample_id: staleness_weight(t.policy_version, version, max_off_policy_steps, **rule) or 0.0 for t in trajectories}
+    return {t.sample_id: staleness_weight(t.policy_version, version, max_off_policy_steps,
+                                          **rule) or 0.0 for t in trajectories}
 
 
 def in_flight_target(cfg: WorkloadConfig, group_size: int, keep_rate: float | None) -> int:
     """Prompts to keep issued: enough for (1 + maxOffPolicySteps) steps, so staleness stays bounded by construction."""
     per_step = max(1, cfg.algorithm.global_batch_size // group_size)
     factor = cfg.algorithm.over_sampling_factor if cfg.algorithm.dynamic_sampling else 1.0
-    rate = max(1.0 if keep_rate is None else keep_rate, 0.1) if cfg.algorithm.dynamic_sampling else 1.0  # 0 kept so far: over-sample the most
+    rate = max(1.0 if keep_rate is None else keep_rate,
+               0.1) if cfg.algorithm.dynamic_sampling else 1.0  # 0 kept so far: over-sample the most
     return min(cfg.buffer.max_in_flight_prompts, math.ceil(per_step * factor / rate * (1 + cfg.max_off_policy_steps)))

@@ -2,13 +2,14 @@
 
 Decoupled mode writes one JSON line per event. Each trainer process (an *incarnation*)
 writes a segment of its own, ``<output_dir>/ledger/<start ms>-<incarnation>-<part>.jsonl``
-(parts of `EVENTS_PER_PART` events); the ledger is the segments in order. In a cluster the output directory is the pod's emptyDir,
-so the trainer copies its segment to the run-files location (`observe.uploads.RunFiles`,
-``<checkpoint uri>/run/ledger/``) right after its start, before every checkpoint and at
-the end: what a killed pod's segment lacks is what came after its last checkpoint, which a
-restart rolls back anyway. A checkpoint commits everything since the previous one; a restart rolls
-back what came after the checkpoint it resumed from (the prompt counter, the optimizer
-steps, the answered prompts are all restored from it). `audit` replays the ledger with that
+(parts of `EVENTS_PER_PART` events); the ledger is the segments in order. In a cluster the
+output directory is the pod's emptyDir, so the trainer copies its segment to the run-files
+location (`observe.uploads.RunFiles`, ``<checkpoint uri>/run/ledger/``) right after its
+start, before every checkpoint and at the end: what a killed pod's segment lacks is what
+came after its last checkpoint, which a restart rolls back anyway. A checkpoint commits
+everything since the previous one; a restart rolls back what came after the checkpoint it
+resumed from (the prompt counter, the optimizer steps, the answered prompts are all
+restored from it). `audit` replays the ledger with that
 rule and says whether the committed history holds the guarantees the job promises:
 
 * every optimizer step 1..N exactly once (none lost, none repeated);
@@ -148,7 +149,8 @@ class Audit:
     def zeros(self) -> dict[str, int]:
         """The counts that must be zero."""
         return {"steps_lost": self.steps_lost, "steps_repeated": self.steps_repeated, "slots_lost": self.slots_lost,
-                "slots_trained_twice": self.slots_trained_twice, "partial_versions_loaded": self.partial_versions_loaded}
+                "slots_trained_twice": self.slots_trained_twice,
+                "partial_versions_loaded": self.partial_versions_loaded}
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -166,8 +168,10 @@ def committed_events(events: list[dict], audit: Audit) -> list[dict]:
             if restored > committed_step:
                 # Killed between writing a checkpoint and recording it: what led up to that
                 # step is committed (the events after it, up to the next issue or step, too).
-                at = max((i for i, p in enumerate(pending) if p["event"] == "step" and p["step"] <= restored), default=-1)
-                end = next((i for i in range(at + 1, len(pending)) if pending[i]["event"] in ("issued", "step")), len(pending))
+                at = max((i for i, p in enumerate(pending) if p["event"] == "step" and p["step"] <= restored),
+                         default=-1)
+                end = next((i for i in range(at + 1, len(pending)) if pending[i]["event"] in ("issued", "step")),
+                           len(pending))
                 committed += pending[:end]
                 pending = pending[end:]
                 committed_step = restored
@@ -225,5 +229,9 @@ def audit(events: list[dict], loads: list[tuple[int, str]] = ()) -> Audit:
 
 def committed_rewards(events: list[dict]) -> list[float]:
     """The mean reward of each committed step, in step order (what a chaos run's final reward is read from)."""
-    steps = {e["step"]: e["reward_mean"] for e in committed_events(events, Audit()) if e["event"] == "step" and "reward_mean" in e}
+    steps = {
+        e["step"]: e["reward_mean"]
+        for e in committed_events(events, Audit())
+        if e["event"] == "step" and "reward_mean" in e
+    }
     return [steps[s] for s in sorted(steps)]

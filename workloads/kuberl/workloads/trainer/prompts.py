@@ -36,13 +36,16 @@ class PromptSource:
     def __post_init__(self) -> None:
         self.incarnation = uuid.uuid4().hex[:6]
         loaded = [p for ds in self.cfg.datasets for p in load_dataset(ds, s3_client=job_s3_client(self.cfg, ds.source))]
-        # algorithm.maxPromptLength: prompts longer than this (as the engines receive them: chat template, BOS) are skipped.
+        # algorithm.maxPromptLength: prompts longer than this (as the engines receive them: chat template, BOS) are
+        # skipped.
         limit = self.cfg.algorithm.max_prompt_length
         self.problems: list[Problem] = [p for p in loaded if len(self.tokenizer.encode_prompt(p.to_data())) <= limit]
         if not self.problems:
-            raise ValueError(f"every prompt of the datasets is longer than algorithm.maxPromptLength={limit} tokens; raise it")
+            raise ValueError(f"every prompt of the datasets is longer than algorithm.maxPromptLength={limit} tokens; "
+                             f"raise it")
         if len(self.problems) < len(loaded):
-            log.info("prompts over algorithm.maxPromptLength skipped", skipped=len(loaded) - len(self.problems), limit=limit)
+            log.info("prompts over algorithm.maxPromptLength skipped", skipped=len(loaded) - len(self.problems),
+                     limit=limit)
         self._by_stage: dict[int, list[Problem]] = {}
 
     def stage_problems(self, stage: int) -> list[Problem]:
@@ -51,7 +54,8 @@ class PromptSource:
             if self.cfg.curriculum is not None:
                 spec = self.cfg.curriculum.stages[stage]
                 rng = spec.difficulty
-                chosen = filter_problems(self.problems, spec.datasets, rng.min if rng else None, rng.max if rng else None)
+                chosen = filter_problems(self.problems, spec.datasets, rng.min if rng else None,
+                                         rng.max if rng else None)
             if not chosen:
                 raise ValueError(f"curriculum stage {stage} selects no problems")
             self._by_stage[stage] = chosen

@@ -70,7 +70,8 @@ class Rounds:
 
     def _route(self, t: Trajectory) -> bool:
         """Into the assembler, or dropped; True for an orphan (a prompt no longer wanted)."""
-        stale = staleness_weight(t.policy_version, self.tr.progress.version, self.cfg.max_off_policy_steps, **self.rule) is None
+        stale = staleness_weight(t.policy_version, self.tr.progress.version, self.cfg.max_off_policy_steps,
+                                 **self.rule) is None
         self.stale_dropped += stale
         if t.prompt_id not in self.feeder:
             # Answered already, or issued by a trainer that crashed before its checkpoint
@@ -91,7 +92,8 @@ class Rounds:
 
     def drop_stale(self) -> None:
         """Assembled groups that aged past the bound while waiting are dropped whole."""
-        for group in self.assembler.drop_untrainable(self.tr.progress.version, self.cfg.max_off_policy_steps, self.rule):
+        for group in self.assembler.drop_untrainable(self.tr.progress.version, self.cfg.max_off_policy_steps,
+                                                     self.rule):
             self.stale_dropped += len(group)
             self.feeder.settle([group[0].prompt_id])
             self.ledger.record("dropped", prompt=group[0].prompt_id, why="stale")
@@ -108,7 +110,8 @@ class Rounds:
         prompts = [g[0].prompt_id for g in groups]
         self.feeder.settle(prompts)
         for row in rows:
-            self.ledger.record("step", step=row.step, prompts=prompts if row is rows[-1] else [], reward_mean=row.reward_mean)
+            self.ledger.record("step", step=row.step, prompts=prompts if row is rows[-1] else [],
+                               reward_mean=row.reward_mean)
 
     def annotate(self, rows: list[StepRow], waited: float, busy: float, sync_s: float) -> None:
         """What the round measured, on each of its steps' rows."""

@@ -90,7 +90,8 @@ class Trainer:
         self.last_evaluation: dict | None = None
         self.stages = curriculum_stages(cfg)
         self.progress = Progress()
-        self.ckpt = CheckpointStore(cfg.checkpoint.uri, cfg.weight_store.endpoint, cfg.weight_store.region, cfg.checkpoint.keep)
+        self.ckpt = CheckpointStore(cfg.checkpoint.uri, cfg.weight_store.endpoint, cfg.weight_store.region,
+                                    cfg.checkpoint.keep)
         self.metrics = MetricsLog(cfg.output_dir)
         self.loggers = RunLoggers.open(cfg)
         self.prometheus = TrainerMetrics()
@@ -98,13 +99,16 @@ class Trainer:
         self.buffer: JobBuffer | None = None
         # In a cluster the ledger's segment is copied out with every checkpoint (the output
         # directory is the pod's emptyDir); under kuberl run it is in the run's directory already.
-        mirror = RunFiles(cfg.run_files_uri, cfg.weight_store.endpoint, cfg.weight_store.region) if cfg.run_files_uri else None
+        mirror = RunFiles(cfg.run_files_uri, cfg.weight_store.endpoint,
+                          cfg.weight_store.region) if cfg.run_files_uri else None
         self.ledger = Ledger(cfg.output_dir, self.prompts.incarnation, mirror)
         self.last_published: Published | None = None
         # The version published last stays here (weightStore.fullVersionEvery > 1): the next
         # is stored as deltas against it. On /tmp, the pod's emptyDir; gone with a restart,
         # after which the first version published is whole.
-        self.published_dir = Path(tempfile.mkdtemp(prefix="kuberl-published-")) if cfg.weight_store.full_version_every > 1 else None
+        self.published_dir = (
+            Path(tempfile.mkdtemp(prefix="kuberl-published-")) if cfg.weight_store.full_version_every > 1 else None
+        )
         self._rl_t0 = time.monotonic()
 
     # ---- lifecycle --------------------------------------------------------------------
@@ -184,7 +188,8 @@ class Trainer:
         trajs = [t for g in groups for t in g]
         weights = staleness_weights(trajs, start_version, self.cfg.max_off_policy_steps,
                                     staleness_rule(self.algo.off_policy_correction.staleness))
-        batch = collate(groups, weights, scale_by_std=self.algo.advantage_scaling == "groupStd", pad_id=self.tokenizer.pad_id)
+        batch = collate(groups, weights, scale_by_std=self.algo.advantage_scaling == "groupStd",
+                        pad_id=self.tokenizer.pad_id)
         lags = [start_version - t.policy_version for t in trajs]
         lengths = [int(t.loss_mask.sum()) for t in trajs]  # generated tokens (tool outputs are not trained)
         failed = [t.failure is not None for t in trajs]
@@ -212,9 +217,11 @@ class Trainer:
                 pass_rate=round(pass_rate, 4), samples=len(step_failed), samples_trained=p.samples_trained,
                 infra_failed=sum(step_failed), infra_failed_total=p.infra_failed,
                 samples_per_s=round(p.samples_trained / max(elapsed, 1e-9), 3), elapsed_s=round(elapsed, 2),
-                train_s=round(time.monotonic() - t0, 4), stage=p.curriculum.stage, stage_name=self.stages[p.curriculum.stage].name,
+                train_s=round(time.monotonic() - t0, 4), stage=p.curriculum.stage,
+                stage_name=self.stages[p.curriculum.stage].name,
                 tokens=sum(step_lengths), tokens_per_s=round(p.tokens_trained / max(elapsed, 1e-9), 3),
-                response_length_mean=round(sum(step_lengths) / len(step_lengths), 3), response_length_max=max(step_lengths),
+                response_length_mean=round(sum(step_lengths) / len(step_lengths), 3),
+                response_length_max=max(step_lengths),
                 staleness_mean=round(sum(step_lags) / len(step_lags), 3), staleness_max=max(step_lags),
                 staleness_counts={str(lag): n for lag, n in sorted(Counter(step_lags).items())},
                 epoch=result.epoch, mini_batch=result.mini_batch, mode=self.cfg.mode, resumed_from=p.resumed_from,
@@ -226,7 +233,9 @@ class Trainer:
     def crossed(self, step_before: int, interval: int) -> bool:
         """Whether a multiple of ``interval`` (or the last step) lies in (step_before, step]."""
         step = self.progress.step
-        return step > step_before and (step // interval > step_before // interval or step >= self.cfg.run_policy.max_steps)
+        return step > step_before and (
+            step // interval > step_before // interval or step >= self.cfg.run_policy.max_steps
+        )
 
     async def evaluate(self, engine: BatchingEngine, session=None) -> dict[str, float]:
         """Run the job's evaluation on ``engine`` (holding the current policy); kept for status."""
@@ -262,7 +271,8 @@ class Trainer:
                 s, curriculum_stage=row.stage,
                 **({"policy_version": published.version, "weights_manifest": published.uri}
                    if published is not None and published.version > s.policy_version else {}),
-                counters={**s.counters, "steps": row.step, "samples": row.samples_trained, "infra_failed": row.infra_failed_total},
+                counters={**s.counters, "steps": row.step, "samples": row.samples_trained,
+                          "infra_failed": row.infra_failed_total},
                 metrics=JobMetrics(reward_mean=row.reward_mean, reward_std=row.reward_std, pass_rate=row.pass_rate,
                                    samples_per_s=row.samples_per_s, trainer_idle_percent=row.trainer_idle_percent),
                 evaluation=self.last_evaluation or s.evaluation))
@@ -278,7 +288,8 @@ class Trainer:
         """Publish the current weights as the current version (retried through an S3 outage):
         the backend's way, whole from this process or in parts from the gang."""
         version, store_spec = self.progress.version, self.cfg.weight_store
-        published = self.backend.publish(PublishRequest(version, self.cfg.model.dtype, store_spec.fp8, store_spec.full_version_every,
+        published = self.backend.publish(PublishRequest(version, self.cfg.model.dtype, store_spec.fp8,
+                                                        store_spec.full_version_every,
                                                         self.last_published, self.published_dir))
         self.prometheus.weight_sync(published.seconds, published.bytes, published.stored_bytes, published.stages)
         entry = self.ledger.record("published", version=version, digest=published.digest, parent=published.parent,

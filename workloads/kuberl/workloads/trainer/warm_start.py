@@ -44,5 +44,6 @@ def warmup_batches(problems: list[Problem], tokenizer: Tokenizer, steps: int, se
             answer = tokenizer.encode(noisy_target(p.answer, rng)) + [tokenizer.stop_ids[0]]
             ids.append(prompt + answer)
             masks.append([0] * len(prompt) + [1] * len(answer))
-        out.append((pad_rows(ids, tokenizer.pad_id), pad_rows([[1] * len(r) for r in ids]).bool(), pad_rows(masks).float()))
+        out.append((pad_rows(ids, tokenizer.pad_id), pad_rows([[1] * len(r) for r in ids]).bool(),
+                    pad_rows(masks).float()))
     return out

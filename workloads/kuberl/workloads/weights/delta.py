@@ -76,7 +76,8 @@ def encode(new: str | os.PathLike, parent: str | os.PathLike, out: str | os.Path
                 raise ValueError(f"{parent} is shorter than {new}: it changed while being read")
             ours[size] = theirs[size] = 0  # an odd last byte's pad
             words, bitmap_bytes, _ = _sizes(size)
-            diff = np.bitwise_xor(np.frombuffer(ours, "<u2", words), np.frombuffer(theirs, "<u2", words), out=xor[:words])
+            diff = np.bitwise_xor(np.frombuffer(ours, "<u2", words), np.frombuffer(theirs, "<u2", words),
+                                  out=xor[:words])
             bitmap = np.packbits(diff != 0)  # (packbits of the words themselves is ten times slower)
             kept_map = np.packbits(bitmap)  # a nonzero byte is a set bit
             places = kept_places(kept_map, bitmap_bytes)
@@ -96,7 +97,8 @@ def _read(f: BinaryIO, n: int, delta: str | os.PathLike) -> bytes:
     return data
 
 
-def decode(delta: str | os.PathLike, parent: str | os.PathLike, out: str | os.PathLike, digest: Hash | None = None) -> int:
+def decode(delta: str | os.PathLike, parent: str | os.PathLike, out: str | os.PathLike,
+           digest: Hash | None = None) -> int:
     """Write `parent` with the changed words of `delta` applied to `out` (the file `encode`
     was given); returns its size. Lengths a delta claims are checked against the block size
     and each other before anything is allocated for them: a corrupt or hostile delta raises

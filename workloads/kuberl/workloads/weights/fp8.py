@@ -93,7 +93,8 @@ def quantize_blockwise(w: torch.Tensor, block: int = BLOCK) -> tuple[torch.Tenso
         scale = torch.where(amax > 0, amax / FP8_MAX, torch.ones_like(amax))
         scale_inv[first:first + step] = scale
         # clamp: fp32 rounding can exceed 448
-        q[first * block:(first + step) * block] = (blocks / scale[:, None, :, None]).clamp_(-FP8_MAX, FP8_MAX).view(-1, bc * block)
+        q[first * block:(first + step) * block] = (blocks / scale[:, None, :,
+                                                                  None]).clamp_(-FP8_MAX, FP8_MAX).view(-1, bc * block)
     q = q[:rows, :cols]
     return q.contiguous(), scale_inv.contiguous()
 

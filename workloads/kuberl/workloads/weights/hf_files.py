@@ -49,6 +49,7 @@ def shard_file(i: int, n: int) -> str:
 
 def write_index(out: Path, weight_map: dict[str, str], total_size: int, config: dict[str, Any] | None = None) -> None:
     """The safetensors index (which file holds each tensor) and, given one, config.json."""
-    (out / INDEX).write_text(json.dumps({"metadata": {"total_size": total_size}, "weight_map": weight_map}, indent=1, sort_keys=True))
+    (out / INDEX).write_text(json.dumps({"metadata": {"total_size": total_size}, "weight_map": weight_map}, indent=1,
+                                        sort_keys=True))
     if config is not None:
         (out / "config.json").write_text(json.dumps(config, indent=1, sort_keys=True))

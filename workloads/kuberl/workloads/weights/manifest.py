@@ -106,14 +106,17 @@ class Manifest:
     def from_json(cls, data: bytes) -> Manifest:
         d = json.loads(data)
         if d.get("format") not in _READABLE_FORMATS:
-            raise WeightStoreError(f"manifest format {d.get('format')} not understood (want one of {_READABLE_FORMATS})")
+            raise WeightStoreError(
+                f"manifest format {d.get('format')} not understood (want one of {_READABLE_FORMATS})"
+            )
         # Before anything is built from the names: every reader of a manifest goes through here.
         check_file_names(d.get("version"), [f.get("name") if isinstance(f, dict) else f for f in d["files"]])
         d["files"] = [FileEntry(**f) for f in d["files"]]
         manifest = cls(**d)
         # Parents come before their children: a fetch that follows them always ends.
         if manifest.parent is not None and not 0 <= manifest.parent < manifest.version:
-            raise WeightStoreError(f"weights version {manifest.version}: parent {manifest.parent} is not an earlier version")
+            raise WeightStoreError(f"weights version {manifest.version}: parent {manifest.parent} is not an earlier "
+                                   f"version")
         return manifest
 
     @property
@@ -151,7 +154,8 @@ def version_name(version: int) -> str:
     return f"v{version:08d}"
 
 
-def plan_prune(complete: list[int], incomplete: list[int], keep: int, parent_of: dict[int, int | None] | None = None) -> list[int]:
+def plan_prune(complete: list[int], incomplete: list[int], keep: int,
+               parent_of: dict[int, int | None] | None = None) -> list[int]:
     """Versions to delete: all complete ones but the newest ``keep`` and the parents their
     deltas are built on (``parent_of``, followed back to a whole version), and incomplete
     ones older than the oldest kept (abandoned uploads; newer ones may still be uploading)."""

@@ -22,7 +22,8 @@ T = TypeVar("T")
 # How long an operation keeps retrying through an outage before it gives up (and the
 # process exits for its restart policy to decide).
 OUTAGE_WINDOW_S = float(os.environ.get("KUBERL_S3_OUTAGE_WINDOW_S", "900"))
-_TRANSIENT_CODES = {"InternalError", "ServiceUnavailable", "SlowDown", "RequestTimeout", "RequestTimeTooSkewed", "503", "500"}
+_TRANSIENT_CODES = {"InternalError", "ServiceUnavailable", "SlowDown", "RequestTimeout", "RequestTimeTooSkewed", "503",
+                    "500"}
 
 
 def is_transient(e: BaseException) -> bool:
@@ -38,7 +39,8 @@ def is_transient(e: BaseException) -> bool:
     if isinstance(e, S3UploadFailedError):
         # boto3 folds the cause into the message: a connection failure or a 5xx is transient.
         text = str(e)
-        return not any(code in text for code in ("AccessDenied", "NoSuchBucket", "InvalidAccessKeyId", "SignatureDoesNotMatch"))
+        return not any(code in text for code in ("AccessDenied", "NoSuchBucket", "InvalidAccessKeyId",
+                                                 "SignatureDoesNotMatch"))
     return isinstance(e, (BotoCoreError, ConnectionError, TimeoutError))
 
 

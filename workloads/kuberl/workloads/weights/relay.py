@@ -57,7 +57,9 @@ class RelayServer:
     async def _get(self, request: web.Request) -> web.StreamResponse:
         given = request.headers.get("Authorization", "")
         if not hmac.compare_digest(given.encode(), f"Bearer {self.token}".encode()):
-            raise web.HTTPForbidden(text="a weight relay serves the job's own agents: show the token of its fetch claim")
+            raise web.HTTPForbidden(
+                text="a weight relay serves the job's own agents: show the token of its fetch claim"
+            )
         folder = self.root / request.match_info["version"]
         if folder.parent != self.root or not folder.name.startswith("v"):
             raise web.HTTPNotFound()

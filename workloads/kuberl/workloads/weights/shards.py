@@ -59,7 +59,8 @@ def publish_part(store: WeightStore, state: dict[str, torch.Tensor], version: in
     with clock.stage("serialise"):
         save_file({k: v.contiguous() for k, v in state.items()}, str(where / name), metadata={"format": "pt"})
     parent_dir = keep_dir / version_name(parent) if parent is not None else None
-    entries = store.upload_files(version, where, parent_dir if parent_dir is not None and parent_dir.is_dir() else None, clock)
+    entries = store.upload_files(version, where, parent_dir if parent_dir is not None and parent_dir.is_dir() else None,
+                                 clock)
     for old in keep_dir.glob("v*"):  # this version's file is the next one's parent: nothing older is
         if old != where:
             shutil.rmtree(old, ignore_errors=True)
@@ -84,7 +85,8 @@ def commit_parts(store: WeightStore, version: int, parts: list[Part], hf_config:
         raise ValueError(f"weights version {version}: {missing} not uploaded")
     config = {**hf_config, "torch_dtype": dtype}
     if use_fp8:
-        config["quantization_config"] = fp8.quantization_config({k: v for p in parts for k, v in (p.kept or {}).items()})
+        config["quantization_config"] = fp8.quantization_config({k: v for p in parts for k,
+                                                                 v in (p.kept or {}).items()})
     side = Path(tempfile.mkdtemp(prefix="kuberl-parts-"))
     try:
         write_index(side, weight_map, sum(p.total_bytes for p in parts), config)

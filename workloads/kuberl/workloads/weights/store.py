@@ -6,7 +6,8 @@ Layout under ``s3://<bucket>/<prefix>/``::
     v00000042/model.safetensors.index.json       HF weight_map, so loaders find the shards
     v00000042/config.json                        HF config (+ quantization_config for FP8)
     v00000042/manifest.json                      written LAST: files, sizes, sha256, dtype, quantisation
-    v00000043/model.safetensors.xor16            a delta version's file: the words that differ from v42's, `weights.delta`
+    v00000043/model.safetensors.xor16            a delta version's file: the words that differ from v42's
+                                                 (`weights.delta`)
 
 A version exists for readers only once its ``manifest.json`` does: the manifest is uploaded
 after every other file has been acknowledged, so a crashed upload leaves an invisible prefix
@@ -69,7 +70,8 @@ def _check_confined(version: int, manifest: Manifest, dest: Path) -> None:
     for entry in manifest.files:
         for name in (entry.name, f".{entry.name}.partial", f".{entry.stored_name}.partial"):
             if (where := escapes(dest, name)) is not None:
-                raise UnsafeFileNameError(version, entry.name, f"resolves to {where}, outside the fetch directory {dest.resolve()}")
+                raise UnsafeFileNameError(version, entry.name,
+                                          f"resolves to {where}, outside the fetch directory {dest.resolve()}")
 
 
 def _timed_checksum(path: Path, clock: StageClock) -> str:
@@ -131,7 +133,9 @@ class WeightStore:
         try:
             body = self.client.get_object(Bucket=self.bucket, Key=self._key(version, MANIFEST))["Body"].read()
         except self.client.exceptions.NoSuchKey:
-            raise VersionNotFoundError(f"weights version {version} has no manifest at {self.manifest_uri(version)}") from None
+            raise VersionNotFoundError(
+                f"weights version {version} has no manifest at {self.manifest_uri(version)}"
+            ) from None
         try:
             return Manifest.from_json(body)
         except UnsafeFileNameError as e:  # named by the version asked for, not the one the manifest claims
@@ -141,7 +145,8 @@ class WeightStore:
 
     def publish(self, version: int, src_dir: str | os.PathLike, *, dtype: str = "bfloat16",
                 quantization: dict[str, Any] | None = None, meta: dict[str, Any] | None = None,
-                overwrite: bool = False, parent: LocalVersion | None = None, clock: StageClock | None = None) -> Manifest:
+                overwrite: bool = False, parent: LocalVersion | None = None,
+                clock: StageClock | None = None) -> Manifest:
         """Upload every file of ``src_dir`` (flat) as ``version``, then its manifest (also
         written to ``src_dir``, which then is a `LocalVersion` the next publish can use).
 
@@ -184,7 +189,8 @@ class WeightStore:
                 digest = hashed.hexdigest()
                 if stored <= 0.9 * size:
                     with clock.stage("upload"):
-                        self.client.upload_file(str(encoded), self.bucket, self._key(version, encoded.name), Config=self.transfer)
+                        self.client.upload_file(str(encoded), self.bucket, self._key(version, encoded.name),
+                                                Config=self.transfer)
                     encoded.unlink()
                     return FileEntry(path.name, size, digest, encoding=delta.ENCODING, stored_size=stored)
                 encoded.unlink()
@@ -192,7 +198,8 @@ class WeightStore:
                 with ThreadPoolExecutor(1, thread_name_prefix="kuberl-hash") as hasher:
                     hashing = hasher.submit(_timed_checksum, path, clock)
                     with clock.stage("upload"):
-                        self.client.upload_file(str(path), self.bucket, self._key(version, path.name), Config=self.transfer)
+                        self.client.upload_file(str(path), self.bucket, self._key(version, path.name),
+                                                Config=self.transfer)
                     digest = hashing.result()
                 return FileEntry(path.name, size, digest)
             with clock.stage("upload"):
@@ -206,7 +213,8 @@ class WeightStore:
             shutil.rmtree(staging, ignore_errors=True)
 
     def commit(self, version: int, entries: list[FileEntry], *, dtype: str, quantization: dict[str, Any] | None = None,
-               meta: dict[str, Any] | None = None, parent: tuple[int, int] | None = None, clock: StageClock | None = None,
+               meta: dict[str, Any] | None = None, parent: tuple[int, int] | None = None,
+               clock: StageClock | None = None,
                local: Path | None = None) -> Manifest:
         """Write the manifest of ``version`` over files already uploaded (``entries``): the
         version becomes visible here, whole. ``parent``: (version, its depth) when any entry
@@ -255,7 +263,8 @@ class WeightStore:
             whole = self.latest_whole(at_most=e.version)
             if whole is None:
                 raise
-            log.warning("weights version cannot be rebuilt; falling back to the newest whole version", version=e.version,
+            log.warning("weights version cannot be rebuilt; falling back to the newest whole version",
+                        version=e.version,
                         missing_parent=e.parent, whole=whole)
             dest = Path(dest_dir)
             if dest.is_dir() and not (dest / MANIFEST).exists():
@@ -326,23 +335,27 @@ class WeightStore:
                     streamed = relay.copy_file(*peer, version, entry.name, tmp)
             elif entry.encoding == "raw":
                 with clock.stage("download"):
-                    self.client.download_file(self.bucket, self._key(version, entry.name), str(tmp), Config=self.transfer)
+                    self.client.download_file(self.bucket, self._key(version, entry.name), str(tmp),
+                                              Config=self.transfer)
             elif entry.encoding == delta.ENCODING:
                 encoded = dest / f".{entry.stored_name}.partial"
                 with clock.stage("download"):
-                    self.client.download_file(self.bucket, self._key(version, entry.stored_name), str(encoded), Config=self.transfer)
+                    self.client.download_file(self.bucket, self._key(version, entry.stored_name), str(encoded),
+                                              Config=self.transfer)
                 hashed = hashlib.sha256()
                 try:
                     with clock.stage("reconstruct"):  # the result's checksum too, taken as it is written
                         delta.decode(encoded, parent.path / entry.name, tmp, digest=hashed)
                 except (OSError, ValueError) as e:
                     tmp.unlink(missing_ok=True)
-                    raise ChecksumError(entry.name, f"delta against version {manifest.parent} does not decode: {e}") from None
+                    raise ChecksumError(entry.name,
+                                        f"delta against version {manifest.parent} does not decode: {e}") from None
                 finally:
                     encoded.unlink(missing_ok=True)
                 streamed = hashed.hexdigest()
             else:
-                raise WeightStoreError(f"weights version {version}: {entry.name} has encoding {entry.encoding!r}, not understood")
+                raise WeightStoreError(f"weights version {version}: {entry.name} has encoding {entry.encoding!r}, not "
+                                       f"understood")
             check(entry, tmp, streamed)
             os.replace(tmp, dest / entry.name)
 
@@ -358,7 +371,8 @@ class WeightStore:
             raise UnsafeFileNameError(version, strays[0], f"named by {INDEX} but not a file of the version")
         (dest / MANIFEST).write_bytes(manifest.to_json())
         log.info("weights fetched", version=version, bytes=manifest.total_bytes, stored_bytes=manifest.stored_bytes,
-                 parent=manifest.parent, parent_local=fetched_parent is None and parent is not None, relay=peer[0] if peer else None,
+                 parent=manifest.parent, parent_local=fetched_parent is None and parent is not None,
+                 relay=peer[0] if peer else None,
                  seconds=round(time.perf_counter() - t0, 3), stages=clock.seconds())
         return dest, manifest
 

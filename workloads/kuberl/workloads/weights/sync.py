@@ -53,7 +53,8 @@ DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16}
 FP8_WIRE_DTYPE = "float8_e4m3fn"  # a manifest's dtype when the linear layers went out as FP8 blocks
 
 
-def engine_state(hf_state: dict[str, torch.Tensor], dtype: str, use_fp8: bool) -> tuple[dict[str, torch.Tensor], dict[str, str] | None]:
+def engine_state(hf_state: dict[str, torch.Tensor], dtype: str, use_fp8: bool) -> tuple[dict[str, torch.Tensor],
+                                                                                        dict[str, str] | None]:
     """The tensors as the engines load them: in ``dtype`` (``model.dtype``), or with ``use_fp8``
     the linear layers quantised to FP8 blocks from the full-precision weights; and, for FP8,
     the tensors kept in high precision with why (`fp8.quantize_state_dict`)."""

@@ -145,7 +145,8 @@ class SGLangClient:
         r = self._call("POST", "/update_weights_from_disk", body=body, timeout=timeout, ok=(200, 400))
         out = r.json()
         if r.status_code != 200 or not out.get("success", False):
-            raise SGLangError(f"update_weights_from_disk({model_path}) failed: {out.get('message', out)}", r.status_code)
+            raise SGLangError(f"update_weights_from_disk({model_path}) failed: {out.get('message', out)}",
+                              r.status_code)
         return out
 
     def release_memory_occupation(self) -> None:
@@ -239,7 +240,11 @@ def completion_from_result(result: dict[str, Any], sent_version: int) -> Complet
     served = meta.get("weight_version")
     # Weights only move forward: the oldest version that can have produced a token is the
     # smaller of the one we knew at send time and the one the server reports at the end.
-    version = min(v for v in (sent_version, _as_version(served)) if v is not None) if _as_version(served) is not None else sent_version
+    version = (
+        min(v for v in (sent_version, _as_version(served)) if v is not None)
+        if _as_version(served) is not None
+        else sent_version
+    )
     return Completion(token_ids=[int(t) for t in ids], logprobs=[float(lp[0]) for lp in lps], finish_reason=reason,
                       policy_version=version,
                       meta={"rid": meta.get("id"), "weight_version": served, "prompt_tokens": meta.get("prompt_tokens"),

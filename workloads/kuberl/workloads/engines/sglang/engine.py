@@ -54,15 +54,16 @@ class SGLangEngine(Engine):
         """The engine a rollout agent drives for ``cfg`` (a `WorkloadConfig`).
 
         URL: ``$KUBERL_ENGINE_URL`` (a server of its own under `kuberl run`), else
-        ``cfg.rollout.engine_url`` (the pod's SGLang container, on loopback). Swaps from tensors (`load_state_dict`) are written under
-        ``$KUBERL_ENGINE_SCRATCH``, which must be a directory the server reads too (an
-        emptyDir mounted in both containers of a rollout pod).
+        ``cfg.rollout.engine_url`` (the pod's SGLang container, on loopback). Swaps from tensors
+        (`load_state_dict`) are written under ``$KUBERL_ENGINE_SCRATCH``, which must be a
+        directory the server reads too (an emptyDir mounted in both containers of a rollout pod).
         """
         import os
 
         url = os.environ.get(ENGINE_URL_ENV) or cfg.rollout.engine_url
         if not url:
-            raise ValueError(f"rollout.engine is sglang but neither ${ENGINE_URL_ENV} nor rollout.engineUrl names its server")
+            raise ValueError(f"rollout.engine is sglang but neither ${ENGINE_URL_ENV} nor rollout.engineUrl names its "
+                             f"server")
         # "retract" for both swap policies: in-flight requests are requeued and their KV is
         # recomputed with the new weights, so every later token's logprob is exactly the new
         # policy's ("in_place" would decode on KV computed by the old weights, and SGLang

@@ -230,7 +230,8 @@ def main(argv: list[str] | None = None) -> int:
 
     configure_logging()
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--model-path", required=True, help="an HF directory, or a model.source URI (resolved into the model cache)")
+    p.add_argument("--model-path", required=True,
+                   help="an HF directory, or a model.source URI (resolved into the model cache)")
     p.add_argument("--host", default="127.0.0.1")
     p.add_argument("--port", type=int, default=30000)
     p.add_argument("--device", default="cpu")

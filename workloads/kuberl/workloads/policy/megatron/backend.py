@@ -66,7 +66,8 @@ def gang_refusal(cfg: WorkloadConfig, ranks: int) -> str | None:
         return (f"trainer.parallelism context {par.context} / expert {par.expert}: the megatron trainer runs tensor, "
                 "pipeline and data parallel; set context and expert to 1")
     if ranks % (par.tensor * par.pipeline):
-        return (f"the trainer gang has {ranks} ranks, not a multiple of tensor x pipeline = {par.tensor * par.pipeline}: "
+        return (f"the trainer gang has {ranks} ranks, not a multiple of tensor x pipeline = "
+                f"{par.tensor * par.pipeline}: "
                 "set trainer.replicas x gpusPerReplica to a multiple of it")
     return None
 
@@ -117,7 +118,8 @@ class MegatronTrainerBackend:
             with clock.stage("quantise"):
                 state, kept = engine_state(owned, dtype, use_fp8)
             index, parts = self.policy.pp_rank * self.policy.tp + self.policy.tp_rank, self.policy.tp * self.policy.pp
-            part = through_outage(lambda: publish_part(self.store, state, version, index, parts, keep_dir=self.parts_dir,
+            part = through_outage(lambda: publish_part(self.store, state, version, index, parts,
+                                                       keep_dir=self.parts_dir,
                                                        parent=parent[0] if parent else None, kept=kept, clock=clock),
                                   f"weights version {version}, part {index + 1} of {parts}")
             if not keep:
@@ -169,22 +171,26 @@ class MegatronTrainerBackend:
 
     def fresh_start(self, keep_reference: bool) -> None:
         algo = self.cfg.algorithm
-        self.policy.optimizer = torch.optim.AdamW(self.policy.core.parameters(), lr=algo.learning_rate, weight_decay=algo.weight_decay)
+        self.policy.optimizer = torch.optim.AdamW(self.policy.core.parameters(), lr=algo.learning_rate,
+                                                  weight_decay=algo.weight_decay)
         self.reference = self._frozen_copy() if keep_reference else None
 
     def checkpoint_state(self) -> dict:
         """A collective: the whole state in HF layout on rank 0 (the other ranks get None)."""
         model = self.hf_state()
-        reference = {k: v.float().cpu() for k, v in self.reference.export_hf_state().items()} if self.reference is not None else None
+        reference = {k: v.float().cpu() for k,
+                     v in self.reference.export_hf_state().items()} if self.reference is not None else None
         optimizer = export_adam_state(self.policy)
         if dist.get_rank() != 0:
             return None
-        return {"model": model, "optimizer_hf": optimizer, **({"reference": reference} if reference is not None else {})}
+        return {"model": model, "optimizer_hf": optimizer,
+                **({"reference": reference} if reference is not None else {})}
 
     def load_checkpoint_state(self, state: dict, keep_reference: bool) -> None:
         if "optimizer_hf" not in state:
             raise ValueError("the latest checkpoint was written by the torch trainer (trainer.backend: torch), which "
-                             "megatron cannot resume: set trainer.backend back to torch, or start afresh with a new checkpoint.uri")
+                             "megatron cannot resume: set trainer.backend back to torch, or start afresh with a new "
+                             "checkpoint.uri")
         self.policy.load_hf_state(state["model"])
         load_adam_state(self.policy, state["optimizer_hf"])
         if keep_reference:

@@ -104,7 +104,8 @@ def _split_qkv(qkv: Tensor, shape: HFShape) -> tuple[Tensor, Tensor, Tensor]:
     return q.reshape(-1, *tail), k.reshape(-1, *tail), v.reshape(-1, *tail)
 
 
-def hf_to_megatron(hf: dict[str, Tensor], shape: HFShape, *, tp: int = 1, tp_rank: int = 0, pp: int = 1, pp_rank: int = 0) -> dict[str, Tensor]:
+def hf_to_megatron(hf: dict[str, Tensor], shape: HFShape, *, tp: int = 1, tp_rank: int = 0, pp: int = 1,
+                   pp_rank: int = 0) -> dict[str, Tensor]:
     """The megatron state dict slice that rank (tp_rank, pp_rank) loads."""
     check_parallelism(shape, tp, pp)
     out: dict[str, Tensor] = {}
@@ -135,7 +136,8 @@ def hf_to_megatron(hf: dict[str, Tensor], shape: HFShape, *, tp: int = 1, tp_ran
             out[dst + "self_attention.linear_qkv.bias"] = col(bias)
         out[dst + "self_attention.linear_proj.weight"] = row(hf[attn + "o_proj.weight"])
         mlp = src + "mlp."
-        out[dst + "mlp.linear_fc1.weight"] = torch.cat([col(hf[mlp + "gate_proj.weight"]), col(hf[mlp + "up_proj.weight"])], dim=0)
+        out[dst + "mlp.linear_fc1.weight"] = torch.cat([col(hf[mlp + "gate_proj.weight"]),
+                                                        col(hf[mlp + "up_proj.weight"])], dim=0)
         out[dst + "mlp.linear_fc2.weight"] = row(hf[mlp + "down_proj.weight"])
     return out
 
@@ -167,7 +169,8 @@ def param_to_hf(name: str, slices: list[Tensor], shape: HFShape, *, pp: int = 1,
     if rest in ("self_attention.linear_qkv.weight", "self_attention.linear_qkv.bias"):
         kind = rest.rsplit(".", 1)[1]
         q, k, v = _split_qkv(cat0(), shape)
-        return {f"{dst}self_attn.q_proj.{kind}": q, f"{dst}self_attn.k_proj.{kind}": k, f"{dst}self_attn.v_proj.{kind}": v}
+        return {f"{dst}self_attn.q_proj.{kind}": q, f"{dst}self_attn.k_proj.{kind}": k,
+                f"{dst}self_attn.v_proj.{kind}": v}
     if rest == "self_attention.linear_proj.weight":
         return {dst + "self_attn.o_proj.weight": cat1()}
     if rest == "mlp.linear_fc1.weight":

@@ -109,7 +109,8 @@ class MegatronPolicy:
         self.shape = HFShape.from_config(hf_config)
         check_parallelism(self.shape, tensor_parallel, pipeline_parallel)
         if not parallel_state.model_parallel_is_initialized():
-            parallel_state.initialize_model_parallel(tensor_model_parallel_size=tensor_parallel, pipeline_model_parallel_size=pipeline_parallel)
+            parallel_state.initialize_model_parallel(tensor_model_parallel_size=tensor_parallel,
+                                                     pipeline_model_parallel_size=pipeline_parallel)
         seed_model_parallel_rng(seed)
         self.tp, self.pp = tensor_parallel, pipeline_parallel
         self.tp_rank = parallel_state.get_tensor_model_parallel_rank()
@@ -122,7 +123,8 @@ class MegatronPolicy:
         self.dp_group = parallel_state.get_data_parallel_group()
         self.first_stage = parallel_state.is_pipeline_first_stage()
         self.last_stage = parallel_state.is_pipeline_last_stage()
-        self.device = torch.device("cuda", torch.cuda.current_device()) if torch.cuda.is_available() else torch.device("cpu")
+        self.device = torch.device("cuda",
+                                   torch.cuda.current_device()) if torch.cuda.is_available() else torch.device("cpu")
         self.vocab = padded_vocab(self.shape.vocab_size, tensor_parallel)
         self.config = transformer_config(self.shape, hf_config, tp=tensor_parallel, pp=pipeline_parallel, dtype=dtype)
         model = GPTModel(
@@ -168,7 +170,8 @@ class MegatronPolicy:
 
         A collective: every rank of the model-parallel group must call it.
         """
-        return self.gather_hf({k: v.detach() for k, v in self.core.state_dict().items() if not k.endswith("_extra_state")})
+        return self.gather_hf({k: v.detach() for k,
+                               v in self.core.state_dict().items() if not k.endswith("_extra_state")})
 
     def gather_hf(self, local: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
         """Full HF layout of a state shaped like this rank's parameters (megatron names), e.g.
@@ -191,7 +194,8 @@ class MegatronPolicy:
         """Which tensor-parallel rank of this stage converts and publishes each parameter:
         largest first, to the rank holding the fewest bytes so far (every rank computes the
         same map: names and slice shapes are the same on every rank of a stage)."""
-        sizes = {k: v.numel() * v.element_size() for k, v in self.core.state_dict().items() if not k.endswith("_extra_state")}
+        sizes = {k: v.numel() * v.element_size() for k,
+                 v in self.core.state_dict().items() if not k.endswith("_extra_state")}
         load, owner = [0] * self.tp, {}
         for name in sorted(sizes, key=lambda k: (-sizes[k], k)):
             rank = load.index(min(load))
@@ -231,16 +235,19 @@ class MegatronPolicy:
         logits[..., pad_from:] = float("-inf")
         return logits
 
-    def _logprobs_from_logits(self, logits: torch.Tensor, input_ids: torch.Tensor, temperature: float = 1.0) -> torch.Tensor:
+    def _logprobs_from_logits(self, logits: torch.Tensor, input_ids: torch.Tensor,
+                              temperature: float = 1.0) -> torch.Tensor:
         from megatron.core import tensor_parallel
 
         logits = self._mask_padded_vocab(logits.float() / temperature)[:, :-1]
         targets = input_ids[:, 1:].to(self.device)
         # [s, b, v/tp] is the layout the kernel documents; it is elementwise over the rest.
-        nll = tensor_parallel.vocab_parallel_cross_entropy(logits.transpose(0, 1).contiguous(), targets.transpose(0, 1).contiguous())
+        nll = tensor_parallel.vocab_parallel_cross_entropy(logits.transpose(0, 1).contiguous(),
+                                                           targets.transpose(0, 1).contiguous())
         return -nll.transpose(0, 1)
 
-    def _run_schedule(self, input_ids: torch.Tensor, loss_fn: LossFn | None, temperature: float = 1.0) -> torch.Tensor | None:
+    def _run_schedule(self, input_ids: torch.Tensor, loss_fn: LossFn | None,
+                      temperature: float = 1.0) -> torch.Tensor | None:
         """One forward (and backward when `loss_fn` is given) through megatron's schedule.
 
         The schedule passes activations between pipeline stages; with one stage it is a

@@ -64,8 +64,10 @@ class TinyTrainerBackend:
 
     def load_checkpoint_state(self, state: dict, keep_reference: bool) -> None:
         if "optimizer" not in state:
-            raise ValueError("the latest checkpoint was written by the megatron trainer (trainer.backend: megatron), which "
-                             "the torch trainer cannot resume: set trainer.backend back to megatron, or start afresh with a new checkpoint.uri")
+            raise ValueError("the latest checkpoint was written by the megatron trainer (trainer.backend: megatron), "
+                             "which "
+                             "the torch trainer cannot resume: set trainer.backend back to megatron, or start afresh "
+                             "with a new checkpoint.uri")
         self.model.load_state_dict(state["model"])
         self.optimizer.load_state_dict(state["optimizer"])
         if keep_reference:

@@ -42,7 +42,8 @@ def build_tokenizer():
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers
     from transformers import PreTrainedTokenizerFast
 
-    vocab = {tok: i for i, tok in enumerate(SPECIAL_TOKENS)} | {byte_level(ch): i + len(SPECIAL_TOKENS) for i, ch in enumerate(ALPHABET)}
+    vocab = {tok: i for i, tok in enumerate(SPECIAL_TOKENS)} | {byte_level(ch): i + len(SPECIAL_TOKENS) for i,
+                                                                ch in enumerate(ALPHABET)}
     core = Tokenizer(models.BPE(vocab=vocab, merges=[]))
     core.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False)
     core.decoder = decoders.ByteLevel()
@@ -60,5 +61,6 @@ def write_builtin_tiny(directory: str | Path, seed: int = WEIGHTS_SEED) -> Path:
     d = Path(directory)
     save_pretrained(seeded_model(seed), d)
     build_tokenizer().save_pretrained(str(d))
-    (d / "generation_config.json").write_text(json.dumps({"bos_token_id": BOS_ID, "eos_token_id": EOS_ID, "pad_token_id": PAD_ID}))
+    (d / "generation_config.json").write_text(json.dumps({"bos_token_id": BOS_ID, "eos_token_id": EOS_ID,
+                                                          "pad_token_id": PAD_ID}))
     return d

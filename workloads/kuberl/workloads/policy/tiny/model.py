@@ -179,7 +179,8 @@ class TinyQwen2ForCausalLM(nn.Module):
         elif isinstance(m, nn.Embedding):
             nn.init.normal_(m.weight, std=0.1)
 
-    def forward(self, ids: torch.Tensor, positions: torch.Tensor, mask: torch.Tensor, cache: KVCache | None = None) -> torch.Tensor:
+    def forward(self, ids: torch.Tensor, positions: torch.Tensor, mask: torch.Tensor,
+                cache: KVCache | None = None) -> torch.Tensor:
         """Logits [B, T, V]. ``mask`` is [B, T, S] (True = may attend), S = cached + T keys."""
         cos, sin = rope_tables(positions, self.config.head_dim, self.config.rope_theta)
         x = self.model.embed_tokens(ids)
@@ -206,7 +207,8 @@ def positions_of(valid: torch.Tensor) -> torch.Tensor:
     return (valid.long().cumsum(-1) - 1).clamp(min=0)
 
 
-def token_logprobs(model: TinyQwen2ForCausalLM, ids: torch.Tensor, valid: torch.Tensor, temperature: float = 1.0) -> torch.Tensor:
+def token_logprobs(model: TinyQwen2ForCausalLM, ids: torch.Tensor, valid: torch.Tensor,
+                   temperature: float = 1.0) -> torch.Tensor:
     """Log-probability of each token given the ones before it, [B, T]; position 0 gets 0."""
     logits = model(ids, positions_of(valid), causal_mask(valid)).float() / temperature
     lp = torch.log_softmax(logits[:, :-1], dim=-1).gather(-1, ids[:, 1:, None]).squeeze(-1)
