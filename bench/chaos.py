@@ -145,7 +145,7 @@ def run(path: Path, out: Path, minutes: float, kill_every: float, rng: random.Ra
             "kills_by_kind": by_kind, "kill_log": kills, "audit": report.to_dict(), "zeros": report.zeros()}
 
 
-def main() -> None:
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--minutes", type=float, default=10.0, help="how long processes are killed")
     ap.add_argument("--kill-every", type=float, default=20.0, help="at most this many seconds between kills")
@@ -155,8 +155,13 @@ def main() -> None:
     ap.add_argument("--no-baseline", action="store_true", help="skip the undisturbed run")
     ap.add_argument("--cluster", action="store_true", help="on the real node, in a sandbox (root)")
     ap.add_argument("--result", default=None, help="name of the result file in bench/results/ (chaos, chaos_cluster)")
-    args = ap.parse_args()
+    args = ap.parse_args(argv)
     args.result = args.result or ("chaos_cluster" if args.cluster else "chaos")
+    return args
+
+
+def main() -> None:
+    args = parse_args()
     if args.cluster and not inside():
         sys.exit(chaos_cluster.relaunch_in_sandbox(sys.argv[1:]))
     if args.cluster:

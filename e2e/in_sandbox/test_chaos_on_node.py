@@ -6,12 +6,14 @@ The job is the node's tiny job with its reward from an inline AgentEnv (so an en
 one of the processes killed). What survives a kill is what the audit reads: the trainer's
 ledger segments (copied to the store before each checkpoint and at the end; a killed
 trainer's pod, emptyDir and all, is deleted by the gang restart) and each agent process's
-weight-load records. The long run of the same thing is `bench/chaos.py --cluster`.
+weight-load records. The long run of the same thing is `bench/chaos.py --cluster`, whose
+smoke run is here too (the other benches' are in tests/bench/test_bench_smoke.py).
 """
 
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import pytest
 
@@ -20,6 +22,8 @@ from e2e.in_sandbox.node_support import RELEASE_NS, _ns, copy_stack_credentials,
 from tests.support.fixtures_cluster import Kube, wait_until
 
 pytestmark = [pytest.mark.e2e, pytest.mark.cluster]
+
+BENCH = Path(__file__).resolve().parents[2] / "bench"
 
 STEPS = 150
 KILL_ORDER = ("env server", "rollout agent", "trainer")
@@ -61,3 +65,23 @@ def test_sigkilled_trainer_agent_and_env_server_lose_nothing_and_train_nothing_t
     # from before and after the agent's kill are there (the killed process's file stays).
     assert audit.reissued > 0 and audit.versions_loaded >= 2, audit
     assert len(rewards) == STEPS
+
+
+def test_the_cluster_chaos_bench_runs_at_toy_size_and_writes_its_result(release: Kube, tmp_path, monkeypatch):
+    """`bench/chaos.py --cluster` at toy size: its job on the node, a random workload container
+    SIGKILLed every few seconds, the audit from the store, its result file. It runs on this
+    suite's node and release, which are what the bench starts for itself inside its sandbox
+    (`chaos_cluster.in_sandbox`: `real_node_plane`, `install_release`); a second node could
+    not start beside this one. The bench exits non-zero when its audit finds a loss."""
+    monkeypatch.syspath_prepend(str(BENCH))
+    monkeypatch.setenv("KUBERL_BENCH_RESULTS", str(tmp_path))
+    import chaos
+    import chaos_cluster
+
+    args = chaos.parse_args(["--cluster", "--no-baseline", "--minutes", "0.5", "--kill-every", "8",
+                             "--max-steps", "40"])
+    run = chaos_cluster.run_job(release, "chaos-bench", args, chaos=True)
+    chaos.report(args, None, run)
+    result = json.loads((tmp_path / "chaos_cluster.json").read_text())
+    assert result["benchmark"] == "chaos_cluster" and result["chaos"]["kills"] >= 1, result
+    assert result["chaos"]["audit"]["finished"], result["chaos"]["audit"]
