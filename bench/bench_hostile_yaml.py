@@ -143,8 +143,8 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--runs", type=int, default=3, help="runs of each kuberl command; its fastest is reported")
     ap.add_argument("--unbounded-timeout", type=float, default=60,
-                    help="seconds the unbounded reader gets on the billion laughs before it is killed (it never "
-                         "finishes)")
+                    help="seconds the unbounded reader gets on the billion "
+                         "laughs before it is killed (it never finishes)")
     args = ap.parse_args()
     runs = args.runs
     with tempfile.TemporaryDirectory() as tmp:

@@ -237,8 +237,8 @@ def main() -> None:
         print(f"{args.jobs} jobs: all trainer pods after {created_s:.1f}s, all Created after {running_s:.1f}s; "
               f"{phases()}")
         result = {
-            "what": "apply -> all children created (ConfigMap, rendezvous Service, 2 trainer pods, RolloutPool, "
-                    "Deployment)",
+            "what": "apply -> all children created (ConfigMap, rendezvous "
+                    "Service, 2 trainer pods, RolloutPool, Deployment)",
             "rounds": args.rounds,
             "apply_to_children_s": {"operator_median": round(median(operator_s), 3),
                                     "operator_max": round(max(operator_s), 3),
@@ -251,8 +251,8 @@ def main() -> None:
                           "reconcile_interval_s": 10, "autoscaler_tick_s": 5,
                           "operator_during_rollout": sampler.window(t0, t1),
                           "operator_steady_state": {"seconds": args.steady_seconds, **sampler.window(t1, t2)}},
-            "note": "2-core machine shared with the control plane, kwok and nats-server; the operator runs kopf with "
-                    "16 handler threads",
+            "note": "2-core machine shared with the control plane, kwok and "
+                    "nats-server; the operator runs kopf with 16 handler threads",
         }
         sampler.stop_flag.set()
         print(write_result("bench_operator", result))

@@ -71,6 +71,6 @@ def test_an_oci_layout_names_the_image_for_containerd_and_buildah_and_its_digest
 def test_only_the_build_machinerys_known_transient_is_retried():
     """runc's memfd sealing race (seen on this machine) gets a second build; a failing RUN
     step of a Dockerfile does not."""
-    assert dockerfiles.is_transient('Close_Fd sealing memfd copy: Device or resource busy\nError: building at STEP '
-                                    '"RUN ..."')
+    assert dockerfiles.is_transient('Close_Fd sealing memfd copy: Device or resource '
+                                    'busy\nError: building at STEP "RUN ..."')
     assert not dockerfiles.is_transient("ERROR: No matching distribution found for torch==9.9\nError: building at STEP")

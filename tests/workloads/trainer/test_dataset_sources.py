@@ -54,8 +54,8 @@ def test_file_s3_and_hub_cache_datasets_give_the_same_problems(tmp_path, jsonl, 
     assert _load(f"hf://org/sums@{commit}/data/train.jsonl") == local
 
     with pytest.raises(DatasetNotFound,
-                       match=r"dataset sums hf://org/absent/x.jsonl: .*refs/main is absent.*hf download --repo-type "
-                             r"dataset org/absent"):
+                       match=r"dataset sums hf://org/absent/x.jsonl: .*refs/main is "
+                             r"absent.*hf download --repo-type dataset org/absent"):
         _load("hf://org/absent/x.jsonl")
     with pytest.raises(DatasetNotFound, match=r"dataset sums: s3://.*/data/none.jsonl cannot be read"):
         _load(f"s3://{s3_bucket}/data/none.jsonl", s3_client=client)

@@ -73,12 +73,12 @@ class RolloutRuntime(ApiModel):
     concurrency: int = Field(ge=1, description="Prompt groups generated at the same time.")
     weight_swap: Literal["pause",
                          "drain"] = Field(description="What happens to in-flight requests on a new policy version.")
-    abandon_stale_groups: bool = Field(description="Stop groups the trainer could no longer use and hand their prompts "
-                                                   "back.")
+    abandon_stale_groups: bool = Field(description="Stop groups the trainer could no longer "
+                                                   "use and hand their prompts back.")
     weight_fetch: Literal["perNode", "perAgent"] = Field(
         "perNode",
-        description="perNode: one agent of a node downloads each version and the node's others copy it "
-                    "from that agent.",
+        description="perNode: one agent of a node downloads each version and "
+                    "the node's others copy it from that agent.",
     )
 
 
@@ -104,8 +104,8 @@ class WorkloadConfig(ApiModel):
     agent_envs: dict[str, str] = Field(default_factory=dict, description="Agent environment name -> base URL.")
     agent_env_episode_timeouts: dict[str, int] = Field(default_factory=dict,
                                                        description="Agent environment name -> its "
-                                                                   "episodeTimeoutSeconds (how long agents wait for an "
-                                                                   "answer).")
+                                                                   "episodeTimeoutSeconds (how long "
+                                                                   "agents wait for an answer).")
     observability: ObservabilitySpec = Field(default_factory=ObservabilitySpec, description="Run loggers.")
     run_files_uri: str | None = Field(None,
                                       description="Where the trainer copies its run files (tensorboard/, wandb/): "

@@ -39,8 +39,8 @@ class SandboxSpec(ApiModel):
                               description="Create a NetworkPolicy that denies all egress from the environment pods.")
     run_as_non_root: bool = Field(True, description="Require a non-root user.")
     read_only_root_filesystem: bool = Field(True,
-                                            description="Mount the root filesystem read-only (a writable /tmp is "
-                                                        "provided).")
+                                            description="Mount the root filesystem read-only (a "
+                                                        "writable /tmp is provided).")
     runtime_class_name: str | None = Field(None, max_length=SHORT_STRING_MAX,
                                            description="RuntimeClass for stronger isolation, e.g. gvisor or kata.")
 
@@ -61,16 +61,16 @@ class AgentEnvSpec(ApiModel):
                                      description="Extra environment variables.")
     task: Literal["arithmetic", "calculator-tool", "custom"] = Field(
         "arithmetic",
-        description="Reference task served: arithmetic (single-turn verifier), calculator-tool (multi-turn tool use), "
-                    "or custom (your image).",
+        description="Reference task served: arithmetic (single-turn verifier), "
+                    "calculator-tool (multi-turn tool use), or custom (your image).",
     )
     port: int = Field(8080, ge=1, le=65535, description="Port the environment server listens on.")
     replicas: int = Field(1, ge=0, le=4096,
                           description="Environment pods. The server speaks kuberl's HTTP episode protocol "
                                       "(kuberl-episode-v1: reset/step).")
     concurrency_per_replica: int = Field(32, ge=1, le=65536,
-                                         description="Episodes one pod serves at the same time; more are refused with "
-                                                     "429.")
+                                         description="Episodes one pod serves at the same "
+                                                     "time; more are refused with 429.")
     episode_timeout_seconds: int = Field(300, ge=1, le=86400,
                                          description="An episode that runs longer is ended and scored as failed.")
     latency: LatencySpec | None = Field(None, description="Injected latency for experiments.")

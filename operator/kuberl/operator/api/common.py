@@ -74,8 +74,8 @@ class KeyRef(ApiModel):
     key: str = Field(min_length=1, max_length=SHORT_STRING_MAX, pattern=r"^[-._a-zA-Z0-9]+$",
                      description="Key within it.")
     optional: bool | None = Field(None,
-                                  description="Start the container even when the key is missing (the variable is then "
-                                              "unset).")
+                                  description="Start the container even when the key is "
+                                              "missing (the variable is then unset).")
 
 
 class EnvVarSource(ApiModel):

@@ -54,8 +54,8 @@ class TrainerSpec(ApiModel):
         cel(
             "(self.replicas * (self.gpusPerReplica > 0 ? self.gpusPerReplica : 1)) % (self.parallelism.tensor * "
             "self.parallelism.pipeline * self.parallelism.context) == 0",
-            "tensor x pipeline x context parallel sizes must divide the number of trainer ranks (replicas x "
-            "gpusPerReplica)",
+            "tensor x pipeline x context parallel sizes must divide the "
+            "number of trainer ranks (replicas x gpusPerReplica)",
             ".parallelism",
         ),
         cel("self.backend != 'torch' || self.replicas == 1",
@@ -67,8 +67,8 @@ class TrainerSpec(ApiModel):
 
     backend: Literal["megatron",
                      "torch"] = Field("megatron",
-                                      description="megatron: megatron-core GPTModel; torch: the small pure-torch model "
-                                                  "for CPU runs.")
+                                      description="megatron: megatron-core GPTModel; torch: the "
+                                                  "small pure-torch model for CPU runs.")
     colocated_engine: Literal["torch", "sglang"] = Field(
         "torch",
         description=("Colocated mode: what generates beside the trainer. torch: an in-process engine on a copy of the "
@@ -129,8 +129,8 @@ class RLJobSpec(ApiModel):
         cel(
             "self.mode != 'colocated' || !has(self.rollout) || (!has(self.rollout.poolRef) && "
             "!has(self.rollout.template))",
-            "colocated mode trains and generates on the same GPUs: remove spec.rollout.poolRef and "
-            "spec.rollout.template",
+            "colocated mode trains and generates on the same GPUs: remove "
+            "spec.rollout.poolRef and spec.rollout.template",
             ".rollout",
         ),
         cel(
@@ -139,8 +139,8 @@ class RLJobSpec(ApiModel):
             ".maxOffPolicySteps",
         ),
         cel(
-            "self.reward.type != 'agentEnv' || (has(self.agentEnvs) && self.agentEnvs.exists(e, e.name == "
-            "self.reward.agentEnv))",
+            "self.reward.type != 'agentEnv' || (has(self.agentEnvs) && "
+            "self.agentEnvs.exists(e, e.name == self.reward.agentEnv))",
             "reward.agentEnv must name an entry of spec.agentEnvs",
             ".reward.agentEnv",
         ),
@@ -172,12 +172,12 @@ class RLJobSpec(ApiModel):
     datasets: list[Dataset] = Field(min_length=1, max_length=LIST_MAX, json_schema_extra=list_map("name"),
                                     description="Prompt datasets.")
     curriculum: CurriculumSpec | None = Field(None,
-                                              description="Difficulty curriculum; without it every dataset is used "
-                                                          "throughout.")
+                                              description="Difficulty curriculum; without it every "
+                                                          "dataset is used throughout.")
     evaluation: EvaluationSpec | None = Field(None,
-                                              description="Held-out evaluation of the current policy (greedy and "
-                                                          "sampled); results in the metrics, status.evaluation and the "
-                                                          "reward plot.")
+                                              description="Held-out evaluation of the current policy "
+                                                          "(greedy and sampled); results in the metrics, "
+                                                          "status.evaluation and the reward plot.")
     # The default must satisfy RewardSpec's own rules (type verifier needs a verifier): the
     # API server checks defaults against the CEL rules, and the operator would run it.
     reward: RewardSpec = Field(default_factory=lambda: RewardSpec(verifier=VerifierReward(name="exact-match")),
@@ -194,16 +194,16 @@ class RLJobSpec(ApiModel):
     )
     trainer: TrainerSpec = Field(default_factory=TrainerSpec, description="The trainer gang.")
     rollout: RolloutSpec | None = Field(None,
-                                        description="Rollout pool (decoupled mode); a default pool is created when "
-                                                    "unset.")
+                                        description="Rollout pool (decoupled mode); a default "
+                                                    "pool is created when unset.")
     agent_envs: list[JobAgentEnv] | None = Field(None, max_length=16, json_schema_extra=list_map("name"),
                                                  description="Agent environments the episodes use.")
     buffer: BufferSpec = Field(default_factory=BufferSpec, description="Trajectory buffer.")
     weight_store: WeightStoreSpec = Field(description="Weight store for syncs from trainer to rollout engines.")
     checkpoint: CheckpointSpec = Field(default_factory=CheckpointSpec, description="Checkpointing.")
     observability: ObservabilitySpec = Field(default_factory=ObservabilitySpec,
-                                             description="Run loggers: TensorBoard (on by default) and Weights & "
-                                                         "Biases.")
+                                             description="Run loggers: TensorBoard (on by "
+                                                         "default) and Weights & Biases.")
     run_policy: RunPolicy = Field(default_factory=RunPolicy, description="Steps, restarts, deadlines and TTL.")
     suspend: bool = Field(False,
                           description="Suspend the job: pods are removed, state and checkpoints kept; false resumes "
@@ -296,8 +296,8 @@ class RLJobStatus(ApiModel):
     infra_failed_samples: int | None = Field(
         None, ge=0,
         description="Samples masked out of the loss because they could not be scored: the reward function raised or "
-                                "timed out, or the agent environment was unreachable or failed (never trained as a "
-                                "reward of 0).")
+                                "timed out, or the agent environment was unreachable or "
+                                "failed (never trained as a reward of 0).")
     estimated_seconds_remaining: int | None = Field(None, ge=0, description="Time left at the current rate.")
     rollout: RolloutCounts | None = Field(None, description="Rollout pods ready/desired.")
     last_checkpoint: CheckpointStatus | None = Field(None, description="Newest checkpoint.")

@@ -30,15 +30,15 @@ class EngineSpec(ApiModel):
         description="sglang: an SGLang server container; torch: the in-process CPU engine (tiny models, laptops)."
     )
     image: str | None = Field(None, max_length=SHORT_STRING_MAX,
-                              description="Engine container image; defaults to the operator's configured image for the "
-                                          "type.")
+                              description="Engine container image; defaults to the "
+                                          "operator's configured image for the type.")
     args: list[str] | None = Field(None, max_length=LIST_MAX,
                                    description="Extra command-line arguments for the engine server.")
     tensor_parallel_size: int = Field(1, ge=1, le=64,
                                       description="Tensor-parallel degree of one engine (GPUs per engine).")
     mem_fraction_static: float = Field(0.85, gt=0.0, le=1.0,
-                                       description="Fraction of GPU memory the engine reserves for weights and KV "
-                                                   "cache.")
+                                       description="Fraction of GPU memory the engine "
+                                                   "reserves for weights and KV cache.")
     fp8: bool = Field(False, description="Serve blockwise-FP8 weights (128x128 blocks, e4m3) published by the trainer.")
     max_running_requests: int | None = Field(None, ge=1, le=65536,
                                              description="Upper bound on concurrent requests per engine.")
@@ -69,12 +69,12 @@ class AgentSpec(ApiModel):
     )
     weight_fetch: Literal["perNode", "perAgent"] = Field(
         "perNode",
-        description=("Where a policy version's files come from: perNode (one agent per node downloads it from the "
-                     "weight store; "
-                     "the node's other agents copy it from that agent over the pod network, every file checked against "
-                     "the "
-                     "store's manifest, and download it themselves when the copy fails) or perAgent (every agent "
-                     "downloads it)."),
+        description=("Where a policy version's files come from: perNode (one "
+                     "agent per node downloads it from the weight store; the "
+                     "node's other agents copy it from that agent over the pod "
+                     "network, every file checked against the store's manifest, "
+                     "and download it themselves when the copy fails) or "
+                     "perAgent (every agent downloads it)."),
     )
     env: list[EnvVar] | None = Field(None, max_length=LIST_MAX, json_schema_extra=list_map("name"),
                                      description="Extra environment variables.")
@@ -90,12 +90,12 @@ class AutoscalingSpec(ApiModel):
     enabled: bool = Field(True, description="Run the built-in autoscaler for this pool.")
     signal: Literal["promptBacklog", "trajectoryBacklog", "trainerIdle"] = Field(
         "promptBacklog",
-        description="What drives the replica count: pending prompts per replica, trajectories waiting for the trainer, "
-                    "or trainer idle time."
+        description="What drives the replica count: pending prompts per replica, "
+                    "trajectories waiting for the trainer, or trainer idle time."
     )
     target: float = Field(4.0, gt=0.0, le=1_000_000.0,
-                          description="Target value of the signal per replica (prompt groups, trajectories, or idle "
-                                      "fraction x100).")
+                          description="Target value of the signal per replica (prompt "
+                                      "groups, trajectories, or idle fraction x100).")
     interval_seconds: int = Field(15, ge=1, le=3600, description="How often the autoscaler evaluates.")
     cooldown_seconds: int = Field(60, ge=0, le=86400, description="Minimum time between two scaling actions.")
     max_scale_up_step: int = Field(4, ge=1, le=1024, description="Most replicas added in one action.")

@@ -22,11 +22,11 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--peering", default="kuberl",
                    help="peering object name replicas elect a leader in (default: kuberl)")
     p.add_argument("--priority", type=int, default=None,
-                   help="peering priority; the highest live replica is active, others wait (default: random, so "
-                        "replicas never tie)")
+                   help="peering priority; the highest live replica is active, "
+                        "others wait (default: random, so replicas never tie)")
     p.add_argument("--liveness", default=None,
-                   help="liveness endpoint, e.g. http://0.0.0.0:8081/healthz (default: that, on $KUBERL_HEALTH_PORT; "
-                        "'off' disables)")
+                   help="liveness endpoint, e.g. http://0.0.0.0:8081/healthz "
+                        "(default: that, on $KUBERL_HEALTH_PORT; 'off' disables)")
     p.add_argument("--print-peering-crds", action="store_true", help="print the peering CRDs as YAML and exit")
     p.set_defaults(func=cmd_operator)
 

@@ -35,8 +35,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--idle-timeout", type=float, default=75.0,
                    help="seconds a connection may stay without a complete request (idle, or headers still arriving)")
     p.add_argument("--fault-drop", type=float, default=0.0,
-                   help="fraction of episode requests whose connection is dropped without an answer (rehearsing "
-                        "failures)")
+                   help="fraction of episode requests whose connection is "
+                        "dropped without an answer (rehearsing failures)")
     p.add_argument("--fault-error", type=float, default=0.0,
                    help="fraction of episode requests answered 500 (rehearsing failures)")
     return p.parse_args(argv)

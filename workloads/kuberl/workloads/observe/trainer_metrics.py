@@ -34,8 +34,8 @@ WEIGHT_SYNC_SECONDS = Histogram("kuberl_trainer_weight_sync_seconds",
                                 buckets=(0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300))
 WEIGHT_SYNC_BYTES = Counter("kuberl_trainer_weight_sync_bytes", "Bytes of policy versions published.")
 WEIGHT_SYNC_STORED_BYTES = Counter("kuberl_trainer_weight_sync_stored_bytes",
-                                   "Bytes uploaded for policy versions (below the version's bytes when stored as "
-                                   "deltas).")
+                                   "Bytes uploaded for policy versions (below the "
+                                   "version's bytes when stored as deltas).")
 WEIGHT_SYNC_STAGE_SECONDS = Histogram("kuberl_trainer_weight_sync_stage_seconds",
                                       f"Seconds one policy version spent in each publish stage (weights.stages: "
                                       f"{', '.join(PUBLISH_STAGES)}; "

@@ -15,9 +15,9 @@ class StalenessHandling(ApiModel):
 
     policy: Literal["drop",
                     "downweight"] = Field("drop",
-                                          description="drop: the sample is not trained on (its prompt is re-issued); "
-                                                      "downweight: its loss is multiplied by decay^(lag − "
-                                                      "maxOffPolicySteps).")
+                                          description="drop: the sample is not trained on (its prompt is "
+                                                      "re-issued); downweight: its loss is multiplied by "
+                                                      "decay^(lag − maxOffPolicySteps).")
     decay: float = Field(0.5, gt=0.0, lt=1.0, description="downweight: factor per version beyond maxOffPolicySteps.")
     min_weight: float = Field(0.05, gt=0.0, le=1.0,
                               description="downweight: samples whose weight would fall below this are dropped.")
@@ -51,16 +51,16 @@ class EvaluationSpec(ApiModel):
     """Held-out evaluation on the current policy: greedy and sampled."""
 
     datasets: list[Dataset] = Field(min_length=1, max_length=LIST_MAX, json_schema_extra=list_map("name"),
-                                    description="Held-out prompt datasets (not trained on), scored with the job's "
-                                                "reward.")
+                                    description="Held-out prompt datasets (not trained on), "
+                                                "scored with the job's reward.")
     interval_steps: int = Field(50, ge=1, le=10_000_000,
                                 description="Evaluate every N optimizer steps, and after the last.")
     samples_per_prompt: int = Field(4, ge=1, le=1024,
                                     description="Sampled responses per prompt (temperature of the job): pass@1 is "
                                                 "their mean, pass@k the chance one of k passes.")
     max_prompts: int = Field(64, ge=1, le=100_000,
-                             description="Prompts per dataset per evaluation (the first ones of the dataset, the same "
-                                         "every time).")
+                             description="Prompts per dataset per evaluation (the first ones "
+                                         "of the dataset, the same every time).")
 
 
 class AlgorithmSpec(ApiModel):
@@ -123,10 +123,10 @@ class AlgorithmSpec(ApiModel):
     global_batch_size: int = Field(256, ge=2, le=1_048_576,
                                    description="Samples (responses) per optimizer step (a mini-batch).")
     rollout_batch_size: int = Field(256, ge=2, le=1_048_576,
-                                    description="Samples per rollout batch: generated per round (colocated) or taken "
-                                                "from the buffer (decoupled); its proximal logprobs are computed once, "
-                                                "then it is trained as rolloutBatchSize/globalBatchSize optimizer "
-                                                "steps, epochs times.")
+                                    description="Samples per rollout batch: generated per round (colocated) or "
+                                                "taken from the buffer (decoupled); its proximal logprobs are "
+                                                "computed once, then it is trained as "
+                                                "rolloutBatchSize/globalBatchSize optimizer steps, epochs times.")
     epochs: int = Field(1, ge=1, le=64, description="Passes over each rollout batch.")
     micro_batch_size: int | None = Field(None, ge=1, le=1_048_576,
                                          description="Samples per forward/backward with gradient accumulation; unset "
@@ -138,7 +138,7 @@ class AlgorithmSpec(ApiModel):
     top_p: float = Field(1.0, gt=0.0, le=1.0, description="Nucleus sampling threshold.")
     dynamic_sampling: bool = Field(False, description="Drop groups whose rewards are all equal (no learning signal).")
     over_sampling_factor: float = Field(1.0, ge=1.0, le=16.0,
-                                        description="Generate this many times the needed groups so dynamic sampling "
-                                                    "still fills the batch.")
+                                        description="Generate this many times the needed groups so "
+                                                    "dynamic sampling still fills the batch.")
     off_policy_correction: OffPolicyCorrection = Field(default_factory=OffPolicyCorrection,
                                                        description="Correction for samples produced by older policies.")

@@ -14,8 +14,8 @@ class HubCache(ApiModel):
     """A Hugging Face hub cache on a PersistentVolumeClaim (its ``models--org--name`` and
     ``datasets--org--name`` folders, as ``huggingface-cli download`` writes them)."""
 
-    claim_name: Name = Field(description="PersistentVolumeClaim in the job's namespace holding the cache; mounted "
-                                         "read-only.")
+    claim_name: Name = Field(description="PersistentVolumeClaim in the job's namespace "
+                                         "holding the cache; mounted read-only.")
     sub_path: str | None = Field(
         None,
         max_length=SHORT_STRING_MAX,
@@ -38,13 +38,13 @@ class ModelSpec(ApiModel):
     dtype: Literal["bfloat16", "float32"] = Field("bfloat16",
                                                   description="Training precision of the master weights' compute.")
     warmup_sft_steps: int = Field(0, ge=0, le=100000,
-                                  description="Supervised warm-start steps on the dataset's reference answers before "
-                                              "RL (tiny CPU models).")
+                                  description="Supervised warm-start steps on the dataset's "
+                                              "reference answers before RL (tiny CPU models).")
     hub_cache: HubCache | None = Field(None, description=(
-        "Where the job's pods read hf:// model, tokenizer and dataset sources: mounted read-only in the trainer and "
-        "rollout "
-        "pods at /var/cache/huggingface/hub (HF_HUB_CACHE, offline). Without it hf:// resolves from a cache in the "
-        "image."))
+        "Where the job's pods read hf:// model, tokenizer and dataset "
+        "sources: mounted read-only in the trainer and rollout pods at "
+        "/var/cache/huggingface/hub (HF_HUB_CACHE, offline). Without it "
+        "hf:// resolves from a cache in the image."))
 
 
 class Dataset(ApiModel):
@@ -99,8 +99,8 @@ class CurriculumStage(ApiModel):
                                         description="Datasets this stage draws from; all datasets when empty.")
     difficulty: DifficultyRange | None = Field(None, description="Prompt filter on the difficulty field.")
     samples_per_prompt: int | None = Field(None, ge=1, le=1024,
-                                           description="Group size in this stage; overrides algorithm.groupSize (hard "
-                                                       "stages sample more).")
+                                           description="Group size in this stage; overrides "
+                                                       "algorithm.groupSize (hard stages sample more).")
     max_response_length: int | None = Field(None, ge=1, le=1_048_576,
                                             description="Response length cap in this stage; overrides "
                                                         "algorithm.maxResponseLength.")
@@ -130,8 +130,8 @@ class VerifierReward(ApiModel):
     """A built-in verifier."""
 
     name: Literal["arithmetic", "math-boxed",
-                  "exact-match"] = Field(description="Which built-in verifier scores responses against the reference "
-                                                     "answer.")
+                  "exact-match"] = Field(description="Which built-in verifier scores responses "
+                                                     "against the reference answer.")
 
 
 def python_entry_point_problem(entry_point: str) -> str | None:
@@ -178,6 +178,6 @@ class RewardSpec(ApiModel):
                                                 "or python (custom entry point).")
     verifier: VerifierReward | None = Field(None, description="Built-in verifier settings.")
     agent_env: Name | None = Field(None,
-                                   description="Name of the agent environment (in spec.agentEnvs) whose episodes "
-                                               "return the reward.")
+                                   description="Name of the agent environment (in "
+                                               "spec.agentEnvs) whose episodes return the reward.")
     python: PythonReward | None = Field(None, description="Custom reward entry point.")

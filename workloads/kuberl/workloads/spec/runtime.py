@@ -50,8 +50,8 @@ class WeightStoreSpec(ApiModel):
 
     cel_rules: ClassVar = (
         cel("!has(self.endpoint) || self.endpoint.matches('^https?://[^/@]+(/.*)?$')",
-            "endpoint must be http(s)://host[:port] without user or password in it: put the keys in the Secret named "
-            "by credentialsSecret", ".endpoint"),
+            "endpoint must be http(s)://host[:port] without user or password in "
+            "it: put the keys in the Secret named by credentialsSecret", ".endpoint"),
     )
 
     endpoint: str | None = Field(None, max_length=URI_MAX, description="S3 endpoint URL; empty uses AWS's.")
@@ -66,30 +66,30 @@ class WeightStoreSpec(ApiModel):
                                                              "environment variables of the trainer and rollout agents; "
                                                              "empty: the pods' own AWS identity (e.g. IRSA).")
     fp8: bool = Field(False,
-                      description="Publish blockwise FP8 weights (128x128, e4m3, per-block scale) for the rollout "
-                                  "engines.")
+                      description="Publish blockwise FP8 weights (128x128, e4m3, "
+                                  "per-block scale) for the rollout engines.")
     sync_interval_steps: int = Field(1, ge=1, le=100000,
                                      description="Publish new weights to the store every N optimizer steps (and at the "
                                                  "last). Colocated mode: the engine beside the trainer takes every "
                                                  "step's weights in place; the store gets a version every N steps.")
     keep_versions: int = Field(3, ge=1, le=1000,
-                               description="Weight versions kept; older ones are pruned (but never a version a kept "
-                                           "one is stored against).")
+                               description="Weight versions kept; older ones are pruned (but never "
+                                           "a version a kept one is stored against).")
     full_version_every: int = Field(1, ge=1, le=1000,
-                                    description="Store every Nth weight version whole and those between as deltas "
-                                                "against the version before (the 16-bit words that changed and a "
-                                                "bitmap of where; rebuilt and sha256-checked by the fetcher, which "
-                                                "needs at most one whole version and N-1 deltas). The trainer keeps "
-                                                "the version it published last on local disk for this. 1: every "
-                                                "version whole.")
+                                    description="Store every Nth weight version whole and those between as "
+                                                "deltas against the version before (the 16-bit words that "
+                                                "changed and a bitmap of where; rebuilt and sha256-checked by "
+                                                "the fetcher, which needs at most one whole version and N-1 "
+                                                "deltas). The trainer keeps the version it published last on "
+                                                "local disk for this. 1: every version whole.")
 
 
 class CheckpointSpec(ApiModel):
     """Trainer checkpoints (the state that must survive failures)."""
 
     uri: str | None = Field(None, max_length=URI_MAX,
-                            description="s3://… or a path on a mounted volume; defaults to the weight store under "
-                                        "checkpoints/.")
+                            description="s3://… or a path on a mounted volume; defaults to "
+                                        "the weight store under checkpoints/.")
     interval_steps: int = Field(50, ge=1, le=10_000_000, description="Checkpoint every N optimizer steps.")
     keep: int = Field(2, ge=1, le=1000, description="Checkpoints kept.")
 
@@ -106,8 +106,8 @@ class TensorBoardSpec(ApiModel):
     """TensorBoard event files of the run."""
 
     enabled: bool = Field(True,
-                          description="Write event files (the scalars of metrics.jsonl, the staleness histogram) to "
-                                      "<output>/tensorboard; "
+                          description="Write event files (the scalars of metrics.jsonl, the "
+                                      "staleness histogram) to <output>/tensorboard; "
                                             "in a cluster the trainer copies them to <checkpoint uri>/run/tensorboard/ "
                                             "after every checkpoint and at the end.")
 
@@ -126,11 +126,11 @@ class WandbSpec(ApiModel):
                                description="W&B entity (user or team); the key's default entity when unset.")
     mode: Literal["online",
                   "offline"] = Field("online",
-                                     description="online: stream to W&B (needs apiKeySecret); offline: a run directory "
-                                                 "under <output>/wandb "
+                                     description="online: stream to W&B (needs apiKeySecret); "
+                                                 "offline: a run directory under <output>/wandb "
                                                                       "(in a cluster copied to <checkpoint "
-                                                                      "uri>/run/wandb/) to upload later with `wandb "
-                                                                      "sync`.")
+                                                                      "uri>/run/wandb/) to upload later "
+                                                                      "with `wandb sync`.")
     api_key_secret: SecretKeyRef | None = Field(None,
                                                 description="Secret key holding the W&B API key (set as WANDB_API_KEY "
                                                             "in the trainer); kuberl run reads WANDB_API_KEY from its "

@@ -188,9 +188,9 @@ class MegatronTrainerBackend:
 
     def load_checkpoint_state(self, state: dict, keep_reference: bool) -> None:
         if "optimizer_hf" not in state:
-            raise ValueError("the latest checkpoint was written by the torch trainer (trainer.backend: torch), which "
-                             "megatron cannot resume: set trainer.backend back to torch, or start afresh with a new "
-                             "checkpoint.uri")
+            raise ValueError("the latest checkpoint was written by the torch trainer "
+                             "(trainer.backend: torch), which megatron cannot resume: set "
+                             "trainer.backend back to torch, or start afresh with a new checkpoint.uri")
         self.policy.load_hf_state(state["model"])
         load_adam_state(self.policy, state["optimizer_hf"])
         if keep_reference:
