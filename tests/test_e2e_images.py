@@ -5,6 +5,7 @@ both annotations). The images themselves are built and run by e2e/test_real_node
 
 from __future__ import annotations
 
+import gzip
 import hashlib
 import json
 import tomllib
@@ -66,6 +67,57 @@ def test_an_oci_layout_names_the_image_for_containerd_and_buildah_and_its_digest
     config = json.loads(blob(json.loads(blob(desc))["config"]))
     assert config["config"]["Entrypoint"] == ["/bin/hello"]
     assert config["rootfs"]["diff_ids"] == [d["digest"] for d in json.loads(blob(desc))["layers"]]
+
+
+def _blob(layout, digest):
+    return layout / "blobs" / "sha256" / digest.split(":")[1]
+
+
+def test_a_pushed_layout_reuses_its_bases_plain_layers_and_drops_its_gzip_copies(tmp_path):
+    """What buildah pushed (every layer gzipped) is rewritten so a layer whose diff ID is a
+    base's plain layer is that blob, hard-linked; the image's own new layer stays as pushed."""
+    tree = tmp_path / "tree"
+    tree.mkdir()
+    (tree / "deps").write_text("the dependency layer\n" * 1000)
+    base = tmp_path / "base"
+    oci.write_layout(base, "kuberl.local/deps:1", [oci.tar_tree(tree, tmp_path / "deps.tar")])
+    [base_layer] = json.loads(_blob(base, json.loads((base / "index.json").read_text())["manifests"][0]["digest"])
+                              .read_text())["layers"]
+    # The pushed image: the base's layer and a new one, both gzipped (as buildah 1.28 writes them).
+    pushed = tmp_path / "pushed"
+    (tree / "deps").unlink()
+    (tree / "app").write_text("the project\n")
+    new_tar = oci.tar_tree(tree, tmp_path / "app.tar")
+    new_diff_id = "sha256:" + hashlib.sha256(new_tar.read_bytes()).hexdigest()
+    oci.write_layout(pushed, "kuberl.local/app:1", [oci.tar_tree(tmp_path / "tree", tmp_path / "x.tar")])
+    blobs = pushed / "blobs" / "sha256"
+
+    def put(data: bytes, media_type: str) -> dict:
+        (blobs / hashlib.sha256(data).hexdigest()).write_bytes(data)
+        return {"mediaType": media_type, "digest": "sha256:" + hashlib.sha256(data).hexdigest(), "size": len(data)}
+
+    layers = [put(gzip.compress(data, mtime=0), oci.LAYER + "+gzip")
+              for data in (_blob(base, base_layer["digest"]).read_bytes(), new_tar.read_bytes())]
+    config = put(json.dumps({"rootfs": {"type": "layers", "diff_ids": [base_layer["digest"], new_diff_id]}}).encode(),
+                 oci.CONFIG)
+    manifest = put(json.dumps({"schemaVersion": 2, "mediaType": oci.MANIFEST, "layers": layers, "config": config})
+                   .encode(), oci.MANIFEST)
+    index = json.loads((pushed / "index.json").read_text())
+    index["manifests"][0] |= {"digest": manifest["digest"], "size": manifest["size"]}
+    (pushed / "index.json").write_text(json.dumps(index))
+
+    assert oci.reuse_base_layers(pushed, [base]) == 1
+    index = json.loads((pushed / "index.json").read_text())
+    [desc] = index["manifests"]
+    assert desc["annotations"]["io.containerd.image.name"] == "kuberl.local/app:1"
+    data = _blob(pushed, desc["digest"]).read_bytes()
+    assert "sha256:" + hashlib.sha256(data).hexdigest() == desc["digest"] and len(data) == desc["size"]
+    first, second = json.loads(data)["layers"]
+    assert first == {"mediaType": oci.LAYER, "digest": base_layer["digest"], "size": base_layer["size"]}
+    assert _blob(pushed, first["digest"]).stat().st_ino == _blob(base, base_layer["digest"]).stat().st_ino
+    assert second == layers[1]  # the image's own layer, as pushed
+    assert not _blob(pushed, layers[0]["digest"]).exists(), "the gzip copy of the base layer is dropped"
+    assert oci.reuse_base_layers(pushed, [base]) == 0  # a second pass changes nothing
 
 
 def test_only_the_build_machinerys_known_transient_is_retried():

@@ -102,8 +102,13 @@ class Store:
             return False
         if not (layout / "index.json").is_file():
             raise FileNotFoundError(f"{layout} is missing: run e2e/setup.sh (it builds the node's images)")
-        oci.stream_into_containerd(layout, self.ctr_argv())
+        oci.stream_into_containerd(layout, self.ctr_argv(), have=self.content())
         return True
+
+    def content(self) -> set[str]:
+        """The digests of every blob the content store holds."""
+        out = self.ctr("content", "list", "--quiet").stdout.decode()
+        return {line.strip() for line in out.splitlines() if line.strip()}
 
     def forget_containers(self) -> int:
         """Delete every container record (and its rootfs snapshot) from the cached root:

@@ -10,6 +10,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+from e2e.images import oci
+
 # What the Dockerfiles COPY (.dockerignore admits no more); their content keys the image.
 CONTEXT = ("pyproject.toml", "README.md", "operator/kuberl", "workloads/kuberl")
 CA_BUNDLE = "/etc/ssl/certs/ca-certificates.crt"
@@ -89,6 +91,7 @@ def build(storage: Path, repo: Path, dockerfile: Path, ref: str, build_args: dic
             print(f"images: {ref}: buildah failed on a known transient; building once more", file=sys.stderr)
     shutil.rmtree(out, ignore_errors=True)
     _buildah(storage, "push", "--quiet", "--disable-compression", ref, f"oci:{out}:{ref}")
+    oci.reuse_base_layers(out, list(bases.values()))
     # containerd names an imported image by this annotation (buildah writes only ref.name).
     index = json.loads((out / "index.json").read_text())
     for m in index["manifests"]:
