@@ -105,6 +105,15 @@ class Store:
         oci.stream_into_containerd(layout, self.ctr_argv(), have=self.content())
         return True
 
+    def replace_images(self, layouts: dict[str, Path]) -> tuple[list[str], list[str]]:
+        """Import each reference's layout (``layouts``: ref → layout), then prune every other
+        kuberl.local image. Returns (the references imported, the image records pruned).
+        Import first: pruning the earlier build before would leave no image holding the
+        dependency layer, and containerd would delete its 5.4 GB snapshot only to unpack it
+        again."""
+        imported = [ref for ref, layout in layouts.items() if self.import_layout(layout, ref)]
+        return imported, self.prune_images(set(layouts))
+
     def content(self) -> set[str]:
         """The digests of every blob the content store holds."""
         out = self.ctr("content", "list", "--quiet").stdout.decode()

@@ -45,11 +45,9 @@ def load(timeout: float = 60.0) -> dict:
                 raise RuntimeError(f"containerd did not start:\n{(work / 'containerd.log').read_text()[-3000:]}")
             time.sleep(0.2)
         forgotten = store.forget_containers()
-        # Import first: pruning the earlier build before would leave no image holding the
-        # dependency layer, and containerd would delete its snapshot only to unpack it again.
-        imported = [n for n in NODE_IMAGES if store.import_layout(catalog.layout(n), refs[n])]
-        pruned = store.prune_images({refs[n] for n in NODE_IMAGES})
-        return {"imported": imported, "pruned": pruned, "forgotten_containers": forgotten,
+        imported, pruned = store.replace_images({refs[n]: catalog.layout(n) for n in NODE_IMAGES})
+        names = {refs[n]: n for n in NODE_IMAGES}
+        return {"imported": [names[ref] for ref in imported], "pruned": pruned, "forgotten_containers": forgotten,
                 "seconds": round(time.monotonic() - t0, 1)}
     finally:
         proc.terminate()

@@ -31,12 +31,8 @@ def real_node_plane() -> Iterator[Kube]:
     plane = controlplane.ControlPlane(bin=bin_dir, cpu_nodes=0, gpu_nodes=1, real_node=True)
     plane.start()
     try:
-        # e2e/setup.sh loaded them already (e2e/images/load.py); a no-op then. Import before
-        # pruning: the earlier build is then not the last image holding the dependency layer,
-        # so containerd keeps its 5.4 GB snapshot instead of deleting and unpacking it again.
-        for name in NODE_IMAGES:
-            plane.node.containerd.import_layout(catalog.layout(name), refs[name])
-        plane.node.containerd.prune_images({refs[name] for name in NODE_IMAGES})
+        # e2e/setup.sh loaded them already (e2e/images/load.py); a no-op then.
+        plane.node.containerd.replace_images({refs[name]: catalog.layout(name) for name in NODE_IMAGES})
         k = Kube(plane.kubeconfig, plane.kubectl_path)
         k.install_crds()
         k.images = refs
