@@ -126,3 +126,15 @@ def test_only_the_build_machinerys_known_transient_is_retried():
     assert dockerfiles.is_transient('Close_Fd sealing memfd copy: Device or resource '
                                     'busy\nError: building at STEP "RUN ..."')
     assert not dockerfiles.is_transient("ERROR: No matching distribution found for torch==9.9\nError: building at STEP")
+
+
+def test_libmounts_runtime_dir_is_removed_only_when_the_wrapped_step_created_it(tmp_path):
+    run_dir = tmp_path / "mount"
+    with rootfs.leaves_no_libmount_dir(run_dir):  # as debootstrap's mount of /proc does on a fresh machine
+        run_dir.mkdir()
+        (run_dir / "utab").write_text("")
+    assert not run_dir.exists()
+    run_dir.mkdir()
+    with rootfs.leaves_no_libmount_dir(run_dir):  # a machine that had it keeps it
+        (run_dir / "utab").write_text("")
+    assert (run_dir / "utab").exists()

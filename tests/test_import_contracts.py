@@ -32,9 +32,11 @@ OPERATOR_MAY_IMPORT = {
     "kuberl.workloads.trainer.ledger", "kuberl.workloads.rollout.load_records", "kuberl.workloads.observe.uploads",
     # The metrics.jsonl schema `kuberl run` reports and plots from.
     "kuberl.workloads.observe.step_row",
+    # The flags every SGLang server is started with: the operator's engine containers too.
+    "kuberl.workloads.engines.sglang.flags",
 }
 PURE = ["kuberl.operator.api", "kuberl.operator.naming", "kuberl.operator.children", "kuberl.operator.decisions",
-        "kuberl.workloads.observe.step_row",
+        "kuberl.workloads.observe.step_row", "kuberl.workloads.engines.sglang.flags",
         "kuberl.operator.schema", "kuberl.workloads.rl", "kuberl.workloads.spec", "kuberl.workloads.buffer.names",
         "kuberl.workloads.buffer.records", "kuberl.workloads.buffer.staleness", "kuberl.workloads.buffer.state"]
 IO_LIBRARIES = {"kopf", "kubernetes", "nats"}

@@ -41,8 +41,8 @@ def _mount_point() -> Path:
 LEAKS = {
     "processes": (lambda state: state.update(pid=_leaked_sleeper()), lambda state: os.kill(state["pid"], 9)),
     "cgroups": (lambda state: CGROUP.mkdir(), lambda state: CGROUP.rmdir()),
-    "mounts": (lambda state: subprocess.run(["mount", "-t", "tmpfs", "tmpfs", str(state["dir"])], check=True),
-               lambda state: subprocess.run(["umount", str(state["dir"])], check=True)),
+    "mounts": (lambda state: subprocess.run(["mount", "-n", "-t", "tmpfs", "tmpfs", str(state["dir"])], check=True),
+               lambda state: subprocess.run(["umount", "-n", str(state["dir"])], check=True)),
     "links": (lambda state: subprocess.run(["ip", "link", "add", LINK, "type", "bridge"], check=True),
               lambda state: subprocess.run(["ip", "link", "delete", LINK], check=True)),
     "sysctls": (lambda state: state.update(old=Path("/proc/sys/net/ipv4/ip_forward").read_text())

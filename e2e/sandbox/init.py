@@ -28,30 +28,37 @@ def _sh(*argv: str) -> None:
         raise RuntimeError(f"sandbox init: {' '.join(argv)}: {proc.stderr.strip()}")
 
 
+def _mount(*argv: str) -> None:
+    # -n: no line in libmount's utab. The first mount on a machine creates /run/mount for it
+    # on the host's /run (this sandbox's own /run is not mounted yet, and a mount here is
+    # private anyway), and a run would leave that directory behind.
+    _sh("mount", "-n", *argv)
+
+
 def _private_sys(mounts: list[layout.CgroupMount]) -> None:
     # A fresh sysfs shows this network namespace's devices (/sys/class/net); the cgroup
     # hierarchies are the host's, mounted again, so the kubelet finds every controller.
-    _sh("mount", "-t", "sysfs", "sysfs", "/sys")
-    _sh("mount", "-t", "tmpfs", "-o", "mode=755", "tmpfs", str(layout.CGROUP_FS))
+    _mount("-t", "sysfs", "sysfs", "/sys")
+    _mount("-t", "tmpfs", "-o", "mode=755", "tmpfs", str(layout.CGROUP_FS))
     for m in mounts:
         m.path.mkdir(parents=True, exist_ok=True)
         opts = m.mount_options()
-        _sh("mount", "-t", m.fstype, *(["-o", opts] if opts else []), m.fstype, str(m.path))
+        _mount("-t", m.fstype, *(["-o", opts] if opts else []), m.fstype, str(m.path))
 
 
 def _private_tmp(host_dir: Path, keep: list[Path]) -> None:
     """A per-run /tmp; paths under the host's /tmp the command needs (a clone, its venv)
     are bound back in at the same place."""
     HOST_TMP_VIEW.mkdir(parents=True)
-    _sh("mount", "--bind", "/tmp", str(HOST_TMP_VIEW))
-    _sh("mount", "--bind", str(host_dir), "/tmp")
+    _mount("--bind", "/tmp", str(HOST_TMP_VIEW))
+    _mount("--bind", str(host_dir), "/tmp")
     for path in keep:
         if layout.under(path, layout.RUNS_TMP) and path != layout.RUNS_TMP:
             source = HOST_TMP_VIEW / path.relative_to(layout.RUNS_TMP)
             if source.exists():
                 path.mkdir(parents=True, exist_ok=True)
-                _sh("mount", "--rbind", str(source), str(path))
-    _sh("umount", "-l", str(HOST_TMP_VIEW))
+                _mount("--rbind", str(source), str(path))
+    _sh("umount", "-n", "-l", str(HOST_TMP_VIEW))
     HOST_TMP_VIEW.rmdir()
 
 
@@ -63,18 +70,18 @@ def _private_kernel_settings() -> None:
             continue
         copy = KERNEL_FILES / key.replace("/", ".")
         copy.write_text(entry.read_text())
-        _sh("mount", "--bind", str(copy), str(entry))
+        _mount("--bind", str(copy), str(entry))
 
 
 def prepare(run: str, host_tmp: Path, keep: list[Path]) -> None:
     cgroups = layout.cgroup_mounts(Path("/proc/self/mountinfo").read_text())  # before /sys changes
     # Nothing mounted from here on may reach the host (unshare --propagation private did
     # this already; asserting it costs nothing).
-    _sh("mount", "--make-rprivate", "/")
+    _mount("--make-rprivate", "/")
     _private_sys(cgroups)
     for d in layout.PRIVATE_TMPFS:
         mode = "1777" if d == "/dev/shm" else "755"
-        _sh("mount", "-t", "tmpfs", "-o", f"mode={mode}", "tmpfs", d)
+        _mount("-t", "tmpfs", "-o", f"mode={mode}", "tmpfs", d)
     _private_tmp(host_tmp, keep)
     _private_kernel_settings()
     _sh("ip", "link", "set", "lo", "up")

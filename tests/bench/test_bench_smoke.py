@@ -34,6 +34,9 @@ QUICK = [
     # One SGLang server (float32), a few samples scored by both trainer backends.
     ("logprob_mismatch.py", ["--dtypes", "float32", "--samples", "5", "--max-new-tokens", "4"],
      ["results", "float32_meets_target"]),
+    # Two SGLang servers (scheduler spinning, then parked), each idle for a second.
+    ("bench_engine_idle.py", ["--idle-s", "1", "--requests", "1", "--gap-s", "0.2", "--work", "3", "--rounds", "1"],
+     ["modes", "neighbour_slowdown", "idle_cores_saved"]),
     # The GPU check's own toy mode on the CPU: its code cannot rot between the rare GPU loans.
     # It runs on the device machine without bench/_common, so it writes where --out says.
     ("device_check.py", ["--tiny", "--device", "cpu", "--out", "{tmp}/results/device_check.json"],

@@ -195,6 +195,7 @@ def test_sglang_pod_shares_a_scratch_dir_and_probes_the_server():
     assert _flag(args, "--tp-size") == str(p.spec.engine.tensor_parallel_size) == "2"
     assert _flag(args, "--mem-fraction-static") == str(p.spec.engine.mem_fraction_static)
     assert "--skip-tokenizer-init" not in args and "--device" not in args  # HF tokenizer, GPU pool
+    assert "--sleep-on-idle" in args  # an idle scheduler parks instead of spinning a core
     assert "SGLANG_USE_CPU_ENGINE" not in env_of(engine) and engine["image"] == S.sglang_image
     probes = {k: engine[k] for k in ("startupProbe", "readinessProbe", "livenessProbe")}
     assert {k: p["exec"]["command"][3] for k, p in probes.items()} == {
@@ -218,6 +219,7 @@ def test_sglang_cpu_pool_with_the_builtin_model():
     assert "--skip-tokenizer-init" not in args  # builtin://tiny is a real HF checkpoint, tokenizer included
     assert _flag(args, "--device") == "cpu" and _flag(args, "--attention-backend") == "torch_native"
     assert _flag(args, "--sampling-backend") == "pytorch" and _flag(args, "--mem-fraction-static") == "0.1"
+    assert "--sleep-on-idle" in args
     assert env_of(engine)["SGLANG_USE_CPU_ENGINE"] == "1" and env_of(engine)["PYTHONPATH"] == SGLANG_CPU_KERNELS_DIR
     assert engine["image"] == S.sglang_cpu_image and "nvidia.com/gpu" not in str(engine["resources"])
     # builtin:// weights are not a path SGLang can load: an init container writes them into the scratch dir first.

@@ -124,7 +124,7 @@ def test_unreachable_engine_is_reported_dead():
 def test_launcher_flags_and_env_for_cpu():
     cfg = ServerConfig(model_path="/m", port=1234, dtype="float32", weight_version="3")
     args = cfg.args()
-    for flag in ("--device", "--attention-backend", "--sampling-backend", "--weight-version"):
+    for flag in ("--device", "--attention-backend", "--sampling-backend", "--weight-version", "--sleep-on-idle"):
         assert flag in args
     assert "--skip-tokenizer-init" not in args  # the server loads the model's own tokenizer
     env = cfg.env({"PYTHONPATH": "/x"})
@@ -132,6 +132,7 @@ def test_launcher_flags_and_env_for_cpu():
     assert env["PYTHONPATH"].split(":") == [str(CPU_KERNELS_DIR), "/x"]
     gpu = ServerConfig(model_path="/m", port=1, device="cuda")
     assert "--attention-backend" not in gpu.args() and "SGLANG_USE_CPU_ENGINE" not in gpu.env({})
+    assert "--sleep-on-idle" in gpu.args()
 
 
 # ---- against the real server ---------------------------------------------------------
@@ -368,6 +369,21 @@ async def test_a_cancelled_waiter_aborts_its_rows_and_the_batch_goes_on(engine):
         assert len(completion.token_ids) == 110
     finally:
         await batcher.stop()
+
+
+def test_an_idle_server_parks_its_scheduler_instead_of_spinning_a_core(engine, sglang_server):  # noqa: F811
+    """Without --sleep-on-idle SGLang's scheduler polls its sockets in a loop: one core busy
+    for as long as the server is up (measured: bench/bench_engine_idle.py), which on a
+    2-core machine halves whatever runs beside it. Parked, it uses next to nothing and
+    still answers at once."""
+    engine.generate([GenerationRequest(PROMPT, max_new_tokens=4, stop_ids=())])  # a busy moment first
+    idle_s = 3.0
+    before = sglang_server.cpu_seconds()
+    time.sleep(idle_s)
+    used = sglang_server.cpu_seconds() - before
+    print(f"idle sglang server: {used:.2f} CPU s in {idle_s:.0f} s")
+    assert used < 0.3 * idle_s, f"the idle server used {used:.2f} CPU s in {idle_s} s: its scheduler is spinning"
+    assert engine.generate([GenerationRequest(PROMPT, max_new_tokens=4, stop_ids=())])[0][0].token_ids
 
 
 def test_health_and_flush_cache(engine):

@@ -165,3 +165,22 @@ def remove_orphaned_shm(prefixes: tuple[str, ...] = ("sglang_", "sem.mp-")) -> l
             p.unlink(missing_ok=True)
             removed.append(p.name)
     return removed
+
+
+def group_cpu_seconds(pgid: int) -> float:
+    """CPU time (user + system) the live processes of process group `pgid` have used so far.
+
+    A server started with `start_new_session=True` leads its own group, so this counts it
+    and every process it forked (SGLang's scheduler and detokenizer)."""
+    ticks = 0
+    for proc in Path("/proc").iterdir():
+        if not proc.name.isdigit():
+            continue
+        try:
+            stat = (proc / "stat").read_text()
+        except OSError:
+            continue  # exited meanwhile
+        fields = stat[stat.rindex(")") + 2:].split()  # after the command name, which may hold spaces
+        if int(fields[2]) == pgid:  # state, ppid, pgrp, ..., utime (11), stime (12)
+            ticks += int(fields[11]) + int(fields[12])
+    return ticks / os.sysconf("SC_CLK_TCK")

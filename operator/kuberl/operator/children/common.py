@@ -36,7 +36,6 @@ ENGINE_SCRATCH_VOLUME = "engine-scratch"
 ENGINE_INITIAL_MODEL_DIR = f"{ENGINE_SCRATCH_DIR}/initial"
 # SGLang on CPU imports two sgl_kernel ops; kuberl's pure-torch stand-in sits here in the CPU engine image.
 SGLANG_CPU_KERNELS_DIR = "/opt/kuberl/sglang_cpu"
-SGLANG_CPU_FLAGS = ("--device", "cpu", "--attention-backend", "torch_native", "--sampling-backend", "pytorch")
 CONFIG_MOUNT_DIR = DEFAULT_CONFIG_PATH.rsplit("/", 1)[0]
 CONFIG_KEY = DEFAULT_CONFIG_PATH.rsplit("/", 1)[1]
 GPU_RESOURCE = "nvidia.com/gpu"

@@ -26,7 +26,6 @@ from kuberl.operator.children.common import (
     ROLE_ENGINE_DEFAULTS,
     ROLE_INIT_DEFAULTS,
     ROLE_TORCH_AGENT_DEFAULTS,
-    SGLANG_CPU_FLAGS,
     SGLANG_CPU_KERNELS_DIR,
     apply_placement,
     common_labels,
@@ -53,6 +52,7 @@ from kuberl.operator.children.common import (
 from kuberl.operator.decisions.job_shape import generating_pool
 from kuberl.operator.naming import inline_pool_name, pool_selector
 from kuberl.operator.settings import OperatorSettings
+from kuberl.workloads.engines.sglang.flags import CPU_BACKEND_FLAGS, IDLE_FLAGS
 from kuberl.workloads.config import (
     CONFIG_ENV,
     DEFAULT_CONFIG_PATH,
@@ -96,9 +96,9 @@ def engine_server_args(spec: RolloutPoolSpec, model_path: str | None) -> list[st
     # Loopback only: the agent beside it is its one client, and its admin endpoints
     # (weight updates, abort, cache flush) must not be reachable from other pods.
     args += ["--host", "127.0.0.1", "--port", str(ENGINE_PORT), "--tp-size", str(engine.tensor_parallel_size),
-             "--mem-fraction-static", str(engine.mem_fraction_static)]
+             "--mem-fraction-static", str(engine.mem_fraction_static), *IDLE_FLAGS]
     if spec.gpus_per_replica == 0:
-        args += list(SGLANG_CPU_FLAGS)
+        args += ["--device", "cpu", *CPU_BACKEND_FLAGS]
     if engine.context_length:
         args += ["--context-length", str(engine.context_length)]
     if engine.max_running_requests:

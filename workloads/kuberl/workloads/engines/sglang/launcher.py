@@ -39,7 +39,8 @@ from pathlib import Path
 
 import httpx
 
-from kuberl.workloads.localproc import dies_with_parent, free_port, remove_orphaned_shm, stop_group
+from kuberl.workloads.engines.sglang.flags import CPU_BACKEND_FLAGS, IDLE_FLAGS
+from kuberl.workloads.localproc import dies_with_parent, free_port, group_cpu_seconds, remove_orphaned_shm, stop_group
 from kuberl.workloads.logs import get_logger
 
 log = get_logger(__name__)
@@ -85,6 +86,8 @@ class ServerConfig:
     context_length: int | None = None
     random_seed: int | None = None
     weight_version: str | None = None
+    # False only to measure what it saves (bench/bench_engine_idle.py): see flags.IDLE_FLAGS.
+    sleep_on_idle: bool = True
     extra_args: list[str] = field(default_factory=list)
     extra_env: dict[str, str] = field(default_factory=dict)
 
@@ -92,8 +95,10 @@ class ServerConfig:
         a = ["--model-path", self.model_path, "--host", self.host, "--port", str(self.port),
              "--device", self.device, "--dtype", self.dtype, "--tp-size", str(self.tp_size),
              "--mem-fraction-static", str(self.mem_fraction_static)]
+        if self.sleep_on_idle:
+            a += IDLE_FLAGS
         if self.device == "cpu":
-            a += ["--attention-backend", "torch_native", "--sampling-backend", "pytorch"]
+            a += CPU_BACKEND_FLAGS
         if self.max_total_tokens:
             a += ["--max-total-tokens", str(self.max_total_tokens)]
         if self.max_running_requests:
@@ -178,6 +183,10 @@ class SGLangServer:
 
     def alive(self) -> bool:
         return self.proc is not None and self.proc.poll() is None
+
+    def cpu_seconds(self) -> float:
+        """CPU time the server and the processes it forked have used (0 when not running)."""
+        return group_cpu_seconds(self.proc.pid) if self.alive() else 0.0
 
     def log_tail(self, chars: int = 4000) -> str:
         if self.log_path is None:
