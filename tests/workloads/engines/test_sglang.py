@@ -13,8 +13,10 @@ ops the CPU server relies on are unit-tested here too, against their specificati
 from __future__ import annotations
 
 import importlib.util
+import tempfile
 import threading
 import time
+from pathlib import Path
 
 import pytest
 import torch
@@ -108,6 +110,7 @@ def test_server_that_dies_at_startup_is_reported_with_its_log(tmp_path):
     with pytest.raises(ServerDiedError, match="exited with code 1"):
         server.start(timeout=30)
     assert server.proc is None
+    assert server.tmp_dir is None and not list(tmp_path.glob("kuberl-sglang-*-tmp-*"))  # its TMPDIR went too
 
 
 def test_unreachable_engine_is_reported_dead():
@@ -386,6 +389,12 @@ def test_an_idle_server_parks_its_scheduler_instead_of_spinning_a_core(engine, s
     assert engine.generate([GenerationRequest(PROMPT, max_new_tokens=4, stop_ids=())])[0][0].token_ids
 
 
+def test_the_servers_socket_files_live_in_its_own_tmpdir(sglang_server):  # noqa: F811
+    # SGLang leaves the files it names its zmq sockets after: `stop` removes this directory.
+    assert sglang_server.tmp_dir.parent == Path(tempfile.gettempdir())
+    assert len(list(sglang_server.tmp_dir.iterdir())) >= 3
+
+
 def test_health_and_flush_cache(engine):
     assert engine.client.health()
     engine.client.check_health()
@@ -410,7 +419,6 @@ async def test_rollout_agent_runs_a_decoupled_job_against_sglang(engine, sglang_
     the pure train/inference mismatch."""
     import asyncio
     import json
-    from pathlib import Path
 
     import yaml
 

@@ -29,6 +29,7 @@ from __future__ import annotations
 import argparse
 import atexit
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -149,6 +150,9 @@ class SGLangServer:
             tempfile.mkstemp(prefix=f"kuberl-sglang-{config.port}-", suffix=".log")[1])
         self.proc: subprocess.Popen | None = None
         self.startup_seconds: float | None = None
+        # The server's own TMPDIR, removed by `stop`: SGLang names its zmq sockets with
+        # NamedTemporaryFile(delete=False) and leaves them (five files a start) behind.
+        self.tmp_dir: Path | None = None
 
     @property
     def url(self) -> str:
@@ -166,7 +170,9 @@ class SGLangServer:
             self.log_path.parent.mkdir(parents=True, exist_ok=True)
             logf = open(self.log_path, "wb")  # noqa: SIM115 - lives as long as the process
         log.info("sglang starting", cmd=" ".join(self.command()), log=str(self.log_path or "stdout"))
-        self.proc = subprocess.Popen(self.command(), env=self.config.env(), stdout=logf, stderr=subprocess.STDOUT,
+        self.tmp_dir = Path(tempfile.mkdtemp(prefix=f"kuberl-sglang-{self.config.port}-tmp-"))
+        env = {**self.config.env(), "TMPDIR": str(self.tmp_dir)}
+        self.proc = subprocess.Popen(self.command(), env=env, stdout=logf, stderr=subprocess.STDOUT,
                                      stdin=subprocess.DEVNULL, start_new_session=True,
                                      preexec_fn=dies_with_parent())  # noqa: PLW1509
         if logf is not None:
@@ -223,6 +229,9 @@ class SGLangServer:
         if proc is not None:
             stop_group(proc, signal.SIGTERM, grace)
             remove_orphaned_shm()
+        if self.tmp_dir is not None:
+            shutil.rmtree(self.tmp_dir, ignore_errors=True)
+            self.tmp_dir = None
         if self._owns_log and self.log_path is not None:
             self.log_path.unlink(missing_ok=True)
 
