@@ -11,7 +11,7 @@ server of the tiny model on the CPU, measured while idle:
   trainer on a 2-core machine, or any neighbour on a node);
 * how fast it answers a short request after idling (parking must not cost latency).
 
-    .venv/bin/python bench/bench_engine_idle.py [--idle-s 10] [--requests 5] [--work 40]
+    .venv/bin/python bench/bench_engine_idle.py [--idle-s 10] [--requests 5] [--work 500]
 
 Needs the SGLang venv (e2e/sglang/setup.sh). Writes bench/results/bench_engine_idle.json.
 """

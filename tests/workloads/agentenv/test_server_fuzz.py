@@ -29,7 +29,7 @@ from hypothesis import HealthCheck, event, given, settings
 from hypothesis import strategies as st
 
 from kuberl.workloads.agentenv.protocol import MAX_BODY_BYTES, MAX_NUMBER_CHARS, BadRequest, parse_reset, parse_step
-from kuberl.workloads.agentenv.server import EnvServer, EnvSettings
+from kuberl.workloads.agentenv.server import LINGER_S, EnvServer, EnvSettings
 from kuberl.workloads.localproc import free_port
 from kuberl.workloads.tasks.calculator import calculate
 
@@ -99,7 +99,13 @@ def request(env: Env, method: str, path: str, body: bytes = b"", headers: dict |
     """(status, headers, body); the socket timeout bounds every wait, so a hang fails the test."""
     conn = http.client.HTTPConnection("127.0.0.1", env.port, timeout=CLIENT_TIMEOUT_S)
     try:
-        conn.request(method, path, body=body, headers={"Content-Type": "application/json", **(headers or {})})
+        try:
+            conn.request(method, path, body=body, headers={"Content-Type": "application/json", **(headers or {})})
+        except (BrokenPipeError, ConnectionResetError):
+            # The server answered before reading the whole body (a 413, a route that takes no
+            # body) and closed under us; a client still sending is to read that answer (RFC
+            # 9112 9.5). No answer at all fails below, in getresponse.
+            pass
         resp = conn.getresponse()
         return resp.status, dict(resp.getheaders()), resp.read()
     finally:
@@ -319,6 +325,20 @@ def test_a_compressed_body_over_the_limit_answers_413(env):
     assert status == 413 and "limit" in json.loads(data)["error"]
 
 
+@pytest.mark.parametrize(("method", "path"), [("GET", "/stats"), ("GET", "/healthz"), ("DELETE", "/episodes/x"),
+                                            ("POST", "/episodes")])
+def test_a_body_that_does_not_decode_and_is_never_read_is_answered_and_logs_no_error(env, method, path):
+    """CI failed on this (GET /stats, BrokenPipeError): aiohttp drains a body the route did not
+    read after the answer; decoding it there failed, was logged as an unhandled exception and
+    reset the connection under the client still sending it."""
+    logged = env.log.stat().st_size
+    undecodable = b" " * (MAX_BODY_BYTES + 4096)  # over the limit: a POST is refused before reading it
+    status, _, data = request(env, method, path, undecodable, {"Content-Encoding": "gzip"})
+    assert status == (413 if method == "POST" else 200), data
+    time.sleep(LINGER_S + 0.5)  # the drain ends within LINGER_S of the answer
+    assert b'"level": "error"' not in env.log.read_bytes()[logged:]
+
+
 CHUNKED = b"POST /episodes HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n"
 
 
@@ -349,11 +369,9 @@ def test_the_server_still_serves_and_logged_no_error_and_kept_its_memory(env):
     assert stats["rejected"] > 0 and stats["open"] == 1  # every fuzzed episode was closed again
     close(env, eid)
     # An exception escaping a handler (a 500) is logged at error level. So are, by aiohttp, the
-    # refusals of its HTTP parser (http_exceptions: 400s) and a body that does not decode as its
-    # Content-Encoding found while it drains the body of a route that never read it (after the
-    # answer was sent).
+    # refusals of its HTTP parser (http_exceptions: 400s).
     def benign(line: str) -> bool:
-        return "aiohttp.http_exceptions" in line or ("Unhandled exception" in line and "RequestPayloadError" in line)
+        return "aiohttp.http_exceptions" in line
 
     log = env.log.read_text(errors="replace").splitlines()
     errors = [ln for ln in log if ('"level": "error"' in ln or "Traceback" in ln) and not benign(ln)]

@@ -32,6 +32,7 @@ before its body is read, so slow bodies cannot admit more than ``concurrency`` e
 from __future__ import annotations
 
 import asyncio
+import logging
 import math
 import random
 import time
@@ -99,9 +100,26 @@ class EnvSettings:
 LINGER_S = 1.0
 
 
+class _ConnectionLog(logging.LoggerAdapter):
+    """aiohttp's per-connection log, less one false alarm.
+
+    A body that does not decode as its Content-Encoding, met while aiohttp drains it after the
+    answer (a route that takes no body, a 413 sent before reading), fails that drain. aiohttp
+    logs it at error level as an unhandled exception, but the answer went out and the mistake
+    is the client's: it is logged at debug, and the connection closes as it would anyway.
+    """
+
+    def exception(self, msg: object, *args: object, exc_info: Any = True, **kwargs: Any) -> None:
+        if isinstance(exc_info, web.RequestPayloadError):
+            self.debug("request body dropped after the answer: %s", exc_info)
+            return
+        super().exception(msg, *args, exc_info=exc_info, **kwargs)
+
+
 def serving_options(settings: EnvSettings) -> dict[str, Any]:
     """Connection options for web.run_app / web.AppRunner (the header timeout among them)."""
-    return {"keepalive_timeout": settings.idle_timeout_s, "lingering_time": LINGER_S, "access_log": None}
+    return {"keepalive_timeout": settings.idle_timeout_s, "lingering_time": LINGER_S, "access_log": None,
+            "logger": _ConnectionLog(logging.getLogger("aiohttp.server"))}
 
 
 class _Refused(Exception):
