@@ -24,6 +24,11 @@ import subprocess
 import sys
 from pathlib import Path
 
+# The audit runs on the system python before the venv exists: kuberl's stdlib-only /proc
+# reader is loaded from the source tree.
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "workloads"))
+from kuberl.workloads.procstat import read_stat  # noqa: E402
+
 CGROUP_FS = Path("/sys/fs/cgroup")
 # Directories whose entries a run must not change (names only, one level).
 WATCHED_DIRS = ("/tmp", "/dev/shm", "/run", "/var/lib", "/var/log", "/etc", "/opt", "/etc/cni",
@@ -52,20 +57,19 @@ def _processes() -> dict[str, dict]:
     for proc in Path("/proc").iterdir():
         if not proc.name.isdigit():
             continue
+        stat = read_stat(int(proc.name))
         try:
-            stat = proc.joinpath("stat").read_text()
             cmd = proc.joinpath("cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace").strip()
             cgroup = proc.joinpath("cgroup").read_text()
         except OSError:
             continue
-        comm = stat[stat.index("(") + 1:stat.rindex(")")]
-        rest = stat[stat.rindex(")") + 2:].split()
-        ppid, start = int(rest[1]), rest[19]
-        if ppid == 2 or proc.name == "2":
+        if stat is None:
+            continue
+        if stat.ppid == 2 or stat.pid == 2:
             continue  # kernel threads
         memcg = next((line.split(":", 2)[2] for line in cgroup.splitlines() if ":memory:" in line), "")
-        out[f"{proc.name}:{start}"] = {"pid": int(proc.name), "ppid": ppid, "comm": comm, "cmd": cmd[:300],
-                                       "memcg": memcg, "state": rest[0]}
+        out[f"{stat.pid}:{stat.start_ticks}"] = {"pid": stat.pid, "ppid": stat.ppid, "comm": stat.comm,
+                                                 "cmd": cmd[:300], "memcg": memcg, "state": stat.state}
     return out
 
 

@@ -14,6 +14,7 @@ inside functions), followed transitively through kuberl's own modules:
 from __future__ import annotations
 
 import ast
+import sys
 from functools import cache
 from pathlib import Path
 
@@ -34,6 +35,8 @@ OPERATOR_MAY_IMPORT = {
     "kuberl.workloads.observe.step_row",
     # The flags every SGLang server is started with: the operator's engine containers too.
     "kuberl.workloads.engines.sglang.flags",
+    # /proc/<pid>/stat, parsed once (localproc's process accounting).
+    "kuberl.workloads.procstat",
 }
 PURE = ["kuberl.operator.api", "kuberl.operator.naming", "kuberl.operator.children", "kuberl.operator.decisions",
         "kuberl.workloads.observe.step_row", "kuberl.workloads.engines.sglang.flags",
@@ -135,6 +138,11 @@ def test_the_rules_see_imports_inside_functions():
     # The CLI imports the controllers (kopf) lazily, inside a function: the closure sees it.
     assert "kopf" in {n.split(".")[0] for n in closure("kuberl.operator.cli.run_operator")}
     assert "torch" in {n.split(".")[0] for n in closure("kuberl.workloads.trainer.__main__")}
+
+
+def test_the_proc_reader_the_audit_loads_on_the_system_python_imports_only_the_standard_library():
+    imports = {name.split(".")[0] for name in imports_of("kuberl.workloads.procstat")}
+    assert imports and imports <= set(sys.stdlib_module_names) | {"__future__"}, imports
 
 
 def test_decisions_import_no_children():

@@ -29,6 +29,7 @@ from kuberl.operator.api.constants import LABEL_ROLE, ROLE_AGENTENV, ROLE_ROLLOU
 from kuberl.operator.api.rljob import RLJob
 from kuberl.operator.local.audit import audit_files
 from kuberl.workloads.observe.uploads import RunFiles
+from kuberl.workloads.procstat import read_stat
 from kuberl.workloads.trainer.ledger import Audit, committed_rewards, read_ledger
 from tests.support.fixtures_cluster import Kube
 
@@ -84,10 +85,10 @@ def container_init(container_id: str, proc: Path = Path("/proc")) -> int | None:
         try:
             if container_id not in (entry / "cgroup").read_text():
                 continue
-            stat = (entry / "stat").read_text()
-            members[int(entry.name)] = int(stat.rsplit(")", 1)[1].split()[1])
-        except (OSError, ValueError, IndexError):
+        except OSError:
             continue  # exited meanwhile
+        if (stat := read_stat(int(entry.name), proc)) is not None:
+            members[stat.pid] = stat.ppid
     roots = [pid for pid, parent in members.items() if parent not in members]
     return min(roots) if roots else None
 

@@ -12,6 +12,7 @@ import textwrap
 
 import pytest
 
+from kuberl.workloads.procstat import read_stat
 from tests.support.fixtures_cluster import REPO, controlplane, wait_until
 
 pytestmark = pytest.mark.cluster
@@ -23,8 +24,8 @@ def _alive(pid: int) -> bool:
     except ProcessLookupError:
         return False
     # A zombie still answers kill(0); it is dead for our purposes.
-    with open(f"/proc/{pid}/stat") as f:
-        return f.read().rsplit(")", 1)[1].split()[0] != "Z"
+    stat = read_stat(pid)
+    return stat is not None and stat.state != "Z"
 
 
 @pytest.fixture(scope="module")

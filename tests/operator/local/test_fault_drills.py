@@ -22,7 +22,6 @@ import json
 import os
 import shutil
 import signal
-from datetime import datetime
 from pathlib import Path
 from types import SimpleNamespace
 from unittest import mock
@@ -164,6 +163,9 @@ def test_an_agent_whose_download_is_cut_keeps_serving_and_loads_later(drills):
     out, _ = drills["store"]
     _, download = drills["trips"]
     assert "GET" in download.request
+    # Inside the body: a cut after it had all arrived (a matched file shorter than the proxy's
+    # count, which then ran on into a later answer) once missed the download (CI, 2026-12-07).
+    assert download.body_bytes is not None and 0 < download.body_passed < download.body_bytes
     agent = log_events(out, "rollout-0")
     failed = [e for e in agent if e.get("event") == "weight swap failed"]
     swapped = [e for e in agent if e.get("event") == "weights swapped"]
@@ -173,13 +175,8 @@ def test_an_agent_whose_download_is_cut_keeps_serving_and_loads_later(drills):
     else:
         # The S3 client's own retries (five attempts with random backoff, then the transfer
         # manager's) can outlast the outage: the cut then delays that swap instead of failing it.
-        # Or the cut lands on the tail of a download whose bytes had all arrived (a CI run,
-        # 2026-12-07: the swap took 0.2 s): the store is still shut for the outage, so the
-        # agent's timeline shows both outages (the upload's and this one) as stretches with no
-        # swap, about 2 x OUTAGE_S together, after which it loads again.
-        stamps = [datetime.fromisoformat(e["timestamp"]) for e in swapped]
-        stalls = [gap for gap in ((b - a).total_seconds() for a, b in zip(stamps, stamps[1:])) if gap >= OUTAGE_S / 2]
-        assert any(e["seconds"] >= OUTAGE_S / 2 for e in swapped) or sum(stalls) >= 1.5 * OUTAGE_S, (
-            f"the cut download neither failed a swap nor delayed one, and swaps stalled only {stalls} s"
+        assert any(e["seconds"] >= OUTAGE_S / 2 for e in swapped), (
+            f"the cut download neither failed a swap nor delayed one: {download.request}, cut after "
+            f"{download.body_passed} of {download.body_bytes} bytes"
         )
     assert json.loads((out / "summary.json").read_text())["restarts"].get("rollout-0", 0) == 0

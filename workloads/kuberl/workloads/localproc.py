@@ -18,6 +18,8 @@ import urllib.request
 from pathlib import Path
 from typing import Callable
 
+from kuberl.workloads.procstat import processes
+
 _PR_SET_PDEATHSIG = 1
 
 
@@ -172,15 +174,5 @@ def group_cpu_seconds(pgid: int) -> float:
 
     A server started with `start_new_session=True` leads its own group, so this counts it
     and every process it forked (SGLang's scheduler and detokenizer)."""
-    ticks = 0
-    for proc in Path("/proc").iterdir():
-        if not proc.name.isdigit():
-            continue
-        try:
-            stat = (proc / "stat").read_text()
-        except OSError:
-            continue  # exited meanwhile
-        fields = stat[stat.rindex(")") + 2:].split()  # after the command name, which may hold spaces
-        if int(fields[2]) == pgid:  # state, ppid, pgrp, ..., utime (11), stime (12)
-            ticks += int(fields[11]) + int(fields[12])
+    ticks = sum(p.utime_ticks + p.stime_ticks for p in processes() if p.pgrp == pgid)
     return ticks / os.sysconf("SC_CLK_TCK")
