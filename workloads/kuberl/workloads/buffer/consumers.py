@@ -16,6 +16,7 @@ import nats.errors
 import nats.js.errors
 from nats.aio.msg import Msg
 
+from kuberl.workloads.buffer.broker_away import BROKER_AWAY
 from kuberl.workloads.buffer.records import (
     CodecError,
     Prompt,
@@ -73,9 +74,14 @@ class Batch:
         """
         if self.done:
             return
-        for m in self._msgs:
-            await m.ack()
-        await self._consumer._nc.flush()
+        try:
+            for m in self._msgs:
+                await m.ack()
+            await self._consumer._nc.flush()
+        except BROKER_AWAY as e:
+            # The step is committed; its acks may be lost with the connection, and then the
+            # redelivered samples are dropped as trained (the seen-set below).
+            log.warning("acks not confirmed; the broker is away", samples=len(self._msgs), error=type(e).__name__)
         self._consumer._commit(self.sample_ids)
         self._consumer.stats.acked += len(self._msgs)
         self.done = True
@@ -93,6 +99,13 @@ class Batch:
         """Reset the ack timer of every message (a long step must not trigger redelivery)."""
         for m in self._msgs:
             await m.in_progress()
+
+
+async def _wait_out(deadline: float, error: BaseException) -> None:
+    """A fetch the broker could not serve: wait until its deadline, as a fetch that found
+    nothing does, so a caller's loop neither crashes nor spins while the broker is away."""
+    log.warning("fetch found the broker away; waiting", error=type(error).__name__)
+    await asyncio.sleep(max(0.0, deadline - time.monotonic()))
 
 
 class TrajectoryConsumer:
@@ -148,6 +161,9 @@ class TrajectoryConsumer:
                     got = await self._sub.fetch(n - len(kept), timeout=remaining)
                 except _FETCH_TIMEOUT:
                     break  # nothing more within the deadline: the batch is what arrived so far
+                except BROKER_AWAY as e:
+                    await _wait_out(deadline, e)
+                    break
                 for m in got:
                     await self._take(m, current_version, kept, weights, msgs)
         except BaseException as e:
@@ -229,9 +245,13 @@ class PromptConsumer:
 
     async def fetch(self, n: int = 1, timeout: float = 5.0) -> list[PromptLease]:
         """Up to ``n`` prompts; fewer (or none) when the in-flight bound is reached."""
+        deadline = time.monotonic() + timeout
         try:
             msgs = await self._sub.fetch(n, timeout=timeout)
         except _FETCH_TIMEOUT:
+            return []
+        except BROKER_AWAY as e:
+            await _wait_out(deadline, e)
             return []
         leases = []
         for m in msgs:

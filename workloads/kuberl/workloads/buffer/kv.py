@@ -12,6 +12,7 @@ import nats
 import nats.errors
 import nats.js.errors
 
+from kuberl.workloads.buffer.broker_away import BROKER_AWAY
 from kuberl.workloads.buffer.state import JobState
 from kuberl.workloads.logs import get_logger
 
@@ -69,26 +70,45 @@ class JobStateStore:
                         watcher = None
                 if entry is not None and entry.value and entry.operation is None:
                     yield JobState.from_json(entry.value)
-                else:  # the watch's "caught up" marker, a quiet spell, or no watch
-                    yield (await self.get())[0]
+                    continue
+                # The watch's "caught up" marker, a quiet spell, or no watch: read the state.
+                try:
+                    state = (await self.get())[0]
+                except BROKER_AWAY as e:
+                    log.warning("job state unreadable; the broker is away", error=type(e).__name__)
+                    await asyncio.sleep(fallback_s)
+                    continue
+                yield state
         finally:
             if watcher is not None:
                 await _stop_quietly(watcher)
 
-    async def update(self, mutate: Callable[[JobState], JobState], attempts: int = 32) -> JobState:
-        """Apply ``mutate`` atomically: re-read and retry when another writer got there first."""
-        for _ in range(attempts):
-            state, rev = await self.get()
-            new = mutate(replace(state, counters=dict(state.counters), metrics=replace(state.metrics)))
-            value = new.to_json()
+    async def update(self, mutate: Callable[[JobState], JobState], attempts: int = 32,
+                     broker_away_for_s: float = 120.0) -> JobState:
+        """Apply ``mutate`` atomically: re-read and retry when another writer got there first,
+        and while the broker is away (up to ``broker_away_for_s``). Every writer's mutation
+        sets absolute values (the trainer's own progress, a version that only moves forward),
+        so applying one again after an answer lost with the connection changes nothing."""
+        away_until = time.monotonic() + broker_away_for_s
+        lost = 0
+        while lost < attempts:
             try:
+                state, rev = await self.get()
+                new = mutate(replace(state, counters=dict(state.counters), metrics=replace(state.metrics)))
+                value = new.to_json()
                 if rev == 0:
                     await self._kv.create(self.KEY, value)
                 else:
                     await self._kv.update(self.KEY, value, last=rev)
                 return new
             except (nats.js.errors.KeyWrongLastSequenceError, nats.js.errors.BadRequestError):
+                lost += 1
                 await asyncio.sleep(0.01)
+            except BROKER_AWAY as e:
+                if time.monotonic() > away_until:
+                    raise
+                log.warning("job state update waits; the broker is away", error=type(e).__name__)
+                await asyncio.sleep(0.5)
         raise BufferError(f"job state update lost the race {attempts} times")
 
     async def publish_version(self, version: int, manifest_uri: str) -> JobState:

@@ -12,6 +12,7 @@ import nats.js.errors
 from nats.js import api
 
 from kuberl.workloads.buffer.admin import BufferConfig, backlog, connect, ensure_job
+from kuberl.workloads.buffer.broker_away import BROKER_AWAY
 from kuberl.workloads.buffer.consumers import PromptConsumer, TrajectoryConsumer
 from kuberl.workloads.buffer.fetch_claims import FetchClaims
 from kuberl.workloads.buffer.kv import JobStateStore
@@ -27,16 +28,9 @@ from kuberl.workloads.logs import get_logger
 
 log = get_logger(__name__)
 
-# Errors after which a publish is safe to retry: the message id makes a retry idempotent.
-_RETRYABLE = (
-    nats.errors.TimeoutError,
-    nats.errors.ConnectionClosedError,
-    nats.errors.ConnectionReconnectingError,
-    nats.errors.NoRespondersError,
-    nats.js.errors.NoStreamResponseError,
-    nats.js.errors.ServiceUnavailableError,
-    asyncio.TimeoutError,
-)
+# Errors after which a publish is safe to retry (the message id makes a retry idempotent):
+# the broker away, or the connection closed, within the publish's retry deadline.
+_RETRYABLE = (*BROKER_AWAY, nats.errors.ConnectionClosedError)
 
 
 class JobBuffer:
