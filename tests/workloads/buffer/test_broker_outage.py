@@ -1,9 +1,9 @@
-"""A rollout agent's reads of the broker wait out an outage instead of raising (buffer.broker_away).
+"""The buffer's clients wait out a broker outage instead of raising (buffer.broker_away).
 
-The agent loops on a prompt fetch and follows the job state; either raising while NATS is
-away crashed the agent, and it was restarted (a fresh engine and weight load) for an outage
-it only had to wait out. The trainer's job-state write waits it out too; its fetch and ack
-are in test_buffer's restart test.
+The trainer loops on a trajectory fetch and acks after each step; a rollout agent loops on
+a prompt fetch and follows the job state. Any of them raising while NATS was away crashed
+the process, and it was restarted (a fresh engine, a weight load, a checkpoint restore) for
+an outage it only had to wait out.
 """
 
 from __future__ import annotations
@@ -18,6 +18,7 @@ import pytest
 from kuberl.workloads.buffer.admin import BufferConfig
 from kuberl.workloads.buffer.records import Prompt
 from kuberl.workloads.buffer.stream import JobBuffer
+from tests.workloads.buffer.test_buffer import FAST, make_traj
 
 pytestmark = pytest.mark.servers
 
@@ -65,3 +66,36 @@ async def test_the_prompt_fetch_and_the_state_follow_wait_out_a_broker_outage(fr
         if follower is not None:
             follower.cancel()
         await buf.close()
+
+
+@pytest.mark.servers
+async def test_nats_restart_mid_stream_loses_nothing(fresh_nats_server):
+    server = fresh_nats_server
+    total = 600
+    pub = await JobBuffer.open(server.url, *("test-ns", "restart"), FAST, create=True)
+    sub = await JobBuffer.open(server.url, *("test-ns", "restart"), FAST, create=True)
+    trained: list[str] = []
+    try:
+        consumer = await sub.trajectory_consumer()
+
+        async def produce():
+            for start in range(0, total, 20):
+                await pub.publish_trajectories(make_traj(i, n=256) for i in range(start, start + 20))
+                if start == 200:
+                    # SIGKILL: no graceful flush; acked messages must still be on disk.
+                    await asyncio.to_thread(server.restart, signal.SIGKILL, 0.5)
+
+        async def consume():
+            # As the trainer does: neither the fetch nor the ack may raise while the server
+            # is down (kuberl.workloads.buffer.broker_away): a trainer would crash on it.
+            while len(trained) < total:
+                batch = await consumer.fetch(32, current_version=0, timeout=2)
+                trained.extend(batch.sample_ids)
+                await batch.ack()  # an ack lost to the outage: redelivered, dropped as a duplicate
+
+        await asyncio.wait_for(asyncio.gather(produce(), consume()), timeout=180)
+        assert sorted(trained) == sorted(f"s{i}" for i in range(total))
+        assert len(trained) == total
+    finally:
+        await pub.close()
+        await sub.close()
