@@ -26,7 +26,6 @@ pytestmark = pytest.mark.servers
 OUTAGE_S = 7.0
 
 
-@pytest.mark.servers
 async def test_the_prompt_fetch_and_the_state_follow_wait_out_a_broker_outage(fresh_nats_server):
     server = fresh_nats_server
     buf = await JobBuffer.open(server.url, "test-ns", "outage", BufferConfig(publish_retry_for_s=60.0), create=True)
@@ -68,7 +67,6 @@ async def test_the_prompt_fetch_and_the_state_follow_wait_out_a_broker_outage(fr
         await buf.close()
 
 
-@pytest.mark.servers
 async def test_nats_restart_mid_stream_loses_nothing(fresh_nats_server):
     server = fresh_nats_server
     total = 600
