@@ -115,6 +115,18 @@ def log_events(out: Path, process: str) -> list[dict]:
     return events
 
 
+def why_restarted(out: Path) -> dict[str, list[str]]:
+    """Each restarted process's last lines of plain text (the traceback of the crash that
+    ended an incarnation; every other line is a JSON log record): what a failed "no restart"
+    assertion shows, so a rare crash names its cause."""
+    restarts = json.loads((out / "summary.json").read_text())["restarts"]
+    why = {}
+    for process in restarts:
+        lines = (out / "logs" / f"{process}.log").read_text(errors="replace").splitlines()
+        why[process] = [ln[:300] for ln in lines if ln.strip() and not ln.startswith("{")][-12:]
+    return why
+
+
 @pytest.mark.parametrize("run", ["broker", "store"])
 def test_nothing_is_lost_trained_twice_or_repeated(drills, run):
     out, output = drills[run]
@@ -130,7 +142,7 @@ def test_the_trainer_detects_the_broker_rollback_and_reissues_at_once(drills):
     # The overdue timer is an hour: only the detection re-issued the lost prompts.
     assert audit.broker_rollbacks >= 1 and audit.reissued > 0, output[-3000:]
     restarts = json.loads((out / "summary.json").read_text())["restarts"]
-    assert restarts == {}, restarts  # no process needed a restart to recover
+    assert restarts == {}, why_restarted(out)  # no process needed a restart to recover
     assert any("broker lost acknowledged" in e.get("event", "") or "acknowledged a sequence" in e.get("event", "")
                for e in log_events(out, "trainer"))
 
@@ -150,7 +162,7 @@ def test_an_upload_cut_mid_version_is_retried_and_never_visible_half_written(dri
     assert "PUT" in upload.request and upload.ended_at - upload.fired_at >= OUTAGE_S - 0.5
     retries = [e for e in log_events(out, "trainer") if e.get("event") == "S3 unavailable; retrying"]
     assert retries and max(e["attempt"] for e in retries) >= 3, output[-3000:]  # past the client's own retries
-    assert json.loads((out / "summary.json").read_text())["restarts"].get("trainer", 0) == 0
+    assert json.loads((out / "summary.json").read_text())["restarts"].get("trainer", 0) == 0, why_restarted(out)
     # Every version the store shows is whole: its files match the manifest's sizes and sha256.
     cfg = load_config(out / "config.yaml")
     store = WeightStore(drills["s3"].client(), cfg.weight_store.bucket, cfg.weight_prefix)
@@ -179,4 +191,4 @@ def test_an_agent_whose_download_is_cut_keeps_serving_and_loads_later(drills):
             f"the cut download neither failed a swap nor delayed one: {download.request}, cut after "
             f"{download.body_passed} of {download.body_bytes} bytes"
         )
-    assert json.loads((out / "summary.json").read_text())["restarts"].get("rollout-0", 0) == 0
+    assert json.loads((out / "summary.json").read_text())["restarts"].get("rollout-0", 0) == 0, why_restarted(out)
