@@ -24,10 +24,11 @@ import subprocess
 import sys
 from pathlib import Path
 
-# The audit runs on the system python before the venv exists: kuberl's stdlib-only /proc
-# reader is loaded from the source tree.
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "workloads"))
-from kuberl.workloads.procstat import read_stat  # noqa: E402
+try:
+    from kuberl.workloads.procstat import read_stat
+except ImportError:  # CI's audit runs on the system python, before the venv: the stdlib-only reader from source
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "workloads"))
+    from kuberl.workloads.procstat import read_stat
 
 CGROUP_FS = Path("/sys/fs/cgroup")
 # Directories whose entries a run must not change (names only, one level).
