@@ -25,10 +25,10 @@ import sys
 from pathlib import Path
 
 try:
-    from kuberl.workloads.procstat import read_stat
+    from kuberl.workloads.procstat import processes
 except ImportError:  # CI's audit runs on the system python, before the venv: the stdlib-only reader from source
     sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "workloads"))
-    from kuberl.workloads.procstat import read_stat
+    from kuberl.workloads.procstat import processes
 
 CGROUP_FS = Path("/sys/fs/cgroup")
 # Directories whose entries a run must not change (names only, one level).
@@ -55,19 +55,15 @@ def _run(*argv: str) -> str:
 
 def _processes() -> dict[str, dict]:
     out = {}
-    for proc in Path("/proc").iterdir():
-        if not proc.name.isdigit():
-            continue
-        stat = read_stat(int(proc.name))
+    for stat in processes():
+        if stat.ppid == 2 or stat.pid == 2:
+            continue  # kernel threads
+        proc = Path("/proc", str(stat.pid))
         try:
             cmd = proc.joinpath("cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace").strip()
             cgroup = proc.joinpath("cgroup").read_text()
         except OSError:
             continue
-        if stat is None:
-            continue
-        if stat.ppid == 2 or stat.pid == 2:
-            continue  # kernel threads
         memcg = next((line.split(":", 2)[2] for line in cgroup.splitlines() if ":memory:" in line), "")
         out[f"{stat.pid}:{stat.start_ticks}"] = {"pid": stat.pid, "ppid": stat.ppid, "comm": stat.comm,
                                                  "cmd": cmd[:300], "memcg": memcg, "state": stat.state}

@@ -29,7 +29,7 @@ from kuberl.operator.api.constants import LABEL_ROLE, ROLE_AGENTENV, ROLE_ROLLOU
 from kuberl.operator.api.rljob import RLJob
 from kuberl.operator.local.audit import audit_files
 from kuberl.workloads.observe.uploads import RunFiles
-from kuberl.workloads.procstat import read_stat
+from kuberl.workloads.procstat import processes
 from kuberl.workloads.trainer.ledger import Audit, committed_rewards, read_ledger
 from tests.support.fixtures_cluster import Kube
 
@@ -79,16 +79,12 @@ def container_init(container_id: str, proc: Path = Path("/proc")) -> int | None:
     """The PID (here) of the container's first process: of the processes in its cgroup, the
     one whose parent is not (the shim is outside it)."""
     members: dict[int, int] = {}
-    for entry in proc.iterdir():
-        if not entry.name.isdigit():
-            continue
+    for stat in processes(proc):
         try:
-            if container_id not in (entry / "cgroup").read_text():
-                continue
+            if container_id in (proc / str(stat.pid) / "cgroup").read_text():
+                members[stat.pid] = stat.ppid
         except OSError:
             continue  # exited meanwhile
-        if (stat := read_stat(int(entry.name), proc)) is not None:
-            members[stat.pid] = stat.ppid
     roots = [pid for pid, parent in members.items() if parent not in members]
     return min(roots) if roots else None
 
